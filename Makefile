@@ -1,0 +1,50 @@
+# trainsvc: the one front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Use uv from PATH, else the one pip installs as a module (see `bootstrap`).
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PY_SRC := $(wildcard packages/*/src services/*/src clients/*/src)
+CARGO_MANIFESTS := $(wildcard packages/*/Cargo.toml)
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap sync run test pytest cargo-test bench lint fmt typecheck proto
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+bootstrap: ## Install uv if missing (needs only Python and pip)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+sync: bootstrap ## Install every workspace member and the dev tools from uv.lock
+	$(UV) sync --locked --all-packages
+
+run: sync ## Run the main job on embedded defaults
+	$(UV) run --no-sync python -m trainsvc_checkpoint.demo
+
+test: sync lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
+
+pytest: ## Run the Python tests of every member and the cross-package tests
+	$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+cargo-test: ## Run the Rust tests, clippy and rustfmt (when a Rust crate exists)
+	@for m in $(CARGO_MANIFESTS); do \
+	  echo "cargo: $$m"; \
+	  cargo fmt --manifest-path $$m --all -- --check && \
+	  cargo clippy --manifest-path $$m --workspace --all-targets --release -- -D warnings && \
+	  cargo test --manifest-path $$m --workspace --release || exit 1; \
+	done
+
+bench: sync ## Run the benchmarks (tables of ratios against baselines)
+	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
+
+lint: ## ruff lint and format check
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+
+fmt: ## Format the Python code
+	$(UV) run --no-sync ruff format .
+	$(UV) run --no-sync ruff check --fix .
+
+typecheck: ## mypy --strict on every member's src/
+	$(UV) run --no-sync mypy $(PY_SRC)

@@ -1,0 +1,1 @@
+"""trainsvc checkpoint library (placeholder; filled in by the foundation issue)."""
