@@ -20,7 +20,7 @@ sync: bootstrap ## Install every workspace member and the dev tools from uv.lock
 	$(UV) sync --locked --all-packages
 
 run: sync ## Run the main job on embedded defaults
-	$(UV) run --no-sync python -m trainsvc_checkpoint.demo
+	$(UV) run --no-sync python examples/checkpoint_demo.py
 
 test: sync lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
 
