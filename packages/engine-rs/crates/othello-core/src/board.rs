@@ -1,0 +1,343 @@
+//! Bitboard Othello: move generation, flips, perft.
+//!
+//! Square `i` is row `i / 8`, column `i % 8` (a1 = 0, h1 = 7, a8 = 56, h8 = 63).
+//! A [`Board`] is always stored relative to the side to move: `player` holds
+//! the discs of the side to move, `opponent` those of the other side.
+
+use crate::error::EngineError;
+
+/// Files b..g: masks off wrap-around for shifts with a horizontal component.
+const NOT_EDGE_FILES: u64 = 0x7E7E_7E7E_7E7E_7E7E;
+
+/// A colour: black moves first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Color {
+    /// The first player.
+    Black,
+    /// The second player.
+    White,
+}
+
+impl Color {
+    /// The other colour.
+    #[must_use]
+    pub fn other(self) -> Color {
+        match self {
+            Color::Black => Color::White,
+            Color::White => Color::Black,
+        }
+    }
+}
+
+/// A position: the discs of the side to move and of the other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Board {
+    /// Discs of the side to move.
+    pub player: u64,
+    /// Discs of the side not to move.
+    pub opponent: u64,
+}
+
+#[inline(always)]
+fn some_moves(p: u64, mask: u64, dir: u32) -> u64 {
+    // Parallel-prefix (Kogge-Stone) fill in both directions along one line.
+    let mut fl = mask & (p << dir);
+    fl |= mask & (fl << dir);
+    let ml = mask & (mask << dir);
+    fl |= ml & (fl << (2 * dir));
+    fl |= ml & (fl << (2 * dir));
+    let mut fr = mask & (p >> dir);
+    fr |= mask & (fr >> dir);
+    let mr = mask & (mask >> dir);
+    fr |= mr & (fr >> (2 * dir));
+    fr |= mr & (fr >> (2 * dir));
+    (fl << dir) | (fr >> dir)
+}
+
+/// Legal moves of the player with discs `p` against discs `o`, as a bit set.
+#[inline]
+#[must_use]
+pub fn get_moves(p: u64, o: u64) -> u64 {
+    let mo = o & NOT_EDGE_FILES;
+    (some_moves(p, mo, 1) | some_moves(p, o, 8) | some_moves(p, mo, 7) | some_moves(p, mo, 9))
+        & !(p | o)
+}
+
+#[inline(always)]
+fn flips_dir(p: u64, om: u64, x: u64, dir: u32) -> u64 {
+    let mut fl = om & (x << dir);
+    fl |= om & (fl << dir);
+    let pl = om & (om << dir);
+    fl |= pl & (fl << (2 * dir));
+    fl |= pl & (fl << (2 * dir));
+    let capped_l = ((fl << dir) & p != 0) as u64;
+    let mut fr = om & (x >> dir);
+    fr |= om & (fr >> dir);
+    let pr = om & (om >> dir);
+    fr |= pr & (fr >> (2 * dir));
+    fr |= pr & (fr >> (2 * dir));
+    let capped_r = ((fr >> dir) & p != 0) as u64;
+    (fl & capped_l.wrapping_neg()) | (fr & capped_r.wrapping_neg())
+}
+
+/// Discs flipped when the player with discs `p` plays on square `sq` against `o`.
+///
+/// Returns 0 when the move flips nothing (an illegal move on an empty square).
+#[inline]
+#[must_use]
+pub fn get_flips(p: u64, o: u64, sq: u32) -> u64 {
+    let x = 1u64 << sq;
+    let mo = o & NOT_EDGE_FILES;
+    flips_dir(p, mo, x, 1) | flips_dir(p, o, x, 8) | flips_dir(p, mo, x, 7) | flips_dir(p, mo, x, 9)
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board::initial()
+    }
+}
+
+impl Board {
+    /// The standard initial position, black to move.
+    #[must_use]
+    pub fn initial() -> Board {
+        // d5 (27) and e4 (36) are black in the usual picture; rows count from the top.
+        Board {
+            player: (1 << 28) | (1 << 35),
+            opponent: (1 << 27) | (1 << 36),
+        }
+    }
+
+    /// Legal moves of the side to move.
+    #[inline]
+    #[must_use]
+    pub fn moves(&self) -> u64 {
+        get_moves(self.player, self.opponent)
+    }
+
+    /// The position after the side to move plays `sq` (which must be legal).
+    #[inline]
+    #[must_use]
+    pub fn play(&self, sq: u32) -> Board {
+        let f = get_flips(self.player, self.opponent, sq);
+        Board {
+            player: self.opponent ^ f,
+            opponent: self.player | f | (1u64 << sq),
+        }
+    }
+
+    /// The position after the side to move passes.
+    #[inline]
+    #[must_use]
+    pub fn pass(&self) -> Board {
+        Board {
+            player: self.opponent,
+            opponent: self.player,
+        }
+    }
+
+    /// Whether neither side can move.
+    #[inline]
+    #[must_use]
+    pub fn is_game_over(&self) -> bool {
+        self.moves() == 0 && get_moves(self.opponent, self.player) == 0
+    }
+
+    /// Number of empty squares.
+    #[inline]
+    #[must_use]
+    pub fn empties(&self) -> u32 {
+        64 - (self.player | self.opponent).count_ones()
+    }
+
+    /// Disc difference from the side to move's view, empties going to the winner.
+    #[must_use]
+    pub fn final_score(&self) -> i32 {
+        let p = self.player.count_ones() as i32;
+        let o = self.opponent.count_ones() as i32;
+        let e = self.empties() as i32;
+        match p.cmp(&o) {
+            std::cmp::Ordering::Greater => p - o + e,
+            std::cmp::Ordering::Less => p - o - e,
+            std::cmp::Ordering::Equal => 0,
+        }
+    }
+
+    /// Builds a board from 64 cells (0 empty, 1 black, 2 white) and the side to move.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidBoard`] when a cell is not 0, 1 or 2 or the length is not 64.
+    pub fn from_cells(cells: &[u8], to_move: Color) -> Result<Board, EngineError> {
+        if cells.len() != 64 {
+            return Err(EngineError::InvalidBoard(format!(
+                "board must have 64 cells, got {}",
+                cells.len()
+            )));
+        }
+        let (mut black, mut white) = (0u64, 0u64);
+        for (i, &c) in cells.iter().enumerate() {
+            match c {
+                0 => {}
+                1 => black |= 1 << i,
+                2 => white |= 1 << i,
+                v => {
+                    return Err(EngineError::InvalidBoard(format!(
+                        "cell {i} has value {v}; allowed: 0 (empty), 1 (black), 2 (white)"
+                    )))
+                }
+            }
+        }
+        Ok(match to_move {
+            Color::Black => Board {
+                player: black,
+                opponent: white,
+            },
+            Color::White => Board {
+                player: white,
+                opponent: black,
+            },
+        })
+    }
+
+    /// The 64 cells (0 empty, 1 black, 2 white) given which colour is to move.
+    #[must_use]
+    pub fn to_cells(&self, to_move: Color) -> [u8; 64] {
+        let (black, white) = match to_move {
+            Color::Black => (self.player, self.opponent),
+            Color::White => (self.opponent, self.player),
+        };
+        let mut out = [0u8; 64];
+        for (i, c) in out.iter_mut().enumerate() {
+            if black >> i & 1 == 1 {
+                *c = 1;
+            } else if white >> i & 1 == 1 {
+                *c = 2;
+            }
+        }
+        out
+    }
+
+    /// An ASCII picture: `X` black, `O` white, `.` empty, `*` a legal move.
+    #[must_use]
+    pub fn ascii(&self, to_move: Color) -> String {
+        let cells = self.to_cells(to_move);
+        let moves = self.moves();
+        let mut s = String::from("  a b c d e f g h\n");
+        for r in 0..8 {
+            s.push_str(&format!("{}", r + 1));
+            for c in 0..8 {
+                let i = r * 8 + c;
+                let ch = match cells[i] {
+                    1 => 'X',
+                    2 => 'O',
+                    _ if moves >> i & 1 == 1 => '*',
+                    _ => '.',
+                };
+                s.push(' ');
+                s.push(ch);
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Square name such as `d3` for index 19.
+#[must_use]
+pub fn square_name(sq: u32) -> String {
+    let file = (b'a' + (sq % 8) as u8) as char;
+    format!("{file}{}", sq / 8 + 1)
+}
+
+/// Parses a square name such as `d3`.
+///
+/// # Errors
+/// [`EngineError::InvalidMove`] for anything but a file a-h followed by a rank 1-8.
+pub fn parse_square(name: &str) -> Result<u32, EngineError> {
+    let b = name.as_bytes();
+    if b.len() == 2
+        && (b'a'..=b'h').contains(&b[0].to_ascii_lowercase())
+        && (b'1'..=b'8').contains(&b[1])
+    {
+        Ok(u32::from(b[1] - b'1') * 8 + u32::from(b[0].to_ascii_lowercase() - b'a'))
+    } else {
+        Err(EngineError::InvalidMove(format!(
+            "square {name:?}: allowed a1..h8"
+        )))
+    }
+}
+
+/// Leaf count of the game tree to `depth` plies (a pass is a ply; a finished game is one leaf).
+#[must_use]
+pub fn perft(board: &Board, depth: u32) -> u64 {
+    if depth == 0 {
+        return 1;
+    }
+    let moves = board.moves();
+    if moves == 0 {
+        let passed = board.pass();
+        if passed.moves() == 0 {
+            return 1;
+        }
+        return if depth == 1 {
+            1
+        } else {
+            perft(&passed, depth - 1)
+        };
+    }
+    if depth == 1 {
+        return u64::from(moves.count_ones());
+    }
+    let mut total = 0;
+    let mut m = moves;
+    while m != 0 {
+        let sq = m.trailing_zeros();
+        m &= m - 1;
+        total += perft(&board.play(sq), depth - 1);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_moves_are_the_four_standard_ones() {
+        let b = Board::initial();
+        let names: Vec<String> = bits(b.moves()).map(square_name).collect();
+        assert_eq!(names, ["d3", "c4", "f5", "e6"]);
+    }
+
+    fn bits(mut m: u64) -> impl Iterator<Item = u32> {
+        std::iter::from_fn(move || {
+            (m != 0).then(|| {
+                let s = m.trailing_zeros();
+                m &= m - 1;
+                s
+            })
+        })
+    }
+
+    #[test]
+    fn cells_round_trip_and_reject_bad_values() {
+        let b = Board::initial().play(19);
+        let cells = b.to_cells(Color::White);
+        assert_eq!(Board::from_cells(&cells, Color::White).unwrap(), b);
+        let mut bad = cells;
+        bad[5] = 3;
+        let err = Board::from_cells(&bad, Color::Black)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cell 5"), "{err}");
+        assert!(Board::from_cells(&cells[..63], Color::Black).is_err());
+    }
+
+    #[test]
+    fn square_names_round_trip() {
+        for sq in 0..64 {
+            assert_eq!(parse_square(&square_name(sq)).unwrap(), sq);
+        }
+        assert!(parse_square("i9").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! othello-core: a bitboard Othello engine with n-tuple evaluation, alpha-beta
+//! search, self-play TD(lambda) training and trainsvc checkpoints. No Python here:
+//! the `trainsvc-engine-py` crate binds it.
+
+pub mod board;
+pub mod error;
+pub mod refgen;
+pub mod rng;
+
+pub use board::{perft, Board, Color};
+pub use error::EngineError;
