@@ -1,0 +1,420 @@
+"""trainsvc-cli: drive a trainsvc service from the shell.
+
+Exit codes: 0 success, 1 error (bad input, unknown run, service unreachable,
+a watched run that FAILED), 2 a watched run that FAILED in a crash loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from trainsvc_api.v1 import trainsvc_pb2 as pb
+
+from trainsvc_client._client import DEFAULT_ADDRESS, Client, connect
+from trainsvc_client._config import KINDS, kind_name
+from trainsvc_client._errors import TrainsvcError
+
+app = typer.Typer(help="Control a trainsvc training service.", no_args_is_help=True)
+runs_app = typer.Typer(help="Create, inspect and control runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+out = Console()
+err = Console(stderr=True)
+
+ServerOpt = Annotated[
+    str, typer.Option("--server", envvar="TRAINSVC_SERVER", help="Service address host:port.")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="TRAINSVC_TOKEN", help="Bearer token (needed beyond loopback)."),
+]
+TlsOpt = Annotated[bool, typer.Option("--tls", help="Connect with TLS.")]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option("--ca-cert", help="PEM file of the CA (or self-signed cert) to trust."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+RunArg = Annotated[str, typer.Argument(help="The run: runs/ID or ID.")]
+
+TERMINAL = {pb.Run.COMPLETED, pb.Run.STOPPED, pb.Run.FAILED}
+
+
+def _client(server: str, token: str | None, tls: bool, ca_cert: Path | None) -> Client:
+    roots = ca_cert.read_bytes() if ca_cert is not None else None
+    return connect(server, token or None, tls=tls or roots is not None, root_certificates=roots)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _to_dict(msg: Message) -> dict[str, Any]:
+    return MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _state(run: pb.Run) -> str:
+    return pb.Run.State.Name(run.state)
+
+
+def _runs_table(runs: list[pb.Run]) -> Table:
+    table = Table(show_lines=False)
+    for col in ("NAME", "KIND", "STATE", "STEP", "BUDGET", "STEPS/S", "RESTARTS", "MESSAGE"):
+        table.add_column(
+            col, justify="right" if col in {"STEP", "BUDGET", "STEPS/S", "RESTARTS"} else "left"
+        )
+    for run in runs:
+        table.add_row(
+            run.name,
+            kind_name(run.kind),
+            _state(run),
+            str(run.step),
+            str(run.step_budget),
+            f"{run.steps_per_second:.1f}",
+            str(run.restarts),
+            run.state_message,
+        )
+    return table
+
+
+def _show_run(run: pb.Run, as_json: bool) -> None:
+    if as_json:
+        _print_json(_to_dict(run))
+    else:
+        out.print(_runs_table([run]))
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TrainsvcError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments of `trainsvc serve`.")] = None,
+) -> None:
+    """Run the service (same as `trainsvc serve`; needs the `trainsvc` package)."""
+    try:
+        from trainsvc import main as service_main  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        _fail("the service is not installed: pip install trainsvc")
+    service_main(["serve", *(args or [])])
+
+
+@runs_app.command("create")
+def runs_create(
+    kind: Annotated[str, typer.Option("--kind", help=f"Trainer kind: {', '.join(KINDS)}.")],
+    steps: Annotated[int, typer.Option("--steps", help="Step budget (games for othello).")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with the kind's config.")
+    ] = None,
+    checkpoint_interval: Annotated[
+        int, typer.Option("--checkpoint-interval", help="Checkpoint every N steps (0 = default).")
+    ] = 0,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept (0 = 5).")] = 0,
+    max_restarts: Annotated[
+        int | None, typer.Option("--max-restarts", help="Crashes tolerated (default 3).")
+    ] = None,
+    run_id: Annotated[str, typer.Option("--id", help="Run id (default: generated).")] = "",
+    name: Annotated[str, typer.Option("--display-name", help="A label.")] = "",
+    resume_from: Annotated[
+        str, typer.Option("--resume-from", help="runs/ID/checkpoints/CKPT to start from.")
+    ] = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create and start a run; prints the created run."""
+    values: dict[str, Any] | None = None
+    if config is not None:
+        try:
+            values = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            _fail(f"--config: cannot read {config}: {exc}")
+    policy = pb.CheckpointPolicy(interval_steps=checkpoint_interval, keep_last=keep_last)
+    with _client(server, token, tls, ca_cert) as client:
+        try:
+            run = client.create_run(
+                kind,
+                step_budget=steps,
+                seed=seed,
+                config=values,
+                checkpoint_policy=policy,
+                max_restarts=max_restarts,
+                display_name=name,
+                run_id=run_id,
+                resume_from=resume_from,
+            )
+        except (TrainsvcError, ValueError) as exc:
+            _fail(str(exc))
+    _show_run(run, as_json)
+    if not as_json:
+        out.print(f"watch it: trainsvc-cli runs watch {run.name}")
+
+
+@runs_app.command("list")
+def runs_list(
+    state: Annotated[str, typer.Option("--state", help="Only runs in this state.")] = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    state_value = 0
+    if state:
+        try:
+            state_value = pb.Run.State.Value(state.upper())
+        except ValueError:
+            names = [v.name for v in pb.Run.State.DESCRIPTOR.values if v.number != 0]
+            _fail(f"--state: unknown {state!r}; allowed: {', '.join(names)}")
+    with _client(server, token, tls, ca_cert) as client:
+        runs = _call(lambda: list(client.list_runs(state=state_value)))
+    if as_json:
+        _print_json({"runs": [_to_dict(r) for r in runs]})
+    else:
+        out.print(_runs_table(runs))
+
+
+@runs_app.command("get")
+def runs_get(
+    run: RunArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one run."""
+    with _client(server, token, tls, ca_cert) as client:
+        got = _call(client.get_run, run)
+    if as_json:
+        _print_json(_to_dict(got))
+        return
+    out.print(_runs_table([got]))
+    if got.metrics:
+        out.print("  ".join(f"{k}={v:.4g}" for k, v in sorted(got.metrics.items())))
+
+
+def _control(
+    method: str,
+    run: str,
+    server: str,
+    token: str | None,
+    tls: bool,
+    ca_cert: Path | None,
+    as_json: bool,
+) -> None:
+    with _client(server, token, tls, ca_cert) as client:
+        got = _call(getattr(client, method), run)
+    _show_run(got, as_json)
+
+
+@runs_app.command("pause")
+def runs_pause(
+    run: RunArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause a run (finishes its step and checkpoints)."""
+    _control("pause_run", run, server, token, tls, ca_cert, as_json)
+
+
+@runs_app.command("resume")
+def runs_resume(
+    run: RunArg,
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="Checkpoint id to resume from.")
+    ] = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume a PAUSED or INTERRUPTED run."""
+    with _client(server, token, tls, ca_cert) as client:
+        got = _call(client.resume_run, run, checkpoint=checkpoint)
+    _show_run(got, as_json)
+
+
+@runs_app.command("stop")
+def runs_stop(
+    run: RunArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a run (after a final checkpoint)."""
+    _control("stop_run", run, server, token, tls, ca_cert, as_json)
+
+
+def _checkpoints_table(checkpoints: list[pb.Checkpoint]) -> Table:
+    table = Table()
+    for col in ("NAME", "STEP", "SIZE", "EMERGENCY", "PATH"):
+        table.add_column(col)
+    for c in checkpoints:
+        table.add_row(
+            c.name, str(c.step), f"{c.size_bytes:,}", "yes" if c.emergency else "", c.path
+        )
+    return table
+
+
+@runs_app.command("checkpoint")
+def runs_checkpoint(
+    run: RunArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Save a checkpoint now."""
+    with _client(server, token, tls, ca_cert) as client:
+        ckpt = _call(client.save_checkpoint, run)
+    if as_json:
+        _print_json(_to_dict(ckpt))
+    else:
+        out.print(_checkpoints_table([ckpt]))
+
+
+@runs_app.command("checkpoints")
+def runs_checkpoints(
+    run: RunArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a run's checkpoints."""
+    with _client(server, token, tls, ca_cert) as client:
+        ckpts = _call(client.list_checkpoints, run)
+    if as_json:
+        _print_json({"checkpoints": [_to_dict(c) for c in ckpts]})
+    else:
+        out.print(_checkpoints_table(ckpts))
+
+
+def _exit_for(run: pb.Run) -> int:
+    if run.state == pb.Run.FAILED:
+        return 2 if "crash loop" in run.state_message else 1
+    return 0
+
+
+@runs_app.command("watch")
+def runs_watch(
+    run: RunArg,
+    rate: Annotated[float, typer.Option("--rate", help="Frames per second to ask for.")] = 10.0,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow a run live until it ends (a progress bar, or JSON lines of frames)."""
+    with _client(server, token, tls, ca_cert) as client:
+        first = _call(client.get_run, run)
+        stream = client.stream_frames(first.name, max_rate_hz=rate)
+        try:
+            if as_json:
+                for frame in stream:
+                    _print_json(
+                        {
+                            "step": frame.step,
+                            "sequence": frame.sequence,
+                            "metrics": dict(frame.metrics),
+                        }
+                    )
+            else:
+                columns = (
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total} steps"),
+                    TimeElapsedColumn(),
+                    TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}"),
+                )
+                with Progress(*columns, console=err) as progress:
+                    task = progress.add_task(
+                        first.name, total=first.step_budget, completed=first.step, info=""
+                    )
+                    for frame in stream:
+                        info = "  ".join(
+                            f"{k}={v:.3g}" for k, v in sorted(frame.metrics.items())[:4]
+                        )
+                        progress.update(task, completed=frame.step, info=info)
+        except KeyboardInterrupt:
+            stream.cancel()
+            raise typer.Exit(0) from None
+        except TrainsvcError as exc:
+            _fail(str(exc))
+        final = _call(client.get_run, first.name)
+    _show_run(final, as_json)
+    raise typer.Exit(_exit_for(final))
+
+
+@runs_app.command("events")
+def runs_events(
+    run: Annotated[str, typer.Argument(help="The run (runs/ID or ID), or runs/- for all.")],
+    from_sequence: Annotated[int, typer.Option("--from", help="First sequence number.")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's events (state changes, checkpoints, logs, warnings, errors)."""
+    with _client(server, token, tls, ca_cert) as client:
+        stream = client.stream_events(run, from_sequence=from_sequence, follow=follow)
+        try:
+            for event in stream:
+                if as_json:
+                    _print_json(_to_dict(event))
+                else:
+                    when = event.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                    kind = pb.Event.Type.Name(event.type)
+                    out.print(
+                        f"{event.sequence:>6} {when} {event.run} step={event.step} "
+                        f"{kind}: {event.message}",
+                        highlight=False,
+                    )
+        except KeyboardInterrupt:
+            stream.cancel()
+        except TrainsvcError as exc:
+            _fail(str(exc))
+
+
+def main() -> None:
+    """Entry point of `trainsvc-cli`."""
+    app()
