@@ -4,8 +4,13 @@
 
 pub mod board;
 pub mod error;
+pub mod eval;
+pub mod pattern;
 pub mod refgen;
 pub mod rng;
+pub mod search;
 
 pub use board::{perft, Board, Color};
 pub use error::EngineError;
+pub use eval::Weights;
+pub use pattern::PatternSet;
