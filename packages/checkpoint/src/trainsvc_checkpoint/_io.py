@@ -1,0 +1,561 @@
+"""Reading and writing one checkpoint file: save, load, verify (format sections 1, 6-8)."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import numpy as np
+import zstandard
+
+from ._errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidTreeError
+from ._format import (
+    ZSTD_MAGIC,
+    Header,
+    TensorEntry,
+    build_header,
+    canonical_json,
+    crc32c,
+    crc_hex,
+    dtype_code,
+    layout,
+    parse_header,
+    read_length,
+)
+from ._tree import _NO_TARGET, FlatTree, build, check_tree, flatten
+
+Compression = Literal["zstd"] | None
+TMP_PREFIX = ".tmp-"
+ZSTD_LEVEL = 3
+_CHUNK = 16 * 1024 * 1024
+"""Read size when streaming data; CRCs of one chunk overlap the read of the next."""
+_PIPELINE_MIN = 4 * 1024 * 1024
+"""Below this many bytes, CRCs run inline instead of on a worker thread."""
+_ALIGN = 64
+_HUGE_MIN = 4 * 1024 * 1024
+
+PathLike = str | os.PathLike[str]
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 1 << 40
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _byte_view(arr: np.ndarray[Any, Any]) -> memoryview:
+    """A flat byte view of a C-contiguous array, without copying."""
+    return arr.reshape(-1).view(np.uint8).data
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """Write every view in order with ``writev``, handling short writes."""
+    pending = [v for v in views if len(v)]
+    while pending:
+        batch = pending[:512]
+        written = os.writev(fd, batch)
+        consumed = 0
+        while consumed < len(batch) and written >= len(batch[consumed]):
+            written -= len(batch[consumed])
+            consumed += 1
+        pending = pending[consumed:]
+        if written:
+            pending[0] = pending[0][written:]
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[int]:
+    """Open a ``.tmp-`` file beside ``path``; on success fsync it, rename it over ``path``
+    and fsync the directory (section 8). On failure the temporary file is removed."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise InvalidTreeError(f"metadata: expected a dict, found {type(metadata).__name__}")
+    try:
+        return canonical_json(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTreeError(
+            f"metadata: expected JSON values with str keys (no NaN or infinity); {exc}"
+        ) from None
+
+
+def _crc_all(
+    entries: list[TensorEntry], leaves: Mapping[str, np.ndarray[Any, Any]]
+) -> dict[str, int]:
+    return {e.name: crc32c(_byte_view(leaves[e.name])) for e in entries}
+
+
+def write_flat(
+    path: PathLike,
+    flat: FlatTree,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    compression: Compression = None,
+) -> Path:
+    """Write an already flattened tree to ``path`` atomically. See :func:`save`."""
+    if compression not in (None, "zstd"):
+        raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
+    path = Path(path)
+    leaves = flat.leaves
+    specs = []
+    for name, arr in leaves.items():
+        code = dtype_code(arr.dtype)
+        assert code is not None  # flatten() converted every leaf
+        specs.append((name, code, tuple(arr.shape)))
+    entries = layout(specs)
+    tree_json = canonical_json(flat.desc)
+    md_json = _metadata_json(metadata)
+    total = entries[-1].end if entries else 0
+    views = [_byte_view(leaves[e.name]) for e in entries]
+
+    with atomic_file(path) as fd:
+        if compression == "zstd":
+            crcs = _crc_all(entries, leaves)
+            header = build_header(entries, tree_json=tree_json, metadata_json=md_json, crcs=crcs)
+            cctx = zstandard.ZstdCompressor(
+                level=ZSTD_LEVEL, write_checksum=True, write_content_size=True
+            )
+            with (
+                os.fdopen(os.dup(fd), "wb") as raw,
+                cctx.stream_writer(raw, size=len(header) + total, closefd=False) as writer,
+            ):
+                writer.write(header)
+                for view in views:
+                    writer.write(view)
+        else:
+            # The header's length does not depend on the CRC values, so the data is
+            # written first while a worker thread computes the CRCs of the same buffers.
+            zeros = dict.fromkeys(leaves, 0)
+            prefix_len = len(
+                build_header(entries, tree_json=tree_json, metadata_json=md_json, crcs=zeros)
+            )
+            os.lseek(fd, prefix_len, os.SEEK_SET)
+            if total >= _PIPELINE_MIN:
+                with ThreadPoolExecutor(1, thread_name_prefix="ckpt-crc") as pool:
+                    crc_future = pool.submit(_crc_all, entries, leaves)
+                    _write_all(fd, views)
+                    crcs = crc_future.result()
+            else:
+                _write_all(fd, views)
+                crcs = _crc_all(entries, leaves)
+            header = build_header(entries, tree_json=tree_json, metadata_json=md_json, crcs=crcs)
+            assert len(header) == prefix_len
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, [memoryview(header)])
+    return path
+
+
+def save(
+    path: PathLike,
+    tree: Any,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    compression: Compression = None,
+) -> Path:
+    """Save ``tree`` to one checkpoint file, atomically.
+
+    Args:
+        path: the file to write (conventionally ``*.safetensors``, or
+            ``*.safetensors.zst`` when compressed). Its directory must exist.
+        tree: a nest of dicts (str keys), lists, tuples, NamedTuples and None,
+            with arrays (anything with ``__array__``: NumPy, JAX on any device,
+            bfloat16) and Python bool/int/float/str leaves.
+        metadata: a JSON-serializable dict stored beside the tree (config, step...).
+        compression: None, or ``"zstd"`` for an outer zstd frame.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InvalidTreeError: something in ``tree`` or ``metadata`` cannot be stored;
+            the message names the path. Nothing is written then.
+    """
+    flat = flatten(tree)
+    _metadata_json(metadata)
+    return write_flat(path, flat, metadata=metadata, compression=compression)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Source(Protocol):
+    size: int
+
+    def read_exact(self, view: memoryview, what: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _FileSource:
+    """An uncompressed file, read sequentially."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+        self._pos = 0
+
+    def read_exact(self, view: memoryview, what: str) -> None:
+        while len(view):
+            n = os.preadv(self._fd, [view], self._pos)
+            if n == 0:
+                raise CorruptCheckpointError(
+                    f"{what}: the file ended at byte {self._pos} of the {self.size} expected (truncated)"
+                )
+            self._pos += n
+            view = view[n:]
+
+    def finish(self) -> None:
+        if os.fstat(self._fd).st_size != self.size:
+            raise CorruptCheckpointError("file: its size changed while it was being read")
+
+
+class _ZstdSource:
+    """The content of one zstd frame, decompressed as it is read."""
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self._f = f
+        head = f.read(18)
+        try:
+            params = zstandard.get_frame_parameters(head)
+        except zstandard.ZstdError as exc:
+            raise CorruptCheckpointError(f"zstd frame header: invalid ({exc})") from None
+        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+            raise CorruptCheckpointError(
+                "zstd frame header: expected a declared content size, found none"
+            )
+        if not params.has_checksum:
+            raise CorruptCheckpointError(
+                "zstd frame header: expected the content checksum flag, found it off"
+            )
+        if params.content_size > limit:
+            raise CorruptCheckpointError(
+                f"zstd frame header: declares {params.content_size} bytes of content, "
+                f"more than this reader's limit of {limit} (max_decompressed_bytes)"
+            )
+        self.size = int(params.content_size)
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = memoryview(b"")
+        self._next_input = head
+        self._pos = 0
+
+    def _more(self) -> bool:
+        while not self._pending:
+            if self._d.eof:
+                return False
+            chunk = self._next_input or self._f.read(1 << 20)
+            self._next_input = b""
+            if not chunk:
+                return False
+            try:
+                self._pending = memoryview(self._d.decompress(chunk))
+            except zstandard.ZstdError as exc:
+                raise CorruptCheckpointError(f"zstd frame: {exc}") from None
+        return True
+
+    def read_exact(self, view: memoryview, what: str) -> None:
+        while len(view):
+            if not self._more():
+                raise CorruptCheckpointError(
+                    f"{what}: the zstd frame ended at byte {self._pos} of the {self.size} it declares (truncated)"
+                )
+            take = min(len(view), len(self._pending))
+            view[:take] = self._pending[:take]
+            self._pending = self._pending[take:]
+            view = view[take:]
+            self._pos += take
+
+    def finish(self) -> None:
+        if self._more():
+            raise CorruptCheckpointError("zstd frame: more content than the header describes")
+        if not self._d.eof:
+            raise CorruptCheckpointError("zstd frame: the frame is truncated")
+        if self._d.unused_data or self._f.read(1):
+            raise CorruptCheckpointError(
+                "file: expected nothing after the zstd frame, found more bytes"
+            )
+
+
+@contextlib.contextmanager
+def _open_source(path: Path, max_decompressed_bytes: int | None) -> Iterator[_Source]:
+    try:
+        f = path.open("rb", buffering=0)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"no checkpoint file at {path}") from None
+    except IsADirectoryError:
+        raise CheckpointNotFoundError(f"{path} is a directory, not a checkpoint file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        magic = os.pread(f.fileno(), 4, 0)
+        if magic == ZSTD_MAGIC:
+            limit = _physical_memory() if max_decompressed_bytes is None else max_decompressed_bytes
+            yield _ZstdSource(f, limit)
+        else:
+            yield _FileSource(f.fileno(), size)
+
+
+def _read_header(src: _Source) -> Header:
+    prefix = bytearray(8)
+    if src.size < 8:
+        raise CorruptCheckpointError(
+            f"header length: expected an 8-byte length prefix, found a file of {src.size} bytes"
+        )
+    src.read_exact(memoryview(prefix), "header length")
+    n = read_length(bytes(prefix), src.size)
+    raw = bytearray(n)
+    src.read_exact(memoryview(raw), "header")
+    header = parse_header(bytes(raw), n, src.size)
+    if not header.foreign:
+        check_tree(header.tree, {e.name: (e.dtype, e.shape) for e in header.entries})
+    return header
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray[Any, Any]:
+    """A writable, 64-byte aligned byte buffer.
+
+    Large buffers are anonymous mappings advised to use huge pages where the
+    OS supports it: faulting in 2 MiB pages makes reading into a fresh buffer
+    several times faster than 4 KiB pages.
+    """
+    if nbytes >= _HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        with contextlib.suppress(OSError):
+            region.madvise(mmap.MADV_HUGEPAGE)
+        return np.frombuffer(region, dtype=np.uint8)
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % _ALIGN
+    return raw[skip : skip + nbytes]
+
+
+class _CrcTracker:
+    """Running CRC32C per tensor over chunks that arrive in file order."""
+
+    def __init__(self, entries: tuple[TensorEntry, ...]) -> None:
+        self.entries = entries
+        self.values = dict.fromkeys((e.name for e in entries), 0)
+        self._i = 0
+
+    def update(self, chunk: np.ndarray[Any, Any], start: int) -> None:
+        """Fold ``chunk``, the data bytes ``[start, start + len)``, into the tensors it covers."""
+        end = start + len(chunk)
+        while self._i < len(self.entries):
+            e = self.entries[self._i]
+            lo, hi = max(e.begin, start), min(e.end, end)
+            if lo < hi:
+                self.values[e.name] = crc32c(
+                    chunk[lo - start : hi - start].data, self.values[e.name]
+                )
+            if e.end > end:
+                return
+            self._i += 1
+
+
+def _read_data(src: _Source, header: Header, dest: np.ndarray[Any, Any] | None) -> dict[str, int]:
+    """Read the data section into ``dest`` (or a scratch buffer when None), computing CRCs.
+
+    The CRC of each chunk runs on a worker thread while the next chunk is read.
+    """
+    size = header.data_size
+    tracker = _CrcTracker(header.entries)
+    scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(2 if dest is None else 0)]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ckpt-crc") if size >= _PIPELINE_MIN else None
+    pending: Future[None] | None = None
+    try:
+        pos, k = 0, 0
+        while pos < size:
+            n = min(_CHUNK, size - pos)
+            chunk = dest[pos : pos + n] if dest is not None else scratch[k % 2][:n]
+            src.read_exact(chunk.data, f"data at byte {pos}")
+            if pool is None:
+                tracker.update(chunk, pos)
+            else:
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(tracker.update, chunk, pos)
+            pos, k = pos + n, k + 1
+        if pending is not None:
+            pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    src.finish()
+    return tracker.values
+
+
+def _check_crcs(header: Header, actual: Mapping[str, int]) -> None:
+    for e in header.entries:
+        if actual[e.name] != header.crcs[e.name]:
+            raise CorruptCheckpointError(
+                f"tensor {e.name!r}: CRC32C expected {crc_hex(header.crcs[e.name])}, "
+                f"found {crc_hex(actual[e.name])} (the data was modified)"
+            )
+
+
+def _check_bools(header: Header, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    for e in header.entries:
+        if e.dtype == "BOOL" and np.any(arrays[e.name].view(np.uint8) > 1):
+            raise CorruptCheckpointError(
+                f"tensor {e.name!r}: BOOL data must be 0 or 1, found other bytes"
+            )
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`verify` learned about a checkpoint file.
+
+    Attributes:
+        path: the file.
+        foreign: True for a plain safetensors file not written by trainsvc (no CRCs checked).
+        compressed: True when the file is an outer zstd frame.
+        metadata: the caller's metadata (a foreign file's raw ``__metadata__``).
+        tensors: tensor name → (dtype code, shape), in file order.
+        nbytes: bytes of tensor data.
+    """
+
+    path: Path
+    foreign: bool
+    compressed: bool
+    metadata: dict[str, Any]
+    tensors: dict[str, tuple[str, tuple[int, ...]]]
+    nbytes: int
+
+
+def _info(path: Path, header: Header, compressed: bool) -> CheckpointInfo:
+    return CheckpointInfo(
+        path=path,
+        foreign=header.foreign,
+        compressed=compressed,
+        metadata=header.metadata,
+        tensors={e.name: (e.dtype, e.shape) for e in header.entries},
+        nbytes=header.data_size,
+    )
+
+
+def _load(
+    path: PathLike, target: Any, max_decompressed_bytes: int | None
+) -> tuple[Any, CheckpointInfo]:
+    path = Path(path)
+    with _open_source(path, max_decompressed_bytes) as src:
+        header = _read_header(src)
+        buf = _aligned_empty(header.data_size)
+        actual = _read_data(src, header, buf)
+        compressed = isinstance(src, _ZstdSource)
+    if not header.foreign:
+        _check_crcs(header, actual)
+    arrays = {
+        e.name: buf[e.begin : e.end].view(e.np_dtype).reshape(e.shape) for e in header.entries
+    }
+    _check_bools(header, arrays)
+    info = _info(path, header, compressed)
+    if header.foreign:
+        # A foreign file is a flat dict keyed by its raw tensor names.
+        if target is _NO_TARGET:
+            return arrays, info
+        return build({"dict": {name: {"tensor": name} for name in arrays}}, arrays, target), info
+    return build(header.tree, arrays, target), info
+
+
+def load(
+    path: PathLike,
+    *,
+    target: Any = None,
+    max_decompressed_bytes: int | None = None,
+) -> Any:
+    """Load a checkpoint file, checking every CRC as it is read.
+
+    Args:
+        path: a trainsvc checkpoint (plain or zstd-compressed), or any
+            safetensors file, which loads as a flat ``{name: array}`` dict.
+        target: optional tree giving the structure to return; every leaf's
+            kind, shape and dtype is checked against the file. Leaves may be
+            arrays, JAX arrays or anything with ``shape`` and ``dtype``.
+        max_decompressed_bytes: refuse a zstd frame declaring more content than
+            this (default: the machine's physical memory).
+
+    Returns:
+        The tree. Arrays are writable NumPy arrays (bfloat16 via ml_dtypes),
+        views into one buffer holding the file's data.
+
+    Raises:
+        CheckpointNotFoundError: no file at ``path``.
+        CorruptCheckpointError: a failed integrity or bounds check, naming the
+            tensor or header field.
+        IncompatibleCheckpointError: an unknown format version, or a file that
+            does not match ``target`` (naming the path).
+    """
+    tree, _ = _load(path, _NO_TARGET if target is None else target, max_decompressed_bytes)
+    return tree
+
+
+def load_with_info(
+    path: PathLike, *, target: Any = None, max_decompressed_bytes: int | None = None
+) -> tuple[Any, CheckpointInfo]:
+    """Like :func:`load`, also returning the file's :class:`CheckpointInfo` (metadata included)."""
+    return _load(path, _NO_TARGET if target is None else target, max_decompressed_bytes)
+
+
+def verify(path: PathLike, *, max_decompressed_bytes: int | None = None) -> CheckpointInfo:
+    """Check a checkpoint file completely without keeping its data in memory.
+
+    Runs every check of :func:`load` (header, bounds, tree, every CRC) while
+    streaming the data through a small buffer.
+
+    Returns:
+        What the file holds, including the caller's metadata.
+
+    Raises:
+        CheckpointNotFoundError, CorruptCheckpointError, IncompatibleCheckpointError:
+            as :func:`load`.
+    """
+    path = Path(path)
+    with _open_source(path, max_decompressed_bytes) as src:
+        header = _read_header(src)
+        actual = _read_data(src, header, None)
+        compressed = isinstance(src, _ZstdSource)
+    if not header.foreign:
+        _check_crcs(header, actual)
+    return _info(path, header, compressed)
+
+
+def read_info(path: PathLike, *, max_decompressed_bytes: int | None = None) -> CheckpointInfo:
+    """Read and check only the header (its CRC, bounds and tree), not the tensor data."""
+    path = Path(path)
+    with _open_source(path, max_decompressed_bytes) as src:
+        header = _read_header(src)
+        compressed = isinstance(src, _ZstdSource)
+    return _info(path, header, compressed)
