@@ -1,0 +1,525 @@
+"""The fan-out core: one upstream stream per watched run, newest-wins per client.
+
+Each run that some client watches has one `RunFeed`: a single `StreamFrames`
+call to the service whose frames are encoded once and kept as the feed's
+latest frame (older ones are dropped). Each client has one writer task that
+sends its queued JSON messages first, then the feed's latest frame when it is
+newer than the last one sent and the client's rate allows. A slow client only
+blocks its own writer (at the socket's write buffer); the service, the feed
+and the other clients never wait for it, and it holds at most one frame
+reference and `OUTBOX_LIMIT` text messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from grpc import aio
+from trainsvc_api.v1 import trainsvc_pb2 as pb
+
+from trainsvc_dashboard._convert import checkpoint_json, event_json, most_active, run_json
+from trainsvc_dashboard._frames import encode_frame
+from trainsvc_dashboard._presets import PRESETS
+from trainsvc_dashboard._service import ServiceLink, error_json, is_unavailable
+
+log = logging.getLogger("trainsvc_dashboard")
+
+PROTOCOL_VERSION = 1
+DEFAULT_RATE_HZ = 30.0
+MAX_RATE_HZ = 60.0
+UPSTREAM_RATE_HZ = 60.0
+OUTBOX_LIMIT = 256
+"""Text messages queued per client; past it the oldest are dropped (and counted)."""
+HISTORY_POINTS = 2000
+"""Metric points kept per watched run for pages that join late."""
+EVENTS_KEPT = 200
+"""Events kept per run for pages that join late."""
+FEED_LINGER_S = 30.0
+"""How long a feed nobody watches keeps streaming (cheap re-selection)."""
+CONTROL_TIMEOUT_S = 60.0
+
+CONTROLS = ("create", "pause", "resume", "stop", "checkpoint")
+MESSAGE_TYPES = ("select", "rate", *CONTROLS)
+
+
+class Sink(Protocol):
+    """What the hub needs of a WebSocket connection."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+
+def _dumps(msg: dict[str, Any]) -> str:
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def run_name(run: str) -> str:
+    """A run given as "runs/ID" or "ID", as its resource name."""
+    return run if run.startswith("runs/") else f"runs/{run}"
+
+
+class Client:
+    """One WebSocket client: its selection, rate, text outbox and frame cursor."""
+
+    def __init__(self, sink: Sink, rate_hz: float = DEFAULT_RATE_HZ) -> None:
+        self.sink = sink
+        self.rate_hz = rate_hz
+        self.auto = True
+        self.feed: RunFeed | None = None
+        self.sent_version = -1
+        self.next_frame_at = 0.0
+        self.outbox: deque[str] = deque()
+        self.dropped = 0
+        self.frames_sent = 0
+        self.wake = asyncio.Event()
+
+    def push(self, msg: dict[str, Any]) -> None:
+        """Queue a JSON text message (dropping the oldest past `OUTBOX_LIMIT`)."""
+        if len(self.outbox) >= OUTBOX_LIMIT:
+            self.outbox.popleft()
+            self.dropped += 1
+        self.outbox.append(_dumps(msg))
+        self.wake.set()
+
+    async def write_loop(self) -> None:
+        """Send queued text, then the newest frame at the client's rate, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.dropped:
+                count, self.dropped = self.dropped, 0
+                await self.sink.send(_dumps({"type": "dropped", "count": count}))
+                continue
+            if self.outbox:
+                await self.sink.send(self.outbox.popleft())
+                continue
+            timeout: float | None = None
+            feed = self.feed
+            if feed is not None and feed.data is not None and feed.version != self.sent_version:
+                now = loop.time()
+                if now >= self.next_frame_at:
+                    version, data = feed.version, feed.data
+                    await self.sink.send(data)
+                    self.sent_version = version
+                    self.frames_sent += 1
+                    interval = 1.0 / self.rate_hz
+                    # Keep the cadence, but never bank credit for a burst.
+                    self.next_frame_at = max(self.next_frame_at + interval, now)
+                    continue
+                timeout = self.next_frame_at - now
+            self.wake.clear()
+            if timeout is None:
+                await self.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+
+
+class RunFeed:
+    """One run's upstream frame stream, shared by every client watching it."""
+
+    def __init__(self, hub: Hub, run: str, feed_id: int) -> None:
+        self.hub = hub
+        self.run = run
+        self.id = feed_id
+        self.data: bytes | None = None
+        self.version = 0
+        self.frames_received = 0
+        self.clients: set[Client] = set()
+        self.history: deque[tuple[int, dict[str, float]]] = deque(maxlen=HISTORY_POINTS)
+        self.idle_since: float | None = None
+        self.task = asyncio.create_task(self._pump(), name=f"feed {run}")
+
+    def publish(self, frame: pb.Frame) -> None:
+        """Make `frame` the latest one and wake the watching clients."""
+        self.data = encode_frame(frame, self.id)
+        self.version += 1
+        self.frames_received += 1
+        if frame.metrics:
+            point = (int(frame.step), dict(frame.metrics))
+            if self.history and self.history[-1][0] == point[0]:
+                self.history[-1] = point
+            else:
+                self.history.append(point)
+        for client in self.clients:
+            client.wake.set()
+
+    def history_json(self) -> dict[str, Any]:
+        """The metric history as a `history` message."""
+        steps = [s for s, _ in self.history]
+        names = sorted({k for _, m in self.history for k in m})
+        metrics = {n: [m.get(n) for _, m in self.history] for n in names}
+        return {
+            "type": "history",
+            "run": self.run,
+            "feed": self.id,
+            "steps": steps,
+            "metrics": metrics,
+        }
+
+    async def _pump(self) -> None:
+        link = self.hub.link
+        backoff = 0.2
+        while True:
+            try:
+                call = link.stub.StreamFrames(
+                    pb.StreamFramesRequest(name=self.run, max_rate_hz=UPSTREAM_RATE_HZ),
+                    metadata=link.metadata,
+                )
+                async for frame in call:
+                    self.publish(frame)
+                    backoff = 0.2
+                # The stream ended (the run paused or finished): look again soon,
+                # so that a resumed run is picked up.
+                await asyncio.sleep(1.0)
+            except aio.AioRpcError as err:
+                if is_unavailable(err):
+                    self.hub.service_down(err)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    def close(self) -> None:
+        """Stop the upstream stream."""
+        self.task.cancel()
+
+
+class Hub:
+    """Runs, feeds, events and clients of one bridge."""
+
+    def __init__(self, link: ServiceLink, *, poll_interval_s: float = 1.0) -> None:
+        self.link = link
+        self.poll_interval_s = poll_interval_s
+        self.clients: set[Client] = set()
+        self.feeds: dict[str, RunFeed] = {}
+        self.runs: list[pb.Run] = []
+        self.active: str | None = None
+        self.events: dict[str, deque[dict[str, Any]]] = {}
+        self.last_event_sequence = -1
+        self.service: dict[str, str] = {
+            "state": "disconnected",
+            "address": link.config.address,
+            "message": "not connected yet",
+        }
+        self._runs_msg = ""
+        self._next_feed_id = 1
+        self._refresh = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Poll the service once (so the first page sees its state), then start the loops."""
+        await self._poll_once()
+        for coro in (self._poll_loop(), self._events_loop(), self._reap_loop()):
+            self._tasks.append(asyncio.create_task(coro))
+
+    async def close(self) -> None:
+        """Cancel every loop and feed."""
+        tasks = [*self._tasks, *self._background, *(f.task for f in self.feeds.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.feeds.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ service state
+
+    def service_down(self, err: BaseException) -> None:
+        """Record that the service is unreachable and tell every page (once)."""
+        message = error_json(err)["message"] or "unreachable"
+        if self.service["state"] != "disconnected" or self.service["message"] != message:
+            if self.service["state"] != "disconnected":
+                log.warning("service %s unreachable: %s", self.link.config.address, message)
+            self.service = {**self.service, "state": "disconnected", "message": message}
+            self.broadcast({"type": "service", **self.service})
+
+    def service_up(self) -> None:
+        """Record that the service answers and tell every page (once)."""
+        if self.service["state"] != "connected":
+            log.info("service %s connected", self.link.config.address)
+            self.service = {**self.service, "state": "connected", "message": ""}
+            self.broadcast({"type": "service", **self.service})
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        """Queue a message to every client."""
+        for client in self.clients:
+            client.push(msg)
+
+    # ------------------------------------------------------------ runs
+
+    def runs_message(self) -> dict[str, Any]:
+        """The current `runs` message."""
+        return {"type": "runs", "runs": [run_json(r) for r in self.runs], "active": self.active}
+
+    async def _poll_once(self) -> None:
+        try:
+            resp = await self.link.stub.ListRuns(
+                pb.ListRunsRequest(page_size=200), metadata=self.link.metadata, timeout=3.0
+            )
+        except aio.AioRpcError as err:
+            self.service_down(err)
+            return
+        self.service_up()
+        self.runs = list(resp.runs)
+        self.active = most_active(self.runs)
+        msg = self.runs_message()
+        text = _dumps(msg)
+        if text != self._runs_msg:
+            self._runs_msg = text
+            self.broadcast(msg)
+        for client in self.clients:
+            if client.auto and (client.feed is None or client.feed.run != self.active):
+                self.attach(client, self.active, auto=True)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._refresh.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh.wait(), self.poll_interval_s)
+            await self._poll_once()
+
+    # ------------------------------------------------------------ events
+
+    async def _events_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                call = self.link.stub.StreamEvents(
+                    pb.StreamEventsRequest(
+                        name="runs/-", from_sequence=self.last_event_sequence + 1, follow=True
+                    ),
+                    metadata=self.link.metadata,
+                )
+                async for event in call:
+                    self.last_event_sequence = max(self.last_event_sequence, event.sequence)
+                    self._on_event(event)
+                    backoff = 0.2
+                await asyncio.sleep(0.5)
+            except aio.AioRpcError as err:
+                if is_unavailable(err):
+                    self.service_down(err)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    def _on_event(self, event: pb.Event) -> None:
+        data = event_json(event)
+        self.events.setdefault(event.run, deque(maxlen=EVENTS_KEPT)).append(data)
+        msg = {"type": "event", "event": data}
+        for client in self.clients:
+            if client.feed is not None and client.feed.run == event.run:
+                client.push(msg)
+        if event.type == pb.Event.STATE_CHANGED:
+            self._refresh.set()
+        elif event.type == pb.Event.CHECKPOINT_SAVED:
+            watchers = [c for c in self.clients if c.feed is not None and c.feed.run == event.run]
+            if watchers:
+                self._spawn(self._send_checkpoints(event.run, watchers))
+
+    async def _send_checkpoints(self, run: str, clients: list[Client]) -> None:
+        try:
+            resp = await self.link.stub.ListCheckpoints(
+                pb.ListCheckpointsRequest(parent=run), metadata=self.link.metadata, timeout=10.0
+            )
+        except aio.AioRpcError as err:
+            if is_unavailable(err):
+                self.service_down(err)
+            return
+        msg = {
+            "type": "checkpoints",
+            "run": run,
+            "checkpoints": [checkpoint_json(c) for c in resp.checkpoints],
+        }
+        for client in clients:
+            client.push(msg)
+
+    # ------------------------------------------------------------ clients
+
+    def add(self, client: Client, presets: list[dict[str, str]]) -> None:
+        """Register a new client: greet it and attach it to the most active run."""
+        self.clients.add(client)
+        client.push(
+            {
+                "type": "hello",
+                "protocol": PROTOCOL_VERSION,
+                "presets": presets,
+                "rate": client.rate_hz,
+                "max_rate": MAX_RATE_HZ,
+                "service": self.service,
+            }
+        )
+        client.push(self.runs_message())
+        self.attach(client, self.active, auto=True)
+
+    def remove(self, client: Client) -> None:
+        """Forget a client that disconnected."""
+        self._detach(client)
+        self.clients.discard(client)
+
+    def _detach(self, client: Client) -> None:
+        old = client.feed
+        if old is not None:
+            old.clients.discard(client)
+            if not old.clients:
+                old.idle_since = asyncio.get_running_loop().time()
+        client.feed = None
+
+    def attach(self, client: Client, run: str | None, *, auto: bool) -> None:
+        """Point a client at `run` (None: no run) and send it that run's backlog."""
+        client.auto = auto
+        if client.feed is None or client.feed.run != run:
+            self._detach(client)
+            if run is not None:
+                feed = self.feeds.get(run)
+                if feed is None:
+                    feed = RunFeed(self, run, self._next_feed_id)
+                    self._next_feed_id += 1
+                    self.feeds[run] = feed
+                feed.clients.add(client)
+                feed.idle_since = None
+                client.feed = feed
+        feed = client.feed
+        # The page resets its view on `selected`: resend the backlog and the latest frame.
+        client.sent_version = -1
+        client.push({"type": "selected", "run": run, "auto": auto, "feed": feed.id if feed else 0})
+        if feed is not None:
+            client.push(feed.history_json())
+            client.push(
+                {"type": "events", "run": feed.run, "events": list(self.events.get(feed.run, ()))}
+            )
+            self._spawn(self._send_checkpoints(feed.run, [client]))
+
+    async def _reap_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(5.0)
+            now = loop.time()
+            for run, feed in list(self.feeds.items()):
+                if feed.idle_since is not None and now - feed.idle_since > FEED_LINGER_S:
+                    feed.close()
+                    del self.feeds[run]
+
+    # ------------------------------------------------------------ messages
+
+    async def handle(self, client: Client, text: str) -> None:
+        """Act on one JSON text message from a client."""
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            client.push({"type": "error", "message": "message: not JSON"})
+            return
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind not in MESSAGE_TYPES:
+            client.push(
+                {
+                    "type": "error",
+                    "message": f"type: unknown {kind!r}; allowed: {', '.join(MESSAGE_TYPES)}",
+                }
+            )
+            return
+        if kind == "select":
+            run = msg.get("run")
+            if run is not None and (not isinstance(run, str) or not run.strip()):
+                client.push({"type": "error", "message": "run: a run name or null expected"})
+                return
+            if run is None:
+                self.attach(client, self.active, auto=True)
+            else:
+                self.attach(client, run_name(run.strip()), auto=False)
+        elif kind == "rate":
+            hz = msg.get("hz")
+            if (
+                not isinstance(hz, int | float)
+                or isinstance(hz, bool)
+                or not 0.1 <= hz <= MAX_RATE_HZ
+            ):
+                client.push(
+                    {
+                        "type": "error",
+                        "message": f"hz: must be a number in 0.1..{MAX_RATE_HZ:g}, got {hz!r}",
+                    }
+                )
+                return
+            client.rate_hz = float(hz)
+            client.wake.set()
+        else:
+            self._spawn(self._control(client, kind, msg))
+
+    async def _control(self, client: Client, kind: str, msg: dict[str, Any]) -> None:
+        req = msg.get("req")
+        stub, md = self.link.stub, self.link.metadata
+        try:
+            if kind == "create":
+                preset = PRESETS.get(str(msg.get("preset")))
+                if preset is None:
+                    allowed = ", ".join(PRESETS)
+                    raise ValueError(f"preset: unknown {msg.get('preset')!r}; allowed: {allowed}")
+                request = preset.request(seed=secrets.randbelow(2**31))
+                run = await stub.CreateRun(request, metadata=md, timeout=CONTROL_TIMEOUT_S)
+                reply: dict[str, Any] = {"run": run_json(run)}
+            else:
+                target = msg.get("run")
+                if not isinstance(target, str) or not target:
+                    raise ValueError("run: the run to control is required")
+                name = run_name(target)
+                opts: dict[str, Any] = {"metadata": md, "timeout": CONTROL_TIMEOUT_S}
+                result: pb.Run | pb.Checkpoint
+                if kind == "pause":
+                    result = await stub.PauseRun(pb.PauseRunRequest(name=name), **opts)
+                elif kind == "resume":
+                    result = await stub.ResumeRun(pb.ResumeRunRequest(name=name), **opts)
+                elif kind == "stop":
+                    result = await stub.StopRun(pb.StopRunRequest(name=name), **opts)
+                else:
+                    result = await stub.SaveCheckpoint(pb.SaveCheckpointRequest(name=name), **opts)
+                if isinstance(result, pb.Checkpoint):
+                    reply = {"checkpoint": checkpoint_json(result)}
+                else:
+                    reply = {"run": run_json(result)}
+        except ValueError as exc:
+            client.push(
+                {
+                    "type": "reply",
+                    "req": req,
+                    "ok": False,
+                    "error": {"code": "INVALID_ARGUMENT", "message": str(exc)},
+                }
+            )
+            return
+        except aio.AioRpcError as err:
+            if is_unavailable(err):
+                self.service_down(err)
+            client.push({"type": "reply", "req": req, "ok": False, "error": error_json(err)})
+            return
+        client.push({"type": "reply", "req": req, "ok": True, **reply})
+        self._refresh.set()
+
+    # ------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and benchmarks: clients, their queues, the feeds."""
+        return {
+            "service": self.service["state"],
+            "clients": [
+                {
+                    "rate_hz": c.rate_hz,
+                    "run": c.feed.run if c.feed else None,
+                    "outbox": len(c.outbox),
+                    "frames_sent": c.frames_sent,
+                }
+                for c in self.clients
+            ],
+            "feeds": {
+                run: {"clients": len(f.clients), "frames_received": f.frames_received}
+                for run, f in self.feeds.items()
+            },
+        }

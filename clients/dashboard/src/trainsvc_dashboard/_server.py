@@ -1,0 +1,232 @@
+"""The bridge process: HTTP for the page, WebSocket `/ws` for the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from trainsvc_dashboard._hub import PROTOCOL_VERSION, Client, Hub
+from trainsvc_dashboard._presets import PRESETS
+from trainsvc_dashboard._service import ServiceConfig, ServiceLink
+
+log = logging.getLogger("trainsvc_dashboard")
+
+STATIC_DIR = Path(__file__).parent / "static"
+"""The built page (index.html, assets/), shipped inside the package."""
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5173
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LoginRequiredError(ValueError):
+    """The bridge would listen beyond loopback without a login token."""
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str, **extra: str) -> Response:
+    headers = Headers(
+        {
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            **extra,
+        }
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _json_response(data: Any, status: http.HTTPStatus = http.HTTPStatus.OK) -> Response:
+    return _response(status, json.dumps(data).encode(), "application/json")
+
+
+def _text_response(status: http.HTTPStatus, text: str) -> Response:
+    return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+class Bridge:
+    """The dashboard bridge: serves the page and fans the service's frames out.
+
+    Args:
+        service: how to reach trainsvc (address, token, TLS).
+        host: address to listen on; loopback unless told otherwise.
+        port: port to listen on (0 picks a free one; see `port` after `start`).
+        login_token: the token browsers must present; required when `host`
+            is not a loopback address.
+        static_dir: the built page to serve (default: the packaged one).
+
+    Raises:
+        LoginRequiredError: `host` is not loopback and `login_token` is empty.
+    """
+
+    def __init__(
+        self,
+        service: ServiceConfig,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        login_token: str | None = None,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
+        if not is_loopback(host) and not login_token:
+            raise LoginRequiredError(
+                f"--login-token: required when --listen is not a loopback address (got {host!r})"
+            )
+        self.service_config = service
+        self.host = host
+        self.port = port
+        self.login_token = login_token or None
+        self.static_dir = static_dir.resolve()
+        self.hub: Hub | None = None
+        self._server: Server | None = None
+        self._presets = [p.json() for p in PRESETS.values()]
+
+    @property
+    def url(self) -> str:
+        """The page's address."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Connect to the service, start the hub and listen."""
+        self.hub = Hub(ServiceLink(self.service_config))
+        await self.hub.start()
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            compression=None,  # per-client compression would cost CPU per client per frame
+            max_size=64 * 1024,
+            server_header="trainsvc-dashboard",
+            logger=logging.getLogger("trainsvc_dashboard.ws"),
+        )
+        sockets = list(self._server.sockets)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, close every client and the service connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self.hub is not None:
+            await self.hub.close()
+            await self.hub.link.close()
+
+    # ------------------------------------------------------------ HTTP
+
+    def _authorized(self, request: Request) -> bool:
+        if self.login_token is None:
+            return True
+        query = parse_qs(urlsplit(request.path).query)
+        given = (query.get("token") or [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth.removeprefix("Bearer ")
+        return hmac.compare_digest(given.encode(), self.login_token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            if not self._authorized(request):
+                return _text_response(
+                    http.HTTPStatus.UNAUTHORIZED, "login token missing or wrong\n"
+                )
+            origin = request.headers.get("Origin")
+            if origin is not None and urlsplit(origin).netloc != request.headers.get("Host", ""):
+                return _text_response(http.HTTPStatus.FORBIDDEN, "cross-origin WebSocket refused\n")
+            return None
+        if path == "/api/info":
+            return _json_response(
+                {
+                    "protocol": PROTOCOL_VERSION,
+                    "auth_required": self.login_token is not None,
+                    "service": self.service_config.address,
+                }
+            )
+        if path == "/api/stats":
+            if not self._authorized(request):
+                return _text_response(
+                    http.HTTPStatus.UNAUTHORIZED, "login token missing or wrong\n"
+                )
+            return _json_response(self.hub.stats() if self.hub else {})
+        if path == "/healthz":
+            return _text_response(http.HTTPStatus.OK, "ok\n")
+        return self._static(path)
+
+    def _static(self, path: str) -> Response:
+        rel = "index.html" if path in ("", "/") else path.lstrip("/")
+        target = (self.static_dir / rel).resolve()
+        if not target.is_relative_to(self.static_dir) or not target.is_file():
+            return _text_response(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+        content_type = _TYPES.get(target.suffix, "application/octet-stream")
+        return _response(http.HTTPStatus.OK, target.read_bytes(), content_type)
+
+    # ------------------------------------------------------------ WebSocket
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        hub = self.hub
+        assert hub is not None
+        client = Client(ws)
+        hub.add(client, self._presets)
+        writer = asyncio.create_task(client.write_loop())
+        reader = asyncio.create_task(self._read(hub, client, ws))
+        try:
+            await asyncio.wait([writer, reader], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hub.remove(client)
+            for task in (writer, reader):
+                task.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
+
+    @staticmethod
+    async def _read(hub: Hub, client: Client, ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    client.push(
+                        {"type": "error", "message": "message: JSON text expected, got binary"}
+                    )
+                    continue
+                await hub.handle(client, message)
+        except ConnectionClosed:
+            return

@@ -1,0 +1,166 @@
+// Metric charts: one small uPlot chart per metric, on a step axis, with EMA
+// smoothing (bias-corrected, as TensorBoard does) and a log-scale toggle.
+import uPlot from "uplot";
+
+const MAX_POINTS = 4000;
+const PALETTE = ["#60a5fa", "#f472b6", "#34d399", "#fbbf24", "#a78bfa", "#f87171", "#22d3ee", "#a3e635"];
+// Tracker metrics and the usual training curves first, the rest by name.
+const PRIORITY = ["league", "emergence", "specialization", "convergence", "divergence", "reward", "return", "loss", "entropy"];
+
+function rank(name: string): number {
+  const lower = name.toLowerCase();
+  const i = PRIORITY.findIndex((p) => lower.includes(p));
+  return i < 0 ? PRIORITY.length : i;
+}
+
+/** Metric history of one run: a shared step column and one column per metric. */
+export class MetricStore {
+  steps: number[] = [];
+  series = new Map<string, (number | null)[]>();
+
+  /** Appends one point per metric at `step` (a repeated step replaces the last point). */
+  add(step: number, metrics: Map<string, number>): void {
+    const n = this.steps.length;
+    if (n > 0 && step < this.steps[n - 1]) this.clear(); // a resumed-from-earlier run
+    const replace = this.steps.length > 0 && this.steps[this.steps.length - 1] === step;
+    if (!replace) this.steps.push(step);
+    const len = this.steps.length;
+    for (const [name, value] of metrics) {
+      let col = this.series.get(name);
+      if (!col) {
+        col = new Array<number | null>(len - 1).fill(null);
+        this.series.set(name, col);
+      }
+      if (replace && col.length === len) col[len - 1] = value;
+      else col.push(Number.isFinite(value) ? value : null);
+    }
+    for (const col of this.series.values()) while (col.length < len) col.push(null);
+    if (this.steps.length > MAX_POINTS) this.thin();
+  }
+
+  /** Replaces the history with a bridge `history` message. */
+  load(steps: number[], metrics: Record<string, (number | null)[]>): void {
+    this.steps = steps.slice();
+    this.series = new Map(Object.entries(metrics).map(([k, v]) => [k, v.slice()]));
+  }
+
+  clear(): void {
+    this.steps = [];
+    this.series.clear();
+  }
+
+  /** Keeps every other point when the history gets long. */
+  private thin(): void {
+    this.steps = this.steps.filter((_, i) => i % 2 === 0);
+    for (const [k, col] of this.series) this.series.set(k, col.filter((_, i) => i % 2 === 0));
+  }
+
+  names(): string[] {
+    return [...this.series.keys()].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  }
+}
+
+/** Bias-corrected exponential moving average; nulls pass through. */
+export function ema(values: (number | null)[], weight: number): (number | null)[] {
+  if (weight <= 0) return values;
+  const out: (number | null)[] = new Array(values.length);
+  let last = 0;
+  let n = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v === null || !Number.isFinite(v)) {
+      out[i] = null;
+      continue;
+    }
+    last = last * weight + (1 - weight) * v;
+    n++;
+    out[i] = last / (1 - weight ** n);
+  }
+  return out;
+}
+
+function positiveOnly(values: (number | null)[]): (number | null)[] {
+  return values.map((v) => (v !== null && v > 0 ? v : null));
+}
+
+/** The grid of metric charts. */
+export class ChartGrid {
+  private charts = new Map<string, { plot: uPlot; box: HTMLElement; index: number }>();
+  smoothing = 0.6;
+  logScale = false;
+  /** Only metrics whose name matches are shown, when set. */
+  filter: ((name: string) => boolean) | null = null;
+
+  constructor(private readonly root: HTMLElement) {}
+
+  /** Removes every chart (after a run switch or an option change). */
+  reset(): void {
+    for (const { plot, box } of this.charts.values()) {
+      plot.destroy();
+      box.remove();
+    }
+    this.charts.clear();
+  }
+
+  /** Creates charts for new metrics and pushes the latest data to all of them. */
+  update(store: MetricStore): void {
+    const names = store.names().filter((n) => !this.filter || this.filter(n));
+    names.forEach((name, i) => {
+      if (!this.charts.has(name)) this.charts.set(name, this.create(name, i));
+    });
+    for (const [name, { plot }] of this.charts) {
+      const raw = store.series.get(name) ?? [];
+      const shown = this.logScale ? positiveOnly(raw) : raw;
+      plot.setData([store.steps, shown, ema(shown, this.smoothing)] as uPlot.AlignedData);
+    }
+    const empty = this.root.querySelector<HTMLElement>(".charts-empty");
+    if (empty) empty.hidden = this.charts.size > 0;
+  }
+
+  /** Resizes the charts to their boxes. */
+  resize(): void {
+    for (const { plot, box } of this.charts.values()) {
+      plot.setSize({ width: this.width(box), height: 150 });
+    }
+  }
+
+  private width(box: HTMLElement): number {
+    return Math.max(200, box.clientWidth - 16);
+  }
+
+  private create(name: string, index: number): { plot: uPlot; box: HTMLElement; index: number } {
+    const box = document.createElement("div");
+    box.className = "chart";
+    box.dataset.metric = name;
+    const title = document.createElement("div");
+    title.className = "chart-title";
+    title.textContent = name;
+    box.append(title);
+    this.root.append(box);
+    const color = PALETTE[index % PALETTE.length];
+    const axis: uPlot.Axis = {
+      stroke: "#8b95a7",
+      grid: { stroke: "#1f2633", width: 1 },
+      ticks: { stroke: "#1f2633", width: 1 },
+      font: "11px ui-sans-serif, system-ui, sans-serif",
+    };
+    const plot = new uPlot(
+      {
+        width: this.width(box),
+        height: 150,
+        legend: { show: false },
+        cursor: { drag: { x: true, y: false } },
+        scales: { x: { time: false }, y: { distr: this.logScale ? 3 : 1 } },
+        axes: [{ ...axis, label: "" }, { ...axis, size: 56 }],
+        series: [
+          { label: "step" },
+          { label: `${name} (raw)`, stroke: `${color}55`, width: 1 },
+          { label: name, stroke: color, width: 2 },
+        ],
+      },
+      [[], [], []],
+      box,
+    );
+    return { plot, box, index };
+  }
+}
