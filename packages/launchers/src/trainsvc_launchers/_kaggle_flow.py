@@ -1,0 +1,357 @@
+"""Submit, monitor and chain Kaggle sessions, with a resumable ``state.json``.
+
+``state.json`` (in the state directory) is the single source of truth, so an
+interrupted monitor picks up where it was and an automation agent can read
+what comes next from ``next_action``:
+
+- ``wait``: a session is queued or running; run ``monitor`` (again);
+- ``evaluate_results``: the run reached its step budget; the output is downloaded;
+- ``chain_next_session``: the session ended before the step budget; ``monitor --chain``
+  (or ``submit --next``) starts the next session from its checkpoint;
+- ``fix_and_resubmit``: the session failed; ``error`` says why and what to do;
+- ``wait_for_quota``: not enough weekly GPU quota is left to start a session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainsvc_launchers._config import LaunchConfig
+from trainsvc_launchers._crashloop import CrashLoopError, record_resume
+from trainsvc_launchers._files import read_json, write_json_atomic
+from trainsvc_launchers._kaggle_api import KaggleError, PushResult, Quota
+from trainsvc_launchers._kaggle_errors import classify_log
+from trainsvc_launchers._kaggle_kernel import KaggleSpec, build_kernel_folder, kernel_id
+from trainsvc_launchers._output import ExitCode, Reporter
+
+__all__ = ["KaggleFlow", "KaggleLike", "KaggleState"]
+
+STATE_FILE = "state.json"
+MIN_QUOTA_HOURS = 1.0
+SECTION = "KAGGLE"
+_WAITING = {"QUEUED", "NEW_SCRIPT"}
+_RUNNING = {"RUNNING"}
+_FAILED = {"ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
+
+
+class KaggleLike(Protocol):
+    """The Kaggle calls the flow needs (:class:`~trainsvc_launchers._kaggle_api.KaggleService`)."""
+
+    def push(self, folder: Path) -> PushResult: ...
+    def status(self, kernel: str) -> tuple[str, str | None]: ...
+    def download_output(self, kernel: str, dest: Path) -> tuple[list[Path], str]: ...
+    def quota(self) -> Quota | None: ...
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class KaggleState:
+    """What ``state.json`` holds (no credentials, ever)."""
+
+    run_id: str
+    kernel_id: str
+    session: int = 1
+    attempt: int = 1
+    status: str = "waiting_training"
+    kaggle_status: str | None = None
+    next_action: str = "wait"
+    submitted_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+    kernel_url: str | None = None
+    version: int | None = None
+    steps_done: int = 0
+    step_budget: int = 0
+    output_dir: str | None = None
+    error: dict[str, str] | None = None
+    polls: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> KaggleState | None:
+        """Read ``state.json``; ``None`` when there is none yet."""
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        raw = read_json(path)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def save(self, state_dir: Path) -> None:
+        """Write ``state.json`` atomically."""
+        self.updated_at = _now()
+        write_json_atomic(state_dir / STATE_FILE, asdict(self))
+
+
+class KaggleFlow:
+    """Submit / monitor / chain one run's Kaggle sessions.
+
+    Args:
+        cfg: the launch config (its ``kaggle`` section is ``spec``).
+        spec: the validated ``[kaggle]`` section.
+        kaggle: the Kaggle client.
+        state_dir: where ``state.json``, kernel folders and outputs live.
+        reporter: where progress lines go.
+    """
+
+    def __init__(
+        self,
+        cfg: LaunchConfig,
+        spec: KaggleSpec,
+        kaggle: KaggleLike,
+        state_dir: Path,
+        reporter: Reporter,
+    ) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.kaggle = kaggle
+        self.state_dir = state_dir
+        self.out = reporter
+
+    def load(self) -> KaggleState | None:
+        """The current state, if any session was submitted."""
+        return KaggleState.load(self.state_dir)
+
+    # -- submit -----------------------------------------------------------------
+
+    def _quota_ok(self, state: KaggleState | None) -> bool:
+        quota = self.kaggle.quota()
+        if quota is None:
+            self.out.warning(SECTION, "Kaggle did not report the GPU quota; submitting anyway")
+            return True
+        msg = (
+            f"GPU quota: {quota.remaining_hours:.1f} h left of {quota.total_hours:.1f} h this week"
+        )
+        if quota.remaining_hours < MIN_QUOTA_HOURS:
+            self.out.error(
+                SECTION,
+                f"{msg}; need at least {MIN_QUOTA_HOURS:.0f} h (refresh: {quota.refresh_time})",
+            )
+            if state is not None:
+                state.next_action = "wait_for_quota"
+                state.save(self.state_dir)
+            return False
+        self.out.success(SECTION, msg)
+        return True
+
+    def submit(self, session: int | None = None, resubmit: bool = False) -> ExitCode:
+        """Submit a session: the first, a resubmission of the current one, or ``session``.
+
+        Nothing is pushed while a session is still queued or running.
+        """
+        state = self.load()
+        if (
+            state is not None
+            and state.status in ("waiting_training", "in_progress")
+            and not resubmit
+        ):
+            self.out.error(
+                SECTION,
+                f"{state.kernel_id} is already {state.status}; run `trainsvc-launch kaggle monitor`",
+            )
+            return ExitCode.ERROR
+        if session is None:
+            session = state.session if state is not None else 1
+        attempt = 1
+        if state is not None and state.session == session:
+            attempt = state.attempt + 1
+        if not self._quota_ok(state):
+            return ExitCode.ERROR
+        folder = build_kernel_folder(
+            self.cfg, self.spec, session, self.state_dir / "kernels" / f"s{session}"
+        )
+        kid = kernel_id(self.spec, session)
+        try:
+            pushed = self.kaggle.push(folder)
+        except KaggleError as exc:
+            self.out.error(SECTION, str(exc), kernel_id=kid)
+            if state is not None:
+                state.next_action = "fix_and_resubmit"
+                state.error = {
+                    "kind": "push_rejected",
+                    "message": str(exc),
+                    "next_step": "fix the kernel spec and resubmit",
+                }
+                state.save(self.state_dir)
+            return ExitCode.ERROR
+        history = state.history if state is not None else []
+        new = KaggleState(
+            run_id=self.cfg.run_id,
+            kernel_id=kid,
+            session=session,
+            attempt=attempt,
+            submitted_at=_now(),
+            kernel_url=pushed.url,
+            version=pushed.version,
+            step_budget=self.cfg.step_budget,
+            steps_done=state.steps_done if state is not None else 0,
+            history=history,
+        )
+        new.save(self.state_dir)
+        self.out.success(
+            SECTION,
+            f"submitted {kid} (session {session}, attempt {attempt}): {pushed.url}",
+            kernel_id=kid,
+        )
+        return ExitCode.OK
+
+    # -- monitor ----------------------------------------------------------------
+
+    def poll(self, state: KaggleState) -> None:
+        """Poll Kaggle once and update ``state`` (downloading the output when the session ended)."""
+        status, failure = self.kaggle.status(state.kernel_id)
+        state.kaggle_status = status
+        state.polls += 1
+        if status in _WAITING:
+            state.status, state.next_action = "waiting_training", "wait"
+        elif status in _RUNNING:
+            state.status, state.next_action = "in_progress", "wait"
+        elif status == "COMPLETE":
+            self._finish(state, failure)
+        elif status in _FAILED:
+            self._fail(state, failure)
+        else:
+            self.out.warning(SECTION, f"unknown Kaggle status {status!r}; still waiting")
+        state.save(self.state_dir)
+
+    def _download(self, state: KaggleState) -> tuple[dict[str, Any] | None, str]:
+        dest = self.state_dir / "output" / f"s{state.session}"
+        _, log = self.kaggle.download_output(state.kernel_id, dest)
+        state.output_dir = str(dest)
+        self.out.success(SECTION, f"output of {state.kernel_id} downloaded to {dest}")
+        summary_path = dest / "status.json"
+        summary = read_json(summary_path) if summary_path.exists() else None
+        return summary, log
+
+    def _finish(self, state: KaggleState, failure: str | None) -> None:
+        summary, log = self._download(state)
+        state.finished_at = _now()
+        if summary is None or summary.get("state") == "error":
+            message = (
+                (summary or {}).get("message") or failure or "the session wrote no status.json"
+            )
+            self._record_error(state, log, str(message))
+            return
+        state.steps_done = int(summary.get("step", 0))
+        state.status = "completed"
+        state.error = None
+        state.history.append(
+            {
+                "session": state.session,
+                "kernel_id": state.kernel_id,
+                "status": "completed",
+                "step": state.steps_done,
+            }
+        )
+        if state.steps_done >= state.step_budget:
+            state.next_action = "evaluate_results"
+            self.out.success(
+                SECTION, f"run {state.run_id} finished: step {state.steps_done}/{state.step_budget}"
+            )
+        else:
+            state.next_action = "chain_next_session"
+            self.out.info(
+                SECTION,
+                f"session {state.session} ended at step {state.steps_done}/{state.step_budget}; chain the next session",
+            )
+
+    def _fail(self, state: KaggleState, failure: str | None) -> None:
+        log = ""
+        try:
+            _, log = self._download(state)
+        except KaggleError as exc:
+            self.out.warning(SECTION, f"could not download the failed session's log: {exc}")
+        state.finished_at = _now()
+        self._record_error(state, log, failure)
+
+    def _record_error(self, state: KaggleState, log: str, failure: str | None) -> None:
+        cls = classify_log(log, failure)
+        state.status = "error"
+        state.next_action = "fix_and_resubmit"
+        state.error = {
+            "kind": cls.kind,
+            "message": failure or cls.evidence,
+            "evidence": cls.evidence,
+            "next_step": cls.next_step,
+        }
+        state.history.append(
+            {
+                "session": state.session,
+                "kernel_id": state.kernel_id,
+                "status": "error",
+                "kind": cls.kind,
+            }
+        )
+        self.out.error(
+            SECTION,
+            f"{state.kernel_id} failed ({cls.kind}): {cls.evidence or failure}",
+            kind=cls.kind,
+        )
+        self.out.info(SECTION, f"next step: {cls.next_step}", next_action=state.next_action)
+
+    def chain(self, state: KaggleState) -> ExitCode:
+        """Submit the next session from the finished one's output (crash-loop checked)."""
+        try:
+            record_resume(self.state_dir, state.kernel_id, state.steps_done)
+        except CrashLoopError as exc:
+            self.out.error(SECTION, str(exc))
+            return ExitCode.CRASH_LOOP
+        return self.submit(session=state.session + 1)
+
+    def monitor(
+        self, interval_s: float, max_hours: float, chain: bool = False, max_polls: int | None = None
+    ) -> ExitCode:
+        """Poll until the run completes or fails, ``max_hours`` pass or ``max_polls`` polls are made."""
+        state = self.load()
+        if state is None:
+            self.out.error(
+                SECTION, "nothing submitted yet: run `trainsvc-launch kaggle submit` first"
+            )
+            return ExitCode.ERROR
+        self.out.info(SECTION, f"monitoring {state.kernel_id} ({state.status}, poll {state.polls})")
+        deadline = time.monotonic() + max_hours * 3600
+        polls = 0
+        while True:
+            if state.status == "completed" and state.next_action == "chain_next_session" and chain:
+                code = self.chain(state)
+                if code is not ExitCode.OK:
+                    return code
+                state = self.load() or state
+            elif state.status == "completed":
+                self._report_final(state)
+                return ExitCode.OK
+            elif state.status == "error":
+                self._report_final(state)
+                return ExitCode.ERROR
+            if (max_polls is not None and polls >= max_polls) or time.monotonic() > deadline:
+                self.out.warning(
+                    SECTION,
+                    f"stopped monitoring {state.kernel_id} while {state.status}; run monitor again to resume",
+                )
+                return ExitCode.OK
+            if polls:
+                time.sleep(interval_s)
+            try:
+                self.poll(state)
+            except KaggleError as exc:
+                self.out.warning(SECTION, f"poll failed, retrying: {exc}")
+            polls += 1
+            self.out.info(
+                SECTION,
+                f"{state.kernel_id}: {state.kaggle_status} → {state.status}",
+                status=state.status,
+            )
+
+    def _report_final(self, state: KaggleState) -> None:
+        self.out.info(
+            SECTION,
+            f"{state.kernel_id}: {state.status}, step {state.steps_done}/{state.step_budget}, next action: {state.next_action}",
+            state=asdict(state),
+        )

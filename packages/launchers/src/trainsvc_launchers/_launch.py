@@ -1,0 +1,310 @@
+"""The ``local``, ``h100`` and ``m4`` targets: start, watch the first steps, say how to reconnect."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainsvc_launchers import _platform
+from trainsvc_launchers._background import spawn_detached
+from trainsvc_launchers._config import LaunchConfig
+from trainsvc_launchers._crashloop import CrashLoopError, record_resume
+from trainsvc_launchers._files import write_json_atomic
+from trainsvc_launchers._output import ExitCode, Reporter
+from trainsvc_launchers._preflight import run_preflight
+from trainsvc_launchers._service import cli
+from trainsvc_launchers._supervisor import run_state
+
+__all__ = ["find_latest_checkpoint", "launch", "log_path", "m4_config"]
+
+_FATAL = re.compile(r"Traceback \(most recent call last\)|❌ ERROR|^error:|\bFATAL\b", re.MULTILINE)
+_STEP = re.compile(r"step_(\d+)\.safetensors")
+M4_MAX_ENVS = 4
+M4_MAX_INTERVAL = 200
+
+
+def log_path(logs_dir: Path, now: dt.datetime | None = None) -> Path:
+    """``logs/training_YYYYMMDD_HHMMSS.log`` (with ``_2``, ``_3``... if that second is taken)."""
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d_%H%M%S")
+    path = logs_dir / f"training_{stamp}.log"
+    n = 2
+    while path.exists():
+        path = logs_dir / f"training_{stamp}_{n}.log"
+        n += 1
+    return path
+
+
+@dataclass(frozen=True)
+class LatestCheckpoint:
+    """The newest valid checkpoint of a run found on disk."""
+
+    path: Path
+    step: int
+
+
+def _valid(path: Path) -> bool:
+    try:
+        from trainsvc_checkpoint import verify
+    except ImportError:  # pragma: no cover - checkpoint is a dependency of the service
+        return True
+    try:
+        verify(path)
+    except Exception:
+        return False
+    return True
+
+
+def find_latest_checkpoint(data_dir: Path, run_id: str) -> LatestCheckpoint | None:
+    """The newest valid checkpoint under ``data_dir`` in a directory named after ``run_id``."""
+    found: list[LatestCheckpoint] = []
+    if not data_dir.is_dir():
+        return None
+    for path in data_dir.rglob("*step_*.safetensors*"):
+        match = _STEP.search(path.name)
+        if match and run_id in path.parent.parts and not path.name.startswith(".tmp-"):
+            found.append(LatestCheckpoint(path, int(match.group(1))))
+    for ckpt in sorted(found, key=lambda c: c.step, reverse=True):
+        if _valid(ckpt.path):
+            return ckpt
+    return None
+
+
+def m4_config(cfg: LaunchConfig) -> LaunchConfig:
+    """The Apple Silicon variant: at most :data:`M4_MAX_ENVS` environments, frequent checkpoints."""
+    trainer = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.trainer.items()}
+    if cfg.kind == "emergence":
+        env = trainer.setdefault("env", {})
+        if isinstance(env, dict):
+            env["n_envs"] = min(int(env.get("n_envs", M4_MAX_ENVS)), M4_MAX_ENVS)
+    return LaunchConfig(
+        kind=cfg.kind,
+        run_id=cfg.run_id,
+        seed=cfg.seed,
+        step_budget=cfg.step_budget,
+        interval_steps=min(cfg.interval_steps, M4_MAX_INTERVAL),
+        keep_last=cfg.keep_last,
+        checkpoint_mb=cfg.checkpoint_mb,
+        min_ram_gb=cfg.min_ram_gb,
+        trainer=trainer,
+    )
+
+
+class _Tmux:
+    def __init__(self, socket: str | None) -> None:
+        exe = shutil.which("tmux")
+        if exe is None:
+            raise FileNotFoundError(
+                "tmux is not installed: `sudo apt-get install tmux` (or brew install tmux)"
+            )
+        self.base = [exe, *(["-L", socket] if socket else [])]
+
+    def has(self, name: str) -> bool:
+        return (
+            subprocess.run(
+                [*self.base, "has-session", "-t", f"={name}"], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
+
+    def start(self, name: str, command: str) -> None:
+        subprocess.run(
+            [*self.base, "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command],
+            check=True,
+        )
+
+    def kill(self, name: str) -> None:
+        subprocess.run(
+            [*self.base, "kill-session", "-t", f"={name}"], capture_output=True, check=False
+        )
+
+    def attach_hint(self, name: str) -> str:
+        return shlex.join([*(Path(self.base[0]).name, *self.base[1:]), "attach", "-t", name])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
+    """Run the ``local``, ``h100`` or ``m4`` target."""
+    target = str(args.command)
+    setup, training = f"SETUP-{target.upper()}", f"TRAINING-{target.upper()}"
+    if not run_preflight(target, args.config, out, data_dir=args.data_dir):
+        return ExitCode.ERROR
+    from trainsvc_launchers._config import load_launch_config
+
+    cfg = load_launch_config(args.config)
+    if target == "m4":
+        cfg = m4_config(cfg)
+        out.info(
+            setup,
+            f"Apple Silicon config: env.n_envs <= {M4_MAX_ENVS}, a checkpoint every {cfg.interval_steps} steps",
+        )
+    data_dir: Path = args.data_dir.resolve()
+    latest = find_latest_checkpoint(data_dir, cfg.run_id)
+    if latest is not None:
+        try:
+            meta = record_resume(latest.path.parent, latest.path.name, latest.step)
+        except CrashLoopError as exc:
+            out.error(setup, str(exc))
+            return ExitCode.CRASH_LOOP
+        out.info(
+            setup,
+            f"resuming {cfg.run_id} from {latest.path.name} (step {latest.step}, resume #{meta.resume_count})",
+        )
+    launch_cfg = data_dir / "launch" / f"{cfg.run_id}.launch.json"
+    write_json_atomic(launch_cfg, cfg.to_dict())
+    log = log_path(args.logs_dir.resolve())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    argv = [
+        "-m", "trainsvc_launchers._supervisor", "--config", str(launch_cfg),
+        "--data-dir", str(data_dir), "--port", str(args.port), "--section", training,
+    ]  # fmt: skip
+    tmux: _Tmux | None = None
+    session = ""
+    if target == "m4" and args.foreground:
+        from trainsvc_launchers._supervisor import main as supervise_main
+
+        out.info(setup, f"running in the foreground; log: {log}")
+        return ExitCode(supervise_main(argv[2:]))
+    if target == "m4":
+        pid = spawn_detached(argv[2:], log, module="trainsvc_launchers._supervisor")
+        out.success(
+            setup,
+            f"started trainsvc and run {cfg.run_id} in the background (pid {pid}); log: {log}",
+        )
+    else:
+        try:
+            tmux = _Tmux(getattr(args, "tmux_socket", None))
+        except FileNotFoundError as exc:
+            out.error(setup, str(exc))
+            return ExitCode.ERROR
+        session = args.session or f"trainsvc-{cfg.run_id}"
+        if tmux.has(session):
+            out.warning(
+                setup, f"tmux session {session!r} is already running; not starting a second one"
+            )
+            _hints(out, training, cfg, args.port, tmux, session, log)
+            return ExitCode.OK
+        command = f"{shlex.join([sys.executable, *argv])} 2>&1 | tee -a {shlex.quote(str(log))}"
+        tmux.start(session, command)
+        out.success(
+            setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
+        )
+    code = _watch(args, out, training, cfg, log, tmux, session)
+    if code is ExitCode.OK:
+        _hints(out, training, cfg, args.port, tmux, session, log)
+    return code
+
+
+def _watch(
+    args: argparse.Namespace,
+    out: Reporter,
+    section: str,
+    cfg: LaunchConfig,
+    log: Path,
+    tmux: _Tmux | None,
+    session: str,
+) -> ExitCode:
+    """Follow the first ``--watch-steps`` steps; fail fast on an error in the log or a dead session."""
+    server = f"127.0.0.1:{args.port}"
+    goal = min(args.watch_steps, cfg.step_budget)
+    deadline = time.monotonic() + args.watch_timeout
+    first: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        fatal = _FATAL.search(text)
+        alive = tmux.has(session) if tmux is not None else True
+        state, step = "UNKNOWN", 0
+        got = cli(server, "runs", "get", cfg.run_id, timeout=30)
+        if got.ok:
+            state, step = run_state(got.data)
+            if first is None and step > 0:
+                first = (time.monotonic(), step)
+        if fatal or state == "FAILED" or (not alive and state not in ("COMPLETED", "STOPPED")):
+            why = (
+                fatal.group(0)
+                if fatal
+                else f"run is {state}"
+                if state == "FAILED"
+                else "the session exited"
+            )
+            out.error(
+                section, f"early failure ({why}); last lines of {log}:\n{_tail(log)}", log=str(log)
+            )
+            if tmux is not None:
+                tmux.kill(session)
+            return ExitCode.ERROR
+        if step >= goal or state == "COMPLETED":
+            out.success(section, f"run {cfg.run_id} passed step {step} without errors", step=step)
+            if args.command == "m4":
+                _eta(out, section, cfg, first, step)
+            return ExitCode.OK
+        time.sleep(1.0)
+    out.warning(
+        section,
+        f"run {cfg.run_id} did not reach step {goal} within {args.watch_timeout:.0f} s; it keeps running",
+    )
+    return ExitCode.OK
+
+
+def _eta(
+    out: Reporter, section: str, cfg: LaunchConfig, first: tuple[float, int] | None, step: int
+) -> None:
+    if first is None or step <= first[1]:
+        out.info(section, "not enough steps seen yet for a time estimate")
+    else:
+        rate = (step - first[1]) / max(time.monotonic() - first[0], 1e-9)
+        eta = dt.timedelta(seconds=round((cfg.step_budget - step) / rate))
+        out.info(
+            section,
+            f"throughput {rate:.2f} steps/s: about {eta} to step {cfg.step_budget}",
+            steps_per_second=rate,
+        )
+    limit = _platform.thermal_speed_limit()
+    if limit is not None and limit < 100:
+        out.warning(
+            section,
+            f"the CPU is thermally throttled to {limit}%: the estimate may stretch; improve cooling",
+        )
+
+
+def _hints(
+    out: Reporter,
+    section: str,
+    cfg: LaunchConfig,
+    port: int,
+    tmux: _Tmux | None,
+    session: str,
+    log: Path,
+) -> None:
+    server = f"127.0.0.1:{port}"
+    if tmux is not None:
+        out.info(section, f"reconnect: {tmux.attach_hint(session)}   (detach again with Ctrl-b d)")
+    out.info(section, f"watch: trainsvc-cli --server {server} runs watch {cfg.run_id}")
+    out.info(
+        section,
+        f"events: trainsvc-cli --server {server} runs events {cfg.run_id} --follow;  log: tail -f {log}",
+    )
+    out.info(
+        section,
+        f"dashboard: point trainsvc-dashboard at {server}; over SSH first: ssh -L {port}:127.0.0.1:{port} <box>",
+    )
+    out.info(
+        section,
+        "W&B: with log.wandb = true the run logs under its run id; offline runs upload with `wandb sync`",
+    )
+    out.info(section, "re-running this command resumes from the latest checkpoint")
