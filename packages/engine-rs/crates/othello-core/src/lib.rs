@@ -3,12 +3,15 @@
 //! the `trainsvc-engine-py` crate binds it.
 
 pub mod board;
+pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod league;
 pub mod pattern;
 pub mod refgen;
 pub mod rng;
 pub mod search;
+pub mod train;
 
 pub use board::{perft, Board, Color};
 pub use error::EngineError;

@@ -1,0 +1,814 @@
+//! Self-play TD(lambda) training of the pattern weights with Adam.
+//!
+//! Games are played in batches of `batch_games`. All games of a batch read the
+//! same weights, each with its own random stream `(seed, game index)`, so they
+//! can run on any number of rayon threads; their gradients are then applied in
+//! game order. The weights after N games therefore depend only on the seed,
+//! the configuration and N (when N is a multiple of `batch_games`), never on
+//! the thread count.
+//!
+//! TD(lambda) uses sparse eligibility traces: a trace is the list of the
+//! positions visited so far, each with its ~50 active weight indices and a
+//! coefficient that decays by lambda per ply. At the end of a game the trace
+//! coefficients of each position are folded backwards
+//! (`c_k = delta_k + lambda * c_{k+1}`), which is exactly the accumulated
+//! `sum_t delta_t * e_t` of accumulating traces, computed in O(features) per
+//! position instead of touching every active trace entry at every ply.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::board::Board;
+use crate::error::EngineError;
+use crate::eval::{reward, FeatureBuf, NonFinite, Weights};
+use crate::pattern::{PatternSet, MAX_INSTANCES};
+use crate::rng::Rng;
+use crate::search::{search, Limits, TranspositionTable, TT_ENTRY_BYTES};
+
+/// Training configuration. Every field is checked by [`TrainConfig::validate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Worker threads (1 = single-thread mode; results do not depend on it).
+    pub threads: usize,
+    /// Games per weight update (all read the same weights).
+    pub batch_games: usize,
+    /// Search depth of the moves played (1 = greedy on the evaluation).
+    pub search_depth: u32,
+    /// Exploration rate at game 0.
+    pub epsilon_start: f64,
+    /// Exploration rate after `epsilon_decay_games` games (linear in between).
+    pub epsilon_end: f64,
+    /// Games over which epsilon goes from start to end.
+    pub epsilon_decay_games: u64,
+    /// Trace decay lambda in [0, 1].
+    pub lambda: f32,
+    /// Adam step size.
+    pub learning_rate: f32,
+    /// Adam beta1.
+    pub beta1: f32,
+    /// Adam beta2.
+    pub beta2: f32,
+    /// Adam epsilon.
+    pub adam_eps: f32,
+    /// Built-in pattern set name (`default` or `small`).
+    pub pattern_set: String,
+    /// Number of phases (disc-count ranges) with their own tables.
+    pub n_phases: usize,
+    /// Memory budget in MB for weights, optimizer state and transposition tables.
+    pub memory_budget_mb: usize,
+    /// Games in the error-rate window.
+    pub error_window: u64,
+    /// Error rate in the window above which training pauses itself.
+    pub max_error_rate: f64,
+    /// Fault injection for tests: a game whose index is a multiple of this panics (0 = off).
+    pub inject_panic_every: u64,
+    /// Fault injection for tests: poison one weight with NaN before this game (0 = off).
+    pub inject_nan_at_game: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            threads: 0,
+            batch_games: 64,
+            search_depth: 1,
+            epsilon_start: 0.1,
+            epsilon_end: 0.1,
+            epsilon_decay_games: 100_000,
+            lambda: 0.5,
+            learning_rate: 0.001,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            pattern_set: "default".into(),
+            n_phases: 6,
+            memory_budget_mb: 600,
+            error_window: 10_000,
+            max_error_rate: 0.01,
+            inject_panic_every: 0,
+            inject_nan_at_game: 0,
+        }
+    }
+}
+
+fn check<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    allowed: &str,
+) -> Result<(), EngineError> {
+    if v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(EngineError::config(field, allowed, v))
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field; the error names the field and its allowed range.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConfig`] for the first field out of range.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        check("threads", self.threads, 0, 256, "0 (all cores) to 256")?;
+        check("batch_games", self.batch_games, 1, 65_536, "1 to 65536")?;
+        check("search_depth", self.search_depth, 1, 8, "1 to 8")?;
+        check("epsilon_start", self.epsilon_start, 0.0, 1.0, "0.0 to 1.0")?;
+        check("epsilon_end", self.epsilon_end, 0.0, 1.0, "0.0 to 1.0")?;
+        check("lambda", self.lambda, 0.0, 1.0, "0.0 to 1.0")?;
+        check(
+            "learning_rate",
+            self.learning_rate,
+            1e-7,
+            1.0,
+            "1e-7 to 1.0",
+        )?;
+        check("beta1", self.beta1, 0.0, 0.999_999, "0.0 to <1.0")?;
+        check("beta2", self.beta2, 0.0, 0.999_999_9, "0.0 to <1.0")?;
+        check("adam_eps", self.adam_eps, 1e-12, 1.0, "1e-12 to 1.0")?;
+        check("n_phases", self.n_phases, 1, 60, "1 to 60")?;
+        check(
+            "memory_budget_mb",
+            self.memory_budget_mb,
+            16,
+            1 << 20,
+            "16 to 1048576",
+        )?;
+        check(
+            "error_window",
+            self.error_window,
+            10,
+            100_000_000,
+            "10 to 100000000",
+        )?;
+        check(
+            "max_error_rate",
+            self.max_error_rate,
+            0.0,
+            1.0,
+            "0.0 to 1.0",
+        )?;
+        PatternSet::named(&self.pattern_set)?;
+        Ok(())
+    }
+
+    /// Exploration rate for the game with this index.
+    #[must_use]
+    pub fn epsilon(&self, game: u64) -> f64 {
+        if self.epsilon_decay_games == 0 || game >= self.epsilon_decay_games {
+            return self.epsilon_end;
+        }
+        let f = game as f64 / self.epsilon_decay_games as f64;
+        self.epsilon_start + (self.epsilon_end - self.epsilon_start) * f
+    }
+}
+
+/// Memory use by component, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Pattern weight tables.
+    pub pattern_tables: usize,
+    /// Adam first and second moments.
+    pub adam_state: usize,
+    /// Transposition tables (all worker threads).
+    pub transposition_table: usize,
+    /// Gradient buffers, traces and bookkeeping.
+    pub other: usize,
+    /// The configured budget.
+    pub budget: usize,
+}
+
+impl MemoryReport {
+    /// Sum of the components.
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.pattern_tables + self.adam_state + self.transposition_table + self.other
+    }
+}
+
+/// Running totals of a training run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Games finished (and learnt from).
+    pub games: u64,
+    /// Games black won.
+    pub black_wins: u64,
+    /// Games white won.
+    pub white_wins: u64,
+    /// Drawn games.
+    pub draws: u64,
+    /// Sum over games of (black discs - white discs).
+    pub stone_diff_sum: i64,
+    /// Games lost to a caught panic.
+    pub errors: u64,
+    /// Weights found NaN/Inf and reset.
+    pub nan_resets: u64,
+    /// The last reported non-finite weights (at most 100).
+    pub last_non_finite: Vec<NonFinite>,
+    /// Recent stone differences (black - white), newest last, at most 10,000.
+    pub recent_diffs: std::collections::VecDeque<i8>,
+    /// Recent error flags for the error-rate window.
+    pub recent_errors: std::collections::VecDeque<bool>,
+    /// Why training paused itself, if it did.
+    pub auto_paused: Option<String>,
+}
+
+/// Size of the rolling stone-difference window.
+pub const RECENT_WINDOW: usize = 10_000;
+
+impl Stats {
+    /// Mean stone difference (black - white) over the recent window.
+    #[must_use]
+    pub fn recent_stone_diff(&self) -> f64 {
+        if self.recent_diffs.is_empty() {
+            return 0.0;
+        }
+        self.recent_diffs.iter().map(|&d| f64::from(d)).sum::<f64>()
+            / self.recent_diffs.len() as f64
+    }
+
+    /// Black's win rate over the recent window (draws count half).
+    #[must_use]
+    pub fn recent_black_win_rate(&self) -> f64 {
+        if self.recent_diffs.is_empty() {
+            return 0.0;
+        }
+        let s: f64 = self
+            .recent_diffs
+            .iter()
+            .map(|&d| {
+                if d > 0 {
+                    1.0
+                } else if d == 0 {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        s / self.recent_diffs.len() as f64
+    }
+
+    /// Errors in the current error window.
+    #[must_use]
+    pub fn window_errors(&self) -> u64 {
+        self.recent_errors.iter().filter(|&&e| e).count() as u64
+    }
+}
+
+/// One finished self-play game: what the learner needs.
+struct GameRecord {
+    /// Per position: coefficient-free features (n per position) and the gradient scale.
+    features: Vec<u32>,
+    scales: Vec<f32>,
+    n_feat: usize,
+    black_diff: i32,
+}
+
+/// The learner: weights, Adam state and statistics.
+pub struct Trainer {
+    /// Configuration in force.
+    pub config: TrainConfig,
+    /// The weights being learnt.
+    pub weights: Weights,
+    /// Adam first moments.
+    pub adam_m: Vec<f32>,
+    /// Adam second moments.
+    pub adam_v: Vec<f32>,
+    /// Adam steps taken.
+    pub adam_step: u64,
+    /// Statistics.
+    pub stats: Stats,
+    grad: Vec<f32>,
+    touched: Vec<u32>,
+    tt_bytes_per_thread: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+/// Why [`Trainer::train`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The target game count was reached.
+    Target,
+    /// The stop flag was raised.
+    Stopped,
+    /// Too many errors in the window: training paused itself.
+    ErrorRate(String),
+}
+
+fn pick_move(
+    b: &Board,
+    w: &Weights,
+    rng: &mut Rng,
+    eps: f64,
+    depth: u32,
+    tt: &mut Option<TranspositionTable>,
+) -> u32 {
+    let moves = b.moves();
+    if eps > 0.0 && rng.next_f64() < eps {
+        return rng.pick_bit(moves);
+    }
+    if depth > 1 {
+        if let Some(tt) = tt.as_mut() {
+            let r = search(
+                b,
+                w,
+                tt,
+                &Limits {
+                    depth,
+                    time: None,
+                    exact_empties: 0,
+                },
+            );
+            if let Some(m) = r.best_move {
+                return m;
+            }
+        }
+    }
+    let mut best = (f32::INFINITY, moves.trailing_zeros());
+    let mut m = moves;
+    while m != 0 {
+        let sq = m.trailing_zeros();
+        m &= m - 1;
+        let v = w.raw(&b.play(sq));
+        if v < best.0 {
+            best = (v, sq);
+        }
+    }
+    best.1
+}
+
+fn play_game(
+    w: &Weights,
+    cfg: &TrainConfig,
+    game: u64,
+    tt: &mut Option<TranspositionTable>,
+    stop: &AtomicBool,
+) -> Option<GameRecord> {
+    if cfg.inject_panic_every > 0 && game % cfg.inject_panic_every == 0 {
+        panic!("injected fault in game {game}");
+    }
+    let mut rng = Rng::new(cfg.seed, game);
+    let eps = cfg.epsilon(game);
+    let n_feat = w.set.n_instances() + 1;
+    let mut features = Vec::with_capacity(64 * n_feat);
+    let mut values = Vec::with_capacity(64);
+    let mut signs = Vec::with_capacity(64);
+    let mut b = Board::initial();
+    let mut black_to_move = true;
+    let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
+    loop {
+        let moves = b.moves();
+        if moves == 0 {
+            let p = b.pass();
+            if p.moves() == 0 {
+                break;
+            }
+            b = p;
+            black_to_move = !black_to_move;
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = w.features(&b, &mut buf);
+        let raw: f32 = buf[..n].iter().map(|&i| w.w[i as usize]).sum();
+        features.extend_from_slice(&buf[..n]);
+        values.push(raw.tanh());
+        signs.push(if black_to_move { 1.0f32 } else { -1.0 });
+        let sq = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt);
+        b = b.play(sq);
+        black_to_move = !black_to_move;
+    }
+    let side_diff = b.final_score();
+    let black_diff = if black_to_move { side_diff } else { -side_diff };
+    let r = reward(black_diff);
+    // delta_t = V(s_{t+1}) - V(s_t) in black's view; fold the traces backwards.
+    let t_len = values.len();
+    let mut scales = vec![0.0f32; t_len];
+    let mut c = 0.0f32;
+    for t in (0..t_len).rev() {
+        let v_t = signs[t] * values[t];
+        let v_next = if t + 1 < t_len {
+            signs[t + 1] * values[t + 1]
+        } else {
+            r
+        };
+        c = (v_next - v_t) + cfg.lambda * c;
+        // dV_black/dw = sign * (1 - tanh^2) on each active weight.
+        scales[t] = c * signs[t] * (1.0 - values[t] * values[t]);
+    }
+    Some(GameRecord {
+        features,
+        scales,
+        n_feat,
+        black_diff,
+    })
+}
+
+impl Trainer {
+    /// A trainer with zero weights.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConfig`] when the configuration is invalid or the
+    /// memory budget cannot hold the weights and optimizer state.
+    pub fn new(config: TrainConfig) -> Result<Trainer, EngineError> {
+        config.validate()?;
+        let set = Arc::new(PatternSet::named(&config.pattern_set)?);
+        let weights = Weights::new(set, config.n_phases)?;
+        Trainer::with_weights(config, weights)
+    }
+
+    /// A trainer that continues from `weights` (fresh Adam state).
+    ///
+    /// # Errors
+    /// As [`Trainer::new`].
+    pub fn with_weights(config: TrainConfig, weights: Weights) -> Result<Trainer, EngineError> {
+        config.validate()?;
+        let n = weights.w.len();
+        let mut t = Trainer {
+            config,
+            weights,
+            adam_m: vec![0.0; n],
+            adam_v: vec![0.0; n],
+            adam_step: 0,
+            stats: Stats::default(),
+            grad: vec![0.0; n],
+            touched: Vec::new(),
+            tt_bytes_per_thread: 0,
+            pool: None,
+        };
+        t.apply_config()?;
+        Ok(t)
+    }
+
+    fn threads(&self) -> usize {
+        if self.config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            self.config.threads
+        }
+    }
+
+    /// Re-derives the thread pool and the TT size after a configuration change.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConfig`] naming `memory_budget_mb` when the budget is too small.
+    pub fn apply_config(&mut self) -> Result<(), EngineError> {
+        self.config.validate()?;
+        let fixed = self.fixed_bytes();
+        let budget = self.config.memory_budget_mb << 20;
+        if fixed > budget {
+            return Err(EngineError::config(
+                "memory_budget_mb",
+                &format!(
+                    "at least {} for this pattern set and phase count",
+                    fixed.div_ceil(1 << 20)
+                ),
+                self.config.memory_budget_mb,
+            ));
+        }
+        let threads = self.threads();
+        // The TT shrinks to fit what is left of the budget (capped at 64 MB per thread).
+        let per_thread = ((budget - fixed) / threads).min(64 << 20);
+        self.tt_bytes_per_thread = if self.config.search_depth > 1 && per_thread >= TT_ENTRY_BYTES {
+            TranspositionTable::with_bytes(per_thread).memory_bytes()
+        } else {
+            0
+        };
+        self.pool = Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| EngineError::Io(format!("thread pool: {e}")))?,
+        );
+        Ok(())
+    }
+
+    fn fixed_bytes(&self) -> usize {
+        let w = self.weights.memory_bytes();
+        // weights + m + v + gradient buffer + touched list (worst case) + game records
+        w * 4 + self.weights.w.len() / 8 + self.config.batch_games * 64 * (MAX_INSTANCES + 2) * 4
+    }
+
+    /// Memory use by component.
+    #[must_use]
+    pub fn memory_report(&self) -> MemoryReport {
+        let w = self.weights.memory_bytes();
+        MemoryReport {
+            pattern_tables: w,
+            adam_state: 2 * w,
+            transposition_table: self.tt_bytes_per_thread * self.threads(),
+            other: self.fixed_bytes() - 3 * w,
+            budget: self.config.memory_budget_mb << 20,
+        }
+    }
+
+    /// Plays and learns from games until `target_games`, `stop` or the error limit.
+    ///
+    /// `on_batch` runs after every batch with the trainer (for progress and checkpoints).
+    pub fn train(
+        &mut self,
+        target_games: u64,
+        stop: &AtomicBool,
+        mut on_batch: impl FnMut(&mut Trainer),
+    ) -> StopReason {
+        while self.stats.games < target_games {
+            if stop.load(Ordering::Relaxed) {
+                return StopReason::Stopped;
+            }
+            let start = self.stats.games;
+            let b = self.config.batch_games as u64;
+            let end = ((start / b + 1) * b).min(target_games);
+            if !self.run_batch(start, end, stop) {
+                return StopReason::Stopped;
+            }
+            on_batch(self);
+            if let Some(why) = self.check_error_rate() {
+                return StopReason::ErrorRate(why);
+            }
+        }
+        StopReason::Target
+    }
+
+    fn check_error_rate(&mut self) -> Option<String> {
+        let errors = self.stats.window_errors();
+        let limit = (self.config.max_error_rate * self.config.error_window as f64).floor() as u64;
+        if errors > limit {
+            let why = format!(
+                "{errors} errors in the last {} games exceed {:.2}% (limit {limit}); training paused",
+                self.stats.recent_errors.len(),
+                self.config.max_error_rate * 100.0
+            );
+            self.stats.auto_paused = Some(why.clone());
+            return Some(why);
+        }
+        None
+    }
+
+    /// Plays games `start..end` and applies their updates; false if stopped midway.
+    fn run_batch(&mut self, start: u64, end: u64, stop: &AtomicBool) -> bool {
+        if self.config.inject_nan_at_game > 0
+            && (start..end).contains(&self.config.inject_nan_at_game)
+        {
+            let i = self.weights.set.phase_len + 7;
+            self.weights.w[i] = f32::NAN;
+        }
+        self.sweep_non_finite();
+        let w = &self.weights;
+        let cfg = &self.config;
+        let tt_bytes = self.tt_bytes_per_thread;
+        let pool = self.pool.as_ref().expect("pool built in apply_config");
+        let results: Vec<Result<Option<GameRecord>, String>> = pool.install(|| {
+            (start..end)
+                .into_par_iter()
+                .map_init(
+                    || (tt_bytes > 0).then(|| TranspositionTable::with_bytes(tt_bytes)),
+                    |tt, g| {
+                        catch_unwind(AssertUnwindSafe(|| play_game(w, cfg, g, tt, stop))).map_err(
+                            |e| {
+                                e.downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                                    .unwrap_or_else(|| "panic".into())
+                            },
+                        )
+                    },
+                )
+                .collect()
+        });
+        if results.iter().any(|r| matches!(r, Ok(None))) {
+            return false;
+        }
+        for r in &results {
+            match r {
+                Ok(Some(rec)) => {
+                    self.accumulate(rec);
+                    self.record_game(Some(rec.black_diff));
+                }
+                _ => self.record_game(None),
+            }
+        }
+        self.adam_update();
+        true
+    }
+
+    fn record_game(&mut self, diff: Option<i32>) {
+        let s = &mut self.stats;
+        s.games += 1;
+        s.recent_errors.push_back(diff.is_none());
+        if s.recent_errors.len() as u64 > self.config.error_window {
+            s.recent_errors.pop_front();
+        }
+        let Some(d) = diff else {
+            s.errors += 1;
+            return;
+        };
+        match d.signum() {
+            1 => s.black_wins += 1,
+            -1 => s.white_wins += 1,
+            _ => s.draws += 1,
+        }
+        s.stone_diff_sum += i64::from(d);
+        s.recent_diffs.push_back(d as i8);
+        if s.recent_diffs.len() > RECENT_WINDOW {
+            s.recent_diffs.pop_front();
+        }
+    }
+
+    fn accumulate(&mut self, rec: &GameRecord) {
+        for (t, &scale) in rec.scales.iter().enumerate() {
+            for &i in &rec.features[t * rec.n_feat..(t + 1) * rec.n_feat] {
+                let g = &mut self.grad[i as usize];
+                if *g == 0.0 {
+                    self.touched.push(i);
+                }
+                // Gradient ascent direction on the TD objective.
+                *g += scale;
+                if *g == 0.0 {
+                    *g = f32::MIN_POSITIVE; // keep it marked as touched
+                }
+            }
+        }
+    }
+
+    fn adam_update(&mut self) {
+        self.adam_step += 1;
+        let c = &self.config;
+        let t = self.adam_step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        let step = c.learning_rate * bc2.sqrt() / bc1;
+        let mut bad = Vec::new();
+        for &i in &self.touched {
+            let i = i as usize;
+            let g = std::mem::take(&mut self.grad[i]);
+            let m = &mut self.adam_m[i];
+            let v = &mut self.adam_v[i];
+            *m = c.beta1 * *m + (1.0 - c.beta1) * g;
+            *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
+            let w = &mut self.weights.w[i];
+            *w += step * *m / (v.sqrt() + c.adam_eps);
+            if !w.is_finite() || !m.is_finite() || !v.is_finite() {
+                bad.push(i);
+            }
+        }
+        self.touched.clear();
+        if !bad.is_empty() {
+            for &i in &bad {
+                self.weights.w[i] = f32::NAN; // so that the sweep reports it
+            }
+            self.sweep_non_finite();
+        }
+    }
+
+    /// Checks every weight for NaN/Inf, resets them and the Adam state to 0, and reports them.
+    pub fn sweep_non_finite(&mut self) -> Vec<NonFinite> {
+        let plen = self.weights.set.phase_len;
+        let found = self.weights.reset_non_finite();
+        for nf in &found {
+            let off = if nf.pattern == "bias" {
+                plen - 1
+            } else {
+                let s = self
+                    .weights
+                    .set
+                    .shapes
+                    .iter()
+                    .position(|s| s.name == nf.pattern)
+                    .unwrap_or(0);
+                self.weights.set.offsets[s] + nf.index
+            };
+            let i = nf.phase * plen + off;
+            self.adam_m[i] = 0.0;
+            self.adam_v[i] = 0.0;
+        }
+        self.stats.nan_resets += found.len() as u64;
+        if !found.is_empty() {
+            self.stats.last_non_finite = found.iter().take(100).cloned().collect();
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(threads: usize) -> TrainConfig {
+        TrainConfig {
+            threads,
+            batch_games: 16,
+            pattern_set: "small".into(),
+            n_phases: 2,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn same_seed_same_weights_on_one_and_two_threads() {
+        let stop = AtomicBool::new(false);
+        let mut a = Trainer::new(small(1)).unwrap();
+        a.train(96, &stop, |_| {});
+        let mut a2 = Trainer::new(small(1)).unwrap();
+        a2.train(96, &stop, |_| {});
+        let mut b = Trainer::new(small(2)).unwrap();
+        b.train(96, &stop, |_| {});
+        assert_eq!(a.weights.w, a2.weights.w);
+        assert_eq!(a.weights.w, b.weights.w);
+        assert_eq!(a.stats, b.stats);
+        assert!(a.weights.w.iter().any(|&v| v != 0.0), "weights must move");
+        let mut c = Trainer::new(TrainConfig {
+            seed: 1,
+            ..small(1)
+        })
+        .unwrap();
+        c.train(96, &stop, |_| {});
+        assert_ne!(a.weights.w, c.weights.w);
+    }
+
+    #[test]
+    fn panics_are_counted_and_the_error_rate_pauses_training() {
+        let stop = AtomicBool::new(false);
+        let cfg = TrainConfig {
+            inject_panic_every: 50,
+            error_window: 100,
+            ..small(2)
+        };
+        let mut t = Trainer::new(cfg).unwrap();
+        let reason = t.train(400, &stop, |_| {});
+        // 1 panic in 50 games is 2% > 1%: paused once the window holds 2 errors.
+        assert!(matches!(reason, StopReason::ErrorRate(_)), "{reason:?}");
+        assert!(t.stats.errors >= 2);
+        assert!(t.stats.games < 400);
+        assert!(t.stats.auto_paused.as_deref().unwrap().contains("errors"));
+    }
+
+    #[test]
+    fn nan_weights_are_detected_reset_and_reported() {
+        let stop = AtomicBool::new(false);
+        let cfg = TrainConfig {
+            inject_nan_at_game: 20,
+            ..small(1)
+        };
+        let mut t = Trainer::new(cfg).unwrap();
+        t.train(64, &stop, |_| {});
+        assert!(t.weights.w.iter().all(|v| v.is_finite()));
+        let found = t.sweep_non_finite();
+        assert!(found.is_empty());
+        assert_eq!(t.stats.nan_resets, 1, "{:?}", t.stats);
+        let nf = &t.stats.last_non_finite[0];
+        assert_eq!(
+            (nf.pattern.as_str(), nf.phase, nf.index, nf.value.as_str()),
+            ("corner3x3", 1, 7, "NaN")
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field_and_range() {
+        let err = Trainer::new(TrainConfig {
+            lambda: 1.5,
+            ..TrainConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert_eq!(err.to_string(), "lambda: got 1.5; allowed: 0.0 to 1.0");
+        let err = Trainer::new(TrainConfig {
+            memory_budget_mb: 16,
+            ..TrainConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().starts_with("memory_budget_mb"), "{err}");
+    }
+
+    #[test]
+    fn tt_shrinks_to_fit_the_budget() {
+        let big = Trainer::new(TrainConfig {
+            search_depth: 3,
+            threads: 2,
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        let r = big.memory_report();
+        assert!(r.total() <= r.budget, "{r:?}");
+        assert!(r.transposition_table > 0);
+        let tight = Trainer::new(TrainConfig {
+            search_depth: 3,
+            threads: 2,
+            memory_budget_mb: 40,
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        let r2 = tight.memory_report();
+        assert!(r2.total() <= r2.budget, "{r2:?}");
+        assert!(r2.transposition_table < r.transposition_table);
+    }
+}
