@@ -28,17 +28,29 @@ from ._errors import (
 )
 from ._format import FORMAT_NAME, FORMAT_VERSION, MAX_HEADER_BYTES
 from ._io import CheckpointInfo, load, load_with_info, read_info, save, verify
+from ._manager import (
+    CheckpointFallbackWarning,
+    CheckpointFile,
+    CheckpointManager,
+    GetState,
+    Restored,
+)
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "CheckpointError",
+    "CheckpointFallbackWarning",
+    "CheckpointFile",
     "CheckpointInfo",
+    "CheckpointManager",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "GetState",
     "IncompatibleCheckpointError",
     "InvalidTreeError",
+    "Restored",
     "load",
     "load_with_info",
     "read_info",

@@ -358,16 +358,19 @@ def parse_header(raw: bytes, header_len: int, file_size: int) -> Header:
         md = {}
     if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
         raise CorruptCheckpointError("__metadata__: expected an object of string values")
-    foreign = KEY_FORMAT not in md
+    # Any "trainsvc." key makes this a trainsvc file, so that damage to one key
+    # (a flipped bit in "trainsvc.format") cannot pass it off as a foreign file.
+    foreign = not any(key.startswith("trainsvc.") for key in md)
     data_size = file_size - 8 - header_len
     entries = [_parse_entry(name, raw_entry, data_size) for name, raw_entry in obj.items()]
     if foreign:
         _check_layout(entries, data_size, canonical_order=False)
         return Header(header_len, tuple(entries), True, None, dict(md), {})
 
-    if md[KEY_FORMAT] != FORMAT_NAME:
+    if md.get(KEY_FORMAT) != FORMAT_NAME:
         raise CorruptCheckpointError(
-            f"__metadata__.{KEY_FORMAT}: expected {FORMAT_NAME!r}, found {md[KEY_FORMAT]!r:.80}"
+            f"__metadata__.{KEY_FORMAT}: expected {FORMAT_NAME!r}, "
+            f"found {md.get(KEY_FORMAT, '(missing)')!r:.80}"
         )
     version = md.get(KEY_VERSION)
     if version not in SUPPORTED_VERSIONS:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -49,6 +50,42 @@ def _physical_memory() -> int:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
         return 1 << 40
+
+
+class _Worker:
+    """Runs one function on a plain thread, or inline when no thread can be started.
+
+    Plain threads rather than an executor: executors refuse work once the
+    interpreter starts shutting down, which is when a pending save finishes.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="ckpt-crc", daemon=True
+        )
+        try:
+            self._thread.start()
+        except RuntimeError:  # interpreter shutdown: run inline when asked for the result
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> Any:
+        """Wait for the function and return its result (or raise its error)."""
+        if self._thread is None:
+            self._run()
+        else:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 # --------------------------------------------------------------------------- writing
@@ -167,10 +204,9 @@ def write_flat(
             )
             os.lseek(fd, prefix_len, os.SEEK_SET)
             if total >= _PIPELINE_MIN:
-                with ThreadPoolExecutor(1, thread_name_prefix="ckpt-crc") as pool:
-                    crc_future = pool.submit(_crc_all, entries, leaves)
-                    _write_all(fd, views)
-                    crcs = crc_future.result()
+                worker = _Worker(lambda: _crc_all(entries, leaves))
+                _write_all(fd, views)
+                crcs = worker.result()
             else:
                 _write_all(fd, views)
                 crcs = _crc_all(entries, leaves)
@@ -386,33 +422,39 @@ class _CrcTracker:
 
 
 def _read_data(src: _Source, header: Header, dest: np.ndarray[Any, Any] | None) -> dict[str, int]:
-    """Read the data section into ``dest`` (or a scratch buffer when None), computing CRCs.
+    """Read the data section into ``dest`` (or scratch buffers when None), computing CRCs.
 
-    The CRC of each chunk runs on a worker thread while the next chunk is read.
+    The CRCs of one chunk are computed on a worker thread while the next chunk
+    is read. With scratch buffers, three rotate: one being checked, one queued,
+    one being read.
     """
     size = header.data_size
     tracker = _CrcTracker(header.entries)
-    scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(2 if dest is None else 0)]
-    pool = ThreadPoolExecutor(1, thread_name_prefix="ckpt-crc") if size >= _PIPELINE_MIN else None
-    pending: Future[None] | None = None
+    if size < _PIPELINE_MIN:
+        chunk = dest if dest is not None else _aligned_empty(size)
+        src.read_exact(chunk.data, "data")
+        tracker.update(chunk, 0)
+        src.finish()
+        return tracker.values
+    scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(3 if dest is None else 0)]
+    chunks: queue.Queue[tuple[np.ndarray[Any, Any], int] | None] = queue.Queue(maxsize=1)
+
+    def consume() -> None:
+        while (item := chunks.get()) is not None:
+            tracker.update(*item)
+
+    worker = _Worker(consume)
     try:
         pos, k = 0, 0
         while pos < size:
             n = min(_CHUNK, size - pos)
-            chunk = dest[pos : pos + n] if dest is not None else scratch[k % 2][:n]
+            chunk = dest[pos : pos + n] if dest is not None else scratch[k % 3][:n]
             src.read_exact(chunk.data, f"data at byte {pos}")
-            if pool is None:
-                tracker.update(chunk, pos)
-            else:
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(tracker.update, chunk, pos)
+            chunks.put((chunk, pos))
             pos, k = pos + n, k + 1
-        if pending is not None:
-            pending.result()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        chunks.put(None)
+        worker.result()
     src.finish()
     return tracker.values
 

@@ -1,0 +1,403 @@
+"""CheckpointManager: a run's checkpoint directory (format section 9)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from ._errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ._io import TMP_PREFIX, Compression, PathLike, atomic_file, load_with_info, verify, write_flat
+from ._signals import SignalHandlers
+from ._tree import FlatTree, flatten, to_host_array
+
+LATEST = "latest"
+_NAME = re.compile(r"^(emergency_)?step_(0|[1-9][0-9]*)\.safetensors(\.zst)?$")
+
+GetState = Callable[[], tuple[int, Any]]
+"""Returns ``(step, tree)``: the state an emergency checkpoint should hold."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was corrupt and an older one was restored instead."""
+
+
+@dataclass(frozen=True, order=True)
+class CheckpointFile:
+    """One checkpoint in a managed directory.
+
+    Attributes:
+        step: the training step in the file name.
+        emergency: True for ``emergency_step_<N>`` files (never deleted by retention).
+        path: the file.
+    """
+
+    step: int
+    emergency: bool
+    path: Path
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A restored checkpoint: its step, tree, the caller's metadata and the file."""
+
+    step: int
+    tree: Any
+    metadata: dict[str, Any]
+    path: Path
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"step: expected a non-negative int, found {step!r}")
+    return int(step)
+
+
+class CheckpointManager:
+    """Periodic, asynchronous, atomic checkpoints of one run in one directory.
+
+    Files are ``step_<N>.safetensors`` (``.safetensors.zst`` when compressed),
+    ``emergency_step_<N>.safetensors`` and a ``latest`` pointer. Opening a
+    directory deletes ``.tmp-`` leftovers of a crashed save.
+
+    Args:
+        directory: the run's checkpoint directory (created if missing).
+        keep_last: how many of the newest periodic checkpoints retention keeps (>= 1).
+        keep_every: also keep every checkpoint whose step is a multiple of this.
+        compression: None, or ``"zstd"`` for an outer zstd frame.
+    """
+
+    def __init__(
+        self,
+        directory: PathLike,
+        *,
+        keep_last: int = 5,
+        keep_every: int | None = None,
+        compression: Compression = None,
+    ) -> None:
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last: expected an int >= 1, found {keep_last!r}")
+        if keep_every is not None and (
+            isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1
+        ):
+            raise ValueError(f"keep_every: expected None or an int >= 1, found {keep_every!r}")
+        if compression not in (None, "zstd"):
+            raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+        self.compression: Compression = compression
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: dict[str, np.ndarray[Any, Any]] = {}
+        self._trusted: set[Path] = set()
+        self._signals: SignalHandlers | None = None
+
+    # ------------------------------------------------------------------ listing
+
+    def _remove_leftovers(self) -> None:
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def checkpoints(self) -> list[CheckpointFile]:
+        """Every checkpoint file in the directory, oldest first (not verified)."""
+        found = []
+        for entry in self.directory.iterdir():
+            m = _NAME.match(entry.name)
+            if m:
+                found.append(CheckpointFile(int(m.group(2)), m.group(1) is not None, entry))
+        return sorted(found)
+
+    def steps(self) -> list[int]:
+        """The steps that have a checkpoint file on disk, ascending.
+
+        An asynchronous save shows up once its file is written; call
+        :meth:`wait` first to include it.
+        """
+        return sorted({c.step for c in self.checkpoints()})
+
+    def latest_step(self) -> int | None:
+        """The highest step with a checkpoint file on disk, or None."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def _file_name(self, step: int, emergency: bool) -> str:
+        ext = ".safetensors.zst" if self.compression == "zstd" else ".safetensors"
+        return f"{'emergency_' if emergency else ''}step_{step}{ext}"
+
+    # ------------------------------------------------------------------ saving
+
+    def _metadata(self, step: int, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        md = dict(metadata or {})
+        if "step" in md and md["step"] != step:
+            raise ValueError(
+                f"metadata['step']: expected {step} (the step saved), found {md['step']!r}"
+            )
+        md["step"] = step
+        return md
+
+    def save(
+        self,
+        step: int,
+        tree: Any,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        blocking: bool = False,
+    ) -> None:
+        """Save ``tree`` as ``step_<step>``.
+
+        With ``blocking=False`` (the default) the call waits for the previous
+        save to finish, copies every array leaf into host buffers owned by the
+        manager (so later changes to the caller's arrays never reach the file),
+        and returns; one background thread then writes, fsyncs, renames,
+        updates ``latest`` and applies retention. Errors of a background save
+        are raised by the next :meth:`save`, :meth:`wait` or :meth:`restore`.
+
+        Raises:
+            InvalidTreeError: ``tree`` or ``metadata`` cannot be stored (raised here,
+                before anything is written).
+            CheckpointError: the previous background save failed.
+        """
+        step = _check_step(step)
+        with self._busy():
+            self.wait()
+            md = self._metadata(step, metadata)
+            if blocking:
+                self._write(step, flatten(tree), md, emergency=False)
+                return
+            fresh: dict[str, np.ndarray[Any, Any]] = {}
+
+            def snapshot(leaf: Any, where: str) -> np.ndarray[Any, Any]:
+                arr = to_host_array(leaf, where)
+                buf = self._buffers.get(where)
+                if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
+                    buf = np.empty_like(arr)
+                np.copyto(buf, arr, casting="no")
+                fresh[where] = buf
+                return buf
+
+            flat = flatten(tree, convert=snapshot)
+            self._buffers = fresh
+            thread = threading.Thread(
+                target=self._background, args=(step, flat, md), name=f"ckpt-save-{step}"
+            )
+            self._thread = thread
+            thread.start()
+
+    def _background(self, step: int, flat: FlatTree, md: dict[str, Any]) -> None:
+        try:
+            self._write(step, flat, md, emergency=False)
+        except BaseException as exc:
+            self._error = exc
+            print(
+                f"trainsvc-checkpoint: the background save of step {step} failed: {exc!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
+        with self._lock:
+            path = self.directory / self._file_name(step, emergency)
+            self._trusted.discard(path)
+            write_flat(path, flat, metadata=md, compression=self.compression)
+            self._trusted.add(path)
+            with atomic_file(self.directory / LATEST) as fd:
+                os.write(fd, f"{path.name}\n".encode())
+            if not emergency:
+                self._apply_retention()
+            return path
+
+    def wait(self) -> None:
+        """Block until the pending asynchronous save (if any) is on disk.
+
+        Raises:
+            CheckpointError: the background save failed (the cause is chained).
+        """
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise CheckpointError(f"a background checkpoint save failed: {error}") from error
+
+    def save_emergency(
+        self, step: int, tree: Any, *, metadata: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Save ``emergency_step_<step>`` now (blocking); retention never deletes it.
+
+        A pending asynchronous save is finished first; if it failed, its error
+        is reported as a warning so that the emergency save still happens.
+
+        Returns:
+            The file written.
+        """
+        step = _check_step(step)
+        with self._busy():
+            try:
+                self.wait()
+            except CheckpointError as exc:
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+            return self._write(step, flatten(tree), self._metadata(step, metadata), emergency=True)
+
+    # ------------------------------------------------------------------ retention
+
+    def _is_valid(self, ckpt: CheckpointFile) -> bool:
+        if ckpt.path in self._trusted:
+            return True
+        try:
+            verify(ckpt.path)
+        except CheckpointError:
+            return False
+        return True
+
+    def _apply_retention(self) -> None:
+        files = self.checkpoints()
+        periodic = [c for c in files if not c.emergency]
+        newest = sorted({c.step for c in periodic})[-self.keep_last :]
+        keep = set(newest)
+        if self.keep_every is not None:
+            keep |= {c.step for c in periodic if c.step % self.keep_every == 0}
+        doomed = [c for c in periodic if c.step not in keep]
+        if not doomed:
+            return
+        kept = sorted((c for c in files if c not in doomed), reverse=True)
+        if not any(self._is_valid(c) for c in kept):
+            # Never delete the only valid checkpoint: spare the newest valid one.
+            for c in sorted(doomed, reverse=True):
+                if self._is_valid(c):
+                    doomed.remove(c)
+                    break
+        for c in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                c.path.unlink()
+            self._trusted.discard(c.path)
+
+    # ------------------------------------------------------------------ restoring
+
+    def restore_checkpoint(self, step: int | None = None, *, target: Any = None) -> Restored:
+        """Restore a checkpoint and say which one.
+
+        Args:
+            step: the step to restore; None for the newest valid checkpoint.
+            target: optional tree giving the structure; leaves are checked (see ``load``).
+
+        Returns:
+            The step, tree, metadata and path restored.
+
+        Raises:
+            CheckpointNotFoundError: no checkpoint (for ``step``) in the directory.
+            CorruptCheckpointError: every candidate checkpoint is corrupt.
+            IncompatibleCheckpointError: unknown format version or ``target`` mismatch.
+        """
+        with contextlib.suppress(CheckpointError):
+            self.wait()
+        files = self.checkpoints()
+        if step is not None:
+            step = _check_step(step)
+            files = [c for c in files if c.step == step]
+        # Newest first; for one step, the emergency file (written later) first.
+        candidates = sorted(files, key=lambda c: (c.step, c.emergency), reverse=True)
+        if not candidates:
+            what = f"step {step}" if step is not None else "any step"
+            raise CheckpointNotFoundError(
+                f"no checkpoint for {what} in {self.directory}; steps on disk: {self.steps()}"
+            )
+        problems = []
+        for i, ckpt in enumerate(candidates):
+            try:
+                tree, info = load_with_info(ckpt.path, target=target)
+            except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+                problems.append(f"{ckpt.path.name}: {exc}")
+                if i + 1 < len(candidates):
+                    warnings.warn(
+                        f"checkpoint {ckpt.path.name} is unusable ({exc}); falling back to "
+                        f"{candidates[i + 1].path.name}",
+                        CheckpointFallbackWarning,
+                        stacklevel=3,
+                    )
+                continue
+            return Restored(ckpt.step, tree, info.metadata, ckpt.path)
+        raise CorruptCheckpointError(
+            f"no valid checkpoint in {self.directory}: " + "; ".join(problems)
+        )
+
+    def restore(self, step: int | None = None, *, target: Any = None) -> Any:
+        """Restore a tree: ``step``, or the newest valid checkpoint when None.
+
+        When the newest checkpoint is corrupt, a :class:`CheckpointFallbackWarning`
+        is issued and the next older one is tried. See :meth:`restore_checkpoint`.
+        """
+        return self.restore_checkpoint(step, target=target).tree
+
+    # ------------------------------------------------------------------ signals
+
+    @contextlib.contextmanager
+    def _busy(self) -> Any:
+        """Defer signal handling while the manager's own state is in flux."""
+        signals = self._signals
+        if signals is None:
+            yield
+            return
+        with signals.deferred():
+            yield
+
+    def install_signal_handlers(self, get_state: GetState) -> None:
+        """Save an emergency checkpoint on SIGTERM and SIGINT, then exit as the signal would.
+
+        On either signal: ``get_state()`` gives ``(step, tree)``; pending writes
+        are finished, ``emergency_step_<step>`` is saved, and the signal is
+        re-raised with the default action, so the process's exit status says
+        it died of that signal. (A handler installed before this one that is a
+        Python function is called instead of the default action.) An ``atexit``
+        hook finishes pending writes at interpreter exit, and saves the
+        emergency checkpoint for a signal that arrived but could not be handled.
+        Call from the main thread; works on Linux and macOS.
+        """
+        if self._signals is not None:
+            self._signals.uninstall()
+        self._signals = SignalHandlers(self, get_state)
+        self._signals.install()
+
+    def _emergency_from_signal(self, get_state: GetState, signame: str) -> None:
+        step, tree = get_state()
+        path = self.save_emergency(step, tree)
+        print(f"trainsvc-checkpoint: {signame}: saved {path}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Finish pending writes, release the snapshot buffers and signal handlers."""
+        try:
+            self.wait()
+        finally:
+            self._buffers = {}
+            if self._signals is not None:
+                self._signals.uninstall()
+                self._signals = None
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
