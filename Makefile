@@ -35,7 +35,8 @@ cargo-test: ## Run the Rust tests, clippy and rustfmt (when a Rust crate exists)
 	  cargo test --manifest-path $$m --workspace --release || exit 1; \
 	done
 
-bench: sync ## Run the benchmarks (tables of ratios against baselines)
+bench: bootstrap ## Run the benchmarks (tables of ratios against baselines)
+	$(UV) sync --locked --all-packages --group bench
 	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
 
 lint: ## ruff lint and format check
