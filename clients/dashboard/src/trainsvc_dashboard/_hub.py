@@ -59,6 +59,11 @@ def _dumps(msg: dict[str, Any]) -> str:
     return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def run_name(run: str) -> str:
     """A run given as "runs/ID" or "ID", as its resource name."""
     return run if run.startswith("runs/") else f"runs/{run}"
@@ -76,6 +81,7 @@ class Client:
         self.next_frame_at = 0.0
         self.outbox: deque[str] = deque()
         self.dropped = 0
+        self.dropped_total = 0
         self.frames_sent = 0
         self.wake = asyncio.Event()
 
@@ -84,6 +90,7 @@ class Client:
         if len(self.outbox) >= OUTBOX_LIMIT:
             self.outbox.popleft()
             self.dropped += 1
+            self.dropped_total += 1
         self.outbox.append(_dumps(msg))
         self.wake.set()
 
@@ -237,10 +244,10 @@ class Hub:
     def service_down(self, err: BaseException) -> None:
         """Record that the service is unreachable and tell every page (once)."""
         message = error_json(err)["message"] or "unreachable"
-        if self.service["state"] != "disconnected" or self.service["message"] != message:
-            if self.service["state"] != "disconnected":
-                log.warning("service %s unreachable: %s", self.link.config.address, message)
-            self.service = {**self.service, "state": "disconnected", "message": message}
+        was = self.service["state"]
+        self.service = {**self.service, "state": "disconnected", "message": message}
+        if was != "disconnected":
+            log.warning("service %s unreachable: %s", self.link.config.address, message)
             self.broadcast({"type": "service", **self.service})
 
     def service_up(self) -> None:
@@ -278,7 +285,8 @@ class Hub:
             self._runs_msg = text
             self.broadcast(msg)
         for client in self.clients:
-            if client.auto and (client.feed is None or client.feed.run != self.active):
+            watching = client.feed.run if client.feed is not None else None
+            if client.auto and watching != self.active:
                 self.attach(client, self.active, auto=True)
 
     async def _poll_loop(self) -> None:
@@ -422,7 +430,7 @@ class Hub:
             client.push(
                 {
                     "type": "error",
-                    "message": f"type: unknown {kind!r}; allowed: {', '.join(MESSAGE_TYPES)}",
+                    "message": f"type: unknown {_short(kind)}; allowed: {', '.join(MESSAGE_TYPES)}",
                 }
             )
             return
@@ -445,7 +453,7 @@ class Hub:
                 client.push(
                     {
                         "type": "error",
-                        "message": f"hz: must be a number in 0.1..{MAX_RATE_HZ:g}, got {hz!r}",
+                        "message": f"hz: must be a number in 0.1..{MAX_RATE_HZ:g}, got {_short(hz)}",
                     }
                 )
                 return
@@ -514,6 +522,7 @@ class Hub:
                     "rate_hz": c.rate_hz,
                     "run": c.feed.run if c.feed else None,
                     "outbox": len(c.outbox),
+                    "dropped": c.dropped_total,
                     "frames_sent": c.frames_sent,
                 }
                 for c in self.clients

@@ -1,0 +1,181 @@
+"""The bridge with many real WebSocket clients, auth, and bad messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trainsvc_dashboard import PAYLOAD_EMERGENCE, decode_frame
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from .conftest import BridgeProc, Service, _stop, start_bridge, wait_for
+
+READERS = 20
+READER_RATE_HZ = 5.0
+OUTBOX_LIMIT = 256
+
+
+def _stats(bridge: BridgeProc, token: str = "") -> dict[str, Any]:
+    url = bridge.url + "api/stats" + (f"?token={token}" if token else "")
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _text(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next text message of type `kind` (frames and other messages skipped)."""
+    while True:
+        msg = await asyncio.wait_for(ws.recv(), 60)
+        if isinstance(msg, str) and (data := json.loads(msg))["type"] == kind:
+            return dict(data)
+
+
+class Reader:
+    """A client that reads everything and counts frames after it set its rate."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames = 0
+        self.steps: list[int] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for msg in self.ws:
+            if isinstance(msg, bytes):
+                frame = decode_frame(msg)
+                assert frame.kind == PAYLOAD_EMERGENCE
+                self.frames += 1
+                self.steps.append(frame.step)
+
+
+async def _fan_out(bridge: BridgeProc) -> None:
+    # The stuck client: asks for everything, then never reads again.
+    stuck = await connect(bridge.ws_url, max_queue=1)
+    await stuck.send(json.dumps({"type": "rate", "hz": 60}))
+    readers = []
+    for _ in range(READERS):
+        ws = await connect(bridge.ws_url)
+        await ws.send(json.dumps({"type": "rate", "hz": READER_RATE_HZ}))
+        readers.append(Reader(ws))
+    rss_before = _rss_kib(bridge.pid)
+    start = time.monotonic()
+
+    # Flood: every bad message earns an error reply the stuck client never reads,
+    # until its socket is full and the bridge starts dropping its oldest messages.
+    flood = json.dumps({"type": "rate", "hz": 1e9})
+    sent = 0
+    while sent < 400_000:
+        for _ in range(2000):
+            await stuck.send(flood)
+        sent += 2000
+        stats = await asyncio.to_thread(_stats, bridge)
+        if any(c["dropped"] > 0 for c in stats["clients"]):
+            break
+    stats = await asyncio.to_thread(_stats, bridge)
+    assert any(c["dropped"] > 0 for c in stats["clients"]), "the stuck client never backed up"
+    assert all(c["outbox"] <= OUTBOX_LIMIT for c in stats["clients"]), stats
+
+    # While it stays stuck, every other client keeps getting new frames.
+    marks = [r.frames for r in readers]
+    for reader, mark in zip(readers, marks, strict=True):
+        await asyncio.to_thread(
+            wait_for, "frames to a reading client", lambda r=reader, m=mark: r.frames >= m + 5
+        )
+    elapsed = time.monotonic() - start
+    for reader in readers:
+        # Newest-wins at the asked rate: never more frames than the rate allows
+        # (+2 for the frames before the rate message took effect).
+        assert reader.frames <= READER_RATE_HZ * (elapsed + 1) * 1.25 + 2, (reader.frames, elapsed)
+        assert reader.steps == sorted(reader.steps)
+    stats = await asyncio.to_thread(_stats, bridge)
+    assert all(c["outbox"] <= OUTBOX_LIMIT for c in stats["clients"]), stats
+    grown_mib = (_rss_kib(bridge.pid) - rss_before) / 1024
+    replies_mib = sent * 60 / 2**20
+    print(
+        f"flood: {sent} messages (~{replies_mib:.0f} MiB of replies); bridge RSS grew {grown_mib:.1f} MiB"
+    )
+    assert grown_mib < 64
+
+    for reader in readers:
+        await reader.ws.close()
+        reader.task.cancel()
+    stuck.transport.abort()
+
+
+def test_a_client_that_does_not_read_holds_back_no_one(bridge: BridgeProc, live_run: str) -> None:
+    asyncio.run(_fan_out(bridge))
+
+
+async def _protocol(bridge: BridgeProc, live_run: str) -> None:
+    async with connect(bridge.ws_url) as ws:
+        hello = await _text(ws, "hello")
+        assert hello["protocol"] == 1
+        assert {p["id"] for p in hello["presets"]} >= {"emergence-tiny"}
+        assert hello["service"]["state"] == "connected"
+        selected = await _text(ws, "selected")
+        assert selected["auto"] is True
+
+        await ws.send(json.dumps({"type": "rate", "hz": 500}))
+        assert "hz" in (await _text(ws, "error"))["message"]
+        await ws.send(json.dumps({"type": "bogus"}))
+        assert "allowed: select" in (await _text(ws, "error"))["message"]
+        await ws.send("not json")
+        assert "JSON" in (await _text(ws, "error"))["message"]
+
+        # Controls reach the service and come back with its status codes.
+        await ws.send(json.dumps({"type": "pause", "run": "runs/no-such-run", "req": 7}))
+        reply = await _text(ws, "reply")
+        assert (reply["req"], reply["ok"], reply["error"]["code"]) == (7, False, "NOT_FOUND")
+        await ws.send(json.dumps({"type": "create", "preset": "nope", "req": 8}))
+        reply = await _text(ws, "reply")
+        assert reply["ok"] is False and "preset" in reply["error"]["message"]
+
+        # Selecting a run explicitly sends its backlog, then its frames.
+        await ws.send(json.dumps({"type": "select", "run": live_run.removeprefix("runs/")}))
+        selected = await _text(ws, "selected")
+        assert (selected["run"], selected["auto"]) == (live_run, False)
+        assert (await _text(ws, "events"))["events"][0]["type"] == "STATE_CHANGED"
+        while not isinstance(msg := await asyncio.wait_for(ws.recv(), 60), bytes):
+            pass
+        assert decode_frame(msg).feed == selected["feed"]
+
+
+def test_protocol_messages_and_errors(bridge: BridgeProc, live_run: str) -> None:
+    asyncio.run(_protocol(bridge, live_run))
+
+
+async def _auth(bridge: BridgeProc) -> None:
+    ws_url = bridge.ws_url
+    for url in (ws_url, ws_url + "?token=wrong"):
+        with pytest.raises(InvalidStatus) as err:
+            await connect(url)
+        assert err.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as err:
+        await connect(ws_url + "?token=s3cret", origin="http://evil.example")  # type: ignore[arg-type]
+    assert err.value.response.status_code == 403
+    async with connect(ws_url + "?token=s3cret") as ws:
+        assert (await _text(ws, "hello"))["protocol"] == 1
+    async with connect(ws_url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+        assert (await _text(ws, "hello"))["protocol"] == 1
+
+
+def test_wrong_login_token_is_refused(service: Service, logs_dir: Path) -> None:
+    guarded = start_bridge(service.address, logs_dir / "bridge-auth.log", "--login-token", "s3cret")
+    try:
+        with urllib.request.urlopen(guarded.url + "api/info", timeout=30) as resp:
+            assert json.loads(resp.read())["auth_required"] is True
+        asyncio.run(_auth(guarded))
+    finally:
+        _stop(guarded.proc)
