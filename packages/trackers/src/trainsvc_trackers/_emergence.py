@@ -1,0 +1,193 @@
+"""EmergenceTracker: collective structure of agents on a torus field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from trainsvc_trackers._history import History, JsonValue, decode_float, encode_float
+
+EMERGENCE_METRICS = ("nn_ratio", "field_entropy", "action_coordination", "emergence_index")
+
+
+def torus_deltas(positions: npt.NDArray[Any], shape: tuple[int, int]) -> npt.NDArray[np.float64]:
+    """Pairwise per-axis distances on an ``H x W`` torus, shape ``(N, N, 2)``."""
+    pos = np.asarray(positions, dtype=np.float64)
+    size = np.asarray(shape, dtype=np.float64)
+    delta = np.abs(pos[:, None, :] - pos[None, :, :]) % size
+    return np.minimum(delta, size - delta)
+
+
+def nn_ratio(positions: npt.NDArray[Any], shape: tuple[int, int]) -> float:
+    """Clark-Evans ratio: mean nearest-neighbour distance over its value for random positions.
+
+    ``R = mean_i min_{j != i} d(i, j) / (0.5 / sqrt(N / (H * W)))`` with ``d`` the
+    Euclidean distance on the torus. ``R ~ 1`` for uniformly random agents,
+    ``R -> 0`` when agents gather, ``R > 1`` for regular spacing.
+    """
+    n = len(positions)
+    if n < 2:
+        raise ValueError(f"nn_ratio needs at least 2 agents, got {n}")
+    deltas = torus_deltas(positions, shape)
+    dist = np.sqrt((deltas**2).sum(axis=-1))
+    np.fill_diagonal(dist, np.inf)
+    expected = 0.5 / math.sqrt(n / (shape[0] * shape[1]))
+    return float(dist.min(axis=1).mean() / expected)
+
+
+def field_entropy(field: npt.NDArray[Any]) -> float:
+    """Normalised Shannon entropy of a non-negative field, in ``[0, 1]``.
+
+    ``p = f / sum(f)`` (negative cells count as 0), ``H = -sum p log p / log(cells)``.
+    1 is a uniform field (no structure); an all-zero field counts as uniform.
+    """
+    f = np.clip(np.asarray(field, dtype=np.float64), 0.0, None).ravel()
+    total = f.sum()
+    if f.size < 2 or total <= 0.0 or not np.isfinite(total):
+        return 1.0
+    p = f[f > 0] / total
+    return float(-(p * np.log(p)).sum() / math.log(f.size))
+
+
+def action_coordination(
+    positions: npt.NDArray[Any], actions: npt.NDArray[Any], shape: tuple[int, int], radius: int
+) -> float:
+    """Chance-corrected agreement of neighbours' actions (Cohen's-kappa style), in ``[-1, 1]``.
+
+    Over the pairs ``i < j`` whose torus Chebyshev distance is at most ``radius``:
+    ``kappa = (P_same - P_chance) / (1 - P_chance)`` with ``P_same`` the fraction of
+    pairs taking the same action and ``P_chance = sum_a p_a^2`` from all agents'
+    action frequencies ``p_a``. 0 when there are no neighbour pairs or
+    ``P_chance == 1``.
+    """
+    acts = np.asarray(actions).ravel()
+    deltas = torus_deltas(positions, shape)
+    near = deltas.max(axis=-1) <= radius
+    iu = np.triu_indices(len(acts), k=1)
+    pair_near = near[iu]
+    if not pair_near.any():
+        return 0.0
+    same = (acts[iu[0]] == acts[iu[1]])[pair_near]
+    p_same = float(same.mean())
+    _, counts = np.unique(acts, return_counts=True)
+    freq = counts / counts.sum()
+    p_chance = float((freq**2).sum())
+    if p_chance >= 1.0:
+        return 0.0
+    return (p_same - p_chance) / (1.0 - p_chance)
+
+
+class EmergenceTracker:
+    """Tracks how much collective structure appears over training.
+
+    Each :meth:`update` takes one snapshot (or a batch of snapshots, averaged) of
+    agent positions, the shared field and the agents' last actions, and records
+    the metrics defined in the package README: ``nn_ratio``, ``field_entropy``,
+    ``action_coordination`` and their summary ``emergence_index``.
+
+    Args:
+        shape: the torus size ``(H, W)``.
+        neighbour_radius: Chebyshev radius within which two agents are neighbours.
+        recent_size: exact recent values kept per metric.
+        longterm_size: points of the decimated whole-run record per metric.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        neighbour_radius: int = 1,
+        *,
+        recent_size: int = 256,
+        longterm_size: int = 512,
+    ) -> None:
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"shape must be two positive integers (H, W), got {shape!r}")
+        if neighbour_radius < 0:
+            raise ValueError(f"neighbour_radius must be >= 0, got {neighbour_radius}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.neighbour_radius = int(neighbour_radius)
+        self.histories = {m: History(recent_size, longterm_size) for m in EMERGENCE_METRICS}
+        self.latest: dict[str, float] = {}
+
+    def update(
+        self,
+        positions: npt.ArrayLike,
+        field: npt.ArrayLike,
+        actions: npt.ArrayLike,
+    ) -> dict[str, float]:
+        """Records one snapshot and returns its metrics.
+
+        Args:
+            positions: integer cells ``(N, 2)``, or ``(B, N, 2)`` for ``B`` environments.
+            field: the shared field ``(H, W)`` or ``(B, H, W)``.
+            actions: each agent's last action ``(N,)`` or ``(B, N)``.
+        """
+        pos = np.asarray(positions)
+        fld = np.asarray(field)
+        act = np.asarray(actions)
+        if pos.ndim == 2:
+            pos, fld, act = pos[None], fld[None], act[None]
+        if pos.ndim != 3 or pos.shape[-1] != 2:
+            raise ValueError(f"positions must have shape (N, 2) or (B, N, 2), got {pos.shape}")
+        if fld.shape[-2:] != self.shape or fld.shape[0] != pos.shape[0]:
+            raise ValueError(f"field must have shape {self.shape} per env, got {fld.shape}")
+        if act.shape != pos.shape[:2]:
+            raise ValueError(f"actions must have shape {pos.shape[:2]}, got {act.shape}")
+        r = float(np.mean([nn_ratio(p, self.shape) for p in pos]))
+        h = float(np.mean([field_entropy(f) for f in fld]))
+        k = float(
+            np.mean(
+                [
+                    action_coordination(p, a, self.shape, self.neighbour_radius)
+                    for p, a in zip(pos, act, strict=True)
+                ]
+            )
+        )
+        index = (max(0.0, 1.0 - r) + (1.0 - h) + max(0.0, k)) / 3.0
+        values = {
+            "nn_ratio": r,
+            "field_entropy": h,
+            "action_coordination": k,
+            "emergence_index": index,
+        }
+        for name, value in values.items():
+            self.histories[name].append(value)
+        self.latest = values
+        return dict(values)
+
+    @property
+    def count(self) -> int:
+        """Number of updates so far."""
+        return self.histories["nn_ratio"].count
+
+    def summary(self) -> dict[str, float]:
+        """Latest value and mean over the recent window of every metric (empty before updates)."""
+        out: dict[str, float] = {}
+        for name in EMERGENCE_METRICS:
+            hist = self.histories[name]
+            if hist.recent:
+                out[name] = self.latest[name]
+                out[f"{name}_mean"] = float(np.mean(hist.recent))
+        return out
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        """JSON-safe state; :meth:`from_dict` restores it exactly."""
+        return {
+            "shape": list(self.shape),
+            "neighbour_radius": self.neighbour_radius,
+            "histories": {m: h.to_dict() for m, h in self.histories.items()},
+            "latest": {m: encode_float(v) for m, v in self.latest.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, JsonValue]) -> EmergenceTracker:
+        """Rebuilds a tracker saved by :meth:`to_dict`."""
+        shape = data["shape"]
+        tracker = cls((int(shape[0]), int(shape[1])), int(data["neighbour_radius"]))
+        tracker.histories = {m: History.from_dict(h) for m, h in data["histories"].items()}
+        tracker.latest = {m: decode_float(v) for m, v in data["latest"].items()}
+        return tracker
