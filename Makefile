@@ -19,8 +19,8 @@ bootstrap: ## Install uv if missing (needs only Python and pip)
 sync: bootstrap ## Install every workspace member and the dev tools from uv.lock
 	$(UV) sync --locked --all-packages
 
-run: sync ## Run the main job on embedded defaults
-	$(UV) run --no-sync python examples/checkpoint_demo.py
+run: sync ## Run the main job: the service on embedded defaults with a demo emergence run (Ctrl+C stops it)
+	$(UV) run --no-sync trainsvc serve --demo
 
 test: sync lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
 
@@ -49,3 +49,6 @@ fmt: ## Format the Python code
 
 typecheck: ## mypy --strict on every member's src/
 	$(UV) run --no-sync mypy $(PY_SRC)
+
+proto: ## Regenerate the committed gRPC/protobuf bindings (services/trainsvc-api) from proto/
+	$(UV) run --no-sync python services/trainsvc-api/scripts/generate_proto.py

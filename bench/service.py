@@ -1,0 +1,201 @@
+"""Benchmark of the trainsvc service: training throughput under frame fan-out, and control latency.
+
+Starts a real `trainsvc serve` on loopback with one emergence run (the
+trainer's default config, a frame every step), then measures over fixed
+windows:
+
+- training steps/s with 0, 10 and 100 StreamFrames subscribers (each asking
+  for 30 frames/s, as the dashboard does), as a ratio to 0 subscribers
+  (the 0-subscriber baseline is measured before and after, and averaged);
+  target >= 0.95 at 100;
+- frames delivered per subscriber per second;
+- GetRun and ListRuns latency p50/p99 while 100 subscribers stream
+  (target p99 <= 10 ms on loopback).
+
+Usage: python bench/service.py [--window 10] [--subscribers 0,10,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from trainsvc_client import Client, connect, pb
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Subscribers:
+    def __init__(self, address: str, run: str, n: int) -> None:
+        self.counts = [0] * n
+        self.clients = [connect(address) for _ in range(max(1, n // 10))]
+        self.streams = [
+            self.clients[i % len(self.clients)].stream_frames(run, max_rate_hz=30) for i in range(n)
+        ]
+        self.threads = [
+            threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, i: int) -> None:
+        try:
+            for _ in self.streams[i]:
+                self.counts[i] += 1
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.cancel()
+        for t in self.threads:
+            t.join(5)
+        for c in self.clients:
+            c.close()
+
+
+def _rate(client: Client, run: str, window: float) -> float:
+    r0 = client.get_run(run)
+    t0 = time.monotonic()
+    time.sleep(window)
+    r1 = client.get_run(run)
+    return (r1.step - r0.step) / (time.monotonic() - t0)
+
+
+def _latencies(fn: object, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.005)
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--subscribers", default="10,100")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.subscribers.split(",") if x]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        log = Path(tmp) / "service.log"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from trainsvc import main; main()",
+                "serve",
+                "--listen",
+                address,
+                "--data-dir",
+                str(Path(tmp) / "data"),
+                "--metrics-listen",
+                "",
+                "--log-format",
+                "json",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            client = connect(address)
+            for _ in range(300):
+                try:
+                    client.list_runs_page(timeout=2)
+                    break
+                except Exception:
+                    time.sleep(0.2)
+            run = client.create_run(
+                "emergence",
+                step_budget=10**9,
+                seed=0,
+                config={"frame_interval": 1},
+                checkpoint_policy=pb.CheckpointPolicy(interval_steps=10**8),
+            ).name
+            while client.get_run(run).step < 50:
+                time.sleep(0.5)
+
+            rows: list[tuple[str, float, str, str]] = []
+            base_before = _rate(client, run, args.window)
+            results: dict[int, tuple[float, float]] = {}
+            lat_get: list[float] = []
+            lat_list: list[float] = []
+            for n in levels:
+                subs = _Subscribers(address, run, n)
+                time.sleep(2.0)
+                start = list(subs.counts)
+                t0 = time.monotonic()
+                rate = _rate(client, run, args.window)
+                elapsed = time.monotonic() - t0
+                per_sub = (
+                    statistics.mean(c - s for c, s in zip(subs.counts, start, strict=True))
+                    / elapsed
+                )
+                results[n] = (rate, per_sub)
+                if n == max(levels):
+                    lat_get = _latencies(lambda: client.get_run(run), 300)
+                    lat_list = _latencies(lambda: client.list_runs_page(page_size=10), 300)
+                subs.close()
+            base_after = _rate(client, run, args.window)
+            base = (base_before + base_after) / 2
+            rows.append(("0 (baseline, mean of before/after)", base, "1.00", "-"))
+            for n, (rate, per_sub) in results.items():
+                rows.append((f"{n}", rate, f"{rate / base:.2f}", f"{per_sub:.1f}"))
+            client.stop_run(run)
+            client.close()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    print(
+        f"trainsvc service benchmark (window {args.window:g} s, emergence default config, "
+        f"a frame every step, subscribers ask for 30 frames/s; {os.cpu_count()} CPUs)"
+    )
+    print()
+    print(
+        f"| {'frame subscribers':<36} | {'train steps/s':>13} | {'ratio to 0':>10} | {'frames/s per subscriber':>23} |"
+    )
+    print(f"|{'-' * 38}|{'-' * 15}:|{'-' * 11}:|{'-' * 24}:|")
+    for name, rate, ratio, per_sub in rows:
+        print(f"| {name:<36} | {rate:>13.1f} | {ratio:>10} | {per_sub:>23} |")
+    print(
+        f"  (baseline before {base_before:.1f} steps/s, after {base_after:.1f}; target ratio >= 0.95 at 100)"
+    )
+    print()
+    print(
+        f"| {'control RPC while ' + str(max(levels)) + ' subscribers stream':<44} | {'p50 ms':>7} | {'p99 ms':>7} |"
+    )
+    print(f"|{'-' * 46}|{'-' * 8}:|{'-' * 8}:|")
+    for name, lat in (("GetRun", lat_get), ("ListRuns (page_size=10)", lat_list)):
+        print(f"| {name:<44} | {_pct(lat, 0.5):>7.2f} | {_pct(lat, 0.99):>7.2f} |")
+    print("  (target p99 <= 10 ms on loopback)")
+
+
+if __name__ == "__main__":
+    main()

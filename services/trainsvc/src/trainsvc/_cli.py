@@ -1,0 +1,125 @@
+"""`trainsvc serve`: the service's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainsvc._server import ConfigurationError, ServerOptions, serve
+
+TOKEN_ENV = "TRAINSVC_TOKEN"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainsvc", description="The trainsvc training service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="Run the gRPC service.", description="Run the gRPC service.")
+    s.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    s.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".trainsvc"),
+        help="registry and checkpoints (default ./.trainsvc/)",
+    )
+    s.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the bearer token (else ${TOKEN_ENV}); required beyond loopback",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without a token (not recommended)",
+    )
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
+    s.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1:9464",
+        help="HOST:PORT of the Prometheus /metrics endpoint ('' = off; default %(default)s)",
+    )
+    s.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume runs that were active when the service last stopped",
+    )
+    s.add_argument(
+        "--max-streams", type=int, default=512, help="concurrent streams (default %(default)s)"
+    )
+    s.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to checkpoint active runs on SIGTERM (default %(default)s)",
+    )
+    s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo emergence run at start when no run is active",
+    )
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        try:
+            token: str = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--token-file: cannot read {args.token_file}: {exc}"
+            ) from None
+        if not token:
+            raise ConfigurationError(f"--token-file: {args.token_file} is empty")
+        return token
+    env: str | None = os.environ.get(TOKEN_ENV)
+    return env or None
+
+
+async def _demo(server: Any) -> None:
+    from trainsvc._domain import RunSpec, State
+
+    active = server.registry.runs_in_states((State.PENDING, State.RUNNING, State.PAUSED))
+    if active:
+        run = active[0]
+    else:
+        spec = RunSpec(kind="emergence", step_budget=100_000, seed=0, display_name="demo")
+        run = server.manager.create_run(spec, "")
+    host = server.options.listen
+    print(
+        f"\ntrainsvc is running on {host} (data in {server.options.data_dir}/).\n"
+        f"Demo run: {run.name}\n"
+        f"Watch it:  trainsvc-cli runs watch {run.name}   (add --server {host} if not the default)\n"
+        f"Metrics:   http://{server.options.metrics_listen}/metrics\n"
+        "Stop with Ctrl+C (active runs are checkpointed first).\n",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `trainsvc`."""
+    args = _parser().parse_args(argv)
+    from trainsvc._logging import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
+    try:
+        options = ServerOptions(
+            listen=args.listen,
+            data_dir=args.data_dir,
+            token=_token(args),
+            insecure=args.insecure,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            metrics_listen=args.metrics_listen,
+            auto_resume=args.auto_resume,
+            max_streams=args.max_streams,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+        serve(options, _demo if args.demo else None)
+    except ConfigurationError as exc:
+        print(f"trainsvc: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

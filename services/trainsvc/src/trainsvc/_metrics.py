@@ -1,0 +1,73 @@
+"""Prometheus metrics of the service (served by `trainsvc serve --metrics-listen`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from trainsvc._domain import State
+
+
+class _RunsByState(Collector):
+    def __init__(self, counts: Callable[[], dict[State, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("trainsvc_runs", "Runs by state.", labels=["state"])
+        counts = self._counts()
+        for state in State:
+            family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+
+class Metrics:
+    """The service's metrics, in their own registry (so tests can build many services)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.steps_per_second = Gauge(
+            "trainsvc_run_steps_per_second",
+            "Training rate of each active run.",
+            ["run"],
+            registry=r,
+        )
+        self.run_step = Gauge(
+            "trainsvc_run_step", "Latest step of each active run.", ["run"], registry=r
+        )
+        self.frames_sent = Counter(
+            "trainsvc_frames_sent_total", "Frames sent to StreamFrames subscribers.", registry=r
+        )
+        self.frames_dropped = Counter(
+            "trainsvc_frames_dropped_total",
+            "Frames a subscriber skipped (a newer one replaced it, or its rate limit).",
+            registry=r,
+        )
+        self.streams = Gauge(
+            "trainsvc_active_streams", "Open StreamFrames/StreamEvents calls.", registry=r
+        )
+        self.checkpoint_seconds = Histogram(
+            "trainsvc_checkpoint_save_seconds",
+            "Duration of checkpoint saves requested by the service (pause, stop, SaveCheckpoint).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "trainsvc_rpc_seconds",
+            "Latency of unary RPCs.",
+            ["method", "code"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "trainsvc_worker_restarts_total",
+            "Worker processes restarted after a crash.",
+            registry=r,
+        )
+
+    def watch_states(self, counts: Callable[[], dict[State, int]]) -> None:
+        """Export `trainsvc_runs{state=...}` from `counts()` at each scrape."""
+        self.registry.register(_RunsByState(counts))

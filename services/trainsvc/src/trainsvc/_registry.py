@@ -1,0 +1,401 @@
+"""The run registry: runs, events and the checkpoint index in SQLite.
+
+Opened in WAL mode with ``synchronous=FULL``; every change is one transaction,
+committed before the RPC that caused it is acknowledged, so a SIGKILL of the
+service at any instant loses no acknowledged run, event or checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trainsvc._domain import (
+    AlreadyExistsError,
+    CheckpointPolicy,
+    CheckpointRecord,
+    Event,
+    EventType,
+    NotFoundError,
+    RunRecord,
+    RunSpec,
+    State,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    resolved_config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps_per_second REAL NOT NULL DEFAULT 0,
+    state_message TEXT NOT NULL DEFAULT '',
+    restarts INTEGER NOT NULL DEFAULT 0,
+    latest_checkpoint TEXT NOT NULL DEFAULT '',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    create_time REAL NOT NULL,
+    start_time REAL NOT NULL DEFAULT 0,
+    update_time REAL NOT NULL,
+    end_time REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, create_time);
+CREATE TABLE IF NOT EXISTS events (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    state TEXT,
+    previous_state TEXT,
+    checkpoint TEXT NOT NULL DEFAULT '',
+    step INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, sequence);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    emergency INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, checkpoint_id)
+);
+"""
+
+
+def _spec_to_json(spec: RunSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def _spec_from_json(text: str) -> RunSpec:
+    data: dict[str, Any] = json.loads(text)
+    data["policy"] = CheckpointPolicy(**data["policy"])
+    return RunSpec(**data)
+
+
+class Registry:
+    """Thread-safe access to the registry database (one connection, one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- runs ---------------------------------------------------------------
+
+    def insert_run(self, record: RunRecord, event_message: str) -> Event:
+        """Insert a new run and its creation event in one transaction.
+
+        Raises:
+            AlreadyExistsError: the id is taken.
+        """
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id=?", (record.id,)).fetchone():
+                raise AlreadyExistsError(f"runs/{record.id} exists already")
+            db.execute(
+                "INSERT INTO runs (id, kind, spec, resolved_config, state, create_time, update_time)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    record.id,
+                    record.spec.kind,
+                    _spec_to_json(record.spec),
+                    json.dumps(record.resolved_config, sort_keys=True),
+                    record.state.value,
+                    record.create_time,
+                    record.update_time,
+                ),
+            )
+            return self._add_event(
+                db, record.id, EventType.STATE_CHANGED, event_message, state=record.state
+            )
+
+    def _row_to_run(self, row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
+        (
+            run_id,
+            _kind,
+            spec,
+            resolved,
+            state,
+            step,
+            sps,
+            message,
+            restarts,
+            latest,
+            metrics,
+            create_time,
+            start_time,
+            update_time,
+            end_time,
+        ) = row
+        return RunRecord(
+            id=run_id,
+            spec=_spec_from_json(spec),
+            state=State(state),
+            step=step,
+            steps_per_second=sps,
+            state_message=message,
+            restarts=restarts,
+            latest_checkpoint=latest,
+            metrics=json.loads(metrics),
+            create_time=create_time,
+            start_time=start_time,
+            update_time=update_time,
+            end_time=end_time,
+            resolved_config=json.loads(resolved),
+        )
+
+    _RUN_COLUMNS = (
+        "id, kind, spec, resolved_config, state, step, steps_per_second, state_message, "
+        "restarts, latest_checkpoint, metrics, create_time, start_time, update_time, end_time"
+    )
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return one run.
+
+        Raises:
+            NotFoundError: no such run.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"runs/{run_id} does not exist")
+        return self._row_to_run(row)
+
+    def list_runs(
+        self, *, state: State | None, limit: int, before: tuple[float, str] | None
+    ) -> list[RunRecord]:
+        """Return up to `limit` runs, newest first, created before the (time, id) cursor."""
+        where: list[str] = []
+        args: list[Any] = []
+        if state is not None:
+            where.append("state=?")
+            args.append(state.value)
+        if before is not None:
+            where.append("(create_time < ? OR (create_time = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = f"SELECT {self._RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        return [self._row_to_run(r) for r in rows]
+
+    def runs_in_states(self, states: tuple[State, ...]) -> list[RunRecord]:
+        """Return every run in one of `states`, oldest first."""
+        marks = ",".join("?" for _ in states)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY create_time",
+                [s.value for s in states],
+            ).fetchall()
+        return [self._row_to_run(r) for r in rows]
+
+    def set_state(
+        self,
+        run_id: str,
+        state: State,
+        message: str,
+        *,
+        step: int | None = None,
+        restarts: int | None = None,
+        event_type: EventType = EventType.STATE_CHANGED,
+    ) -> Event:
+        """Change a run's state and record the event, in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state, step FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"runs/{run_id} does not exist")
+            previous = State(row[0])
+            step = row[1] if step is None else step
+            sets = ["state=?", "state_message=?", "update_time=?", "step=?"]
+            args: list[Any] = [state.value, message, now, step]
+            if state == State.RUNNING:
+                sets.append("start_time=CASE WHEN start_time=0 THEN ? ELSE start_time END")
+                args.append(now)
+            if state.terminal:
+                sets.append("end_time=?")
+                args.append(now)
+            if state != State.RUNNING:
+                sets.append("steps_per_second=0")
+            if restarts is not None:
+                sets.append("restarts=?")
+                args.append(restarts)
+            db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*args, run_id))
+            return self._add_event(
+                db, run_id, event_type, message, state=state, previous=previous, step=step
+            )
+
+    def update_progress(
+        self, run_id: str, step: int, steps_per_second: float, metrics: dict[str, float]
+    ) -> None:
+        """Persist a run's progress (called at a bounded rate)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET step=?, steps_per_second=?, metrics=?, update_time=? WHERE id=?",
+                (step, steps_per_second, json.dumps(metrics), time.time(), run_id),
+            )
+
+    # -- checkpoints --------------------------------------------------------
+
+    def add_checkpoint(self, ckpt: CheckpointRecord) -> Event:
+        """Index a saved checkpoint, make it the run's latest, and record the event."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
+                (
+                    ckpt.run_id,
+                    ckpt.checkpoint_id,
+                    ckpt.step,
+                    ckpt.path,
+                    ckpt.size_bytes,
+                    ckpt.create_time,
+                    int(ckpt.emergency),
+                ),
+            )
+            db.execute(
+                "UPDATE runs SET latest_checkpoint=?, step=MAX(step, ?), update_time=? WHERE id=?",
+                (ckpt.name, ckpt.step, time.time(), ckpt.run_id),
+            )
+            return self._add_event(
+                db,
+                ckpt.run_id,
+                EventType.CHECKPOINT_SAVED,
+                f"checkpoint saved: step {ckpt.step} -> {ckpt.path}",
+                checkpoint=ckpt.name,
+                step=ckpt.step,
+            )
+
+    def remove_checkpoints(self, run_id: str, checkpoint_ids: list[str]) -> None:
+        """Forget checkpoints that retention deleted."""
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM checkpoints WHERE run_id=? AND checkpoint_id=?",
+                [(run_id, c) for c in checkpoint_ids],
+            )
+
+    def list_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
+        """Return a run's indexed checkpoints, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT run_id, checkpoint_id, step, path, size_bytes, create_time, emergency"
+                " FROM checkpoints WHERE run_id=? ORDER BY step, create_time",
+                (run_id,),
+            ).fetchall()
+        return [CheckpointRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    def get_checkpoint(self, run_id: str, checkpoint_id: str) -> CheckpointRecord:
+        """Return one indexed checkpoint.
+
+        Raises:
+            NotFoundError: not indexed.
+        """
+        for c in self.list_checkpoints(run_id):
+            if c.checkpoint_id == checkpoint_id:
+                return c
+        raise NotFoundError(f"runs/{run_id}/checkpoints/{checkpoint_id} does not exist")
+
+    # -- events -------------------------------------------------------------
+
+    def _add_event(
+        self,
+        db: sqlite3.Connection,
+        run_id: str,
+        type_: EventType,
+        message: str,
+        *,
+        state: State | None = None,
+        previous: State | None = None,
+        checkpoint: str = "",
+        step: int | None = None,
+    ) -> Event:
+        now = time.time()
+        if step is None:
+            row = db.execute("SELECT step FROM runs WHERE id=?", (run_id,)).fetchone()
+            step = row[0] if row else 0
+        cur = db.execute(
+            "INSERT INTO events (run_id, type, time, message, state, previous_state, checkpoint, step)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                type_.value,
+                now,
+                message,
+                state.value if state else None,
+                previous.value if previous else None,
+                checkpoint,
+                step,
+            ),
+        )
+        seq = cur.lastrowid
+        assert seq is not None
+        return Event(seq, run_id, type_, now, message, state, previous, checkpoint, step)
+
+    def add_event(
+        self, run_id: str, type_: EventType, message: str, step: int | None = None
+    ) -> Event:
+        """Record a log line, warning or error of a run."""
+        with self._tx() as db:
+            return self._add_event(db, run_id, type_, message, step=step)
+
+    def events(self, run_id: str | None, from_sequence: int, limit: int = 1000) -> list[Event]:
+        """Return up to `limit` events with sequence >= from_sequence (all runs when None)."""
+        sql = (
+            "SELECT sequence, run_id, type, time, message, state, previous_state, checkpoint, step"
+            " FROM events WHERE sequence >= ?"
+        )
+        args: list[Any] = [from_sequence]
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        sql += " ORDER BY sequence LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        return [
+            Event(
+                r[0],
+                r[1],
+                EventType(r[2]),
+                r[3],
+                r[4],
+                State(r[5]) if r[5] else None,
+                State(r[6]) if r[6] else None,
+                r[7],
+                r[8],
+            )
+            for r in rows
+        ]

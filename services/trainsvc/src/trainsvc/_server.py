@@ -1,0 +1,213 @@
+"""Server lifecycle: build the gRPC server, security, health, reflection, metrics, signals.
+
+Kept apart from the RPC methods (`_servicer`) and the run logic (`_manager`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from trainsvc_api.v1 import trainsvc_pb2 as pb
+from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
+
+from trainsvc import _convert as conv
+from trainsvc._auth import TokenAuthInterceptor
+from trainsvc._fanout import Hub, Notifier
+from trainsvc._manager import RunManager
+from trainsvc._metrics import Metrics
+from trainsvc._registry import Registry
+from trainsvc._servicer import TrainServicer
+from trainsvc.kinds import FrameData
+
+log = logging.getLogger("trainsvc.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainService"].full_name
+
+
+class ConfigurationError(Exception):
+    """The server's options are unsafe or inconsistent (e.g. no token beyond loopback)."""
+
+
+@dataclass
+class ServerOptions:
+    """Options of `trainsvc serve` (see its --help)."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path(".trainsvc")
+    token: str | None = None
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_listen: str = ""
+    auto_resume: bool = False
+    max_streams: int = 512
+    shutdown_timeout: float = 60.0
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigurationError(f"--listen: expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TrainsvcServer:
+    """The trainsvc service: start it, let it run, stop it (checkpointing active runs)."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        host, _ = split_host_port(options.listen)
+        if options.token is None and not is_loopback(host) and not options.insecure:
+            raise ConfigurationError(
+                f"--listen {options.listen} is beyond loopback: give a token (--token-file or "
+                "TRAINSVC_TOKEN) or pass --insecure explicitly"
+            )
+        if (options.tls_cert is None) != (options.tls_key is None):
+            raise ConfigurationError("--tls-cert and --tls-key go together")
+        self.options = options
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._metrics_http: Any = None
+
+    async def start(self) -> None:
+        """Open the registry, recover runs, and start listening."""
+        opts = self.options
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(opts.data_dir / "registry.sqlite3")
+        self.metrics = Metrics()
+        self.hub: Hub[pb.Frame] = Hub(max_subscribers=1 << 30)
+        self.notifier = Notifier()
+        sequences: dict[str, int] = {}
+        seq_lock = threading.Lock()
+
+        def frame_sink(run_id: str, frame: FrameData) -> None:
+            with seq_lock:
+                sequences[run_id] = sequences.get(run_id, 0) + 1
+                seq = sequences[run_id]
+            self.hub.publish(run_id, conv.frame_to_proto(run_id, frame, seq))
+
+        self.manager = RunManager(
+            self.registry,
+            opts.data_dir,
+            self.metrics,
+            frame_sink=frame_sink,
+            on_event=lambda _e: self.notifier.notify(),
+            on_run_end=self.hub.close_topic,
+        )
+        interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        servicer = TrainServicer(
+            self.manager, self.hub, self.notifier, self.metrics, max_streams=opts.max_streams
+        )
+        pb_grpc.add_TrainServiceServicer_to_server(servicer, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        if opts.tls_cert is not None and opts.tls_key is not None:
+            creds = grpc.ssl_server_credentials(
+                [(opts.tls_key.read_bytes(), opts.tls_cert.read_bytes())]
+            )
+            self.port = server.add_secure_port(opts.listen, creds)
+        else:
+            self.port = server.add_insecure_port(opts.listen)
+        if self.port == 0:
+            raise ConfigurationError(f"--listen: cannot bind {opts.listen}")
+        recovered = self.manager.recover(auto_resume=opts.auto_resume)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if opts.metrics_listen:
+            mhost, mport = split_host_port(opts.metrics_listen)
+            try:
+                self._metrics_http, _thread = start_http_server(
+                    mport, mhost, registry=self.metrics.registry
+                )
+                self.metrics_port = self._metrics_http.server_port
+            except OSError as exc:
+                log.warning("metrics endpoint %s not started: %s", opts.metrics_listen, exc)
+        log.info(
+            "trainsvc listening",
+            extra={
+                "listen": opts.listen,
+                "port": self.port,
+                "tls": opts.tls_cert is not None,
+                "auth": bool(opts.token),
+                "data_dir": str(opts.data_dir),
+                "metrics_port": self.metrics_port,
+                "interrupted_runs": recovered,
+            },
+        )
+
+    async def wait(self) -> None:
+        """Block until the server stops."""
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new work, checkpoint active runs, close streams, exit."""
+        log.info("shutting down: checkpointing active runs")
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await asyncio.to_thread(self.manager.shutdown, self.options.shutdown_timeout)
+        if self._server is not None:
+            await self._server.stop(grace=2.0)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self.registry.close()
+        log.info("trainsvc stopped")
+
+
+async def _serve(options: ServerOptions, on_started: Any = None) -> None:
+    server = TrainsvcServer(options)
+    await server.start()
+    if on_started is not None:
+        await on_started(server)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(server.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await server.stop()
+    waiter.cancel()
+    stopper.cancel()
+
+
+def serve(options: ServerOptions, on_started: Any = None) -> None:
+    """Run the service until SIGTERM or SIGINT; then checkpoint active runs and exit."""
+    asyncio.run(_serve(options, on_started))

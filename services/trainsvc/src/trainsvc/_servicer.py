@@ -1,0 +1,287 @@
+"""The gRPC servicer: a thin adapter from the wire API to the RunManager.
+
+Each method validates and converts the request (`_convert`), calls the
+manager in a thread (control calls wait for the worker), and converts back.
+Domain errors become status codes in `_call` via `_errors.status_of`, the one
+mapping. Streams are bounded: a cap on concurrent streams, one frame per
+subscriber (newest wins), and a send timeout for subscribers that stop reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import grpc
+from trainsvc_api.v1 import trainsvc_pb2 as pb
+from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
+
+from trainsvc import _convert as conv
+from trainsvc._domain import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServiceError,
+    parse_run_name,
+)
+from trainsvc._errors import status_of
+from trainsvc._fanout import Hub, Notifier
+from trainsvc._manager import RunManager
+from trainsvc._metrics import Metrics
+
+log = logging.getLogger("trainsvc.rpc")
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_RATE_HZ = 30.0
+MAX_RATE_HZ = 1000.0
+SEND_TIMEOUT_S = 30.0
+"""A subscriber that has not taken a message for this long is cut off."""
+EVENT_BATCH = 500
+
+
+class TrainServicer(pb_grpc.TrainServiceServicer):
+    """Implements trainsvc.v1.TrainService over a RunManager."""
+
+    def __init__(
+        self,
+        manager: RunManager,
+        hub: Hub[pb.Frame],
+        notifier: Notifier,
+        metrics: Metrics,
+        *,
+        max_streams: int,
+    ) -> None:
+        self.m = manager
+        self.hub = hub
+        self.notifier = notifier
+        self.metrics = metrics
+        self.max_streams = max_streams
+        self._streams = 0
+        self._lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _call(self, method: str, context: Context, fn: Callable[[float | None], T]) -> T:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await asyncio.to_thread(fn, context.time_remaining())
+        except ServiceError as exc:
+            code, details, trailing = status_of(exc)
+            context.set_trailing_metadata(trailing)
+            await context.abort(code, details)
+            raise  # unreachable: abort raises
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            await context.abort(code, f"internal error in {method}; see the service log")
+            raise
+        finally:
+            self.metrics.rpc_seconds.labels(method, code.name).observe(
+                time.perf_counter() - started
+            )
+
+    @contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._streams >= self.max_streams:
+                raise ResourceExhaustedError(
+                    f"too many concurrent streams (max {self.max_streams}); try again later"
+                )
+            self._streams += 1
+        self.metrics.streams.inc()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
+            self.metrics.streams.dec()
+
+    @staticmethod
+    async def _abort(context: Context, exc: ServiceError) -> None:
+        code, details, trailing = status_of(exc)
+        context.set_trailing_metadata(trailing)
+        await context.abort(code, details)
+
+    # -- unary ----------------------------------------------------------------
+
+    async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> pb.Run:  # noqa: N802
+        def fn(timeout: float | None) -> pb.Run:
+            spec, run_id = conv.spec_from_request(request)
+            return conv.run_to_proto(self.m.create_run(spec, run_id))
+
+        return await self._call("CreateRun", context, fn)
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:  # noqa: N802
+        return await self._call(
+            "GetRun",
+            context,
+            lambda _t: conv.run_to_proto(self.m.get_run(parse_run_name(request.name))),
+        )
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:  # noqa: N802
+        def fn(timeout: float | None) -> pb.ListRunsResponse:
+            state = conv.state_filter(request.state)
+            limit, cursor = conv.page_args(request)
+            runs = self.m.list_runs(state, limit + 1, cursor)
+            more = len(runs) > limit
+            runs = runs[:limit]
+            return pb.ListRunsResponse(
+                runs=[conv.run_to_proto(r) for r in runs],
+                next_page_token=conv.page_token(runs[-1]) if more and runs else "",
+            )
+
+        return await self._call("ListRuns", context, fn)
+
+    async def PauseRun(self, request: pb.PauseRunRequest, context: Context) -> pb.Run:  # noqa: N802
+        return await self._call(
+            "PauseRun",
+            context,
+            lambda t: conv.run_to_proto(self.m.pause(parse_run_name(request.name), t)),
+        )
+
+    async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.Run:  # noqa: N802
+        return await self._call(
+            "ResumeRun",
+            context,
+            lambda t: conv.run_to_proto(
+                self.m.resume(parse_run_name(request.name), request.checkpoint, t)
+            ),
+        )
+
+    async def StopRun(self, request: pb.StopRunRequest, context: Context) -> pb.Run:  # noqa: N802
+        return await self._call(
+            "StopRun",
+            context,
+            lambda t: conv.run_to_proto(self.m.stop(parse_run_name(request.name), t)),
+        )
+
+    async def SaveCheckpoint(  # noqa: N802
+        self, request: pb.SaveCheckpointRequest, context: Context
+    ) -> pb.Checkpoint:
+        return await self._call(
+            "SaveCheckpoint",
+            context,
+            lambda t: conv.checkpoint_to_proto(
+                self.m.save_checkpoint(parse_run_name(request.name), t)
+            ),
+        )
+
+    async def ListCheckpoints(  # noqa: N802
+        self, request: pb.ListCheckpointsRequest, context: Context
+    ) -> pb.ListCheckpointsResponse:
+        def fn(timeout: float | None) -> pb.ListCheckpointsResponse:
+            run_id = parse_run_name(request.parent, "parent")
+            return pb.ListCheckpointsResponse(
+                checkpoints=[conv.checkpoint_to_proto(c) for c in self.m.list_checkpoints(run_id)]
+            )
+
+        return await self._call("ListCheckpoints", context, fn)
+
+    # -- streams --------------------------------------------------------------
+
+    async def _send(self, context: Context, message: Any) -> bool:
+        try:
+            await asyncio.wait_for(context.write(message), SEND_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("cutting off a subscriber that stopped reading (%s)", context.peer())
+            return False
+        return True
+
+    async def StreamFrames(  # type: ignore[override]  # noqa: N802
+        self, request: pb.StreamFramesRequest, context: Context
+    ) -> None:
+        try:
+            run_id = parse_run_name(request.name)
+            rate = request.max_rate_hz or DEFAULT_RATE_HZ
+            if not math.isfinite(rate) or not 0 < rate <= MAX_RATE_HZ:
+                raise InvalidArgumentError(
+                    "max_rate_hz",
+                    f"must be in (0, {MAX_RATE_HZ:g}] (0 = {DEFAULT_RATE_HZ:g}), got {request.max_rate_hz}",
+                )
+            await asyncio.to_thread(self.m.get_run, run_id)
+            with self._stream_slot():
+                await self._stream_frames(run_id, rate, context)
+        except ServiceError as exc:
+            await self._abort(context, exc)
+
+    async def _stream_frames(self, run_id: str, rate: float, context: Context) -> None:
+        loop = asyncio.get_running_loop()
+        sub = self.hub.subscribe(run_id, loop)
+        interval = 1.0 / rate
+        next_send = 0.0
+        dropped_seen = 0
+        try:
+            if not self.m.is_active(run_id):
+                sub.close()
+            while not context.done():
+                frame = await sub.next(timeout=1.0)
+                if frame is None:
+                    if sub.closed or not self.m.is_active(run_id):
+                        return
+                    continue
+                wait = next_send - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    newer = sub.take()
+                    if newer is not None:
+                        frame = newer
+                        self.metrics.frames_dropped.inc()
+                if not await self._send(context, frame):
+                    return
+                self.metrics.frames_sent.inc()
+                if sub.dropped > dropped_seen:
+                    self.metrics.frames_dropped.inc(sub.dropped - dropped_seen)
+                    dropped_seen = sub.dropped
+                next_send = loop.time() + interval
+        finally:
+            self.hub.unsubscribe(run_id, sub)
+
+    async def StreamEvents(  # type: ignore[override]  # noqa: N802
+        self, request: pb.StreamEventsRequest, context: Context
+    ) -> None:
+        try:
+            run_id = None if request.name == "runs/-" else parse_run_name(request.name)
+            if request.from_sequence < 0:
+                raise InvalidArgumentError(
+                    "from_sequence", f"must be >= 0, got {request.from_sequence}"
+                )
+            if run_id is not None:
+                await asyncio.to_thread(self.m.get_run, run_id)
+            with self._stream_slot():
+                await self._stream_events(run_id, request.from_sequence, request.follow, context)
+        except ServiceError as exc:
+            await self._abort(context, exc)
+
+    async def _stream_events(
+        self, run_id: str | None, sequence: int, follow: bool, context: Context
+    ) -> None:
+        waiter = self.notifier.register(asyncio.get_running_loop())
+        try:
+            while not context.done():
+                events = await asyncio.to_thread(
+                    self.m.registry.events, run_id, sequence, EVENT_BATCH
+                )
+                for event in events:
+                    if not await self._send(context, conv.event_to_proto(event)):
+                        return
+                    sequence = event.sequence + 1
+                if len(events) == EVENT_BATCH:
+                    continue
+                if not follow:
+                    return
+                if run_id is not None and not self.m.is_active(run_id):
+                    state = (await asyncio.to_thread(self.m.registry.get_run, run_id)).state
+                    if state.terminal:
+                        more = await asyncio.to_thread(self.m.registry.events, run_id, sequence, 1)
+                        if not more:
+                            return
+                await waiter.next(timeout=1.0)
+        finally:
+            self.notifier.unregister(waiter)

@@ -1,0 +1,176 @@
+"""The worker process: one per run, so a crash, OOM or hung compile never takes the service down.
+
+It builds the run's trainer through its kind adapter and trains in chunks,
+checking between steps for commands from the service (the pause point). It
+talks to the service over a multiprocessing pipe:
+
+service -> worker: ``(command, request_id)`` with command one of ``pause``,
+``resume``, ``stop``, ``checkpoint``, ``shutdown``.
+
+worker -> service: ``("ready", step)``, ``("progress", step, steps_per_s, metrics)``,
+``("frame", FrameData)``, ``("checkpoint", path, step, emergency)``,
+``("deleted", [paths])``, ``("reply", request_id, ok, detail)``,
+``("completed", step)``, ``("log", level, message)``, ``("fatal", message)``.
+
+Test hook (fault injection): when the environment variable
+``TRAINSVC_FAULT_CRASH_AT_STEP`` is set to k, the worker calls ``os._exit(86)``
+as soon as its run reaches step k; the service sees a real crashed process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "TRAINSVC_FAULT_CRASH_AT_STEP"
+FAULT_EXIT_CODE = 86
+CHUNK_SECONDS = 0.25
+_STEP_RE = re.compile(r"^(emergency_)?step_(\d+)\.safetensors(\.zst)?$")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs to run (pickled to the spawned process)."""
+
+    run_id: str
+    kind: str
+    config: dict[str, Any]
+    checkpoint_dir: str
+    step_budget: int
+    restore_path: str | None
+    start_paused: bool = False
+
+
+def checkpoint_step(path: Path) -> tuple[int, bool] | None:
+    """Return (step, emergency) of a checkpoint file name, or None if it is not one."""
+    m = _STEP_RE.match(path.name)
+    return (int(m.group(2)), m.group(1) is not None) if m else None
+
+
+class _Worker:
+    def __init__(self, conn: Connection, job: WorkerJob) -> None:
+        self.conn = conn
+        self.job = job
+        self.send_lock = threading.Lock()
+        self.parent_pid = os.getppid()
+        self.terminate = threading.Event()
+        fault = os.environ.get(FAULT_ENV, "")
+        self.fault_step = int(fault) if fault.isdigit() else None
+        self.known: set[Path] = set()
+
+    def send(self, *msg: Any) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)  # the service is gone: nothing to report to
+
+    def check_parent(self) -> None:
+        if os.getppid() != self.parent_pid:
+            os._exit(0)  # orphaned by a killed service; the restarted one resumes the run
+
+    def report_checkpoints(self, adapter: Any) -> None:
+        files = set(adapter.checkpoint_files())
+        for path in sorted(files - self.known, key=lambda p: (checkpoint_step(p) or (0, False))[0]):
+            parsed = checkpoint_step(path)
+            if parsed is not None:
+                self.send("checkpoint", str(path), parsed[0], parsed[1])
+        gone = self.known - files
+        if gone:
+            self.send("deleted", sorted(str(p) for p in gone))
+        self.known = files
+
+    def save(self, adapter: Any, *, emergency: bool = False) -> str:
+        path = adapter.save_checkpoint(emergency=emergency)
+        self.report_checkpoints(adapter)
+        return str(path)
+
+    def main(self) -> None:
+        from trainsvc.kinds import get_kind
+
+        job = self.job
+        kind = get_kind(job.kind)
+        ckpt_dir = Path(job.checkpoint_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        adapter = kind.create(job.config, ckpt_dir, lambda f: self.send("frame", f))
+        if job.restore_path:
+            step = adapter.restore(Path(job.restore_path))
+            self.send("log", "INFO", f"restored step {step} from {job.restore_path}")
+        self.known = set(adapter.checkpoint_files())
+        self.send("ready", adapter.step)
+        paused = job.start_paused
+        try:
+            self.loop(adapter, paused)
+        finally:
+            adapter.close()
+
+    def loop(self, adapter: Any, paused: bool) -> None:
+        budget = self.job.step_budget
+        chunk = 1
+        while True:
+            self.check_parent()
+            if self.terminate.is_set():
+                self.send("reply", "signal", True, self.save(adapter))
+                return
+            while self.conn.poll(None if paused else 0):
+                command, req = self.conn.recv()
+                if command == "pause":
+                    paused = True
+                    self.send("reply", req, True, self.save(adapter))
+                elif command == "resume":
+                    paused = False
+                    self.send("reply", req, True, "")
+                elif command == "checkpoint":
+                    self.send("reply", req, True, self.save(adapter))
+                elif command in ("stop", "shutdown"):
+                    self.send("reply", req, True, self.save(adapter))
+                    return
+                if not paused:
+                    break
+            if paused:
+                continue
+            if adapter.step >= budget:
+                if not any(
+                    (checkpoint_step(p) or (-1, False))[0] == adapter.step for p in self.known
+                ):
+                    self.save(adapter)
+                self.report_checkpoints(adapter)
+                self.send("completed", adapter.step)
+                return
+            n = min(chunk, budget - adapter.step)
+            if self.fault_step is not None:
+                if adapter.step >= self.fault_step:
+                    os._exit(FAULT_EXIT_CODE)
+                n = min(n, self.fault_step - adapter.step)
+            t0 = time.perf_counter()
+            done = adapter.train(n, lambda: self.conn.poll() or self.terminate.is_set())
+            elapsed = time.perf_counter() - t0
+            self.report_checkpoints(adapter)
+            rate = done / elapsed if elapsed > 0 and done else 0.0
+            self.send("progress", adapter.step, rate, adapter.metrics)
+            if done and elapsed > 0:  # aim for chunks of ~CHUNK_SECONDS between reports
+                chunk = max(1, min(10_000, int(done * CHUNK_SECONDS / elapsed)))
+
+
+def worker_main(conn: Connection, job: WorkerJob) -> None:
+    """Entry point of the spawned worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the service's to handle
+    worker = _Worker(conn, job)
+    signal.signal(signal.SIGTERM, lambda *_: worker.terminate.set())
+    try:
+        worker.main()
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        worker.send("log", "ERROR", traceback.format_exc()[-4000:])
+        worker.send("fatal", detail)
+        raise SystemExit(1) from None

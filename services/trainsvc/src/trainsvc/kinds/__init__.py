@@ -1,0 +1,152 @@
+"""The trainer registry: each trainer kind is one small adapter module.
+
+A kind module (``trainsvc.kinds.<name>``) defines ``KIND``, an object that
+implements `TrainerKind`. Adding a kind is: write the module, add its name and
+module to `KIND_MODULES`, add its config message to the .proto. The service
+process only calls `TrainerKind.resolve_config` (validation); the worker
+process calls `TrainerKind.create` and drives the returned `TrainerAdapter`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainsvc._domain import InvalidArgumentError, RunSpec
+
+KIND_MODULES: dict[str, tuple[str, str]] = {
+    # kind name: (adapter module, the trainer library it needs)
+    "emergence": ("trainsvc.kinds.emergence", "trainsvc_trainer"),
+    "othello": ("trainsvc.kinds.othello", "trainsvc_engine"),
+}
+
+
+@dataclass(frozen=True)
+class EmergenceFrame:
+    """Packed emergence payload (see the wire API's EmergencePayload)."""
+
+    num_agents: int
+    positions: bytes  # little-endian uint16 (row, col) pairs
+    world_height: int
+    world_width: int
+    field: bytes
+    field_shape: tuple[int, ...]
+    field_encoding: str  # "uint8" or "float16"
+    field_min: float
+    field_max: float
+
+
+@dataclass(frozen=True)
+class OthelloFrame:
+    """Packed othello payload: 64 squares, 0 empty / 1 black / 2 white."""
+
+    board: bytes
+    to_move: int
+    games: int
+
+
+@dataclass(frozen=True)
+class FrameData:
+    """A frame as a worker produces it (plain data, cheap to pickle)."""
+
+    step: int
+    time: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    emergence: EmergenceFrame | None = None
+    othello: OthelloFrame | None = None
+
+
+FrameSink = Callable[[FrameData], None]
+
+
+class TrainerAdapter(Protocol):
+    """One run's trainer inside its worker process."""
+
+    @property
+    def step(self) -> int:
+        """Steps done so far."""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest metrics."""
+
+    def train(self, n: int, should_stop: Callable[[], bool]) -> int:
+        """Run up to `n` steps, returning early (between steps) once `should_stop()`.
+
+        Periodic checkpoints of the run's policy may be saved meanwhile.
+        Returns the steps done.
+        """
+
+    def save_checkpoint(self, *, emergency: bool = False) -> Path:
+        """Save the exact current state; return the file."""
+
+    def restore(self, path: Path) -> int:
+        """Restore the state saved in `path`; return its step."""
+
+    def checkpoint_files(self) -> list[Path]:
+        """The checkpoint files now in the run's checkpoint directory."""
+
+    def close(self) -> None:
+        """Release resources (wait for pending writes)."""
+
+
+class TrainerKind(Protocol):
+    """A trainer kind: validates configs (service side) and creates adapters (worker side)."""
+
+    name: str
+    default_checkpoint_interval: int
+
+    def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
+        """Return the full, validated trainer config for `spec` (JSON-safe).
+
+        Raises:
+            InvalidArgumentError: naming the request field (``run.emergence.num_agents``).
+        """
+
+    def create(
+        self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink
+    ) -> TrainerAdapter:
+        """Build the trainer from a resolved config (in the worker process)."""
+
+
+def available_kinds() -> list[str]:
+    """Kinds whose trainer library is installed."""
+    return [k for k, (_, lib) in KIND_MODULES.items() if importlib.util.find_spec(lib) is not None]
+
+
+def get_kind(name: str, field: str = "run.kind") -> TrainerKind:
+    """Return the kind named `name`.
+
+    Raises:
+        InvalidArgumentError: unknown kind, or its trainer library is not installed.
+    """
+    if name not in KIND_MODULES:
+        raise InvalidArgumentError(
+            field, f"unknown kind {name!r}; allowed: {', '.join(KIND_MODULES)}"
+        )
+    module_name, lib = KIND_MODULES[name]
+    if importlib.util.find_spec(lib) is None:
+        raise InvalidArgumentError(
+            field,
+            f"kind {name!r} needs the {lib} library, which is not installed on the service; "
+            f"available: {', '.join(available_kinds()) or 'none'}",
+        )
+    kind: TrainerKind = importlib.import_module(module_name).KIND
+    return kind
+
+
+__all__ = [
+    "KIND_MODULES",
+    "EmergenceFrame",
+    "FrameData",
+    "FrameSink",
+    "OthelloFrame",
+    "TrainerAdapter",
+    "TrainerKind",
+    "available_kinds",
+    "get_kind",
+]

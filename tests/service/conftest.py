@@ -1,0 +1,166 @@
+"""Fixtures for the service's end-to-end tests: real `trainsvc serve` processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trainsvc_client import Client, connect, pb
+
+# A tiny emergence config: compiles fast and trains hundreds of steps per second.
+TINY: dict[str, Any] = {
+    "num_agents": 4,
+    "field_height": 8,
+    "field_width": 8,
+    "num_envs": 2,
+    "rollout_length": 4,
+    "frame_interval": 1,
+    "policy.hidden": 8,
+}
+TERMINAL = {pb.Run.COMPLETED, pb.Run.STOPPED, pb.Run.FAILED}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """A `trainsvc serve` process in its own process group (so SIGKILL can take it all)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"{data_dir.name}-{self.port}.log"
+        cmd = [
+            sys.executable,
+            "-c",
+            "from trainsvc import main; main()",
+            "serve",
+            "--listen",
+            self.address,
+            "--data-dir",
+            str(data_dir),
+            "--metrics-listen",
+            "",
+            "--log-format",
+            "json",
+            *(extra or []),
+        ]
+        full_env = {**os.environ, **(env or {})}
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+
+    def client(self, token: str | None = None, **kw: Any) -> Client:
+        return connect(self.address, token, **kw)
+
+    def wait_ready(self, token: str | None = None, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(token) as c:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"service exited {self.proc.returncode}: {self.log()}")
+                try:
+                    c.list_runs_page(page_size=1, timeout=2)
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill_all(self) -> None:
+        """SIGKILL the service and its workers (the whole process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
+
+    def terminate(self, timeout: float = 120.0) -> int:
+        """SIGTERM the service only (it checkpoints its runs, then exits)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill_all()
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def start(
+        data_dir: Path | None = None, *, ready: bool = True, token: str | None = None, **kw: Any
+    ) -> Service:
+        svc = Service(data_dir or tmp_path / "data", **kw)
+        started.append(svc)
+        if ready:
+            svc.wait_ready(token)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.kill_all()
+
+
+def wait_for(
+    client: Client,
+    name: str,
+    pred: Callable[[pb.Run], bool],
+    timeout: float = 180.0,
+    what: str = "",
+) -> pb.Run:
+    """Poll a run until `pred` holds (fails with the last state otherwise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get_run(name)
+        if pred(run):
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or 'a condition'}: {run}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def tiny() -> dict[str, Any]:
+    """The tiny emergence config (a fresh copy)."""
+    return dict(TINY)
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., pb.Run]:
+    """`wait_for(client, name, pred, timeout=..., what=...)`."""
+    return wait_for
+
+
+@pytest.fixture(scope="module")
+def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One service for a whole module (tests there use their own runs)."""
+    svc = Service(tmp_path_factory.mktemp("shared") / "data")
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.kill_all()

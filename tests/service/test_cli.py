@@ -1,0 +1,72 @@
+"""trainsvc-cli against a real service: --json outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def cli(service: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-c",
+        "from trainsvc_client._cli import main; main()",
+        *args,
+        "--server",
+        service.address,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_json(shared_service: Any, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "num_agents = 4\nfield_height = 8\nfield_width = 8\nnum_envs = 2\nrollout_length = 4\n"
+        "[policy]\nhidden = 8\n",
+        encoding="utf-8",
+    )
+    out = cli(
+        shared_service,
+        "runs",
+        "create",
+        "--kind",
+        "emergence",
+        "--steps",
+        "1000000",
+        "--seed",
+        "3",
+        "--config",
+        str(config),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    assert run["name"].startswith("runs/") and run["kind"] == "EMERGENCE"
+    assert run["step_budget"] == "1000000" and run["emergence"]["num_agents"] == 4
+    assert run["emergence"]["overrides"] == {"policy.hidden": "8"}
+
+    got = cli(shared_service, "runs", "get", run["name"], "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)["name"] == run["name"]
+    listed = cli(shared_service, "runs", "list", "--json")
+    assert run["name"] in [r["name"] for r in json.loads(listed.stdout)["runs"]]
+
+    stopped = cli(shared_service, "runs", "stop", run["name"], "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["state"] == "STOPPED"
+    ckpts = cli(shared_service, "runs", "checkpoints", run["name"], "--json")
+    assert ckpts.returncode == 0 and "checkpoints" in json.loads(ckpts.stdout)
+    events = cli(shared_service, "runs", "events", run["name"], "--json")
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    assert lines[0]["type"] == "STATE_CHANGED" and lines[-1]["state"] == "STOPPED"
+
+
+def test_cli_errors_exit_1(shared_service: Any) -> None:
+    missing = cli(shared_service, "runs", "get", "runs/nope", "--json")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    bad = cli(shared_service, "runs", "create", "--kind", "emergence", "--steps", "-3")
+    assert bad.returncode == 1 and "run.step_budget" in bad.stderr
+    kind = cli(shared_service, "runs", "create", "--kind", "chess", "--steps", "3")
+    assert kind.returncode == 1 and "kind" in kind.stderr

@@ -1,0 +1,127 @@
+"""Status codes for bad input, health checks and server reflection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from trainsvc_client import InvalidArgumentError, NotFoundError, pb
+
+
+def _create(stub: Any, run: pb.Run, **kw: Any) -> None:
+    stub.CreateRun(pb.CreateRunRequest(run=run, **kw), timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("run", "extra", "field"),
+    [
+        (pb.Run(kind=99, step_budget=10), {}, "run.kind"),  # type: ignore[arg-type]
+        (pb.Run(step_budget=10), {}, "run.kind"),
+        (pb.Run(kind=pb.Run.EMERGENCE, step_budget=-5), {}, "run.step_budget"),
+        (pb.Run(kind=pb.Run.EMERGENCE, step_budget=0), {}, "run.step_budget"),
+        (
+            pb.Run(
+                kind=pb.Run.EMERGENCE,
+                step_budget=10,
+                checkpoint_policy=pb.CheckpointPolicy(interval_steps=-1),
+            ),
+            {},
+            "run.checkpoint_policy.interval_steps",
+        ),
+        (
+            pb.Run(
+                kind=pb.Run.EMERGENCE, step_budget=10, emergence=pb.EmergenceConfig(num_agents=1)
+            ),
+            {},
+            "run.emergence.num_agents",
+        ),
+        (
+            pb.Run(
+                kind=pb.Run.EMERGENCE,
+                step_budget=10,
+                emergence=pb.EmergenceConfig(overrides={"env.bogus": "1"}),
+            ),
+            {},
+            "run.emergence.overrides[env.bogus]",
+        ),
+        (
+            pb.Run(kind=pb.Run.EMERGENCE, step_budget=10, othello=pb.OthelloConfig()),
+            {},
+            "run.othello",
+        ),
+        (pb.Run(kind=pb.Run.EMERGENCE, step_budget=10), {"run_id": "../../etc"}, "run_id"),
+        (
+            pb.Run(kind=pb.Run.EMERGENCE, step_budget=10),
+            {"resume_from": "runs/a/checkpoints/../../../etc/passwd"},
+            "resume_from",
+        ),
+        (
+            pb.Run(kind=pb.Run.EMERGENCE, step_budget=10),
+            {"resume_from": "/etc/passwd"},
+            "resume_from",
+        ),
+    ],
+)
+def test_invalid_create_names_the_field(
+    shared_service: Any, run: pb.Run, extra: dict[str, str], field: str
+) -> None:
+    with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
+        c._unary(c._stub.CreateRun, pb.CreateRunRequest(run=run, **extra), 10)
+    assert info.value.field == field
+    assert info.value.details.startswith(field)
+
+
+def test_other_bad_requests(shared_service: Any) -> None:
+    with shared_service.client() as c:
+        with pytest.raises(NotFoundError):
+            c.get_run("runs/no-such-run")
+        with pytest.raises(NotFoundError):
+            c.pause_run("no-such-run")
+        with pytest.raises(InvalidArgumentError) as info:
+            c.get_run("runs/../x")
+        assert info.value.field == "name"
+        with pytest.raises(InvalidArgumentError) as info:
+            c.list_runs_page(state=42)
+        assert info.value.field == "state"
+        with pytest.raises(InvalidArgumentError) as info:
+            c.resume_run("runs/no-such-run", checkpoint="../../registry.sqlite3")
+        assert info.value.field == "checkpoint"
+        with pytest.raises(InvalidArgumentError) as info:
+            list(c.stream_frames("runs/no-such-run", max_rate_hz=-1))
+        assert info.value.field == "max_rate_hz"
+        with pytest.raises(NotFoundError):
+            list(c.stream_frames("runs/no-such-run"))
+        with pytest.raises(InvalidArgumentError):
+            list(c.stream_events("runs/no-such-run", from_sequence=-1))
+
+
+def test_health_and_reflection(shared_service: Any) -> None:
+    with grpc.insecure_channel(shared_service.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "trainsvc.v1.TrainService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        # A reflection client learns the API without the .proto files.
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reqs = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="trainsvc.v1.TrainService"
+            ),
+        ]
+        replies = list(stub.ServerReflectionInfo(iter(reqs), timeout=5))
+        listed = {s.name for s in replies[0].list_services_response.service}
+        assert {"trainsvc.v1.TrainService", "grpc.health.v1.Health"} <= listed
+        from google.protobuf import descriptor_pb2
+
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in replies[1].file_descriptor_response.file_descriptor_proto
+        ]
+        mine = next(f for f in files if f.name == "trainsvc/v1/trainsvc.proto")
+        methods = {m.name for m in mine.service[0].method}
+        assert {"CreateRun", "StreamFrames", "StreamEvents", "ListRuns"} <= methods
