@@ -27,7 +27,9 @@ def names(directory: Path) -> list[str]:
 
 def test_async_save_keeps_the_values_at_the_moment_of_save(tmp_path: Path) -> None:
     manager = ckpt.CheckpointManager(tmp_path)
-    big = np.zeros(2_000_000, np.float32)  # 8 MB: the write is still running when we mutate
+    big = np.zeros(
+        10_000_000, np.float32
+    )  # 40 MB: copied in parallel slices; still being written when we mutate
     dev = DeviceArray(np.zeros(1000, np.int64))
     state = {"big": big, "dev": dev, "small": [np.zeros(3)], "step": 1}
     manager.save(1, state)
@@ -155,3 +157,19 @@ def test_context_manager_waits(tmp_path: Path) -> None:
     with ckpt.CheckpointManager(tmp_path) as manager:
         manager.save(1, {"x": np.zeros(100_000)})
     assert ckpt.verify(tmp_path / "step_1.safetensors").metadata == {"step": 1}
+
+
+def test_background_failure_is_reported_and_nothing_is_lost(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    manager = ckpt.CheckpointManager(tmp_path)
+    manager.save(1, {"x": np.ones(3)}, blocking=True)
+    (tmp_path / "step_2.safetensors").mkdir()  # the rename onto it will fail
+    manager.save(2, {"x": np.full(3, 2.0)})
+    with pytest.raises(ckpt.CheckpointError, match="background checkpoint save failed") as info:
+        manager.wait()
+    assert isinstance(info.value.__cause__, OSError)
+    assert "the background save of step 2 failed" in capfd.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert manager.restore_checkpoint().step == 1
+    manager.wait()  # the error was reported once

@@ -255,6 +255,8 @@ class _Source(Protocol):
 
     def read_exact(self, view: memoryview, what: str) -> None: ...
 
+    def read_many(self, views: list[memoryview], what: str) -> None: ...
+
     def finish(self) -> None: ...
 
 
@@ -275,6 +277,22 @@ class _FileSource:
                 )
             self._pos += n
             view = view[n:]
+
+    def read_many(self, views: list[memoryview], what: str) -> None:
+        """Fill ``views`` from consecutive bytes with scatter reads (``preadv``)."""
+        views = [v for v in views if len(v)]
+        while views:
+            n = os.preadv(self._fd, views[:512], self._pos)
+            if n == 0:
+                raise CorruptCheckpointError(
+                    f"{what}: the file ended at byte {self._pos} of the {self.size} expected (truncated)"
+                )
+            self._pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
 
     def finish(self) -> None:
         if os.fstat(self._fd).st_size != self.size:
@@ -335,6 +353,11 @@ class _ZstdSource:
             self._pending = self._pending[take:]
             view = view[take:]
             self._pos += take
+
+    def read_many(self, views: list[memoryview], what: str) -> None:
+        """Fill ``views`` from consecutive bytes of the frame."""
+        for view in views:
+            self.read_exact(view, what)
 
     def finish(self) -> None:
         if self._more():
@@ -421,39 +444,65 @@ class _CrcTracker:
             self._i += 1
 
 
-def _read_data(src: _Source, header: Header, dest: np.ndarray[Any, Any] | None) -> dict[str, int]:
-    """Read the data section into ``dest`` (or scratch buffers when None), computing CRCs.
+def _batches(
+    header: Header, dests: Mapping[str, np.ndarray[Any, Any]]
+) -> Iterator[list[tuple[np.ndarray[Any, Any], int]]]:
+    """Group the tensors' byte buffers into ~16 MiB batches of ``(piece, data offset)``, in file order."""
+    batch: list[tuple[np.ndarray[Any, Any], int]] = []
+    size = 0
+    for e in header.entries:
+        flat = dests[e.name]
+        for i in range(0, e.end - e.begin, _CHUNK):
+            piece = flat[i : i + _CHUNK]
+            batch.append((piece, e.begin + i))
+            size += len(piece)
+            if size >= _CHUNK:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
 
-    The CRCs of one chunk are computed on a worker thread while the next chunk
-    is read. With scratch buffers, three rotate: one being checked, one queued,
-    one being read.
+
+def _read_data(
+    src: _Source, header: Header, dests: Mapping[str, np.ndarray[Any, Any]] | None
+) -> dict[str, int]:
+    """Read the data section into per-tensor byte buffers (or scratch buffers when None).
+
+    The CRCs of one batch are computed on a worker thread while the next batch
+    is read. With scratch buffers, three rotate: one being checked, one
+    queued, one being read.
     """
     size = header.data_size
     tracker = _CrcTracker(header.entries)
+    if dests is not None:
+        batches: Iterator[list[tuple[np.ndarray[Any, Any], int]]] = _batches(header, dests)
+    else:
+        scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(3)]
+        batches = (
+            [(scratch[k % 3][: min(_CHUNK, size - pos)], pos)]
+            for k, pos in enumerate(range(0, size, _CHUNK))
+        )
     if size < _PIPELINE_MIN:
-        chunk = dest if dest is not None else _aligned_empty(size)
-        src.read_exact(chunk.data, "data")
-        tracker.update(chunk, 0)
+        for batch in batches:
+            src.read_many([piece.data for piece, _ in batch], "data")
+            for piece, pos in batch:
+                tracker.update(piece, pos)
         src.finish()
         return tracker.values
-    scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(3 if dest is None else 0)]
-    chunks: queue.Queue[tuple[np.ndarray[Any, Any], int] | None] = queue.Queue(maxsize=1)
+    pending: queue.Queue[list[tuple[np.ndarray[Any, Any], int]] | None] = queue.Queue(maxsize=1)
 
     def consume() -> None:
-        while (item := chunks.get()) is not None:
-            tracker.update(*item)
+        while (batch := pending.get()) is not None:
+            for piece, pos in batch:
+                tracker.update(piece, pos)
 
     worker = _Worker(consume)
     try:
-        pos, k = 0, 0
-        while pos < size:
-            n = min(_CHUNK, size - pos)
-            chunk = dest[pos : pos + n] if dest is not None else scratch[k % 3][:n]
-            src.read_exact(chunk.data, f"data at byte {pos}")
-            chunks.put((chunk, pos))
-            pos, k = pos + n, k + 1
+        for batch in batches:
+            src.read_many([piece.data for piece, _ in batch], f"data at byte {batch[0][1]}")
+            pending.put(batch)
     finally:
-        chunks.put(None)
+        pending.put(None)
         worker.result()
     src.finish()
     return tracker.values
@@ -514,14 +563,14 @@ def _load(
     path = Path(path)
     with _open_source(path, max_decompressed_bytes) as src:
         header = _read_header(src)
-        buf = _aligned_empty(header.data_size)
-        actual = _read_data(src, header, buf)
+        # One array per tensor (so that each can be freed on its own), read into
+        # directly through flat byte views: no copies after the read.
+        arrays = {e.name: np.empty(e.shape, e.np_dtype) for e in header.entries}
+        dests = {name: a.reshape(-1).view(np.uint8) for name, a in arrays.items()}
+        actual = _read_data(src, header, dests)
         compressed = isinstance(src, _ZstdSource)
     if not header.foreign:
         _check_crcs(header, actual)
-    arrays = {
-        e.name: buf[e.begin : e.end].view(e.np_dtype).reshape(e.shape) for e in header.entries
-    }
     _check_bools(header, arrays)
     info = _info(path, header, compressed)
     if header.foreign:

@@ -9,6 +9,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,9 @@ from ._signals import SignalHandlers
 from ._tree import FlatTree, flatten, to_host_array
 
 LATEST = "latest"
+_COPY_THREADS = 4
+_PARALLEL_COPY_MIN = 32 * 1024 * 1024
+_COPY_SLICE = 8 * 1024 * 1024
 _NAME = re.compile(r"^(emergency_)?step_(0|[1-9][0-9]*)\.safetensors(\.zst)?$")
 
 GetState = Callable[[], tuple[int, Any]]
@@ -105,6 +109,7 @@ class CheckpointManager:
         self._buffers: dict[str, np.ndarray[Any, Any]] = {}
         self._trusted: set[Path] = set()
         self._signals: SignalHandlers | None = None
+        self._copy_pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ listing
 
@@ -119,7 +124,7 @@ class CheckpointManager:
         found = []
         for entry in self.directory.iterdir():
             m = _NAME.match(entry.name)
-            if m:
+            if m and entry.is_file():
                 found.append(CheckpointFile(int(m.group(2)), m.group(1) is not None, entry))
         return sorted(found)
 
@@ -166,7 +171,8 @@ class CheckpointManager:
         manager (so later changes to the caller's arrays never reach the file),
         and returns; one background thread then writes, fsyncs, renames,
         updates ``latest`` and applies retention. Errors of a background save
-        are raised by the next :meth:`save`, :meth:`wait` or :meth:`restore`.
+        are raised by the next :meth:`save` or :meth:`wait` (restoring and
+        emergency saves warn instead, so that they still work).
 
         Raises:
             InvalidTreeError: ``tree`` or ``metadata`` cannot be stored (raised here,
@@ -181,23 +187,43 @@ class CheckpointManager:
                 self._write(step, flatten(tree), md, emergency=False)
                 return
             fresh: dict[str, np.ndarray[Any, Any]] = {}
+            copies: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
 
             def snapshot(leaf: Any, where: str) -> np.ndarray[Any, Any]:
                 arr = to_host_array(leaf, where)
                 buf = self._buffers.get(where)
                 if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
                     buf = np.empty_like(arr)
-                np.copyto(buf, arr, casting="no")
+                copies.append((arr, buf))
                 fresh[where] = buf
                 return buf
 
             flat = flatten(tree, convert=snapshot)
+            self._copy(copies)
             self._buffers = fresh
             thread = threading.Thread(
                 target=self._background, args=(step, flat, md), name=f"ckpt-save-{step}"
             )
             self._thread = thread
             thread.start()
+
+    def _copy(self, copies: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]) -> None:
+        """Copy every ``(source, buffer)`` pair, in slices spread over a few threads when large."""
+        total = sum(src.nbytes for src, _ in copies)
+        workers = min(_COPY_THREADS, os.cpu_count() or 1)
+        if workers <= 1 or total < _PARALLEL_COPY_MIN:
+            for src, dst in copies:
+                np.copyto(dst, src, casting="no")
+            return
+        jobs: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        for src, dst in copies:
+            s, d = src.reshape(-1), dst.reshape(-1)
+            step = max(1, _COPY_SLICE // max(1, s.itemsize))
+            jobs.extend((s[i : i + step], d[i : i + step]) for i in range(0, s.size, step))
+        if self._copy_pool is None:
+            self._copy_pool = ThreadPoolExecutor(workers, thread_name_prefix="ckpt-copy")
+        for _ in self._copy_pool.map(lambda job: np.copyto(job[1], job[0], casting="no"), jobs):
+            pass
 
     def _background(self, step: int, flat: FlatTree, md: dict[str, Any]) -> None:
         try:
@@ -305,8 +331,10 @@ class CheckpointManager:
             CorruptCheckpointError: every candidate checkpoint is corrupt.
             IncompatibleCheckpointError: unknown format version or ``target`` mismatch.
         """
-        with contextlib.suppress(CheckpointError):
+        try:
             self.wait()
+        except CheckpointError as exc:
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
         files = self.checkpoints()
         if step is not None:
             step = _check_step(step)
@@ -387,6 +415,9 @@ class CheckpointManager:
             self.wait()
         finally:
             self._buffers = {}
+            if self._copy_pool is not None:
+                self._copy_pool.shutdown()
+                self._copy_pool = None
             if self._signals is not None:
                 self._signals.uninstall()
                 self._signals = None

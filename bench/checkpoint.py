@@ -1,0 +1,381 @@
+"""Benchmark trainsvc-checkpoint against the usual ways to save a training state.
+
+A ~400 MB state (50 float32 arrays of 2M elements plus small ones) is saved
+and loaded several times by each method; every save is fsync'd unless the row
+says otherwise; the table shows medians in MB/s and ratios against baselines
+measured in the same run:
+
+- raw: ``ndarray.tofile`` of every array into one file + fsync (the floor for
+  a durable save) and ``np.fromfile`` to load;
+- pickle protocol 5 (+ fsync), ``np.savez`` (+ fsync);
+- ``safetensors.numpy`` save_file (which does not fsync: shown with and without
+  an added fsync) and load_file;
+- Orbax ``StandardCheckpointer`` where it is installed (`make bench` installs it).
+
+Loads are timed twice: from the page cache (file just written) and from disk
+(the file's pages dropped with ``posix_fadvise(DONTNEED)`` first). Our loads
+check every CRC. Also measured: how long ``CheckpointManager.save(blocking=False)``
+blocks the caller, as a fraction of a blocking save, and CRC32C throughput.
+
+Run: ``uv run --no-sync python bench/checkpoint.py`` (``CKPT_BENCH_REPS`` sets
+the repetitions, default 5; ``CKPT_BENCH_DIR`` the scratch directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trainsvc_checkpoint as ckpt
+from safetensors.numpy import load_file, save_file
+
+REPS = int(os.environ.get("CKPT_BENCH_REPS", "5"))
+MB = 1e6
+
+
+def make_state() -> dict[str, Any]:
+    """50 float32 arrays of 2M elements plus a few small arrays and scalars (~400 MB)."""
+    rng = np.random.default_rng(0)
+    return {
+        "params": {
+            f"layer_{i:02d}": rng.standard_normal(2_000_000, dtype=np.float32) for i in range(50)
+        },
+        "small": {f"bias_{i}": rng.standard_normal(512).astype(np.float32) for i in range(8)},
+        "prng_key": np.array([0, 42], np.uint32),
+        "count": np.int64(1000),
+    }
+
+
+def flat_arrays(state: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+    out = {f"params/{k}": v for k, v in state["params"].items()}
+    out |= {f"small/{k}": v for k, v in state["small"].items()}
+    out["prng_key"] = state["prng_key"]
+    out["count"] = np.asarray(state["count"])
+    return out
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_cache(path: Path) -> None:
+    """Drop a file's (or a directory tree's) clean pages from the page cache."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class Method:
+    """One way to save and load the state."""
+
+    name: str
+    save: Callable[[Path], None]
+    load: Callable[[Path], Any] | None
+    suffix: str = ""
+    save_s: list[float] = field(default_factory=list)
+    cache_s: list[float] = field(default_factory=list)
+    disk_s: list[float] = field(default_factory=list)
+
+
+def build_methods(state: dict[str, Any]) -> list[Method]:
+    arrays = list(flat_arrays(state).values())
+    flat = flat_arrays(state)
+
+    def raw_save(path: Path) -> None:
+        with path.open("wb") as f:
+            for a in arrays:
+                a.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def raw_load(path: Path) -> list[np.ndarray[Any, Any]]:
+        with path.open("rb") as f:
+            return [np.fromfile(f, a.dtype, a.size).reshape(a.shape) for a in arrays]
+
+    def pickle_save(path: Path) -> None:
+        with path.open("wb") as f:
+            pickle.dump(state, f, protocol=5)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pickle_load(path: Path) -> Any:
+        with path.open("rb") as f:
+            return pickle.load(f)
+
+    def savez_save(path: Path) -> None:
+        with path.open("wb") as f:
+            np.savez(f, **flat)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def savez_load(path: Path) -> Any:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def st_save(path: Path) -> None:
+        save_file(flat, path)
+
+    def st_save_fsync(path: Path) -> None:
+        save_file(flat, path)
+        fsync_path(path)
+
+    methods = [
+        Method("raw tofile+fsync", raw_save, raw_load, ".bin"),
+        Method(
+            "trainsvc-checkpoint", lambda p: ckpt.save(p, state) and None, ckpt.load, ".safetensors"
+        ),
+        Method(
+            "trainsvc-checkpoint zstd",
+            lambda p: ckpt.save(p, state, compression="zstd") and None,
+            ckpt.load,
+            ".safetensors.zst",
+        ),
+        Method("pickle p5+fsync", pickle_save, pickle_load, ".pkl"),
+        Method("np.savez+fsync", savez_save, savez_load, ".npz"),
+        Method("safetensors (no fsync)", st_save, None, ".safetensors"),
+        Method("safetensors+fsync", st_save_fsync, load_file, ".safetensors"),
+    ]
+    orbax = orbax_method(state)
+    if orbax is not None:
+        methods.append(orbax)
+    return methods
+
+
+def orbax_method(state: dict[str, Any]) -> Method | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import orbax.checkpoint as ocp
+    except Exception as exc:  # not installed, or no JAX
+        print(f"(Orbax not measured: {type(exc).__name__}: {exc})")
+        return None
+    checkpointer = ocp.StandardCheckpointer()
+
+    def save(path: Path) -> None:
+        checkpointer.save(path.absolute(), state)
+        checkpointer.wait_until_finished()
+
+    def load(path: Path) -> Any:
+        return checkpointer.restore(path.absolute())
+
+    return Method("orbax StandardCheckpointer", save, load, ".orbax")
+
+
+@contextlib.contextmanager
+def timer(out: list[float]) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    out.append(time.perf_counter() - t0)
+
+
+def run_methods(methods: list[Method], scratch: Path) -> None:
+    for rep in range(REPS):
+        for m in methods:
+            path = scratch / f"bench{m.suffix}"
+            remove(path)
+            with timer(m.save_s):
+                m.save(path)
+            if m.load is not None:
+                m.load(path)  # warm the page cache
+                with timer(m.cache_s):
+                    m.load(path)
+                drop_cache(path)
+                with timer(m.disk_s):
+                    m.load(path)
+            remove(path)
+        print(f"  repetition {rep + 1}/{REPS} done", file=sys.stderr, flush=True)
+
+
+def async_fraction(state: dict[str, Any], scratch: Path) -> tuple[float, float, float]:
+    """Median seconds the caller is blocked by an async save, a blocking save, and the async total."""
+    directory = scratch / "manager"
+    manager = ckpt.CheckpointManager(directory, keep_last=1)
+    manager.save(0, state)  # first save allocates the snapshot buffers
+    manager.wait()
+    blocked, blocking, total = [], [], []
+    for rep in range(REPS):
+        t0 = time.perf_counter()
+        manager.save(2 * rep + 1, state)
+        blocked.append(time.perf_counter() - t0)
+        manager.wait()
+        total.append(time.perf_counter() - t0)
+        with timer(blocking):
+            manager.save(2 * rep + 2, state, blocking=True)
+    manager.close()
+    shutil.rmtree(directory)
+    return statistics.median(blocked), statistics.median(blocking), statistics.median(total)
+
+
+def orbax_async_fraction(state: dict[str, Any], scratch: Path) -> tuple[float, float] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import orbax.checkpoint as ocp
+    except Exception:
+        return None
+    checkpointer = ocp.StandardCheckpointer()
+    blocked, total = [], []
+    for rep in range(REPS):
+        path = (scratch / f"orbax_async_{rep}").absolute()
+        t0 = time.perf_counter()
+        checkpointer.save(path, state)
+        blocked.append(time.perf_counter() - t0)
+        checkpointer.wait_until_finished()
+        total.append(time.perf_counter() - t0)
+        shutil.rmtree(path)
+    return statistics.median(blocked), statistics.median(total)
+
+
+def crc_throughput() -> list[tuple[str, float, str]]:
+    """GB/s of the CRC32C candidates on a 400 MB NumPy buffer (median of REPS)."""
+    import crc32c
+
+    buf = np.random.default_rng(1).integers(0, 255, 400_000_000, dtype=np.uint8)
+    view = buf.data
+    rows = []
+    times: list[float] = []
+    for _ in range(REPS):
+        with timer(times):
+            crc32c.crc32c(view)
+    rows.append(
+        ("crc32c (used)", buf.nbytes / statistics.median(times) / 1e9, "zero-copy on the buffer")
+    )
+    try:
+        import google_crc32c
+    except ImportError:
+        rows.append(("google-crc32c", float("nan"), "not installed"))
+        return rows
+    times = []
+    try:  # its C API takes only read-only buffers without a release hook (bytes, not views)
+        google_crc32c.value(view.toreadonly()[:10])
+        data: Any = view.toreadonly()
+        note = "zero-copy on a read-only view"
+    except TypeError:
+        data = None
+        note = "needs a bytes copy of a NumPy buffer; time includes the copy"
+    for _ in range(REPS):
+        with timer(times):
+            value = google_crc32c.value(data if data is not None else bytes(view))
+    assert value == crc32c.crc32c(view)
+    rows.append(
+        (
+            f"google-crc32c ({google_crc32c.implementation})",
+            buf.nbytes / statistics.median(times) / 1e9,
+            note,
+        )
+    )
+    return rows
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "" if x is None or x != x else f"{x:.2f}x"
+
+
+def main() -> int:
+    state = make_state()
+    nbytes = sum(a.nbytes for a in flat_arrays(state).values())
+    base = os.environ.get("CKPT_BENCH_DIR")
+    with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir=base) as tmp:
+        scratch = Path(tmp)
+        methods = build_methods(state)
+        print(
+            f"state: {nbytes / MB:.0f} MB in {len(flat_arrays(state))} arrays; {REPS} repetitions, "
+            f"medians; scratch dir {scratch}",
+            file=sys.stderr,
+        )
+        run_methods(methods, scratch)
+        blocked, blocking, async_total = async_fraction(state, scratch)
+        orbax_async = orbax_async_fraction(state, scratch)
+    crc_rows = crc_throughput()
+
+    by_name = {m.name: m for m in methods}
+
+    def rate(samples: list[float]) -> float:
+        return nbytes / statistics.median(samples) / MB if samples else float("nan")
+
+    raw = by_name["raw tofile+fsync"]
+    st = by_name["safetensors+fsync"]
+    print(f"\nCheckpoint benchmark: {nbytes / MB:.0f} MB state, {REPS} repetitions, medians (MB/s)")
+    header = (
+        f"| {'method':<28} | {'save':>7} | {'vs raw':>6} | {'load cache':>10} | {'vs st':>6} "
+        f"| {'load disk':>9} | {'vs raw':>6} |"
+    )
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for m in methods:
+        load_c = rate(m.cache_s)
+        load_d = rate(m.disk_s)
+        print(
+            f"| {m.name:<28} | {rate(m.save_s):7.0f} | {fmt_ratio(rate(m.save_s) / rate(raw.save_s)):>6} "
+            f"| {load_c:10.0f} | {fmt_ratio(load_c / rate(st.cache_s)):>6} "
+            f"| {load_d:9.0f} | {fmt_ratio(load_d / rate(raw.disk_s)):>6} |"
+        )
+    print("(vs st: ratio to safetensors.numpy.load_file from the page cache)")
+
+    print("\nAsync save (CheckpointManager.save, blocking=False), medians:")
+    print(
+        f"  caller blocked {blocked * 1e3:.0f} ms; blocking save {blocking * 1e3:.0f} ms; "
+        f"async save until on disk {async_total * 1e3:.0f} ms"
+    )
+    print(f"  blocked fraction: {blocked / blocking:.1%} of a blocking save")
+    if orbax_async is not None:
+        ob, ot = orbax_async
+        print(
+            f"  Orbax StandardCheckpointer: caller blocked {ob * 1e3:.0f} ms of {ot * 1e3:.0f} ms "
+            f"({ob / ot:.1%})"
+        )
+
+    print("\nCRC32C on a 400 MB NumPy buffer:")
+    for name, gbs, note in crc_rows:
+        print(f"  {name:<32} {gbs:6.1f} GB/s  ({note})")
+
+    ours = by_name["trainsvc-checkpoint"]
+    checks = [
+        ("save >= 0.95x raw tofile+fsync", rate(ours.save_s) / rate(raw.save_s), 0.95),
+        ("save >= 1.0x safetensors+fsync", rate(ours.save_s) / rate(st.save_s), 1.0),
+        (
+            "load (page cache, CRCs checked) >= 1.0x safetensors",
+            rate(ours.cache_s) / rate(st.cache_s),
+            1.0,
+        ),
+        ("load (disk, CRCs checked) >= 0.9x raw", rate(ours.disk_s) / rate(raw.disk_s), 0.9),
+        ("async save blocks <= 5% of a blocking save", 0.05 / (blocked / blocking), 1.0),
+    ]
+    print("\nTargets:")
+    for label, value, goal in checks:
+        shown = f"{blocked / blocking:.1%}" if label.startswith("async") else f"{value:.2f}x"
+        print(f"  {'met ' if value >= goal else 'MISS'}  {label}: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
