@@ -171,7 +171,7 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
     log.touch()
     argv = [
         "-m", "trainsvc_launchers._supervisor", "--config", str(launch_cfg),
-        "--data-dir", str(data_dir), "--port", str(args.port), "--section", training,
+        "--data-dir", str(data_dir), "--port", str(args.port), "--section", training, "--log", str(log),
     ]  # fmt: skip
     tmux: _Tmux | None = None
     session = ""
@@ -181,7 +181,9 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
         out.info(setup, f"running in the foreground; log: {log}")
         return ExitCode(supervise_main(argv[2:]))
     if target == "m4":
-        pid = spawn_detached(argv[2:], log, module="trainsvc_launchers._supervisor")
+        pid = spawn_detached(
+            argv[2:], log.with_suffix(".console"), module="trainsvc_launchers._supervisor"
+        )
         out.success(
             setup,
             f"started trainsvc and run {cfg.run_id} in the background (pid {pid}); log: {log}",
@@ -199,12 +201,11 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
             )
             _hints(out, training, cfg, args.port, tmux, session, log)
             return ExitCode.OK
-        command = f"{shlex.join([sys.executable, *argv])} 2>&1 | tee -a {shlex.quote(str(log))}"
-        tmux.start(session, command)
+        tmux.start(session, shlex.join([sys.executable, *argv]))
         out.success(
             setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
         )
-    code = _watch(args, out, training, cfg, log, tmux, session)
+    code = _watch(args, out, training, cfg, log, tmux, session, latest.step if latest else 0)
     if code is ExitCode.OK:
         _hints(out, training, cfg, args.port, tmux, session, log)
     return code
@@ -218,23 +219,25 @@ def _watch(
     log: Path,
     tmux: _Tmux | None,
     session: str,
+    start_step: int,
 ) -> ExitCode:
     """Follow the first ``--watch-steps`` steps; fail fast on an error in the log or a dead session."""
     server = f"127.0.0.1:{args.port}"
-    goal = min(args.watch_steps, cfg.step_budget)
+    goal = min(start_step + args.watch_steps, cfg.step_budget)
     deadline = time.monotonic() + args.watch_timeout
     first: tuple[float, int] | None = None
     while time.monotonic() < deadline:
-        text = log.read_text(encoding="utf-8", errors="replace")
-        fatal = _FATAL.search(text)
+        fatal = _FATAL.search(log.read_text(encoding="utf-8", errors="replace"))
         alive = tmux.has(session) if tmux is not None else True
         state, step = "UNKNOWN", 0
-        got = cli(server, "runs", "get", cfg.run_id, timeout=30)
-        if got.ok:
-            state, step = run_state(got.data)
-            if first is None and step > 0:
-                first = (time.monotonic(), step)
-        if fatal or state == "FAILED" or (not alive and state not in ("COMPLETED", "STOPPED")):
+        if not fatal:
+            got = cli(server, "runs", "get", cfg.run_id, timeout=15)
+            if got.ok:
+                state, step = run_state(got.data)
+                if first is None and step > start_step and state == "RUNNING":
+                    first = (time.monotonic(), step)
+        failed = state == "FAILED" or (not alive and state not in ("COMPLETED", "STOPPED"))
+        if fatal or failed:
             why = (
                 fatal.group(0)
                 if fatal
@@ -242,13 +245,12 @@ def _watch(
                 if state == "FAILED"
                 else "the session exited"
             )
-            out.error(
-                section, f"early failure ({why}); last lines of {log}:\n{_tail(log)}", log=str(log)
-            )
+            tail = _tail(log)
+            out.error(section, f"early failure ({why}); last lines of {log}:\n{tail}", log=str(log))
             if tmux is not None:
                 tmux.kill(session)
             return ExitCode.ERROR
-        if step >= goal or state == "COMPLETED":
+        if (step >= goal and state == "RUNNING") or state == "COMPLETED":
             out.success(section, f"run {cfg.run_id} passed step {step} without errors", step=step)
             if args.command == "m4":
                 _eta(out, section, cfg, first, step)

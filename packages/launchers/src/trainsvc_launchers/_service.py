@@ -31,14 +31,17 @@ def command(name: str) -> list[str]:
 
 
 def serve_command(port: int, data_dir: Path) -> list[str]:
-    """``trainsvc serve`` on 127.0.0.1:``port`` with its data in ``data_dir``."""
+    """``trainsvc serve`` on 127.0.0.1:``port`` with its data in ``data_dir`` (no metrics port)."""
+    listen = f"127.0.0.1:{port}"
     return [
         *command("trainsvc"),
         "serve",
         "--listen",
-        f"127.0.0.1:{port}",
+        listen,
         "--data-dir",
         str(data_dir),
+        "--metrics-listen",
+        "",
     ]
 
 

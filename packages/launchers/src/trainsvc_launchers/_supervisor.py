@@ -10,12 +10,16 @@ saves an emergency checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from trainsvc_launchers._config import LaunchConfig, load_launch_config
 from trainsvc_launchers._files import write_text_atomic
@@ -27,6 +31,59 @@ __all__ = ["main", "run_state", "to_toml"]
 READY_TIMEOUT_S = 180.0
 _RESUMABLE = {"PAUSED", "INTERRUPTED"}
 _TERMINAL = {"COMPLETED", "STOPPED", "FAILED"}
+
+
+class Tee:
+    """A text stream that writes to the log file and, while it lasts, to the terminal (tmux pane).
+
+    The supervisor owns the log, so closing the tmux session (SIGHUP to the
+    pane) cannot cut the log short: writes to a vanished terminal are dropped.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self._log = log.open("a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self._terminal = True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._log.write(text)
+            self._log.flush()
+            if self._terminal:
+                try:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                except (OSError, ValueError):
+                    self._terminal = False
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._log.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def pump(self, stream: IO[bytes]) -> threading.Thread:
+        """Copy a child's output into this stream on a thread."""
+
+        def run() -> None:
+            for raw in iter(stream.readline, b""):
+                self.write(raw.decode("utf-8", errors="replace"))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+def _popen(argv: list[str], tee: Tee) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}  # one event per log line
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
+    assert proc.stdout is not None
+    tee.pump(proc.stdout)
+    return proc
 
 
 def _toml_value(value: object) -> str:
@@ -69,27 +126,75 @@ def _create_args(cfg: LaunchConfig, data_dir: Path) -> list[str]:
 
 
 def supervise(
-    cfg: LaunchConfig, data_dir: Path, port: int, section: str, out: Reporter
+    cfg: LaunchConfig, data_dir: Path, port: int, section: str, out: Reporter, tee: Tee
 ) -> ExitCode:
     """Start the service, create or resume the run, follow it; returns the exit code."""
     server = f"127.0.0.1:{port}"
     out.info(section, f"starting trainsvc on {server} (data in {data_dir})")
-    service = subprocess.Popen(serve_command(port, data_dir))
+    service = _popen(serve_command(port, data_dir), tee)
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        service.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            service.send_signal(signal.SIGTERM)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, forward)
     try:
-        return _drive(cfg, data_dir, server, service, section, out)
+        return _drive(cfg, data_dir, server, service, section, out, tee)
     finally:
         if service.poll() is None:
             service.send_signal(signal.SIGTERM)
             try:
-                service.wait(timeout=120)
+                service.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 service.kill()
+        out.info(section, f"trainsvc exited with code {service.wait()}")
+
+
+def _wait_ready(server: str, service: subprocess.Popen[bytes], section: str, out: Reporter) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        time.sleep(0.5)
+        if service.poll() is not None:
+            out.error(
+                section, f"trainsvc exited with code {service.returncode} before it was ready"
+            )
+            return False
+        if cli(server, "runs", "list", timeout=5).ok:
+            out.success(section, f"trainsvc is up on {server}")
+            return True
+        if time.monotonic() > deadline:
+            out.error(
+                section, f"trainsvc did not answer on {server} within {READY_TIMEOUT_S:.0f} s"
+            )
+            return False
+
+
+def _start_run(
+    cfg: LaunchConfig, data_dir: Path, server: str, section: str, out: Reporter
+) -> ExitCode | None:
+    """Create the run, or resume it; ``None`` when it is now running, else the exit code."""
+    got = cli(server, "runs", "get", cfg.run_id)
+    if not got.ok:
+        created = cli(server, *_create_args(cfg, data_dir))
+        if not created.ok:
+            out.error(section, f"creating run {cfg.run_id} failed: {created.stderr}")
+            return ExitCode.ERROR
+        out.success(section, f"created run {cfg.run_id} ({cfg.kind}, {cfg.step_budget} steps)")
+        return None
+    state, step = run_state(got.data)
+    if state in _RESUMABLE:
+        resumed = cli(server, "runs", "resume", cfg.run_id)
+        if not resumed.ok:
+            out.error(section, f"resume of {cfg.run_id} failed: {resumed.stderr}")
+            return ExitCode.ERROR
+        out.success(section, f"resumed run {cfg.run_id} from step {step}")
+        return None
+    if state in _TERMINAL:
+        out.info(section, f"run {cfg.run_id} is already {state} at step {step}")
+        return ExitCode.OK if state != "FAILED" else ExitCode.ERROR
+    out.info(section, f"run {cfg.run_id} is {state} at step {step}")
+    return None
 
 
 def _drive(
@@ -99,44 +204,23 @@ def _drive(
     service: subprocess.Popen[bytes],
     section: str,
     out: Reporter,
+    tee: Tee,
 ) -> ExitCode:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not cli(server, "runs", "list", timeout=30).ok:
-        if service.poll() is not None:
-            out.error(
-                section, f"trainsvc exited with code {service.returncode} before it was ready"
-            )
-            return ExitCode.ERROR
-        if time.monotonic() > deadline:
-            out.error(
-                section, f"trainsvc did not answer on {server} within {READY_TIMEOUT_S:.0f} s"
-            )
-            return ExitCode.ERROR
-        time.sleep(0.5)
-    out.success(section, f"trainsvc is up on {server}")
-    got = cli(server, "runs", "get", cfg.run_id)
-    if got.ok:
-        state, step = run_state(got.data)
-        if state in _RESUMABLE:
-            resumed = cli(server, "runs", "resume", cfg.run_id)
-            if not resumed.ok:
-                out.error(section, f"resume of {cfg.run_id} failed: {resumed.stderr}")
-                return ExitCode.ERROR
-            out.success(section, f"resumed run {cfg.run_id} from step {step}")
-        elif state in _TERMINAL:
-            out.info(section, f"run {cfg.run_id} is already {state} at step {step}")
-            return ExitCode.OK if state != "FAILED" else ExitCode.ERROR
-        else:
-            out.info(section, f"run {cfg.run_id} is {state} at step {step}")
-    else:
-        created = cli(server, *_create_args(cfg, data_dir))
-        if not created.ok:
-            out.error(section, f"creating run {cfg.run_id} failed: {created.stderr}")
-            return ExitCode.ERROR
-        out.success(section, f"created run {cfg.run_id} ({cfg.kind}, {cfg.step_budget} steps)")
-    follow = subprocess.Popen(
-        [*command("trainsvc-cli"), "runs", "events", cfg.run_id, "--follow", "--server", server]
-    )
+    if not _wait_ready(server, service, section, out):
+        return ExitCode.ERROR
+    started = _start_run(cfg, data_dir, server, section, out)
+    if started is not None:
+        return started
+    follow_cmd = [
+        *command("trainsvc-cli"),
+        "runs",
+        "events",
+        cfg.run_id,
+        "--follow",
+        "--server",
+        server,
+    ]
+    follow = _popen(follow_cmd, tee)
     while follow.poll() is None and service.poll() is None:
         time.sleep(1.0)
     if follow.poll() is None:
@@ -144,10 +228,11 @@ def _drive(
     final = cli(server, "runs", "get", cfg.run_id)
     state, step = run_state(final.data) if final.ok else ("UNKNOWN", 0)
     if service.poll() is not None and state not in _TERMINAL:
-        out.error(
-            section, f"trainsvc exited with code {service.returncode} while the run was {state}"
+        out.info(
+            section,
+            f"trainsvc stopped while run {cfg.run_id} was {state}; re-run the launch to resume",
         )
-        return ExitCode.ERROR
+        return ExitCode.OK if service.returncode == 0 else ExitCode.ERROR
     if state == "FAILED":
         message = final.data.get("state_message", "") if isinstance(final.data, dict) else ""
         out.error(section, f"run {cfg.run_id} FAILED at step {step}: {message}")
@@ -163,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--section", default="TRAINING")
+    parser.add_argument("--log", type=Path, required=True)
     args = parser.parse_args(argv)
-    out = Reporter(colour=False)
+    tee = Tee(args.log)
+    out = Reporter(stream=tee, colour=False)  # type: ignore[arg-type]
     cfg = load_launch_config(args.config)
-    return int(supervise(cfg, args.data_dir, args.port, args.section, out))
+    return int(supervise(cfg, args.data_dir, args.port, args.section, out, tee))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +68,9 @@ CHECKPOINT_S = float(
     os.environ.get("TRAINSVC_CHECKPOINT_SECONDS", float(SPEC["checkpoint_minutes"]) * 60)
 )
 POLL_S = float(os.environ.get("TRAINSVC_POLL_SECONDS", "5"))
+# trainsvc's run workers are spawned processes that re-import this file as
+# "__mp_main__": only the main process (a script or a notebook) does the work.
+MAIN = __name__ == "__main__"
 
 
 def log(message: str) -> None:
@@ -141,8 +143,9 @@ def verify_gpu() -> None:
         log("GPU: none (nvidia-smi not found): training runs on CPU")
 
 
-install(list(SPEC["packages"]))
-verify_gpu()
+if MAIN:
+    install(list(SPEC["packages"]))
+    verify_gpu()
 
 # %%
 # Resume or start: copy the newest valid checkpointed state from the inputs.
@@ -185,10 +188,10 @@ def restore_from_inputs() -> int:
     return best
 
 
-RESTORED_STEP = restore_from_inputs()
+RESTORED_STEP = restore_from_inputs() if MAIN else -1
 
 # %%
-# Start trainsvc in this session and create or resume the run through the Python client.
+# Start trainsvc in this process and create or resume the run through the Python client.
 
 
 def free_port() -> int:
@@ -198,20 +201,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_service(port: int) -> subprocess.Popen[bytes]:
-    """Start `trainsvc serve` on 127.0.0.1 with its data in DATA."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainsvc",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(DATA),
-    ]
-    return subprocess.Popen(cmd)
+class InProcessService:
+    """trainsvc running in this process: its asyncio loop on a thread (run workers are processes)."""
+
+    def __init__(self, port: int) -> None:
+        import asyncio
+        import threading
+
+        from trainsvc import ServerOptions, TrainsvcServer
+
+        DATA.mkdir(parents=True, exist_ok=True)
+        self.server = TrainsvcServer(ServerOptions(listen=f"127.0.0.1:{port}", data_dir=DATA))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="trainsvc", daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=300)
+        log(f"trainsvc is serving on 127.0.0.1:{port}")
+
+    def stop(self) -> None:
+        """Checkpoint active runs, stop serving and end the loop."""
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=900)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=60)
 
 
 def open_run(address: str) -> Any:
@@ -253,9 +266,10 @@ def open_run(address: str) -> Any:
     return client, run
 
 
-PORT = free_port()
-SERVICE = start_service(PORT)
-CLIENT, RUN = open_run(f"127.0.0.1:{PORT}")
+if MAIN:
+    PORT = free_port()
+    SERVICE = InProcessService(PORT)
+    CLIENT, RUN = open_run(f"127.0.0.1:{PORT}")
 
 # %%
 # Train until the step budget or the wall-clock budget, checkpointing on the way.
@@ -320,18 +334,19 @@ def train(client: Any, run: Any) -> dict[str, Any]:
     }
 
 
-RESULT: dict[str, Any] = {"state": "error", "message": "interrupted", "step": RESTORED_STEP}
-try:
-    RESULT = train(CLIENT, RUN)
-except Exception as exc:
-    RESULT = {"state": "error", "message": f"{type(exc).__name__}: {exc}", "step": RESTORED_STEP}
-    raise
-finally:
-    CLIENT.close()
-    SERVICE.send_signal(signal.SIGTERM)
+if MAIN:
+    RESULT: dict[str, Any] = {"state": "error", "message": "interrupted", "step": RESTORED_STEP}
     try:
-        SERVICE.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        SERVICE.kill()
-    write_status(**RESULT, ended_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    log(f"status: {RESULT}")
+        RESULT = train(CLIENT, RUN)
+    except Exception as exc:
+        RESULT = {
+            "state": "error",
+            "message": f"{type(exc).__name__}: {exc}",
+            "step": RESTORED_STEP,
+        }
+        raise
+    finally:
+        CLIENT.close()
+        SERVICE.stop()
+        write_status(**RESULT, ended_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        log(f"status: {RESULT}")

@@ -1,0 +1,162 @@
+"""The local/h100 targets: a real trainsvc in a real tmux session (on an isolated tmux server)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trainsvc_launchers._cli import main
+from trainsvc_launchers._crashloop import METADATA_FILE
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+CONFIG = """
+kind = "emergence"
+run_id = "{run_id}"
+seed = 1
+step_budget = 100000
+
+[checkpoint]
+interval_steps = 50
+keep_last = 2
+
+[emergence.env]
+height = 8
+width = 8
+n_agents = 2
+n_envs = 2
+
+[emergence.train]
+rollout_length = 4
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def tmux_socket() -> Iterator[str]:
+    """An isolated tmux server for the test, killed afterwards."""
+    name = f"trainsvc-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True, check=False)
+
+
+def _args(tmp: Path, cfg: Path, port: int, sock: str) -> list[str]:
+    return [
+        "local", "--config", str(cfg), "--data-dir", str(tmp / "data"), "--logs-dir", str(tmp / "logs"),
+        "--port", str(port), "--tmux-socket", sock, "--watch-steps", "100", "--watch-timeout", "300",
+    ]  # fmt: skip
+
+
+def _config(tmp: Path, run_id: str) -> Path:
+    path = tmp / "run.toml"
+    path.write_text(CONFIG.format(run_id=run_id), encoding="utf-8")
+    return path
+
+
+def _session_alive(sock: str, name: str) -> bool:
+    return (
+        subprocess.run(
+            ["tmux", "-L", sock, "has-session", "-t", f"={name}"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+
+
+def _stop_session(sock: str, name: str, log: Path) -> None:
+    """Close the tmux session (as a dropped box would) and wait until trainsvc has checkpointed."""
+    subprocess.run(["tmux", "-L", sock, "kill-session", "-t", f"={name}"], check=True)
+    deadline = time.monotonic() + 180
+    while "trainsvc stopped" not in log.read_text(encoding="utf-8") and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _needs_service() -> None:
+    pytest.importorskip("trainsvc", reason="the trainsvc service is not installed")
+    pytest.importorskip("trainsvc_client", reason="trainsvc-cli is not installed")
+
+
+def test_tmux_launch_logs_and_rerun_resumes(
+    tmp_path: Path, tmux_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _needs_service()
+    cfg, port = _config(tmp_path, "tmux-run"), _free_port()
+    assert main(_args(tmp_path, cfg, port, tmux_socket)) == 0
+    out = capsys.readouterr().out
+    assert _session_alive(tmux_socket, "trainsvc-tmux-run")
+    logs = sorted((tmp_path / "logs").iterdir())
+    assert len(logs) == 1 and re.fullmatch(r"training_\d{8}_\d{6}\.log", logs[0].name)
+    assert "[TRAINING-LOCAL] ✅ SUCCESS: created run tmux-run" in logs[0].read_text(
+        encoding="utf-8"
+    )
+    assert f"reconnect: tmux -L {tmux_socket} attach -t trainsvc-tmux-run" in out
+    assert "runs watch tmux-run" in out and "passed step" in out
+
+    # Launching again while it runs does not start a second session.
+    assert main(_args(tmp_path, cfg, port, tmux_socket)) == 0
+    assert "already running" in capsys.readouterr().out
+
+    _stop_session(tmux_socket, "trainsvc-tmux-run", logs[0])
+    assert main(_args(tmp_path, cfg, port, tmux_socket)) == 0
+    out = capsys.readouterr().out
+    step = int(re.search(r"resuming tmux-run from \S+ \(step (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert step >= 100
+    second = sorted((tmp_path / "logs").iterdir())[-1]
+    assert second != logs[0]
+    assert f"resumed run tmux-run from step {step}" in second.read_text(encoding="utf-8")
+    meta = json.loads(next((tmp_path / "data").rglob(METADATA_FILE)).read_text(encoding="utf-8"))
+    assert meta["last_step"] == step and meta["resume_count"] == 1
+    _stop_session(tmux_socket, "trainsvc-tmux-run", second)
+
+
+def test_fail_fast_when_trainsvc_cannot_start(
+    tmp_path: Path, tmux_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _needs_service()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(_args(tmp_path, _config(tmp_path, "busy-run"), port, tmux_socket))
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "[TRAINING-LOCAL] ❌ ERROR: early failure" in out and "trainsvc exited with code" in out
+    assert not _session_alive(tmux_socket, "trainsvc-busy-run")
+
+
+def test_crash_loop_exits_2_before_starting(
+    tmp_path: Path, tmux_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = pytest.importorskip("trainsvc_checkpoint")
+    run_dir = tmp_path / "data" / "runs" / "loop-run" / "checkpoints"
+    run_dir.mkdir(parents=True)
+    ckpt.save(run_dir / "step_50.safetensors", {"w": np.arange(4, dtype=np.float32)})
+    for _ in range(2):  # two earlier resumes from step 50 that died before making progress
+        (run_dir / METADATA_FILE).write_text(
+            json.dumps(
+                {
+                    "last_checkpoint": "step_50.safetensors",
+                    "last_step": 50,
+                    "resume_count": _ + 1,
+                    "time": "t",
+                }
+            ),
+            encoding="utf-8",
+        )
+    code = main(_args(tmp_path, _config(tmp_path, "loop-run"), _free_port(), tmux_socket))
+    assert code == 2
+    assert "crash loop: resumed from step 50" in capsys.readouterr().out
+    assert not _session_alive(tmux_socket, "trainsvc-loop-run")
