@@ -303,7 +303,7 @@ def _hints(
     )
     out.info(
         section,
-        f"dashboard: point trainsvc-dashboard at {server}; over SSH first: ssh -L {port}:127.0.0.1:{port} <box>",
+        f"dashboard: trainsvc-dashboard --server {server}; over SSH first: ssh -L {port}:127.0.0.1:{port} <box>",
     )
     out.info(
         section,
