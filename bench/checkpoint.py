@@ -215,6 +215,18 @@ def run_methods(methods: list[Method], scratch: Path) -> None:
         print(f"  repetition {rep + 1}/{REPS} done", file=sys.stderr, flush=True)
 
 
+def copy_floor(state: dict[str, Any]) -> float:
+    """Median seconds of a plain single-threaded np.copyto of every array into warm buffers."""
+    arrays = list(flat_arrays(state).values())
+    buffers = [np.empty_like(a) for a in arrays]
+    times: list[float] = []
+    for _ in range(REPS + 1):
+        with timer(times):
+            for a, b in zip(arrays, buffers, strict=True):
+                np.copyto(b, a)
+    return statistics.median(times[1:])
+
+
 def async_fraction(state: dict[str, Any], scratch: Path) -> tuple[float, float, float]:
     """Median seconds the caller is blocked by an async save, a blocking save, and the async total."""
     directory = scratch / "manager"
@@ -315,6 +327,7 @@ def main() -> int:
         run_methods(methods, scratch)
         blocked, blocking, async_total = async_fraction(state, scratch)
         orbax_async = orbax_async_fraction(state, scratch)
+    floor = copy_floor(state)
     crc_rows = crc_throughput()
 
     by_name = {m.name: m for m in methods}
@@ -347,6 +360,10 @@ def main() -> int:
         f"async save until on disk {async_total * 1e3:.0f} ms"
     )
     print(f"  blocked fraction: {blocked / blocking:.1%} of a blocking save")
+    print(
+        f"  the floor, a plain np.copyto of the state into warm buffers: {floor * 1e3:.0f} ms "
+        f"({floor / blocking:.1%})"
+    )
     if orbax_async is not None:
         ob, ot = orbax_async
         print(

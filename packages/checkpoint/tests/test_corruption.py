@@ -146,7 +146,8 @@ def forge(
 
 @pytest.fixture
 def no_big_allocation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail if the reader allocates a data buffer or more than 8 MiB of Python memory."""
+    """Fail if the reader allocates more than 8 MiB (NumPy arrays included: NumPy reports
+    its allocations to tracemalloc) or a scratch buffer."""
 
     def refuse(nbytes: int) -> Any:
         raise AssertionError(f"allocated a {nbytes}-byte data buffer for a hostile file")
@@ -207,6 +208,8 @@ def test_hostile_headers(
     path.write_bytes(forge(tensors, data, trainsvc=trainsvc))
     with pytest.raises(ckpt.CorruptCheckpointError, match=match):
         ckpt.load(path)
+    with pytest.raises(ckpt.CorruptCheckpointError, match=match):
+        ckpt.verify(path)
 
 
 def test_huge_header_length_is_refused(tmp_path: Path, no_big_allocation: None) -> None:

@@ -25,8 +25,12 @@ def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def test_async_save_keeps_the_values_at_the_moment_of_save(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy_workers", [1, 3])
+def test_async_save_keeps_the_values_at_the_moment_of_save(
+    tmp_path: Path, copy_workers: int
+) -> None:
     manager = ckpt.CheckpointManager(tmp_path)
+    manager._copy_workers = copy_workers  # 3: the parallel copy that machines with 6+ cores use
     big = np.zeros(
         10_000_000, np.float32
     )  # 40 MB: copied in parallel slices; still being written when we mutate

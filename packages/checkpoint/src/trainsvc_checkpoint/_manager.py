@@ -110,6 +110,9 @@ class CheckpointManager:
         self._trusted: set[Path] = set()
         self._signals: SignalHandlers | None = None
         self._copy_pool: ThreadPoolExecutor | None = None
+        # Half the cores at most: on a small machine, threads fighting the
+        # training process for CPU make the copy slower, not faster.
+        self._copy_workers = min(_COPY_THREADS, (os.cpu_count() or 1) // 2)
 
     # ------------------------------------------------------------------ listing
 
@@ -210,7 +213,7 @@ class CheckpointManager:
     def _copy(self, copies: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]) -> None:
         """Copy every ``(source, buffer)`` pair, in slices spread over a few threads when large."""
         total = sum(src.nbytes for src, _ in copies)
-        workers = min(_COPY_THREADS, os.cpu_count() or 1)
+        workers = self._copy_workers
         if workers <= 1 or total < _PARALLEL_COPY_MIN:
             for src, dst in copies:
                 np.copyto(dst, src, casting="no")
