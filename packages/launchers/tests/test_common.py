@@ -230,3 +230,12 @@ def test_committed_notebook_is_generated_and_valid() -> None:
     sources = "\n".join(cell.source for cell in nb.cells)
     for step in ("install(", "verify_gpu()", "restore_from_inputs()", "open_run(", "train("):
         assert step in sources
+
+
+def test_redact_scrubs_secrets_from_text() -> None:
+    from trainsvc_launchers._credentials import KaggleCredentials, redact
+
+    creds = KaggleCredentials("environment", {"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "s3cr3t"})
+    assert creds.secrets == ["s3cr3t"]
+    assert redact("401 for me with key s3cr3t", creds.secrets) == "401 for me with key ***"
+    assert "s3cr3t" not in repr(creds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -213,7 +214,7 @@ def _kaggle(args: argparse.Namespace, out: Reporter) -> ExitCode:
 def _background(args: argparse.Namespace, out: Reporter, cfg: LaunchConfig) -> ExitCode:
     from trainsvc_launchers._background import spawn_detached
 
-    argv = [a for a in sys.argv[1:] if a != "--background"]
+    argv = [a for a in args.argv if a != "--background"]
     slug = str(cfg.kaggle.get("slug", "run"))
     state_dir = args.state_dir or Path(".trainsvc") / "kaggle" / slug
     log = state_dir / "monitor.log"
@@ -297,9 +298,10 @@ def _datasets(args: argparse.Namespace, out: Reporter, creds: object) -> ExitCod
         folder = Path(tmp)
         for wheel in wheels:
             shutil.copy2(wheel, folder / wheel.name)
-        write_json_atomic(
-            folder / "dataset-metadata.json",
-            {"id": args.dataset, "title": args.title or slug, "licenses": [{"name": "other"}]},
+        # ASCII-only JSON: the kaggle client reads this file in the locale's encoding.
+        meta = {"id": args.dataset, "title": args.title or slug, "licenses": [{"name": "other"}]}
+        (folder / "dataset-metadata.json").write_text(
+            json.dumps(meta, ensure_ascii=True), encoding="utf-8"
         )
         try:
             url = KaggleService(creds).create_dataset(folder)
@@ -317,7 +319,9 @@ def _datasets(args: argparse.Namespace, out: Reporter, creds: object) -> ExitCod
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``trainsvc-launch``; returns the exit code."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = build_parser().parse_args(argv)
+    args.argv = argv
     out = Reporter(json_mode=args.json)
     if args.command == "preflight":
         from trainsvc_launchers._preflight import run_preflight

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from trainsvc_launchers._credentials import KaggleCredentials
+from trainsvc_launchers._credentials import KaggleCredentials, redact
 
 __all__ = ["KaggleError", "KaggleService", "PushResult", "Quota"]
 
@@ -84,6 +84,10 @@ class KaggleService:
             except SystemExit as exc:
                 raise KaggleError("Kaggle authentication failed: check your credentials") from exc
 
+    def _error(self, message: str) -> KaggleError:
+        """A :class:`KaggleError` whose message has every secret scrubbed out."""
+        return KaggleError(redact(message, self._secrets))
+
     @property
     def username(self) -> str:
         """The authenticated user's name."""
@@ -100,7 +104,7 @@ class KaggleService:
             with _quiet():
                 resp = self._api.kernels_push(str(folder))
         except (requests.RequestException, ValueError) as exc:
-            raise KaggleError(f"push failed: {exc}") from exc
+            raise self._error(f"push failed: {exc}") from exc
         problems = []
         if resp.error:
             problems.append(str(resp.error))
@@ -114,7 +118,7 @@ class KaggleService:
             if bad:
                 problems.append(f"{name.replace('_', ' ')}: {', '.join(map(str, bad))}")
         if problems:
-            raise KaggleError("push rejected by Kaggle: " + "; ".join(problems))
+            raise self._error("push rejected by Kaggle: " + "; ".join(problems))
         return PushResult(ref=str(resp.ref), url=str(resp.url), version=resp.version_number)
 
     def status(self, kernel: str) -> tuple[str, str | None]:
@@ -123,7 +127,7 @@ class KaggleService:
             with _quiet():
                 resp = self._api.kernels_status(kernel)
         except (requests.RequestException, ValueError) as exc:
-            raise KaggleError(f"status of {kernel} failed: {exc}") from exc
+            raise self._error(f"status of {kernel} failed: {exc}") from exc
         status = resp.status
         name = status.name if hasattr(status, "name") else str(status)
         return name, resp.failure_message or None
@@ -168,7 +172,7 @@ class KaggleService:
                     if not token:
                         break
         except requests.RequestException as exc:
-            raise KaggleError(f"output download of {kernel} failed: {exc}") from exc
+            raise self._error(f"output download of {kernel} failed: {exc}") from exc
         if log:
             log_path = dest / f"{slug}.log"
             log_path.write_text(log, encoding="utf-8")
@@ -181,7 +185,7 @@ class KaggleService:
             with _quiet():
                 resp = self._api.quota_view()
         except requests.RequestException as exc:
-            raise KaggleError(f"quota lookup failed: {exc}") from exc
+            raise self._error(f"quota lookup failed: {exc}") from exc
         gpu = resp.gpu_quota
         if gpu is None:
             return None
@@ -200,7 +204,7 @@ class KaggleService:
                     str(folder), public=public, quiet=True, dir_mode="zip"
                 )
         except (requests.RequestException, ValueError) as exc:
-            raise KaggleError(f"dataset upload failed: {exc}") from exc
+            raise self._error(f"dataset upload failed: {exc}") from exc
         if resp.error:
-            raise KaggleError(f"dataset upload rejected by Kaggle: {resp.error}")
+            raise self._error(f"dataset upload rejected by Kaggle: {resp.error}")
         return str(resp.url or resp.ref)
