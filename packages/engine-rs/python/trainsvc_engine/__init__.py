@@ -1,5 +1,67 @@
-"""A fast Othello engine with self-play TD(lambda) training (Rust core, Python API)."""
+"""A fast Othello engine with self-play TD(lambda) training (Rust core, Python API).
 
-from trainsvc_engine._engine import perft
+Everything heavy runs in Rust with the GIL released. See the package README for
+the API, and ``trainsvc-othello --help`` for the command-line tools.
+"""
 
-__all__ = ["perft"]
+import atexit
+
+from trainsvc_engine._debug import Debug
+from trainsvc_engine._engine import (
+    Board,
+    Checkpoint,
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointNotFoundError,
+    ConfigError,
+    CorruptCheckpointError,
+    EngineError,
+    EngineIOError,
+    EnginePanicError,
+    Evaluator,
+    IncompatibleVersionError,
+    InvalidBoardError,
+    InvalidMoveError,
+    InvalidStateError,
+    MoveResult,
+    Statistics,
+    TrainingError,
+    TrainingManager,
+    TrainingResult,
+    __version__,
+    perft,
+    shutdown_all,
+    square_name,
+    weight_diff,
+)
+
+atexit.register(shutdown_all)
+
+__all__ = [
+    "Board",
+    "Checkpoint",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "Debug",
+    "EngineError",
+    "EngineIOError",
+    "EnginePanicError",
+    "Evaluator",
+    "IncompatibleVersionError",
+    "InvalidBoardError",
+    "InvalidMoveError",
+    "InvalidStateError",
+    "MoveResult",
+    "Statistics",
+    "TrainingError",
+    "TrainingManager",
+    "TrainingResult",
+    "__version__",
+    "perft",
+    "shutdown_all",
+    "square_name",
+    "weight_diff",
+]

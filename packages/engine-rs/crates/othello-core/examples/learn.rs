@@ -15,10 +15,16 @@ fn main() {
     let threads: usize = arg(2, "2").parse().expect("threads");
     let lr: f32 = arg(3, "0.001").parse().expect("lr");
     let lambda: f32 = arg(4, "0.5").parse().expect("lambda");
+    let n_phases: usize = arg(5, "6").parse().expect("phases");
+    let pattern_set = arg(6, "default");
+    let batch_games: usize = arg(7, "64").parse().expect("batch");
     let cfg = TrainConfig {
         threads,
         learning_rate: lr,
         lambda,
+        n_phases,
+        pattern_set,
+        batch_games,
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(cfg).expect("config");

@@ -760,7 +760,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, EngineError> {
         Some(_) => return Err(corrupt("__metadata__: expected an object".into())),
     };
     // A file with any trainsvc key is checked as one (a damaged key must not make it "foreign").
-    let foreign = !md.keys().any(|k| k.to_ascii_lowercase().starts_with("trainsvc"));
+    let foreign = !md
+        .keys()
+        .any(|k| k.to_ascii_lowercase().starts_with("trainsvc"));
     let data = &bytes[8 + n as usize..];
     if !foreign {
         let version = md
@@ -1252,7 +1254,11 @@ mod tests {
         for i in (8..bytes.len()).step_by(7) {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
-            assert!(decode(&bad).is_err(), "flip at {i} went unnoticed: {:?}", String::from_utf8_lossy(&bad[..200]));
+            assert!(
+                decode(&bad).is_err(),
+                "flip at {i} went unnoticed: {:?}",
+                String::from_utf8_lossy(&bad[..200])
+            );
         }
         let mut short = bytes.clone();
         short.pop();

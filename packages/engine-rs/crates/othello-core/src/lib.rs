@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod refgen;
 pub mod rng;
 pub mod search;
+pub mod state;
 pub mod train;
 
 pub use board::{perft, Board, Color};

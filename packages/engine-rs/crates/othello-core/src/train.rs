@@ -282,8 +282,10 @@ pub struct Trainer {
     pub adam_m: Vec<f32>,
     /// Adam second moments.
     pub adam_v: Vec<f32>,
-    /// Adam steps taken.
+    /// Adam steps taken (batches).
     pub adam_step: u64,
+    /// Per-weight Adam step counts (bias correction for sparse updates).
+    pub adam_t: Vec<u32>,
     /// Statistics.
     pub stats: Stats,
     grad: Vec<f32>,
@@ -439,6 +441,7 @@ impl Trainer {
             adam_m: vec![0.0; n],
             adam_v: vec![0.0; n],
             adam_step: 0,
+            adam_t: vec![0; n],
             stats: Stats::default(),
             grad: vec![0.0; n],
             touched: Vec::new(),
@@ -494,8 +497,8 @@ impl Trainer {
 
     fn fixed_bytes(&self) -> usize {
         let w = self.weights.memory_bytes();
-        // weights + m + v + gradient buffer + touched list (worst case) + game records
-        w * 4 + self.weights.w.len() / 8 + self.config.batch_games * 64 * (MAX_INSTANCES + 2) * 4
+        // weights + m + v + step counts + gradient buffer + touched list (worst case) + game records
+        w * 5 + self.weights.w.len() / 8 + self.config.batch_games * 64 * (MAX_INSTANCES + 2) * 4
     }
 
     /// Memory use by component.
@@ -504,9 +507,9 @@ impl Trainer {
         let w = self.weights.memory_bytes();
         MemoryReport {
             pattern_tables: w,
-            adam_state: 2 * w,
+            adam_state: 3 * w,
             transposition_table: self.tt_bytes_per_thread * self.threads(),
-            other: self.fixed_bytes() - 3 * w,
+            other: self.fixed_bytes() - 4 * w,
             budget: self.config.memory_budget_mb << 20,
         }
     }
@@ -642,13 +645,14 @@ impl Trainer {
     fn adam_update(&mut self) {
         self.adam_step += 1;
         let c = &self.config;
-        let t = self.adam_step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
-        let step = c.learning_rate * bc2.sqrt() / bc1;
         let mut bad = Vec::new();
         for &i in &self.touched {
             let i = i as usize;
+            // Per-weight bias correction: a rarely seen weight is corrected by its own count.
+            let t = &mut self.adam_t[i];
+            *t = t.saturating_add(1);
+            let k = (*t).min(1 << 20) as i32;
+            let step = c.learning_rate * (1.0 - c.beta2.powi(k)).sqrt() / (1.0 - c.beta1.powi(k));
             let g = std::mem::take(&mut self.grad[i]);
             let m = &mut self.adam_m[i];
             let v = &mut self.adam_v[i];
@@ -689,6 +693,7 @@ impl Trainer {
             let i = nf.phase * plen + off;
             self.adam_m[i] = 0.0;
             self.adam_v[i] = 0.0;
+            self.adam_t[i] = 0;
         }
         self.stats.nan_resets += found.len() as u64;
         if !found.is_empty() {

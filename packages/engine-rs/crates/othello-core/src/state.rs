@@ -1,0 +1,328 @@
+//! Engine state <-> checkpoint trees: what an engine checkpoint holds.
+//!
+//! Tree: `weights` (F32 `[n_phases, phase_len]`), `opt_state` (`m`, `v`, `step`),
+//! `stats` (counters, `recent_diffs` I8, `recent_errors` U8). Metadata:
+//! `trainer: "othello"`, the full `config`, the pattern shapes, `step` (games).
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::{DType, Decoded, Node, Tensor};
+use crate::error::EngineError;
+use crate::eval::Weights;
+use crate::pattern::PatternSet;
+use crate::train::{TrainConfig, Trainer};
+
+/// The `trainer` value in engine checkpoint metadata.
+pub const TRAINER_KIND: &str = "othello";
+
+/// The configuration as a JSON object.
+#[must_use]
+pub fn config_to_json(c: &TrainConfig) -> Value {
+    json!({
+        "seed": c.seed, "threads": c.threads, "batch_games": c.batch_games,
+        "search_depth": c.search_depth, "epsilon_start": c.epsilon_start,
+        "epsilon_end": c.epsilon_end, "epsilon_decay_games": c.epsilon_decay_games,
+        "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
+        "beta1": f64::from(c.beta1), "beta2": f64::from(c.beta2), "adam_eps": f64::from(c.adam_eps),
+        "pattern_set": c.pattern_set, "n_phases": c.n_phases,
+        "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
+        "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
+        "inject_nan_at_game": c.inject_nan_at_game,
+    })
+}
+
+/// Names of every configuration field.
+pub const CONFIG_FIELDS: [&str; 19] = [
+    "seed",
+    "threads",
+    "batch_games",
+    "search_depth",
+    "epsilon_start",
+    "epsilon_end",
+    "epsilon_decay_games",
+    "lambda",
+    "learning_rate",
+    "beta1",
+    "beta2",
+    "adam_eps",
+    "pattern_set",
+    "n_phases",
+    "memory_budget_mb",
+    "error_window",
+    "max_error_rate",
+    "inject_panic_every",
+    "inject_nan_at_game",
+];
+
+/// Applies the fields of a JSON object to `base`, then validates.
+///
+/// # Errors
+/// [`EngineError::InvalidConfig`] naming an unknown field, a field of the wrong
+/// type, or a value out of range.
+pub fn config_update(
+    base: &TrainConfig,
+    obj: &Map<String, Value>,
+) -> Result<TrainConfig, EngineError> {
+    let mut c = base.clone();
+    for (k, v) in obj {
+        let uint = || {
+            v.as_u64()
+                .ok_or_else(|| EngineError::config(k, "a non-negative integer", v))
+        };
+        let float = || {
+            v.as_f64()
+                .ok_or_else(|| EngineError::config(k, "a number", v))
+        };
+        match k.as_str() {
+            "seed" => c.seed = uint()?,
+            "threads" => c.threads = uint()? as usize,
+            "batch_games" => c.batch_games = uint()? as usize,
+            "search_depth" => c.search_depth = u32::try_from(uint()?).unwrap_or(u32::MAX),
+            "epsilon_start" => c.epsilon_start = float()?,
+            "epsilon_end" => c.epsilon_end = float()?,
+            "epsilon_decay_games" => c.epsilon_decay_games = uint()?,
+            "lambda" => c.lambda = float()? as f32,
+            "learning_rate" => c.learning_rate = float()? as f32,
+            "beta1" => c.beta1 = float()? as f32,
+            "beta2" => c.beta2 = float()? as f32,
+            "adam_eps" => c.adam_eps = float()? as f32,
+            "pattern_set" => {
+                c.pattern_set = v
+                    .as_str()
+                    .ok_or_else(|| EngineError::config(k, "a string", v))?
+                    .to_owned();
+            }
+            "n_phases" => c.n_phases = uint()? as usize,
+            "memory_budget_mb" => c.memory_budget_mb = uint()? as usize,
+            "error_window" => c.error_window = uint()?,
+            "max_error_rate" => c.max_error_rate = float()?,
+            "inject_panic_every" => c.inject_panic_every = uint()?,
+            "inject_nan_at_game" => c.inject_nan_at_game = uint()?,
+            other => {
+                return Err(EngineError::config(
+                    other,
+                    &format!("one of {}", CONFIG_FIELDS.join(", ")),
+                    "an unknown field",
+                ))
+            }
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn u32_tensor(rows: usize, v: &[u32]) -> Tensor {
+    Tensor {
+        dtype: DType::U32,
+        shape: vec![rows, v.len() / rows.max(1)],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn f32_tensor(rows: usize, v: &[f32]) -> Node {
+    Node::Tensor(Tensor::f32(vec![rows, v.len() / rows.max(1)], v))
+}
+
+/// The checkpoint tree and metadata of a trainer.
+#[must_use]
+pub fn trainer_to_checkpoint(t: &Trainer) -> (Node, Value) {
+    let p = t.weights.n_phases;
+    let s = &t.stats;
+    let diffs: Vec<i8> = s.recent_diffs.iter().copied().collect();
+    let errs: Vec<u8> = s.recent_errors.iter().map(|&e| u8::from(e)).collect();
+    let int = |v: u64| Node::Int(v as i64);
+    let tree = Node::dict([
+        ("weights", f32_tensor(p, &t.weights.w)),
+        (
+            "opt_state",
+            Node::dict([
+                ("m", f32_tensor(p, &t.adam_m)),
+                ("v", f32_tensor(p, &t.adam_v)),
+                ("t", Node::Tensor(u32_tensor(p, &t.adam_t))),
+                ("step", int(t.adam_step)),
+            ]),
+        ),
+        (
+            "stats",
+            Node::dict([
+                ("games", int(s.games)),
+                ("black_wins", int(s.black_wins)),
+                ("white_wins", int(s.white_wins)),
+                ("draws", int(s.draws)),
+                ("stone_diff_sum", Node::Int(s.stone_diff_sum)),
+                ("errors", int(s.errors)),
+                ("nan_resets", int(s.nan_resets)),
+                (
+                    "recent_diffs",
+                    Node::Tensor(Tensor::i8(vec![diffs.len()], &diffs)),
+                ),
+                (
+                    "recent_errors",
+                    Node::Tensor(Tensor {
+                        dtype: DType::U8,
+                        shape: vec![errs.len()],
+                        data: errs,
+                    }),
+                ),
+            ]),
+        ),
+    ]);
+    (tree, weights_metadata(&t.weights, &t.config))
+}
+
+/// Metadata describing weights trained under `config`.
+#[must_use]
+pub fn weights_metadata(w: &Weights, config: &TrainConfig) -> Value {
+    let shapes: Vec<Value> =
+        w.set.shapes.iter().map(|s| json!({"name": s.name, "squares": s.squares.iter().map(|&q| u64::from(q)).collect::<Vec<_>>()})).collect();
+    json!({
+        "trainer": TRAINER_KIND,
+        "engine": concat!("othello-core ", env!("CARGO_PKG_VERSION")),
+        "config": config_to_json(config),
+        "pattern_shapes": shapes,
+        "phase_len": w.set.phase_len,
+    })
+}
+
+/// Only the weights of an engine checkpoint tree (`weights`, `metadata.config`).
+///
+/// # Errors
+/// [`EngineError::CorruptCheckpoint`] when the checkpoint is not an engine
+/// checkpoint or its weights do not fit its pattern set.
+pub fn weights_from_checkpoint(d: &Decoded) -> Result<(Weights, TrainConfig), EngineError> {
+    if d.metadata.get("trainer").and_then(Value::as_str) != Some(TRAINER_KIND) {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "metadata.trainer: expected {TRAINER_KIND:?}, found {}",
+            d.metadata.get("trainer").unwrap_or(&Value::Null)
+        )));
+    }
+    let cfg_obj = d
+        .metadata
+        .get("config")
+        .and_then(Value::as_object)
+        .ok_or_else(|| EngineError::CorruptCheckpoint("metadata.config: missing".into()))?;
+    let config = config_update(&TrainConfig::default(), cfg_obj)?;
+    let set = Arc::new(PatternSet::named(&config.pattern_set)?);
+    let mut w = Weights::new(set, config.n_phases)?;
+    let t = d.tree.get("weights")?.as_tensor("weights")?;
+    let values = t.as_f32("weights")?;
+    if values.len() != w.w.len() {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "weights: expected {} values for pattern set {:?} with {} phases, found {}",
+            w.w.len(),
+            config.pattern_set,
+            config.n_phases,
+            values.len()
+        )));
+    }
+    w.w = values;
+    Ok((w, config))
+}
+
+/// A trainer restored from an engine checkpoint (weights, Adam state, statistics).
+///
+/// # Errors
+/// As [`weights_from_checkpoint`], plus a missing or mis-sized optimizer state.
+pub fn trainer_from_checkpoint(d: &Decoded) -> Result<Trainer, EngineError> {
+    let (w, config) = weights_from_checkpoint(d)?;
+    let n = w.w.len();
+    let mut t = Trainer::with_weights(config, w)?;
+    let opt = d.tree.get("opt_state")?;
+    for (name, dst) in [("m", &mut t.adam_m), ("v", &mut t.adam_v)] {
+        let v = opt.get(name)?.as_tensor(name)?.as_f32(name)?;
+        if v.len() != n {
+            return Err(EngineError::CorruptCheckpoint(format!(
+                "opt_state/{name}: expected {n} values, found {}",
+                v.len()
+            )));
+        }
+        *dst = v;
+    }
+    let counts = opt.get("t")?.as_tensor("opt_state/t")?;
+    if counts.dtype != DType::U32 || counts.data.len() != 4 * n {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "opt_state/t: expected {n} U32 values"
+        )));
+    }
+    t.adam_t = counts
+        .data
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    t.adam_step = opt.get("step")?.as_int("opt_state/step")? as u64;
+    let s = d.tree.get("stats")?;
+    let u = |k: &str| -> Result<u64, EngineError> { Ok(s.get(k)?.as_int(k)? as u64) };
+    t.stats.games = u("games")?;
+    t.stats.black_wins = u("black_wins")?;
+    t.stats.white_wins = u("white_wins")?;
+    t.stats.draws = u("draws")?;
+    t.stats.stone_diff_sum = s.get("stone_diff_sum")?.as_int("stone_diff_sum")?;
+    t.stats.errors = u("errors")?;
+    t.stats.nan_resets = u("nan_resets")?;
+    t.stats.recent_diffs = s
+        .get("recent_diffs")?
+        .as_tensor("recent_diffs")?
+        .data
+        .iter()
+        .map(|&b| b as i8)
+        .collect();
+    t.stats.recent_errors = s
+        .get("recent_errors")?
+        .as_tensor("recent_errors")?
+        .data
+        .iter()
+        .map(|&b| b != 0)
+        .collect();
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::checkpoint::{decode, encode};
+
+    #[test]
+    fn resume_from_a_checkpoint_gives_the_same_weights_as_never_stopping() {
+        let cfg = TrainConfig {
+            threads: 1,
+            batch_games: 16,
+            pattern_set: "small".into(),
+            n_phases: 2,
+            ..TrainConfig::default()
+        };
+        let stop = AtomicBool::new(false);
+        let mut straight = Trainer::new(cfg.clone()).unwrap();
+        straight.train(128, &stop, |_| {});
+        let mut first = Trainer::new(cfg).unwrap();
+        first.train(64, &stop, |_| {});
+        let (tree, md) = trainer_to_checkpoint(&first);
+        let bytes = encode(&tree, &md).unwrap();
+        let mut resumed = trainer_from_checkpoint(&decode(&bytes).unwrap()).unwrap();
+        resumed.train(128, &stop, |_| {});
+        assert_eq!(resumed.weights.w, straight.weights.w);
+        assert_eq!(resumed.adam_m, straight.adam_m);
+        assert_eq!(resumed.adam_t, straight.adam_t);
+        assert_eq!(resumed.stats, straight.stats);
+    }
+
+    #[test]
+    fn config_update_names_unknown_and_mistyped_fields() {
+        let base = TrainConfig::default();
+        let bad = json!({"lamda": 0.5});
+        let err = config_update(&base, bad.as_object().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("lamda:"), "{err}");
+        let bad = json!({"batch_games": "many"});
+        let err = config_update(&base, bad.as_object().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("batch_games:"), "{err}");
+        let round = config_update(&base, config_to_json(&base).as_object().unwrap()).unwrap();
+        assert_eq!(round, base);
+    }
+}
