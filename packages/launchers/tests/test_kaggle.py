@@ -303,3 +303,27 @@ def test_background_monitor_survives_in_new_session(
 def test_error_classification(log: str, kind: str) -> None:
     result = classify_log(log)
     assert result.kind == kind and result.next_step
+
+
+def test_status_and_output_commands(
+    fake_kaggle: FakeKaggle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    fake_kaggle.sessions["trainsvc-demo-s1"] = FakeSession(
+        statuses=["RUNNING", "COMPLETE"],
+        files={"status.json": _status_json(1000, True)},
+        log="ok\n",
+    )
+    assert _kaggle("status", cfg=cfg, state_dir=sd) == 0
+    assert "nothing submitted yet" in capsys.readouterr().out
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 0
+    capsys.readouterr()
+    assert _kaggle("status", cfg=cfg, state_dir=sd) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["quota"]["total_hours"] == 30.0 and lines[0]["quota"]["used_hours"] == 1.0
+    assert lines[-1]["state"]["status"] == "in_progress"
+    assert _kaggle("output", cfg=cfg, state_dir=sd) == 0
+    assert (
+        json.loads((sd / "output" / "s1" / "status.json").read_text(encoding="utf-8"))["step"]
+        == 1000
+    )
