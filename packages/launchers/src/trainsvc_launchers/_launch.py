@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import shlex
 import shutil
@@ -129,6 +130,21 @@ class _Tmux:
         return shlex.join([*(Path(self.base[0]).name, *self.base[1:]), "attach", "-t", name])
 
 
+def _pid_alive(pid: int | None) -> bool:
+    """Whether the detached supervisor (our child) is still running."""
+    if pid is None:
+        return True
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return done == 0
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -175,6 +191,7 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
     ]  # fmt: skip
     tmux: _Tmux | None = None
     session = ""
+    pid: int | None = None
     if target == "m4" and args.foreground:
         from trainsvc_launchers._supervisor import main as supervise_main
 
@@ -205,7 +222,7 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
         out.success(
             setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
         )
-    code = _watch(args, out, training, cfg, log, tmux, session, latest.step if latest else 0)
+    code = _watch(args, out, training, cfg, log, tmux, session, latest.step if latest else 0, pid)
     if code is ExitCode.OK:
         _hints(out, training, cfg, args.port, tmux, session, log)
     return code
@@ -220,6 +237,7 @@ def _watch(
     tmux: _Tmux | None,
     session: str,
     start_step: int,
+    pid: int | None = None,
 ) -> ExitCode:
     """Follow the first ``--watch-steps`` steps; fail fast on an error in the log or a dead session."""
     server = f"127.0.0.1:{args.port}"
@@ -228,7 +246,7 @@ def _watch(
     first: tuple[float, int] | None = None
     while time.monotonic() < deadline:
         fatal = _FATAL.search(log.read_text(encoding="utf-8", errors="replace"))
-        alive = tmux.has(session) if tmux is not None else True
+        alive = tmux.has(session) if tmux is not None else _pid_alive(pid)
         state, step = "UNKNOWN", 0
         if not fatal:
             got = cli(server, "runs", "get", cfg.run_id, timeout=15)
