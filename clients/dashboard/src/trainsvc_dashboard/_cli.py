@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -73,15 +74,21 @@ async def _serve(bridge: Bridge, as_json: bool) -> None:
         }
         print(json.dumps(info), flush=True)
     else:
+        state = bridge.hub.service["state"]
+        note = "connected" if state == "connected" else "not reachable yet; retrying every second"
         print(
-            f"trainsvc dashboard: {bridge.url}  (service {bridge.service_config.address}: "
-            f"{bridge.hub.service['state']})",
+            f"trainsvc dashboard: {bridge.url}  (service {bridge.service_config.address}: {note})",
             flush=True,
         )
     try:
         await stop.wait()
     finally:
-        await bridge.close()
+        try:
+            await asyncio.wait_for(bridge.close(), 15.0)
+        except TimeoutError:
+            logging.getLogger("trainsvc_dashboard").warning(
+                "shutdown took over 15 s; exiting anyway"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         _host_port(args.server, "--server")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

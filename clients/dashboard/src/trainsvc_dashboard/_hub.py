@@ -13,7 +13,6 @@ reference and `OUTBOX_LIMIT` text messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -57,6 +56,27 @@ class Sink(Protocol):
 
 def _dumps(msg: dict[str, Any]) -> str:
     return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that gRPC reported as a CANCELLED status instead."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait for `event` at most `timeout` seconds (None: no limit).
+
+    `asyncio.timeout` rather than `wait_for`: on Python 3.11 a cancellation
+    that lands as `wait_for` times out comes back as a TimeoutError, and a
+    writer that swallowed it would never stop.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        _raise_if_cancelled()
 
 
 def _short(value: object) -> str:
@@ -120,11 +140,7 @@ class Client:
                     continue
                 timeout = self.next_frame_at - now
             self.wake.clear()
-            if timeout is None:
-                await self.wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+            await _wait_event(self.wake, timeout)
 
 
 class RunFeed:
@@ -185,6 +201,7 @@ class RunFeed:
                 # so that a resumed run is picked up.
                 await asyncio.sleep(1.0)
             except aio.AioRpcError as err:
+                _raise_if_cancelled()
                 if is_unavailable(err):
                     self.hub.service_down(err)
                 await asyncio.sleep(backoff)
@@ -231,7 +248,8 @@ class Hub:
         tasks = [*self._tasks, *self._background, *(f.task for f in self.feeds.values())]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
         self.feeds.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -274,6 +292,7 @@ class Hub:
                 pb.ListRunsRequest(page_size=200), metadata=self.link.metadata, timeout=3.0
             )
         except aio.AioRpcError as err:
+            _raise_if_cancelled()
             self.service_down(err)
             return
         self.service_up()
@@ -292,8 +311,7 @@ class Hub:
     async def _poll_loop(self) -> None:
         while True:
             self._refresh.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh.wait(), self.poll_interval_s)
+            await _wait_event(self._refresh, self.poll_interval_s)
             await self._poll_once()
 
     # ------------------------------------------------------------ events
@@ -314,6 +332,7 @@ class Hub:
                     backoff = 0.2
                 await asyncio.sleep(0.5)
             except aio.AioRpcError as err:
+                _raise_if_cancelled()
                 if is_unavailable(err):
                     self.service_down(err)
                 await asyncio.sleep(backoff)
@@ -339,6 +358,7 @@ class Hub:
                 pb.ListCheckpointsRequest(parent=run), metadata=self.link.metadata, timeout=10.0
             )
         except aio.AioRpcError as err:
+            _raise_if_cancelled()
             if is_unavailable(err):
                 self.service_down(err)
             return
@@ -504,6 +524,7 @@ class Hub:
             )
             return
         except aio.AioRpcError as err:
+            _raise_if_cancelled()
             if is_unavailable(err):
                 self.service_down(err)
             client.push({"type": "reply", "req": req, "ok": False, "error": error_json(err)})

@@ -8,6 +8,7 @@ import http
 import ipaddress
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -144,13 +145,25 @@ class Bridge:
         await self._server.serve_forever()
 
     async def close(self) -> None:
-        """Stop listening, close every client and the service connection."""
+        """Stop listening, close every client and the service connection.
+
+        Each stage gets a few seconds; one that stalls is logged and skipped,
+        so that a stuck peer can never keep the process from exiting.
+        """
+        stages: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            server = self._server
+            server.close()
+            stages.append(("closing WebSocket connections", server.wait_closed))
         if self.hub is not None:
-            await self.hub.close()
-            await self.hub.link.close()
+            hub = self.hub
+            stages.append(("stopping the hub", hub.close))
+            stages.append(("closing the gRPC channel", hub.link.close))
+        for what, stage in stages:
+            try:
+                await asyncio.wait_for(stage(), 5.0)
+            except TimeoutError:
+                log.warning("shutdown: %s took over 5 s; skipped", what)
 
     # ------------------------------------------------------------ HTTP
 
@@ -216,7 +229,7 @@ class Bridge:
             hub.remove(client)
             for task in (writer, reader):
                 task.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
+            await asyncio.wait([writer, reader], timeout=5.0)
 
     @staticmethod
     async def _read(hub: Hub, client: Client, ws: ServerConnection) -> None:
