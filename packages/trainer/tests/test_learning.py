@@ -17,7 +17,7 @@ def test_trained_policy_beats_random_and_metrics_move(cache_dir: Path) -> None:
     trainer = Trainer(config)
     random_reward = trainer.evaluate(SEEDS, random_policy=True)
     initial_reward = trainer.evaluate(SEEDS)
-    trainer.run(300)
+    trainer.run(200)
     trained_reward = trainer.evaluate(SEEDS)
     assert trained_reward > 1.5 * random_reward
     assert trained_reward > 1.5 * initial_reward

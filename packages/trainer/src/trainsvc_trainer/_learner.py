@@ -136,7 +136,6 @@ def _rollout(
 ) -> tuple[_env.EnvState, dict[str, Array]]:
     cfg = spec.env
     observe: Any = jax.vmap(lambda s: _env.observe(s, cfg))
-    env_step: Any = jax.vmap(lambda s, a, k: _env.step(s, a, k, cfg))
 
     def body(state: _env.EnvState, k: Array) -> tuple[_env.EnvState, dict[str, Array]]:
         k_act, k_env = jax.random.split(k)
@@ -145,7 +144,7 @@ def _rollout(
         if random_policy:
             logits = jnp.zeros_like(logits)
         actions = jax.random.categorical(k_act, logits)
-        nxt, reward = env_step(state, actions, jax.random.split(k_env, state.t.shape[0]))
+        nxt, reward = _env.step_batch(state, actions, k_env, cfg)
         done = nxt.t == 0
         return nxt, {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
 
@@ -226,6 +225,20 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
         return new_state, metrics, tracker_inputs
 
     return jax.jit(train_step)
+
+
+@functools.cache
+def compiled_rollout(spec: LearnerSpec) -> Any:
+    """Jitted acting only (no learning): ``(params, agent_params, env, key) -> (env, mean reward)``.
+
+    Runs ``rollout_length`` steps of the batched environments (for benchmarks).
+    """
+
+    def act(params: Params, agent_params: Params, env: _env.EnvState, key: Array) -> Any:
+        final, traj = _rollout(params, agent_params, env, key, spec, spec.rollout_length)
+        return final, traj["rewards"].mean()
+
+    return jax.jit(act)
 
 
 @functools.cache

@@ -1,0 +1,162 @@
+"""Vectorized NumPy reference of the emergence environment and the policy's forward pass.
+
+The baseline that bench/trainer.py measures the jitted JAX trainer against. It
+follows trainsvc_trainer._env and policy_apply step for step (same observation,
+moves, harvest, cooperation bonus, deposit, diffusion, evaporation, regrowth and
+episode resets), batched over environments with NumPy arrays, sampling actions
+by the Gumbel-max trick. It does not learn: it is the cost of acting alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], np.int64)
+
+
+@dataclass
+class EnvParams:
+    """The subset of trainsvc_trainer's EnvConfig the dynamics use."""
+
+    height: int
+    width: int
+    n_agents: int
+    patch_radius: int
+    episode_length: int
+    deposit: float
+    diffusion: float
+    evaporation: float
+    n_patches: int
+    patch_size: float
+    regrow: float
+    harvest: float
+    coop_bonus: float
+    coop_radius: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> EnvParams:
+        """From a trainsvc_trainer EnvConfig."""
+        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
+
+
+class NumpyEmergence:
+    """``B`` environments stepped together, with a policy given as NumPy arrays."""
+
+    def __init__(
+        self,
+        p: EnvParams,
+        batch: int,
+        params: dict[str, Any],
+        agent_params: dict[str, Any],
+        seed: int = 0,
+    ) -> None:
+        self.p = p
+        self.b = batch
+        self.rng = np.random.default_rng(seed)
+        self.params = {k: {kk: np.asarray(vv) for kk, vv in v.items()} for k, v in params.items()}
+        self.agent = {k: np.asarray(v) for k, v in agent_params.items()}
+        r = p.patch_radius
+        self.offs = np.arange(-r, r + 1)
+        self.pos = np.zeros((batch, p.n_agents, 2), np.int64)
+        self.field = np.zeros((batch, p.height, p.width), np.float32)
+        self.res = np.zeros_like(self.field)
+        self.cap = np.zeros_like(self.field)
+        self.t = np.zeros(batch, np.int64)
+        self._reset(np.ones(batch, bool))
+
+    def _capacity(self, n: int) -> np.ndarray:
+        p = self.p
+        size = np.array([p.height, p.width], np.float32)
+        centres = self.rng.random((n, p.n_patches, 2), dtype=np.float32) * size
+        rows = np.arange(p.height, dtype=np.float32)[None, :, None, None]
+        cols = np.arange(p.width, dtype=np.float32)[None, None, :, None]
+        dr = np.abs(rows - centres[:, None, None, :, 0]) % size[0]
+        dr = np.minimum(dr, size[0] - dr)
+        dc = np.abs(cols - centres[:, None, None, :, 1]) % size[1]
+        dc = np.minimum(dc, size[1] - dc)
+        blobs = np.exp(-(dr**2 + dc**2) / (2.0 * p.patch_size**2))
+        return np.minimum(blobs.sum(-1), 1.0).astype(np.float32)
+
+    def _reset(self, mask: np.ndarray) -> None:
+        n = int(mask.sum())
+        if not n:
+            return
+        p = self.p
+        self.pos[mask] = np.stack(
+            [
+                self.rng.integers(0, p.height, (n, p.n_agents)),
+                self.rng.integers(0, p.width, (n, p.n_agents)),
+            ],
+            -1,
+        )
+        cap = self._capacity(n)
+        self.cap[mask] = cap
+        self.res[mask] = cap
+        self.field[mask] = 0.0
+        self.t[mask] = 0
+
+    def _occupancy(self, pos: np.ndarray) -> np.ndarray:
+        p = self.p
+        flat = (np.arange(self.b)[:, None] * p.height + pos[..., 0]) * p.width + pos[..., 1]
+        occ = np.bincount(flat.ravel(), minlength=self.b * p.height * p.width)
+        return occ.reshape(self.b, p.height, p.width).astype(np.float32)
+
+    def observe(self) -> np.ndarray:
+        """Observations ``(B, N, 3 (2r+1)^2)``."""
+        p, r = self.p, self.p.patch_radius
+        rows = (self.pos[..., 0, None, None] + self.offs[None, None, :, None]) % p.height
+        cols = (self.pos[..., 1, None, None] + self.offs[None, None, None, :]) % p.width
+        bi = np.arange(self.b)[:, None, None, None]
+        occ = self._occupancy(self.pos)
+        others = occ[bi, rows, cols]
+        others[:, :, r, r] -= 1.0
+        parts = (np.log1p(self.field[bi, rows, cols]), self.res[bi, rows, cols], others)
+        return np.concatenate([x.reshape(self.b, p.n_agents, -1) for x in parts], -1)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Samples actions ``(B, N)`` from the policy's logits."""
+        w = self.params
+        pre = obs @ w["hidden"]["kernel"] + w["hidden"]["bias"]
+        if self.agent:
+            pre = pre + self.agent["embed"]
+        h = np.tanh(pre)
+        logits = h @ w["logits"]["kernel"] + w["logits"]["bias"]
+        if self.agent:
+            logits = logits + self.agent["action_bias"]
+        gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float32)))
+        return np.argmax(logits + gumbel, axis=-1)
+
+    def step(self, actions: np.ndarray) -> np.ndarray:
+        """One step of every environment; returns rewards ``(B, N)``."""
+        p = self.p
+        size = np.array([p.height, p.width])
+        pos = (self.pos + MOVES[actions]) % size
+        occ = self._occupancy(pos)
+        bi = np.arange(self.b)[:, None]
+        cell_res = self.res[bi, pos[..., 0], pos[..., 1]]
+        take = cell_res * p.harvest / occ[bi, pos[..., 0], pos[..., 1]]
+        self.res = self.res * (1.0 - p.harvest * (occ > 0))
+        d = np.abs(pos[:, :, None, :] - pos[:, None, :, :]) % size
+        delta = np.minimum(d, size - d).max(-1)
+        near = (delta <= p.coop_radius) & ~np.eye(p.n_agents, dtype=bool)
+        reward = take * (1.0 + p.coop_bonus * near.any(-1))
+        fld = self.field + occ * p.deposit
+        neigh = np.roll(fld, 1, 1) + np.roll(fld, -1, 1) + np.roll(fld, 1, 2) + np.roll(fld, -1, 2)
+        self.field = ((1.0 - p.diffusion) * fld + p.diffusion * 0.25 * neigh) * (
+            1.0 - p.evaporation
+        )
+        self.res = self.res + p.regrow * (self.cap - self.res)
+        self.pos = pos
+        self.t += 1
+        self._reset(self.t >= p.episode_length)
+        return reward
+
+    def rollout(self, length: int) -> float:
+        """Acts for ``length`` steps; returns the mean reward."""
+        total = 0.0
+        for _ in range(length):
+            total += float(self.step(self.act(self.observe())).mean())
+        return total / length

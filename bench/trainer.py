@@ -1,0 +1,209 @@
+"""Benchmark of the JAX emergence trainer (trainsvc_trainer), ratios against baselines.
+
+1. Agent-steps per second of the jitted trainer (rollout + policy update) vs the
+   vectorized NumPy reference of the same environment and policy forward pass
+   (bench/reference/emergence_numpy.py, acting only), at several batch sizes.
+   Target: >= 8x.
+2. Training throughput with a checkpoint every 1,000 steps and a frame every 10
+   steps vs both off. Target: overhead <= 2%.
+3. Compile time of a fresh process: cold (empty persistent cache) vs warm (the
+   cache filled by the cold run).
+
+Run: ``uv run --no-sync python bench/trainer.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CACHE = tempfile.mkdtemp(prefix="bench-trainer-cache-")
+os.environ.setdefault("TRAINSVC_CACHE_DIR", CACHE)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from reference.emergence_numpy import EnvParams, NumpyEmergence  # noqa: E402
+from trainsvc_trainer import Config, Trainer, _learner  # noqa: E402
+
+
+def config(**sections: dict[str, Any]) -> Config:
+    """The default config with overrides, and console progress off."""
+    data: dict[str, dict[str, Any]] = {
+        "log": {"progress": False, "frame_interval": 0, "save_interval": 0}
+    }
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    return Config.from_dict(data)
+
+
+def interleaved(runs: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Calls each ``runs[name]()`` (returning units of work done) in turn, ``rounds`` times.
+
+    Alternating short chunks spreads a shared machine's changing load evenly over
+    the contenders. Returns units per second of each.
+    """
+    work = dict.fromkeys(runs, 0.0)
+    spent = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            work[name] += fn()
+            spent[name] += time.perf_counter() - start
+    return {name: work[name] / spent[name] for name in runs}
+
+
+def throughput(n_envs: int, chunk: float, rounds: int) -> dict[str, float]:
+    """Agent-steps/s at ``n_envs``: jitted acting, jitted training step, NumPy acting."""
+    cfg = config(env={"n_envs": n_envs}, train={"total_steps": 10**9})
+    trainer = Trainer(cfg)
+    trainer.step()  # compile
+    state, spec = trainer._state, trainer._spec  # the bench reads the trainer's internals
+    act = _learner.compiled_rollout(spec)
+    env, _ = act(state.params, state.agent_params, state.env, state.key)
+    keys = iter(np.asarray(jax.random.split(state.key, 100_000)))
+    per_call = cfg.env.n_envs * cfg.env.n_agents * cfg.train.rollout_length
+    ref = NumpyEmergence(
+        EnvParams.of(cfg.env),
+        n_envs,
+        jax.tree.map(np.asarray, state.params),
+        jax.tree.map(np.asarray, state.agent_params),
+    )
+    ref.rollout(2)
+
+    def until(fn: Any) -> float:
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < chunk:
+            fn()
+            calls += 1
+        return float(calls * per_call)
+
+    def jax_act() -> Any:
+        nonlocal env
+        env, reward = act(state.params, state.agent_params, env, next(keys))
+        reward.block_until_ready()
+
+    return interleaved(
+        {
+            "jax_act": lambda: until(jax_act),
+            "jax_train": lambda: until(trainer.step),
+            "numpy_act": lambda: until(lambda: ref.rollout(cfg.train.rollout_length)),
+        },
+        rounds,
+    )
+
+
+def overhead(block: int, rounds: int) -> tuple[float, float]:
+    """Steps/s with checkpoints every 1,000 + frames every 10, and with both off (interleaved)."""
+    frames: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        on = config(
+            train={"total_steps": 10**9},
+            log={"save_interval": 1000, "frame_interval": 10, "checkpoint_dir": tmp},
+        )
+        off = config(train={"total_steps": 10**9})
+        t_on = Trainer(on, frame_callback=lambda f: frames.append(f.step))
+        t_off = Trainer(off)
+        t_on.step()
+        t_off.step()
+        rates = interleaved(
+            {"on": lambda: float(t_on.run(block)), "off": lambda: float(t_off.run(block))},
+            rounds,
+        )
+        t_on.close()
+        saved = len(t_on.checkpoint_manager.steps())
+        assert saved >= 1 and frames, "the 'on' run must really checkpoint and publish frames"
+    return rates["on"], rates["off"]
+
+
+CHILD = """
+import time, sys
+t0 = time.perf_counter()
+from trainsvc_trainer import Config, Trainer
+t1 = time.perf_counter()
+trainer = Trainer(Config.from_dict({"train": {"compile_cache_dir": sys.argv[1]}}))
+trainer.step()
+print(time.perf_counter() - t1)
+"""
+
+
+def compile_time(cache_dir: str) -> float:
+    """Seconds from constructing a Trainer to its first finished step, in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, cache_dir], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter timings (smoke test)")
+    args = parser.parse_args()
+    chunk, rounds = (0.2, 2) if args.quick else (0.5, 6)
+    rows: list[tuple[str, str, str, str, str]] = []
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores",
+        flush=True,
+    )
+    for n_envs in (8, 64, 256):
+        r = throughput(n_envs, chunk, rounds)
+        print(f"  {n_envs} envs: " + ", ".join(f"{k} {v:,.0f}" for k, v in r.items()), flush=True)
+        base = f"numpy reference {r['numpy_act']:,.0f}"
+        rows.append(
+            (
+                f"agent-steps/s acting, {n_envs} envs x 8 agents",
+                f"{r['jax_act']:,.0f}",
+                base,
+                f"{r['jax_act'] / r['numpy_act']:.1f}x",
+                ">= 8x",
+            )
+        )
+        rows.append(
+            (
+                f"agent-steps/s training (act+update), {n_envs} envs",
+                f"{r['jax_train']:,.0f}",
+                base,
+                f"{r['jax_train'] / r['numpy_act']:.1f}x",
+                "-",
+            )
+        )
+    on, off = overhead(250 if not args.quick else 125, 8)
+    rows.append(
+        (
+            "steps/s, ckpt every 1000 + frame every 10",
+            f"{on:,.0f}",
+            f"both off {off:,.0f}",
+            f"{(off - on) / off * 100:+.1f}% overhead",
+            "<= 2%",
+        )
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        cold = compile_time(cache)
+        warm = compile_time(cache)
+    rows.append(
+        (
+            "compile + first step (s), warm cache",
+            f"{warm:.2f}",
+            f"cold cache {cold:.2f}",
+            f"{cold / warm:.1f}x faster",
+            "-",
+        )
+    )
+    print()
+    header = ("measurement", "trainer", "baseline", "ratio", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+if __name__ == "__main__":
+    main()
