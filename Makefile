@@ -19,7 +19,10 @@ bootstrap: ## Install uv if missing (needs only Python and pip)
 sync: bootstrap ## Install every workspace member and the dev tools from uv.lock
 	$(UV) sync --locked --all-packages
 
-run: sync ## Run the main job: the service on embedded defaults with a demo emergence run (Ctrl+C stops it)
+run: sync ## Run the main job: the service with a demo emergence run and the live dashboard (Ctrl+C stops both)
+	@$(UV) run --no-sync trainsvc-dashboard --server 127.0.0.1:50051 --listen 127.0.0.1:5173 & dash=$$!; \
+	trap 'kill $$dash 2>/dev/null; wait $$dash 2>/dev/null' EXIT; \
+	echo "Live dashboard: http://127.0.0.1:5173/ (open it in a browser)"; \
 	$(UV) run --no-sync trainsvc serve --demo
 
 test: sync lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
