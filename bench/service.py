@@ -18,6 +18,8 @@ Usage: python bench/service.py [--window 10] [--subscribers 0,10,100]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 import signal
 import socket
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from trainsvc_client import Client, connect, pb
@@ -38,33 +41,64 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Subscribers:
-    def __init__(self, address: str, run: str, n: int) -> None:
-        self.counts = [0] * n
-        self.clients = [connect(address) for _ in range(max(1, n // 10))]
-        self.streams = [
-            self.clients[i % len(self.clients)].stream_frames(run, max_rate_hz=30) for i in range(n)
-        ]
-        self.threads = [
-            threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(n)
-        ]
-        for t in self.threads:
-            t.start()
+def _subscriber_process(address: str, run: str, n: int, conn: Connection) -> None:
+    """Hold `n` StreamFrames subscribers (threads) and report their frame counts on request."""
+    counts = [0] * n
+    clients = [connect(address) for _ in range(max(1, n // 10))]
+    streams = [clients[i % len(clients)].stream_frames(run, max_rate_hz=30) for i in range(n)]
 
-    def _read(self, i: int) -> None:
-        try:
-            for _ in self.streams[i]:
-                self.counts[i] += 1
-        except Exception:
-            pass
+    def read(i: int) -> None:
+        with contextlib.suppress(Exception):
+            for _ in streams[i]:
+                counts[i] += 1
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    while True:
+        command = conn.recv()
+        if command == "count":
+            conn.send(list(counts))
+        else:
+            break
+    for stream in streams:
+        stream.cancel()
+    conn.send("bye")
+
+
+class _Subscribers:
+    """Subscribers in separate processes (so they do not share the measuring client's GIL)."""
+
+    PER_PROCESS = 50
+
+    def __init__(self, address: str, run: str, n: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = []
+        self.conns = []
+        for k in range(0, n, self.PER_PROCESS):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_subscriber_process,
+                args=(address, run, min(self.PER_PROCESS, n - k), child),
+                daemon=True,
+            )
+            proc.start()
+            self.procs.append(proc)
+            self.conns.append(parent)
+
+    def counts(self) -> list[int]:
+        out: list[int] = []
+        for conn in self.conns:
+            conn.send("count")
+            out += conn.recv()
+        return out
 
     def close(self) -> None:
-        for s in self.streams:
-            s.cancel()
-        for t in self.threads:
-            t.join(5)
-        for c in self.clients:
-            c.close()
+        for conn in self.conns:
+            conn.send("stop")
+            conn.recv()
+        for proc in self.procs:
+            proc.join(10)
 
 
 def _rate(client: Client, run: str, window: float) -> float:
@@ -145,15 +179,13 @@ def main() -> None:
             lat_list: list[float] = []
             for n in levels:
                 subs = _Subscribers(address, run, n)
-                time.sleep(2.0)
-                start = list(subs.counts)
+                time.sleep(5.0)  # the subscriber processes start and connect
+                start = subs.counts()
                 t0 = time.monotonic()
                 rate = _rate(client, run, args.window)
+                end = subs.counts()
                 elapsed = time.monotonic() - t0
-                per_sub = (
-                    statistics.mean(c - s for c, s in zip(subs.counts, start, strict=True))
-                    / elapsed
-                )
+                per_sub = statistics.mean(e - b for e, b in zip(end, start, strict=True)) / elapsed
                 results[n] = (rate, per_sub)
                 if n == max(levels):
                     lat_get = _latencies(lambda: client.get_run(run), 300)
@@ -181,7 +213,7 @@ def main() -> None:
     print(
         f"| {'frame subscribers':<36} | {'train steps/s':>13} | {'ratio to 0':>10} | {'frames/s per subscriber':>23} |"
     )
-    print(f"|{'-' * 38}|{'-' * 15}:|{'-' * 11}:|{'-' * 24}:|")
+    print(f"|{'-' * 38}|{'-' * 14}:|{'-' * 11}:|{'-' * 24}:|")
     for name, rate, ratio, per_sub in rows:
         print(f"| {name:<36} | {rate:>13.1f} | {ratio:>10} | {per_sub:>23} |")
     print(

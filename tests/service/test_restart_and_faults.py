@@ -10,7 +10,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from trainsvc_client import pb
 
-BUDGET = 1500
+BUDGET = 600
 
 
 def _final_tensors(client: Any, name: str) -> dict[str, np.ndarray]:
@@ -23,13 +23,13 @@ def test_sigkill_of_the_whole_service_then_resume_matches_uninterrupted(
     start_service: Any, tiny: dict[str, Any], wait_for: Any, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    policy = pb.CheckpointPolicy(interval_steps=100)
+    policy = pb.CheckpointPolicy(interval_steps=50)
     svc = start_service(data)
     with svc.client() as c:
         run = c.create_run(
             "emergence", step_budget=BUDGET, seed=7, config=tiny, checkpoint_policy=policy
         )
-        wait_for(c, run.name, lambda r: r.step >= 150 and r.latest_checkpoint, what="step 150")
+        wait_for(c, run.name, lambda r: r.step >= 100 and r.latest_checkpoint, what="step 100")
     svc.kill_all()  # SIGKILL: service and worker, no chance to save anything
 
     svc2 = start_service(data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from trainsvc._domain import ResourceExhaustedError
 
@@ -45,13 +45,22 @@ class Subscriber(Generic[T]):
 
     def offer(self, item: T) -> bool:
         """Put `item` in the slot (from any thread); return False if one was replaced."""
+        replaced, _ = self._put(item, schedule=True)
+        return not replaced
+
+    def _put(self, item: T, *, schedule: bool) -> tuple[bool, bool]:
+        """Fill the slot; return (replaced an unread item, a wake-up is needed)."""
         with self._lock:
             replaced = self._item is not None
             if replaced:
                 self.dropped += 1
             self._item = item
-            self._schedule_wake()
-        return not replaced
+            need_wake = not self._wake_pending
+            if schedule:
+                self._schedule_wake()
+            else:
+                self._wake_pending = True
+        return replaced, need_wake
 
     def close(self) -> None:
         """End the subscription (from any thread): `next` returns None once drained."""
@@ -74,9 +83,15 @@ class Subscriber(Generic[T]):
                     return item
                 self._event.clear()
             try:
-                await asyncio.wait_for(self._event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
             except TimeoutError:
                 return None
+
+
+def _wake_all(subs: list[Subscriber[Any]]) -> None:
+    for sub in subs:
+        sub._wake()
 
 
 class Hub(Generic[T]):
@@ -121,7 +136,20 @@ class Hub(Generic[T]):
         with self._lock:
             self._latest[topic] = item
             subs = list(self._topics.get(topic, ()))
-        return sum(0 if s.offer(item) else 1 for s in subs)
+        replaced = 0
+        to_wake: dict[asyncio.AbstractEventLoop, list[Subscriber[T]]] = {}
+        for sub in subs:
+            was_replaced, need_wake = sub._put(item, schedule=False)
+            replaced += was_replaced
+            if need_wake:
+                to_wake.setdefault(sub._loop, []).append(sub)
+        for loop, batch in to_wake.items():  # one cross-thread wake-up per loop, not per subscriber
+            try:
+                loop.call_soon_threadsafe(_wake_all, batch)
+            except RuntimeError:  # the loop is closed
+                for sub in batch:
+                    sub.closed = True
+        return replaced
 
     def close_topic(self, topic: str) -> None:
         """Tell the topic's subscribers that nothing more will come."""

@@ -95,11 +95,20 @@ class Registry:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(_SCHEMA)
+        # Reads use their own connection: with WAL they never wait for a writer's fsync.
+        self._rconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._rconn.execute("PRAGMA busy_timeout=5000")
+        self._rlock = threading.Lock()
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
+        with self._lock, self._rlock:
+            self._rconn.close()
             self._conn.close()
+
+    def _read(self, sql: str, args: Any = ()) -> list[Any]:
+        with self._rlock:
+            return self._rconn.execute(sql, args).fetchall()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -186,10 +195,8 @@ class Registry:
         Raises:
             NotFoundError: no such run.
         """
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)
-            ).fetchone()
+        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise NotFoundError(f"runs/{run_id} does not exist")
         return self._row_to_run(row)
@@ -210,18 +217,16 @@ class Registry:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        rows = self._read(sql, (*args, limit))
         return [self._row_to_run(r) for r in rows]
 
     def runs_in_states(self, states: tuple[State, ...]) -> list[RunRecord]:
         """Return every run in one of `states`, oldest first."""
         marks = ",".join("?" for _ in states)
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {self._RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY create_time",
-                [s.value for s in states],
-            ).fetchall()
+        rows = self._read(
+            f"SELECT {self._RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY create_time",
+            [s.value for s in states],
+        )
         return [self._row_to_run(r) for r in rows]
 
     def set_state(
@@ -310,12 +315,11 @@ class Registry:
 
     def list_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
         """Return a run's indexed checkpoints, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT run_id, checkpoint_id, step, path, size_bytes, create_time, emergency"
-                " FROM checkpoints WHERE run_id=? ORDER BY step, create_time",
-                (run_id,),
-            ).fetchall()
+        rows = self._read(
+            "SELECT run_id, checkpoint_id, step, path, size_bytes, create_time, emergency"
+            " FROM checkpoints WHERE run_id=? ORDER BY step, create_time",
+            (run_id,),
+        )
         return [CheckpointRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     def get_checkpoint(self, run_id: str, checkpoint_id: str) -> CheckpointRecord:
@@ -383,8 +387,7 @@ class Registry:
             sql += " AND run_id = ?"
             args.append(run_id)
         sql += " ORDER BY sequence LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        rows = self._read(sql, (*args, limit))
         return [
             Event(
                 r[0],

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class TrainsvcServer:
     async def start(self) -> None:
         """Open the registry, recover runs, and start listening."""
         opts = self.options
+        # Control calls wait in threads for their worker; keep plenty so reads never queue.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
+        )
         opts.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(opts.data_dir / "registry.sqlite3")
         self.metrics = Metrics()

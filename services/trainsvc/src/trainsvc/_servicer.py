@@ -67,10 +67,20 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
 
     # -- plumbing -------------------------------------------------------------
 
-    async def _call(self, method: str, context: Context, fn: Callable[[float | None], T]) -> T:
+    async def _call(
+        self,
+        method: str,
+        context: Context,
+        fn: Callable[[float | None], T],
+        *,
+        inline: bool = False,
+    ) -> T:
+        """Run `fn(remaining deadline)`: in a thread, or `inline` on the loop for quick reads."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if inline:
+                return fn(context.time_remaining())
             return await asyncio.to_thread(fn, context.time_remaining())
         except ServiceError as exc:
             code, details, trailing = status_of(exc)
@@ -123,6 +133,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
             "GetRun",
             context,
             lambda _t: conv.run_to_proto(self.m.get_run(parse_run_name(request.name))),
+            inline=True,
         )
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:  # noqa: N802
@@ -137,7 +148,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 next_page_token=conv.page_token(runs[-1]) if more and runs else "",
             )
 
-        return await self._call("ListRuns", context, fn)
+        return await self._call("ListRuns", context, fn, inline=True)
 
     async def PauseRun(self, request: pb.PauseRunRequest, context: Context) -> pb.Run:  # noqa: N802
         return await self._call(
@@ -182,13 +193,14 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 checkpoints=[conv.checkpoint_to_proto(c) for c in self.m.list_checkpoints(run_id)]
             )
 
-        return await self._call("ListCheckpoints", context, fn)
+        return await self._call("ListCheckpoints", context, fn, inline=True)
 
     # -- streams --------------------------------------------------------------
 
     async def _send(self, context: Context, message: Any) -> bool:
         try:
-            await asyncio.wait_for(context.write(message), SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await context.write(message)
         except TimeoutError:
             log.warning("cutting off a subscriber that stopped reading (%s)", context.peer())
             return False

@@ -1,0 +1,247 @@
+"""The `othello` kind: self-play TD(lambda) training of the Rust engine (trainsvc_engine).
+
+One step is one self-play game. The engine trains on its own threads; this
+adapter starts, pauses and resumes its `TrainingManager` at the worker's pause
+points. Pausing drops the engine's in-flight batch and checkpoints the games
+completed, so pause/resume continues from exactly the checkpointed state.
+
+Frames: the engine's progress callback gives games, stone difference and
+black win rate; the frame's board is a real position from a game the weights
+of the newest checkpoint play greedily (depth 1) from the start, advanced one
+ply per frame (the engine's live weights are not readable while it trains).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainsvc._domain import InvalidArgumentError, RunSpec
+from trainsvc.kinds import FrameData, FrameSink, OthelloFrame
+
+# Typed fields of the wire API's OthelloConfig -> engine config keys.
+TYPED_FIELDS: dict[str, str] = {
+    "search_depth": "search_depth",
+    "epsilon": "epsilon_start",
+    "epsilon_final": "epsilon_end",
+    "td_lambda": "lambda",
+    "learning_rate": "learning_rate",
+    "threads": "threads",
+}
+_SERVICE_KEYS = {"seed": "run.seed"}
+_POLL_S = 0.01
+
+
+class OthelloKind:
+    """Adapter factory for `trainsvc_engine.TrainingManager`."""
+
+    name = "othello"
+    default_checkpoint_interval = 10_000
+
+    def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
+        """Validate the engine config by building a TrainingManager with it (in a temp dir)."""
+        from trainsvc_engine import ConfigError, TrainingManager
+
+        engine: dict[str, Any] = {"seed": spec.seed, "threads": 1}
+        field_of: dict[str, str] = {"seed": "run.seed"}
+        frame_interval = 64
+        for key, value in spec.config.items():
+            if key == "frame_interval":
+                if not isinstance(value, int) or value < 1:
+                    raise InvalidArgumentError(
+                        "run.othello.frame_interval", f"must be >= 1, got {value!r}"
+                    )
+                frame_interval = value
+                continue
+            if key in TYPED_FIELDS:
+                engine[TYPED_FIELDS[key]] = value
+                field_of[TYPED_FIELDS[key]] = f"run.othello.{key}"
+            else:
+                if key in _SERVICE_KEYS:
+                    raise InvalidArgumentError(
+                        f"run.othello.overrides[{key}]",
+                        f"is set by the service from {_SERVICE_KEYS[key]}",
+                    )
+                engine[key] = value
+                field_of[key] = f"run.othello.overrides[{key}]"
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                manager = TrainingManager(tmp, **engine)
+                full = manager.config()
+            except (ConfigError, TypeError, ValueError) as exc:
+                text = str(exc)
+                key = text.split(":", 1)[0].strip()
+                raise InvalidArgumentError(
+                    field_of.get(key, "run.othello"), f"{text} (engine field {key})"
+                ) from None
+        policy = spec.policy
+        return {
+            "engine": {k: full[k] for k in engine if k in full},
+            "target_games": spec.step_budget,
+            "checkpoint_interval": policy.interval_steps or self.default_checkpoint_interval,
+            "callback_interval": frame_interval,
+            "keep_last": policy.keep_last,
+            "keep_every": policy.keep_every,
+            "compress": policy.compress,
+        }
+
+    def create(
+        self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink
+    ) -> OthelloAdapter:
+        """Build the engine's training manager over `checkpoint_dir`."""
+        return OthelloAdapter(config, checkpoint_dir, on_frame)
+
+
+class OthelloAdapter:
+    """Drives one `trainsvc_engine.TrainingManager` for the worker."""
+
+    def __init__(self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink) -> None:
+        from trainsvc_engine import TrainingManager
+
+        self._config = config
+        self._dir = checkpoint_dir
+        self._on_frame = on_frame
+        self._tm = TrainingManager(
+            checkpoint_dir,
+            keep_last=config["keep_last"],
+            keep_every=config["keep_every"],
+            compress=config["compress"],
+            **config["engine"],
+        )
+        self._tm.set_progress_callback(self._progress)
+        self._started = False
+        self._resume = False
+        self._metrics: dict[str, float] = {}
+        self._games = 0
+        self._ply = 0
+        self._frame_lock = threading.Lock()
+        self._evaluator: tuple[Path, Any] | None = None
+
+    def _progress(self, games: int, stone_diff: float, win_rate: float, elapsed: float) -> None:
+        metrics = {
+            "stone_diff": float(stone_diff),
+            "black_win_rate": float(win_rate),
+            "elapsed_s": float(elapsed),
+            "games_per_second": float(games) / elapsed if elapsed > 0 else 0.0,
+        }
+        self._metrics, self._games = metrics, int(games)
+        threading.Thread(target=self._frame, args=(int(games), metrics), daemon=True).start()
+
+    def _frame(self, games: int, metrics: dict[str, float]) -> None:
+        # Outside the engine's callback (which must not call back into the manager).
+        if not self._frame_lock.acquire(blocking=False):
+            return  # the previous frame is still being built: newest wins
+        try:
+            board, to_move = self._greedy_position()
+            self._on_frame(
+                FrameData(
+                    step=games,
+                    time=time.time(),
+                    metrics=metrics,
+                    othello=OthelloFrame(board=board, to_move=to_move, games=games),
+                )
+            )
+        finally:
+            self._frame_lock.release()
+
+    def _greedy_position(self) -> tuple[bytes, int]:
+        from trainsvc_engine import Board, Evaluator
+
+        board = Board()
+        files = self.checkpoint_files()
+        if not files:  # nothing trained yet: the initial position
+            return bytes(board.cells()), int(board.player)
+        # The engine's live weights are not readable while it trains; use the newest checkpoint's.
+        newest = max(files, key=lambda p: p.stat().st_mtime)
+        if self._evaluator is None or self._evaluator[0] != newest:
+            self._evaluator = (newest, Evaluator(str(newest)))
+        evaluator = self._evaluator[1]
+        self._ply = (self._ply + 1) % 61
+        for _ in range(self._ply):
+            if board.is_game_over():
+                break
+            if not board.legal_moves():
+                board = board.pass_turn()
+                continue
+            move = evaluator.best_move(board, depth=1).move
+            board = board.pass_turn() if move is None else board.play(move)
+        return bytes(board.cells()), int(board.player)
+
+    @property
+    def step(self) -> int:
+        """Self-play games completed."""
+        return int(self._tm.games)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest progress metrics."""
+        return dict(self._metrics)
+
+    def train(self, n: int, should_stop: Callable[[], bool]) -> int:
+        """Let the engine train until `n` more games, the target, or `should_stop()` (then pause)."""
+        tm = self._tm
+        if not self._started:
+            tm.start(
+                target_games=self._config["target_games"],
+                checkpoint_interval=self._config["checkpoint_interval"],
+                callback_interval=self._config["callback_interval"],
+                resume=self._resume or bool(self.checkpoint_files()),
+            )
+            self._started = True
+        elif tm.state == "paused":
+            tm.resume()
+        start = tm.games
+        while tm.state == "training" and tm.games < start + n and not should_stop():
+            time.sleep(_POLL_S)
+        if tm.state == "training" and should_stop():
+            tm.pause()  # at rest, checkpointed, for the worker's command
+        if tm.state == "idle" and tm.last_error and tm.result is None:
+            raise RuntimeError(f"the engine stopped: {tm.last_error}")
+        return int(tm.games) - start
+
+    def save_checkpoint(self, *, emergency: bool = False) -> Path:
+        """Pause the engine (it saves a checkpoint of the completed games) and return that file."""
+        tm = self._tm
+        if tm.state == "training":
+            tm.pause()
+        latest = self._dir / "latest"
+        if latest.exists():
+            return self._dir / latest.read_text(encoding="utf-8").strip()
+        files = self.checkpoint_files()
+        if not files:
+            raise RuntimeError("no checkpoint yet: the engine has not trained a game")
+        return files[-1]
+
+    def restore(self, path: Path) -> int:
+        """Continue from `path`: copied into the run's directory when it lives elsewhere."""
+        if path.parent.resolve() != self._dir.resolve():
+            self._dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, self._dir / path.name)
+        self._resume = True
+        from trainsvc._worker import checkpoint_step
+
+        parsed = checkpoint_step(path)
+        return parsed[0] if parsed else 0
+
+    def checkpoint_files(self) -> list[Path]:
+        """Checkpoint files in the run's directory."""
+        if not self._dir.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self._dir.iterdir()
+            if p.name.endswith((".safetensors", ".safetensors.zst")) and not p.name.startswith(".")
+        )
+
+    def close(self) -> None:
+        """Stop the engine's threads (saving nothing more)."""
+        if self._tm.state == "training":
+            self._tm.pause()
+
+
+KIND = OthelloKind()

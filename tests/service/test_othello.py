@@ -1,0 +1,56 @@
+"""The `othello` kind end to end: the Rust engine's self-play training driven by the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from trainsvc_client import InvalidArgumentError, decode_board, pb
+
+CONFIG = {"search_depth": 1, "threads": 1, "frame_interval": 64}
+
+
+def test_othello_run(shared_service: Any, wait_for: Any) -> None:
+    with shared_service.client() as c:
+        run = c.create_run(
+            "othello",
+            step_budget=1_000_000,
+            seed=3,
+            config=CONFIG,
+            checkpoint_policy=pb.CheckpointPolicy(interval_steps=128),
+        )
+        stream = c.stream_frames(run.name, max_rate_hz=100)
+        frame = next(iter(stream))
+        stream.cancel()
+        board = decode_board(frame.othello)
+        assert len(board) == 64 and set(board) <= {0, 1, 2} and board.count(0) <= 60
+        assert frame.othello.games == frame.step > 0 and "stone_diff" in frame.metrics
+
+        paused = c.pause_run(run.name)
+        assert paused.state == pb.Run.PAUSED
+        assert paused.latest_checkpoint.endswith(f"step_{paused.step}")
+        assert c.resume_run(run.name).state == pb.Run.RUNNING
+        wait_for(c, run.name, lambda r: r.step > paused.step, what="games after resume")
+        stopped = c.stop_run(run.name)
+        assert stopped.state == pb.Run.STOPPED
+        assert stopped.latest_checkpoint.endswith(f"step_{stopped.step}")
+
+        short = c.create_run("othello", step_budget=128, seed=4, config=CONFIG)
+        done = wait_for(
+            c, short.name, lambda r: r.state in {pb.Run.COMPLETED, pb.Run.FAILED}, what="completion"
+        )
+        assert done.state == pb.Run.COMPLETED, done.state_message
+        assert done.step == 128
+        final = c.list_checkpoints(short.name)[-1]
+        assert final.step == 128
+
+    # The engine writes the shared checkpoint format.
+    import trainsvc_checkpoint
+
+    trainsvc_checkpoint.verify(final.path)
+
+
+def test_othello_bad_config(shared_service: Any) -> None:
+    with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
+        c.create_run("othello", step_budget=10, config={"learning_rate": -1.0})
+    assert info.value.field == "run.othello.learning_rate"
