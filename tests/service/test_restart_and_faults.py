@@ -63,7 +63,9 @@ def test_sigterm_checkpoints_and_auto_resume_continues(
     svc = start_service(data)
     with svc.client() as c:
         run = c.create_run("emergence", step_budget=1_000_000, seed=1, config=tiny)
+        held = c.create_run("emergence", step_budget=1_000_000, seed=2, config=tiny)
         wait_for(c, run.name, lambda r: r.step >= 5, what="training")
+        held_at = c.pause_run(held.name).step
     assert svc.terminate() == 0
 
     svc2 = start_service(data, extra=["--auto-resume"])
@@ -80,6 +82,9 @@ def test_sigterm_checkpoints_and_auto_resume_continues(
             what="auto-resumed progress",
         )
         assert resumed.restarts == 0
+        # A paused run stays paused across the restart, at its pause step.
+        still = c.get_run(held.name)
+        assert still.state == pb.Run.PAUSED and still.step == held_at
         c.stop_run(run.name)
 
 

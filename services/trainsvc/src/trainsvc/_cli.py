@@ -81,21 +81,28 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 async def _demo(server: Any) -> None:
+    """Make sure a demo run trains (resume an interrupted one, else create one); say how to watch."""
     from trainsvc._domain import RunSpec, State
 
-    active = server.registry.runs_in_states((State.PENDING, State.RUNNING, State.PAUSED))
+    registry, manager = server.registry, server.manager
+    active = registry.runs_in_states((State.PENDING, State.RUNNING, State.PAUSED))
+    interrupted = registry.runs_in_states((State.INTERRUPTED,))
     if active:
-        run = active[0]
+        run = active[-1]
+    elif interrupted:
+        run = manager.resume(interrupted[-1].id, "", None)
     else:
         spec = RunSpec(kind="emergence", step_budget=100_000, seed=0, display_name="demo")
-        run = server.manager.create_run(spec, "")
-    host = server.options.listen
+        run = manager.create_run(spec, "")
+    listen = server.options.listen
+    flag = "" if listen == "127.0.0.1:50051" else f" --server {listen}"
+    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics" if server.metrics_port else "(off)"
     print(
-        f"\ntrainsvc is running on {host} (data in {server.options.data_dir}/).\n"
-        f"Demo run: {run.name}\n"
-        f"Watch it:  trainsvc-cli runs watch {run.name}   (add --server {host} if not the default)\n"
-        f"Metrics:   http://{server.options.metrics_listen}/metrics\n"
-        "Stop with Ctrl+C (active runs are checkpointed first).\n",
+        f"\ntrainsvc is running on {listen} (data in {server.options.data_dir}/).\n"
+        f"Demo run:  {run.name}\n"
+        f"Watch it:  trainsvc-cli runs watch {run.name}{flag}\n"
+        f"Metrics:   {metrics}\n"
+        "Stop with Ctrl+C (active runs are checkpointed first; `make run` again resumes).\n",
         flush=True,
     )
 

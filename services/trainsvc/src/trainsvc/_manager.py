@@ -373,9 +373,12 @@ class RunManager:
     # -- startup / shutdown --------------------------------------------------
 
     def recover(self, *, auto_resume: bool) -> list[str]:
-        """Mark runs left active by a previous service process INTERRUPTED; maybe resume them."""
+        """Mark runs a previous service process left training INTERRUPTED; maybe resume them.
+
+        PAUSED runs stay PAUSED (their pause checkpoint is where ResumeRun continues).
+        """
         recovered = []
-        for record in self.registry.runs_in_states((State.PENDING, State.RUNNING, State.PAUSED)):
+        for record in self.registry.runs_in_states((State.PENDING, State.RUNNING)):
             self.emit(
                 self.registry.set_state(
                     record.id,
@@ -401,11 +404,15 @@ class RunManager:
         for ctl in controllers:
             with ctl.lock:
                 ctl.expect_exit = True
+                proc = ctl.process
+            if not ctl.ready.is_set() and proc is not None:
+                proc.kill()  # still starting: nothing trained since its last checkpoint
             try:
-                ctl.command("shutdown", max(0.1, deadline - time.monotonic()))
+                if ctl.ready.is_set():
+                    ctl.command("shutdown", max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("shutdown checkpoint failed: %s", exc, extra={"run": ctl.run_id})
-            if not ctl.state.terminal:
+            if not ctl.state.terminal and ctl.state != State.PAUSED:  # paused runs stay paused
                 with ctl.lock:
                     ctl._set_state(State.INTERRUPTED, "the service shut down; resumable")
         for ctl in controllers:
