@@ -152,7 +152,7 @@ def no_big_allocation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def refuse(nbytes: int) -> Any:
         raise AssertionError(f"allocated a {nbytes}-byte data buffer for a hostile file")
 
-    monkeypatch.setattr(_io, "_aligned_empty", refuse)
+    monkeypatch.setattr(_io, "_scratch_buffer", refuse)
     tracemalloc.start()
     try:
         yield

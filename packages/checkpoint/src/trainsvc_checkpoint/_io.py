@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
 import os
 import queue
 import sys
@@ -43,8 +42,6 @@ _BATCH = 64 * 1024 * 1024
 """Bytes per scatter read when loading (few, large batches: few thread hand-offs)."""
 _PIPELINE_MIN = 4 * 1024 * 1024
 """Below this many bytes, CRCs run inline instead of on a worker thread."""
-_ALIGN = 64
-_HUGE_MIN = 4 * 1024 * 1024
 
 PathLike = str | os.PathLike[str]
 
@@ -455,21 +452,9 @@ def _read_header(src: _Source) -> Header:
     return header
 
 
-def _aligned_empty(nbytes: int) -> np.ndarray[Any, Any]:
-    """A writable, 64-byte aligned byte buffer.
-
-    Large buffers are anonymous mappings advised to use huge pages where the
-    OS supports it: faulting in 2 MiB pages makes reading into a fresh buffer
-    several times faster than 4 KiB pages.
-    """
-    if nbytes >= _HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
-        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        with contextlib.suppress(OSError):
-            region.madvise(mmap.MADV_HUGEPAGE)
-        return np.frombuffer(region, dtype=np.uint8)
-    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % _ALIGN
-    return raw[skip : skip + nbytes]
+def _scratch_buffer(nbytes: int) -> np.ndarray[Any, Any]:
+    """A reusable byte buffer for streaming data through (verify)."""
+    return np.empty(nbytes, dtype=np.uint8)
 
 
 class _CrcTracker:
@@ -528,7 +513,7 @@ def _read_data(
     if dests is not None:
         batches: Iterator[list[tuple[np.ndarray[Any, Any], int]]] = _batches(header, dests)
     else:
-        scratch = [_aligned_empty(min(size, _CHUNK)) for _ in range(3)]
+        scratch = [_scratch_buffer(min(size, _CHUNK)) for _ in range(3)]
         batches = (
             [(scratch[k % 3][: min(_CHUNK, size - pos)], pos)]
             for k, pos in enumerate(range(0, size, _CHUNK))
