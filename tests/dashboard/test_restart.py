@@ -1,4 +1,4 @@
-"""The bridge survives a service restart and tells its clients."""
+"""The bridge survives a service restart and tells its clients (the page included)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import asyncio
 import json
 from pathlib import Path
 
+from playwright.sync_api import sync_playwright
 from websockets.asyncio.client import connect
 
-from .conftest import BridgeProc, Service, _stop, free_port, start_bridge
+from .conftest import (
+    CHROMIUM_ARGS,
+    BridgeProc,
+    Service,
+    _stop,
+    chromium_path,
+    free_port,
+    start_bridge,
+)
 from .test_bridge import _text
 
 
@@ -32,6 +41,24 @@ async def _restart(service: Service, bridge: BridgeProc) -> None:
         assert reply["error"]["code"] == "NOT_FOUND"
 
 
+def _page_shows_the_outage(service: Service, bridge: BridgeProc) -> None:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(bridge.url)
+            page.wait_for_selector('#conn[data-state="live"]')
+            service.stop()
+            page.wait_for_selector('#conn[data-state="service-down"]')
+            assert service.address in page.inner_text("#banner")
+            service.start()
+            page.wait_for_selector('#conn[data-state="live"]')
+            assert not page.is_visible("#banner")
+        finally:
+            browser.close()
+
+
 def test_bridge_reconnects_after_a_service_restart(tmp_path: Path, logs_dir: Path) -> None:
     service = Service(
         address=f"127.0.0.1:{free_port()}",
@@ -41,6 +68,7 @@ def test_bridge_reconnects_after_a_service_restart(tmp_path: Path, logs_dir: Pat
     service.start()
     bridge = start_bridge(service.address, logs_dir / "bridge-restart.log")
     try:
+        _page_shows_the_outage(service, bridge)
         asyncio.run(_restart(service, bridge))
     finally:
         _stop(bridge.proc)
