@@ -108,6 +108,7 @@ def test_tmux_launch_logs_and_rerun_resumes(
     # Launching again while it runs does not start a second session.
     assert main(_args(tmp_path, cfg, port, tmux_socket)) == 0
     assert "already running" in capsys.readouterr().out
+    assert sorted((tmp_path / "logs").iterdir()) == logs
 
     _stop_session(tmux_socket, "trainsvc-tmux-run", logs[0])
     assert main(_args(tmp_path, cfg, port, tmux_socket)) == 0

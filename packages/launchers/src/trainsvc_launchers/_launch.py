@@ -168,6 +168,21 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
             setup,
             f"Apple Silicon config: env.n_envs <= {M4_MAX_ENVS}, a checkpoint every {cfg.interval_steps} steps",
         )
+    tmux: _Tmux | None = None
+    session = ""
+    if target != "m4":
+        try:
+            tmux = _Tmux(getattr(args, "tmux_socket", None))
+        except FileNotFoundError as exc:
+            out.error(setup, str(exc))
+            return ExitCode.ERROR
+        session = args.session or f"trainsvc-{cfg.run_id}"
+        if tmux.has(session):  # before anything is recorded: this is not a resume
+            out.warning(
+                setup, f"tmux session {session!r} is already running; not starting a second one"
+            )
+            _hints(out, training, cfg, args.port, tmux, session, None)
+            return ExitCode.OK
     data_dir: Path = args.data_dir.resolve()
     latest = find_latest_checkpoint(data_dir, cfg.run_id)
     if latest is not None:
@@ -189,38 +204,24 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
         "-m", "trainsvc_launchers._supervisor", "--config", str(launch_cfg),
         "--data-dir", str(data_dir), "--port", str(args.port), "--section", training, "--log", str(log),
     ]  # fmt: skip
-    tmux: _Tmux | None = None
-    session = ""
     pid: int | None = None
-    if target == "m4" and args.foreground:
+    if tmux is not None:
+        tmux.start(session, shlex.join([sys.executable, *argv]))
+        out.success(
+            setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
+        )
+    elif args.foreground:
         from trainsvc_launchers._supervisor import main as supervise_main
 
         out.info(setup, f"running in the foreground; log: {log}")
         return ExitCode(supervise_main(argv[2:]))
-    if target == "m4":
+    else:
         pid = spawn_detached(
             argv[2:], log.with_suffix(".console"), module="trainsvc_launchers._supervisor"
         )
         out.success(
             setup,
             f"started trainsvc and run {cfg.run_id} in the background (pid {pid}); log: {log}",
-        )
-    else:
-        try:
-            tmux = _Tmux(getattr(args, "tmux_socket", None))
-        except FileNotFoundError as exc:
-            out.error(setup, str(exc))
-            return ExitCode.ERROR
-        session = args.session or f"trainsvc-{cfg.run_id}"
-        if tmux.has(session):
-            out.warning(
-                setup, f"tmux session {session!r} is already running; not starting a second one"
-            )
-            _hints(out, training, cfg, args.port, tmux, session, log)
-            return ExitCode.OK
-        tmux.start(session, shlex.join([sys.executable, *argv]))
-        out.success(
-            setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
         )
     code = _watch(args, out, training, cfg, log, tmux, session, latest.step if latest else 0, pid)
     if code is ExitCode.OK:
@@ -249,7 +250,7 @@ def _watch(
         alive = tmux.has(session) if tmux is not None else _pid_alive(pid)
         state, step = "UNKNOWN", 0
         if not fatal:
-            got = cli(server, "runs", "get", cfg.run_id, timeout=15)
+            got = cli(server, "runs", "get", cfg.run_id, timeout=60)
             if got.ok:
                 state, step = run_state(got.data)
                 if first is None and step > start_step and state == "RUNNING":
@@ -309,7 +310,7 @@ def _hints(
     port: int,
     tmux: _Tmux | None,
     session: str,
-    log: Path,
+    log: Path | None,
 ) -> None:
     server = f"127.0.0.1:{port}"
     if tmux is not None:
@@ -317,7 +318,12 @@ def _hints(
     out.info(section, f"watch: trainsvc-cli --server {server} runs watch {cfg.run_id}")
     out.info(
         section,
-        f"events: trainsvc-cli --server {server} runs events {cfg.run_id} --follow;  log: tail -f {log}",
+        f"events: trainsvc-cli --server {server} runs events {cfg.run_id} --follow"
+        + (
+            f";  log: tail -f {log}"
+            if log is not None
+            else ";  logs: the newest logs/training_*.log"
+        ),
     )
     out.info(
         section,

@@ -160,7 +160,7 @@ def _wait_ready(server: str, service: subprocess.Popen[bytes], section: str, out
                 section, f"trainsvc exited with code {service.returncode} before it was ready"
             )
             return False
-        if cli(server, "runs", "list", timeout=5).ok:
+        if cli(server, "runs", "list", timeout=60).ok:
             out.success(section, f"trainsvc is up on {server}")
             return True
         if time.monotonic() > deadline:
