@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,38 @@ def test_background_failure_is_reported_and_nothing_is_lost(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert manager.restore_checkpoint().step == 1
     manager.wait()  # the error was reported once
+
+
+class SignalsDuringConversion:
+    """An array leaf that sends this process SIGTERM while the manager converts it."""
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return np.arange(3)
+
+
+def test_signal_handlers_defer_during_save_and_chain_to_a_previous_handler(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        manager = ckpt.CheckpointManager(tmp_path)
+        manager.install_signal_handlers(lambda: (7, {"x": np.full(2, 7)}))
+        # The signal arrives in the middle of save(): it is handled once save() is done.
+        manager.save(5, {"x": SignalsDuringConversion()})
+        assert calls == [signal.SIGTERM], "the previous Python handler is called after the save"
+        assert [c.path.name for c in manager.checkpoints()] == [
+            "step_5.safetensors",
+            "emergency_step_7.safetensors",
+        ]
+        assert ckpt.load(tmp_path / "step_5.safetensors")["x"].tolist() == [0, 1, 2]
+        assert ckpt.load(tmp_path / "emergency_step_7.safetensors")["x"].tolist() == [7, 7]
+        assert (tmp_path / "latest").read_text() == "emergency_step_7.safetensors\n"
+        assert signal.getsignal(signal.SIGTERM) is mine, (
+            "handled once, then the previous handler is back"
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)

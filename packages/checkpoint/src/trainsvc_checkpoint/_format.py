@@ -289,7 +289,8 @@ def _parse_entry(name: str, raw: Any, data_size: int) -> TensorEntry:
 
 def _check_layout(entries: list[TensorEntry], data_size: int, *, canonical_order: bool) -> None:
     """Offsets contiguous from 0 to the end of the file (check 5), optionally in format order."""
-    entries.sort(key=lambda e: (e.begin, e.end))
+    # Empty tensors share offsets with their neighbours: break ties in format order.
+    entries.sort(key=lambda e: (e.begin, e.end, -DTYPES[e.dtype].itemsize, e.name))
     expected = 0
     for e in entries:
         if e.begin != expected:
