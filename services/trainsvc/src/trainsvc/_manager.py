@@ -210,7 +210,7 @@ class _RunController:
             with contextlib.suppress(KeyError):
                 gauge.remove(self.run_id)
         if expected or state.terminal or self.m.shutting_down:
-            self.m.controller_done(self.run_id)
+            self.m.controller_done(self.run_id, self)
             return
         self._crashed(exitcode)
 
@@ -241,7 +241,7 @@ class _RunController:
             )
             with self.lock:
                 self._set_state(State.FAILED, message, restarts=self.restarts)
-            self.m.controller_done(self.run_id)
+            self.m.controller_done(self.run_id, self)
             return
         restore = self.m.latest_checkpoint_path(self.run_id)
         warn = (
@@ -249,11 +249,13 @@ class _RunController:
             f"from {restore or 'the start'}"
         )
         self.m.emit(self.m.registry.add_event(self.run_id, EventType.WARNING, warn, step=self.step))
-        with self.lock:
-            self._set_state(State.PENDING, warn, restarts=self.restarts)
+        paused = self.state == State.PAUSED  # a paused run comes back paused
+        if not paused:
+            with self.lock:
+                self._set_state(State.PENDING, warn, restarts=self.restarts)
         if restore is None and self.spec.resume_from:
             restore = self.m.resolve_resume_from(self.spec.resume_from).path
-        self.spawn(restore)
+        self.spawn(restore, start_paused=paused)
 
     # -- commands ------------------------------------------------------------
 
@@ -355,10 +357,12 @@ class RunManager:
             counts[state] = len(self.registry.runs_in_states((state,)))
         return counts
 
-    def controller_done(self, run_id: str) -> None:
-        """Forget a run's controller once its worker is gone for good."""
+    def controller_done(self, run_id: str, ctl: _RunController) -> None:
+        """Forget a run's controller once its worker is gone for good (unless replaced)."""
         with self.lock:
-            self.controllers.pop(run_id, None)
+            if self.controllers.get(run_id) is not ctl:
+                return  # a newer controller took over the run (resume from a checkpoint)
+            del self.controllers[run_id]
         self.on_run_end(run_id)
 
     def _live(self, record: RunRecord) -> RunRecord:
