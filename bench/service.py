@@ -101,12 +101,29 @@ class _Subscribers:
             proc.join(10)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_SERVICE_PID = [0]
+_LAST_CPU = [0.0]
+
+
 def _rate(client: Client, run: str, window: float) -> float:
+    """Training steps/s over `window`; the service process's CPU share goes to _LAST_CPU."""
     r0 = client.get_run(run)
+    c0 = _cpu_seconds(_SERVICE_PID[0])
     t0 = time.monotonic()
     time.sleep(window)
     r1 = client.get_run(run)
-    return (r1.step - r0.step) / (time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    _LAST_CPU[0] = (_cpu_seconds(_SERVICE_PID[0]) - c0) / elapsed
+    return (r1.step - r0.step) / elapsed
 
 
 def _latencies(fn: object, n: int) -> list[float]:
@@ -154,6 +171,7 @@ def main() -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _SERVICE_PID[0] = proc.pid
         try:
             client = connect(address)
             for _ in range(300):
@@ -172,9 +190,10 @@ def main() -> None:
             while client.get_run(run).step < 50:
                 time.sleep(0.5)
 
-            rows: list[tuple[str, float, str, str]] = []
+            rows: list[tuple[str, float, str, str, float]] = []
             base_before = _rate(client, run, args.window)
-            results: dict[int, tuple[float, float]] = {}
+            cpu_before = _LAST_CPU[0]
+            results: dict[int, tuple[float, float, float]] = {}
             lat_get: list[float] = []
             lat_list: list[float] = []
             for n in levels:
@@ -186,16 +205,17 @@ def main() -> None:
                 end = subs.counts()
                 elapsed = time.monotonic() - t0
                 per_sub = statistics.mean(e - b for e, b in zip(end, start, strict=True)) / elapsed
-                results[n] = (rate, per_sub)
+                results[n] = (rate, per_sub, _LAST_CPU[0])
                 if n == max(levels):
                     lat_get = _latencies(lambda: client.get_run(run), 300)
                     lat_list = _latencies(lambda: client.list_runs_page(page_size=10), 300)
                 subs.close()
             base_after = _rate(client, run, args.window)
             base = (base_before + base_after) / 2
-            rows.append(("0 (baseline, mean of before/after)", base, "1.00", "-"))
-            for n, (rate, per_sub) in results.items():
-                rows.append((f"{n}", rate, f"{rate / base:.2f}", f"{per_sub:.1f}"))
+            base_cpu = (cpu_before + _LAST_CPU[0]) / 2
+            rows.append(("0 (baseline, mean of before/after)", base, "1.00", "-", base_cpu))
+            for n, (rate, per_sub, cpu) in results.items():
+                rows.append((f"{n}", rate, f"{rate / base:.2f}", f"{per_sub:.1f}", cpu))
             client.stop_run(run)
             client.close()
         finally:
@@ -211,11 +231,11 @@ def main() -> None:
     )
     print()
     print(
-        f"| {'frame subscribers':<36} | {'train steps/s':>13} | {'ratio to 0':>10} | {'frames/s per subscriber':>23} |"
+        f"| {'frame subscribers':<36} | {'train steps/s':>13} | {'ratio to 0':>10} | {'frames/s per subscriber':>23} | {'service CPU (1 core)':>20} |"
     )
-    print(f"|{'-' * 38}|{'-' * 14}:|{'-' * 11}:|{'-' * 24}:|")
-    for name, rate, ratio, per_sub in rows:
-        print(f"| {name:<36} | {rate:>13.1f} | {ratio:>10} | {per_sub:>23} |")
+    print(f"|{'-' * 38}|{'-' * 14}:|{'-' * 11}:|{'-' * 24}:|{'-' * 21}:|")
+    for name, rate, ratio, per_sub, cpu in rows:
+        print(f"| {name:<36} | {rate:>13.1f} | {ratio:>10} | {per_sub:>23} | {cpu * 100:>19.0f}% |")
     print(
         f"  (baseline before {base_before:.1f} steps/s, after {base_after:.1f}; target ratio >= 0.95 at 100)"
     )
