@@ -149,6 +149,22 @@ fn perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
     run(py, || Ok(othello_core::perft(&Board::initial(), depth)))
 }
 
+/// Perft with the straightforward reference generator (array board, ray walking): the bench baseline.
+#[pyfunction]
+fn reference_perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
+    if depth > 20 {
+        return Err(errors::ConfigError::new_err(format!(
+            "depth: got {depth}; allowed: 0 to 20"
+        )));
+    }
+    run(py, || {
+        Ok(othello_core::refgen::perft(
+            &othello_core::refgen::ArrayBoard::initial(),
+            depth,
+        ))
+    })
+}
+
 /// An Othello position with the side to move.
 #[pyclass(frozen, module = "trainsvc_engine", name = "Board")]
 #[derive(Clone)]
@@ -994,6 +1010,7 @@ impl CheckpointManager {
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(perft, m)?)?;
+    m.add_function(wrap_pyfunction!(reference_perft, m)?)?;
     m.add_function(wrap_pyfunction!(py_square_name, m)?)?;
     m.add_function(wrap_pyfunction!(weight_diff, m)?)?;
     m.add_function(wrap_pyfunction!(manager::shutdown_all, m)?)?;

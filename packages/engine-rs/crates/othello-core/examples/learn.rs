@@ -35,8 +35,8 @@ fn main() {
         t.train(milestone, &stop, |_| {});
         let el = start.elapsed().as_secs_f64();
         let w = &t.weights;
-        let h = league_match(&Player::Engine(w, 1), &Player::Heuristic, 500, 0.1, 9);
-        let r = league_match(&Player::Engine(w, 1), &Player::Random, 250, 0.1, 9);
+        let h = league_match(&Player::Engine(w, 1), &Player::Heuristic, 300, 0.1, 9);
+        let r = league_match(&Player::Engine(w, 1), &Player::Random, 100, 0.1, 9);
         println!(
             "games {:>7}  {:>7.0} games/s  vs heuristic {:.3} ± {:.3}  vs random {:.3}",
             t.stats.games,

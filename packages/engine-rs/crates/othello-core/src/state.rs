@@ -25,6 +25,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "search_depth": c.search_depth, "epsilon_start": c.epsilon_start,
         "epsilon_end": c.epsilon_end, "epsilon_decay_games": c.epsilon_decay_games,
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
+        "lr_decay_games": c.lr_decay_games,
         "beta1": f64::from(c.beta1), "beta2": f64::from(c.beta2), "adam_eps": f64::from(c.adam_eps),
         "pattern_set": c.pattern_set, "n_phases": c.n_phases,
         "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
@@ -34,7 +35,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 19] = [
+pub const CONFIG_FIELDS: [&str; 20] = [
     "seed",
     "threads",
     "batch_games",
@@ -44,6 +45,7 @@ pub const CONFIG_FIELDS: [&str; 19] = [
     "epsilon_decay_games",
     "lambda",
     "learning_rate",
+    "lr_decay_games",
     "beta1",
     "beta2",
     "adam_eps",
@@ -85,6 +87,7 @@ pub fn config_update(
             "epsilon_decay_games" => c.epsilon_decay_games = uint()?,
             "lambda" => c.lambda = float()? as f32,
             "learning_rate" => c.learning_rate = float()? as f32,
+            "lr_decay_games" => c.lr_decay_games = uint()?,
             "beta1" => c.beta1 = float()? as f32,
             "beta2" => c.beta2 = float()? as f32,
             "adam_eps" => c.adam_eps = float()? as f32,

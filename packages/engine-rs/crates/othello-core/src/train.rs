@@ -47,8 +47,10 @@ pub struct TrainConfig {
     pub epsilon_decay_games: u64,
     /// Trace decay lambda in [0, 1].
     pub lambda: f32,
-    /// Adam step size.
+    /// Adam step size at game 0.
     pub learning_rate: f32,
+    /// Step size decay: the rate is `learning_rate * d / (d + games)` (0 = constant).
+    pub lr_decay_games: u64,
     /// Adam beta1.
     pub beta1: f32,
     /// Adam beta2.
@@ -76,13 +78,14 @@ impl Default for TrainConfig {
         TrainConfig {
             seed: 0,
             threads: 0,
-            batch_games: 64,
+            batch_games: 32,
             search_depth: 1,
             epsilon_start: 0.1,
             epsilon_end: 0.1,
             epsilon_decay_games: 100_000,
-            lambda: 0.5,
-            learning_rate: 0.001,
+            lambda: 0.8,
+            learning_rate: 0.002,
+            lr_decay_games: 50_000,
             beta1: 0.9,
             beta2: 0.999,
             adam_eps: 1e-8,
@@ -642,8 +645,20 @@ impl Trainer {
         }
     }
 
+    /// The Adam step size after `games` games.
+    #[must_use]
+    pub fn learning_rate_at(&self, games: u64) -> f32 {
+        let c = &self.config;
+        if c.lr_decay_games == 0 {
+            return c.learning_rate;
+        }
+        let d = c.lr_decay_games as f64;
+        (f64::from(c.learning_rate) * d / (d + games as f64)) as f32
+    }
+
     fn adam_update(&mut self) {
         self.adam_step += 1;
+        let lr = self.learning_rate_at(self.stats.games);
         let c = &self.config;
         let mut bad = Vec::new();
         for &i in &self.touched {
@@ -652,7 +667,7 @@ impl Trainer {
             let t = &mut self.adam_t[i];
             *t = t.saturating_add(1);
             let k = (*t).min(1 << 20) as i32;
-            let step = c.learning_rate * (1.0 - c.beta2.powi(k)).sqrt() / (1.0 - c.beta1.powi(k));
+            let step = lr * (1.0 - c.beta2.powi(k)).sqrt() / (1.0 - c.beta1.powi(k));
             let g = std::mem::take(&mut self.grad[i]);
             let m = &mut self.adam_m[i];
             let v = &mut self.adam_v[i];

@@ -1,0 +1,192 @@
+"""Benchmark the trainsvc Othello engine against baselines measured in the same run.
+
+Rows (median of ``ENGINE_BENCH_REPS`` runs, default 3, unless noted):
+
+- perft leaves/s, single thread, depths 11 and 12 (bitboard, Kogge-Stone
+  flips, bulk counting at the last ply) against the straightforward reference
+  generator (array board, ray walking, same bulk counting) at depth 9, where
+  it finishes in seconds: leaves/s is comparable across depths;
+- self-play TD(lambda)+Adam training games/s at 1-ply, default pattern set, on
+  1 and 2 threads (baseline: the 1-thread rate, and the 5,000 games/s target);
+- evaluation calls/s from Python: one ``Evaluator.evaluate`` call per board and
+  ``evaluate_batch`` on a 10,000-board NumPy array, against a pure-Python
+  weighted-piece-counter evaluation of the same boards;
+- memory of a default engine by component (from ``memory_report``).
+
+Run: ``uv run --no-sync python bench/engine.py`` (``--quick`` skips perft 12).
+The machine is shared: numbers move with its load; ratios within a run hold better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import trainsvc_engine as te
+
+WPC = [
+    1.00, -0.25, 0.10, 0.05, 0.05, 0.10, -0.25, 1.00,
+    -0.25, -0.25, 0.01, 0.01, 0.01, 0.01, -0.25, -0.25,
+    0.10, 0.01, 0.05, 0.02, 0.02, 0.05, 0.01, 0.10,
+    0.05, 0.01, 0.02, 0.01, 0.01, 0.02, 0.01, 0.05,
+    0.05, 0.01, 0.02, 0.01, 0.01, 0.02, 0.01, 0.05,
+    0.10, 0.01, 0.05, 0.02, 0.02, 0.05, 0.01, 0.10,
+    -0.25, -0.25, 0.01, 0.01, 0.01, 0.01, -0.25, -0.25,
+    1.00, -0.25, 0.10, 0.05, 0.05, 0.10, -0.25, 1.00,
+]  # fmt: skip
+
+
+def timed(fn: Callable[[], object], reps: int) -> float:
+    """Median wall seconds of ``fn`` over ``reps`` runs."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def positions(n: int, seed: int = 1) -> list[te.Board]:
+    """``n`` positions from random games."""
+    rng = np.random.default_rng(seed)
+    out: list[te.Board] = []
+    b = te.Board()
+    while len(out) < n:
+        if b.is_game_over():
+            b = te.Board()
+        out.append(b)
+        moves = b.legal_moves()
+        b = b.play(int(rng.choice(moves))) if moves else b.pass_turn()
+    return out
+
+
+def wpc_eval(cells: list[int]) -> float:
+    """The pure-Python baseline: weighted piece counter, black positive."""
+    s = 0.0
+    for w, c in zip(WPC, cells, strict=True):
+        if c == 1:
+            s += w
+        elif c == 2:
+            s -= w
+    return s
+
+
+def train_rate(threads: int, games: int) -> float:
+    """Training games/s at 1-ply with the default pattern set."""
+    with tempfile.TemporaryDirectory() as d:
+        m = te.TrainingManager(Path(d), threads=threads)
+        m.start(games, checkpoint_interval=0, callback_interval=games)
+        result = m.wait()
+        assert result is not None
+        return result.games_per_second
+
+
+def main() -> int:
+    """Run every benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip perft depth 12")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str]] = []
+
+    ref_depth = 9
+    ref_leaves = te.reference_perft(ref_depth)
+    ref_rate = ref_leaves / timed(lambda: te.reference_perft(ref_depth), args.reps)
+    rows.append(
+        (
+            f"perft reference (array, ray walking) depth {ref_depth}",
+            f"{ref_rate / 1e6:,.1f} M leaves/s",
+            "1.0x",
+        )
+    )
+    for depth in (11,) if args.quick else (11, 12):
+        leaves = te.perft(depth)
+        reps = args.reps if depth == 11 else 1
+        rate = leaves / timed(lambda d=depth: te.perft(d), reps)  # type: ignore[misc]
+        rows.append(
+            (
+                f"perft bitboard depth {depth} ({leaves:,} leaves)",
+                f"{rate / 1e6:,.1f} M leaves/s",
+                f"{rate / ref_rate:,.1f}x reference",
+            )
+        )
+
+    games = 20_000
+    one = train_rate(1, games)
+    two = train_rate(2, games)
+    rows.append(
+        ("training 1-ply, 1 thread", f"{one:,.0f} games/s", f"{one / 5000:.2f}x target 5,000")
+    )
+    rows.append(
+        (
+            "training 1-ply, 2 threads",
+            f"{two:,.0f} games/s",
+            f"{two / one:.2f}x 1 thread, {two / 5000:.2f}x target",
+        )
+    )
+
+    boards = positions(10_000)
+    cells = [b.cells() for b in boards]
+    players = [b.player for b in boards]
+    arr = np.array(cells, dtype=np.int8)
+    ev = te.Evaluator()
+    n_single = 20_000
+    base = n_single / timed(
+        lambda: [wpc_eval(cells[i % 10_000]) for i in range(n_single)], args.reps
+    )
+    single = n_single / timed(
+        lambda: [ev.evaluate(cells[i % 10_000], players[i % 10_000]) for i in range(n_single)],
+        args.reps,
+    )
+    batch = len(boards) / timed(lambda: ev.evaluate_batch(arr, players), args.reps)
+    rows.append(("eval: pure-Python WPC, per call", f"{base:,.0f} boards/s", "1.0x"))
+    rows.append(
+        (
+            "eval: Evaluator.evaluate, per call",
+            f"{single:,.0f} boards/s",
+            f"{single / base:.1f}x Python WPC",
+        )
+    )
+    rows.append(
+        (
+            "eval: Evaluator.evaluate_batch (10k array)",
+            f"{batch:,.0f} boards/s",
+            f"{batch / base:.1f}x Python WPC",
+        )
+    )
+
+    with tempfile.TemporaryDirectory() as d:
+        mem = dict(te.TrainingManager(Path(d)).memory_report())
+        mem3 = dict(te.TrainingManager(Path(d), search_depth=3).memory_report())
+    for key in ("pattern_tables", "adam_state", "other", "total"):
+        rows.append(
+            (
+                f"memory, default engine: {key}",
+                f"{mem[key] / 2**20:,.1f} MiB",
+                f"{mem[key] / mem['budget']:.1%} of budget",
+            )
+        )
+    rows.append(
+        (
+            "memory, depth-3 training: TT (shrunk to the budget)",
+            f"{mem3['transposition_table'] / 2**20:,.1f} MiB",
+            f"total {mem3['total'] / 2**20:,.0f} of {mem3['budget'] / 2**20:,.0f} MiB",
+        )
+    )
+
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'benchmark':<{w[0]}} | {'result':>{w[1]}} | ratio")
+    print("-" * (w[0] + w[1] + w[2] + 6))
+    for name, value, ratio in rows:
+        print(f"{name:<{w[0]}} | {value:>{w[1]}} | {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
