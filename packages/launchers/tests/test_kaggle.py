@@ -283,7 +283,11 @@ def test_background_monitor_survives_in_new_session(
     assert _state(sd)["status"] == "completed"
     with contextlib.suppress(ProcessLookupError):  # unless it already finished:
         assert os.getsid(pid) == pid  # its own session: closing our terminal does not end it
-    assert "completed" in (sd / "monitor.log").read_text(encoding="utf-8")
+    # The monitor saves state.json before it logs its final report: wait for that line.
+    log = sd / "monitor.log"
+    while "completed" not in log.read_text(encoding="utf-8") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "completed" in log.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
