@@ -4,7 +4,8 @@ Trains the default engine from zero weights by self-play TD(lambda) + Adam
 (1-ply, epsilon 0.1) and, at each milestone, plays the Othello League
 protocol (both sides play a random move 10% of the time, colours swapped in
 each pair) against the standard weighted-piece-counter heuristic player and a
-random player, printing the score with its 95% confidence interval. The
+random player, printing the score with its 95% confidence interval (plus,
+for context, the engine searching 4 plies against the same heuristic). The
 baselines are those two players, measured in the same run.
 
 Run: ``uv run --no-sync python bench/engine_league.py [--milestones 10000,50000,200000]``.
@@ -48,18 +49,23 @@ def main() -> int:
             ev = m.evaluator()
             h = ev.league("heuristic", pairs=args.pairs, seed=args.seed)
             r = ev.league("random", pairs=args.pairs, seed=args.seed)
-            rows.append((target, h, r, elapsed))
+            h4 = ev.league("heuristic", pairs=args.pairs // 5, depth=4, seed=args.seed)
+            rows.append((target, h, r, h4, elapsed))
             print(
                 f"{target:>8,} games  vs heuristic {h['score']:.3f} ± {h['ci95']:.3f}  "
-                f"vs random {r['score']:.3f} ± {r['ci95']:.3f}  ({elapsed:,.0f} s training)",
+                f"vs random {r['score']:.3f} ± {r['ci95']:.3f}  "
+                f"depth-4 vs heuristic {h4['score']:.3f} ± {h4['ci95']:.3f}  ({elapsed:,.0f} s training)",
                 flush=True,
             )
     print()
-    print("| games | vs heuristic (WPC) | vs random | training s |")
-    print("|---:|---:|---:|---:|")
-    for target, h, r, el in rows:
+    print(
+        "| games | 1-ply vs heuristic (WPC) | 1-ply vs random | depth 4 vs heuristic | training s |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for target, h, r, h4, el in rows:
         print(
-            f"| {target:,} | {h['score']:.3f} ± {h['ci95']:.3f} | {r['score']:.3f} ± {r['ci95']:.3f} | {el:,.0f} |"
+            f"| {target:,} | {h['score']:.3f} ± {h['ci95']:.3f} | {r['score']:.3f} ± {r['ci95']:.3f} "
+            f"| {h4['score']:.3f} ± {h4['ci95']:.3f} | {el:,.0f} |"
         )
     return 0
 

@@ -25,12 +25,24 @@ fn main() {
         n_phases,
         pattern_set,
         batch_games,
+        adam_eps: std::env::var("ADAM_EPS")
+            .ok()
+            .map_or(1e-8, |v| v.parse().expect("ADAM_EPS")),
+        beta1: std::env::var("BETA1")
+            .ok()
+            .map_or(0.9, |v| v.parse().expect("BETA1")),
+        epsilon_start: std::env::var("EPS")
+            .ok()
+            .map_or(0.1, |v| v.parse().expect("EPS")),
+        epsilon_end: std::env::var("EPS")
+            .ok()
+            .map_or(0.1, |v| v.parse().expect("EPS")),
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(cfg).expect("config");
     let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let mut milestone = 10_000u64.min(total);
+    let mut milestone = 25_000u64.min(total);
     while t.stats.games < total {
         t.train(milestone, &stop, |_| {});
         let el = start.elapsed().as_secs_f64();

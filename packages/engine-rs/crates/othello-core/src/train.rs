@@ -266,6 +266,15 @@ impl Stats {
     }
 }
 
+/// Adam bias corrections precomputed for update counts below this.
+const BC_TABLE: usize = 4096;
+
+/// `(sqrt(1 - beta2^k), 1 - beta1^k)` for update count `k`.
+fn bias_correction(beta1: f32, beta2: f32, k: usize) -> (f32, f32) {
+    let k = k as i32;
+    ((1.0 - beta2.powi(k)).sqrt(), 1.0 - beta1.powi(k))
+}
+
 /// One finished self-play game: what the learner needs.
 struct GameRecord {
     /// Per position: coefficient-free features (n per position) and the gradient scale.
@@ -293,6 +302,7 @@ pub struct Trainer {
     pub stats: Stats,
     grad: Vec<f32>,
     touched: Vec<u32>,
+    bias_corr: Vec<(f32, f32)>,
     tt_bytes_per_thread: usize,
     pool: Option<rayon::ThreadPool>,
 }
@@ -448,6 +458,7 @@ impl Trainer {
             stats: Stats::default(),
             grad: vec![0.0; n],
             touched: Vec::new(),
+            bias_corr: Vec::new(),
             tt_bytes_per_thread: 0,
             pool: None,
         };
@@ -481,6 +492,8 @@ impl Trainer {
                 self.config.memory_budget_mb,
             ));
         }
+        let (b1, b2) = (self.config.beta1, self.config.beta2);
+        self.bias_corr = (0..BC_TABLE).map(|k| bias_correction(b1, b2, k)).collect();
         let threads = self.threads();
         // The TT shrinks to fit what is left of the budget (capped at 64 MB per thread).
         let per_thread = ((budget - fixed) / threads).min(64 << 20);
@@ -666,8 +679,14 @@ impl Trainer {
             // Per-weight bias correction: a rarely seen weight is corrected by its own count.
             let t = &mut self.adam_t[i];
             *t = t.saturating_add(1);
-            let k = (*t).min(1 << 20) as i32;
-            let step = lr * (1.0 - c.beta2.powi(k)).sqrt() / (1.0 - c.beta1.powi(k));
+            let k = (*t).min(1 << 20) as usize;
+            // Same expression as powi in place, from a table for the common small counts.
+            let (sqrt_bc2, bc1) = if k < BC_TABLE {
+                self.bias_corr[k]
+            } else {
+                bias_correction(c.beta1, c.beta2, k)
+            };
+            let step = lr * sqrt_bc2 / bc1;
             let g = std::mem::take(&mut self.grad[i]);
             let m = &mut self.adam_m[i];
             let v = &mut self.adam_v[i];
