@@ -214,3 +214,22 @@ def test_signal_handlers_defer_during_save_and_chain_to_a_previous_handler(tmp_p
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_async_save_does_not_copy_read_only_arrays_but_writes_their_values(
+    tmp_path: Path,
+) -> None:
+    manager = ckpt.CheckpointManager(tmp_path)
+    frozen = np.arange(1000, dtype=np.float32)
+    frozen.flags.writeable = False
+    view_of_writable = np.arange(10, dtype=np.int64)
+    ro_view = view_of_writable[:]
+    ro_view.flags.writeable = False  # its owner is writable: must still be copied
+    manager.save(1, {"frozen": frozen, "view": ro_view})
+    view_of_writable[:] = -1
+    manager.wait()
+    assert all(b.base is not frozen and b is not frozen for b in manager._buffers.values())
+    assert "view" in manager._buffers and "frozen" not in manager._buffers
+    restored = manager.restore(1)
+    np.testing.assert_array_equal(restored["frozen"], np.arange(1000, dtype=np.float32))
+    np.testing.assert_array_equal(restored["view"], np.arange(10, dtype=np.int64))

@@ -61,6 +61,33 @@ class Restored:
     path: Path
 
 
+def _is_jax_like(leaf: Any) -> bool:
+    """True for a JAX array (immutable by contract), detected without importing jax."""
+    module = type(leaf).__module__ or ""
+    return module.split(".")[0] in ("jax", "jaxlib") or hasattr(leaf, "is_fully_addressable")
+
+
+def _immutable(leaf: Any, arr: np.ndarray[Any, Any]) -> bool:
+    """Whether ``arr`` (the host array of ``leaf``) can never change after ``save`` returns.
+
+    True for a NumPy array that is read-only along its whole ``base`` chain
+    (a read-only view of a writable array is not: the owner can still write),
+    and for the read-only host view of a JAX array.
+    """
+    if arr.flags.writeable:
+        return False
+    if _is_jax_like(leaf) and not isinstance(leaf, np.ndarray):
+        return True
+    base: Any = arr
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    # The chain ends in a non-array owner (bytes, mmap, a buffer): only bytes is
+    # immutable; anything else might be written through another handle.
+    return base is None or isinstance(base, bytes)
+
+
 def _check_step(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
         raise ValueError(f"step: expected a non-negative int, found {step!r}")
@@ -110,9 +137,9 @@ class CheckpointManager:
         self._trusted: set[Path] = set()
         self._signals: SignalHandlers | None = None
         self._copy_pool: ThreadPoolExecutor | None = None
-        # Half the cores at most: on a small machine, threads fighting the
-        # training process for CPU make the copy slower, not faster.
-        self._copy_workers = min(_COPY_THREADS, (os.cpu_count() or 1) // 2)
+        # Two threads at least (np.copyto releases the GIL, and the caller is
+        # blocked meanwhile), half the cores beyond that.
+        self._copy_workers = min(_COPY_THREADS, max(2, (os.cpu_count() or 1) // 2))
 
     # ------------------------------------------------------------------ listing
 
@@ -194,6 +221,8 @@ class CheckpointManager:
 
             def snapshot(leaf: Any, where: str) -> np.ndarray[Any, Any]:
                 arr = to_host_array(leaf, where)
+                if _immutable(leaf, arr):
+                    return arr  # nobody can change it: written as it is, no copy
                 buf = self._buffers.get(where)
                 if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
                     buf = np.empty_like(arr)
