@@ -12,7 +12,13 @@ windows:
 - GetRun and ListRuns latency p50/p99 while 100 subscribers stream
   (target p99 <= 10 ms on loopback).
 
-Usage: python bench/service.py [--window 10] [--subscribers 0,10,100]
+With --pin the service and its run worker are pinned to CPU 0 and the
+subscribers and the measuring client to the other CPUs, so that the
+subscribers stand in for clients on other machines and the ratio shows what
+fan-out costs the service itself (on 2 CPUs the service's sending then
+competes with the trainer for CPU 0). By default every process shares every CPU.
+
+Usage: python bench/service.py [--window 10] [--subscribers 10,100] [--pin | --no-pin]
 """
 
 from __future__ import annotations
@@ -41,8 +47,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _subscriber_process(address: str, run: str, n: int, conn: Connection) -> None:
+_CLIENT_CPUS: set[int] = set()
+
+
+def _pin_clients() -> None:
+    """Keep this process (subscribers, measuring client) off the service's CPU, when pinning."""
+    if _CLIENT_CPUS:
+        os.sched_setaffinity(0, _CLIENT_CPUS)
+
+
+def _subscriber_process(
+    address: str, run: str, n: int, conn: Connection, cpus: set[int] | None = None
+) -> None:
     """Hold `n` StreamFrames subscribers (threads) and report their frame counts on request."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     counts = [0] * n
     clients = [connect(address) for _ in range(max(1, n // 10))]
     streams = [clients[i % len(clients)].stream_frames(run, max_rate_hz=30) for i in range(n)]
@@ -79,7 +98,7 @@ class _Subscribers:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_subscriber_process,
-                args=(address, run, min(self.PER_PROCESS, n - k), child),
+                args=(address, run, min(self.PER_PROCESS, n - k), child, _CLIENT_CPUS),
                 daemon=True,
             )
             proc.start()
@@ -145,7 +164,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--subscribers", default="10,100")
+    cpus = os.cpu_count() or 1
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="service on CPU 0, subscribers and the measuring client on the others",
+    )
     args = parser.parse_args()
+    if args.pin and cpus < 2:
+        parser.error("--pin needs at least 2 CPUs")
+    if args.pin:
+        _CLIENT_CPUS.update(range(1, cpus))
+        _pin_clients()
     levels = [int(x) for x in args.subscribers.split(",") if x]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +201,8 @@ def main() -> None:
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Before exec, so every thread and worker process of the service inherits it.
+            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if args.pin else None,
         )
         _SERVICE_PID[0] = proc.pid
         try:
@@ -227,7 +260,12 @@ def main() -> None:
 
     print(
         f"trainsvc service benchmark (window {args.window:g} s, emergence default config, "
-        f"a frame every step, subscribers ask for 30 frames/s; {os.cpu_count()} CPUs)"
+        f"a frame every step, subscribers ask for 30 frames/s; {cpus} CPUs; "
+        + (
+            "service + worker pinned to CPU 0, clients on the others)"
+            if args.pin
+            else "all processes share every CPU)"
+        )
     )
     print()
     print(
