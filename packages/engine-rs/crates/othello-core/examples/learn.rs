@@ -37,6 +37,10 @@ fn main() {
         epsilon_end: std::env::var("EPS")
             .ok()
             .map_or(0.1, |v| v.parse().expect("EPS")),
+        optimizer: std::env::var("OPT").unwrap_or_else(|_| "adam".into()),
+        lr_decay_games: std::env::var("DECAY")
+            .ok()
+            .map_or(50_000, |v| v.parse().expect("DECAY")),
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(cfg).expect("config");

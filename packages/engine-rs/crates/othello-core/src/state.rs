@@ -27,6 +27,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
         "lr_decay_games": c.lr_decay_games,
         "beta1": f64::from(c.beta1), "beta2": f64::from(c.beta2), "adam_eps": f64::from(c.adam_eps),
+        "optimizer": c.optimizer,
         "pattern_set": c.pattern_set, "n_phases": c.n_phases,
         "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
         "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
@@ -35,7 +36,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 20] = [
+pub const CONFIG_FIELDS: [&str; 21] = [
     "seed",
     "threads",
     "batch_games",
@@ -49,6 +50,7 @@ pub const CONFIG_FIELDS: [&str; 20] = [
     "beta1",
     "beta2",
     "adam_eps",
+    "optimizer",
     "pattern_set",
     "n_phases",
     "memory_budget_mb",
@@ -91,6 +93,12 @@ pub fn config_update(
             "beta1" => c.beta1 = float()? as f32,
             "beta2" => c.beta2 = float()? as f32,
             "adam_eps" => c.adam_eps = float()? as f32,
+            "optimizer" => {
+                c.optimizer = v
+                    .as_str()
+                    .ok_or_else(|| EngineError::config(k, "a string", v))?
+                    .to_owned();
+            }
             "pattern_set" => {
                 c.pattern_set = v
                     .as_str()

@@ -1,4 +1,4 @@
-//! Self-play TD(lambda) training of the pattern weights with Adam.
+//! Self-play TD(lambda) training of the pattern weights (plain TD or Adam).
 //!
 //! Games are played in batches of `batch_games`. All games of a batch read the
 //! same weights, each with its own random stream `(seed, game index)`, so they
@@ -47,7 +47,7 @@ pub struct TrainConfig {
     pub epsilon_decay_games: u64,
     /// Trace decay lambda in [0, 1].
     pub lambda: f32,
-    /// Adam step size at game 0.
+    /// Step size at game 0 (`td`: divided by the active features per position; `adam`: Adam's step).
     pub learning_rate: f32,
     /// Step size decay: the rate is `learning_rate * d / (d + games)` (0 = constant).
     pub lr_decay_games: u64,
@@ -57,6 +57,9 @@ pub struct TrainConfig {
     pub beta2: f32,
     /// Adam epsilon.
     pub adam_eps: f32,
+    /// Weight update rule: `adam` (default) or `td` (experimental plain TD, step
+    /// `learning_rate / active features`, traces cut at exploration moves; see docs/othello-engine.md).
+    pub optimizer: String,
     /// Built-in pattern set name (`default` or `small`).
     pub pattern_set: String,
     /// Number of phases (disc-count ranges) with their own tables.
@@ -89,6 +92,7 @@ impl Default for TrainConfig {
             beta1: 0.9,
             beta2: 0.999,
             adam_eps: 1e-8,
+            optimizer: "adam".into(),
             pattern_set: "default".into(),
             n_phases: 6,
             memory_budget_mb: 600,
@@ -137,6 +141,13 @@ impl TrainConfig {
         check("beta2", self.beta2, 0.0, 0.999_999_9, "0.0 to <1.0")?;
         check("adam_eps", self.adam_eps, 1e-12, 1.0, "1e-12 to 1.0")?;
         check("n_phases", self.n_phases, 1, 60, "1 to 60")?;
+        if !matches!(self.optimizer.as_str(), "adam" | "td") {
+            return Err(EngineError::config(
+                "optimizer",
+                "'adam' or 'td'",
+                &self.optimizer,
+            ));
+        }
         check(
             "memory_budget_mb",
             self.memory_budget_mb,
@@ -325,10 +336,10 @@ fn pick_move(
     eps: f64,
     depth: u32,
     tt: &mut Option<TranspositionTable>,
-) -> u32 {
+) -> (u32, bool) {
     let moves = b.moves();
     if eps > 0.0 && rng.next_f64() < eps {
-        return rng.pick_bit(moves);
+        return (rng.pick_bit(moves), true);
     }
     if depth > 1 {
         if let Some(tt) = tt.as_mut() {
@@ -343,7 +354,7 @@ fn pick_move(
                 },
             );
             if let Some(m) = r.best_move {
-                return m;
+                return (m, false);
             }
         }
     }
@@ -357,7 +368,7 @@ fn pick_move(
             best = (v, sq);
         }
     }
-    best.1
+    (best.1, false)
 }
 
 fn play_game(
@@ -376,6 +387,7 @@ fn play_game(
     let mut features = Vec::with_capacity(64 * n_feat);
     let mut values = Vec::with_capacity(64);
     let mut signs = Vec::with_capacity(64);
+    let mut explored = Vec::with_capacity(64);
     let mut b = Board::initial();
     let mut black_to_move = true;
     let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
@@ -398,7 +410,8 @@ fn play_game(
         features.extend_from_slice(&buf[..n]);
         values.push(raw.tanh());
         signs.push(if black_to_move { 1.0f32 } else { -1.0 });
-        let sq = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt);
+        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt);
+        explored.push(random);
         b = b.play(sq);
         black_to_move = !black_to_move;
     }
@@ -407,9 +420,16 @@ fn play_game(
     let r = reward(black_diff);
     // delta_t = V(s_{t+1}) - V(s_t) in black's view; fold the traces backwards.
     let t_len = values.len();
+    let cut_at_exploration = cfg.optimizer == "td";
     let mut scales = vec![0.0f32; t_len];
     let mut c = 0.0f32;
     for t in (0..t_len).rev() {
+        if explored[t] && cut_at_exploration {
+            // An exploration move says nothing about the greedy policy's value:
+            // no update towards what followed it, and the trace is cut here.
+            c = 0.0;
+            continue;
+        }
         let v_t = signs[t] * values[t];
         let v_next = if t + 1 < t_len {
             signs[t + 1] * values[t + 1]
@@ -615,7 +635,11 @@ impl Trainer {
                 _ => self.record_game(None),
             }
         }
-        self.adam_update();
+        if self.config.optimizer == "td" {
+            self.td_update();
+        } else {
+            self.adam_update();
+        }
         true
     }
 
@@ -667,6 +691,26 @@ impl Trainer {
         }
         let d = c.lr_decay_games as f64;
         (f64::from(c.learning_rate) * d / (d + games as f64)) as f32
+    }
+
+    /// Plain TD step: `learning_rate / active features` times the summed gradient.
+    fn td_update(&mut self) {
+        let n_active = (self.weights.set.n_instances() + 1) as f32;
+        let lr = self.learning_rate_at(self.stats.games) / n_active;
+        let mut bad = Vec::new();
+        for &i in &self.touched {
+            let i = i as usize;
+            let g = std::mem::take(&mut self.grad[i]);
+            let w = &mut self.weights.w[i];
+            *w += lr * g;
+            if !w.is_finite() {
+                bad.push(i);
+            }
+        }
+        self.touched.clear();
+        if !bad.is_empty() {
+            self.sweep_non_finite();
+        }
     }
 
     fn adam_update(&mut self) {
@@ -771,6 +815,38 @@ mod tests {
         .unwrap();
         c.train(96, &stop, |_| {});
         assert_ne!(a.weights.w, c.weights.w);
+    }
+
+    #[test]
+    fn adam_is_available_and_unknown_optimizers_are_rejected() {
+        let stop = AtomicBool::new(false);
+        let adam = |threads| TrainConfig {
+            optimizer: "adam".into(),
+            learning_rate: 0.002,
+            ..small(threads)
+        };
+        let mut a = Trainer::new(adam(1)).unwrap();
+        a.train(64, &stop, |_| {});
+        let mut b = Trainer::new(adam(2)).unwrap();
+        b.train(64, &stop, |_| {});
+        assert_eq!(a.weights.w, b.weights.w);
+        assert!(a.adam_v.iter().any(|&v| v > 0.0), "Adam state must move");
+        let mut td = Trainer::new(TrainConfig {
+            optimizer: "td".into(),
+            learning_rate: 0.1,
+            ..small(1)
+        })
+        .unwrap();
+        td.train(64, &stop, |_| {});
+        assert_ne!(a.weights.w, td.weights.w);
+        assert!(td.adam_v.iter().all(|&v| v == 0.0));
+        let err = Trainer::new(TrainConfig {
+            optimizer: "sgd".into(),
+            ..TrainConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().starts_with("optimizer:"), "{err}");
     }
 
     #[test]
