@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainsvc_trackers._history import History, JsonValue, decode_float, encode_float
+from trainsvc_trackers._history import JsonValue, RecordedMetrics
 
 EMERGENCE_METRICS = ("nn_ratio", "field_entropy", "action_coordination", "emergence_index")
 
@@ -81,7 +81,7 @@ def action_coordination(
     return (p_same - p_chance) / (1.0 - p_chance)
 
 
-class EmergenceTracker:
+class EmergenceTracker(RecordedMetrics):
     """Tracks how much collective structure appears over training.
 
     Each :meth:`update` takes one snapshot (or a batch of snapshots, averaged) of
@@ -95,6 +95,8 @@ class EmergenceTracker:
         recent_size: exact recent values kept per metric.
         longterm_size: points of the decimated whole-run record per metric.
     """
+
+    METRICS = EMERGENCE_METRICS
 
     def __init__(
         self,
@@ -110,8 +112,7 @@ class EmergenceTracker:
             raise ValueError(f"neighbour_radius must be >= 0, got {neighbour_radius}")
         self.shape = (int(shape[0]), int(shape[1]))
         self.neighbour_radius = int(neighbour_radius)
-        self.histories = {m: History(recent_size, longterm_size) for m in EMERGENCE_METRICS}
-        self.latest: dict[str, float] = {}
+        self._init_metrics(recent_size, longterm_size)
 
     def update(
         self,
@@ -154,33 +155,14 @@ class EmergenceTracker:
             "action_coordination": k,
             "emergence_index": index,
         }
-        for name, value in values.items():
-            self.histories[name].append(value)
-        self.latest = values
-        return dict(values)
-
-    @property
-    def count(self) -> int:
-        """Number of updates so far."""
-        return self.histories["nn_ratio"].count
-
-    def summary(self) -> dict[str, float]:
-        """Latest value and mean over the recent window of every metric (empty before updates)."""
-        out: dict[str, float] = {}
-        for name in EMERGENCE_METRICS:
-            hist = self.histories[name]
-            if hist.recent:
-                out[name] = self.latest[name]
-                out[f"{name}_mean"] = float(np.mean(hist.recent))
-        return out
+        return self._record(values)
 
     def to_dict(self) -> dict[str, JsonValue]:
         """JSON-safe state; :meth:`from_dict` restores it exactly."""
         return {
             "shape": list(self.shape),
             "neighbour_radius": self.neighbour_radius,
-            "histories": {m: h.to_dict() for m, h in self.histories.items()},
-            "latest": {m: encode_float(v) for m, v in self.latest.items()},
+            **self._metrics_to_dict(),
         }
 
     @classmethod
@@ -188,6 +170,5 @@ class EmergenceTracker:
         """Rebuilds a tracker saved by :meth:`to_dict`."""
         shape = data["shape"]
         tracker = cls((int(shape[0]), int(shape[1])), int(data["neighbour_radius"]))
-        tracker.histories = {m: History.from_dict(h) for m, h in data["histories"].items()}
-        tracker.latest = {m: decode_float(v) for m, v in data["latest"].items()}
+        tracker._restore_metrics(data)
         return tracker

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 JsonValue = Any
 """A value that ``json.dumps(..., allow_nan=False)`` accepts."""
 
@@ -119,3 +121,51 @@ def _same_json(a: JsonValue, b: JsonValue) -> bool:
     import json
 
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+class RecordedMetrics:
+    """A named set of metrics, each with its :class:`History`, shared by the trackers.
+
+    A tracker sets ``METRICS`` (the metric names), calls :meth:`_init_metrics` in its
+    constructor and :meth:`_record` once per update, and stores :meth:`_metrics_to_dict`
+    beside its own fields; :meth:`_restore_metrics` undoes that exactly.
+    """
+
+    METRICS: tuple[str, ...] = ()
+    histories: dict[str, History]
+    latest: dict[str, float]
+
+    def _init_metrics(self, recent_size: int, longterm_size: int) -> None:
+        self.histories = {m: History(recent_size, longterm_size) for m in self.METRICS}
+        self.latest = {}
+
+    def _record(self, values: dict[str, float]) -> dict[str, float]:
+        for name, value in values.items():
+            self.histories[name].append(value)
+        self.latest = values
+        return dict(values)
+
+    @property
+    def count(self) -> int:
+        """Number of updates so far."""
+        return self.histories[self.METRICS[0]].count
+
+    def summary(self) -> dict[str, float]:
+        """Latest value and mean over the recent window of every metric (empty before updates)."""
+        out: dict[str, float] = {}
+        for name in self.METRICS:
+            hist = self.histories[name]
+            if hist.recent:
+                out[name] = self.latest[name]
+                out[f"{name}_mean"] = float(np.mean(hist.recent))
+        return out
+
+    def _metrics_to_dict(self) -> dict[str, JsonValue]:
+        return {
+            "histories": {m: h.to_dict() for m, h in self.histories.items()},
+            "latest": {m: encode_float(v) for m, v in self.latest.items()},
+        }
+
+    def _restore_metrics(self, data: Mapping[str, Any]) -> None:
+        self.histories = {m: History.from_dict(h) for m, h in data["histories"].items()}
+        self.latest = {m: decode_float(v) for m, v in data["latest"].items()}

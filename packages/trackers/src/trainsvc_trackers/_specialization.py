@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from trainsvc_trackers._history import History, JsonValue, decode_float, encode_float
+from trainsvc_trackers._history import JsonValue, RecordedMetrics
 
 SPECIALIZATION_METRICS = ("specialization_index", "n_roles", "policy_entropy")
 
@@ -41,7 +41,7 @@ def count_roles(jsd: npt.NDArray[np.float64], threshold: float) -> int:
     return len(leaders)
 
 
-class SpecializationTracker:
+class SpecializationTracker(RecordedMetrics):
     """Tracks per-agent action distributions and how far apart they drift.
 
     Each :meth:`update` adds a matrix of action counts ``(n_agents, n_actions)``
@@ -58,6 +58,8 @@ class SpecializationTracker:
         role_threshold: JSD below which two agents share a role, in ``(0, 1)``.
         smoothing: pseudo-count added to each action.
     """
+
+    METRICS = SPECIALIZATION_METRICS
 
     def __init__(
         self,
@@ -86,8 +88,7 @@ class SpecializationTracker:
         self.role_threshold = float(role_threshold)
         self.smoothing = float(smoothing)
         self.counts = np.zeros((self.n_agents, self.n_actions), dtype=np.float64)
-        self.histories = {m: History(recent_size, longterm_size) for m in SPECIALIZATION_METRICS}
-        self.latest: dict[str, float] = {}
+        self._init_metrics(recent_size, longterm_size)
 
     def distributions(self) -> npt.NDArray[np.float64]:
         """Each agent's smoothed action distribution, shape ``(n_agents, n_actions)``."""
@@ -115,25 +116,7 @@ class SpecializationTracker:
             "n_roles": float(count_roles(jsd, self.role_threshold)),
             "policy_entropy": entropy,
         }
-        for name, value in values.items():
-            self.histories[name].append(value)
-        self.latest = values
-        return dict(values)
-
-    @property
-    def count(self) -> int:
-        """Number of updates so far."""
-        return self.histories["n_roles"].count
-
-    def summary(self) -> dict[str, float]:
-        """Latest value and recent-window mean of every metric (empty before updates)."""
-        out: dict[str, float] = {}
-        for name in SPECIALIZATION_METRICS:
-            hist = self.histories[name]
-            if hist.recent:
-                out[name] = self.latest[name]
-                out[f"{name}_mean"] = float(np.mean(hist.recent))
-        return out
+        return self._record(values)
 
     def to_dict(self) -> dict[str, JsonValue]:
         """JSON-safe state; :meth:`from_dict` restores it exactly."""
@@ -144,8 +127,7 @@ class SpecializationTracker:
             "role_threshold": self.role_threshold,
             "smoothing": self.smoothing,
             "counts": [[float(v) for v in row] for row in self.counts],
-            "histories": {m: h.to_dict() for m, h in self.histories.items()},
-            "latest": {m: encode_float(v) for m, v in self.latest.items()},
+            **self._metrics_to_dict(),
         }
 
     @classmethod
@@ -161,6 +143,5 @@ class SpecializationTracker:
         tracker.counts = np.asarray(data["counts"], dtype=np.float64).reshape(
             tracker.n_agents, tracker.n_actions
         )
-        tracker.histories = {m: History.from_dict(h) for m, h in data["histories"].items()}
-        tracker.latest = {m: decode_float(v) for m, v in data["latest"].items()}
+        tracker._restore_metrics(data)
         return tracker
