@@ -62,6 +62,52 @@ def crc32c(data: Any, value: int = 0) -> int:
     return int(_crc32c.crc32c(data, value=value))
 
 
+_CRC32C_POLY: Final = 0x82F63B78
+"""The Castagnoli polynomial in reflected bit order (the bit for x^0 is 1 << 31)."""
+
+
+def _gf2_mulmod(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC32C polynomial, both in reflected bit order."""
+    product = 0
+    bit = 1 << 31
+    while bit:
+        if a & bit:
+            product ^= b
+        b = (b >> 1) ^ _CRC32C_POLY if b & 1 else b >> 1
+        bit >>= 1
+    return product
+
+
+def _x_pow_2n() -> tuple[int, ...]:
+    table = [1 << 30]  # x^1
+    for _ in range(70):
+        table.append(_gf2_mulmod(table[-1], table[-1]))
+    return tuple(table)
+
+
+_X_POW_2N: Final = _x_pow_2n()
+"""``x^(2^n)`` modulo the polynomial, for n = 0..70 (lengths below 2^64 bytes)."""
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC32C of ``A + B`` from ``crc1 = crc32c(A)``, ``crc2 = crc32c(B)`` and ``len(B)``.
+
+    Lets parts of one tensor be checked on different threads: ``crc1`` is
+    shifted by ``8 * len2`` bits (a product with ``x^(8 * len2)`` modulo the
+    polynomial, built from squares) and ``crc2`` is added.
+    """
+    if len2 < 0 or len2 >= 1 << 64:
+        raise ValueError(f"len2: expected 0 <= len2 < 2**64, found {len2}")
+    shift = 1 << 31  # x^0
+    n, k = len2, 3  # x^(8 * len2) = product of x^(2^(k)) over the set bits of len2, k from 3
+    while n:
+        if n & 1:
+            shift = _gf2_mulmod(_X_POW_2N[k], shift)
+        n >>= 1
+        k += 1
+    return _gf2_mulmod(shift, crc1) ^ crc2
+
+
 def crc_hex(value: int) -> str:
     """A CRC as the format writes it: 8 lowercase hex digits."""
     return f"{value:08x}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import queue
 import sys
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import numpy as np
 import zstandard
@@ -25,6 +26,7 @@ from ._format import (
     build_header,
     canonical_json,
     crc32c,
+    crc32c_combine,
     crc_hex,
     dtype_code,
     layout,
@@ -42,6 +44,12 @@ _BATCH = 64 * 1024 * 1024
 """Bytes per scatter read when loading (few, large batches: few thread hand-offs)."""
 _PIPELINE_MIN = 4 * 1024 * 1024
 """Below this many bytes, CRCs run inline instead of on a worker thread."""
+_READ_CHUNK = 2 * 1024 * 1024
+"""Bytes per read of an uncompressed file; each chunk's CRC runs while it is still in cache."""
+_READ_SHARE_MIN = 16 * 1024 * 1024
+"""Bytes of data per reader thread at least (smaller files are read by fewer threads)."""
+_READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Reader threads for a large uncompressed file: each reads and checks a contiguous part."""
 
 PathLike = str | os.PathLike[str]
 
@@ -290,16 +298,6 @@ def save(
 # --------------------------------------------------------------------------- reading
 
 
-class _Source(Protocol):
-    size: int
-
-    def read_exact(self, view: memoryview, what: str) -> None: ...
-
-    def read_many(self, views: list[memoryview], what: str) -> None: ...
-
-    def finish(self) -> None: ...
-
-
 def _pread_into(fd: int, views: list[memoryview], offset: int) -> int:
     """Scatter-read at ``offset`` (``preadv``; ``lseek`` + ``readv`` where preadv is missing)."""
     if hasattr(os, "preadv"):
@@ -326,25 +324,117 @@ class _FileSource:
             self._pos += n
             view = view[n:]
 
-    def read_many(self, views: list[memoryview], what: str) -> None:
-        """Fill ``views`` from consecutive bytes with scatter reads (``preadv``)."""
-        views = [v for v in views if len(v)]
-        while views:
-            n = _pread_into(self._fd, views[:512], self._pos)
-            if n == 0:
-                raise CorruptCheckpointError(
-                    f"{what}: the file ended at byte {self._pos} of the {self.size} expected (truncated)"
-                )
-            self._pos += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if n:
-                views[0] = views[0][n:]
-
     def finish(self) -> None:
         if os.fstat(self._fd).st_size != self.size:
             raise CorruptCheckpointError("file: its size changed while it was being read")
+
+    def read_data(
+        self, header: Header, dests: Mapping[str, np.ndarray[Any, Any]] | None
+    ) -> dict[str, int]:
+        """Read the data section into ``dests`` (or scratch chunks when None); return the CRCs.
+
+        The section is cut into up to ``_READ_THREADS`` contiguous parts, each
+        read by its own thread through its own file descriptor (so that each
+        part keeps its own sequential read-ahead) in ``_READ_CHUNK`` reads,
+        each chunk's CRC taken right after its read, while it is in cache. A
+        tensor cut between two parts gets its CRC from the parts' CRCs
+        (:func:`crc32c_combine`).
+        """
+        base, size = self._pos, header.data_size
+        parts = max(1, min(_READ_THREADS, size // _READ_SHARE_MIN))
+        if not hasattr(os, "preadv"):  # pragma: no cover - readv needs the shared offset
+            parts = 1
+        share = max(_READ_CHUNK, -(-size // parts))
+        share += -share % _READ_CHUNK
+        ranges = [(lo, min(lo + share, size)) for lo in range(0, size, share)] or [(0, 0)]
+        workers = [
+            _Worker(functools.partial(self._read_part, header, dests, base, lo, hi))
+            for lo, hi in ranges[1:]
+        ]
+        results: list[list[tuple[int, int, int]] | BaseException] = []
+        try:
+            results.append(self._read_part(header, dests, base, *ranges[0]))
+        except BaseException as exc:
+            results.append(exc)
+        for worker in workers:  # wait for every thread before raising: none outlives the call
+            try:
+                results.append(worker.result())
+            except BaseException as exc:
+                results.append(exc)
+        values = dict.fromkeys((e.name for e in header.entries), 0)
+        started: set[str] = set()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            for index, crc, nbytes in result:
+                name = header.entries[index].name
+                values[name] = crc32c_combine(values[name], crc, nbytes) if name in started else crc
+                started.add(name)
+        self._pos = base + size
+        self.finish()
+        return values
+
+    def _read_part(
+        self,
+        header: Header,
+        dests: Mapping[str, np.ndarray[Any, Any]] | None,
+        base: int,
+        lo: int,
+        hi: int,
+    ) -> list[tuple[int, int, int]]:
+        """Read data bytes ``[lo, hi)``; return ``(entry index, CRC, bytes)`` per tensor piece."""
+        pieces: list[tuple[int, int, int]] = []
+        if hi <= lo:
+            return pieces
+        scratch = _scratch_buffer(min(_READ_CHUNK, hi - lo)) if dests is None else None
+        fd = _reopen(self._fd) if lo else self._fd
+        try:
+            for index, e in enumerate(header.entries):
+                start, stop = max(e.begin, lo), min(e.end, hi)
+                if start >= stop:
+                    if e.begin >= hi:
+                        break
+                    continue
+                crc = 0
+                for pos in range(start, stop, _READ_CHUNK):
+                    n = min(_READ_CHUNK, stop - pos)
+                    if scratch is None:
+                        assert dests is not None
+                        chunk = dests[e.name][pos - e.begin : pos - e.begin + n]
+                    else:
+                        chunk = scratch[:n]
+                    _pread_exact(fd, chunk.data, base + pos, self.size)
+                    crc = crc32c(chunk.data, crc)
+                pieces.append((index, crc, stop - start))
+        finally:
+            if fd != self._fd:
+                os.close(fd)
+        return pieces
+
+
+def _reopen(fd: int) -> int:
+    """A new open file description of ``fd``'s file (its own read-ahead state), or ``fd``."""
+    try:
+        new = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return fd
+    old_st, new_st = os.fstat(fd), os.fstat(new)
+    if (old_st.st_dev, old_st.st_ino) != (new_st.st_dev, new_st.st_ino):  # pragma: no cover
+        os.close(new)
+        return fd
+    return new
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, size: int) -> None:
+    """Fill ``view`` from ``offset``; a file that ends first is truncated."""
+    while len(view):
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise CorruptCheckpointError(
+                f"data at byte {offset}: the file ended at byte {offset} of the {size} expected (truncated)"
+            )
+        offset += n
+        view = view[n:]
 
 
 class _ZstdSource:
@@ -416,6 +506,10 @@ class _ZstdSource:
             raise CorruptCheckpointError(
                 "file: expected nothing after the zstd frame, found more bytes"
             )
+
+
+_Source = _FileSource | _ZstdSource
+"""An open checkpoint file: plain, or the content of its zstd frame."""
 
 
 @contextlib.contextmanager
@@ -508,6 +602,8 @@ def _read_data(
     is read. With scratch buffers, three rotate: one being checked, one
     queued, one being read.
     """
+    if isinstance(src, _FileSource):
+        return src.read_data(header, dests)
     size = header.data_size
     tracker = _CrcTracker(header.entries)
     if dests is not None:
