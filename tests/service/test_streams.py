@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import grpc
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 from trainsvc_client import pb
+
+from .conftest import free_port
 
 WINDOW_S = 4.0
 
@@ -62,3 +65,79 @@ def test_stalled_subscribers_do_not_slow_others(
     # Generous margins: the machine is shared and noisy.
     assert frames >= 0.5 * base_frames, (frames, base_frames)
     assert steps >= 0.5 * base_steps, (steps, base_steps)
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics:\n{text}")
+
+
+def test_many_subscribers_get_the_same_frames_and_the_counters_add_up(
+    start_service: Any, tiny: dict[str, Any], wait_for: Any
+) -> None:
+    """Frames are serialized once and the same bytes go to every subscriber."""
+    metrics_port = free_port()
+    svc = start_service(extra=["--metrics-listen", f"127.0.0.1:{metrics_port}"])
+    n = 20
+    with svc.client() as c:
+        run = c.create_run("emergence", step_budget=1_000_000, config=tiny)
+        wait_for(c, run.name, lambda r: r.step > 5, what="warm-up")
+        c.pause_run(run.name)  # no new frames: every subscriber starts with the same newest one
+
+        received: list[list[pb.Frame]] = [[] for _ in range(n)]
+        raw: list[bytes] = []
+        streams = [c.stream_frames(run.name, max_rate_hz=1000) for _ in range(n)]
+        channel = grpc.insecure_channel(svc.address)
+        raw_call = channel.unary_stream(
+            "/trainsvc.v1.TrainService/StreamFrames",
+            request_serializer=pb.StreamFramesRequest.SerializeToString,
+            response_deserializer=None,  # the bytes as they came over the wire
+        )(pb.StreamFramesRequest(name=run.name, max_rate_hz=1000))
+
+        def read(i: int) -> None:
+            for frame in streams[i]:
+                received[i].append(frame)
+
+        def read_raw() -> None:
+            for data in raw_call:
+                raw.append(data)
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+        threads.append(threading.Thread(target=read_raw))
+        for t in threads:
+            t.start()
+
+        def until(pred: Any, what: str) -> None:
+            deadline = time.monotonic() + 120
+            while not pred():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+
+        until(lambda: raw and all(received), "every subscriber's first frame")
+        first = pb.Frame.FromString(raw[0])
+        assert first.run == run.name and first.sequence >= 1 and first.step > 0
+        assert first.emergence.num_agents == 4 and len(first.emergence.positions) == 16
+        assert all(r[0] == first for r in received)
+
+        c.resume_run(run.name)
+        until(lambda: len(raw) >= 5 and all(len(r) >= 5 for r in received), "5 frames each")
+        c.stop_run(run.name)  # the run ends: every stream ends once it has sent its last frame
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+        channel.close()
+
+    frames = [[pb.Frame.FromString(b) for b in raw], *received]
+    for got in frames:
+        seqs = [f.sequence for f in got]
+        assert seqs == sorted(set(seqs)), "sequences strictly increase"
+        assert all(f.run == run.name and len(f.emergence.positions) == 16 for f in got)
+    # Every frame a stream sent arrived (the streams ended normally), and a gap in a
+    # subscriber's sequence is a frame that was replaced in its slot: counted as dropped.
+    assert _metric(metrics_port, "trainsvc_frames_sent_total") == sum(len(f) for f in frames)
+    skipped = sum(f[-1].sequence - f[0].sequence + 1 - len(f) for f in frames)
+    assert _metric(metrics_port, "trainsvc_frames_dropped_total") >= skipped

@@ -74,6 +74,22 @@ class Subscriber(Generic[T]):
             item, self._item = self._item, None
         return item
 
+    async def wait(self) -> None:
+        """Wait until the slot may hold an item or the subscription closed (no timeout).
+
+        Returns at once if either is already so; callers re-check with `take()`.
+        Wake-ups can be spurious (`poke`), so callers loop.
+        """
+        with self._lock:
+            if self._item is not None or self.closed:
+                return
+            self._event.clear()
+        await self._event.wait()
+
+    def poke(self) -> None:
+        """Wake a waiting `wait()` (on the subscriber's loop) so its caller re-checks its state."""
+        self._event.set()
+
     async def next(self, timeout: float) -> T | None:
         """Wait up to `timeout` s for an item; None on timeout or when closed and empty."""
         while True:
@@ -103,6 +119,8 @@ class Hub(Generic[T]):
         self._topics: dict[str, set[Subscriber[T]]] = {}
         self._latest: dict[str, T] = {}
         self._count = 0
+        self.dropped = 0
+        """Items replaced in a slot before their subscriber took them, over all subscribers."""
 
     def subscribe(self, topic: str, loop: asyncio.AbstractEventLoop) -> Subscriber[T]:
         """Add a subscriber; it starts with the topic's newest item, if any.
@@ -120,7 +138,7 @@ class Hub(Generic[T]):
             self._topics.setdefault(topic, set()).add(sub)
             latest = self._latest.get(topic)
         if latest is not None:
-            sub.offer(latest)
+            sub.offer(latest)  # an empty slot: nothing is replaced
         return sub
 
     def unsubscribe(self, topic: str, sub: Subscriber[T]) -> None:
@@ -149,6 +167,9 @@ class Hub(Generic[T]):
             except RuntimeError:  # the loop is closed
                 for sub in batch:
                     sub.closed = True
+        if replaced:
+            with self._lock:
+                self.dropped += replaced
         return replaced
 
     def close_topic(self, topic: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trainsvc._domain import State
@@ -23,6 +23,24 @@ class _RunsByState(Collector):
         yield family
 
 
+class _FrameCounts(Collector):
+    """Frame counters kept as plain integers by the fan-out (no lock per frame), read at scrape."""
+
+    def __init__(self, sent: Callable[[], int], dropped: Callable[[], int]) -> None:
+        self._sent = sent
+        self._dropped = dropped
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "trainsvc_frames_sent", "Frames sent to StreamFrames subscribers.", value=self._sent()
+        )
+        yield CounterMetricFamily(
+            "trainsvc_frames_dropped",
+            "Frames a subscriber skipped (a newer one replaced it, or its rate limit).",
+            value=self._dropped(),
+        )
+
+
 class Metrics:
     """The service's metrics, in their own registry (so tests can build many services)."""
 
@@ -37,14 +55,6 @@ class Metrics:
         )
         self.run_step = Gauge(
             "trainsvc_run_step", "Latest step of each active run.", ["run"], registry=r
-        )
-        self.frames_sent = Counter(
-            "trainsvc_frames_sent_total", "Frames sent to StreamFrames subscribers.", registry=r
-        )
-        self.frames_dropped = Counter(
-            "trainsvc_frames_dropped_total",
-            "Frames a subscriber skipped (a newer one replaced it, or its rate limit).",
-            registry=r,
         )
         self.streams = Gauge(
             "trainsvc_active_streams", "Open StreamFrames/StreamEvents calls.", registry=r
@@ -67,6 +77,10 @@ class Metrics:
             "Worker processes restarted after a crash.",
             registry=r,
         )
+
+    def watch_frames(self, sent: Callable[[], int], dropped: Callable[[], int]) -> None:
+        """Export `trainsvc_frames_sent_total` and `trainsvc_frames_dropped_total` from counts."""
+        self.registry.register(_FrameCounts(sent, dropped))
 
     def watch_states(self, counts: Callable[[], dict[State, int]]) -> None:
         """Export `trainsvc_runs{state=...}` from `counts()` at each scrape."""

@@ -20,7 +20,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from trainsvc_api.v1 import trainsvc_pb2 as pb
-from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
 from trainsvc import _convert as conv
 from trainsvc._auth import TokenAuthInterceptor
@@ -28,7 +27,7 @@ from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
 from trainsvc._registry import Registry
-from trainsvc._servicer import TrainServicer
+from trainsvc._servicer import TrainServicer, add_to_server
 from trainsvc.kinds import FrameData
 
 log = logging.getLogger("trainsvc.server")
@@ -102,7 +101,7 @@ class TrainsvcServer:
         opts.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(opts.data_dir / "registry.sqlite3")
         self.metrics = Metrics()
-        self.hub: Hub[pb.Frame] = Hub(max_subscribers=1 << 30)
+        self.hub: Hub[bytes] = Hub(max_subscribers=1 << 30)
         self.notifier = Notifier()
         sequences: dict[str, int] = {}
         seq_lock = threading.Lock()
@@ -111,7 +110,8 @@ class TrainsvcServer:
             with seq_lock:
                 sequences[run_id] = sequences.get(run_id, 0) + 1
                 seq = sequences[run_id]
-            self.hub.publish(run_id, conv.frame_to_proto(run_id, frame, seq))
+            # Serialized once here; every subscriber is sent these same bytes.
+            self.hub.publish(run_id, conv.frame_to_proto(run_id, frame, seq).SerializeToString())
 
         self.manager = RunManager(
             self.registry,
@@ -135,7 +135,7 @@ class TrainsvcServer:
         servicer = TrainServicer(
             self.manager, self.hub, self.notifier, self.metrics, max_streams=opts.max_streams
         )
-        pb_grpc.add_TrainServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

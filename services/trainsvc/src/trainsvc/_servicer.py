@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -30,7 +31,7 @@ from trainsvc._domain import (
     parse_run_name,
 )
 from trainsvc._errors import status_of
-from trainsvc._fanout import Hub, Notifier
+from trainsvc._fanout import Hub, Notifier, Subscriber
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
 
@@ -42,7 +43,44 @@ DEFAULT_RATE_HZ = 30.0
 MAX_RATE_HZ = 1000.0
 SEND_TIMEOUT_S = 30.0
 """A subscriber that has not taken a message for this long is cut off."""
+WATCHDOG_INTERVAL_S = 1.0
+"""How often frame streams are checked for stuck sends and woken to re-check their run."""
 EVENT_BATCH = 500
+
+
+@dataclass(eq=False)
+class _FrameStream:
+    """A StreamFrames call, as the watchdog sees it."""
+
+    task: asyncio.Task[Any]
+    sub: Subscriber[bytes]
+    write_since: float = 0.0
+    """Loop time the pending send started; 0 when none is pending."""
+    cut: bool = False
+
+
+def add_to_server(servicer: TrainServicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` like the generated `add_TrainServiceServicer_to_server`, except that
+    StreamFrames sends pre-serialized `Frame` bytes as they are.
+
+    A frame is serialized once when published and the same bytes go to every subscriber,
+    instead of each stream re-encoding the message. The wire format is unchanged.
+    """
+    captured: dict[str, dict[str, Any]] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+            captured[service] = dict(handlers)
+
+    pb_grpc.add_TrainServiceServicer_to_server(servicer, _Capture())  # type: ignore[arg-type]
+    ((service, handlers),) = captured.items()
+    frames = handlers["StreamFrames"]
+    handlers["StreamFrames"] = frames._replace(response_serializer=None)  # bytes pass through
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 class TrainServicer(pb_grpc.TrainServiceServicer):
@@ -51,7 +89,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
     def __init__(
         self,
         manager: RunManager,
-        hub: Hub[pb.Frame],
+        hub: Hub[bytes],
         notifier: Notifier,
         metrics: Metrics,
         *,
@@ -64,6 +102,11 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self.max_streams = max_streams
         self._streams = 0
         self._lock = threading.Lock()
+        self._frame_streams: set[_FrameStream] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self.frames_sent = 0
+        """Frames sent by every StreamFrames call (only the event loop's thread adds to it)."""
+        metrics.watch_frames(lambda: self.frames_sent, lambda: hub.dropped)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -223,36 +266,69 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         except ServiceError as exc:
             await self._abort(context, exc)
 
-    async def _stream_frames(self, run_id: str, rate: float, context: Context) -> None:
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_streams())
+
+    async def _watch_streams(self) -> None:
+        """Once a second: cut off frame streams stuck in a send, and wake every waiting one.
+
+        One timer for all streams instead of a timeout per frame and per stream. The wake-up
+        lets a stream re-check that its run is still active and its call still open.
+        """
         loop = asyncio.get_running_loop()
+        while self._frame_streams:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = loop.time()
+            for stream in list(self._frame_streams):
+                if stream.write_since and now - stream.write_since > SEND_TIMEOUT_S:
+                    if not stream.cut:
+                        stream.cut = True
+                        stream.task.cancel()
+                else:
+                    stream.sub.poke()
+
+    async def _stream_frames(self, run_id: str, rate: float, context: Context) -> None:
+        """Send the run's newest frame (pre-serialized bytes) at most `rate` times a second.
+
+        After a send the stream sleeps out the rest of its interval first (frames that come
+        meanwhile replace each other in the slot and count as dropped), then takes the
+        newest frame or waits for one: one wake-up per frame sent, not per frame published.
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         sub = self.hub.subscribe(run_id, loop)
+        stream = _FrameStream(task, sub)
+        self._frame_streams.add(stream)
+        self._ensure_watchdog()
         interval = 1.0 / rate
         next_send = 0.0
-        dropped_seen = 0
         try:
             if not self.m.is_active(run_id):
                 sub.close()
-            while not context.done():
-                frame = await sub.next(timeout=1.0)
-                if frame is None:
-                    if sub.closed or not self.m.is_active(run_id):
-                        return
-                    continue
+            while True:
                 wait = next_send - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                    newer = sub.take()
-                    if newer is not None:
-                        frame = newer
-                        self.metrics.frames_dropped.inc()
-                if not await self._send(context, frame):
-                    return
-                self.metrics.frames_sent.inc()
-                if sub.dropped > dropped_seen:
-                    self.metrics.frames_dropped.inc(sub.dropped - dropped_seen)
-                    dropped_seen = sub.dropped
+                frame = sub.take()
+                while frame is None:
+                    if sub.closed or context.done() or not self.m.is_active(run_id):
+                        return
+                    await sub.wait()
+                    frame = sub.take()
+                stream.write_since = loop.time()
+                await context.write(frame)
+                self.frames_sent += 1
+                stream.write_since = 0.0
                 next_send = loop.time() + interval
+        except asyncio.CancelledError:
+            if not stream.cut:
+                raise
+            task.uncancel()
+            log.warning("cutting off a subscriber that stopped reading (%s)", context.peer())
         finally:
+            self._frame_streams.discard(stream)
             self.hub.unsubscribe(run_id, sub)
 
     async def StreamEvents(  # type: ignore[override]  # noqa: N802
