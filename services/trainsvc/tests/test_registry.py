@@ -70,3 +70,39 @@ def test_list_pages_newest_first_and_filters_by_state(tmp_path: Path) -> None:
     assert [r.id for r in rest] == ["r2", "r1", "r0"]
     assert [r.id for r in reg.list_runs(state=State.STOPPED, limit=10, before=None)] == ["r1"]
     assert reg.get_run("r1").end_time > 0
+
+
+def test_reads_come_from_memory_and_equal_the_database(tmp_path: Path) -> None:
+    """GetRun/ListRuns read an in-memory copy of every run, refreshed after each write."""
+    db = tmp_path / "registry.sqlite3"
+    reg = Registry(db)
+    for i in range(6):
+        reg.insert_run(_record(f"r{i}"), "run created")
+    reg.set_state("r2", State.RUNNING, "started", step=3)
+    reg.update_progress("r2", 7, 1.5, {"reward": 0.25})
+    reg.add_checkpoint(
+        CheckpointRecord("r2", "step_9", 9, str(tmp_path / "step_9.safetensors"), 1, time.time())
+    )
+    with pytest.raises(AlreadyExistsError):
+        reg.insert_run(_record("r1"), "again")  # a rolled-back write leaves the copy alone
+
+    run = reg.get_run("r2")
+    assert (run.state, run.step, run.metrics) == (State.RUNNING, 9, {"reward": 0.25})
+    assert run.latest_checkpoint == "runs/r2/checkpoints/step_9"
+    run.step = 1000  # a caller's copy: the registry's is unchanged
+    assert reg.get_run("r2").step == 9
+
+    def pages(r: Registry, state: State | None) -> list[list[str]]:
+        out, before = [], None
+        while True:
+            page = r.list_runs(state=state, limit=4, before=before)
+            out.append([x.id for x in page])
+            if len(page) < 4:
+                return out
+            before = (page[-1].create_time, page[-1].id)
+
+    live = (pages(reg, None), pages(reg, State.RUNNING), reg.get_run("r2"))
+    reg.close()
+    reopened = Registry(db)  # loaded from the database: the same answers
+    assert (pages(reopened, None), pages(reopened, State.RUNNING), reopened.get_run("r2")) == live
+    assert live[0] == [["r5", "r4", "r3", "r2"], ["r1", "r0"]] and live[1] == [["r2"]]

@@ -7,6 +7,7 @@ service at any instant loses no acknowledged run, event or checkpoint.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import sqlite3
@@ -99,6 +100,20 @@ class Registry:
         self._rconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._rconn.execute("PRAGMA busy_timeout=5000")
         self._rlock = threading.Lock()
+        # Every run's row, parsed, kept equal to the database: refreshed from it after each
+        # committed write to the run, so reads (GetRun, ListRuns) touch no SQLite and parse
+        # no JSON. `_order` is sorted by (create_time, id).
+        self._clock = threading.Lock()
+        self._runs: dict[str, RunRecord] = {}
+        self._order: list[tuple[float, str]] = []
+        for row in self._read(f"SELECT {self._RUN_COLUMNS} FROM runs"):
+            self._cache(self._row_to_run(row))
+
+    def _cache(self, record: RunRecord) -> None:
+        with self._clock:
+            if record.id not in self._runs:
+                bisect.insort(self._order, (record.create_time, record.id))
+            self._runs[record.id] = record
 
     def close(self) -> None:
         """Close the database."""
@@ -111,7 +126,8 @@ class Registry:
             return self._rconn.execute(sql, args).fetchall()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, run_id: str | None = None) -> Iterator[sqlite3.Connection]:
+        """One transaction; after it commits, re-read run `run_id`'s row into the cache."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -120,6 +136,12 @@ class Registry:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if run_id is not None:
+                row = self._conn.execute(
+                    f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)
+                ).fetchone()
+                if row is not None:
+                    self._cache(self._row_to_run(row))
 
     # -- runs ---------------------------------------------------------------
 
@@ -129,7 +151,7 @@ class Registry:
         Raises:
             AlreadyExistsError: the id is taken.
         """
-        with self._tx() as db:
+        with self._tx(record.id) as db:
             if db.execute("SELECT 1 FROM runs WHERE id=?", (record.id,)).fetchone():
                 raise AlreadyExistsError(f"runs/{record.id} exists already")
             db.execute(
@@ -190,35 +212,30 @@ class Registry:
     )
 
     def get_run(self, run_id: str) -> RunRecord:
-        """Return one run.
+        """Return one run (a copy: its fields may be reassigned; don't mutate its dicts).
 
         Raises:
             NotFoundError: no such run.
         """
-        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
-        row = rows[0] if rows else None
-        if row is None:
+        with self._clock:
+            record = self._runs.get(run_id)
+        if record is None:
             raise NotFoundError(f"runs/{run_id} does not exist")
-        return self._row_to_run(row)
+        return dataclasses.replace(record)
 
     def list_runs(
         self, *, state: State | None, limit: int, before: tuple[float, str] | None
     ) -> list[RunRecord]:
         """Return up to `limit` runs, newest first, created before the (time, id) cursor."""
-        where: list[str] = []
-        args: list[Any] = []
-        if state is not None:
-            where.append("state=?")
-            args.append(state.value)
-        if before is not None:
-            where.append("(create_time < ? OR (create_time = ? AND id < ?))")
-            args += [before[0], before[0], before[1]]
-        sql = f"SELECT {self._RUN_COLUMNS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY create_time DESC, id DESC LIMIT ?"
-        rows = self._read(sql, (*args, limit))
-        return [self._row_to_run(r) for r in rows]
+        out: list[RunRecord] = []
+        with self._clock:
+            i = len(self._order) if before is None else bisect.bisect_left(self._order, before)
+            while i > 0 and len(out) < limit:
+                i -= 1
+                record = self._runs[self._order[i][1]]
+                if state is None or record.state == state:
+                    out.append(record)
+        return [dataclasses.replace(r) for r in out]
 
     def runs_in_states(self, states: tuple[State, ...]) -> list[RunRecord]:
         """Return every run in one of `states`, oldest first."""
@@ -241,7 +258,7 @@ class Registry:
     ) -> Event:
         """Change a run's state and record the event, in one transaction."""
         now = time.time()
-        with self._tx() as db:
+        with self._tx(run_id) as db:
             row = db.execute("SELECT state, step FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"runs/{run_id} does not exist")
@@ -269,7 +286,7 @@ class Registry:
         self, run_id: str, step: int, steps_per_second: float, metrics: dict[str, float]
     ) -> None:
         """Persist a run's progress (called at a bounded rate)."""
-        with self._tx() as db:
+        with self._tx(run_id) as db:
             db.execute(
                 "UPDATE runs SET step=?, steps_per_second=?, metrics=?, update_time=? WHERE id=?",
                 (step, steps_per_second, json.dumps(metrics), time.time(), run_id),
@@ -279,7 +296,7 @@ class Registry:
 
     def add_checkpoint(self, ckpt: CheckpointRecord) -> Event:
         """Index a saved checkpoint, make it the run's latest, and record the event."""
-        with self._tx() as db:
+        with self._tx(ckpt.run_id) as db:
             db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
                 (
