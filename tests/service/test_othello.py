@@ -54,3 +54,44 @@ def test_othello_bad_config(shared_service: Any) -> None:
     with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
         c.create_run("othello", step_budget=10, config={"learning_rate": -1.0})
     assert info.value.field == "run.othello.learning_rate"
+
+
+def test_othello_resume_from_its_checkpoint_continues_the_game_count(
+    shared_service: Any, wait_for: Any
+) -> None:
+    with shared_service.client() as c:
+        run = c.create_run(
+            "othello",
+            step_budget=1_000_000,
+            seed=5,
+            config=CONFIG,
+            checkpoint_policy=pb.CheckpointPolicy(interval_steps=64, keep_last=10),
+        )
+        wait_for(c, run.name, lambda r: r.step >= 200, what="games")
+        paused = c.pause_run(run.name)
+        ckpts = c.list_checkpoints(run.name)
+        assert len(ckpts) >= 2 and ckpts[-1].step == paused.step
+        older, newest = ckpts[0], ckpts[-1]
+
+        # The engine resumes from the newest file in the run's directory; an older one is refused.
+        with pytest.raises(InvalidArgumentError) as info:
+            c.resume_run(run.name, checkpoint=older.name.rsplit("/", 1)[1])
+        assert info.value.field == "checkpoint" and "newest" in str(info.value)
+        assert c.get_run(run.name).state == pb.Run.PAUSED
+
+        # Resuming from the newest checkpoint by name starts a new worker from it.
+        resumed = c.resume_run(run.name, checkpoint=newest.name.rsplit("/", 1)[1])
+        assert resumed.step >= paused.step
+        seen: list[int] = []
+
+        def progressed(r: pb.Run) -> bool:
+            seen.append(r.step)
+            return r.state == pb.Run.RUNNING and r.step > paused.step
+
+        wait_for(c, run.name, progressed, what="games after resume")
+        assert min(seen) >= paused.step, seen  # counted on from the checkpoint, not from 0
+        for frame in c.stream_frames(run.name, max_rate_hz=100, timeout=120):
+            if frame.othello.games > paused.step:  # the resumed engine's frames go on counting
+                assert frame.step == frame.othello.games
+                break
+        c.stop_run(run.name)

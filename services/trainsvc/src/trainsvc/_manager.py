@@ -10,6 +10,7 @@ it from the latest checkpoint or fails the run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import multiprocessing
 import secrets
@@ -58,7 +59,7 @@ class _RunController:
         self.m = manager
         self.run_id = record.id
         self.spec = record.spec
-        self.config = record.resolved_config
+        self.config = copy.deepcopy(record.resolved_config)  # the registry shares its cached dicts
         self.state = record.state
         self.step = record.step
         self.restarts = record.restarts
@@ -500,7 +501,16 @@ class RunManager:
         record = self.registry.get_run(run_id)
         restore: str | None = None
         if ckpt_id:
-            restore = self._safe_path(self.registry.get_checkpoint(run_id, ckpt_id)).path
+            ckpt = self._safe_path(self.registry.get_checkpoint(run_id, ckpt_id))
+            restore = ckpt.path
+            newest = self.latest_checkpoint_step(run_id)
+            if get_kind(record.spec.kind).resumes_newest_only and ckpt.step < newest:
+                raise InvalidArgumentError(
+                    "checkpoint",
+                    f"{record.spec.kind} runs resume only from their newest checkpoint (step "
+                    f"{newest}; leave checkpoint empty for it): the engine continues from the "
+                    f"newest file in the run's directory; got {ckpt_id} (step {ckpt.step})",
+                )
         if record.state not in (State.PAUSED, State.INTERRUPTED):
             raise FailedPreconditionError(
                 f"cannot resume runs/{run_id}: it is {record.state.value}; resume needs PAUSED or INTERRUPTED"

@@ -99,6 +99,8 @@ class TrainerKind(Protocol):
 
     name: str
     default_checkpoint_interval: int
+    resumes_newest_only: bool
+    """True when the trainer can only continue from its newest checkpoint (not an older one)."""
 
     def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
         """Return the full, validated trainer config for `spec` (JSON-safe).

@@ -40,6 +40,7 @@ class EmergenceKind:
 
     name = "emergence"
     default_checkpoint_interval = 1000
+    resumes_newest_only = False
 
     def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
         """Map the run's config onto the trainer's Config and validate it there."""

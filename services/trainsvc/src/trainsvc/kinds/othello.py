@@ -42,6 +42,8 @@ class OthelloKind:
 
     name = "othello"
     default_checkpoint_interval = 10_000
+    resumes_newest_only = True
+    """`TrainingManager.start(resume=True)` loads the newest checkpoint in its directory."""
 
     def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
         """Validate the engine config by building a TrainingManager with it (in a temp dir)."""
@@ -118,6 +120,7 @@ class OthelloAdapter:
         self._resume = False
         self._metrics: dict[str, float] = {}
         self._games = 0
+        self._restored = 0
         self._ply = 0
         self._frame_lock = threading.Lock()
         self._evaluator: tuple[Path, Any] | None = None
@@ -174,8 +177,8 @@ class OthelloAdapter:
 
     @property
     def step(self) -> int:
-        """Self-play games completed."""
-        return int(self._tm.games)
+        """Self-play games completed (before the engine starts: those of the restored checkpoint)."""
+        return int(self._tm.games) if self._started else self._restored
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -226,7 +229,8 @@ class OthelloAdapter:
         from trainsvc._worker import checkpoint_step
 
         parsed = checkpoint_step(path)
-        return parsed[0] if parsed else 0
+        self._restored = parsed[0] if parsed else 0
+        return self._restored
 
     def checkpoint_files(self) -> list[Path]:
         """Checkpoint files in the run's directory."""
