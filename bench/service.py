@@ -2,15 +2,19 @@
 
 Starts a real `trainsvc serve` on loopback with one emergence run (the
 trainer's default config, a frame every step), then measures over fixed
-windows:
+windows, in rounds (each round: no subscribers, then each level; the streams
+are opened for the level and closed after it, the subscriber processes stay):
 
 - training steps/s with 0, 10 and 100 StreamFrames subscribers (each asking
-  for 30 frames/s, as the dashboard does), as a ratio to 0 subscribers
-  (the 0-subscriber baseline is measured before and after, and averaged);
-  target >= 0.95 at 100;
+  for 30 frames/s, as the dashboard does), as a ratio to the same round's
+  0-subscriber rate (a shared machine's load drifts between rounds); the
+  median over rounds, with its range; target >= 0.95 at 100;
 - frames delivered per subscriber per second;
-- GetRun and ListRuns latency p50/p99 while 100 subscribers stream
-  (target p99 <= 10 ms on loopback).
+- the service process's CPU, and its extra CPU per frame sent (CPU time over
+  the 0-subscriber window of the same round, divided by the frames the
+  subscribers received): the cost of fan-out, steadier under load than rates;
+- GetRun and ListRuns latency p50/p99 while 100 subscribers stream, over all
+  rounds (target p99 <= 10 ms on loopback).
 
 With --pin the service and its run worker are pinned to CPU 0 and the
 subscribers and the measuring client to the other CPUs, so that the
@@ -18,7 +22,7 @@ subscribers stand in for clients on other machines and the ratio shows what
 fan-out costs the service itself (on 2 CPUs the service's sending then
 competes with the trainer for CPU 0). By default every process shares every CPU.
 
-Usage: python bench/service.py [--window 10] [--subscribers 10,100] [--pin | --no-pin]
+Usage: python bench/service.py [--window 5] [--rounds 3] [--subscribers 10,100] [--pin | --no-pin]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from trainsvc_client import Client, connect, pb
 
@@ -56,65 +61,88 @@ def _pin_clients() -> None:
         os.sched_setaffinity(0, _CLIENT_CPUS)
 
 
-def _subscriber_process(
-    address: str, run: str, n: int, conn: Connection, cpus: set[int] | None = None
-) -> None:
-    """Hold `n` StreamFrames subscribers (threads) and report their frame counts on request."""
+def _subscriber_process(address: str, conn: Connection, cpus: set[int] | None = None) -> None:
+    """Open and close StreamFrames subscribers (threads) on command; report their frame counts."""
     if cpus:
         os.sched_setaffinity(0, cpus)
-    counts = [0] * n
-    clients = [connect(address) for _ in range(max(1, n // 10))]
-    streams = [clients[i % len(clients)].stream_frames(run, max_rate_hz=30) for i in range(n)]
+    clients: list[Client] = []
+    streams: list[Any] = []
+    counts: list[int] = []
 
-    def read(i: int) -> None:
+    def read(i: int, stream: Any) -> None:
         with contextlib.suppress(Exception):
-            for _ in streams[i]:
+            for _ in stream:
                 counts[i] += 1
 
-    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
     while True:
-        command = conn.recv()
-        if command == "count":
-            conn.send(list(counts))
+        command, *args = conn.recv()
+        if command == "open":
+            run, n = args
+            while len(clients) < max(1, n // 10):  # ten streams share a connection
+                clients.append(connect(address))
+            counts = [0] * n
+            streams = [
+                clients[i % len(clients)].stream_frames(run, max_rate_hz=30) for i in range(n)
+            ]
+            for i, stream in enumerate(streams):
+                threading.Thread(target=read, args=(i, stream), daemon=True).start()
+            conn.send("ok")
+        elif command == "count":
+            conn.send(sum(counts))
+        elif command == "close":
+            for stream in streams:
+                stream.cancel()
+            streams = []
+            conn.send("ok")
         else:
             break
-    for stream in streams:
-        stream.cancel()
     conn.send("bye")
 
 
 class _Subscribers:
-    """Subscribers in separate processes (so they do not share the measuring client's GIL)."""
+    """Subscriber processes (so they do not share the measuring client's GIL), started once;
+    streams are opened and closed per measurement."""
 
     PER_PROCESS = 50
 
-    def __init__(self, address: str, run: str, n: int) -> None:
+    def __init__(self, address: str, most: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.procs = []
-        self.conns = []
-        for k in range(0, n, self.PER_PROCESS):
+        self.conns: list[Connection] = []
+        for _ in range(0, most, self.PER_PROCESS):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_subscriber_process,
-                args=(address, run, min(self.PER_PROCESS, n - k), child, _CLIENT_CPUS),
-                daemon=True,
+                target=_subscriber_process, args=(address, child, _CLIENT_CPUS), daemon=True
             )
             proc.start()
             self.procs.append(proc)
             self.conns.append(parent)
+        self.active: list[Connection] = []
 
-    def counts(self) -> list[int]:
-        out: list[int] = []
-        for conn in self.conns:
-            conn.send("count")
-            out += conn.recv()
-        return out
+    def open(self, run: str, n: int) -> None:
+        self.active = []
+        for k, conn in zip(range(0, n, self.PER_PROCESS), self.conns, strict=False):
+            conn.send(("open", run, min(self.PER_PROCESS, n - k)))
+            self.active.append(conn)
+        for conn in self.active:
+            conn.recv()
+
+    def frames(self) -> int:
+        total = 0
+        for conn in self.active:
+            conn.send(("count",))
+            total += conn.recv()
+        return total
+
+    def close_streams(self) -> None:
+        for conn in self.active:
+            conn.send(("close",))
+            conn.recv()
+        self.active = []
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.send("stop")
+            conn.send(("stop",))
             conn.recv()
         for proc in self.procs:
             proc.join(10)
@@ -162,7 +190,17 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every level")
+    parser.add_argument(
+        "--settle", type=float, default=1.5, help="seconds between opening streams and measuring"
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=100,
+        help="GetRun and ListRuns calls per round at the top level",
+    )
     parser.add_argument("--subscribers", default="10,100")
     cpus = os.cpu_count() or 1
     parser.add_argument(
@@ -223,32 +261,42 @@ def main() -> None:
             while client.get_run(run).step < 50:
                 time.sleep(0.5)
 
-            rows: list[tuple[str, float, str, str, float]] = []
-            base_before = _rate(client, run, args.window)
-            cpu_before = _LAST_CPU[0]
-            results: dict[int, tuple[float, float, float]] = {}
+            subs = _Subscribers(address, max(levels))
+            rates: dict[int, list[float]] = {n: [] for n in [0, *levels]}
+            ratios: dict[int, list[float]] = {n: [] for n in levels}
+            per_sub: dict[int, list[float]] = {n: [] for n in levels}
+            cpu: dict[int, list[float]] = {n: [] for n in [0, *levels]}
+            cpu_per_frame: dict[int, list[float]] = {n: [] for n in levels}
             lat_get: list[float] = []
             lat_list: list[float] = []
-            for n in levels:
-                subs = _Subscribers(address, run, n)
-                time.sleep(5.0)  # the subscriber processes start and connect
-                start = subs.counts()
-                t0 = time.monotonic()
-                rate = _rate(client, run, args.window)
-                end = subs.counts()
-                elapsed = time.monotonic() - t0
-                per_sub = statistics.mean(e - b for e, b in zip(end, start, strict=True)) / elapsed
-                results[n] = (rate, per_sub, _LAST_CPU[0])
-                if n == max(levels):
-                    lat_get = _latencies(lambda: client.get_run(run), 300)
-                    lat_list = _latencies(lambda: client.list_runs_page(page_size=10), 300)
-                subs.close()
-            base_after = _rate(client, run, args.window)
-            base = (base_before + base_after) / 2
-            base_cpu = (cpu_before + _LAST_CPU[0]) / 2
-            rows.append(("0 (baseline, mean of before/after)", base, "1.00", "-", base_cpu))
-            for n, (rate, per_sub, cpu) in results.items():
-                rows.append((f"{n}", rate, f"{rate / base:.2f}", f"{per_sub:.1f}", cpu))
+            for _ in range(args.rounds):
+                # One round: no subscribers, then each level; the machine's load drifts,
+                # so each level is compared with the same round's no-subscriber rate.
+                for n in [0, *levels]:
+                    if n:
+                        subs.open(run, n)
+                        time.sleep(args.settle)  # the streams connect and get going
+                    f0 = subs.frames()
+                    t0 = time.monotonic()
+                    rate = _rate(client, run, args.window)
+                    sent = subs.frames() - f0
+                    elapsed = time.monotonic() - t0
+                    rates[n].append(rate)
+                    cpu[n].append(_LAST_CPU[0])
+                    if n:
+                        ratios[n].append(rate / rates[0][-1])
+                        per_sub[n].append(sent / n / elapsed)
+                        extra_cpu = (_LAST_CPU[0] - cpu[0][-1]) * elapsed
+                        cpu_per_frame[n].append(extra_cpu / max(sent, 1) * 1e6)
+                    if n == max(levels):
+                        lat_get += _latencies(lambda: client.get_run(run), args.calls)
+                        lat_list += _latencies(
+                            lambda: client.list_runs_page(page_size=10), args.calls
+                        )
+                    if n:
+                        subs.close_streams()
+            subs.close()
+            med = statistics.median
             client.stop_run(run)
             client.close()
         finally:
@@ -269,13 +317,25 @@ def main() -> None:
     )
     print()
     print(
-        f"| {'frame subscribers':<36} | {'train steps/s':>13} | {'ratio to 0':>10} | {'frames/s per subscriber':>23} | {'service CPU (1 core)':>20} |"
+        f"| {'frame subscribers':<17} | {'train steps/s':>13} | {'ratio to 0 (median, min-max)':>28} "
+        f"| {'frames/s per subscriber':>23} | {'service CPU (1 core)':>20} "
+        f"| {'service CPU per frame sent':>26} |"
     )
-    print(f"|{'-' * 38}|{'-' * 14}:|{'-' * 11}:|{'-' * 24}:|{'-' * 21}:|")
-    for name, rate, ratio, per_sub, cpu in rows:
-        print(f"| {name:<36} | {rate:>13.1f} | {ratio:>10} | {per_sub:>23} | {cpu * 100:>19.0f}% |")
+    print(f"|{'-' * 19}|{'-' * 14}:|{'-' * 29}:|{'-' * 24}:|{'-' * 21}:|{'-' * 27}:|")
     print(
-        f"  (baseline before {base_before:.1f} steps/s, after {base_after:.1f}; target ratio >= 0.95 at 100)"
+        f"| {'0':<17} | {med(rates[0]):>13.1f} | {'1.00':>28} | {'-':>23} "
+        f"| {med(cpu[0]) * 100:>19.0f}% | {'-':>26} |"
+    )
+    for n in levels:
+        r = ratios[n]
+        ratio = f"{med(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+        print(
+            f"| {n:<17} | {med(rates[n]):>13.1f} | {ratio:>28} | {med(per_sub[n]):>23.1f} "
+            f"| {med(cpu[n]) * 100:>19.0f}% | {med(cpu_per_frame[n]):>23.0f} us |"
+        )
+    print(
+        f"  (medians of {args.rounds} rounds; each level's ratio is to the same round's "
+        "0-subscriber rate; target ratio >= 0.95 at 100)"
     )
     print()
     print(
