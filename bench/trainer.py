@@ -81,6 +81,7 @@ def throughput(n_envs: int, chunk: float, rounds: int) -> dict[str, float]:
         n_envs,
         jax.tree.map(np.asarray, state.params),
         jax.tree.map(np.asarray, state.agent_params),
+        role_scale=cfg.policy.role_scale,
     )
     ref.rollout(2)
 

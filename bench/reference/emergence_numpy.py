@@ -2,9 +2,13 @@
 
 The baseline that bench/trainer.py measures the jitted JAX trainer against. It
 follows trainsvc_trainer._env and policy_apply step for step (same observation,
-moves, harvest, cooperation bonus, deposit, diffusion, evaporation, regrowth and
-episode resets), batched over environments with NumPy arrays, sampling actions
-by the Gumbel-max trick. It does not learn: it is the cost of acting alone.
+moves and tools, harvest, product quota, practice, cooperation bonus, deposit, diffusion, evaporation, regrowth and episode resets), batched over
+environments with NumPy arrays (fancy indexing and ``bincount``, NumPy's fast
+paths), sampling actions by inverting the CDF with one uniform per agent, as the
+trainer does. It does not learn: it is the cost of acting alone.
+
+``NumpyEmergence.step`` given the same state and actions computes what
+``trainsvc_trainer._env.step`` computes (the trainer's tests check it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], np.int64)
+N_MOVES, N_TOOLS = 5, 2
 
 
 @dataclass
@@ -35,6 +40,8 @@ class EnvParams:
     harvest: float
     coop_bonus: float
     coop_radius: int
+    type_quota: float
+    skill_rate: float
 
     @classmethod
     def of(cls, cfg: Any) -> EnvParams:
@@ -52,18 +59,26 @@ class NumpyEmergence:
         params: dict[str, Any],
         agent_params: dict[str, Any],
         seed: int = 0,
+        role_scale: float = 1.0,
     ) -> None:
+        self.role_scale = role_scale
         self.p = p
         self.b = batch
         self.rng = np.random.default_rng(seed)
-        self.params = {k: {kk: np.asarray(vv) for kk, vv in v.items()} for k, v in params.items()}
+        self.params = {
+            k: np.asarray(v)
+            if not isinstance(v, dict)
+            else {kk: np.asarray(vv) for kk, vv in v.items()}
+            for k, v in params.items()
+        }
         self.agent = {k: np.asarray(v) for k, v in agent_params.items()}
         r = p.patch_radius
         self.offs = np.arange(-r, r + 1)
         self.pos = np.zeros((batch, p.n_agents, 2), np.int64)
         self.field = np.zeros((batch, p.height, p.width), np.float32)
         self.res = np.zeros_like(self.field)
-        self.cap = np.zeros_like(self.field)
+        self.cap = np.zeros_like(self.res)
+        self.skill = np.zeros((batch, p.n_agents), np.float32)
         self.t = np.zeros(batch, np.int64)
         self._reset(np.ones(batch, bool))
 
@@ -96,6 +111,7 @@ class NumpyEmergence:
         self.cap[mask] = cap
         self.res[mask] = cap
         self.field[mask] = 0.0
+        self.skill[mask] = 0.5
         self.t[mask] = 0
 
     def _occupancy(self, pos: np.ndarray) -> np.ndarray:
@@ -116,24 +132,39 @@ class NumpyEmergence:
         parts = (np.log1p(self.field[bi, rows, cols]), self.res[bi, rows, cols], others)
         return np.concatenate([x.reshape(self.b, p.n_agents, -1) for x in parts], -1)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Samples actions ``(B, N)`` from the policy's logits."""
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's joint action logits ``(B, N, 10)``."""
         w = self.params
         pre = obs @ w["hidden"]["kernel"] + w["hidden"]["bias"]
         if self.agent:
             pre = pre + self.agent["embed"]
         h = np.tanh(pre)
-        logits = h @ w["logits"]["kernel"] + w["logits"]["bias"]
+        moves = h @ w["logits"]["kernel"] + w["logits"]["bias"]
         if self.agent:
-            logits = logits + self.agent["action_bias"]
-        gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float32)))
-        return np.argmax(logits + gumbel, axis=-1)
+            moves = moves + self.agent["action_bias"]
+            tools = self.role_scale * self.agent["tool_logits"]
+        else:
+            tools = w["tool_logits"]
+        tools = np.broadcast_to(tools, (*moves.shape[:-1], N_TOOLS))
+        # joint (tool, move) logits: action a = move a % 5 with tool a // 5
+        return (tools[..., :, None] + moves[..., None, :]).reshape(
+            *moves.shape[:-1], N_MOVES * N_TOOLS
+        )
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Samples actions ``(B, N)`` from the policy's logits."""
+        logits = self.logits(obs)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        cdf = np.cumsum(e, -1)
+        u = self.rng.random(logits.shape[:-1], dtype=np.float32)[..., None] * cdf[..., -1:]
+        return np.minimum((cdf < u).sum(-1), N_MOVES * N_TOOLS - 1)
 
     def step(self, actions: np.ndarray) -> np.ndarray:
         """One step of every environment; returns rewards ``(B, N)``."""
         p = self.p
         size = np.array([p.height, p.width])
-        pos = (self.pos + MOVES[actions]) % size
+        move, tool = actions % N_MOVES, actions // N_MOVES
+        pos = (self.pos + MOVES[move]) % size
         occ = self._occupancy(pos)
         bi = np.arange(self.b)[:, None]
         cell_res = self.res[bi, pos[..., 0], pos[..., 1]]
@@ -142,7 +173,12 @@ class NumpyEmergence:
         d = np.abs(pos[:, :, None, :] - pos[:, None, :, :]) % size
         delta = np.minimum(d, size - d).max(-1)
         near = (delta <= p.coop_radius) & ~np.eye(p.n_agents, dtype=bool)
-        reward = take * (1.0 + p.coop_bonus * near.any(-1))
+        users = np.stack([(tool == k).sum(-1) for k in range(N_TOOLS)], -1).astype(np.float32)
+        price = np.minimum(1.0, p.type_quota * p.n_agents / np.maximum(users, 1.0))
+        practice = np.where(tool == 0, self.skill, 1.0 - self.skill)
+        gain = (0.5 + 0.5 * practice) * price[bi, tool]
+        reward = take * gain * (1.0 + p.coop_bonus * near.any(-1))
+        self.skill = self.skill + p.skill_rate * ((tool == 0) - self.skill)
         fld = self.field + occ * p.deposit
         neigh = np.roll(fld, 1, 1) + np.roll(fld, -1, 1) + np.roll(fld, 1, 2) + np.roll(fld, -1, 2)
         self.field = ((1.0 - p.diffusion) * fld + p.diffusion * 0.25 * neigh) * (

@@ -78,6 +78,15 @@ class EnvConfig:
     harvest: float = _f(0.5, "fraction of a cell's resource harvested per step", 0.0, 1.0)
     coop_bonus: float = _f(1.0, "extra reward factor when a neighbour also harvests", 0.0, 100.0)
     coop_radius: int = _f(1, "Chebyshev radius of the cooperation bonus", 0, 8)
+    type_quota: float = _f(
+        0.5,
+        "share of the agents a resource type pays in full for (above it, pay is shared)",
+        0.05,
+        1.0,
+    )
+    skill_rate: float = _f(
+        0.1, "per-step rate at which an agent's tool skill follows its use", 0.0, 1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,12 @@ class PolicyConfig:
     """Shared policy MLP plus per-agent parameters."""
 
     hidden: int = _f(32, "hidden units of the shared MLP", 4, 4096)
-    agent_embedding: bool = _f(True, "per-agent hidden offset and action bias (agent_params)")
+    agent_embedding: bool = _f(
+        True, "per-agent hidden offset, move bias and tool logits (agent_params)"
+    )
+    role_scale: float = _f(
+        10.0, "scale of the per-agent tool logits (how fast roles form)", 0.0, 100.0
+    )
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,27 @@
 
 N agents live on an H x W torus. Each step every agent senses the square patch
 of radius ``patch_radius`` around it (the shared field, the resources and the
-other agents), moves (stay, up, down, left, right), deposits onto the shared
-field and harvests the resource of its cell. The field diffuses to the four
-neighbours and evaporates; resources regrow toward a capacity map made of
-Gaussian patches that move at every episode reset. Harvest is shared between
-agents on the same cell and multiplied by ``1 + coop_bonus`` when another agent
-is within ``coop_radius``: gathering on resource patches pays.
+other agents), moves (stay, up, down, left, right) with one of two tools,
+deposits onto the shared field and harvests the resource of its cell as the
+product of its tool. The field diffuses to the four neighbours and evaporates;
+resources regrow toward a capacity map of Gaussian patches that move at every
+episode reset.
+
+Three rules make cooperation and a division of labour pay:
+
+- harvest is shared between the agents on a cell and multiplied by
+  ``1 + coop_bonus`` when another agent is within ``coop_radius``: gathering on
+  resource patches pays;
+- each product pays in full for up to ``type_quota * n_agents`` agents using its
+  tool in an environment; with more, each one's harvest is scaled by
+  ``quota / users``: crowding one product wastes effort, the team does best split;
+- an agent's efficiency with a tool is ``0.5 + 0.5 * practice``, its practice the
+  running share of its steps with that tool this episode (rate ``skill_rate``, 0.5
+  at the start): switching tools costs, sticking to one pays (learning by doing).
+
+Nothing an agent observes tells it which tool to use (the practice and the other
+agents' tools are not observed): keeping to a tool across episodes can come only
+from its own parameters (``agent_params``), which is where roles live.
 """
 
 from __future__ import annotations
@@ -19,9 +34,14 @@ import jax.numpy as jnp
 
 from trainsvc_trainer._config import EnvConfig
 
-N_ACTIONS = 5
+N_MOVES = 5
+N_TOOLS = 2
+N_ACTIONS = N_MOVES * N_TOOLS
+"""Action ``a`` is move ``a % N_MOVES`` with tool ``a // N_MOVES``."""
 MOVES = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
-"""Row/column offsets of the actions stay, up, down, left, right."""
+"""Row/column offsets of the moves stay, up, down, left, right."""
+N_GRIDS = 3
+"""Observed grids: log(1 + field), resources, other agents."""
 
 Array = jax.Array
 
@@ -33,6 +53,7 @@ class EnvState(NamedTuple):
     field: Array  # (H, W) float32 shared field
     resources: Array  # (H, W) float32 current resources
     capacity: Array  # (H, W) float32 resource capacity (patches)
+    skill: Array  # (N,) float32 practice share of tool 0 this episode (tool 1: 1 - skill)
     t: Array  # () int32 steps into the episode
     episode_return: Array  # () float32 running per-agent mean return
     last_return: Array  # () float32 the last finished episode's per-agent mean return
@@ -41,7 +62,7 @@ class EnvState(NamedTuple):
 
 def obs_size(cfg: EnvConfig) -> int:
     """Length of one agent's observation vector."""
-    return 3 * (2 * cfg.patch_radius + 1) ** 2
+    return N_GRIDS * (2 * cfg.patch_radius + 1) ** 2
 
 
 def _torus_delta(a: Array, b: Array, size: Array) -> Array:
@@ -71,6 +92,7 @@ def reset(key: Array, cfg: EnvConfig) -> EnvState:
         field=jnp.zeros((cfg.height, cfg.width), jnp.float32),
         resources=capacity,
         capacity=capacity,
+        skill=jnp.full((cfg.n_agents,), 0.5, jnp.float32),
         t=jnp.zeros((), jnp.int32),
         episode_return=jnp.zeros((), jnp.float32),
         last_return=jnp.zeros((), jnp.float32),
@@ -78,57 +100,67 @@ def reset(key: Array, cfg: EnvConfig) -> EnvState:
     )
 
 
-def _onehots(positions: Array, cfg: EnvConfig) -> tuple[Array, Array]:
-    """Row and column one-hots ``(N, H)``, ``(N, W)`` of the agents' cells.
-
-    The occupancy grid is their outer product, a small dense contraction that XLA
-    runs faster than an index scatter on CPU; it is exact.
-    """
-    rows = jax.nn.one_hot(positions[:, 0], cfg.height, dtype=jnp.float32)
-    cols = jax.nn.one_hot(positions[:, 1], cfg.width, dtype=jnp.float32)
-    return rows, cols
-
-
-def _occupancy(rows: Array, cols: Array) -> Array:
-    """Agents per cell ``(H, W)``."""
-    return jnp.einsum("nh,nw->hw", rows, cols)
+def _onehot(index: Array, size: int) -> Array:
+    """``(..., size)`` float32 one-hots (exact 0/1: contracting with them selects exactly)."""
+    return (index[..., None] == jnp.arange(size, dtype=index.dtype)).astype(jnp.float32)
 
 
 def observe(state: EnvState, cfg: EnvConfig) -> Array:
-    """Every agent's observation ``(N, 3 * (2r + 1)^2)``: log-field, resource and other-agent patches."""
+    """Every agent's observation ``(N, 3 * (2r + 1)^2)``: log-field, resource and other-agent patches.
+
+    The patches are read by contracting the grids with one-hots of the patch rows
+    and columns (two small matrix products) instead of gathers, which XLA runs
+    faster on CPU; selecting with exact 0/1 weights gives exactly the cell values.
+    """
     r = cfg.patch_radius
-    offs = jnp.arange(-r, r + 1)
-    rows = (state.positions[:, 0, None, None] + offs[None, :, None]) % cfg.height
-    cols = (state.positions[:, 1, None, None] + offs[None, None, :]) % cfg.width
-    occ = _occupancy(*_onehots(state.positions, cfg))
-    others = occ[rows, cols].at[:, r, r].add(-1.0)
-    parts = (jnp.log1p(state.field[rows, cols]), state.resources[rows, cols], others)
-    return jnp.concatenate([p.reshape(cfg.n_agents, -1) for p in parts], axis=-1)
+    offs = jnp.arange(-r, r + 1, dtype=jnp.int32)
+    pos = state.positions
+    rows = _onehot(pos[:, 0], cfg.height)
+    cols = _onehot(pos[:, 1], cfg.width)
+    occ = rows.T @ cols
+    grids = jnp.stack([jnp.log1p(state.field), state.resources, occ])
+    prow = _onehot((pos[:, 0, None] + offs) % cfg.height, cfg.height)  # (N, P, H)
+    pcol = _onehot((pos[:, 1, None] + offs) % cfg.width, cfg.width)  # (N, P, W)
+    picked = jnp.einsum("nih,ghw->ngiw", prow, grids)
+    patches = jnp.einsum("ngiw,njw->ngij", picked, pcol)
+    patches = patches.at[:, N_GRIDS - 1, r, r].add(-1.0)  # the others, not oneself
+    return patches.reshape(cfg.n_agents, -1)
 
 
 def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Array]:
     """Advances one step (without the episode reset); returns the new state and rewards ``(N,)``."""
-    moves = jnp.array(MOVES, jnp.int32)
+    move = actions % N_MOVES
+    tool = actions // N_MOVES
+    d_row = (move == 2).astype(jnp.int32) - (move == 1).astype(jnp.int32)
+    d_col = (move == 4).astype(jnp.int32) - (move == 3).astype(jnp.int32)
     size = jnp.array([cfg.height, cfg.width], jnp.int32)
-    pos = (state.positions + moves[actions]) % size
-    rows, cols = _onehots(pos, cfg)
-    occ = _occupancy(rows, cols)
-    take = state.resources[pos[:, 0], pos[:, 1]] * cfg.harvest / occ[pos[:, 0], pos[:, 1]]
+    pos = (state.positions + jnp.stack([d_row, d_col], axis=-1)) % size
+    rows = _onehot(pos[:, 0], cfg.height)  # (N, H)
+    cols = _onehot(pos[:, 1], cfg.width)  # (N, W)
+    tools = _onehot(tool, N_TOOLS)  # (N, 2)
+    occ = rows.T @ cols
+    share = state.resources * cfg.harvest / jnp.maximum(occ, 1.0)
+    take = ((rows @ share) * cols).sum(axis=1)
     resources = state.resources * (1.0 - cfg.harvest * (occ > 0))
     delta = _torus_delta(pos[:, None, :], pos[None, :, :], size).max(axis=-1)
     near = (delta <= cfg.coop_radius) & ~jnp.eye(cfg.n_agents, dtype=bool)
-    reward = take * (1.0 + cfg.coop_bonus * near.any(axis=1))
+    users = tools.sum(axis=0)
+    price = jnp.minimum(1.0, cfg.type_quota * cfg.n_agents / jnp.maximum(users, 1.0))
+    practice = jnp.where(tool == 0, state.skill, 1.0 - state.skill)
+    gain = (0.5 + 0.5 * practice) * (tools @ price)
+    reward = take * gain * (1.0 + cfg.coop_bonus * near.any(axis=1))
+    skill = state.skill + cfg.skill_rate * (tools[:, 0] - state.skill)
     fld = state.field + cfg.deposit * occ
     neigh = jnp.roll(fld, 1, 0) + jnp.roll(fld, -1, 0) + jnp.roll(fld, 1, 1) + jnp.roll(fld, -1, 1)
     fld = ((1.0 - cfg.diffusion) * fld + cfg.diffusion * 0.25 * neigh) * (1.0 - cfg.evaporation)
     resources = resources + cfg.regrow * (state.capacity - resources)
-    t = state.t + 1
     nxt = EnvState(
         positions=pos,
         field=fld,
         resources=resources,
         capacity=state.capacity,
-        t=t,
+        skill=skill,
+        t=state.t + 1,
         episode_return=state.episode_return + reward.mean(),
         last_return=state.last_return,
         last_actions=actions.astype(jnp.int32),
@@ -158,9 +190,9 @@ def step_batch(
     so the (costly) reset is computed only on steps where some episode ends.
     """
     nxt, reward = jax.vmap(lambda s, a: step(s, a, cfg))(states, actions)
-    keys = jax.random.split(key, states.t.shape[0])
 
     def with_resets(s: EnvState) -> EnvState:
+        keys = jax.random.split(key, states.t.shape[0])
         out: EnvState = jax.vmap(lambda s1, k: reset_done(s1, k, cfg))(s, keys)
         return out
 

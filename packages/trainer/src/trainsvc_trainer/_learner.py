@@ -71,29 +71,67 @@ def _dense(key: Array, n_in: int, n_out: int, scale: float) -> dict[str, Array]:
 def init_params(key: Array, env: EnvConfig, policy: PolicyConfig) -> tuple[Params, Params]:
     """Shared policy parameters and per-agent parameters."""
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    params = {
+    params: Params = {
         "hidden": _dense(k1, _env.obs_size(env), policy.hidden, 1.0),
-        "logits": _dense(k2, policy.hidden, _env.N_ACTIONS, 0.01),
+        "logits": _dense(k2, policy.hidden, _env.N_MOVES, 0.01),
         "value": _dense(k3, policy.hidden, 1, 1.0),
     }
     agent_params: Params = {}
-    if policy.agent_embedding:
+    if not policy.agent_embedding:
+        params["tool_logits"] = jnp.zeros((_env.N_TOOLS,), jnp.float32)
+    else:
         agent_params = {
             "embed": jax.random.normal(k4, (env.n_agents, policy.hidden), jnp.float32) * 0.1,
-            "action_bias": jnp.zeros((env.n_agents, _env.N_ACTIONS), jnp.float32),
+            "action_bias": jnp.zeros((env.n_agents, _env.N_MOVES), jnp.float32),
+            "tool_logits": jnp.zeros((env.n_agents, _env.N_TOOLS), jnp.float32),
         }
     return params, agent_params
 
 
-def policy_apply(params: Params, agent_params: Params, obs: Array) -> tuple[Array, Array]:
-    """Action logits ``(..., N, A)`` and values ``(..., N)`` for observations ``(..., N, D)``."""
+def joint_logits(moves: Array, tools: Array) -> Array:
+    """Logits ``(..., N_ACTIONS)`` of (move, tool) pairs from move ``(..., 5)`` and tool ``(..., 2)`` logits.
+
+    Action ``a`` is move ``a % 5`` with tool ``a // 5``; its logit is the sum of the
+    two, so the move and the tool are drawn independently.
+    """
+    joint = tools[..., :, None] + moves[..., None, :]
+    return joint.reshape(*joint.shape[:-2], _env.N_ACTIONS)
+
+
+def sample_actions(key: Array, logits: Array) -> Array:
+    """Samples actions from ``logits`` ``(..., A)`` by inverting the CDF with one uniform each.
+
+    One uniform per agent (instead of one Gumbel per action) is the cheap part of
+    the step on CPU; the NumPy reference samples the same way.
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, logits.shape[:-1], jnp.float32)[..., None] * cdf[..., -1:]
+    index = (cdf < u).sum(axis=-1, dtype=jnp.int32)
+    return jnp.minimum(index, logits.shape[-1] - 1)
+
+
+def policy_apply(
+    params: Params, agent_params: Params, obs: Array, role_scale: float = 10.0
+) -> tuple[Array, Array]:
+    """Action logits ``(..., N, A)`` and values ``(..., N)`` for observations ``(..., N, D)``.
+
+    The moves come from the shared MLP plus each agent's move bias; the tool only
+    from the agent's own ``tool_logits`` (times ``role_scale``): nothing observed
+    says which tool pays, so an agent's tool is its role, a per-agent parameter.
+    Without agent parameters one shared ``tool_logits`` serves every agent.
+    """
     pre = obs @ params["hidden"]["kernel"] + params["hidden"]["bias"]
     if agent_params:
         pre = pre + agent_params["embed"]
     h = jnp.tanh(pre)
-    logits = h @ params["logits"]["kernel"] + params["logits"]["bias"]
+    moves = h @ params["logits"]["kernel"] + params["logits"]["bias"]
     if agent_params:
-        logits = logits + agent_params["action_bias"]
+        moves = moves + agent_params["action_bias"]
+        tools = role_scale * agent_params["tool_logits"]
+    else:
+        tools = params["tool_logits"]
+    logits = joint_logits(moves, jnp.broadcast_to(tools, (*moves.shape[:-1], _env.N_TOOLS)))
     value = (h @ params["value"]["kernel"] + params["value"]["bias"])[..., 0]
     return logits, value
 
@@ -140,10 +178,10 @@ def _rollout(
     def body(state: _env.EnvState, k: Array) -> tuple[_env.EnvState, dict[str, Array]]:
         k_act, k_env = jax.random.split(k)
         obs = observe(state)
-        logits, _ = policy_apply(params, agent_params, obs)
+        logits, _ = policy_apply(params, agent_params, obs, spec.policy.role_scale)
         if random_policy:
             logits = jnp.zeros_like(logits)
-        actions = jax.random.categorical(k_act, logits)
+        actions = sample_actions(k_act, logits)
         nxt, reward = _env.step_batch(state, actions, k_env, cfg)
         done = nxt.t == 0
         return nxt, {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
@@ -168,7 +206,7 @@ def _loss(
     trainable: tuple[Params, Params], traj: dict[str, Array], returns: Array, spec: LearnerSpec
 ) -> tuple[Array, dict[str, Array]]:
     params, agent_params = trainable
-    logits, values = policy_apply(params, agent_params, traj["obs"])
+    logits, values = policy_apply(params, agent_params, traj["obs"], spec.policy.role_scale)
     logp_all = jax.nn.log_softmax(logits)
     logp = jnp.take_along_axis(logp_all, traj["actions"][..., None], axis=-1)[..., 0]
     adv = jax.lax.stop_gradient(returns - values)
@@ -202,7 +240,7 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
             state.params, state.agent_params, state.env, k_roll, spec, spec.rollout_length
         )
         obs_last = jax.vmap(lambda s: _env.observe(s, cfg))(env_final)
-        _, v_last = policy_apply(state.params, state.agent_params, obs_last)
+        _, v_last = policy_apply(state.params, state.agent_params, obs_last, spec.policy.role_scale)
         returns = _returns(traj["rewards"], traj["dones"], v_last, spec.gamma)
         trainable = (state.params, state.agent_params)
         grads, aux = jax.grad(_loss, has_aux=True)(trainable, traj, returns, spec)

@@ -25,7 +25,7 @@ from trainsvc_trainer._config import Config, ConfigError
 from trainsvc_trainer._frames import Frame, FramePublisher, make_frame
 from trainsvc_trainer._logging import MetricsLogger, NullLogger
 
-STATE_FORMAT = "trainsvc-emergence-trainer/1"
+STATE_FORMAT = "trainsvc-emergence-trainer/2"
 
 
 class Trainer:

@@ -1,0 +1,70 @@
+"""The NumPy reference of bench/trainer.py computes what the JAX environment and policy compute.
+
+bench/trainer.py measures the trainer's speed against bench/reference/emergence_numpy.py;
+the comparison is only fair if both do the same work, so one step from the same
+state and actions must give the same observations, logits, rewards and next state.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from trainsvc_trainer import Config, _env, _learner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+from reference.emergence_numpy import EnvParams, NumpyEmergence
+
+
+def test_numpy_reference_matches_the_jax_environment(make_config: Callable[..., Config]) -> None:
+    config = make_config(env={"n_agents": 6, "n_envs": 3, "episode_length": 50})
+    spec = _learner.LearnerSpec.of(config.env, config.policy, config.train)
+    state = _learner.init_state(5, spec)
+    # give the per-agent parameters something to say, so that the comparison covers them
+    agent = jax.tree.map(
+        lambda a: a + 0.3 * np.sin(np.arange(a.size)).reshape(a.shape), state.agent_params
+    )
+    np_tree = jax.tree.map(np.asarray, (state.params, agent))
+    ref = NumpyEmergence(
+        EnvParams.of(config.env), config.env.n_envs, *np_tree, role_scale=config.policy.role_scale
+    )
+    env = state.env
+    rng = np.random.default_rng(0)
+    step = jax.jit(jax.vmap(lambda s, a: _env.step(s, a, config.env)))
+    observe = jax.jit(jax.vmap(lambda s: _env.observe(s, config.env)))
+    for t in range(12):
+        host = jax.tree.map(np.asarray, env)
+        ref.pos = host.positions.astype(np.int64)
+        ref.field, ref.res, ref.cap = host.field.copy(), host.resources.copy(), host.capacity.copy()
+        ref.skill, ref.t = host.skill.copy(), host.t.astype(np.int64)
+        obs = np.asarray(observe(env))
+        # log1p may differ in the last bit between XLA and NumPy
+        np.testing.assert_allclose(obs, ref.observe(), rtol=1e-6, err_msg=f"observation, step {t}")
+        logits, _ = _learner.policy_apply(state.params, agent, obs, config.policy.role_scale)
+        np.testing.assert_allclose(np.asarray(logits), ref.logits(obs), rtol=1e-5, atol=1e-5)
+        # crowd one tool on some steps so that the type quota matters
+        high = 10 if t % 3 else 5
+        actions = rng.integers(0, high, (config.env.n_envs, config.env.n_agents))
+        env, reward = step(env, actions.astype(np.int32))
+        ref_reward = ref.step(actions)
+        np.testing.assert_allclose(np.asarray(reward), ref_reward, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(np.asarray(env.positions), ref.pos)
+        for name, got, want in (
+            ("field", env.field, ref.field),
+            ("resources", env.resources, ref.res),
+            ("skill", env.skill, ref.skill),
+        ):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert float(np.abs(np.asarray(env.field)).sum()) > 0
+
+
+def test_action_sampling_follows_the_logits() -> None:
+    logits = np.log(np.array([[0.5, 0.0, 0.2, 0.3] + [0.0] * 6], np.float32) + 1e-30)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    actions = np.asarray(jax.vmap(lambda k: _learner.sample_actions(k, logits))(keys)).ravel()
+    freq = np.bincount(actions, minlength=10) / actions.size
+    np.testing.assert_allclose(freq[:4], [0.5, 0.0, 0.2, 0.3], atol=0.03)
+    assert freq[4:].sum() == 0.0
