@@ -38,3 +38,34 @@ def test_newest_wins_and_a_stalled_subscriber_holds_one_item() -> None:
         assert late.take() == 999
 
     asyncio.run(scenario())
+
+
+def test_wait_wakes_on_a_publish_from_another_thread_and_on_close() -> None:
+    async def scenario() -> None:
+        hub: Hub[bytes] = Hub(max_subscribers=4)
+        loop = asyncio.get_running_loop()
+        sub = hub.subscribe("run", loop)
+        busy = hub.subscribe("run", loop)  # never waits: takes what is there when it looks
+
+        waiter = asyncio.ensure_future(sub.wait())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # nothing published yet: it blocks (no timeout)
+        threading.Thread(target=hub.publish, args=("run", b"frame-1")).start()
+        await asyncio.wait_for(waiter, timeout=30)
+        assert sub.take() == b"frame-1"
+
+        hub.publish("run", b"frame-2")
+        hub.publish("run", b"frame-3")
+        assert busy.take() == b"frame-3" and busy.dropped == 2  # frame-1 and frame-2 replaced
+        assert hub.dropped == 3  # busy's two and sub's frame-2
+
+        await sub.wait()  # an item is there: returns at once
+        assert sub.take() == b"frame-3"
+        waiter = asyncio.ensure_future(sub.wait())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        threading.Thread(target=hub.close_topic, args=("run",)).start()
+        await asyncio.wait_for(waiter, timeout=30)
+        assert sub.closed and sub.take() is None
+
+    asyncio.run(scenario())

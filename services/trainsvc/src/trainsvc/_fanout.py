@@ -26,12 +26,15 @@ class Subscriber(Generic[T]):
         self._lock = threading.Lock()
         self._item: T | None = None
         self._wake_pending = False
+        self._waiting = False
+        """A `wait`/`next` may be blocked: only then does a new item need a wake-up."""
         self.closed = False
         self.dropped = 0
 
     def _wake(self) -> None:
         with self._lock:
             self._wake_pending = False
+            self._waiting = False
         self._event.set()
 
     def _schedule_wake(self) -> None:
@@ -55,11 +58,14 @@ class Subscriber(Generic[T]):
             if replaced:
                 self.dropped += 1
             self._item = item
-            need_wake = not self._wake_pending
-            if schedule:
-                self._schedule_wake()
-            else:
-                self._wake_pending = True
+            # A subscriber that is not waiting (sending, or sleeping out its rate limit)
+            # takes the item when it next looks: no cross-thread wake-up for it.
+            need_wake = self._waiting and not self._wake_pending
+            if need_wake:
+                if schedule:
+                    self._schedule_wake()
+                else:
+                    self._wake_pending = True
         return replaced, need_wake
 
     def close(self) -> None:
@@ -84,6 +90,7 @@ class Subscriber(Generic[T]):
             if self._item is not None or self.closed:
                 return
             self._event.clear()
+            self._waiting = True
         await self._event.wait()
 
     def poke(self) -> None:
@@ -98,6 +105,7 @@ class Subscriber(Generic[T]):
                 if item is not None or self.closed:
                     return item
                 self._event.clear()
+                self._waiting = True
             try:
                 async with asyncio.timeout(timeout):
                     await self._event.wait()
