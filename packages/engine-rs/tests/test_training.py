@@ -127,3 +127,30 @@ def test_ctrl_c_in_the_cli_saves_an_emergency_checkpoint_and_exits_cleanly(tmp_p
     assert saved and saved[-1].emergency
     assert te.CheckpointManager(run_dir).load_latest().step == saved[-1].step
     assert (run_dir / "train.log").stat().st_size > 0
+
+
+def test_pause_interrupts_a_deep_search_batch_and_the_checkpoint_restores(tmp_path: Path) -> None:
+    m = te.TrainingManager(tmp_path, **SMALL)
+    m.start(10_000_000, checkpoint_interval=0, callback_interval=32)
+    deadline = time.monotonic() + 120
+    while m.games < 64:
+        assert time.monotonic() < deadline and m.state == "training"
+        time.sleep(0.01)
+    # From the next batch on, every move is an 8-ply alpha-beta search: a batch of
+    # 32 such games takes minutes, so only a search that polls the stop flag lets
+    # pause() return at once (the interrupted batch is dropped, not waited for).
+    m.configure(search_depth=8)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    games = m.pause()
+    took = time.monotonic() - t0
+    assert took < 5.0, f"pause took {took:.1f} s"
+    assert m.state == "paused" and games >= 64 and games % 32 == 0
+    saved = te.CheckpointManager(tmp_path).list()
+    assert [c.step for c in saved] == [games]
+    restored = te.Evaluator(saved[-1].path)
+    assert _weights(restored) == _weights(m.evaluator())
+    assert any(w != 0.0 for w in _weights(restored))
+    m.resume()
+    assert m.state == "training"
+    assert m.pause() >= games

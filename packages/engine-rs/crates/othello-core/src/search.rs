@@ -1,6 +1,7 @@
 //! Negamax alpha-beta with a transposition table, move ordering, iterative
 //! deepening under a depth and/or time limit, and an exact endgame solver.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::board::{get_moves, Board};
@@ -127,14 +128,20 @@ struct Searcher<'a> {
     tt: &'a mut TranspositionTable,
     nodes: u64,
     deadline: Option<Instant>,
+    abort: Option<&'a AtomicBool>,
     stopped: bool,
 }
 
 impl Searcher<'_> {
+    /// Polls the deadline and the abort flag every 1024 nodes (well under a
+    /// millisecond of search), so a stop request ends even a deep search promptly.
     fn out_of_time(&mut self) -> bool {
         if !self.stopped && self.nodes & 1023 == 0 {
             if let Some(d) = self.deadline {
                 self.stopped = Instant::now() >= d;
+            }
+            if let Some(a) = self.abort {
+                self.stopped |= a.load(Ordering::Relaxed);
             }
         }
         self.stopped
@@ -318,6 +325,7 @@ pub fn solve_exact(b: &Board) -> (i32, u64) {
         tt: &mut tt,
         nodes: 0,
         deadline: None,
+        abort: None,
         stopped: false,
     };
     let v = s.solve(b.player, b.opponent, -64, 64, false);
@@ -332,12 +340,26 @@ pub fn search(
     tt: &mut TranspositionTable,
     limits: &Limits,
 ) -> SearchResult {
+    search_until(b, w, tt, limits, None)
+}
+
+/// [`search`] that also ends early (like a time limit: the best move of the
+/// last finished iteration) once `abort` is raised; it is polled every 1024 nodes.
+#[must_use]
+pub fn search_until(
+    b: &Board,
+    w: &Weights,
+    tt: &mut TranspositionTable,
+    limits: &Limits,
+    abort: Option<&AtomicBool>,
+) -> SearchResult {
     let deadline = limits.time.map(|t| Instant::now() + t);
     let mut s = Searcher {
         w,
         tt,
         nodes: 0,
         deadline,
+        abort,
         stopped: false,
     };
     let moves = b.moves();
@@ -492,5 +514,29 @@ mod tests {
         let r = search(&Board::initial(), &w, &mut tt, &limits);
         assert!(r.depth < 60);
         assert!(r.best_move.is_some());
+    }
+
+    #[test]
+    fn abort_flag_stops_a_deep_search_from_another_thread() {
+        let w = Weights::default_weights();
+        let mut tt = TranspositionTable::with_bytes(1 << 16);
+        let limits = Limits {
+            depth: 60,
+            time: None,
+            exact_empties: 0,
+        };
+        let abort = AtomicBool::new(true);
+        let r = search_until(&Board::initial(), &w, &mut tt, &limits, Some(&abort));
+        assert!(r.depth < 60 && r.best_move.is_some());
+        // Without the flag a depth-60 search would not end: raised while it runs, it must.
+        let abort = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                abort.store(true, Ordering::Relaxed);
+            });
+            let r = search_until(&Board::initial(), &w, &mut tt, &limits, Some(&abort));
+            assert!(r.depth < 60 && r.best_move.is_some());
+        });
     }
 }
