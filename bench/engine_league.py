@@ -1,7 +1,7 @@
 """Learning is real: the Othello League score of the engine as self-play training goes.
 
-Trains the default engine from zero weights by self-play TD(lambda) + Adam
-(1-ply, epsilon 0.1) and, at each milestone, plays the Othello League
+Trains the default engine from zero weights by self-play TD(lambda) (plain TD,
+1-ply, epsilon 0.1) and, at each milestone, plays the Othello League
 protocol (both sides play a random move 10% of the time, colours swapped in
 each pair) against the standard weighted-piece-counter heuristic player and a
 random player, printing the score with its 95% confidence interval (plus,
@@ -28,7 +28,7 @@ def main() -> int:
     """Train to each milestone and print the League table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--milestones", default="10000,50000,200000")
-    parser.add_argument("--pairs", type=int, default=500, help="pairs of games per opponent")
+    parser.add_argument("--pairs", type=int, default=1000, help="pairs of games per opponent")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

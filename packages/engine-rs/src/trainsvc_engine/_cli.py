@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "--epsilon-end", type=float, default=None, help="exploration rate at the end of the decay"
     )
     t.add_argument("--epsilon-decay-games", type=int, default=100_000, help="games of linear decay")
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (plain TD: divided by the active features)",
+    )
     t.add_argument(
         "--lambda", dest="lambda_", type=float, default=None, help="TD(lambda) trace decay"
     )

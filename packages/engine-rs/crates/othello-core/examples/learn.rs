@@ -1,6 +1,12 @@
 //! Trains from scratch and prints the League score at milestones.
 //!
-//! `cargo run --release --example learn -- GAMES THREADS LR LAMBDA PHASES SET BATCH`
+//! Every setting comes from the environment (unset = the library default):
+//! `MILESTONES` (comma-separated games, default `10000,50000,200000`),
+//! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
+//! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
+//! `DECAY`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`.
+//!
+//! `cargo run --release --example learn`
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -8,59 +14,65 @@ use std::time::Instant;
 use othello_core::league::{league_match, Player};
 use othello_core::train::{TrainConfig, Trainer};
 
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse().ok().unwrap_or_else(|| panic!("bad {name}"))
+    })
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_owned());
-    let total: u64 = arg(1, "50000").parse().expect("games");
-    let threads: usize = arg(2, "2").parse().expect("threads");
-    let lr: f32 = arg(3, "0.001").parse().expect("lr");
-    let lambda: f32 = arg(4, "0.5").parse().expect("lambda");
-    let n_phases: usize = arg(5, "6").parse().expect("phases");
-    let pattern_set = arg(6, "default");
-    let batch_games: usize = arg(7, "64").parse().expect("batch");
+    let d = TrainConfig::default();
+    let eps_start = env("EPS", d.epsilon_start);
     let cfg = TrainConfig {
-        threads,
-        learning_rate: lr,
-        lambda,
-        n_phases,
-        pattern_set,
-        batch_games,
-        adam_eps: std::env::var("ADAM_EPS")
-            .ok()
-            .map_or(1e-8, |v| v.parse().expect("ADAM_EPS")),
-        beta1: std::env::var("BETA1")
-            .ok()
-            .map_or(0.9, |v| v.parse().expect("BETA1")),
-        epsilon_start: std::env::var("EPS")
-            .ok()
-            .map_or(0.1, |v| v.parse().expect("EPS")),
-        epsilon_end: std::env::var("EPS")
-            .ok()
-            .map_or(0.1, |v| v.parse().expect("EPS")),
-        optimizer: std::env::var("OPT").unwrap_or_else(|_| "adam".into()),
-        lr_decay_games: std::env::var("DECAY")
-            .ok()
-            .map_or(50_000, |v| v.parse().expect("DECAY")),
-        ..TrainConfig::default()
+        seed: env("SEED", 0),
+        threads: env("THREADS", 2),
+        learning_rate: env("LR", d.learning_rate),
+        lambda: env("LAMBDA", d.lambda),
+        n_phases: env("PHASES", d.n_phases),
+        pattern_set: env("SET", d.pattern_set.clone()),
+        batch_games: env("BATCH", d.batch_games),
+        optimizer: env("OPT", d.optimizer.clone()),
+        lr_decay_games: env("DECAY", d.lr_decay_games),
+        epsilon_start: eps_start,
+        epsilon_end: env(
+            "EPS_END",
+            if std::env::var("EPS").is_ok() {
+                eps_start
+            } else {
+                d.epsilon_end
+            },
+        ),
+        epsilon_decay_games: env("EPS_DECAY", d.epsilon_decay_games),
+        adam_eps: env("ADAM_EPS", d.adam_eps),
+        beta1: env("BETA1", d.beta1),
+        ..d
     };
+    eprintln!("{cfg:?}");
+    let pairs: u64 = env("PAIRS", 500);
+    let milestones: Vec<u64> = env("MILESTONES", "10000,50000,200000".to_owned())
+        .split(',')
+        .map(|x| x.parse().expect("MILESTONES"))
+        .collect();
     let mut t = Trainer::new(cfg).expect("config");
     let stop = AtomicBool::new(false);
-    let start = Instant::now();
-    let mut milestone = 25_000u64.min(total);
-    while t.stats.games < total {
-        t.train(milestone, &stop, |_| {});
+    let mut train_s = 0.0;
+    for m in milestones {
+        let start = Instant::now();
+        let before = t.stats.games;
+        t.train(m, &stop, |_| {});
         let el = start.elapsed().as_secs_f64();
+        train_s += el;
         let w = &t.weights;
-        let h = league_match(&Player::Engine(w, 1), &Player::Heuristic, 300, 0.1, 9);
-        let r = league_match(&Player::Engine(w, 1), &Player::Random, 100, 0.1, 9);
+        let h = league_match(&Player::Engine(w, 1), &Player::Heuristic, pairs, 0.1, 9);
+        let r = league_match(&Player::Engine(w, 1), &Player::Random, pairs / 4, 0.1, 9);
+        let maxw = w.w.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
         println!(
-            "games {:>7}  {:>7.0} games/s  vs heuristic {:.3} ± {:.3}  vs random {:.3}",
+            "games {:>7}  {:>5.0} games/s  vs heuristic {:.3} ± {:.3}  vs random {:.3}  max|w| {maxw:.2}  ({train_s:.0} s)",
             t.stats.games,
-            t.stats.games as f64 / el,
+            (t.stats.games - before) as f64 / el,
             h.score,
             h.ci95,
             r.score
         );
-        milestone = (milestone * 2).min(total);
     }
 }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::board::Board;
 use crate::eval::Weights;
+use crate::pattern::MAX_INSTANCES;
 use crate::rng::Rng;
 use crate::search::{search, Limits, TranspositionTable};
 
@@ -60,7 +61,12 @@ impl Player<'_> {
         match *self {
             Player::Random => rng.pick_bit(moves),
             Player::Heuristic => greedy(b, moves, wpc),
-            Player::Engine(w, depth) if depth <= 1 => greedy(b, moves, |c| w.raw(c)),
+            Player::Engine(w, depth) if depth <= 1 => {
+                let mut mine = [0u32; MAX_INSTANCES];
+                let mut theirs = [0u32; MAX_INSTANCES];
+                w.set.raw_index_pair(b, &mut mine, &mut theirs);
+                w.greedy_child(b, moves, &theirs)
+            }
             Player::Engine(w, depth) => search(
                 b,
                 w,

@@ -262,6 +262,49 @@ impl PatternSet {
         }
     }
 
+    /// Raw (not yet canonical) indices of every instance from both sides' views:
+    /// `mine` with the side to move as digit 1 (what [`PatternSet::indices`]
+    /// canonicalises) and `theirs` with the other side as digit 1, the view of
+    /// every child position before the move's own changes.
+    #[inline]
+    pub fn raw_index_pair(&self, b: &Board, mine: &mut [u32], theirs: &mut [u32]) {
+        let n = self.instances.len();
+        mine[..n].copy_from_slice(&self.inst_base);
+        theirs[..n].copy_from_slice(&self.inst_base);
+        let mut add = |bits: u64, m1: u32, m2: u32| {
+            let mut m = bits;
+            while m != 0 {
+                let q = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let (s, e) = (self.feat_start[q] as usize, self.feat_start[q + 1] as usize);
+                for k in s..e {
+                    let (i, p) = (self.feat_inst[k] as usize, self.feat_pow[k]);
+                    mine[i] += m1 * p;
+                    theirs[i] += m2 * p;
+                }
+            }
+        };
+        add(b.player, 1, 2);
+        add(b.opponent, 2, 1);
+    }
+
+    /// The instances a square belongs to, with the square's power of 3 in each.
+    #[inline]
+    pub fn square_terms(&self, q: usize) -> impl Iterator<Item = (usize, u32)> + '_ {
+        let (s, e) = (self.feat_start[q] as usize, self.feat_start[q + 1] as usize);
+        self.feat_inst[s..e]
+            .iter()
+            .zip(&self.feat_pow[s..e])
+            .map(|(&i, &p)| (i as usize, p))
+    }
+
+    /// The canonical (shared) offset of a raw within-phase offset.
+    #[inline]
+    #[must_use]
+    pub fn canonical(&self, raw: u32) -> u32 {
+        self.canon[raw as usize]
+    }
+
     /// Which shape and table entry a within-phase offset belongs to.
     #[must_use]
     pub fn locate(&self, offset: usize) -> (String, usize) {

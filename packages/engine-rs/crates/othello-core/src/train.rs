@@ -26,7 +26,7 @@ use crate::error::EngineError;
 use crate::eval::{reward, FeatureBuf, NonFinite, Weights};
 use crate::pattern::{PatternSet, MAX_INSTANCES};
 use crate::rng::Rng;
-use crate::search::{search, Limits, TranspositionTable, TT_ENTRY_BYTES};
+use crate::search::{search_until, Limits, TranspositionTable, TT_ENTRY_BYTES};
 
 /// Training configuration. Every field is checked by [`TrainConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
@@ -57,8 +57,8 @@ pub struct TrainConfig {
     pub beta2: f32,
     /// Adam epsilon.
     pub adam_eps: f32,
-    /// Weight update rule: `adam` (default) or `td` (experimental plain TD, step
-    /// `learning_rate / active features`, traces cut at exploration moves; see docs/othello-engine.md).
+    /// Weight update rule: `td` (default: plain TD, step `learning_rate / active
+    /// features`, traces cut at exploration moves) or `adam` (sparse Adam; see docs/othello-engine.md).
     pub optimizer: String,
     /// Built-in pattern set name (`default` or `small`).
     pub pattern_set: String,
@@ -86,13 +86,13 @@ impl Default for TrainConfig {
             epsilon_start: 0.1,
             epsilon_end: 0.1,
             epsilon_decay_games: 100_000,
-            lambda: 0.8,
-            learning_rate: 0.002,
+            lambda: 0.5,
+            learning_rate: 1.0,
             lr_decay_games: 50_000,
             beta1: 0.9,
             beta2: 0.999,
             adam_eps: 1e-8,
-            optimizer: "adam".into(),
+            optimizer: "td".into(),
             pattern_set: "default".into(),
             n_phases: 6,
             memory_budget_mb: 600,
@@ -134,8 +134,8 @@ impl TrainConfig {
             "learning_rate",
             self.learning_rate,
             1e-7,
-            1.0,
-            "1e-7 to 1.0",
+            100.0,
+            "1e-7 to 100.0",
         )?;
         check("beta1", self.beta1, 0.0, 0.999_999, "0.0 to <1.0")?;
         check("beta2", self.beta2, 0.0, 0.999_999_9, "0.0 to <1.0")?;
@@ -329,6 +329,7 @@ pub enum StopReason {
     ErrorRate(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pick_move(
     b: &Board,
     w: &Weights,
@@ -336,6 +337,8 @@ fn pick_move(
     eps: f64,
     depth: u32,
     tt: &mut Option<TranspositionTable>,
+    stop: &AtomicBool,
+    theirs: &[u32],
 ) -> (u32, bool) {
     let moves = b.moves();
     if eps > 0.0 && rng.next_f64() < eps {
@@ -343,7 +346,9 @@ fn pick_move(
     }
     if depth > 1 {
         if let Some(tt) = tt.as_mut() {
-            let r = search(
+            // A pause must not wait for a deep search: it polls `stop`, and the
+            // game loop then abandons the game (the batch is discarded).
+            let r = search_until(
                 b,
                 w,
                 tt,
@@ -352,23 +357,14 @@ fn pick_move(
                     time: None,
                     exact_empties: 0,
                 },
+                Some(stop),
             );
             if let Some(m) = r.best_move {
                 return (m, false);
             }
         }
     }
-    let mut best = (f32::INFINITY, moves.trailing_zeros());
-    let mut m = moves;
-    while m != 0 {
-        let sq = m.trailing_zeros();
-        m &= m - 1;
-        let v = w.raw(&b.play(sq));
-        if v < best.0 {
-            best = (v, sq);
-        }
-    }
-    (best.1, false)
+    (w.greedy_child(b, moves, theirs), false)
 }
 
 fn play_game(
@@ -391,6 +387,9 @@ fn play_game(
     let mut b = Board::initial();
     let mut black_to_move = true;
     let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
+    let set = &*w.set;
+    let n_inst = set.n_instances();
+    let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
     loop {
         let moves = b.moves();
         if moves == 0 {
@@ -405,12 +404,19 @@ fn play_game(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let n = w.features(&b, &mut buf);
-        let raw: f32 = buf[..n].iter().map(|&i| w.w[i as usize]).sum();
-        features.extend_from_slice(&buf[..n]);
+        // Both views' raw indices at once: this position's features from the
+        // mover's, and every child's starting point from the opponent's.
+        set.raw_index_pair(&b, &mut mine, &mut theirs);
+        let base = (w.phase(&b) * set.phase_len) as u32;
+        for (o, &r) in buf[..n_inst].iter_mut().zip(&mine[..n_inst]) {
+            *o = set.canonical(r) + base;
+        }
+        buf[n_inst] = base + set.phase_len as u32 - 1;
+        let raw: f32 = buf[..n_feat].iter().map(|&i| w.w[i as usize]).sum();
+        features.extend_from_slice(&buf[..n_feat]);
         values.push(raw.tanh());
         signs.push(if black_to_move { 1.0f32 } else { -1.0 });
-        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt);
+        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt, stop, &theirs);
         explored.push(random);
         b = b.play(sq);
         black_to_move = !black_to_move;
@@ -559,6 +565,10 @@ impl Trainer {
         stop: &AtomicBool,
         mut on_batch: impl FnMut(&mut Trainer),
     ) -> StopReason {
+        // Weights can turn non-finite only through an update (checked where it is
+        // applied) or from outside (a loaded checkpoint, the caller): one full
+        // sweep per call, not one per batch (a full sweep costs as much as a few games).
+        self.sweep_non_finite();
         while self.stats.games < target_games {
             if stop.load(Ordering::Relaxed) {
                 return StopReason::Stopped;
@@ -599,8 +609,8 @@ impl Trainer {
         {
             let i = self.weights.set.phase_len + 7;
             self.weights.w[i] = f32::NAN;
+            self.sweep_non_finite();
         }
-        self.sweep_non_finite();
         let w = &self.weights;
         let cfg = &self.config;
         let tt_bytes = self.tt_bytes_per_thread;
@@ -626,21 +636,72 @@ impl Trainer {
         if results.iter().any(|r| matches!(r, Ok(None))) {
             return false;
         }
+        let td = self.config.optimizer == "td";
+        let td_lr = self.td_step();
+        let positions: usize = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
+            .map(|rec| rec.scales.len())
+            .sum();
+        let bias_lr = td_lr / positions.max(1) as f32;
+        let mut bad = false;
         for r in &results {
             match r {
                 Ok(Some(rec)) => {
-                    self.accumulate(rec);
+                    if td {
+                        bad |= self.apply_td(rec, td_lr, bias_lr);
+                    } else {
+                        self.accumulate(rec);
+                    }
                     self.record_game(Some(rec.black_diff));
                 }
                 _ => self.record_game(None),
             }
         }
-        if self.config.optimizer == "td" {
-            self.td_update();
+        if td {
+            if bad {
+                self.sweep_non_finite();
+            }
         } else {
             self.adam_update();
         }
         true
+    }
+
+    /// The plain-TD step per unit of gradient: the rate at this game count over the active features.
+    fn td_step(&self) -> f32 {
+        let n_active = (self.weights.set.n_instances() + 1) as f32;
+        self.learning_rate_at(self.stats.games) / n_active
+    }
+
+    /// Plain TD: adds one game's update straight to the weights (the batch's
+    /// games all read the weights from before the batch; their updates are added
+    /// in game order, so the result does not depend on the threads). Returns
+    /// whether a weight became non-finite.
+    ///
+    /// The phase bias is active in every position, so a batch would add up
+    /// about 2,000 same-signed steps on it from stale weights and overshoot
+    /// (values saturate at ±1): it steps by `bias_lr`, the step over the batch's
+    /// positions, i.e. one averaged step per batch.
+    fn apply_td(&mut self, rec: &GameRecord, lr: f32, bias_lr: f32) -> bool {
+        let mut bad = false;
+        let n = rec.n_feat;
+        for (t, &scale) in rec.scales.iter().enumerate() {
+            if scale == 0.0 {
+                continue;
+            }
+            let step = lr * scale;
+            let feats = &rec.features[t * n..(t + 1) * n];
+            for &i in &feats[..n - 1] {
+                let w = &mut self.weights.w[i as usize];
+                *w += step;
+                bad |= !w.is_finite();
+            }
+            let w = &mut self.weights.w[feats[n - 1] as usize];
+            *w += bias_lr * scale;
+            bad |= !w.is_finite();
+        }
+        bad
     }
 
     fn record_game(&mut self, diff: Option<i32>) {
@@ -691,26 +752,6 @@ impl Trainer {
         }
         let d = c.lr_decay_games as f64;
         (f64::from(c.learning_rate) * d / (d + games as f64)) as f32
-    }
-
-    /// Plain TD step: `learning_rate / active features` times the summed gradient.
-    fn td_update(&mut self) {
-        let n_active = (self.weights.set.n_instances() + 1) as f32;
-        let lr = self.learning_rate_at(self.stats.games) / n_active;
-        let mut bad = Vec::new();
-        for &i in &self.touched {
-            let i = i as usize;
-            let g = std::mem::take(&mut self.grad[i]);
-            let w = &mut self.weights.w[i];
-            *w += lr * g;
-            if !w.is_finite() {
-                bad.push(i);
-            }
-        }
-        self.touched.clear();
-        if !bad.is_empty() {
-            self.sweep_non_finite();
-        }
     }
 
     fn adam_update(&mut self) {
