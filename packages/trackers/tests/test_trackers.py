@@ -225,3 +225,19 @@ def test_bad_arguments_name_the_parameter() -> None:
         SpecializationTracker(2, 2).update(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="positions"):
         EmergenceTracker((4, 4)).update(np.zeros((3,)), np.zeros((4, 4)), np.zeros(3))
+
+
+def test_emergence_batch_update_matches_the_per_snapshot_formulas() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        b, n = int(rng.integers(1, 5)), int(rng.integers(2, 9))
+        h, w = (int(x) for x in rng.integers(3, 12, 2))
+        pos = rng.integers(0, min(h, w) if trial % 3 else 2, (b, n, 2))
+        act = rng.integers(0, int(rng.integers(1, 4)), (b, n))
+        fld = rng.random((b, h, w)) * (rng.random((b, h, w)) > 0.5) * (trial % 5 != 0)
+        radius = int(rng.integers(0, 3))
+        out = EmergenceTracker((h, w), neighbour_radius=radius).update(pos, fld, act)
+        assert out["nn_ratio"] == pytest.approx(np.mean([nn_ratio(p, (h, w)) for p in pos]))
+        assert out["field_entropy"] == pytest.approx(np.mean([field_entropy(f) for f in fld]))
+        kappa = [action_coordination(p, a, (h, w), radius) for p, a in zip(pos, act, strict=True)]
+        assert out["action_coordination"] == pytest.approx(np.mean(kappa), abs=1e-12)

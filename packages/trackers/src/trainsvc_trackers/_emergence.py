@@ -81,6 +81,47 @@ def action_coordination(
     return (p_same - p_chance) / (1.0 - p_chance)
 
 
+def _batch_metrics(
+    positions: npt.NDArray[Any],
+    field: npt.NDArray[Any],
+    actions: npt.NDArray[Any],
+    shape: tuple[int, int],
+    radius: int,
+) -> tuple[float, float, float]:
+    """Means over the batch of :func:`nn_ratio`, :func:`field_entropy` and
+    :func:`action_coordination`, computed for all environments at once (the same
+    formulas, vectorized: a trainer calls this every step)."""
+    b, n = positions.shape[:2]
+    pos = positions.astype(np.float64)
+    size = np.asarray(shape, dtype=np.float64)
+    deltas = np.abs(pos[:, :, None, :] - pos[:, None, :, :]) % size
+    deltas = np.minimum(deltas, size - deltas)  # (B, N, N, 2)
+    dist = np.sqrt((deltas**2).sum(axis=-1))
+    eye = np.eye(n, dtype=bool)
+    dist[:, eye] = np.inf
+    expected = 0.5 / math.sqrt(n / (shape[0] * shape[1]))
+    r = dist.min(axis=2).mean(axis=1) / expected
+
+    f = np.clip(field.astype(np.float64), 0.0, None).reshape(b, -1)
+    total = f.sum(axis=1)
+    valid = (f.shape[1] >= 2) & (total > 0.0) & np.isfinite(total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = f / np.where(valid, total, 1.0)[:, None]
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    h = np.where(valid, -plogp.sum(axis=1) / math.log(max(f.shape[1], 2)), 1.0)
+
+    acts = actions.reshape(b, n)
+    iu = np.triu_indices(n, k=1)
+    pair_near = (deltas.max(axis=-1) <= radius)[:, iu[0], iu[1]]  # (B, pairs)
+    n_near = pair_near.sum(axis=1)
+    same = (acts[:, iu[0]] == acts[:, iu[1]]) & pair_near
+    p_same = same.sum(axis=1) / np.maximum(n_near, 1)
+    p_chance = (acts[:, :, None] == acts[:, None, :]).sum(axis=(1, 2)) / float(n * n)
+    ok = (n_near > 0) & (p_chance < 1.0)
+    k = np.where(ok, (p_same - p_chance) / np.where(ok, 1.0 - p_chance, 1.0), 0.0)
+    return float(r.mean()), float(h.mean()), float(k.mean())
+
+
 class EmergenceTracker(RecordedMetrics):
     """Tracks how much collective structure appears over training.
 
@@ -138,16 +179,9 @@ class EmergenceTracker(RecordedMetrics):
             raise ValueError(f"field must have shape {self.shape} per env, got {fld.shape}")
         if act.shape != pos.shape[:2]:
             raise ValueError(f"actions must have shape {pos.shape[:2]}, got {act.shape}")
-        r = float(np.mean([nn_ratio(p, self.shape) for p in pos]))
-        h = float(np.mean([field_entropy(f) for f in fld]))
-        k = float(
-            np.mean(
-                [
-                    action_coordination(p, a, self.shape, self.neighbour_radius)
-                    for p, a in zip(pos, act, strict=True)
-                ]
-            )
-        )
+        if pos.shape[1] < 2:
+            raise ValueError(f"nn_ratio needs at least 2 agents, got {pos.shape[1]}")
+        r, h, k = _batch_metrics(pos, fld, act, self.shape, self.neighbour_radius)
         index = (max(0.0, 1.0 - r) + (1.0 - h) + max(0.0, k)) / 3.0
         values = {
             "nn_ratio": r,
