@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from trainsvc._domain import ResourceExhaustedError
-from trainsvc._fanout import Hub
+from trainsvc._fanout import WAKE_CHUNK, Hub
 
 
 def test_newest_wins_and_a_stalled_subscriber_holds_one_item() -> None:
@@ -67,5 +67,33 @@ def test_wait_wakes_on_a_publish_from_another_thread_and_on_close() -> None:
         threading.Thread(target=hub.close_topic, args=("run",)).start()
         await asyncio.wait_for(waiter, timeout=30)
         assert sub.closed and sub.take() is None
+
+    asyncio.run(scenario())
+
+
+def test_many_waiting_subscribers_are_woken_in_chunks_that_let_other_work_in() -> None:
+    """A publish to 50 waiting streams wakes them all, a chunk per loop turn: work queued on
+    the loop meanwhile (a control RPC) runs before the last chunk is woken, not after."""
+
+    async def scenario() -> None:
+        hub: Hub[int] = Hub(max_subscribers=100)
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+        subs = [hub.subscribe("run", loop) for _ in range(50)]
+
+        async def stream(i: int) -> None:
+            await subs[i].wait()
+            order.append(f"s{i}")
+
+        tasks = [asyncio.ensure_future(stream(i)) for i in range(50)]
+        await asyncio.sleep(0.05)  # every stream is waiting
+        thread = threading.Thread(target=hub.publish, args=("run", 1))
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0)  # the cross-thread wake-up runs: the first chunk is woken
+        loop.call_soon(order.append, "rpc")  # arrives while the others still wait to be woken
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        assert sorted(order) == sorted(["rpc", *(f"s{i}" for i in range(50))])
+        assert order.index("rpc") <= 2 * WAKE_CHUNK, order
 
     asyncio.run(scenario())

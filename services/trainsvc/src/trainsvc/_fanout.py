@@ -113,9 +113,18 @@ class Subscriber(Generic[T]):
                 return None
 
 
-def _wake_all(subs: list[Subscriber[Any]]) -> None:
-    for sub in subs:
+WAKE_CHUNK = 8
+"""Subscribers woken per event-loop turn when a frame arrives: a control RPC that comes in
+meanwhile waits behind at most this many sends, not behind every stream of the run."""
+
+
+def _wake_all(subs: list[Subscriber[Any]], start: int = 0) -> None:
+    end = start + WAKE_CHUNK
+    for sub in subs[start:end]:
         sub._wake()
+    if end < len(subs):
+        # Queued behind the woken streams' sends and anything that arrived meanwhile.
+        subs[0]._loop.call_soon(_wake_all, subs, end)
 
 
 class Hub(Generic[T]):
