@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -304,6 +305,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self._ensure_watchdog()
         interval = 1.0 / rate
         next_send = 0.0
+        # The first frame goes at once; the second after a random extra part of an
+        # interval, so that streams opened together do not send in lockstep bursts
+        # (which would hold a control RPC behind every stream's send).
+        phase: float | None = random.random() * interval
         try:
             if not self.m.is_active(run_id):
                 sub.close()
@@ -322,6 +327,8 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 self.frames_sent += 1
                 stream.write_since = 0.0
                 next_send = loop.time() + interval
+                if phase is not None:
+                    next_send, phase = next_send + phase, None
         except asyncio.CancelledError:
             if not stream.cut:
                 raise
