@@ -70,3 +70,12 @@ def test_cli_errors_exit_1(shared_service: Any) -> None:
     assert bad.returncode == 1 and "run.step_budget" in bad.stderr
     kind = cli(shared_service, "runs", "create", "--kind", "chess", "--steps", "3")
     assert kind.returncode == 1 and "kind" in kind.stderr
+
+
+def test_serve_rejects_a_bad_worker_niceness(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "from trainsvc import main; main()", "serve"]
+    cmd += ["--data-dir", str(tmp_path / "data"), "--worker-nice", "25"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "--worker-nice" in bad.stderr and "0 to 19" in bad.stderr
+    assert not (tmp_path / "data").exists()  # refused before touching anything

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from trainsvc._server import DEFAULT_WORKER_NICE
 from trainsvc_client import (
     FailedPreconditionError,
     decode_field,
@@ -117,3 +120,33 @@ def test_list_pages(shared_service: Any, tiny: dict[str, Any]) -> None:
         finally:
             for name in created:
                 c.stop_run(name)
+
+
+def _niceness(pid: int) -> int:
+    """A process's nice value (Linux /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _worker_pids(service_pid: int) -> list[int]:
+    """The service's run worker processes (multiprocessing spawn children)."""
+    pids = []
+    for task in Path(f"/proc/{service_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(int(child))
+    return pids
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_workers_run_nicer_than_the_service(
+    shared_service: Any, tiny: dict[str, Any], wait_for: Any
+) -> None:
+    """The default --worker-nice: training yields the CPU to the service's RPCs and streams."""
+    with shared_service.client() as c:
+        run = c.create_run("emergence", step_budget=RUNNING_LONG, config=tiny)
+        wait_for(c, run.name, lambda r: r.step > 0, what="training")
+        workers = _worker_pids(shared_service.proc.pid)
+        c.stop_run(run.name)
+    assert workers, "no worker process found"
+    service_nice = _niceness(shared_service.proc.pid)
+    assert {_niceness(pid) for pid in workers} == {min(19, service_nice + DEFAULT_WORKER_NICE)}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainsvc._server import ConfigurationError, ServerOptions, serve
+from trainsvc._server import DEFAULT_WORKER_NICE, ConfigurationError, ServerOptions, serve
 
 TOKEN_ENV = "TRAINSVC_TOKEN"
 
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to checkpoint active runs on SIGTERM (default %(default)s)",
     )
+    s.add_argument(
+        "--worker-nice",
+        type=_niceness,
+        default=DEFAULT_WORKER_NICE,
+        help="niceness added to run workers, 0-19, so the service stays responsive when "
+        "training saturates the CPUs (default %(default)s)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -63,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         help="create a demo emergence run at start when no run is active",
     )
     return parser
+
+
+def _niceness(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 19, got {text!r}")
+    return value
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -125,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             auto_resume=args.auto_resume,
             max_streams=args.max_streams,
             shutdown_timeout=args.shutdown_timeout,
+            worker_nice=args.worker_nice,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

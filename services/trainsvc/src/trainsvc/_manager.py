@@ -92,6 +92,7 @@ class _RunController:
             step_budget=self.spec.step_budget,
             restore_path=restore_path,
             start_paused=start_paused,
+            nice=self.m.worker_nice,
         )
         parent, child = self.m.mp.Pipe(duplex=True)
         process = self.m.mp.Process(
@@ -299,8 +300,10 @@ class RunManager:
         frame_sink: Callable[[str, FrameData], None],
         on_event: Callable[[Event], None],
         on_run_end: Callable[[str], None],
+        worker_nice: int = 0,
     ) -> None:
         self.registry = registry
+        self.worker_nice = worker_nice
         self.data_dir = data_dir
         self.metrics = metrics
         self.frame_sink = frame_sink

@@ -39,6 +39,11 @@ class ConfigurationError(Exception):
     """The server's options are unsafe or inconsistent (e.g. no token beyond loopback)."""
 
 
+DEFAULT_WORKER_NICE = 5
+"""Run workers this much nicer than the service: when training saturates the CPUs, the
+service (control RPCs, health checks, frame fan-out) is scheduled first."""
+
+
 @dataclass
 class ServerOptions:
     """Options of `trainsvc serve` (see its --help)."""
@@ -53,6 +58,7 @@ class ServerOptions:
     auto_resume: bool = False
     max_streams: int = 512
     shutdown_timeout: float = 60.0
+    worker_nice: int = DEFAULT_WORKER_NICE
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -121,6 +127,7 @@ class TrainsvcServer:
             frame_sink=frame_sink,
             on_event=lambda _e: self.notifier.notify(),
             on_run_end=self.hub.close_topic,
+            worker_nice=opts.worker_nice,
         )
         interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
         server = grpc.aio.server(

@@ -47,6 +47,8 @@ class WorkerJob:
     step_budget: int
     restore_path: str | None
     start_paused: bool = False
+    nice: int = 0
+    """Added to the worker's CPU niceness, so the service answers promptly on busy CPUs."""
 
 
 def checkpoint_step(path: Path) -> tuple[int, bool] | None:
@@ -163,6 +165,8 @@ class _Worker:
 def worker_main(conn: Connection, job: WorkerJob) -> None:
     """Entry point of the spawned worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the service's to handle
+    if job.nice:
+        os.nice(job.nice)
     worker = _Worker(conn, job)
     signal.signal(signal.SIGTERM, lambda *_: worker.terminate.set())
     try:
