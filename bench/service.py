@@ -65,10 +65,14 @@ def _pin_clients() -> None:
         os.sched_setaffinity(0, _CLIENT_CPUS)
 
 
-def _subscriber_process(address: str, conn: Connection, cpus: set[int] | None = None) -> None:
+def _subscriber_process(
+    address: str, conn: Connection, cpus: set[int] | None = None, nice: int = 0
+) -> None:
     """Open and close StreamFrames subscribers (threads) on command; report their frame counts."""
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if nice:
+        os.nice(nice)
     clients: list[Client] = []
     streams: list[Any] = []
     counts: list[int] = []
@@ -109,14 +113,14 @@ class _Subscribers:
 
     PER_PROCESS = 50
 
-    def __init__(self, address: str, most: int) -> None:
+    def __init__(self, address: str, most: int, nice: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.procs = []
         self.conns: list[Connection] = []
         for _ in range(0, most, self.PER_PROCESS):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_subscriber_process, args=(address, child, _CLIENT_CPUS), daemon=True
+                target=_subscriber_process, args=(address, child, _CLIENT_CPUS, nice), daemon=True
             )
             proc.start()
             self.procs.append(proc)
@@ -206,6 +210,19 @@ def main() -> None:
         help="GetRun and ListRuns calls per round at the top level",
     )
     parser.add_argument("--subscribers", default="10,100")
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="pass --worker-nice to trainsvc serve (default: the service's default)",
+    )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="niceness of the subscriber processes: on a real deployment the viewers run on "
+        "other machines; a high value keeps their decoding from taking the trainer's CPU here",
+    )
     cpus = os.cpu_count() or 1
     parser.add_argument(
         "--pin",
@@ -239,6 +256,7 @@ def main() -> None:
                 "",
                 "--log-format",
                 "json",
+                *(["--worker-nice", str(args.worker_nice)] if args.worker_nice is not None else []),
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -265,7 +283,7 @@ def main() -> None:
             while client.get_run(run).step < 50:
                 time.sleep(0.5)
 
-            subs = _Subscribers(address, max(levels))
+            subs = _Subscribers(address, max(levels), args.client_nice)
             rates: dict[int, list[float]] = {n: [] for n in [0, *levels]}
             ratios: dict[int, list[float]] = {n: [] for n in levels}
             per_sub: dict[int, list[float]] = {n: [] for n in levels}
@@ -318,10 +336,12 @@ def main() -> None:
         f"trainsvc service benchmark (window {args.window:g} s, emergence default config, "
         f"a frame every step, subscribers ask for 30 frames/s; {cpus} CPUs; "
         + (
-            "service + worker pinned to CPU 0, clients on the others)"
+            "service + worker pinned to CPU 0, clients on the others"
             if args.pin
-            else "all processes share every CPU)"
+            else "all processes share every CPU"
         )
+        + f"; service --worker-nice {'default' if args.worker_nice is None else args.worker_nice}"
+        + f", subscriber processes nice {args.client_nice})"
     )
     print()
     print(
