@@ -121,7 +121,7 @@ class NumpyEmergence:
         return occ.reshape(self.b, p.height, p.width).astype(np.float32)
 
     def observe(self) -> np.ndarray:
-        """Observations ``(B, N, 3 (2r+1)^2)``."""
+        """Observations ``(B, N, (2r+1)^2 * 3)``: per patch cell, log-field, resources, others."""
         p, r = self.p, self.p.patch_radius
         rows = (self.pos[..., 0, None, None] + self.offs[None, None, :, None]) % p.height
         cols = (self.pos[..., 1, None, None] + self.offs[None, None, None, :]) % p.width
@@ -130,7 +130,7 @@ class NumpyEmergence:
         others = occ[bi, rows, cols]
         others[:, :, r, r] -= 1.0
         parts = (np.log1p(self.field[bi, rows, cols]), self.res[bi, rows, cols], others)
-        return np.concatenate([x.reshape(self.b, p.n_agents, -1) for x in parts], -1)
+        return np.stack(parts, -1).reshape(self.b, p.n_agents, -1)
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """The policy's joint action logits ``(B, N, 10)``."""
@@ -151,12 +151,14 @@ class NumpyEmergence:
             *moves.shape[:-1], N_MOVES * N_TOOLS
         )
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Samples actions ``(B, N)`` from the policy's logits."""
+    def act(self, obs: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
+        """Samples actions ``(B, N)`` from the policy's logits (with ``uniforms`` ``(B, N)`` if given)."""
         logits = self.logits(obs)
         e = np.exp(logits - logits.max(-1, keepdims=True))
         cdf = np.cumsum(e, -1)
-        u = self.rng.random(logits.shape[:-1], dtype=np.float32)[..., None] * cdf[..., -1:]
+        if uniforms is None:
+            uniforms = self.rng.random(logits.shape[:-1], dtype=np.float32)
+        u = uniforms[..., None] * cdf[..., -1:]
         return np.minimum((cdf < u).sum(-1), N_MOVES * N_TOOLS - 1)
 
     def step(self, actions: np.ndarray) -> np.ndarray:
@@ -191,8 +193,12 @@ class NumpyEmergence:
         return reward
 
     def rollout(self, length: int) -> float:
-        """Acts for ``length`` steps; returns the mean reward."""
+        """Acts for ``length`` steps; returns the mean reward.
+
+        The rollout's uniforms are drawn in one call, as the trainer draws them.
+        """
+        uniforms = self.rng.random((length, self.b, self.p.n_agents), dtype=np.float32)
         total = 0.0
-        for _ in range(length):
-            total += float(self.step(self.act(self.observe())).mean())
+        for t in range(length):
+            total += float(self.step(self.act(self.observe(), uniforms[t])).mean())
         return total / length

@@ -101,25 +101,45 @@ def reset(key: Array, cfg: EnvConfig) -> EnvState:
 
 
 def _occupancy(positions: Array, cfg: EnvConfig) -> Array:
-    """Agents per cell ``(H, W)``: a broadcast compare-and-sum, which XLA fuses into one
-    vectorized loop (faster on CPU than a scatter or a one-hot matrix product)."""
-    rows = positions[:, 0, None, None] == jnp.arange(cfg.height, dtype=jnp.int32)[:, None]
-    cols = positions[:, 1, None, None] == jnp.arange(cfg.width, dtype=jnp.int32)[None, :]
-    return (rows & cols).sum(axis=0, dtype=jnp.int32).astype(jnp.float32)
+    """Agents per cell ``(H, W)``, a scatter-add of one per agent.
+
+    Under ``vmap`` XLA's CPU backend runs this as one short loop over the agents of
+    all environments: cheaper than comparing every agent with every cell (which
+    was evaluated anew wherever a fusion read the grid) or a one-hot product.
+    """
+    zeros = jnp.zeros((cfg.height, cfg.width), jnp.float32)
+    return zeros.at[positions[:, 0], positions[:, 1]].add(1.0, mode="promise_in_bounds")
 
 
 def observe(state: EnvState, cfg: EnvConfig) -> Array:
-    """Every agent's observation ``(N, 3 * (2r + 1)^2)``: log-field, resource and other-agent patches."""
+    """Every agent's observation ``(N, (2r + 1)^2 * 3)``: its patch, cell by cell.
+
+    The patch's cells in row-major order, each giving three values: ``log(1 + field)``,
+    the resources, and the agents on the cell other than the observer. One gather
+    reads all three grids and is the whole observation: on XLA's CPU backend a gather
+    that other operations are fused into (a concatenation, a transpose, a ``log1p``)
+    is computed element by element and costs several times more.
+    """
     r = cfg.patch_radius
+    pos = state.positions
+    # offsets shifted to be non-negative, so that the wrap is a plain remainder
     offs = jnp.arange(-r, r + 1, dtype=jnp.int32)
-    rows = (state.positions[:, 0, None, None] + offs[None, :, None]) % cfg.height
-    cols = (state.positions[:, 1, None, None] + offs[None, None, :]) % cfg.width
-    occ = _occupancy(state.positions, cfg)
-    grids = jnp.stack([jnp.log1p(state.field), state.resources, occ], axis=-1)  # (H, W, 3)
-    patches = grids[rows, cols]  # (N, P, P, 3): one gather for the three grids
-    others = patches[..., 2].at[:, r, r].add(-1.0)  # the others, not oneself
-    parts = (patches[..., 0], patches[..., 1], others)
-    return jnp.concatenate([p.reshape(cfg.n_agents, -1) for p in parts], axis=-1)
+    rows = jax.lax.rem(pos[:, 0, None, None] + (offs + cfg.height)[:, None], cfg.height)
+    cols = jax.lax.rem(pos[:, 1, None, None] + (offs + cfg.width)[None, :], cfg.width)
+    # stacked by selects, not a concatenation (which XLA's CPU backend emits as a branch
+    # per element)
+    grid = jnp.arange(N_GRIDS, dtype=jnp.int32)
+    grids = jnp.where(
+        grid == 0,
+        jnp.log1p(state.field)[..., None],
+        jnp.where(grid == 1, state.resources[..., None], 0.0),
+    )
+    # the agents counted into the third grid by a scatter-add: XLA computes a scatter's
+    # result once, into memory, where it would fuse a computed grid into the gather
+    grids = grids.at[pos[:, 0], pos[:, 1], 2].add(1.0, mode="promise_in_bounds")  # (H, W, 3)
+    obs = grids[rows, cols].reshape(cfg.n_agents, -1)  # (N, P * P * 3)
+    centre = (r * (2 * r + 1) + r) * N_GRIDS + 2  # the observer's own cell, other agents
+    return obs.at[:, centre].add(-1.0)
 
 
 def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Array]:
@@ -131,10 +151,10 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     size = jnp.array([cfg.height, cfg.width], jnp.int32)
     pos = (state.positions + jnp.stack([d_row, d_col], axis=-1)) % size
     occ = _occupancy(pos, cfg)
-    cell = (pos[:, 0], pos[:, 1])
-    take = state.resources[cell] * cfg.harvest / occ[cell]
-    resources = state.resources * (1.0 - cfg.harvest * (occ > 0))
     delta = _torus_delta(pos[:, None, :], pos[None, :, :], size).max(axis=-1)
+    sharing = (delta == 0).sum(axis=1, dtype=jnp.int32).astype(jnp.float32)  # occ at own cell
+    take = state.resources[pos[:, 0], pos[:, 1]] * cfg.harvest / sharing
+    resources = state.resources * (1.0 - cfg.harvest * (occ > 0))
     near = (delta <= cfg.coop_radius) & ~jnp.eye(cfg.n_agents, dtype=bool)
     first = tool == 0
     users0 = first.sum(dtype=jnp.int32).astype(jnp.float32)

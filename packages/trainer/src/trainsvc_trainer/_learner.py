@@ -13,6 +13,7 @@ with ``A = normalise(G - V)``.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -99,16 +100,23 @@ def joint_logits(moves: Array, tools: Array) -> Array:
 
 
 def sample_actions(key: Array, logits: Array) -> Array:
-    """Samples actions from ``logits`` ``(..., A)`` by inverting the CDF with one uniform each.
+    """Samples actions from ``logits`` ``(..., A)`` by inverting the CDF with one uniform each."""
+    return actions_from_uniforms(jax.random.uniform(key, logits.shape[:-1], jnp.float32), logits)
+
+
+def actions_from_uniforms(uniforms: Array, logits: Array) -> Array:
+    """Actions ``(...)`` for ``logits`` ``(..., A)``: the CDF inverted at ``uniforms`` ``(...)`` in [0, 1).
 
     One uniform per agent (instead of one Gumbel per action) is the cheap part of
-    the step on CPU; the NumPy reference samples the same way.
+    the step on CPU; the NumPy reference samples the same way. The running sum is
+    spelled out action by action (the order ``cumsum`` adds in): XLA's CPU backend
+    lowers ``cumsum`` to a slow reduce-window.
     """
     probs = jax.nn.softmax(logits, axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, logits.shape[:-1], jnp.float32)[..., None] * cdf[..., -1:]
-    index = (cdf < u).sum(axis=-1, dtype=jnp.int32)
-    return jnp.minimum(index, logits.shape[-1] - 1)
+    cdf = list(itertools.accumulate(probs[..., a] for a in range(logits.shape[-1])))
+    u = uniforms * cdf[-1]
+    index = sum((c < u).astype(jnp.int32) for c in cdf)
+    return jnp.minimum(jnp.asarray(index), logits.shape[-1] - 1)
 
 
 def policy_apply(
@@ -174,19 +182,27 @@ def _rollout(
 ) -> tuple[_env.EnvState, dict[str, Array]]:
     cfg = spec.env
     observe: Any = jax.vmap(lambda s: _env.observe(s, cfg))
+    # all the rollout's random numbers in two calls: on CPU, jax.random's threefry runs
+    # as a loop whose cost per call dwarfs a step's few thousand uniforms
+    k_act, k_env = jax.random.split(key)
+    n_envs, n_agents = env_state.positions.shape[:2]
+    uniforms = jax.random.uniform(k_act, (length, n_envs, n_agents), jnp.float32)
+    env_keys = jax.random.split(k_env, length)
 
-    def body(state: _env.EnvState, k: Array) -> tuple[_env.EnvState, dict[str, Array]]:
-        k_act, k_env = jax.random.split(k)
+    def body(
+        state: _env.EnvState, xs: tuple[Array, Array]
+    ) -> tuple[_env.EnvState, dict[str, Array]]:
+        u, k_step = xs
         obs = observe(state)
         logits, _ = policy_apply(params, agent_params, obs, spec.policy.role_scale)
         if random_policy:
             logits = jnp.zeros_like(logits)
-        actions = sample_actions(k_act, logits)
-        nxt, reward = _env.step_batch(state, actions, k_env, cfg)
+        actions = actions_from_uniforms(u, logits)
+        nxt, reward = _env.step_batch(state, actions, k_step, cfg)
         done = nxt.t == 0
         return nxt, {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
 
-    final, traj = jax.lax.scan(body, env_state, jax.random.split(key, length))
+    final, traj = jax.lax.scan(body, env_state, (uniforms, env_keys))
     return final, traj
 
 

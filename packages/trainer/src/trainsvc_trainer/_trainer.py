@@ -25,7 +25,9 @@ from trainsvc_trainer._config import Config, ConfigError
 from trainsvc_trainer._frames import Frame, FramePublisher, make_frame
 from trainsvc_trainer._logging import MetricsLogger, NullLogger
 
-STATE_FORMAT = "trainsvc-emergence-trainer/2"
+STATE_FORMAT = "trainsvc-emergence-trainer/3"
+"""/3: observations are patch cells in row-major order with three values each (/2 had
+the three grids one after another), so /2 parameters would read the wrong inputs."""
 
 
 class Trainer:
