@@ -9,7 +9,9 @@ Rows (median of ``ENGINE_BENCH_REPS`` runs, default 3, unless noted):
 - self-play TD(lambda) training games/s at 1-ply, default configuration, on
   1 and 2 threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the
   median of each taken, with the load average printed (baseline: the 1-thread
-  rate, and the 5,000 games/s target);
+  rate, and the 5,000 games/s target); interleaved with them, 2 threads with
+  the older decay by games (``lr_decay_visits=0``), the cost of the default's
+  per-weight update counts;
 - evaluation calls/s from Python: one ``Evaluator.evaluate`` call per board and
   ``evaluate_batch`` on a 10,000-board NumPy array, against a pure-Python
   weighted-piece-counter evaluation of the same boards;
@@ -29,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trainsvc_engine as te
@@ -80,10 +83,10 @@ def wpc_eval(cells: list[int]) -> float:
     return s
 
 
-def train_rate(threads: int, games: int) -> float:
+def train_rate(threads: int, games: int, **config: Any) -> float:
     """Training games/s at 1-ply with the default pattern set."""
     with tempfile.TemporaryDirectory() as d:
-        m = te.TrainingManager(Path(d), threads=threads)
+        m = te.TrainingManager(Path(d), threads=threads, **config)
         m.start(games, checkpoint_interval=0, callback_interval=games)
         result = m.wait()
         assert result is not None
@@ -123,11 +126,12 @@ def main() -> int:
     # Interleaved 1- and 2-thread runs, median of each: the machine is shared,
     # so its load drifts; interleaving gives both the same conditions.
     games = 10_000
-    ones, twos = [], []
+    ones, twos, olds = [], [], []
     for _ in range(max(args.reps, 3)):
         ones.append(train_rate(1, games))
         twos.append(train_rate(2, games))
-    one, two = statistics.median(ones), statistics.median(twos)
+        olds.append(train_rate(2, games, lr_decay_visits=0))
+    one, two, old = statistics.median(ones), statistics.median(twos), statistics.median(olds)
     rows.append(
         (
             "load average during training runs (os.getloadavg, 1 min)",
@@ -143,6 +147,13 @@ def main() -> int:
             "training 1-ply, 2 threads",
             f"{two:,.0f} games/s",
             f"{two / one:.2f}x 1 thread, {two / 5000:.2f}x target",
+        )
+    )
+    rows.append(
+        (
+            "training 1-ply, 2 threads, decay by games (older rule)",
+            f"{old:,.0f} games/s",
+            f"default is {two / old:.2f}x this",
         )
     )
 

@@ -78,6 +78,12 @@ def test_configure_validates_and_applies_at_run_time(tmp_path: Path) -> None:
     assert m.config()["epsilon_end"] == 0.05
     with pytest.raises(te.ConfigError, match="target_games"):
         m.start(0)
+    # The decay by games is the default; lr_decay_visits > 0 decays per weight.
+    assert m.config()["lr_decay_visits"] == 0
+    m.configure(lr_decay_visits=10_000)
+    assert m.config()["lr_decay_visits"] == 10_000
+    with pytest.raises(te.ConfigError, match="lr_decay_visits"):
+        m.configure(lr_decay_visits=-1)
 
 
 def test_injected_panics_are_counted_and_pause_training_with_a_reason(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 //! `MILESTONES` (comma-separated games, default `10000,50000,200000`),
 //! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
 //! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
-//! `DECAY`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`.
+//! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`.
 //!
 //! `cargo run --release --example learn`
 
@@ -45,6 +45,7 @@ fn main() {
         epsilon_decay_games: env("EPS_DECAY", d.epsilon_decay_games),
         adam_eps: env("ADAM_EPS", d.adam_eps),
         beta1: env("BETA1", d.beta1),
+        lr_decay_visits: env("VISITS", d.lr_decay_visits),
         ..d
     };
     eprintln!("{cfg:?}");

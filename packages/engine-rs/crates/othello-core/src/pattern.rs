@@ -110,6 +110,50 @@ pub fn small_shapes() -> Vec<Shape> {
         .collect()
 }
 
+/// Every placement of a `rows` × `cols` rectangle, one shape per class of
+/// placements equal under the board's symmetries (Jaśkowski's systematic
+/// n-tuple networks: many short tuples covering the whole board).
+#[must_use]
+pub fn rectangle_shapes(rows: u8, cols: u8) -> Vec<Shape> {
+    let mut placements = Vec::new();
+    for r in 0..=8 - rows {
+        for c in 0..=8 - cols {
+            let sq: Vec<u8> = (0..rows)
+                .flat_map(|i| (0..cols).map(move |j| (r + i) * 8 + c + j))
+                .collect();
+            placements.push(sq);
+        }
+    }
+    classes(&format!("rect{rows}x{cols}"), placements)
+}
+
+/// One shape per symmetry class of `placements` (the first placement of each).
+fn classes(prefix: &str, placements: Vec<Vec<u8>>) -> Vec<Shape> {
+    let key = |sq: &[u8]| {
+        (0..8)
+            .map(|t| {
+                let mut k: Vec<u8> = sq.iter().map(|&q| transform(q, t)).collect();
+                k.sort_unstable();
+                k
+            })
+            .min()
+            .unwrap_or_default()
+    };
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for sq in placements {
+        let k = key(&sq);
+        if !seen.contains(&k) {
+            seen.push(k);
+            out.push(Shape {
+                name: format!("{prefix}_{}", sq[0]),
+                squares: sq,
+            });
+        }
+    }
+    out
+}
+
 impl PatternSet {
     /// Expands `shapes` into instances under the board's 8 symmetries.
     ///
@@ -217,7 +261,9 @@ impl PatternSet {
         PatternSet::new(default_shapes()).expect("the default shapes are valid")
     }
 
-    /// A named built-in set: `default` or `small`.
+    /// A named built-in set: `default`, `small`, the systematic sets `rect2x2`,
+    /// `rect2x3`, `rect3x3` (every placement of the rectangle), or the mixes
+    /// `default+rect2x2` and `rect2x3+edge` (with the 3×3 corner and edge + 2X).
     ///
     /// # Errors
     /// [`EngineError::InvalidConfig`] for another name.
@@ -225,9 +271,26 @@ impl PatternSet {
         match name {
             "default" => Ok(PatternSet::default_set()),
             "small" => PatternSet::new(small_shapes()),
+            "rect2x3" => PatternSet::new(rectangle_shapes(2, 3)),
+            "rect2x2" => PatternSet::new(rectangle_shapes(2, 2)),
+            "rect3x3" => PatternSet::new(rectangle_shapes(3, 3)),
+            "default+rect2x2" => {
+                let mut s = default_shapes();
+                s.extend(rectangle_shapes(2, 2));
+                PatternSet::new(s)
+            }
+            "rect2x3+edge" => {
+                let mut s = rectangle_shapes(2, 3);
+                s.extend(
+                    default_shapes()
+                        .into_iter()
+                        .filter(|s| matches!(s.name.as_str(), "edge2x" | "corner3x3")),
+                );
+                PatternSet::new(s)
+            }
             other => Err(EngineError::config(
                 "pattern_set",
-                "'default' or 'small'",
+                "'default', 'small', 'rect2x2', 'rect2x3', 'rect3x3', 'default+rect2x2' or 'rect2x3+edge'",
                 other,
             )),
         }
@@ -369,6 +432,26 @@ mod tests {
             set.indices(&m, &mut idx2);
             idx2.sort_unstable();
             assert_eq!(idx, idx2, "transform {t}");
+        }
+    }
+
+    #[test]
+    fn systematic_sets_cover_every_placement_once() {
+        for (name, placements) in [("rect2x3", 84), ("rect2x2", 49), ("rect3x3", 36)] {
+            let set = PatternSet::named(name).unwrap();
+            assert_eq!(set.n_instances(), placements, "{name}");
+            let mut keys: Vec<Vec<u8>> = set
+                .instances
+                .iter()
+                .map(|(_, sq)| {
+                    let mut k = sq.clone();
+                    k.sort_unstable();
+                    k
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), placements, "{name}");
         }
     }
 

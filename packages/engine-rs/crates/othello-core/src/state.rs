@@ -25,7 +25,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "search_depth": c.search_depth, "epsilon_start": c.epsilon_start,
         "epsilon_end": c.epsilon_end, "epsilon_decay_games": c.epsilon_decay_games,
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
-        "lr_decay_games": c.lr_decay_games,
+        "lr_decay_games": c.lr_decay_games, "lr_decay_visits": c.lr_decay_visits,
         "beta1": f64::from(c.beta1), "beta2": f64::from(c.beta2), "adam_eps": f64::from(c.adam_eps),
         "optimizer": c.optimizer,
         "pattern_set": c.pattern_set, "n_phases": c.n_phases,
@@ -36,7 +36,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 21] = [
+pub const CONFIG_FIELDS: [&str; 22] = [
     "seed",
     "threads",
     "batch_games",
@@ -47,6 +47,7 @@ pub const CONFIG_FIELDS: [&str; 21] = [
     "lambda",
     "learning_rate",
     "lr_decay_games",
+    "lr_decay_visits",
     "beta1",
     "beta2",
     "adam_eps",
@@ -90,6 +91,7 @@ pub fn config_update(
             "lambda" => c.lambda = float()? as f32,
             "learning_rate" => c.learning_rate = float()? as f32,
             "lr_decay_games" => c.lr_decay_games = uint()?,
+            "lr_decay_visits" => c.lr_decay_visits = uint()?,
             "beta1" => c.beta1 = float()? as f32,
             "beta2" => c.beta2 = float()? as f32,
             "adam_eps" => c.adam_eps = float()? as f32,
@@ -197,6 +199,20 @@ pub fn weights_metadata(w: &Weights, config: &TrainConfig) -> Value {
     })
 }
 
+/// The configuration stored in a checkpoint. A checkpoint written before
+/// `lr_decay_visits` existed was trained with the decay by games, so a
+/// missing field means 0 (resuming keeps the rule it was trained with).
+///
+/// # Errors
+/// As [`config_update`].
+pub fn config_from_checkpoint(obj: &Map<String, Value>) -> Result<TrainConfig, EngineError> {
+    let base = TrainConfig {
+        lr_decay_visits: 0,
+        ..TrainConfig::default()
+    };
+    config_update(&base, obj)
+}
+
 /// Only the weights of an engine checkpoint tree (`weights`, `metadata.config`).
 ///
 /// # Errors
@@ -214,7 +230,7 @@ pub fn weights_from_checkpoint(d: &Decoded) -> Result<(Weights, TrainConfig), En
         .get("config")
         .and_then(Value::as_object)
         .ok_or_else(|| EngineError::CorruptCheckpoint("metadata.config: missing".into()))?;
-    let config = config_update(&TrainConfig::default(), cfg_obj)?;
+    let config = config_from_checkpoint(cfg_obj)?;
     let set = Arc::new(PatternSet::named(&config.pattern_set)?);
     let mut w = Weights::new(set, config.n_phases)?;
     let t = d.tree.get("weights")?.as_tensor("weights")?;
@@ -335,5 +351,18 @@ mod tests {
         assert!(err.starts_with("batch_games:"), "{err}");
         let round = config_update(&base, config_to_json(&base).as_object().unwrap()).unwrap();
         assert_eq!(round, base);
+        // A checkpoint from before lr_decay_visits resumes with the decay by games.
+        let base = TrainConfig {
+            lr_decay_visits: 10_000,
+            ..base
+        };
+        let mut old = config_to_json(&base);
+        old.as_object_mut().unwrap().remove("lr_decay_visits");
+        let cfg = config_from_checkpoint(old.as_object().unwrap()).unwrap();
+        assert_eq!(cfg.lr_decay_visits, 0);
+        assert_eq!(
+            config_from_checkpoint(config_to_json(&base).as_object().unwrap()).unwrap(),
+            base
+        );
     }
 }

@@ -49,8 +49,13 @@ pub struct TrainConfig {
     pub lambda: f32,
     /// Step size at game 0 (`td`: divided by the active features per position; `adam`: Adam's step).
     pub learning_rate: f32,
-    /// Step size decay: the rate is `learning_rate * d / (d + games)` (0 = constant).
+    /// Step size decay by games: the rate is `learning_rate * d / (d + games)`
+    /// (0 = constant). Used by `adam` and `tc`, and by `td` when `lr_decay_visits` is 0.
     pub lr_decay_games: u64,
+    /// `td` only: per-weight step decay by the weight's own update count `k`,
+    /// `d / (d + k)` with `d = lr_decay_visits` (10,000 is the value measured),
+    /// instead of the decay by games (0, the default: decay by games).
+    pub lr_decay_visits: u64,
     /// Adam beta1.
     pub beta1: f32,
     /// Adam beta2.
@@ -58,9 +63,10 @@ pub struct TrainConfig {
     /// Adam epsilon.
     pub adam_eps: f32,
     /// Weight update rule: `td` (default: plain TD, step `learning_rate / active
-    /// features`, traces cut at exploration moves) or `adam` (sparse Adam; see docs/othello-engine.md).
+    /// features`, traces cut at exploration moves), `tc` (TD with temporal-coherence
+    /// per-weight rates) or `adam` (sparse Adam; see docs/othello-engine.md).
     pub optimizer: String,
-    /// Built-in pattern set name (`default` or `small`).
+    /// Built-in pattern set name (`default`, `small` or a systematic set; see [`PatternSet::named`]).
     pub pattern_set: String,
     /// Number of phases (disc-count ranges) with their own tables.
     pub n_phases: usize,
@@ -89,6 +95,7 @@ impl Default for TrainConfig {
             lambda: 0.5,
             learning_rate: 1.0,
             lr_decay_games: 50_000,
+            lr_decay_visits: 0,
             beta1: 0.9,
             beta2: 0.999,
             adam_eps: 1e-8,
@@ -141,10 +148,17 @@ impl TrainConfig {
         check("beta2", self.beta2, 0.0, 0.999_999_9, "0.0 to <1.0")?;
         check("adam_eps", self.adam_eps, 1e-12, 1.0, "1e-12 to 1.0")?;
         check("n_phases", self.n_phases, 1, 60, "1 to 60")?;
-        if !matches!(self.optimizer.as_str(), "adam" | "td") {
+        check(
+            "lr_decay_visits",
+            self.lr_decay_visits,
+            0,
+            1 << 32,
+            "0 (decay by games) to 4294967296",
+        )?;
+        if !matches!(self.optimizer.as_str(), "adam" | "td" | "tc") {
             return Err(EngineError::config(
                 "optimizer",
-                "'adam' or 'td'",
+                "'td', 'tc' or 'adam'",
                 &self.optimizer,
             ));
         }
@@ -426,7 +440,7 @@ fn play_game(
     let r = reward(black_diff);
     // delta_t = V(s_{t+1}) - V(s_t) in black's view; fold the traces backwards.
     let t_len = values.len();
-    let cut_at_exploration = cfg.optimizer == "td";
+    let cut_at_exploration = cfg.optimizer != "adam";
     let mut scales = vec![0.0f32; t_len];
     let mut c = 0.0f32;
     for t in (0..t_len).rev() {
@@ -636,7 +650,9 @@ impl Trainer {
         if results.iter().any(|r| matches!(r, Ok(None))) {
             return false;
         }
-        let td = self.config.optimizer == "td";
+        let td = self.config.optimizer != "adam";
+        let tc = self.config.optimizer == "tc";
+        let visits = self.config.optimizer == "td" && self.config.lr_decay_visits > 0;
         let td_lr = self.td_step();
         let positions: usize = results
             .iter()
@@ -648,7 +664,11 @@ impl Trainer {
         for r in &results {
             match r {
                 Ok(Some(rec)) => {
-                    if td {
+                    if tc {
+                        bad |= self.apply_tc(rec, td_lr, bias_lr);
+                    } else if visits {
+                        bad |= self.apply_td_visits(rec, td_lr, bias_lr);
+                    } else if td {
                         bad |= self.apply_td(rec, td_lr, bias_lr);
                     } else {
                         self.accumulate(rec);
@@ -671,7 +691,42 @@ impl Trainer {
     /// The plain-TD step per unit of gradient: the rate at this game count over the active features.
     fn td_step(&self) -> f32 {
         let n_active = (self.weights.set.n_instances() + 1) as f32;
+        if self.config.optimizer == "td" && self.config.lr_decay_visits > 0 {
+            return self.config.learning_rate / n_active;
+        }
         self.learning_rate_at(self.stats.games) / n_active
+    }
+
+    /// Plain TD (with `lr_decay_visits` > 0) whose rate decays per weight with the
+    /// weight's own update count `k` (kept in `adam_t`, so checkpoints keep
+    /// it): `step · d / (d + k)` with `d = lr_decay_visits`. Entries seen in
+    /// most positions (the opening, near-empty patterns, the bias) slow down
+    /// within a few batches, rare ones keep a large step for as long as they
+    /// stay rare; the decay by games slowed both alike. Like [`Self::apply_td`]
+    /// the games' updates are added in game order, so the weights do not
+    /// depend on the thread count.
+    fn apply_td_visits(&mut self, rec: &GameRecord, lr: f32, bias_lr: f32) -> bool {
+        let mut bad = false;
+        let n = rec.n_feat;
+        let d = self.config.lr_decay_visits as f32;
+        let w = &mut self.weights.w;
+        let counts = &mut self.adam_t;
+        for (t, &scale) in rec.scales.iter().enumerate() {
+            if scale == 0.0 {
+                continue;
+            }
+            let feats = &rec.features[t * n..(t + 1) * n];
+            for (k, &i) in feats.iter().enumerate() {
+                let i = i as usize;
+                let c = &mut counts[i];
+                let decay = d / (d + *c as f32);
+                *c = c.saturating_add(1);
+                let step = if k + 1 == n { bias_lr } else { lr };
+                w[i] += step * decay * scale;
+                bad |= !w[i].is_finite();
+            }
+        }
+        bad
     }
 
     /// Plain TD: adds one game's update straight to the weights (the batch's
@@ -700,6 +755,36 @@ impl Trainer {
             let w = &mut self.weights.w[feats[n - 1] as usize];
             *w += bias_lr * scale;
             bad |= !w.is_finite();
+        }
+        bad
+    }
+
+    /// Temporal coherence (Beal & Smith): plain TD whose step on each weight is
+    /// scaled by `|N_i| / A_i`, where `N_i` sums the weight's past updates and
+    /// `A_i` their magnitudes (1 before its first update). A weight whose
+    /// updates keep one sign learns at the full rate; one whose updates
+    /// cancel out (noise, or overshoot corrected back and forth) slows down.
+    /// `N` and `A` live in `adam_m` and `adam_v` (so checkpoints keep them).
+    fn apply_tc(&mut self, rec: &GameRecord, lr: f32, bias_lr: f32) -> bool {
+        let mut bad = false;
+        let n = rec.n_feat;
+        let w = &mut self.weights.w;
+        let (sum, abs) = (&mut self.adam_m, &mut self.adam_v);
+        for (t, &scale) in rec.scales.iter().enumerate() {
+            if scale == 0.0 {
+                continue;
+            }
+            let feats = &rec.features[t * n..(t + 1) * n];
+            for (k, &i) in feats.iter().enumerate() {
+                let i = i as usize;
+                let a = abs[i];
+                let rate = if a > 0.0 { sum[i].abs() / a } else { 1.0 };
+                let step = if k + 1 == n { bias_lr } else { lr };
+                w[i] += step * rate * scale;
+                sum[i] += scale;
+                abs[i] += scale.abs();
+                bad |= !w[i].is_finite();
+            }
         }
         bad
     }
@@ -849,6 +934,22 @@ mod tests {
         assert_eq!(a.weights.w, b.weights.w);
         assert_eq!(a.stats, b.stats);
         assert!(a.weights.w.iter().any(|&v| v != 0.0), "weights must move");
+        // The other rules (per-weight decay by visits; temporal coherence) are reproducible too.
+        for (optimizer, visits) in [("td", 10_000), ("tc", 0)] {
+            let cfg = |threads| TrainConfig {
+                optimizer: optimizer.into(),
+                lr_decay_visits: visits,
+                ..small(threads)
+            };
+            let mut x = Trainer::new(cfg(1)).unwrap();
+            x.train(96, &stop, |_| {});
+            let mut y = Trainer::new(cfg(2)).unwrap();
+            y.train(96, &stop, |_| {});
+            assert_eq!(x.weights.w, y.weights.w, "{optimizer}");
+            assert_eq!(x.adam_v, y.adam_v, "{optimizer}");
+            assert_eq!(x.adam_t, y.adam_t, "{optimizer}");
+            assert_ne!(x.weights.w, a.weights.w, "{optimizer}");
+        }
         let mut c = Trainer::new(TrainConfig {
             seed: 1,
             ..small(1)
@@ -856,6 +957,45 @@ mod tests {
         .unwrap();
         c.train(96, &stop, |_| {});
         assert_ne!(a.weights.w, c.weights.w);
+    }
+
+    #[test]
+    fn visit_decay_counts_updates_per_weight_and_slows_common_weights() {
+        let stop = AtomicBool::new(false);
+        let mut t = Trainer::new(TrainConfig {
+            lr_decay_visits: 100,
+            ..small(1)
+        })
+        .unwrap();
+        t.train(64, &stop, |_| {});
+        let plen = t.weights.set.phase_len;
+        // The phase-0 bias is active in every opening position: counted once per
+        // learnt position, far more often than a typical table entry.
+        let bias = t.adam_t[plen - 1];
+        assert!(bias > 64 * 5, "{bias}");
+        let mut seen: Vec<u32> = t.adam_t[..plen - 1]
+            .iter()
+            .copied()
+            .filter(|&k| k > 0)
+            .collect();
+        seen.sort_unstable();
+        assert!(
+            seen[seen.len() / 2] * 10 < bias,
+            "median {}",
+            seen[seen.len() / 2]
+        );
+        assert!(t.adam_t.iter().filter(|&&k| k == 1).count() > 100);
+        // One more batch: the step a weight takes shrinks as d / (d + k).
+        let before = t.weights.w.clone();
+        let k_before = t.adam_t.clone();
+        t.train(80, &stop, |_| {});
+        let moved = |i: usize| (t.weights.w[i] - before[i]).abs();
+        assert!(moved(plen - 1) > 0.0);
+        assert!(t.adam_t[plen - 1] > k_before[plen - 1]);
+        assert!(
+            t.adam_m.iter().all(|&v| v == 0.0),
+            "td keeps no Adam moments"
+        );
     }
 
     #[test]
