@@ -4,7 +4,8 @@
 //! `MILESTONES` (comma-separated games, default `10000,50000,200000`),
 //! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
 //! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
-//! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`.
+//! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`; `WARM`
+//! plays that many games online (batch 1, 1 thread) before the configuration.
 //!
 //! `cargo run --release --example learn`
 
@@ -54,8 +55,23 @@ fn main() {
         .split(',')
         .map(|x| x.parse().expect("MILESTONES"))
         .collect();
-    let mut t = Trainer::new(cfg).expect("config");
+    let warm: u64 = env("WARM", 0);
     let stop = AtomicBool::new(false);
+    let mut t = if warm > 0 {
+        // Warm-up: the first WARM games online (batch 1, 1 thread), then the configuration.
+        let mut t = Trainer::new(TrainConfig {
+            batch_games: 1,
+            threads: 1,
+            ..cfg.clone()
+        })
+        .expect("config");
+        t.train(warm, &stop, |_| {});
+        t.config = cfg;
+        t.apply_config().expect("config");
+        t
+    } else {
+        Trainer::new(cfg).expect("config")
+    };
     let mut train_s = 0.0;
     for m in milestones {
         let start = Instant::now();
