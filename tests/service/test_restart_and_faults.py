@@ -66,7 +66,12 @@ def test_sigterm_checkpoints_and_auto_resume_continues(
         held = c.create_run("emergence", step_budget=1_000_000, seed=2, config=tiny)
         wait_for(c, run.name, lambda r: r.step >= 5, what="training")
         held_at = c.pause_run(held.name).step
+        # A run stopped just before the SIGTERM is left alone by the shutdown.
+        ended = c.create_run("emergence", step_budget=1_000_000, seed=3, config=tiny)
+        wait_for(c, ended.name, lambda r: r.step >= 1, what="training")
+        ended_at = c.stop_run(ended.name).step
     assert svc.terminate() == 0
+    assert "shutdown checkpoint failed" not in svc.log()
 
     svc2 = start_service(data, extra=["--auto-resume"])
     with svc2.client() as c:
@@ -85,6 +90,8 @@ def test_sigterm_checkpoints_and_auto_resume_continues(
         # A paused run stays paused across the restart, at its pause step.
         still = c.get_run(held.name)
         assert still.state == pb.Run.PAUSED and still.step == held_at
+        stopped = c.get_run(ended.name)
+        assert stopped.state == pb.Run.STOPPED and stopped.step == ended_at
         c.stop_run(run.name)
 
 

@@ -416,7 +416,8 @@ class RunManager:
             if not ctl.ready.is_set() and proc is not None:
                 proc.kill()  # still starting: nothing trained since its last checkpoint
             try:
-                if ctl.ready.is_set():
+                # A run that has just ended is already saved; its worker is exiting by itself.
+                if ctl.ready.is_set() and not ctl.state.terminal:
                     ctl.command("shutdown", max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("shutdown checkpoint failed: %s", exc, extra={"run": ctl.run_id})
