@@ -294,6 +294,35 @@ impl Stats {
 /// Adam bias corrections precomputed for update counts below this.
 const BC_TABLE: usize = 4096;
 
+/// Adds one game's TD update to the weights with a per-weight factor:
+/// `w[i] += step · factor(i, scale) · scale` for every active feature `i` of
+/// every learnt position (`step` is `bias_lr` for the phase bias, the last
+/// feature, else `lr`), in game order. `factor` may update per-weight state.
+/// Returns whether a weight became non-finite.
+fn add_with_factor(
+    w: &mut [f32],
+    rec: &GameRecord,
+    lr: f32,
+    bias_lr: f32,
+    mut factor: impl FnMut(usize, f32) -> f32,
+) -> bool {
+    let mut bad = false;
+    let n = rec.n_feat;
+    for (t, &scale) in rec.scales.iter().enumerate() {
+        if scale == 0.0 {
+            continue;
+        }
+        let feats = &rec.features[t * n..(t + 1) * n];
+        for (k, &i) in feats.iter().enumerate() {
+            let i = i as usize;
+            let step = if k + 1 == n { bias_lr } else { lr };
+            w[i] += step * factor(i, scale) * scale;
+            bad |= !w[i].is_finite();
+        }
+    }
+    bad
+}
+
 /// `(sqrt(1 - beta2^k), 1 - beta1^k)` for update count `k`.
 fn bias_correction(beta1: f32, beta2: f32, k: usize) -> (f32, f32) {
     let k = k as i32;
@@ -706,27 +735,14 @@ impl Trainer {
     /// the games' updates are added in game order, so the weights do not
     /// depend on the thread count.
     fn apply_td_visits(&mut self, rec: &GameRecord, lr: f32, bias_lr: f32) -> bool {
-        let mut bad = false;
-        let n = rec.n_feat;
         let d = self.config.lr_decay_visits as f32;
-        let w = &mut self.weights.w;
         let counts = &mut self.adam_t;
-        for (t, &scale) in rec.scales.iter().enumerate() {
-            if scale == 0.0 {
-                continue;
-            }
-            let feats = &rec.features[t * n..(t + 1) * n];
-            for (k, &i) in feats.iter().enumerate() {
-                let i = i as usize;
-                let c = &mut counts[i];
-                let decay = d / (d + *c as f32);
-                *c = c.saturating_add(1);
-                let step = if k + 1 == n { bias_lr } else { lr };
-                w[i] += step * decay * scale;
-                bad |= !w[i].is_finite();
-            }
-        }
-        bad
+        add_with_factor(&mut self.weights.w, rec, lr, bias_lr, |i, _| {
+            let c = &mut counts[i];
+            let decay = d / (d + *c as f32);
+            *c = c.saturating_add(1);
+            decay
+        })
     }
 
     /// Plain TD: adds one game's update straight to the weights (the batch's
@@ -766,27 +782,14 @@ impl Trainer {
     /// cancel out (noise, or overshoot corrected back and forth) slows down.
     /// `N` and `A` live in `adam_m` and `adam_v` (so checkpoints keep them).
     fn apply_tc(&mut self, rec: &GameRecord, lr: f32, bias_lr: f32) -> bool {
-        let mut bad = false;
-        let n = rec.n_feat;
-        let w = &mut self.weights.w;
         let (sum, abs) = (&mut self.adam_m, &mut self.adam_v);
-        for (t, &scale) in rec.scales.iter().enumerate() {
-            if scale == 0.0 {
-                continue;
-            }
-            let feats = &rec.features[t * n..(t + 1) * n];
-            for (k, &i) in feats.iter().enumerate() {
-                let i = i as usize;
-                let a = abs[i];
-                let rate = if a > 0.0 { sum[i].abs() / a } else { 1.0 };
-                let step = if k + 1 == n { bias_lr } else { lr };
-                w[i] += step * rate * scale;
-                sum[i] += scale;
-                abs[i] += scale.abs();
-                bad |= !w[i].is_finite();
-            }
-        }
-        bad
+        add_with_factor(&mut self.weights.w, rec, lr, bias_lr, |i, scale| {
+            let a = abs[i];
+            let rate = if a > 0.0 { sum[i].abs() / a } else { 1.0 };
+            sum[i] += scale;
+            abs[i] += scale.abs();
+            rate
+        })
     }
 
     fn record_game(&mut self, diff: Option<i32>) {
