@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import urllib.request
@@ -150,3 +151,41 @@ def test_many_subscribers_get_the_same_frames_and_the_counters_add_up(
     assert _metric(metrics_port, "trainsvc_frames_sent_total") == sum(len(f) for f in frames)
     skipped = sum(f[-1].sequence - f[0].sequence + 1 - len(f) for f in frames)
     assert _metric(metrics_port, "trainsvc_frames_dropped_total") >= skipped
+
+
+def test_streams_opened_together_keep_to_their_rate_cap(
+    shared_service: Any, tiny: dict[str, Any], wait_for: Any
+) -> None:
+    """Each of several streams opened at once gets its first frame, then at most `max_rate_hz`
+    frames a second (the random phase of the second frame only ever delays it), while the run
+    publishes a frame every step, far faster."""
+    rate, window = 5.0, 4.0
+    with shared_service.client() as c:
+        run = c.create_run("emergence", step_budget=1_000_000, config=tiny)
+        wait_for(c, run.name, lambda r: r.step > 20, what="warm-up")
+        streams = [c.stream_frames(run.name, max_rate_hz=rate) for _ in range(5)]
+        times: list[list[float]] = [[] for _ in streams]
+
+        def read(i: int) -> None:
+            for _ in streams[i]:
+                times[i].append(time.monotonic())
+
+        start_step = c.get_run(run.name).step
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(streams))]
+        for t in threads:
+            t.start()
+        time.sleep(window)
+        steps = c.get_run(run.name).step - start_step
+        for s in streams:
+            s.cancel()
+        for t in threads:
+            t.join(10)
+        c.stop_run(run.name)
+    assert steps > 2 * rate * window, steps  # frames were published faster than the cap
+    for got in times:
+        assert len(got) >= 2, got  # the first frame, and more
+        assert len(got) <= rate * window + 2, len(got)
+        gaps = [b - a for a, b in itertools.pairwise(got)]
+        # Sends are at least an interval apart; the client's own receive times may bunch up
+        # a little behind a busy machine, so allow a margin on the median only.
+        assert sorted(gaps)[len(gaps) // 2] >= 0.8 / rate, gaps
