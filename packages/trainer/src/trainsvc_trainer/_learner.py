@@ -13,7 +13,6 @@ with ``A = normalise(G - V)``.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -64,6 +63,25 @@ class LearnerSpec(NamedTuple):
         )
 
 
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
+"""XLA options of the learner's programs on CPU.
+
+By default XLA's CPU backend hands each matrix product to YNNPACK together with
+the elementwise operations around it (bias, ``tanh``, ``exp``), and YNNPACK runs
+those several times slower than XLA's own loops: the policy's forward pass cost
+a quarter of a step. Offloading the products alone halves that (bench/trainer.py).
+"""
+
+
+def _jit(fn: Any) -> Any:
+    """``jax.jit`` with :data:`CPU_COMPILER_OPTIONS` when the default backend is the CPU."""
+    if jax.default_backend() == "cpu":
+        return jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS)
+    return jax.jit(fn)
+
+
 def _dense(key: Array, n_in: int, n_out: int, scale: float) -> dict[str, Array]:
     w = jax.random.normal(key, (n_in, n_out), jnp.float32) * (scale / jnp.sqrt(n_in))
     return {"kernel": w, "bias": jnp.zeros((n_out,), jnp.float32)}
@@ -104,32 +122,64 @@ def sample_actions(key: Array, logits: Array) -> Array:
     return actions_from_uniforms(jax.random.uniform(key, logits.shape[:-1], jnp.float32), logits)
 
 
+def _invert_cdf(uniforms: Array, weights: Array) -> Array:
+    """The index ``i`` where the running sum of ``weights`` ``(..., A)`` passes ``uniforms * total``.
+
+    The running sum is a product with a triangular matrix of ones and the count of
+    entries below the threshold a reduction: both are computed once into memory.
+    Written as a chain of adds and compares (or ``cumsum``), XLA's CPU backend
+    fused the whole chain into every consumer of the actions (about eight of
+    them), each recomputing it.
+    """
+    n = weights.shape[-1]
+    cdf = weights @ jnp.triu(jnp.ones((n, n), weights.dtype))
+    index = (cdf < uniforms[..., None] * cdf[..., -1:]).sum(-1, dtype=jnp.int32)
+    return jnp.minimum(index, n - 1)
+
+
 def actions_from_uniforms(uniforms: Array, logits: Array) -> Array:
     """Actions ``(...)`` for ``logits`` ``(..., A)``: the CDF inverted at ``uniforms`` ``(...)`` in [0, 1).
 
     One uniform per agent (instead of one Gumbel per action) is the cheap part of
-    the step on CPU; the NumPy reference samples the same way. The running sum is
-    spelled out action by action (the order ``cumsum`` adds in): XLA's CPU backend
-    lowers ``cumsum`` to a slow reduce-window.
+    the step on CPU; the NumPy reference samples the same way.
     """
-    probs = jax.nn.softmax(logits, axis=-1)
-    cdf = list(itertools.accumulate(probs[..., a] for a in range(logits.shape[-1])))
-    u = uniforms * cdf[-1]
-    index = sum((c < u).astype(jnp.int32) for c in cdf)
-    return jnp.minimum(jnp.asarray(index), logits.shape[-1] - 1)
+    return _invert_cdf(uniforms, jnp.exp(logits - logits.max(-1, keepdims=True)))
 
 
-def policy_apply(
-    params: Params, agent_params: Params, obs: Array, role_scale: float = 10.0
-) -> tuple[Array, Array]:
-    """Action logits ``(..., N, A)`` and values ``(..., N)`` for observations ``(..., N, D)``.
+def actions_from_heads(uniforms: Array, moves: Array, tools: Array) -> Array:
+    """:func:`actions_from_uniforms` for the joint logits of ``moves`` ``(..., 5)`` and ``tools`` ``(..., 2)``.
+
+    A joint logit is a sum, so its exponential is the product of the move's and the
+    tool's: seven exponentials instead of ten, each head's maximum taken over its own
+    few entries (XLA recomputes a fused maximum for every element that reads it).
+    """
+    e_moves = jnp.exp(moves - moves.max(-1, keepdims=True))
+    e_tools = jnp.exp(tools - tools.max(-1, keepdims=True))
+    joint = e_tools[..., :, None] * e_moves[..., None, :]
+    return _invert_cdf(uniforms, joint.reshape(*joint.shape[:-2], _env.N_ACTIONS))
+
+
+def policy_heads(
+    params: Params,
+    agent_params: Params,
+    obs: Array,
+    role_scale: float = 10.0,
+    self_counted_at: int | None = None,
+) -> tuple[Array, Array, Array]:
+    """Move logits ``(..., N, 5)``, tool logits ``(..., N, 2)`` and values ``(..., N)``.
+
+    With ``self_counted_at``, ``obs`` counts the observer at that index
+    (``_env.observe_counting_self``): the first layer subtracts that one in its bias.
 
     The moves come from the shared MLP plus each agent's move bias; the tool only
     from the agent's own ``tool_logits`` (times ``role_scale``): nothing observed
     says which tool pays, so an agent's tool is its role, a per-agent parameter.
     Without agent parameters one shared ``tool_logits`` serves every agent.
     """
-    pre = obs @ params["hidden"]["kernel"] + params["hidden"]["bias"]
+    bias = params["hidden"]["bias"]
+    if self_counted_at is not None:
+        bias = bias - params["hidden"]["kernel"][self_counted_at]
+    pre = obs @ params["hidden"]["kernel"] + bias
     if agent_params:
         pre = pre + agent_params["embed"]
     h = jnp.tanh(pre)
@@ -139,9 +189,35 @@ def policy_apply(
         tools = role_scale * agent_params["tool_logits"]
     else:
         tools = params["tool_logits"]
-    logits = joint_logits(moves, jnp.broadcast_to(tools, (*moves.shape[:-1], _env.N_TOOLS)))
     value = (h @ params["value"]["kernel"] + params["value"]["bias"])[..., 0]
-    return logits, value
+    return moves, jnp.broadcast_to(tools, (*moves.shape[:-1], _env.N_TOOLS)), value
+
+
+def policy_apply(
+    params: Params,
+    agent_params: Params,
+    obs: Array,
+    role_scale: float = 10.0,
+    self_counted_at: int | None = None,
+) -> tuple[Array, Array]:
+    """Joint action logits ``(..., N, A)`` and values ``(..., N)`` (see :func:`policy_heads`)."""
+    moves, tools, value = policy_heads(params, agent_params, obs, role_scale, self_counted_at)
+    return joint_logits(moves, tools), value
+
+
+def _observe_batch(env: _env.EnvState, cfg: EnvConfig) -> Array:
+    """The learner's observations of a batch of environments: the observer counted on its cell."""
+    out: Array = jax.vmap(lambda s: _env.observe_counting_self(s, cfg))(env)
+    return out
+
+
+def _policy(
+    params: Params, agent_params: Params, obs: Array, spec: LearnerSpec
+) -> tuple[Array, Array, Array]:
+    """:func:`policy_heads` of :func:`_observe_batch`'s observations."""
+    return policy_heads(
+        params, agent_params, obs, spec.policy.role_scale, _env.self_index(spec.env)
+    )
 
 
 def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
@@ -168,7 +244,7 @@ def _compiled_init(spec: LearnerSpec) -> Any:
         opt_state = make_optimizer(spec).init((params, agent_params))
         return TrainState(params, agent_params, opt_state, key, env_state)
 
-    return jax.jit(init)
+    return _jit(init)
 
 
 def _rollout(
@@ -181,7 +257,6 @@ def _rollout(
     random_policy: bool = False,
 ) -> tuple[_env.EnvState, dict[str, Array]]:
     cfg = spec.env
-    observe: Any = jax.vmap(lambda s: _env.observe(s, cfg))
     # all the rollout's random numbers in two calls: on CPU, jax.random's threefry runs
     # as a loop whose cost per call dwarfs a step's few thousand uniforms
     k_act, k_env = jax.random.split(key)
@@ -193,11 +268,11 @@ def _rollout(
         state: _env.EnvState, xs: tuple[Array, Array]
     ) -> tuple[_env.EnvState, dict[str, Array]]:
         u, k_step = xs
-        obs = observe(state)
-        logits, _ = policy_apply(params, agent_params, obs, spec.policy.role_scale)
+        obs = _observe_batch(state, cfg)
+        moves, tools, _ = _policy(params, agent_params, obs, spec)
         if random_policy:
-            logits = jnp.zeros_like(logits)
-        actions = actions_from_uniforms(u, logits)
+            moves, tools = jnp.zeros_like(moves), jnp.zeros_like(tools)
+        actions = actions_from_heads(u, moves, tools)
         nxt, reward = _env.step_batch(state, actions, k_step, cfg)
         done = nxt.t == 0
         return nxt, {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
@@ -222,7 +297,8 @@ def _loss(
     trainable: tuple[Params, Params], traj: dict[str, Array], returns: Array, spec: LearnerSpec
 ) -> tuple[Array, dict[str, Array]]:
     params, agent_params = trainable
-    logits, values = policy_apply(params, agent_params, traj["obs"], spec.policy.role_scale)
+    moves, tools, values = _policy(params, agent_params, traj["obs"], spec)
+    logits = joint_logits(moves, tools)
     logp_all = jax.nn.log_softmax(logits)
     logp = jnp.take_along_axis(logp_all, traj["actions"][..., None], axis=-1)[..., 0]
     adv = jax.lax.stop_gradient(returns - values)
@@ -255,8 +331,8 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
         env_final, traj = _rollout(
             state.params, state.agent_params, state.env, k_roll, spec, spec.rollout_length
         )
-        obs_last = jax.vmap(lambda s: _env.observe(s, cfg))(env_final)
-        _, v_last = policy_apply(state.params, state.agent_params, obs_last, spec.policy.role_scale)
+        obs_last = _observe_batch(env_final, cfg)
+        _, _, v_last = _policy(state.params, state.agent_params, obs_last, spec)
         returns = _returns(traj["rewards"], traj["dones"], v_last, spec.gamma)
         trainable = (state.params, state.agent_params)
         grads, aux = jax.grad(_loss, has_aux=True)(trainable, traj, returns, spec)
@@ -278,7 +354,7 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
         new_state = TrainState(params, agent_params, opt_state, key, env_final)
         return new_state, metrics, tracker_inputs
 
-    return jax.jit(train_step)
+    return _jit(train_step)
 
 
 @functools.cache
@@ -292,7 +368,7 @@ def compiled_rollout(spec: LearnerSpec) -> Any:
         final, traj = _rollout(params, agent_params, env, key, spec, spec.rollout_length)
         return final, traj["rewards"].mean()
 
-    return jax.jit(act)
+    return _jit(act)
 
 
 @functools.cache
@@ -312,7 +388,7 @@ def _compiled_evaluate(spec: LearnerSpec, random_policy: bool) -> Any:
 
         return jax.vmap(one)(seeds)
 
-    return jax.jit(evaluate)
+    return _jit(evaluate)
 
 
 def evaluate(
