@@ -66,7 +66,8 @@ def obs_size(cfg: EnvConfig) -> int:
 
 
 def _torus_delta(a: Array, b: Array, size: Array) -> Array:
-    d = jnp.abs(a - b) % size
+    """Distance along one torus axis between coordinates ``a`` and ``b``, both in ``[0, size)``."""
+    d = jnp.abs(a - b)  # < size: no remainder needed (an integer one is slow on CPU)
     return jnp.minimum(d, size - d)
 
 
@@ -111,14 +112,30 @@ def _occupancy(positions: Array, cfg: EnvConfig) -> Array:
     return zeros.at[positions[:, 0], positions[:, 1]].add(1.0, mode="promise_in_bounds")
 
 
+def self_index(cfg: EnvConfig) -> int:
+    """Index, in an observation, of the count of agents on the observer's own cell."""
+    r = cfg.patch_radius
+    return (r * (2 * r + 1) + r) * N_GRIDS + 2
+
+
 def observe(state: EnvState, cfg: EnvConfig) -> Array:
     """Every agent's observation ``(N, (2r + 1)^2 * 3)``: its patch, cell by cell.
 
     The patch's cells in row-major order, each giving three values: ``log(1 + field)``,
-    the resources, and the agents on the cell other than the observer. One gather
-    reads all three grids and is the whole observation: on XLA's CPU backend a gather
-    that other operations are fused into (a concatenation, a transpose, a ``log1p``)
-    is computed element by element and costs several times more.
+    the resources, and the agents on the cell other than the observer.
+    """
+    return observe_counting_self(state, cfg).at[:, self_index(cfg)].add(-1.0)
+
+
+def observe_counting_self(state: EnvState, cfg: EnvConfig) -> Array:
+    """:func:`observe`, except that the observer is counted on its own cell (index :func:`self_index`).
+
+    That count is one more than :func:`observe`'s for every agent, a constant the
+    policy folds into its first layer's bias (see ``policy_heads``), which saves two
+    passes over the observations a step. One gather reads all three grids and is
+    the whole observation: on XLA's CPU backend a gather that other operations are
+    fused into (a concatenation, a transpose, a ``log1p``) is computed element by
+    element and costs several times more.
     """
     r = cfg.patch_radius
     pos = state.positions
@@ -137,9 +154,22 @@ def observe(state: EnvState, cfg: EnvConfig) -> Array:
     # the agents counted into the third grid by a scatter-add: XLA computes a scatter's
     # result once, into memory, where it would fuse a computed grid into the gather
     grids = grids.at[pos[:, 0], pos[:, 1], 2].add(1.0, mode="promise_in_bounds")  # (H, W, 3)
-    obs = grids[rows, cols].reshape(cfg.n_agents, -1)  # (N, P * P * 3)
-    centre = (r * (2 * r + 1) + r) * N_GRIDS + 2  # the observer's own cell, other agents
-    return obs.at[:, centre].add(-1.0)
+    return grids[rows, cols].reshape(cfg.n_agents, -1)  # (N, P * P * 3)
+
+
+def _neighbour_sum(grid: Array) -> Array:
+    """The sum of each cell's four torus neighbours in ``grid`` ``(H, W)``.
+
+    Four static slices of the grid wrapped by one cell on each side, the wrapped
+    grid held in memory: the same sum as four ``jnp.roll`` calls, which XLA's CPU
+    backend fuses into one loop that picks a source per element by branching,
+    several times slower.
+    """
+    rows = jnp.concatenate([grid[-1:], grid, grid[:1]], 0)
+    wrapped: Array = jax.lax.optimization_barrier(  # type: ignore[no-untyped-call]
+        jnp.concatenate([rows[:, -1:], rows, rows[:, :1]], 1)
+    )
+    return wrapped[:-2, 1:-1] + wrapped[2:, 1:-1] + wrapped[1:-1, :-2] + wrapped[1:-1, 2:]
 
 
 def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Array]:
@@ -149,7 +179,8 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     d_row = (move == 2).astype(jnp.int32) - (move == 1).astype(jnp.int32)
     d_col = (move == 4).astype(jnp.int32) - (move == 3).astype(jnp.int32)
     size = jnp.array([cfg.height, cfg.width], jnp.int32)
-    pos = (state.positions + jnp.stack([d_row, d_col], axis=-1)) % size
+    moved = state.positions + jnp.stack([d_row, d_col], axis=-1)  # one cell off at most
+    pos = jnp.where(moved < 0, moved + size, jnp.where(moved >= size, moved - size, moved))
     occ = _occupancy(pos, cfg)
     delta = _torus_delta(pos[:, None, :], pos[None, :, :], size).max(axis=-1)
     sharing = (delta == 0).sum(axis=1, dtype=jnp.int32).astype(jnp.float32)  # occ at own cell
@@ -165,7 +196,7 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     reward = take * gain * (1.0 + cfg.coop_bonus * near.any(axis=1))
     skill = state.skill + cfg.skill_rate * (first.astype(jnp.float32) - state.skill)
     fld = state.field + cfg.deposit * occ
-    neigh = jnp.roll(fld, 1, 0) + jnp.roll(fld, -1, 0) + jnp.roll(fld, 1, 1) + jnp.roll(fld, -1, 1)
+    neigh = _neighbour_sum(fld)
     fld = ((1.0 - cfg.diffusion) * fld + cfg.diffusion * 0.25 * neigh) * (1.0 - cfg.evaporation)
     resources = resources + cfg.regrow * (state.capacity - resources)
     nxt = EnvState(
