@@ -88,9 +88,9 @@ class NumpyEmergence:
         centres = self.rng.random((n, p.n_patches, 2), dtype=np.float32) * size
         rows = np.arange(p.height, dtype=np.float32)[None, :, None, None]
         cols = np.arange(p.width, dtype=np.float32)[None, None, :, None]
-        dr = np.abs(rows - centres[:, None, None, :, 0]) % size[0]
+        dr = np.abs(rows - centres[:, None, None, :, 0])  # < size: no remainder needed
         dr = np.minimum(dr, size[0] - dr)
-        dc = np.abs(cols - centres[:, None, None, :, 1]) % size[1]
+        dc = np.abs(cols - centres[:, None, None, :, 1])
         dc = np.minimum(dc, size[1] - dc)
         blobs = np.exp(-(dr**2 + dc**2) / (2.0 * p.patch_size**2))
         return np.minimum(blobs.sum(-1), 1.0).astype(np.float32)
@@ -132,8 +132,8 @@ class NumpyEmergence:
         parts = (np.log1p(self.field[bi, rows, cols]), self.res[bi, rows, cols], others)
         return np.stack(parts, -1).reshape(self.b, p.n_agents, -1)
 
-    def logits(self, obs: np.ndarray) -> np.ndarray:
-        """The policy's joint action logits ``(B, N, 10)``."""
+    def heads(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's move ``(B, N, 5)`` and tool ``(B, N, 2)`` logits."""
         w = self.params
         pre = obs @ w["hidden"]["kernel"] + w["hidden"]["bias"]
         if self.agent:
@@ -145,19 +145,28 @@ class NumpyEmergence:
             tools = self.role_scale * self.agent["tool_logits"]
         else:
             tools = w["tool_logits"]
-        tools = np.broadcast_to(tools, (*moves.shape[:-1], N_TOOLS))
-        # joint (tool, move) logits: action a = move a % 5 with tool a // 5
+        return moves, np.broadcast_to(tools, (*moves.shape[:-1], N_TOOLS))
+
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's joint action logits ``(B, N, 10)``: action a = move a % 5 with tool a // 5."""
+        moves, tools = self.heads(obs)
         return (tools[..., :, None] + moves[..., None, :]).reshape(
             *moves.shape[:-1], N_MOVES * N_TOOLS
         )
 
     def act(self, obs: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
-        """Samples actions ``(B, N)`` from the policy's logits (with ``uniforms`` ``(B, N)`` if given)."""
-        logits = self.logits(obs)
-        e = np.exp(logits - logits.max(-1, keepdims=True))
+        """Samples actions ``(B, N)`` from the policy's logits (with ``uniforms`` ``(B, N)`` if given).
+
+        A joint logit is a sum, so its exponential is the product of the move's and
+        the tool's (seven exponentials instead of ten), as the trainer computes it.
+        """
+        moves, tools = self.heads(obs)
+        e_moves = np.exp(moves - moves.max(-1, keepdims=True))
+        e_tools = np.exp(tools - tools.max(-1, keepdims=True))
+        e = (e_tools[..., :, None] * e_moves[..., None, :]).reshape(*moves.shape[:-1], -1)
         cdf = np.cumsum(e, -1)
         if uniforms is None:
-            uniforms = self.rng.random(logits.shape[:-1], dtype=np.float32)
+            uniforms = self.rng.random(moves.shape[:-1], dtype=np.float32)
         u = uniforms[..., None] * cdf[..., -1:]
         return np.minimum((cdf < u).sum(-1), N_MOVES * N_TOOLS - 1)
 
@@ -172,7 +181,7 @@ class NumpyEmergence:
         cell_res = self.res[bi, pos[..., 0], pos[..., 1]]
         take = cell_res * p.harvest / occ[bi, pos[..., 0], pos[..., 1]]
         self.res = self.res * (1.0 - p.harvest * (occ > 0))
-        d = np.abs(pos[:, :, None, :] - pos[:, None, :, :]) % size
+        d = np.abs(pos[:, :, None, :] - pos[:, None, :, :])  # < size: no remainder needed
         delta = np.minimum(d, size - d).max(-1)
         near = (delta <= p.coop_radius) & ~np.eye(p.n_agents, dtype=bool)
         users = np.stack([(tool == k).sum(-1) for k in range(N_TOOLS)], -1).astype(np.float32)

@@ -68,3 +68,31 @@ def test_action_sampling_follows_the_logits() -> None:
     freq = np.bincount(actions, minlength=10) / actions.size
     np.testing.assert_allclose(freq[:4], [0.5, 0.0, 0.2, 0.3], atol=0.03)
     assert freq[4:].sum() == 0.0
+
+
+def test_numpy_reference_samples_the_actions_the_trainer_samples(
+    make_config: Callable[..., Config],
+) -> None:
+    """Same observations and uniforms give the same actions: both do the same sampling work."""
+    config = make_config(env={"n_agents": 8, "n_envs": 64})
+    spec = _learner.LearnerSpec.of(config.env, config.policy, config.train)
+    state = _learner.init_state(3, spec)
+    agent = jax.tree.map(
+        lambda a: a + 0.5 * np.cos(np.arange(a.size)).reshape(a.shape), state.agent_params
+    )
+    obs = np.asarray(jax.vmap(lambda s: _env.observe(s, config.env))(state.env))
+    ref = NumpyEmergence(
+        EnvParams.of(config.env),
+        config.env.n_envs,
+        *jax.tree.map(np.asarray, (state.params, agent)),
+        role_scale=config.policy.role_scale,
+    )
+    uniforms = np.random.default_rng(1).random(obs.shape[:2], dtype=np.float32)
+    moves, tools, _ = _learner.policy_heads(state.params, agent, obs, config.policy.role_scale)
+    got = np.asarray(_learner.actions_from_heads(uniforms, moves, tools))
+    want = ref.act(obs, uniforms)
+    # the running sums add in another order (a matrix product vs cumsum): a uniform
+    # within rounding of a boundary may pick the neighbouring action, nothing else
+    assert (got == want).mean() >= 0.99
+    assert np.abs(got - want).max() <= 1
+    assert len(np.unique(got)) > 3, "the test must cover more than a few actions"
