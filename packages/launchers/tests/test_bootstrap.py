@@ -72,6 +72,10 @@ def _start(
         "TRAINSVC_KAGGLE_WORKING": str(root / "working"),
         "TRAINSVC_SESSION_SECONDS": str(budget_s),
         "TRAINSVC_POLL_SECONDS": "0.5",
+        # every session compiles cold, so that start-up is alike across sessions: the
+        # reference's sets the first session's budget, and a compile cache it warmed would
+        # start the first session seconds sooner
+        "TRAINSVC_CACHE_DIR": str(root / "jax-cache"),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "PYTHONUTF8": "1",
@@ -130,7 +134,7 @@ def _training_window(log: str) -> tuple[float, float]:
 
 
 def test_two_budgeted_sessions_equal_one_uninterrupted_run(tmp_path: Path) -> None:
-    steps = 6000  # long enough that training, not start-up, dominates a session
+    steps = 12000  # long enough that training, not start-up (and its jitter), dominates a session
     # The uninterrupted reference runs first: its log says when training started and ended on
     # this machine, so the first session's wall-clock budget can end it halfway, however fast or
     # loaded the machine is (a fixed budget either ends before training starts or after it ends).
