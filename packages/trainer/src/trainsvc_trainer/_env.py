@@ -65,7 +65,7 @@ def obs_size(cfg: EnvConfig) -> int:
     return N_GRIDS * (2 * cfg.patch_radius + 1) ** 2
 
 
-def _torus_delta(a: Array, b: Array, size: Array) -> Array:
+def _torus_delta(a: Array, b: Array, size: Array | int) -> Array:
     """Distance along one torus axis between coordinates ``a`` and ``b``, both in ``[0, size)``."""
     d = jnp.abs(a - b)  # < size: no remainder needed (an integer one is slow on CPU)
     return jnp.minimum(d, size - d)
@@ -182,7 +182,13 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     moved = state.positions + jnp.stack([d_row, d_col], axis=-1)  # one cell off at most
     pos = jnp.where(moved < 0, moved + size, jnp.where(moved >= size, moved - size, moved))
     occ = _occupancy(pos, cfg)
-    delta = _torus_delta(pos[:, None, :], pos[None, :, :], size).max(axis=-1)
+    # Chebyshev distance of every pair, the two axes apart (a max over an axis of two
+    # compiles to a scalar loop on CPU)
+    rows, cols = pos[:, 0], pos[:, 1]
+    delta = jnp.maximum(
+        _torus_delta(rows[:, None], rows[None, :], cfg.height),
+        _torus_delta(cols[:, None], cols[None, :], cfg.width),
+    )
     sharing = (delta == 0).sum(axis=1, dtype=jnp.int32).astype(jnp.float32)  # occ at own cell
     take = state.resources[pos[:, 0], pos[:, 1]] * cfg.harvest / sharing
     resources = state.resources * (1.0 - cfg.harvest * (occ > 0))
