@@ -6,6 +6,10 @@
    Target: >= 8x.
 2. Training throughput with a checkpoint every 1,000 steps and a frame every 10
    steps vs both off. Target: overhead <= 2%.
+
+Ratios are paired: the contenders run in alternating chunks, each round's ratio
+is taken between chunks seconds apart, and the table gives the median over rounds
+with its range (absolute rates drift by up to 1.5x between minutes here).
 3. Compile time of a fresh process: cold (empty persistent cache) vs warm (the
    cache filled by the cold run).
 
@@ -44,29 +48,42 @@ def config(**sections: dict[str, Any]) -> Config:
     return Config.from_dict(data)
 
 
-def interleaved(runs: dict[str, Any], rounds: int) -> dict[str, float]:
+Rates = dict[str, list[float]]
+"""Units per second of each contender, one entry per round (``"<name>/cpu"``: per CPU-second)."""
+
+
+def alternate(runs: dict[str, Any], rounds: int) -> Rates:
     """Calls each ``runs[name]()`` (returning units of work done) in turn, ``rounds`` times.
 
-    Alternating short chunks spreads a shared machine's changing load evenly over
-    the contenders. Returns units per wall-clock second of each, and under
-    ``"<name>/cpu"`` units per CPU second of this process (all its threads), which
-    a busy shared machine distorts less.
+    The order alternates between rounds (A B C, C B A, ...) so that no contender
+    always follows another; each round's rates are kept, so that ratios can be
+    paired within a round (the contenders ran seconds apart, under the same load):
+    on this virtual machine a rate drifts by up to 1.5x between minutes.
     """
-    work = dict.fromkeys(runs, 0.0)
-    spent = dict.fromkeys(runs, 0.0)
-    cpu = dict.fromkeys(runs, 0.0)
-    for _ in range(rounds):
-        for name, fn in runs.items():
+    rates: Rates = {}
+    names = list(runs)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
             start, cpu_start = time.perf_counter(), time.process_time()
-            work[name] += fn()
-            spent[name] += time.perf_counter() - start
-            cpu[name] += time.process_time() - cpu_start
-    out = {name: work[name] / spent[name] for name in runs}
-    out.update({f"{name}/cpu": work[name] / cpu[name] for name in runs})
-    return out
+            work = runs[name]()
+            rates.setdefault(name, []).append(work / (time.perf_counter() - start))
+            cpu = max(time.process_time() - cpu_start, 1e-9)
+            rates.setdefault(f"{name}/cpu", []).append(work / cpu)
+    return rates
 
 
-def throughput(n_envs: int, chunk: float, rounds: int) -> dict[str, float]:
+def median(values: list[float]) -> float:
+    """The median of ``values``."""
+    return float(np.median(values))
+
+
+def paired(rates: Rates, name: str, base: str) -> tuple[float, float, float]:
+    """Median, lowest and highest over rounds of ``name``'s rate over ``base``'s in the same round."""
+    ratios = [a / b for a, b in zip(rates[name], rates[base], strict=True)]
+    return median(ratios), min(ratios), max(ratios)
+
+
+def throughput(n_envs: int, chunk: float, rounds: int) -> Rates:
     """Agent-steps/s at ``n_envs``: jitted acting, jitted training step, NumPy acting."""
     cfg = config(env={"n_envs": n_envs}, train={"total_steps": 10**9})
     trainer = Trainer(cfg)
@@ -97,7 +114,7 @@ def throughput(n_envs: int, chunk: float, rounds: int) -> dict[str, float]:
         env, reward = act(state.params, state.agent_params, env, next(keys))
         reward.block_until_ready()
 
-    return interleaved(
+    return alternate(
         {
             "jax_act": lambda: until(jax_act),
             "jax_train": lambda: until(trainer.step),
@@ -128,11 +145,11 @@ def median_rates(runs: dict[str, Any], rounds: int) -> dict[str, float]:
     return out
 
 
-def overhead(block: int, rounds: int) -> tuple[float, float]:
-    """Steps/s with checkpoints every 1,000 + frames every 10, and with both off.
+def overhead(block: int, rounds: int) -> Rates:
+    """Steps/s with checkpoints every 1,000 + frames every 10 (``on``), and with both off (``off``).
 
-    Medians over ``rounds`` interleaved blocks of ``block`` steps each; an 'on' block
-    that crosses a multiple of 1,000 steps includes its checkpoint save.
+    ``rounds`` alternating blocks of ``block`` steps each; an 'on' block that crosses
+    a multiple of 1,000 steps includes its checkpoint save.
     """
     frames: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,20 +162,14 @@ def overhead(block: int, rounds: int) -> tuple[float, float]:
         t_off = Trainer(off)
         t_on.step()
         t_off.step()
-        rates = median_rates(
+        rates = alternate(
             {"on": lambda: float(t_on.run(block)), "off": lambda: float(t_off.run(block))},
             rounds,
-        )
-        print(
-            f"  overhead, median per CPU-second: on {rates['on/cpu']:,.1f}, "
-            f"off {rates['off/cpu']:,.1f} steps "
-            f"({(rates['off/cpu'] - rates['on/cpu']) / rates['off/cpu'] * 100:+.1f}%)",
-            flush=True,
         )
         t_on.close()
         saved = len(t_on.checkpoint_manager.steps())
         assert saved >= 1 and frames, "the 'on' run must really checkpoint and publish frames"
-    return rates["on"], rates["off"]
+    return rates
 
 
 CHILD = """
@@ -194,23 +205,34 @@ def main() -> None:
     )
     for n_envs in (8, 64, 256):
         r = throughput(n_envs, chunk, rounds)
-        print(f"  {n_envs} envs: " + ", ".join(f"{k} {v:,.0f}" for k, v in r.items()), flush=True)
-        base = f"numpy reference {r['numpy_act']:,.0f}"
+        print(
+            f"  {n_envs} envs, medians: "
+            + ", ".join(f"{k} {median(v):,.0f}" for k, v in r.items()),
+            flush=True,
+        )
+        base = f"numpy reference {median(r['numpy_act']):,.0f}"
         for key, label, target in (
             ("jax_act", f"agent-steps/s acting, {n_envs} envs x 8 agents", ">= 8x"),
             ("jax_train", f"agent-steps/s training (act+update), {n_envs} envs", "-"),
         ):
-            ratio = f"{r[key] / r['numpy_act']:.1f}x (CPU-s: {r[key + '/cpu'] / r['numpy_act/cpu']:.1f}x)"
-            rows.append((label, f"{r[key]:,.0f}", base, ratio, target))
+            mid, low, high = paired(r, key, "numpy_act")
+            cpu = paired(r, f"{key}/cpu", "numpy_act/cpu")[0]
+            ratio = f"{mid:.1f}x ({low:.1f}-{high:.1f}; CPU-s {cpu:.1f}x)"
+            rows.append((label, f"{median(r[key]):,.0f}", base, ratio, target))
     # blocks of 1,000 steps, so that every 'on' block includes exactly one checkpoint save
-    on, off = overhead(1000 if not args.quick else 200, 7 if not args.quick else 4)
-    print(f"  overhead: on {on:,.1f} steps/s, off {off:,.1f} steps/s", flush=True)
+    r = overhead(1000 if not args.quick else 200, 9 if not args.quick else 6)
+    mid, low, high = paired(r, "on", "off")
+    cpu = paired(r, "on/cpu", "off/cpu")[0]
+    print(
+        f"  overhead rounds (on/off): {', '.join(f'{a / b:.3f}' for a, b in zip(r['on'], r['off'], strict=True))}"
+    )
     rows.append(
         (
             "steps/s, ckpt every 1000 + frame every 10",
-            f"{on:,.0f}",
-            f"both off {off:,.0f}",
-            f"{(off - on) / off * 100:+.1f}% overhead",
+            f"{median(r['on']):,.0f}",
+            f"both off {median(r['off']):,.0f}",
+            f"{(1 - mid) * 100:+.1f}% overhead ({(1 - high) * 100:+.1f} to {(1 - low) * 100:+.1f}; "
+            f"CPU-s {(1 - cpu) * 100:+.1f}%)",
             "<= 2%",
         )
     )
@@ -228,9 +250,9 @@ def main() -> None:
     )
     print()
     header = ("measurement", "trainer", "baseline", "ratio", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 if __name__ == "__main__":
