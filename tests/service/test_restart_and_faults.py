@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,26 @@ def test_sigterm_checkpoints_and_auto_resume_continues(
         ended = c.create_run("emergence", step_budget=1_000_000, seed=3, config=tiny)
         wait_for(c, ended.name, lambda r: r.step >= 1, what="training")
         ended_at = c.stop_run(ended.name).step
-    assert svc.terminate() == 0
+        # A client following every run's events: the shutdown ends its stream normally,
+        # after the runs' final events, instead of cancelling it mid-wait.
+        followed: list[pb.Event] = []
+        failures: list[BaseException] = []
+
+        def follow() -> None:
+            try:
+                followed.extend(c.stream_events("runs/-", follow=True))
+            except BaseException as exc:  # reported by the assert below
+                failures.append(exc)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        wait_for(c, run.name, lambda r: len(followed) > 0, what="the follower to read")
+        assert svc.terminate() == 0
+        follower.join(timeout=30)
+    assert not follower.is_alive() and not failures, failures
+    assert any(e.run == run.name and e.state == pb.Run.INTERRUPTED for e in followed)
     assert "shutdown checkpoint failed" not in svc.log()
+    assert "Exception not handled" not in svc.log()
 
     svc2 = start_service(data, extra=["--auto-resume"])
     with svc2.client() as c:

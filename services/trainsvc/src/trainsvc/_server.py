@@ -96,6 +96,7 @@ class TrainsvcServer:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
+        self._servicer: TrainServicer | None = None
         self._metrics_http: Any = None
 
     async def start(self) -> None:
@@ -143,6 +144,7 @@ class TrainsvcServer:
         servicer = TrainServicer(
             self.manager, self.hub, self.notifier, self.metrics, max_streams=opts.max_streams
         )
+        self._servicer = servicer
         add_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -201,6 +203,8 @@ class TrainsvcServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await asyncio.to_thread(self.manager.shutdown, self.options.shutdown_timeout)
+        if self._servicer is not None:
+            self._servicer.end_streams()  # the run's final events are sent first
         if self._server is not None:
             await self._server.stop(grace=2.0)
         if self._metrics_http is not None:

@@ -107,6 +107,8 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self._watchdog: asyncio.Task[None] | None = None
         self.frames_sent = 0
         """Frames sent by every StreamFrames call (only the event loop's thread adds to it)."""
+        self.closing = False
+        """Set by :meth:`end_streams` when the service shuts down: event streams then return."""
         metrics.watch_frames(lambda: self.frames_sent, lambda: hub.dropped)
 
     # -- plumbing -------------------------------------------------------------
@@ -338,6 +340,15 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
             self._frame_streams.discard(stream)
             self.hub.unsubscribe(run_id, sub)
 
+    def end_streams(self) -> None:
+        """Let following event streams end normally (the service is shutting down).
+
+        Without this, the server's stop cancels them mid-wait and gRPC logs each
+        cancellation as an unhandled error.
+        """
+        self.closing = True
+        self.notifier.notify()
+
     async def StreamEvents(  # type: ignore[override]  # noqa: N802
         self, request: pb.StreamEventsRequest, context: Context
     ) -> None:
@@ -369,7 +380,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                     sequence = event.sequence + 1
                 if len(events) == EVENT_BATCH:
                     continue
-                if not follow:
+                if not follow or self.closing:
                     return
                 if run_id is not None and not self.m.is_active(run_id):
                     state = (await asyncio.to_thread(self.m.registry.get_run, run_id)).state
