@@ -194,14 +194,10 @@ def policy_heads(
 
 
 def policy_apply(
-    params: Params,
-    agent_params: Params,
-    obs: Array,
-    role_scale: float = 10.0,
-    self_counted_at: int | None = None,
+    params: Params, agent_params: Params, obs: Array, role_scale: float = 10.0
 ) -> tuple[Array, Array]:
     """Joint action logits ``(..., N, A)`` and values ``(..., N)`` (see :func:`policy_heads`)."""
-    moves, tools, value = policy_heads(params, agent_params, obs, role_scale, self_counted_at)
+    moves, tools, value = policy_heads(params, agent_params, obs, role_scale)
     return joint_logits(moves, tools), value
 
 
