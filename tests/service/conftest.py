@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -90,6 +91,20 @@ class Service:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
+
+    def metrics_port(self) -> int:
+        """The port the metrics endpoint bound (start it with ``--metrics-listen 127.0.0.1:0``).
+
+        Read from the service's "trainsvc listening" log record: a port picked by the
+        test and bound later can meanwhile be taken by another server (gRPC binds with
+        SO_REUSEPORT and would share it).
+        """
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("message") == "trainsvc listening":
+                    return int(record["metrics_port"])
+        raise AssertionError(f"no 'trainsvc listening' record in the log: {self.log()}")
 
     def kill_all(self) -> None:
         """SIGKILL the service and its workers (the whole process group)."""

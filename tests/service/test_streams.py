@@ -12,8 +12,6 @@ import grpc
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 from trainsvc_client import pb
 
-from .conftest import free_port
-
 WINDOW_S = 4.0
 
 
@@ -90,8 +88,8 @@ def test_many_subscribers_get_the_same_frames_and_the_counters_add_up(
     start_service: Any, tiny: dict[str, Any], wait_for: Any
 ) -> None:
     """Frames are serialized once and the same bytes go to every subscriber."""
-    metrics_port = free_port()
-    svc = start_service(extra=["--metrics-listen", f"127.0.0.1:{metrics_port}"])
+    svc = start_service(extra=["--metrics-listen", "127.0.0.1:0"])
+    metrics_port = svc.metrics_port()
     n = 20
     with svc.client() as c:
         run = c.create_run("emergence", step_budget=1_000_000, config=tiny)
