@@ -36,6 +36,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def worker_pids(service_pid: int) -> list[int]:
+    """The service's run worker processes (multiprocessing spawn children; Linux /proc)."""
+    pids = []
+    for task in Path(f"/proc/{service_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(int(child))
+    return pids
+
+
 class Service:
     """A `trainsvc serve` process in its own process group (so SIGKILL can take it all)."""
 
@@ -156,6 +166,12 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or 'a condition'}: {run}")
         time.sleep(0.1)
+
+
+@pytest.fixture(name="worker_pids")
+def worker_pids_fixture() -> Callable[[int], list[int]]:
+    """`worker_pids(service_pid)`: the service's run worker processes."""
+    return worker_pids
 
 
 @pytest.fixture

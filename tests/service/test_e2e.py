@@ -127,25 +127,15 @@ def _niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
-def _worker_pids(service_pid: int) -> list[int]:
-    """The service's run worker processes (multiprocessing spawn children)."""
-    pids = []
-    for task in Path(f"/proc/{service_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                pids.append(int(child))
-    return pids
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_workers_run_nicer_than_the_service(
-    shared_service: Any, tiny: dict[str, Any], wait_for: Any
+    shared_service: Any, tiny: dict[str, Any], wait_for: Any, worker_pids: Any
 ) -> None:
     """The default --worker-nice: training yields the CPU to the service's RPCs and streams."""
     with shared_service.client() as c:
         run = c.create_run("emergence", step_budget=RUNNING_LONG, config=tiny)
         wait_for(c, run.name, lambda r: r.step > 0, what="training")
-        workers = _worker_pids(shared_service.proc.pid)
+        workers = worker_pids(shared_service.proc.pid)
         c.stop_run(run.name)
     assert workers, "no worker process found"
     service_nice = _niceness(shared_service.proc.pid)

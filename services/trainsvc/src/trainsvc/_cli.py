@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainsvc._cpus import affinity_supported, format_cpu_list, parse_cpu_list
 from trainsvc._server import DEFAULT_WORKER_NICE, ConfigurationError, ServerOptions, serve
 
 TOKEN_ENV = "TRAINSVC_TOKEN"
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         help="niceness added to run workers, 0-19, so the service stays responsive when "
         "training saturates the CPUs (default %(default)s)",
     )
+    s.add_argument(
+        "--worker-cpus",
+        type=_cpu_list,
+        metavar="LIST",
+        help="pin run workers to these CPUs (e.g. 2-15; taskset -c syntax) and the service to "
+        "the others, so that frame fan-out and RPCs never take CPU time from training "
+        "(Linux; default: no pinning)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -80,6 +89,22 @@ def _niceness(text: str) -> int:
     if not 0 <= value <= 19:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 19, got {text!r}")
     return value
+
+
+def _cpu_list(text: str) -> frozenset[int]:
+    if not affinity_supported():
+        raise argparse.ArgumentTypeError("CPU pinning needs Linux (os.sched_setaffinity)")
+    try:
+        cpus = parse_cpu_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    machine = frozenset(range(os.cpu_count() or 1))
+    if not cpus <= machine:
+        raise argparse.ArgumentTypeError(
+            f"CPU {format_cpu_list(cpus - machine)} does not exist here; "
+            f"this machine has CPUs {format_cpu_list(machine)}"
+        )
+    return cpus
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -143,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             max_streams=args.max_streams,
             shutdown_timeout=args.shutdown_timeout,
             worker_nice=args.worker_nice,
+            worker_cpus=args.worker_cpus,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

@@ -93,6 +93,7 @@ class _RunController:
             restore_path=restore_path,
             start_paused=start_paused,
             nice=self.m.worker_nice,
+            cpus=self.m.worker_cpus,
         )
         parent, child = self.m.mp.Pipe(duplex=True)
         process = self.m.mp.Process(
@@ -301,9 +302,11 @@ class RunManager:
         on_event: Callable[[Event], None],
         on_run_end: Callable[[str], None],
         worker_nice: int = 0,
+        worker_cpus: frozenset[int] | None = None,
     ) -> None:
         self.registry = registry
         self.worker_nice = worker_nice
+        self.worker_cpus = worker_cpus
         self.data_dir = data_dir
         self.metrics = metrics
         self.frame_sink = frame_sink

@@ -24,6 +24,7 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc import _convert as conv
 from trainsvc._auth import TokenAuthInterceptor
+from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_this_process
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
@@ -59,6 +60,8 @@ class ServerOptions:
     max_streams: int = 512
     shutdown_timeout: float = 60.0
     worker_nice: int = DEFAULT_WORKER_NICE
+    worker_cpus: frozenset[int] | None = None
+    """CPUs run workers are pinned to (the service keeps the others); None: no pinning."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -102,6 +105,7 @@ class TrainsvcServer:
     async def start(self) -> None:
         """Open the registry, recover runs, and start listening."""
         opts = self.options
+        self._pin_away_from_workers()
         # Control calls wait in threads for their worker; keep plenty so reads never queue.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
@@ -129,6 +133,7 @@ class TrainsvcServer:
             on_event=lambda _e: self.notifier.notify(),
             on_run_end=self.hub.close_topic,
             worker_nice=opts.worker_nice,
+            worker_cpus=opts.worker_cpus,
         )
         interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
         server = grpc.aio.server(
@@ -189,6 +194,33 @@ class TrainsvcServer:
                 "data_dir": str(opts.data_dir),
                 "metrics_port": self.metrics_port,
                 "interrupted_runs": recovered,
+            },
+        )
+
+    def _pin_away_from_workers(self) -> None:
+        """With --worker-cpus, move the service's threads to the CPUs the workers do not use.
+
+        Raises ConfigurationError when the workers could not run on their CPUs (a
+        cpuset that excludes them), before any run is started.
+        """
+        workers = self.options.worker_cpus
+        if not workers:
+            return
+        own = available_cpus()
+        try:  # the same call each worker makes at start, tried here once
+            pin_process(workers)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--worker-cpus: cannot run on CPUs {format_cpu_list(workers)}: {exc.strerror}"
+            ) from None
+        # no CPU left: the service shares the workers' CPUs (their niceness still helps)
+        service = (own - workers) or own
+        pin_this_process(service)
+        log.info(
+            "cpu affinity",
+            extra={
+                "worker_cpus": format_cpu_list(workers),
+                "service_cpus": format_cpu_list(service),
             },
         )
 

@@ -30,6 +30,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from trainsvc._cpus import pin_process
+
 FAULT_ENV = "TRAINSVC_FAULT_CRASH_AT_STEP"
 FAULT_EXIT_CODE = 86
 CHUNK_SECONDS = 0.25
@@ -49,6 +51,8 @@ class WorkerJob:
     start_paused: bool = False
     nice: int = 0
     """Added to the worker's CPU niceness, so the service answers promptly on busy CPUs."""
+    cpus: frozenset[int] | None = None
+    """CPUs the worker is pinned to (``serve --worker-cpus``); None: those of the service."""
 
 
 def checkpoint_step(path: Path) -> tuple[int, bool] | None:
@@ -165,6 +169,8 @@ class _Worker:
 def worker_main(conn: Connection, job: WorkerJob) -> None:
     """Entry point of the spawned worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the service's to handle
+    if job.cpus:  # before the trainer starts: XLA sizes its thread pool by the CPUs allowed
+        pin_process(job.cpus)
     if job.nice:
         os.nice(job.nice)
     worker = _Worker(conn, job)
