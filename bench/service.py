@@ -20,11 +20,12 @@ are opened for the level and closed after it, the subscriber processes stay):
   rounds (target p99 <= 10 ms on loopback), and with no subscribers (what the
   machine's load alone gives).
 
-With --pin the service and its run worker are pinned to CPU 0 and the
-subscribers and the measuring client to the other CPUs, so that the
-subscribers stand in for clients on other machines and the ratio shows what
-fan-out costs the service itself (on 2 CPUs the service's sending then
-competes with the trainer for CPU 0). By default every process shares every CPU.
+With --pin the service runs with `--worker-cpus 1-N` (its run worker on CPUs 1
+and up, the service's own threads on CPU 0), and the subscribers and the
+measuring client are pinned to CPU 0 beside the service: they stand in for
+clients on other machines, and the ratio shows whether fan-out takes anything
+from training once the service keeps off the trainer's CPUs (the deployment
+docs/service.md recommends). By default every process shares every CPU.
 
 Usage: python bench/service.py [--window 5] [--rounds 3] [--subscribers 10,100] [--pin | --no-pin]
 """
@@ -47,6 +48,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from trainsvc._cpus import format_cpu_list
 from trainsvc_client import Client, connect, pb
 
 
@@ -228,14 +230,13 @@ def main() -> None:
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="service on CPU 0, subscribers and the measuring client on the others",
+        help="serve --worker-cpus 1-N: the service, subscribers and measuring client on CPU 0",
     )
     args = parser.parse_args()
     if args.pin and cpus < 2:
         parser.error("--pin needs at least 2 CPUs")
     if args.pin:
-        _CLIENT_CPUS.update(range(1, cpus))
-        _pin_clients()
+        _CLIENT_CPUS.add(0)  # the measuring client pins itself once the service has started
     levels = [int(x) for x in args.subscribers.split(",") if x]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,14 +258,14 @@ def main() -> None:
                 "--log-format",
                 "json",
                 *(["--worker-nice", str(args.worker_nice)] if args.worker_nice is not None else []),
+                *(["--worker-cpus", format_cpu_list(set(range(1, cpus)))] if args.pin else []),
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # Before exec, so every thread and worker process of the service inherits it.
-            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if args.pin else None,
         )
         _SERVICE_PID[0] = proc.pid
+        _pin_clients()
         try:
             client = connect(address)
             for _ in range(300):
@@ -336,7 +337,8 @@ def main() -> None:
         f"trainsvc service benchmark (window {args.window:g} s, emergence default config, "
         f"a frame every step, subscribers ask for 30 frames/s; {cpus} CPUs; "
         + (
-            "service + worker pinned to CPU 0, clients on the others"
+            f"serve --worker-cpus {format_cpu_list(set(range(1, cpus)))}: the worker on CPU "
+            f"{format_cpu_list(set(range(1, cpus)))}, the service and clients on CPU 0"
             if args.pin
             else "all processes share every CPU"
         )
