@@ -79,3 +79,18 @@ def test_serve_rejects_a_bad_worker_niceness(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "--worker-nice" in bad.stderr and "0 to 19" in bad.stderr
     assert not (tmp_path / "data").exists()  # refused before touching anything
+
+
+def test_a_second_service_on_a_port_in_use_fails_instead_of_sharing_it(
+    shared_service: Any, tmp_path: Path
+) -> None:
+    """gRPC binds with SO_REUSEPORT by default: two services would split the calls between them."""
+    cmd = [sys.executable, "-c", "from trainsvc import main; main()", "serve"]
+    cmd += ["--listen", shared_service.address, "--data-dir", str(tmp_path / "other")]
+    second = subprocess.run(
+        [*cmd, "--metrics-listen", ""], capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 1
+    assert "--listen: cannot bind" in second.stderr and shared_service.address in second.stderr
+    with shared_service.client() as c:  # the first one still answers
+        c.list_runs_page(page_size=1)

@@ -144,6 +144,8 @@ class TrainsvcServer:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # a second service on a port in use must fail, not silently share it
+                ("grpc.so_reuseport", 0),
             ],
         )
         servicer = TrainServicer(
@@ -156,15 +158,20 @@ class TrainsvcServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        if opts.tls_cert is not None and opts.tls_key is not None:
-            creds = grpc.ssl_server_credentials(
-                [(opts.tls_key.read_bytes(), opts.tls_cert.read_bytes())]
-            )
-            self.port = server.add_secure_port(opts.listen, creds)
-        else:
-            self.port = server.add_insecure_port(opts.listen)
+        try:
+            if opts.tls_cert is not None and opts.tls_key is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(opts.tls_key.read_bytes(), opts.tls_cert.read_bytes())]
+                )
+                self.port = server.add_secure_port(opts.listen, creds)
+            else:
+                self.port = server.add_insecure_port(opts.listen)
+        except RuntimeError:  # grpcio >= 1.49 raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise ConfigurationError(f"--listen: cannot bind {opts.listen}")
+            raise ConfigurationError(
+                f"--listen: cannot bind {opts.listen} (in use by another process?)"
+            )
         recovered = self.manager.recover(auto_resume=opts.auto_resume)
         await server.start()
         # Everything imported and built so far lives as long as the service: keep it out of
