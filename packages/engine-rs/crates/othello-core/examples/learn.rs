@@ -4,7 +4,8 @@
 //! `MILESTONES` (comma-separated games, default `10000,50000,200000`),
 //! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
 //! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
-//! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`; `WARM`
+//! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`, `DEPTH`
+//! (the training search depth); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
 //!
 //! `cargo run --release --example learn`
@@ -47,6 +48,7 @@ fn main() {
         adam_eps: env("ADAM_EPS", d.adam_eps),
         beta1: env("BETA1", d.beta1),
         lr_decay_visits: env("VISITS", d.lr_decay_visits),
+        search_depth: env("DEPTH", d.search_depth),
         ..d
     };
     eprintln!("{cfg:?}");

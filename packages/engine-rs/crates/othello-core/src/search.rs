@@ -17,12 +17,14 @@ struct Entry {
     depth: u8,
     bound: u8, // 0 empty, 1 exact, 2 lower, 3 upper
     mv: u8,
+    generation: u32, // the table's generation when stored; others are forgotten
 }
 
 /// A transposition table: a power-of-two array of always-replace entries.
 #[derive(Clone, Debug)]
 pub struct TranspositionTable {
     entries: Vec<Entry>,
+    generation: u32,
 }
 
 /// Bytes of one table entry.
@@ -41,11 +43,21 @@ impl TranspositionTable {
     /// The largest power-of-two table that fits in `bytes` (at least 1 entry).
     #[must_use]
     pub fn with_bytes(bytes: usize) -> TranspositionTable {
-        let n = (bytes / TT_ENTRY_BYTES).max(1);
-        let n = 1usize << (usize::BITS - 1 - n.leading_zeros());
         TranspositionTable {
-            entries: vec![Entry::default(); n],
+            entries: vec![Entry::default(); Self::entries_for(bytes)],
+            generation: 1, // entries start at generation 0: empty
         }
+    }
+
+    /// Bytes that [`TranspositionTable::with_bytes`] would hold, without allocating them.
+    #[must_use]
+    pub fn bytes_for(bytes: usize) -> usize {
+        Self::entries_for(bytes) * TT_ENTRY_BYTES
+    }
+
+    fn entries_for(bytes: usize) -> usize {
+        let n = (bytes / TT_ENTRY_BYTES).max(1);
+        1usize << (usize::BITS - 1 - n.leading_zeros())
     }
 
     /// Bytes held by the table.
@@ -66,9 +78,15 @@ impl TranspositionTable {
         self.entries.is_empty()
     }
 
-    /// Forgets every entry.
+    /// Forgets every entry, in constant time: entries stored before are of an older
+    /// generation and never match again (the memory is rewritten only when the
+    /// generation counter wraps, once in 2^32 clears).
     pub fn clear(&mut self) {
-        self.entries.fill(Entry::default());
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.entries.fill(Entry::default());
+            self.generation = 1;
+        }
     }
 
     #[inline]
@@ -78,12 +96,19 @@ impl TranspositionTable {
 
     fn probe(&self, b: &Board) -> Option<Entry> {
         let e = self.entries[self.slot(b)];
-        (e.bound != 0 && e.player == b.player && e.opponent == b.opponent).then_some(e)
+        (e.bound != 0
+            && e.generation == self.generation
+            && e.player == b.player
+            && e.opponent == b.opponent)
+            .then_some(e)
     }
 
     fn store(&mut self, b: &Board, e: Entry) {
         let s = self.slot(b);
-        self.entries[s] = e;
+        self.entries[s] = Entry {
+            generation: self.generation,
+            ..e
+        };
     }
 }
 
@@ -248,6 +273,7 @@ impl Searcher<'_> {
                 depth: depth as u8,
                 bound,
                 mv: best.1,
+                generation: 0, // set by store
             },
         );
         best
@@ -422,6 +448,33 @@ pub fn search_until(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clear_forgets_every_entry_without_rewriting_the_table() {
+        let mut tt = TranspositionTable::with_bytes(1 << 12);
+        let b = Board::initial();
+        let e = Entry {
+            player: b.player,
+            opponent: b.opponent,
+            score: 0.5,
+            depth: 3,
+            bound: 1,
+            mv: 19,
+            generation: 0,
+        };
+        tt.store(&b, e);
+        assert_eq!(tt.probe(&b).map(|e| e.mv), Some(19));
+        tt.clear();
+        assert!(tt.probe(&b).is_none());
+        tt.store(&b, e);
+        assert_eq!(tt.probe(&b).map(|e| e.score), Some(0.5));
+        tt.generation = u32::MAX; // the counter wraps: the table is rewritten once
+        tt.store(&b, e);
+        tt.clear();
+        assert_eq!(tt.generation, 1);
+        assert!(tt.probe(&b).is_none());
+    }
+
     use super::*;
     use crate::board::perft;
     use crate::rng::Rng;

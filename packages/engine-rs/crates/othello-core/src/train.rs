@@ -17,7 +17,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -358,6 +358,9 @@ pub struct Trainer {
     touched: Vec<u32>,
     bias_corr: Vec<(f32, f32)>,
     tt_bytes_per_thread: usize,
+    /// One transposition table per pool thread (with `search_depth > 1`), kept across
+    /// batches and cleared (in constant time) before each game.
+    tts: Vec<Mutex<TranspositionTable>>,
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -379,7 +382,7 @@ fn pick_move(
     rng: &mut Rng,
     eps: f64,
     depth: u32,
-    tt: &mut Option<TranspositionTable>,
+    tt: Option<&mut TranspositionTable>,
     stop: &AtomicBool,
     theirs: &[u32],
 ) -> (u32, bool) {
@@ -388,7 +391,7 @@ fn pick_move(
         return (rng.pick_bit(moves), true);
     }
     if depth > 1 {
-        if let Some(tt) = tt.as_mut() {
+        if let Some(tt) = tt {
             // A pause must not wait for a deep search: it polls `stop`, and the
             // game loop then abandons the game (the batch is discarded).
             let r = search_until(
@@ -414,7 +417,7 @@ fn play_game(
     w: &Weights,
     cfg: &TrainConfig,
     game: u64,
-    tt: &mut Option<TranspositionTable>,
+    mut tt: Option<&mut TranspositionTable>,
     stop: &AtomicBool,
 ) -> Option<GameRecord> {
     if cfg.inject_panic_every > 0 && game % cfg.inject_panic_every == 0 {
@@ -459,6 +462,7 @@ fn play_game(
         features.extend_from_slice(&buf[..n_feat]);
         values.push(raw.tanh());
         signs.push(if black_to_move { 1.0f32 } else { -1.0 });
+        let tt = tt.as_deref_mut();
         let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt, stop, &theirs);
         explored.push(random);
         b = b.play(sq);
@@ -529,6 +533,7 @@ impl Trainer {
             touched: Vec::new(),
             bias_corr: Vec::new(),
             tt_bytes_per_thread: 0,
+            tts: Vec::new(),
             pool: None,
         };
         t.apply_config()?;
@@ -567,10 +572,24 @@ impl Trainer {
         // The TT shrinks to fit what is left of the budget (capped at 64 MB per thread).
         let per_thread = ((budget - fixed) / threads).min(64 << 20);
         self.tt_bytes_per_thread = if self.config.search_depth > 1 && per_thread >= TT_ENTRY_BYTES {
-            TranspositionTable::with_bytes(per_thread).memory_bytes()
+            TranspositionTable::bytes_for(per_thread)
         } else {
             0
         };
+        let tt_count = if self.tt_bytes_per_thread > 0 {
+            threads
+        } else {
+            0
+        };
+        if self.tts.len() != tt_count
+            || self.tts.first().is_some_and(|tt| {
+                tt.lock().expect("tt lock").memory_bytes() != self.tt_bytes_per_thread
+            })
+        {
+            self.tts = (0..tt_count)
+                .map(|_| Mutex::new(TranspositionTable::with_bytes(self.tt_bytes_per_thread)))
+                .collect();
+        }
         self.pool = Some(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -656,24 +675,30 @@ impl Trainer {
         }
         let w = &self.weights;
         let cfg = &self.config;
-        let tt_bytes = self.tt_bytes_per_thread;
+        let tts = &self.tts;
         let pool = self.pool.as_ref().expect("pool built in apply_config");
         let results: Vec<Result<Option<GameRecord>, String>> = pool.install(|| {
             (start..end)
                 .into_par_iter()
-                .map_init(
-                    || (tt_bytes > 0).then(|| TranspositionTable::with_bytes(tt_bytes)),
-                    |tt, g| {
-                        catch_unwind(AssertUnwindSafe(|| play_game(w, cfg, g, tt, stop))).map_err(
-                            |e| {
-                                e.downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                                    .unwrap_or_else(|| "panic".into())
-                            },
-                        )
-                    },
-                )
+                .map(|g| {
+                    // This thread's table, emptied: what another game stored (a different
+                    // game on each thread count) never steers this game's search.
+                    let mut guard = rayon::current_thread_index()
+                        .and_then(|i| tts.get(i))
+                        .map(|tt| tt.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                    if let Some(tt) = guard.as_deref_mut() {
+                        tt.clear();
+                    }
+                    catch_unwind(AssertUnwindSafe(|| {
+                        play_game(w, cfg, g, guard.as_deref_mut(), stop)
+                    }))
+                    .map_err(|e| {
+                        e.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "panic".into())
+                    })
+                })
                 .collect()
         });
         if results.iter().any(|r| matches!(r, Ok(None))) {
@@ -1086,6 +1111,28 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().starts_with("memory_budget_mb"), "{err}");
+    }
+
+    #[test]
+    fn searched_training_is_the_same_on_one_and_two_threads() {
+        // At search_depth > 1 each worker thread keeps a transposition table across
+        // games: what one game stored must never steer another game's search.
+        let stop = AtomicBool::new(false);
+        let cfg = |threads| TrainConfig {
+            search_depth: 3,
+            memory_budget_mb: 64,
+            ..small(threads)
+        };
+        let mut one = Trainer::new(cfg(1)).unwrap();
+        one.train(96, &stop, |_| {});
+        let mut two = Trainer::new(cfg(2)).unwrap();
+        two.train(96, &stop, |_| {});
+        assert!(one.memory_report().transposition_table > 0);
+        assert!(
+            one.weights.w == two.weights.w,
+            "weights differ between 1 and 2 threads"
+        );
+        assert_eq!(one.stats, two.stats);
     }
 
     #[test]
