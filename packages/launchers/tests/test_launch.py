@@ -134,8 +134,9 @@ def test_fail_fast_when_trainsvc_cannot_start(
         code = main(_args(tmp_path, _config(tmp_path, "busy-run"), port, tmux_socket))
     assert code == 1
     out = capsys.readouterr().out
-    # The service's own traceback (it cannot bind the port) is what the watch catches.
-    assert "[TRAINING-LOCAL] ❌ ERROR: early failure (Traceback" in out
+    # The service's own error line (it cannot bind the port) is what the watch catches.
+    assert "[TRAINING-LOCAL] ❌ ERROR: early failure (trainsvc: error:" in out
+    assert "--listen: cannot bind" in out
     assert not _session_alive(tmux_socket, "trainsvc-busy-run")
 
 

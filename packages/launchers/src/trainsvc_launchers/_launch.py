@@ -26,7 +26,10 @@ from trainsvc_launchers._supervisor import run_state
 
 __all__ = ["find_latest_checkpoint", "launch", "log_path", "m4_config"]
 
-_FATAL = re.compile(r"Traceback \(most recent call last\)|❌ ERROR|^error:|\bFATAL\b", re.MULTILINE)
+# A traceback, our own error lines, a command-line tool's "error:" or "prog: error:" line
+_FATAL = re.compile(
+    r"Traceback \(most recent call last\)|❌ ERROR|^(?:[\w.-]+: )?error:|\bFATAL\b", re.MULTILINE
+)
 _STEP = re.compile(r"step_(\d+)\.safetensors")
 M4_MAX_ENVS = 4
 M4_MAX_INTERVAL = 200
