@@ -166,7 +166,7 @@ class TrainsvcServer:
                 self.port = server.add_secure_port(opts.listen, creds)
             else:
                 self.port = server.add_insecure_port(opts.listen)
-        except RuntimeError:  # grpcio >= 1.49 raises where older versions returned 0
+        except RuntimeError:  # recent grpcio raises on a failed bind; older versions return 0
             self.port = 0
         if self.port == 0:
             raise ConfigurationError(

@@ -581,11 +581,12 @@ impl Trainer {
         } else {
             0
         };
-        if self.tts.len() != tt_count
-            || self.tts.first().is_some_and(|tt| {
-                tt.lock().expect("tt lock").memory_bytes() != self.tt_bytes_per_thread
-            })
-        {
+        let tt_bytes = self.tt_bytes_per_thread;
+        let resized = self.tts.first_mut().is_some_and(|tt| {
+            tt.get_mut()
+                .map_or(true, |tt| tt.memory_bytes() != tt_bytes)
+        });
+        if self.tts.len() != tt_count || resized {
             self.tts = (0..tt_count)
                 .map(|_| Mutex::new(TranspositionTable::with_bytes(self.tt_bytes_per_thread)))
                 .collect();
