@@ -121,7 +121,7 @@ class NumpyEmergence:
         return occ.reshape(self.b, p.height, p.width).astype(np.float32)
 
     def observe(self) -> np.ndarray:
-        """Observations ``(B, N, (2r+1)^2 * 3)``: per patch cell, log-field, resources, others."""
+        """Observations ``(B, N, 3 * (2r+1)^2)``: the patches of log-field, resources, others."""
         p, r = self.p, self.p.patch_radius
         rows = (self.pos[..., 0, None, None] + self.offs[None, None, :, None]) % p.height
         cols = (self.pos[..., 1, None, None] + self.offs[None, None, None, :]) % p.width
@@ -130,7 +130,7 @@ class NumpyEmergence:
         others = occ[bi, rows, cols]
         others[:, :, r, r] -= 1.0
         parts = (np.log1p(self.field[bi, rows, cols]), self.res[bi, rows, cols], others)
-        return np.stack(parts, -1).reshape(self.b, p.n_agents, -1)
+        return np.stack(parts, 2).reshape(self.b, p.n_agents, -1)
 
     def heads(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The policy's move ``(B, N, 5)`` and tool ``(B, N, 2)`` logits."""

@@ -36,10 +36,11 @@ def test_numpy_reference_matches_the_jax_environment(make_config: Callable[..., 
     step = jax.jit(jax.vmap(lambda s, a: _env.step(s, a, config.env)))
     observe = jax.jit(jax.vmap(lambda s: _env.observe(s, config.env)))
     for t in range(12):
-        host = jax.tree.map(np.asarray, env)
-        ref.pos = host.positions.astype(np.int64)
-        ref.field, ref.res, ref.cap = host.field.copy(), host.resources.copy(), host.capacity.copy()
-        ref.skill, ref.t = host.skill.copy(), host.t.astype(np.int64)
+        # the checkpoint's view of the state: grids (n_envs, H, W), as the reference holds them
+        host = {k: np.array(v) for k, v in _env.env_state_to_tree(env, config.env).items()}
+        ref.pos = host["positions"].astype(np.int64)
+        ref.field, ref.res, ref.cap = host["field"], host["resources"], host["capacity"]
+        ref.skill, ref.t = host["skill"], host["t"].astype(np.int64)
         obs = np.asarray(observe(env))
         # log1p may differ in the last bit between XLA and NumPy
         np.testing.assert_allclose(obs, ref.observe(), rtol=1e-6, err_msg=f"observation, step {t}")
@@ -52,9 +53,10 @@ def test_numpy_reference_matches_the_jax_environment(make_config: Callable[..., 
         ref_reward = ref.step(actions)
         np.testing.assert_allclose(np.asarray(reward), ref_reward, rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(np.asarray(env.positions), ref.pos)
+        grids = _env.env_state_to_tree(env, config.env)
         for name, got, want in (
-            ("field", env.field, ref.field),
-            ("resources", env.resources, ref.res),
+            ("field", grids["field"], ref.field),
+            ("resources", grids["resources"], ref.res),
             ("skill", env.skill, ref.skill),
         ):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7, err_msg=name)

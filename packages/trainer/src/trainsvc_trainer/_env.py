@@ -50,9 +50,9 @@ class EnvState(NamedTuple):
     """One environment's state; every leaf is an array (batched by the learner)."""
 
     positions: Array  # (N, 2) int32 cell (row, col)
-    field: Array  # (H, W) float32 shared field
-    resources: Array  # (H, W) float32 current resources
-    capacity: Array  # (H, W) float32 resource capacity (patches)
+    field: Array  # (H * W,) float32 shared field, row-major (see ``_neighbour_sum``)
+    resources: Array  # (H * W,) float32 current resources, row-major
+    capacity: Array  # (H * W,) float32 resource capacity (patches), row-major
     skill: Array  # (N,) float32 practice share of tool 0 this episode (tool 1: 1 - skill)
     t: Array  # () int32 steps into the episode
     episode_return: Array  # () float32 running per-agent mean return
@@ -87,10 +87,10 @@ def reset(key: Array, cfg: EnvConfig) -> EnvState:
     k_pos, k_cap = jax.random.split(key)
     rows = jax.random.randint(k_pos, (cfg.n_agents,), 0, cfg.height)
     cols = jax.random.randint(jax.random.fold_in(k_pos, 1), (cfg.n_agents,), 0, cfg.width)
-    capacity = _capacity(k_cap, cfg)
+    capacity = _capacity(k_cap, cfg).reshape(-1)
     return EnvState(
         positions=jnp.stack([rows, cols], axis=-1).astype(jnp.int32),
-        field=jnp.zeros((cfg.height, cfg.width), jnp.float32),
+        field=jnp.zeros((cfg.height * cfg.width,), jnp.float32),
         resources=capacity,
         capacity=capacity,
         skill=jnp.full((cfg.n_agents,), 0.5, jnp.float32),
@@ -101,28 +101,34 @@ def reset(key: Array, cfg: EnvConfig) -> EnvState:
     )
 
 
-def _occupancy(positions: Array, cfg: EnvConfig) -> Array:
-    """Agents per cell ``(H, W)``, a scatter-add of one per agent.
+def _cell(positions: Array, cfg: EnvConfig) -> Array:
+    """Flat row-major index of each ``(row, col)`` in ``positions`` ``(..., 2)``."""
+    return positions[..., 0] * cfg.width + positions[..., 1]
+
+
+def _occupancy(cells: Array, cfg: EnvConfig) -> Array:
+    """Agents per cell, flat ``(H * W,)``, a scatter-add of one per agent at its flat ``cells`` index.
 
     Under ``vmap`` XLA's CPU backend runs this as one short loop over the agents of
     all environments: cheaper than comparing every agent with every cell (which
     was evaluated anew wherever a fusion read the grid) or a one-hot product.
     """
-    zeros = jnp.zeros((cfg.height, cfg.width), jnp.float32)
-    return zeros.at[positions[:, 0], positions[:, 1]].add(1.0, mode="promise_in_bounds")
+    zeros = jnp.zeros((cfg.height * cfg.width,), jnp.float32)
+    return zeros.at[cells].add(1.0, mode="promise_in_bounds")
 
 
 def self_index(cfg: EnvConfig) -> int:
     """Index, in an observation, of the count of agents on the observer's own cell."""
     r = cfg.patch_radius
-    return (r * (2 * r + 1) + r) * N_GRIDS + 2
+    side = 2 * r + 1
+    return 2 * side * side + r * side + r
 
 
 def observe(state: EnvState, cfg: EnvConfig) -> Array:
-    """Every agent's observation ``(N, (2r + 1)^2 * 3)``: its patch, cell by cell.
+    """Every agent's observation ``(N, 3 * (2r + 1)^2)``: its patch, grid by grid.
 
-    The patch's cells in row-major order, each giving three values: ``log(1 + field)``,
-    the resources, and the agents on the cell other than the observer.
+    Three patches, each's cells in row-major order: ``log(1 + field)``, the
+    resources, and the agents on each cell other than the observer.
     """
     return observe_counting_self(state, cfg).at[:, self_index(cfg)].add(-1.0)
 
@@ -132,10 +138,13 @@ def observe_counting_self(state: EnvState, cfg: EnvConfig) -> Array:
 
     That count is one more than :func:`observe`'s for every agent, a constant the
     policy folds into its first layer's bias (see ``policy_heads``), which saves two
-    passes over the observations a step. One gather reads all three grids and is
-    the whole observation: on XLA's CPU backend a gather that other operations are
-    fused into (a concatenation, a transpose, a ``log1p``) is computed element by
-    element and costs several times more.
+    passes over the observations a step.
+
+    Each grid's patch is its own gather, and the ``log1p`` is taken of the observed
+    cells only, in place after the three are joined: a ``log1p`` of the whole field
+    cost more than the rest of the observation, and one fused into the joining
+    loop runs element by element there (XLA's CPU backend emits a concatenation
+    as a branch per element).
     """
     r = cfg.patch_radius
     pos = state.positions
@@ -143,33 +152,38 @@ def observe_counting_self(state: EnvState, cfg: EnvConfig) -> Array:
     offs = jnp.arange(-r, r + 1, dtype=jnp.int32)
     rows = jax.lax.rem(pos[:, 0, None, None] + (offs + cfg.height)[:, None], cfg.height)
     cols = jax.lax.rem(pos[:, 1, None, None] + (offs + cfg.width)[None, :], cfg.width)
-    # stacked by selects, not a concatenation (which XLA's CPU backend emits as a branch
-    # per element)
-    grid = jnp.arange(N_GRIDS, dtype=jnp.int32)
-    grids = jnp.where(
-        grid == 0,
-        jnp.log1p(state.field)[..., None],
-        jnp.where(grid == 1, state.resources[..., None], 0.0),
-    )
-    # the agents counted into the third grid by a scatter-add: XLA computes a scatter's
-    # result once, into memory, where it would fuse a computed grid into the gather
-    grids = grids.at[pos[:, 0], pos[:, 1], 2].add(1.0, mode="promise_in_bounds")  # (H, W, 3)
-    return grids[rows, cols].reshape(cfg.n_agents, -1)  # (N, P * P * 3)
+    cells = (rows * cfg.width + cols).reshape(cfg.n_agents, -1)  # (N, P * P)
+    agents = _occupancy(_cell(pos, cfg), cfg)
+    raw = jnp.concatenate([state.field[cells], state.resources[cells], agents[cells]], axis=-1)
+    side = cells.shape[-1]
+    return raw.at[:, :side].set(jnp.log1p(raw[:, :side]))  # (N, 3 * P * P)
 
 
-def _neighbour_sum(grid: Array) -> Array:
-    """The sum of each cell's four torus neighbours in ``grid`` ``(H, W)``.
+def _neighbour_sum(flat: Array, width: int) -> Array:
+    """The sum of each cell's four torus neighbours in ``flat``, a row-major ``(H * W,)`` grid.
 
-    Four static slices of the grid wrapped by one cell on each side, the wrapped
-    grid held in memory: the same sum as four ``jnp.roll`` calls, which XLA's CPU
-    backend fuses into one loop that picks a source per element by branching,
-    several times slower.
+    The grid is held flat (here and in :func:`step`) because XLA's CPU backend
+    vectorizes a loop over its innermost dimension only, and a row of a small
+    field (16 cells) is too short for that: the same arithmetic on ``(H, W)``
+    grids ran 2.5x slower. Flat, the rows above and below are the cells ``width``
+    before and after, torus wrap included, and the cells to the left and right
+    are one before and after except in the first and last columns, which take
+    them from the other end of their own row. All four are static slices of the
+    grid extended by ``width`` cells at each end, held in memory: ``jnp.roll``
+    (a select per element between two sources) is several times slower.
     """
-    rows = jnp.concatenate([grid[-1:], grid, grid[:1]], 0)
-    wrapped: Array = jax.lax.optimization_barrier(  # type: ignore[no-untyped-call]
-        jnp.concatenate([rows[:, -1:], rows, rows[:, :1]], 1)
+    n = flat.shape[-1]
+    extended: Array = jax.lax.optimization_barrier(  # type: ignore[no-untyped-call]
+        jnp.concatenate([flat[-width:], flat, flat[:width]])
     )
-    return wrapped[:-2, 1:-1] + wrapped[2:, 1:-1] + wrapped[1:-1, :-2] + wrapped[1:-1, 2:]
+
+    def shifted(offset: int) -> Array:  # the cell ``offset`` after each, wrapped
+        return extended[width + offset : width + offset + n]
+
+    col = jnp.arange(n, dtype=jnp.int32) % width
+    left = jnp.where(col == 0, shifted(width - 1), shifted(-1))
+    right = jnp.where(col == width - 1, shifted(1 - width), shifted(1))
+    return shifted(-width) + shifted(width) + left + right
 
 
 def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Array]:
@@ -181,7 +195,8 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     size = jnp.array([cfg.height, cfg.width], jnp.int32)
     moved = state.positions + jnp.stack([d_row, d_col], axis=-1)  # one cell off at most
     pos = jnp.where(moved < 0, moved + size, jnp.where(moved >= size, moved - size, moved))
-    occ = _occupancy(pos, cfg)
+    cells = _cell(pos, cfg)
+    occ = _occupancy(cells, cfg)
     # Chebyshev distance of every pair, the two axes apart (a max over an axis of two
     # compiles to a scalar loop on CPU)
     rows, cols = pos[:, 0], pos[:, 1]
@@ -190,7 +205,7 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
         _torus_delta(cols[:, None], cols[None, :], cfg.width),
     )
     sharing = (delta == 0).sum(axis=1, dtype=jnp.int32).astype(jnp.float32)  # occ at own cell
-    take = state.resources[pos[:, 0], pos[:, 1]] * cfg.harvest / sharing
+    take = state.resources[cells] * cfg.harvest / sharing
     resources = state.resources * (1.0 - cfg.harvest * (occ > 0))
     near = (delta <= cfg.coop_radius) & ~jnp.eye(cfg.n_agents, dtype=bool)
     first = tool == 0
@@ -202,7 +217,7 @@ def step(state: EnvState, actions: Array, cfg: EnvConfig) -> tuple[EnvState, Arr
     reward = take * gain * (1.0 + cfg.coop_bonus * near.any(axis=1))
     skill = state.skill + cfg.skill_rate * (first.astype(jnp.float32) - state.skill)
     fld = state.field + cfg.deposit * occ
-    neigh = _neighbour_sum(fld)
+    neigh = _neighbour_sum(fld, cfg.width)
     fld = ((1.0 - cfg.diffusion) * fld + cfg.diffusion * 0.25 * neigh) * (1.0 - cfg.evaporation)
     resources = resources + cfg.regrow * (state.capacity - resources)
     nxt = EnvState(
@@ -251,11 +266,24 @@ def step_batch(
     return jax.lax.cond(done_any, with_resets, lambda s: s, nxt), reward
 
 
-def env_state_to_tree(state: EnvState) -> dict[str, Any]:
-    """The state as a plain dict of arrays (the checkpoint's ``env`` subtree)."""
-    return dict(state._asdict())
+GRIDS = ("field", "resources", "capacity")
+"""The :class:`EnvState` fields that are grids, flat in the state and ``(H, W)`` in checkpoints."""
 
 
-def env_state_from_tree(tree: dict[str, Any]) -> EnvState:
+def env_state_to_tree(state: EnvState, cfg: EnvConfig) -> dict[str, Any]:
+    """The batched state as a plain dict of arrays (the checkpoint's ``env`` subtree).
+
+    Grids are stored ``(n_envs, H, W)``: a checkpoint shows the field as an image.
+    """
+    tree = dict(state._asdict())
+    for name in GRIDS:
+        tree[name] = tree[name].reshape(-1, cfg.height, cfg.width)
+    return tree
+
+
+def env_state_from_tree(tree: dict[str, Any], cfg: EnvConfig) -> EnvState:
     """Inverse of :func:`env_state_to_tree`."""
-    return EnvState(**{k: jnp.asarray(tree[k]) for k in EnvState._fields})
+    flat = {k: jnp.asarray(tree[k]) for k in EnvState._fields}
+    for name in GRIDS:
+        flat[name] = flat[name].reshape(-1, cfg.height * cfg.width)
+    return EnvState(**flat)

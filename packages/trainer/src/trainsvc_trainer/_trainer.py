@@ -25,7 +25,7 @@ from trainsvc_trainer._config import Config, ConfigError
 from trainsvc_trainer._frames import Frame, FramePublisher, make_frame
 from trainsvc_trainer._logging import MetricsLogger, NullLogger
 
-STATE_FORMAT = "trainsvc-emergence-trainer/3"
+STATE_FORMAT = "trainsvc-emergence-trainer/4"
 """/3: observations are patch cells in row-major order with three values each (/2 had
 the three grids one after another), so /2 parameters would read the wrong inputs."""
 
@@ -163,7 +163,7 @@ class Trainer:
             "agent_params": st.agent_params,
             "opt_state": st.opt_state,
             "prng_key": st.key,
-            "env": _env.env_state_to_tree(st.env),
+            "env": _env.env_state_to_tree(st.env, self.config.env),
             "meta": json.dumps(meta, sort_keys=True, allow_nan=False),
         }
 
@@ -207,7 +207,7 @@ class Trainer:
             restored["agent_params"],
             restored["opt_state"],
             restored["prng_key"],
-            _env.env_state_from_tree(restored["env"]),
+            _env.env_state_from_tree(restored["env"], self.config.env),
         )
         self._step = int(meta["step"])
         self.run_id = str(meta["run_id"])
