@@ -13,8 +13,9 @@ with its range (absolute rates drift by up to 1.5x between minutes here).
 3. Compile time of a fresh process: cold (empty persistent cache) vs warm (the
    cache filled by the cold run).
 
-Run: ``uv run --no-sync python bench/trainer.py [--quick] [--pin]``; ``--pin`` runs
-both contenders on one CPU (the NumPy reference is single-threaded).
+Run: ``uv run --no-sync python bench/trainer.py [--quick] [--no-pin]``. By default
+both contenders run on one CPU (the NumPy reference is single-threaded);
+``--no-pin`` lets XLA spread over every CPU.
 """
 
 from __future__ import annotations
@@ -199,17 +200,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter timings (smoke test)")
     parser.add_argument(
         "--pin",
-        action="store_true",
-        help="run everything on CPU 0 (the NumPy reference uses one CPU; XLA then uses one too)",
+        action=argparse.BooleanOptionalAction,
+        default=hasattr(os, "sched_setaffinity"),
+        help="run everything on CPU 0, so that both contenders have one CPU (the NumPy "
+        "reference is single-threaded); the default where the OS allows it. --no-pin lets "
+        "XLA use every CPU",
     )
     args = parser.parse_args()
     if args.pin:  # before JAX starts its backend, which sizes its thread pool by the CPUs allowed
-        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     chunk, rounds = (0.2, 2) if args.quick else (0.5, 6)
     rows: list[tuple[str, str, str, str, str]] = []
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores"
-        + (", pinned to CPU 0" if args.pin else ""),
+        + (f", pinned to CPU {min(os.sched_getaffinity(0))}" if args.pin else ", unpinned"),
         flush=True,
     )
     for n_envs in (8, 64, 256):

@@ -13,14 +13,21 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from trainsvc_trainer import Config, _env, _learner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 from reference.emergence_numpy import EnvParams, NumpyEmergence
 
 
-def test_numpy_reference_matches_the_jax_environment(make_config: Callable[..., Config]) -> None:
-    config = make_config(env={"n_agents": 6, "n_envs": 3, "episode_length": 50})
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (5, 7)])
+def test_numpy_reference_matches_the_jax_environment(
+    make_config: Callable[..., Config], height: int, width: int
+) -> None:
+    """Also on a field that is not square, where swapping rows and columns would show."""
+    config = make_config(
+        env={"n_agents": 6, "n_envs": 3, "episode_length": 50, "height": height, "width": width}
+    )
     spec = _learner.LearnerSpec.of(config.env, config.policy, config.train)
     state = _learner.init_state(5, spec)
     # give the per-agent parameters something to say, so that the comparison covers them
