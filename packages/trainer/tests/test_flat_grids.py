@@ -12,15 +12,13 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import pytest
-from trainsvc_trainer import Config, Trainer, _env
+from trainsvc_trainer import Config, Frame, Trainer, _env
 
 
 @pytest.mark.parametrize(("height", "width"), [(4, 4), (5, 7), (7, 4), (16, 16)])
 def test_flat_neighbour_sum_is_the_torus_neighbour_sum(height: int, width: int) -> None:
     grid = np.random.default_rng(height * 100 + width).random((height, width), np.float32)
-    want = (
-        np.roll(grid, 1, 0) + np.roll(grid, -1, 0) + np.roll(grid, 1, 1) + np.roll(grid, -1, 1)
-    )
+    want = np.roll(grid, 1, 0) + np.roll(grid, -1, 0) + np.roll(grid, 1, 1) + np.roll(grid, -1, 1)
     got = jax.jit(_env._neighbour_sum, static_argnums=1)(grid.reshape(-1), width)
     np.testing.assert_allclose(np.asarray(got).reshape(height, width), want, rtol=1e-6)
 
@@ -47,13 +45,13 @@ def test_checkpoint_tree_holds_grids_as_images_and_round_trips(
 
 
 def test_frames_show_the_field_as_an_image(make_config: Callable[..., Config]) -> None:
-    frames: list[object] = []
+    frames: list[Frame] = []
     config = make_config(env={"height": 5, "width": 7}, log={"frame_interval": 1})
     trainer = Trainer(config, frame_callback=frames.append)
     trainer.run(2)
     trainer.close()
     frame = frames[-1]
-    assert frame.field.shape == (5, 7)  # type: ignore[attr-defined]
-    assert frame.grid_shape == (5, 7)  # type: ignore[attr-defined]
+    assert frame.field.shape == (5, 7)
+    assert frame.grid_shape == (5, 7)
     tree = trainer.state_dict()["env"]
-    np.testing.assert_allclose(frame.field, np.asarray(tree["field"])[0], rtol=1e-6)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(frame.field, np.asarray(tree["field"])[0], rtol=1e-6)
