@@ -155,8 +155,8 @@ def observe_counting_self(state: EnvState, cfg: EnvConfig) -> Array:
     cells = (rows * cfg.width + cols).reshape(cfg.n_agents, -1)  # (N, P * P)
     agents = _occupancy(_cell(pos, cfg), cfg)
     raw = jnp.concatenate([state.field[cells], state.resources[cells], agents[cells]], axis=-1)
-    side = cells.shape[-1]
-    return raw.at[:, :side].set(jnp.log1p(raw[:, :side]))  # (N, 3 * P * P)
+    patch = cells.shape[-1]  # P * P cells
+    return raw.at[:, :patch].set(jnp.log1p(raw[:, :patch]))  # (N, 3 * P * P)
 
 
 def _neighbour_sum(flat: Array, width: int) -> Array:
