@@ -950,15 +950,18 @@ mod tests {
         }
     }
 
+    /// A trainer for `config` after `games` self-play games.
+    fn trained(config: TrainConfig, games: u64) -> Trainer {
+        let mut t = Trainer::new(config).unwrap();
+        t.train(games, &AtomicBool::new(false), |_| {});
+        t
+    }
+
     #[test]
     fn same_seed_same_weights_on_one_and_two_threads() {
-        let stop = AtomicBool::new(false);
-        let mut a = Trainer::new(small(1)).unwrap();
-        a.train(96, &stop, |_| {});
-        let mut a2 = Trainer::new(small(1)).unwrap();
-        a2.train(96, &stop, |_| {});
-        let mut b = Trainer::new(small(2)).unwrap();
-        b.train(96, &stop, |_| {});
+        let a = trained(small(1), 96);
+        let a2 = trained(small(1), 96);
+        let b = trained(small(2), 96);
         assert_eq!(a.weights.w, a2.weights.w);
         assert_eq!(a.weights.w, b.weights.w);
         assert_eq!(a.stats, b.stats);
@@ -970,33 +973,33 @@ mod tests {
                 lr_decay_visits: visits,
                 ..small(threads)
             };
-            let mut x = Trainer::new(cfg(1)).unwrap();
-            x.train(96, &stop, |_| {});
-            let mut y = Trainer::new(cfg(2)).unwrap();
-            y.train(96, &stop, |_| {});
+            let x = trained(cfg(1), 96);
+            let y = trained(cfg(2), 96);
             assert_eq!(x.weights.w, y.weights.w, "{optimizer}");
             assert_eq!(x.adam_v, y.adam_v, "{optimizer}");
             assert_eq!(x.adam_t, y.adam_t, "{optimizer}");
             assert_ne!(x.weights.w, a.weights.w, "{optimizer}");
         }
-        let mut c = Trainer::new(TrainConfig {
-            seed: 1,
-            ..small(1)
-        })
-        .unwrap();
-        c.train(96, &stop, |_| {});
+        let c = trained(
+            TrainConfig {
+                seed: 1,
+                ..small(1)
+            },
+            96,
+        );
         assert_ne!(a.weights.w, c.weights.w);
     }
 
     #[test]
     fn visit_decay_counts_updates_per_weight_and_slows_common_weights() {
         let stop = AtomicBool::new(false);
-        let mut t = Trainer::new(TrainConfig {
-            lr_decay_visits: 100,
-            ..small(1)
-        })
-        .unwrap();
-        t.train(64, &stop, |_| {});
+        let mut t = trained(
+            TrainConfig {
+                lr_decay_visits: 100,
+                ..small(1)
+            },
+            64,
+        );
         let plen = t.weights.set.phase_len;
         // The phase-0 bias is active in every opening position: counted once per
         // learnt position, far more often than a typical table entry.
@@ -1029,25 +1032,23 @@ mod tests {
 
     #[test]
     fn adam_is_available_and_unknown_optimizers_are_rejected() {
-        let stop = AtomicBool::new(false);
         let adam = |threads| TrainConfig {
             optimizer: "adam".into(),
             learning_rate: 0.002,
             ..small(threads)
         };
-        let mut a = Trainer::new(adam(1)).unwrap();
-        a.train(64, &stop, |_| {});
-        let mut b = Trainer::new(adam(2)).unwrap();
-        b.train(64, &stop, |_| {});
+        let a = trained(adam(1), 64);
+        let b = trained(adam(2), 64);
         assert_eq!(a.weights.w, b.weights.w);
         assert!(a.adam_v.iter().any(|&v| v > 0.0), "Adam state must move");
-        let mut td = Trainer::new(TrainConfig {
-            optimizer: "td".into(),
-            learning_rate: 0.1,
-            ..small(1)
-        })
-        .unwrap();
-        td.train(64, &stop, |_| {});
+        let td = trained(
+            TrainConfig {
+                optimizer: "td".into(),
+                learning_rate: 0.1,
+                ..small(1)
+            },
+            64,
+        );
         assert_ne!(a.weights.w, td.weights.w);
         assert!(td.adam_v.iter().all(|&v| v == 0.0));
         let err = Trainer::new(TrainConfig {
@@ -1078,13 +1079,11 @@ mod tests {
 
     #[test]
     fn nan_weights_are_detected_reset_and_reported() {
-        let stop = AtomicBool::new(false);
         let cfg = TrainConfig {
             inject_nan_at_game: 20,
             ..small(1)
         };
-        let mut t = Trainer::new(cfg).unwrap();
-        t.train(64, &stop, |_| {});
+        let mut t = trained(cfg, 64);
         assert!(t.weights.w.iter().all(|v| v.is_finite()));
         let found = t.sweep_non_finite();
         assert!(found.is_empty());
@@ -1118,16 +1117,13 @@ mod tests {
     fn searched_training_is_the_same_on_one_and_two_threads() {
         // At search_depth > 1 each worker thread keeps a transposition table across
         // games: what one game stored must never steer another game's search.
-        let stop = AtomicBool::new(false);
         let cfg = |threads| TrainConfig {
             search_depth: 3,
             memory_budget_mb: 64,
             ..small(threads)
         };
-        let mut one = Trainer::new(cfg(1)).unwrap();
-        one.train(96, &stop, |_| {});
-        let mut two = Trainer::new(cfg(2)).unwrap();
-        two.train(96, &stop, |_| {});
+        let one = trained(cfg(1), 96);
+        let two = trained(cfg(2), 96);
         assert!(one.memory_report().transposition_table > 0);
         assert!(
             one.weights.w == two.weights.w,
