@@ -19,6 +19,9 @@ pub fn reward(diff: i32) -> f32 {
     0.5 * (diff.signum() as f32) + diff as f32 / 128.0
 }
 
+/// The largest reward magnitude turned into a raw value (`atanh(1)` is infinite).
+const MAX_REWARD_VALUE: f32 = 0.999_999;
+
 /// Per-phase pattern weights of one pattern set.
 #[derive(Clone, Debug)]
 pub struct Weights {
@@ -115,8 +118,104 @@ impl Weights {
     /// disc) and start from those indices; a move only changes the instances of
     /// its square and of the flipped discs, so a child costs a few table reads
     /// on top of the shared sum instead of a full evaluation.
+    ///
+    /// A child whose mover has no legal move is scored like the search scores
+    /// it (the patterns never learn such positions: training records only
+    /// positions with a move): a finished game by its result, otherwise through
+    /// the pass, as minus the raw value of the passed position. So the greedy
+    /// move is the best move of a depth-1 [`crate::search::search`].
     #[must_use]
     pub fn greedy_child(&self, b: &Board, moves: u64, theirs: &[u32]) -> u32 {
+        self.greedy_child_raw(b, moves, theirs).0
+    }
+
+    /// The 2-ply minimax value of `b` (a position with a legal move) for its
+    /// side to move, in value units: the best over its moves of the worst over
+    /// the replies of the value the side to move then faces; the same value as
+    /// a depth-2 [`crate::search::search`] without the endgame solver.
+    ///
+    /// `mine` holds `b`'s raw indices from the mover's view
+    /// ([`PatternSet::raw_index_pair`]), and `first` is the move to score
+    /// first: the greedy move ([`Weights::greedy_child`]) is usually the best,
+    /// and every other child is then dropped at its first reply that scores
+    /// no better (alpha-beta at depth 2). A child's indices from the view of
+    /// `b`'s mover (what its replies start from) are `mine` with the move's
+    /// square turned to digit 1 and the flipped discs from 2 to 1; each child
+    /// then costs one [`Weights::greedy_child`] pass.
+    #[must_use]
+    pub fn two_ply(&self, b: &Board, mine: &[u32], first: u32) -> f32 {
+        let set = &*self.set;
+        let n = set.n_instances();
+        let mut theirs = [0u32; MAX_INSTANCES];
+        // The best child so far, as a raw value (`tanh` of it is the value).
+        let mut best = f32::NEG_INFINITY;
+        let mut m = b.moves() & !(1u64 << first);
+        let mut sq = first;
+        loop {
+            let flips = get_flips(b.player, b.opponent, sq);
+            let c = Board {
+                player: b.opponent & !flips,
+                opponent: b.player | flips | (1u64 << sq),
+            };
+            let replies = c.moves();
+            let v = if replies != 0 {
+                theirs[..n].copy_from_slice(&mine[..n]);
+                for (i, p) in set.square_terms(sq as usize) {
+                    theirs[i] += p;
+                }
+                let mut f = flips;
+                while f != 0 {
+                    for (i, p) in set.square_terms(f.trailing_zeros() as usize) {
+                        theirs[i] -= p;
+                    }
+                    f &= f - 1;
+                }
+                self.best_child(&c, replies, &theirs, best).1
+            } else {
+                // The opponent passes, which costs no depth: `b`'s mover moves
+                // again, and that move is scored at 1 ply (a finished game by its result).
+                let passed = c.pass();
+                let again = passed.moves();
+                if again == 0 {
+                    -self.forced_pass_raw(&c)
+                } else {
+                    let mut unused = [0u32; MAX_INSTANCES];
+                    set.raw_index_pair(&passed, &mut unused, &mut theirs);
+                    -self.greedy_child_raw(&passed, again, &theirs).1
+                }
+            };
+            best = best.max(v);
+            if m == 0 {
+                return best.tanh();
+            }
+            sq = m.trailing_zeros();
+            m &= m - 1;
+        }
+    }
+
+    /// The raw value, for its mover, of a position where that side has no legal
+    /// move: the game's result (as the raw value whose `tanh` is the reward) when
+    /// the other side has none either, else minus the raw value after the pass.
+    fn forced_pass_raw(&self, c: &Board) -> f32 {
+        let passed = c.pass();
+        if passed.moves() == 0 {
+            reward(c.final_score())
+                .clamp(-MAX_REWARD_VALUE, MAX_REWARD_VALUE)
+                .atanh()
+        } else {
+            -self.raw(&passed)
+        }
+    }
+
+    /// [`Weights::greedy_child`] with the chosen child's raw value for its mover.
+    fn greedy_child_raw(&self, b: &Board, moves: u64, theirs: &[u32]) -> (u32, f32) {
+        self.best_child(b, moves, theirs, f32::NEG_INFINITY)
+    }
+
+    /// The child of `b` with the lowest raw value for its mover, and that
+    /// value (`theirs`: `b`'s raw indices from the opponent's view); the scan
+    /// stops at the first child at or below `cutoff`, which is then returned.
+    fn best_child(&self, b: &Board, moves: u64, theirs: &[u32], cutoff: f32) -> (u32, f32) {
         let set = &*self.set;
         let n = set.n_instances();
         let discs = (b.player | b.opponent).count_ones() as usize + 1;
@@ -147,7 +246,8 @@ impl Weights {
             // In the opponent's view the mover's discs are digit 2: the new disc
             // goes 0 -> 2 and each flipped disc 1 -> 2.
             add(sq as usize, 2);
-            let mut f = get_flips(b.player, b.opponent, sq);
+            let flips = get_flips(b.player, b.opponent, sq);
+            let mut f = flips;
             while f != 0 {
                 add(f.trailing_zeros() as usize, 1);
                 f &= f - 1;
@@ -158,11 +258,21 @@ impl Weights {
                 v += table[set.canonical(theirs[i] + delta[i]) as usize] - shared[i];
                 delta[i] = 0;
             }
+            let child = Board {
+                player: b.opponent & !flips,
+                opponent: b.player | flips | (1u64 << sq),
+            };
+            if child.moves() == 0 {
+                v = self.forced_pass_raw(&child);
+            }
             if v < best.0 {
                 best = (v, sq);
+                if v <= cutoff {
+                    break;
+                }
             }
         }
-        best.1
+        (best.1, best.0)
     }
 
     /// The value in (-1, 1) for the side to move.
@@ -256,18 +366,112 @@ mod tests {
                 set.raw_index_pair(&b, &mut mine, &mut theirs);
                 let sq = w.greedy_child(&b, moves, &theirs);
                 assert!(moves >> sq & 1 == 1);
+                // A child whose mover must pass is scored through the pass.
+                let child_raw = |c: Board| {
+                    if c.moves() == 0 {
+                        w.forced_pass_raw(&c)
+                    } else {
+                        w.raw(&c)
+                    }
+                };
                 let mut best = f32::INFINITY;
                 let mut m = moves;
                 while m != 0 {
-                    best = best.min(w.raw(&b.play(m.trailing_zeros())));
+                    best = best.min(child_raw(b.play(m.trailing_zeros())));
                     m &= m - 1;
                 }
-                assert!((w.raw(&b.play(sq)) - best).abs() < 1e-4, "game {game}");
+                assert!((child_raw(b.play(sq)) - best).abs() < 1e-4, "game {game}");
                 checked += 1;
                 b = b.play(rng.pick_bit(moves));
             }
         }
         assert!(checked > 1000);
+    }
+
+    /// Small random weights, so that values are not all zero.
+    fn random_weights(seed: u64) -> Weights {
+        let mut w = Weights::default_weights();
+        let mut rng = crate::rng::Rng::new(seed, 0);
+        for v in &mut w.w {
+            *v = (rng.next_f64() as f32 - 0.5) * 0.2;
+        }
+        w
+    }
+
+    /// Every position with a legal move along `games` random games played to the end.
+    fn random_positions(games: u64) -> Vec<Board> {
+        let mut out = Vec::new();
+        for game in 0..games {
+            let mut rng = crate::rng::Rng::new(11, game);
+            let mut b = Board::initial();
+            loop {
+                let moves = b.moves();
+                if moves == 0 {
+                    b = b.pass();
+                    if b.moves() == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                out.push(b);
+                b = b.play(rng.pick_bit(moves));
+            }
+        }
+        out
+    }
+
+    fn search_score(w: &Weights, b: &Board, depth: u32) -> f32 {
+        let mut tt = crate::search::TranspositionTable::with_bytes(1 << 16);
+        let limits = crate::search::Limits {
+            depth,
+            time: None,
+            exact_empties: 0,
+        };
+        crate::search::search(b, w, &mut tt, &limits).score
+    }
+
+    #[test]
+    fn greedy_child_scores_children_like_a_depth_1_search() {
+        let w = random_weights(5);
+        let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
+        let mut forced_passes = 0;
+        for b in random_positions(40) {
+            let moves = b.moves();
+            let mut m = moves;
+            while m != 0 {
+                forced_passes += usize::from(b.play(m.trailing_zeros()).moves() == 0);
+                m &= m - 1;
+            }
+            w.set.raw_index_pair(&b, &mut mine, &mut theirs);
+            let (_, raw) = w.greedy_child_raw(&b, moves, &theirs);
+            let searched = search_score(&w, &b, 1);
+            assert!((-raw.tanh() - searched).abs() < 1e-4, "{raw} vs {searched}");
+        }
+        // Children whose mover must pass (or that end the game) were among them:
+        // scoring those by the patterns alone fails this test.
+        assert!(forced_passes > 20, "{forced_passes}");
+    }
+
+    #[test]
+    fn two_ply_is_the_value_of_a_depth_2_search() {
+        let w = random_weights(6);
+        let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
+        let positions = random_positions(30);
+        assert!(positions.len() > 1500);
+        for b in positions {
+            w.set.raw_index_pair(&b, &mut mine, &mut theirs);
+            let searched = search_score(&w, &b, 2);
+            let first = w.greedy_child(&b, b.moves(), &theirs);
+            let v = w.two_ply(&b, &mine, first);
+            // The first move only orders the scan: any legal one gives the same value.
+            let last = 63 - b.moves().leading_zeros();
+            assert!((w.two_ply(&b, &mine, last) - v).abs() < 1e-4);
+            assert!(
+                (v - searched).abs() < 1e-4,
+                "{v} vs {searched}\n{}",
+                b.ascii(crate::board::Color::Black)
+            );
+        }
     }
 
     #[test]
