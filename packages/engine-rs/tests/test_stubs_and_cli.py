@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trainsvc_checkpoint as ckpt
 import trainsvc_engine as te
 
 
@@ -49,11 +50,15 @@ def test_train_evaluate_and_monitor_as_json(tmp_path: Path) -> None:
         "256",
         "--threads",
         "2",
+        "--target-depth",
+        "1",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["games"] == 512 and summary["reason"] == "target"
+    latest = max(te.CheckpointManager(run_dir).list(), key=lambda info: info.step)
+    assert ckpt.load_with_info(latest.path)[1].metadata["config"]["target_depth"] == 1
     proc = _cli("evaluate", str(run_dir), "--pairs", "20", "--json")
     assert proc.returncode == 0, proc.stderr
     results = {r["opponent"]: r for r in json.loads(proc.stdout)["results"]}

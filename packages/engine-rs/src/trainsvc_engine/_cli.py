@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--depth", type=int, default=1, help="search depth of the moves played (1 = greedy)"
     )
+    t.add_argument(
+        "--target-depth",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="what a position learns towards: 2 = its own 2-ply minimax value (the default),"
+        " 1 = TD(lambda) along the game played",
+    )
     t.add_argument("--epsilon", type=float, default=0.1, help="exploration rate at the start")
     t.add_argument(
         "--epsilon-end", type=float, default=None, help="exploration rate at the end of the decay"
@@ -119,6 +127,8 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         config["learning_rate"] = args.lr
     if args.lambda_ is not None:
         config["lambda"] = args.lambda_
+    if args.target_depth is not None:
+        config["target_depth"] = args.target_depth
     if args.epsilon_end is not None:
         config["epsilon_end"] = args.epsilon_end
     log = _logger(args.log_file or args.dir / "train.log", console=not args.json)

@@ -5,7 +5,7 @@
 //! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
 //! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
 //! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`, `DEPTH`
-//! (the training search depth); `WARM`
+//! (the training search depth), `TARGET` (`target_depth`); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
 //!
 //! `cargo run --release --example learn`
@@ -49,6 +49,7 @@ fn main() {
         beta1: env("BETA1", d.beta1),
         lr_decay_visits: env("VISITS", d.lr_decay_visits),
         search_depth: env("DEPTH", d.search_depth),
+        target_depth: env("TARGET", d.target_depth),
         ..d
     };
     eprintln!("{cfg:?}");

@@ -22,7 +22,7 @@ pub const TRAINER_KIND: &str = "othello";
 pub fn config_to_json(c: &TrainConfig) -> Value {
     json!({
         "seed": c.seed, "threads": c.threads, "batch_games": c.batch_games,
-        "search_depth": c.search_depth, "epsilon_start": c.epsilon_start,
+        "search_depth": c.search_depth, "target_depth": c.target_depth, "epsilon_start": c.epsilon_start,
         "epsilon_end": c.epsilon_end, "epsilon_decay_games": c.epsilon_decay_games,
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
         "lr_decay_games": c.lr_decay_games, "lr_decay_visits": c.lr_decay_visits,
@@ -36,11 +36,12 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 22] = [
+pub const CONFIG_FIELDS: [&str; 23] = [
     "seed",
     "threads",
     "batch_games",
     "search_depth",
+    "target_depth",
     "epsilon_start",
     "epsilon_end",
     "epsilon_decay_games",
@@ -85,6 +86,7 @@ pub fn config_update(
             "threads" => c.threads = uint()? as usize,
             "batch_games" => c.batch_games = uint()? as usize,
             "search_depth" => c.search_depth = u32::try_from(uint()?).unwrap_or(u32::MAX),
+            "target_depth" => c.target_depth = u32::try_from(uint()?).unwrap_or(u32::MAX),
             "epsilon_start" => c.epsilon_start = float()?,
             "epsilon_end" => c.epsilon_end = float()?,
             "epsilon_decay_games" => c.epsilon_decay_games = uint()?,
@@ -201,13 +203,16 @@ pub fn weights_metadata(w: &Weights, config: &TrainConfig) -> Value {
 
 /// The configuration stored in a checkpoint. A checkpoint written before
 /// `lr_decay_visits` existed was trained with the decay by games, so a
-/// missing field means 0 (resuming keeps the rule it was trained with).
+/// missing field means 0, and one written before `target_depth` existed
+/// learnt by TD(lambda) along the game, so a missing field means 1 (resuming
+/// keeps the rule it was trained with).
 ///
 /// # Errors
 /// As [`config_update`].
 pub fn config_from_checkpoint(obj: &Map<String, Value>) -> Result<TrainConfig, EngineError> {
     let base = TrainConfig {
         lr_decay_visits: 0,
+        target_depth: 1,
         ..TrainConfig::default()
     };
     config_update(&base, obj)
@@ -360,6 +365,12 @@ mod tests {
         old.as_object_mut().unwrap().remove("lr_decay_visits");
         let cfg = config_from_checkpoint(old.as_object().unwrap()).unwrap();
         assert_eq!(cfg.lr_decay_visits, 0);
+        // One from before target_depth resumes learning along the game (1), not
+        // with the new default (2).
+        assert_eq!(base.target_depth, 2);
+        old.as_object_mut().unwrap().remove("target_depth");
+        let cfg = config_from_checkpoint(old.as_object().unwrap()).unwrap();
+        assert_eq!(cfg.target_depth, 1);
         assert_eq!(
             config_from_checkpoint(config_to_json(&base).as_object().unwrap()).unwrap(),
             base

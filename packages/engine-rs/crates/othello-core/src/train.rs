@@ -39,6 +39,11 @@ pub struct TrainConfig {
     pub batch_games: usize,
     /// Search depth of the moves played (1 = greedy on the evaluation).
     pub search_depth: u32,
+    /// What each position learns towards: 1 = TD(lambda) along the game played
+    /// (the next position's value, the result at the end); 2 = the position's
+    /// own 2-ply minimax value under the current weights (see
+    /// docs/othello-engine.md: every seed measured scores higher in the League).
+    pub target_depth: u32,
     /// Exploration rate at game 0.
     pub epsilon_start: f64,
     /// Exploration rate after `epsilon_decay_games` games (linear in between).
@@ -89,6 +94,7 @@ impl Default for TrainConfig {
             threads: 0,
             batch_games: 32,
             search_depth: 1,
+            target_depth: 2,
             epsilon_start: 0.1,
             epsilon_end: 0.1,
             epsilon_decay_games: 100_000,
@@ -134,6 +140,13 @@ impl TrainConfig {
         check("threads", self.threads, 0, 256, "0 (all cores) to 256")?;
         check("batch_games", self.batch_games, 1, 65_536, "1 to 65536")?;
         check("search_depth", self.search_depth, 1, 8, "1 to 8")?;
+        check(
+            "target_depth",
+            self.target_depth,
+            1,
+            2,
+            "1 (TD(lambda) along the game) or 2 (2-ply minimax targets)",
+        )?;
         check("epsilon_start", self.epsilon_start, 0.0, 1.0, "0.0 to 1.0")?;
         check("epsilon_end", self.epsilon_end, 0.0, 1.0, "0.0 to 1.0")?;
         check("lambda", self.lambda, 0.0, 1.0, "0.0 to 1.0")?;
@@ -384,7 +397,7 @@ fn pick_move(
     depth: u32,
     tt: Option<&mut TranspositionTable>,
     stop: &AtomicBool,
-    theirs: &[u32],
+    greedy: impl FnOnce() -> u32,
 ) -> (u32, bool) {
     let moves = b.moves();
     if eps > 0.0 && rng.next_f64() < eps {
@@ -410,7 +423,7 @@ fn pick_move(
             }
         }
     }
-    (w.greedy_child(b, moves, theirs), false)
+    (greedy(), false)
 }
 
 fn play_game(
@@ -430,6 +443,8 @@ fn play_game(
     let mut values = Vec::with_capacity(64);
     let mut signs = Vec::with_capacity(64);
     let mut explored = Vec::with_capacity(64);
+    // With `target_depth` 2: each position's own 2-ply value (mover's view).
+    let mut targets = Vec::with_capacity(if cfg.target_depth == 2 { 64 } else { 0 });
     let mut b = Board::initial();
     let mut black_to_move = true;
     let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
@@ -460,17 +475,62 @@ fn play_game(
         buf[n_inst] = base + set.phase_len as u32 - 1;
         let raw: f32 = buf[..n_feat].iter().map(|&i| w.w[i as usize]).sum();
         features.extend_from_slice(&buf[..n_feat]);
+        // The greedy move, computed at most once: the 2-ply target scores it
+        // first, and greedy play (no exploration, depth 1) plays it.
+        let mut greedy = None;
+        if cfg.target_depth == 2 {
+            let g = w.greedy_child(&b, moves, &theirs);
+            greedy = Some(g);
+            targets.push(w.two_ply(&b, &mine, g));
+        }
         values.push(raw.tanh());
         signs.push(if black_to_move { 1.0f32 } else { -1.0 });
         let tt = tt.as_deref_mut();
-        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt, stop, &theirs);
+        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt, stop, || {
+            greedy.unwrap_or_else(|| w.greedy_child(&b, moves, &theirs))
+        });
         explored.push(random);
         b = b.play(sq);
         black_to_move = !black_to_move;
     }
     let side_diff = b.final_score();
     let black_diff = if black_to_move { side_diff } else { -side_diff };
-    let r = reward(black_diff);
+    let scales = if cfg.target_depth == 2 {
+        search_target_scales(&values, &targets)
+    } else {
+        td_lambda_scales(cfg, &values, &signs, &explored, reward(black_diff))
+    };
+    Some(GameRecord {
+        features,
+        scales,
+        n_feat,
+        black_diff,
+    })
+}
+
+/// Gradient scales towards each position's own 2-ply value: `(S_t - V_t)
+/// (1 - V_t^2)`, both in the mover's view (the tables are shared between
+/// colours, so the mover's view is the weights' own). The target does not
+/// depend on the move played next, so positions where an exploration move
+/// followed learn too, and a position's siblings' replies shape its target
+/// where TD only sees the one line played.
+fn search_target_scales(values: &[f32], targets: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .zip(targets)
+        .map(|(&v, &s)| (s - v) * (1.0 - v * v))
+        .collect()
+}
+
+/// Gradient scales of TD(lambda) along the game played, the traces folded
+/// backwards (see the module docs); `r` is the result in black's view.
+fn td_lambda_scales(
+    cfg: &TrainConfig,
+    values: &[f32],
+    signs: &[f32],
+    explored: &[bool],
+    r: f32,
+) -> Vec<f32> {
     // delta_t = V(s_{t+1}) - V(s_t) in black's view; fold the traces backwards.
     let t_len = values.len();
     let cut_at_exploration = cfg.optimizer != "adam";
@@ -493,12 +553,7 @@ fn play_game(
         // dV_black/dw = sign * (1 - tanh^2) on each active weight.
         scales[t] = c * signs[t] * (1.0 - values[t] * values[t]);
     }
-    Some(GameRecord {
-        features,
-        scales,
-        n_feat,
-        black_diff,
-    })
+    scales
 }
 
 impl Trainer {
@@ -966,11 +1021,13 @@ mod tests {
         assert_eq!(a.weights.w, b.weights.w);
         assert_eq!(a.stats, b.stats);
         assert!(a.weights.w.iter().any(|&v| v != 0.0), "weights must move");
-        // The other rules (per-weight decay by visits; temporal coherence) are reproducible too.
-        for (optimizer, visits) in [("td", 10_000), ("tc", 0)] {
+        // The other rules (per-weight decay by visits; temporal coherence; TD(lambda)
+        // targets along the game) are reproducible too.
+        for (optimizer, visits, target_depth) in [("td", 10_000, 2), ("tc", 0, 2), ("td", 0, 1)] {
             let cfg = |threads| TrainConfig {
                 optimizer: optimizer.into(),
                 lr_decay_visits: visits,
+                target_depth,
                 ..small(threads)
             };
             let x = trained(cfg(1), 96);
@@ -988,6 +1045,23 @@ mod tests {
             96,
         );
         assert_ne!(a.weights.w, c.weights.w);
+    }
+
+    #[test]
+    fn two_ply_targets_learn_from_positions_where_exploration_moved() {
+        // Every move random: TD(lambda) learns nothing along such games (the
+        // trace is cut at each exploration move), while each position's own
+        // 2-ply value is a target whatever move followed it.
+        let cfg = |target_depth| TrainConfig {
+            epsilon_start: 1.0,
+            epsilon_end: 1.0,
+            target_depth,
+            ..small(1)
+        };
+        assert!(trained(cfg(1), 64).weights.w.iter().all(|&v| v == 0.0));
+        let learnt = trained(cfg(2), 64);
+        let moved = learnt.weights.w.iter().filter(|&&v| v != 0.0).count();
+        assert!(moved > 100, "{moved} weights moved");
     }
 
     #[test]
@@ -1111,6 +1185,16 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().starts_with("memory_budget_mb"), "{err}");
+        let err = TrainConfig {
+            target_depth: 3,
+            ..TrainConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "target_depth: got 3; allowed: 1 (TD(lambda) along the game) or 2 (2-ply minimax targets)"
+        );
     }
 
     #[test]
