@@ -6,12 +6,13 @@ Rows (median of ``ENGINE_BENCH_REPS`` runs, default 3, unless noted):
   flips, bulk counting at the last ply) against the straightforward reference
   generator (array board, ray walking, same bulk counting) at depth 9, where
   it finishes in seconds: leaves/s is comparable across depths;
-- self-play TD(lambda) training games/s at 1-ply, default configuration, on
-  1 and 2 threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the
-  median of each taken, with the load average printed (baseline: the 1-thread
-  rate, and the 5,000 games/s target); interleaved with them, 2 threads with
-  the opt-in per-weight decay (``lr_decay_visits=10000``), the cost of its
-  per-weight update counts;
+- self-play training games/s at 1-ply, default configuration (moves played
+  greedily, each position learning towards its own 2-ply value), on 1 and 2
+  threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the median of
+  each taken, with the load average printed (baseline: the 1-thread rate, and
+  the 5,000 games/s target); interleaved with them, 2 threads with
+  ``target_depth=1`` (TD(lambda) along the game played, no 2-ply search), the
+  cost of the 2-ply targets;
 - evaluation calls/s from Python: one ``Evaluator.evaluate`` call per board and
   ``evaluate_batch`` on a 10,000-board NumPy array, against a pure-Python
   weighted-piece-counter evaluation of the same boards;
@@ -84,7 +85,7 @@ def wpc_eval(cells: list[int]) -> float:
 
 
 def train_rate(threads: int, games: int, **config: Any) -> float:
-    """Training games/s at 1-ply with the default pattern set."""
+    """Training games/s at 1-ply (moves played greedily) with the default pattern set."""
     with tempfile.TemporaryDirectory() as d:
         m = te.TrainingManager(Path(d), threads=threads, **config)
         m.start(games, checkpoint_interval=0, callback_interval=games)
@@ -126,12 +127,12 @@ def main() -> int:
     # Interleaved 1- and 2-thread runs, median of each: the machine is shared,
     # so its load drifts; interleaving gives both the same conditions.
     games = 10_000
-    ones, twos, visits = [], [], []
+    ones, twos, along = [], [], []
     for _ in range(max(args.reps, 3)):
         ones.append(train_rate(1, games))
         twos.append(train_rate(2, games))
-        visits.append(train_rate(2, games, lr_decay_visits=10_000))
-    one, two, vis = statistics.median(ones), statistics.median(twos), statistics.median(visits)
+        along.append(train_rate(2, games, target_depth=1))
+    one, two, td1 = statistics.median(ones), statistics.median(twos), statistics.median(along)
     rows.append(
         (
             "load average during training runs (os.getloadavg, 1 min)",
@@ -151,9 +152,9 @@ def main() -> int:
     )
     rows.append(
         (
-            "training 1-ply, 2 threads, lr_decay_visits=10000",
-            f"{vis:,.0f} games/s",
-            f"{vis / two:.2f}x default, {vis / 5000:.2f}x target",
+            "training 1-ply, 2 threads, target_depth=1 (TD along the game)",
+            f"{td1:,.0f} games/s",
+            f"{td1 / two:.2f}x default, {td1 / 5000:.2f}x target",
         )
     )
 
