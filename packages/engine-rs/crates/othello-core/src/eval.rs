@@ -343,49 +343,31 @@ mod tests {
 
     #[test]
     fn greedy_child_picks_the_child_with_the_lowest_raw_value() {
-        let mut w = Weights::default_weights();
-        let mut rng = crate::rng::Rng::new(3, 0);
-        for v in &mut w.w {
-            *v = (rng.next_f64() as f32 - 0.5) * 0.2;
-        }
-        let set = w.set.clone();
+        let w = random_weights(3);
         let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
-        let mut checked = 0;
-        for game in 0..20 {
-            let mut rng = crate::rng::Rng::new(7, game);
-            let mut b = Board::initial();
-            for _ in 0..60 {
-                let moves = b.moves();
-                if moves == 0 {
-                    b = b.pass();
-                    if b.moves() == 0 {
-                        break;
-                    }
-                    continue;
-                }
-                set.raw_index_pair(&b, &mut mine, &mut theirs);
-                let sq = w.greedy_child(&b, moves, &theirs);
-                assert!(moves >> sq & 1 == 1);
-                // A child whose mover must pass is scored through the pass.
-                let child_raw = |c: Board| {
-                    if c.moves() == 0 {
-                        w.forced_pass_raw(&c)
-                    } else {
-                        w.raw(&c)
-                    }
-                };
-                let mut best = f32::INFINITY;
-                let mut m = moves;
-                while m != 0 {
-                    best = best.min(child_raw(b.play(m.trailing_zeros())));
-                    m &= m - 1;
-                }
-                assert!((child_raw(b.play(sq)) - best).abs() < 1e-4, "game {game}");
-                checked += 1;
-                b = b.play(rng.pick_bit(moves));
+        // A child whose mover must pass is scored through the pass.
+        let child_raw = |c: Board| {
+            if c.moves() == 0 {
+                w.forced_pass_raw(&c)
+            } else {
+                w.raw(&c)
             }
+        };
+        let positions = random_positions(20);
+        assert!(positions.len() > 1000);
+        for b in positions {
+            let moves = b.moves();
+            w.set.raw_index_pair(&b, &mut mine, &mut theirs);
+            let sq = w.greedy_child(&b, moves, &theirs);
+            assert!(moves >> sq & 1 == 1);
+            let mut best = f32::INFINITY;
+            let mut m = moves;
+            while m != 0 {
+                best = best.min(child_raw(b.play(m.trailing_zeros())));
+                m &= m - 1;
+            }
+            assert!((child_raw(b.play(sq)) - best).abs() < 1e-4);
         }
-        assert!(checked > 1000);
     }
 
     /// Small random weights, so that values are not all zero.
