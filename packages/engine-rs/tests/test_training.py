@@ -84,12 +84,6 @@ def test_configure_validates_and_applies_at_run_time(tmp_path: Path) -> None:
     assert m.config()["lr_decay_visits"] == 10_000
     with pytest.raises(te.ConfigError, match="lr_decay_visits"):
         m.configure(lr_decay_visits=-1)
-    # 2-ply minimax targets are the default; 1 learns along the game played.
-    assert m.config()["target_depth"] == 2
-    m.configure(target_depth=1)
-    assert m.config()["target_depth"] == 1
-    with pytest.raises(te.ConfigError, match=r"target_depth: got 3; allowed: 1 \(TD"):
-        m.configure(target_depth=3)
 
 
 def test_injected_panics_are_counted_and_pause_training_with_a_reason(tmp_path: Path) -> None:
