@@ -1,4 +1,8 @@
-//! Self-play TD(lambda) training of the pattern weights (plain TD or Adam).
+//! Self-play training of the pattern weights (plain TD steps, TC or Adam).
+//!
+//! Each position learns towards its own 2-ply minimax value under the current
+//! weights (`target_depth` 2, the default: [`Weights::two_ply`]) or, with
+//! `target_depth` 1, by TD(lambda) along the game played (below).
 //!
 //! Games are played in batches of `batch_games`. All games of a batch read the
 //! same weights, each with its own random stream `(seed, game index)`, so they
