@@ -119,10 +119,16 @@ impl Board {
     #[inline]
     #[must_use]
     pub fn play(&self, sq: u32) -> Board {
-        let f = get_flips(self.player, self.opponent, sq);
+        self.play_flips(sq, get_flips(self.player, self.opponent, sq))
+    }
+
+    /// [`Board::play`] when the move's flips (`get_flips`) are already known.
+    #[inline]
+    #[must_use]
+    pub fn play_flips(&self, sq: u32, flips: u64) -> Board {
         Board {
-            player: self.opponent ^ f,
-            opponent: self.player | f | (1u64 << sq),
+            player: self.opponent ^ flips,
+            opponent: self.player | flips | (1u64 << sq),
         }
     }
 

@@ -153,10 +153,7 @@ impl Weights {
         let mut sq = first;
         loop {
             let flips = get_flips(b.player, b.opponent, sq);
-            let c = Board {
-                player: b.opponent & !flips,
-                opponent: b.player | flips | (1u64 << sq),
-            };
+            let c = b.play_flips(sq, flips);
             let replies = c.moves();
             let v = if replies != 0 {
                 theirs[..n].copy_from_slice(&mine[..n]);
@@ -258,10 +255,7 @@ impl Weights {
                 v += table[set.canonical(theirs[i] + delta[i]) as usize] - shared[i];
                 delta[i] = 0;
             }
-            let child = Board {
-                player: b.opponent & !flips,
-                opponent: b.player | flips | (1u64 << sq),
-            };
+            let child = b.play_flips(sq, flips);
             if child.moves() == 0 {
                 v = self.forced_pass_raw(&child);
             }
