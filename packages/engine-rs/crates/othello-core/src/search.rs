@@ -278,84 +278,76 @@ impl Searcher<'_> {
         );
         best
     }
+}
 
-    fn solve(&mut self, p: u64, o: u64, mut alpha: i32, beta: i32, passed: bool) -> i32 {
-        self.nodes += 1;
-        let moves = get_moves(p, o);
-        if moves == 0 {
-            if passed {
-                return Board {
-                    player: p,
-                    opponent: o,
-                }
-                .final_score();
+/// The exact final disc difference of the position `(p, o)` (`p` to move)
+/// within the window `(alpha, beta)` (fail-soft), counting nodes in `nodes`;
+/// `passed` says the previous ply was a pass.
+fn solve_window(p: u64, o: u64, mut alpha: i32, beta: i32, passed: bool, nodes: &mut u64) -> i32 {
+    *nodes += 1;
+    let moves = get_moves(p, o);
+    if moves == 0 {
+        if passed {
+            return Board {
+                player: p,
+                opponent: o,
             }
-            return -self.solve(o, p, -beta, -alpha, true);
+            .final_score();
         }
-        let empties = 64 - (p | o).count_ones();
-        let mut list = [(0u32, 0u32); 32];
-        let mut n = 0;
-        let mut m = moves;
-        while m != 0 {
-            let sq = m.trailing_zeros();
-            m &= m - 1;
-            let key = if empties > 6 {
-                let c = Board {
-                    player: p,
-                    opponent: o,
-                }
-                .play(sq);
-                c.moves().count_ones()
-            } else {
-                0
-            };
-            list[n] = (key, sq);
-            n += 1;
-        }
-        if empties > 6 {
-            list[..n].sort_unstable_by_key(|x| x.0);
-        }
-        let mut best = -65;
-        for &(_, sq) in &list[..n] {
+        return -solve_window(o, p, -beta, -alpha, true, nodes);
+    }
+    let empties = 64 - (p | o).count_ones();
+    let mut list = [(0u32, 0u32); 32];
+    let mut n = 0;
+    let mut m = moves;
+    while m != 0 {
+        let sq = m.trailing_zeros();
+        m &= m - 1;
+        let key = if empties > 6 {
             let c = Board {
                 player: p,
                 opponent: o,
             }
             .play(sq);
-            let s = -self.solve(c.player, c.opponent, -beta, -alpha, false);
-            if s > best {
-                best = s;
-                if s > alpha {
-                    alpha = s;
-                    if alpha >= beta {
-                        break;
-                    }
+            c.moves().count_ones()
+        } else {
+            0
+        };
+        list[n] = (key, sq);
+        n += 1;
+    }
+    if empties > 6 {
+        list[..n].sort_unstable_by_key(|x| x.0);
+    }
+    let mut best = -65;
+    for &(_, sq) in &list[..n] {
+        let c = Board {
+            player: p,
+            opponent: o,
+        }
+        .play(sq);
+        let s = -solve_window(c.player, c.opponent, -beta, -alpha, false, nodes);
+        if s > best {
+            best = s;
+            if s > alpha {
+                alpha = s;
+                if alpha >= beta {
+                    break;
                 }
             }
         }
-        best
     }
+    best
 }
 
-/// The exact final disc difference of `b` with perfect play (side to move's view).
+/// The exact final disc difference of `b` with perfect play (side to move's
+/// view), and the nodes visited. It needs no weights and no table, so it
+/// allocates nothing: cheap enough to call once per position.
 #[must_use]
 pub fn solve_exact(b: &Board) -> (i32, u64) {
-    let w = Weights::new(
-        std::sync::Arc::new(crate::pattern::PatternSet::named("small").expect("small set")),
-        1,
-    )
-    .expect("valid");
-    let mut tt = TranspositionTable::with_bytes(TT_ENTRY_BYTES);
-    let mut s = Searcher {
-        w: &w,
-        tt: &mut tt,
-        nodes: 0,
-        deadline: None,
-        abort: None,
-        stopped: false,
-    };
-    let v = s.solve(b.player, b.opponent, -64, 64, false);
-    (v, s.nodes)
+    let mut nodes = 0;
+    let v = solve_window(b.player, b.opponent, -64, 64, false, &mut nodes);
+    (v, nodes)
 }
 
 /// Searches `b` for the best move within `limits`.
@@ -411,7 +403,7 @@ pub fn search_until(
             let sq = m.trailing_zeros();
             m &= m - 1;
             let c = b.play(sq);
-            let v = -s.solve(c.player, c.opponent, -64, -best.0, false);
+            let v = -solve_window(c.player, c.opponent, -64, -best.0, false, &mut s.nodes);
             if v > best.0 {
                 best = (v, sq);
             }
