@@ -7,14 +7,21 @@
 //! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`, `DEPTH`
 //! (the training search depth), `TARGET` (`target_depth`); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
+//! `CALIBRATION=1` also prints, per phase, how the values compare with the
+//! outcomes of 300 self-play games (1-ply, 10% random moves): see
+//! [`calibration`].
 //!
 //! `cargo run --release --example learn`
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use othello_core::eval::reward;
 use othello_core::league::{league_match, Player};
+use othello_core::pattern::MAX_INSTANCES;
+use othello_core::rng::Rng;
 use othello_core::train::{TrainConfig, Trainer};
+use othello_core::{Board, Weights};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().map_or(default, |v| {
@@ -93,6 +100,71 @@ fn main() {
             h.score,
             h.ci95,
             r.score
+        );
+        if std::env::var("CALIBRATION").is_ok() {
+            calibration(w);
+        }
+    }
+}
+
+/// Prints, per phase, the mean value of the positions met in 300 self-play
+/// games (1-ply greedy, 10% random moves, the League's conditions) and the
+/// mean reward those games ended with, both in the view of the side to move,
+/// and the share of positions whose value is saturated (|V| > 0.999, where
+/// the tanh derivative, and so learning, vanishes). Calibrated values have
+/// both means close; the game is symmetric, so the mean reward is near 0.
+fn calibration(w: &Weights) {
+    let set = &*w.set;
+    let mut rng = Rng::new(123, 0);
+    // Per phase: positions, sum of values, sum of outcomes, saturated positions.
+    let mut rows = vec![(0u32, 0f64, 0f64, 0u32); w.n_phases];
+    let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
+    for _ in 0..300 {
+        let mut b = Board::initial();
+        let mut seen: Vec<(usize, bool)> = Vec::new(); // (phase, black to move)
+        let mut black = true;
+        loop {
+            let moves = b.moves();
+            if moves == 0 {
+                if b.pass().moves() == 0 {
+                    break;
+                }
+                b = b.pass();
+                black = !black;
+                continue;
+            }
+            let v = w.value(&b);
+            let row = &mut rows[w.phase(&b)];
+            row.0 += 1;
+            row.1 += f64::from(v);
+            row.3 += u32::from(v.abs() > 0.999);
+            seen.push((w.phase(&b), black));
+            let sq = if rng.next_f64() < 0.1 {
+                rng.pick_bit(moves)
+            } else {
+                set.raw_index_pair(&b, &mut mine, &mut theirs);
+                w.greedy_child(&b, moves, &theirs)
+            };
+            b = b.play(sq);
+            black = !black;
+        }
+        let mover_diff = b.final_score();
+        let black_reward = f64::from(reward(if black { mover_diff } else { -mover_diff }));
+        for (phase, black_to_move) in seen {
+            rows[phase].2 += if black_to_move {
+                black_reward
+            } else {
+                -black_reward
+            };
+        }
+    }
+    for (phase, &(n, values, outcomes, saturated)) in rows.iter().enumerate() {
+        let n = f64::from(n.max(1));
+        println!(
+            "  phase {phase}: mean value {:+.3}  mean outcome {:+.3}  saturated {:.2}",
+            values / n,
+            outcomes / n,
+            f64::from(saturated) / n
         );
     }
 }
