@@ -5,6 +5,7 @@
 //! the discs of the side to move, `opponent` those of the other side.
 
 use crate::error::EngineError;
+use crate::rng::Rng;
 
 /// Files b..g: masks off wrap-around for shifts with a horizontal component.
 const NOT_EDGE_FILES: u64 = 0x7E7E_7E7E_7E7E_7E7E;
@@ -140,6 +141,25 @@ impl Board {
             player: self.opponent,
             opponent: self.player,
         }
+    }
+
+    /// The position after up to `plies` uniformly random moves from this one
+    /// (a forced pass counts as a ply); stops early when the game ends. For
+    /// tests and experiments that need varied positions.
+    #[must_use]
+    pub fn random_walk(&self, rng: &mut Rng, plies: u32) -> Board {
+        let mut b = *self;
+        for _ in 0..plies {
+            let moves = b.moves();
+            if moves != 0 {
+                b = b.play(rng.pick_bit(moves));
+            } else if b.is_game_over() {
+                break;
+            } else {
+                b = b.pass();
+            }
+        }
+        b
     }
 
     /// Whether neither side can move.
@@ -337,6 +357,21 @@ mod tests {
             .to_string();
         assert!(err.contains("cell 5"), "{err}");
         assert!(Board::from_cells(&cells[..63], Color::Black).is_err());
+    }
+
+    #[test]
+    fn random_walk_plays_legal_moves_and_stops_at_the_end() {
+        for seed in 0..50 {
+            let mut rng = Rng::new(seed, 0);
+            // Three plies from the start are three moves (no pass is possible
+            // yet): each adds one disc.
+            let b = Board::initial().random_walk(&mut rng, 3);
+            assert_eq!(64 - b.empties(), 7, "seed {seed}");
+            // A game lasts at most 60 moves and as many passes: 200 plies finish it.
+            let end = Board::initial().random_walk(&mut rng, 200);
+            assert!(end.is_game_over(), "seed {seed}");
+            assert_eq!(end.random_walk(&mut rng, 5), end);
+        }
     }
 
     #[test]

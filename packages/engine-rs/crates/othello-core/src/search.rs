@@ -472,17 +472,7 @@ mod tests {
     use crate::rng::Rng;
 
     fn random_position(seed: u64, plies: u32) -> Board {
-        let mut rng = Rng::new(seed, 1);
-        let mut b = Board::initial();
-        for _ in 0..plies {
-            let m = b.moves();
-            if m == 0 {
-                b = b.pass();
-                continue;
-            }
-            b = b.play(rng.pick_bit(m));
-        }
-        b
+        Board::initial().random_walk(&mut Rng::new(seed, 1), plies)
     }
 
     fn minimax_exact(b: &Board) -> i32 {

@@ -5,21 +5,6 @@ use othello_core::rng::Rng;
 use othello_core::search::{search, solve_exact, Limits, TranspositionTable};
 use othello_core::{Board, Weights};
 
-/// A position after `plies` uniformly random moves (passes where forced).
-fn random_position(seed: u64, plies: u32) -> Board {
-    let mut rng = Rng::new(seed, 7);
-    let mut b = Board::initial();
-    for _ in 0..plies {
-        let m = b.moves();
-        if m == 0 {
-            b = b.pass();
-            continue;
-        }
-        b = b.play(rng.pick_bit(m));
-    }
-    b
-}
-
 #[test]
 fn solve_exact_agrees_with_the_searchs_exact_mode_and_its_best_move() {
     let w = Weights::default_weights();
@@ -30,7 +15,7 @@ fn solve_exact_agrees_with_the_searchs_exact_mode_and_its_best_move() {
     };
     let mut checked = 0;
     for seed in 0..40 {
-        let b = random_position(seed, 50 + (seed % 5) as u32);
+        let b = Board::initial().random_walk(&mut Rng::new(seed, 7), 50 + (seed % 5) as u32);
         if b.moves() == 0 {
             continue;
         }
