@@ -61,7 +61,12 @@ class Debug:
     def replay(
         evaluator: Evaluator, seed: int = 0, epsilon: float = 0.0, lambda_: float = 0.5
     ) -> list[dict[str, Any]]:
-        """Plays one game with the evaluator and logs the TD(lambda) update of every position."""
+        """Plays one game as training does and logs both training targets of every position.
+
+        Each row: ``ply``, ``player``, ``move``, ``value`` (black's view), ``td_error``,
+        ``lambda_target`` (TD(lambda)'s target, ``target_depth`` 1) and ``search_target``
+        (the 2-ply value, the default's target).
+        """
         rows: list[dict[str, Any]] = evaluator.replay(seed=seed, epsilon=epsilon, lambda_=lambda_)
         return rows
 

@@ -654,10 +654,11 @@ impl Evaluator {
         Ok(d.into_any().unbind())
     }
 
-    /// Replays one self-play game and logs the TD(lambda) update of every position.
+    /// Replays one self-play game as training plays it and logs both training targets of every position.
     ///
     /// Returns one dict per position: ply, player, move, value (black's view),
-    /// td_error and lambda_target.
+    /// td_error, lambda_target (TD(lambda)'s target) and search_target (the
+    /// 2-ply value, the default's target).
     #[pyo3(signature = (seed = 0, epsilon = 0.0, lambda_ = 0.5))]
     fn replay(&self, py: Python<'_>, seed: u64, epsilon: f64, lambda_: f32) -> PyResult<Py<PyAny>> {
         let w = &self.weights;
@@ -665,12 +666,13 @@ impl Evaluator {
         let list = PyList::empty(py);
         for r in rows {
             let d = PyDict::new(py);
-            d.set_item("ply", r.0)?;
-            d.set_item("player", r.1)?;
-            d.set_item("move", square_name(r.2))?;
-            d.set_item("value", r.3)?;
-            d.set_item("td_error", r.4)?;
-            d.set_item("lambda_target", r.5)?;
+            d.set_item("ply", r.ply)?;
+            d.set_item("player", r.player)?;
+            d.set_item("move", square_name(r.square))?;
+            d.set_item("value", r.value)?;
+            d.set_item("td_error", r.td_error)?;
+            d.set_item("lambda_target", r.lambda_target)?;
+            d.set_item("search_target", r.search_target)?;
             list.append(d)?;
         }
         Ok(list.into_any().unbind())

@@ -13,6 +13,7 @@ use pyo3::types::PyDict;
 use othello_core::board::Board;
 use othello_core::checkpoint::{CheckpointDir, Node};
 use othello_core::eval::Weights;
+use othello_core::pattern::MAX_INSTANCES;
 use othello_core::rng::Rng;
 use othello_core::state::{
     config_to_json, config_update, trainer_from_checkpoint, trainer_to_checkpoint,
@@ -212,18 +213,33 @@ fn coverage_and_variance(w: &Weights) -> (f64, f64) {
     (nonzero as f64 / w.w.len().max(1) as f64, var)
 }
 
-/// Plays one game and returns, per position, (ply, player, move, value, td_error, lambda_target).
-pub fn replay_game(
-    w: &Weights,
-    seed: u64,
-    epsilon: f64,
-    lambda: f32,
-) -> Vec<(u32, u8, u32, f32, f32, f32)> {
+/// One position of a replayed game ([`replay_game`]); values in black's view.
+pub struct ReplayRow {
+    /// Plies played before this position (passes not counted).
+    pub ply: u32,
+    /// The side to move: 1 black, 2 white.
+    pub player: u8,
+    /// The square played.
+    pub square: u32,
+    /// The position's value.
+    pub value: f32,
+    /// `V(next position) - V(this one)`; the last uses the game's reward.
+    pub td_error: f32,
+    /// The TD(lambda) target (`target_depth` 1): the value plus the folded errors.
+    pub lambda_target: f32,
+    /// The 2-ply minimax value (`target_depth` 2, the default's target).
+    pub search_target: f32,
+}
+
+/// Plays one game as training does (the greedy 1-ply move, or a random one
+/// at rate `epsilon`) and logs, per position, both training rules' targets.
+pub fn replay_game(w: &Weights, seed: u64, epsilon: f64, lambda: f32) -> Vec<ReplayRow> {
+    let set = &*w.set;
+    let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
     let mut rng = Rng::new(seed, 0);
     let mut b = Board::initial();
     let mut black = true;
-    let mut rows: Vec<(u32, u8, u32, f32, f32, f32)> = Vec::new();
-    let mut ply = 0;
+    let mut rows: Vec<ReplayRow> = Vec::new();
     loop {
         let m = b.moves();
         if m == 0 {
@@ -234,43 +250,39 @@ pub fn replay_game(
             black = !black;
             continue;
         }
-        let sq = if rng.next_f64() < epsilon {
+        set.raw_index_pair(&b, &mut mine, &mut theirs);
+        let greedy = w.greedy_child(&b, m, &theirs);
+        let square = if rng.next_f64() < epsilon {
             rng.pick_bit(m)
         } else {
-            let mut best = (f32::INFINITY, m.trailing_zeros());
-            let mut mm = m;
-            while mm != 0 {
-                let s = mm.trailing_zeros();
-                mm &= mm - 1;
-                let v = w.raw(&b.play(s));
-                if v < best.0 {
-                    best = (v, s);
-                }
-            }
-            best.1
+            greedy
         };
-        let v = w.value(&b);
-        rows.push((
-            ply,
-            if black { 1 } else { 2 },
-            sq,
-            if black { v } else { -v },
-            0.0,
-            0.0,
-        ));
-        b = b.play(sq);
+        let sign = if black { 1.0 } else { -1.0 };
+        rows.push(ReplayRow {
+            ply: rows.len() as u32,
+            player: if black { 1 } else { 2 },
+            square,
+            value: sign * w.value(&b),
+            td_error: 0.0,
+            lambda_target: 0.0,
+            search_target: sign * w.two_ply(&b, &mine, greedy),
+        });
+        b = b.play(square);
         black = !black;
-        ply += 1;
     }
     let d = b.final_score();
     let r = othello_core::eval::reward(if black { d } else { -d });
     let mut c = 0.0f32;
     for t in (0..rows.len()).rev() {
-        let next = if t + 1 < rows.len() { rows[t + 1].3 } else { r };
-        let delta = next - rows[t].3;
+        let next = if t + 1 < rows.len() {
+            rows[t + 1].value
+        } else {
+            r
+        };
+        let delta = next - rows[t].value;
         c = delta + lambda * c;
-        rows[t].4 = delta;
-        rows[t].5 = rows[t].3 + c;
+        rows[t].td_error = delta;
+        rows[t].lambda_target = rows[t].value + c;
     }
     rows
 }
