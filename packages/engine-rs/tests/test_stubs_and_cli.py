@@ -59,9 +59,11 @@ def test_train_evaluate_and_monitor_as_json(tmp_path: Path) -> None:
     assert summary["games"] == 512 and summary["reason"] == "target"
     latest = max(te.CheckpointManager(run_dir).list(), key=lambda info: info.step)
     assert ckpt.load_with_info(latest.path)[1].metadata["config"]["target_depth"] == 1
-    proc = _cli("evaluate", str(run_dir), "--pairs", "20", "--json")
+    proc = _cli("evaluate", str(run_dir), "--pairs", "20", "--exact-empties", "8", "--json")
     assert proc.returncode == 0, proc.stderr
-    results = {r["opponent"]: r for r in json.loads(proc.stdout)["results"]}
+    report = json.loads(proc.stdout)
+    assert (report["depth"], report["exact_empties"]) == (1, 8)
+    results = {r["opponent"]: r for r in report["results"]}
     assert results["random"]["games"] == 40 and 0 <= results["heuristic"]["score"] <= 1
     points = json.loads(_cli("monitor", "--dir", str(run_dir), "--json").stdout)
     assert [p["games"] for p in points] == [128, 256, 384, 512]

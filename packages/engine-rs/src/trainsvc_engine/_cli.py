@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--depth", type=int, default=1, help="engine search depth (1 = greedy, as in the League)"
     )
+    e.add_argument(
+        "--exact-empties",
+        type=int,
+        default=0,
+        help="solve the rest of each game exactly from this many empty squares"
+        " (0 = never, as in the League; at most 16)",
+    )
     e.add_argument("--seed", type=int, default=0, help="random seed")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -240,13 +247,25 @@ def _evaluate(args: argparse.Namespace, out: Console) -> int:
     ) as bar:
         task = bar.add_task("playing League games", total=2)
         for opponent in ("random", "heuristic"):
-            results.append(ev.league(opponent, pairs=args.pairs, depth=args.depth, seed=args.seed))
+            result = ev.league(
+                opponent,
+                pairs=args.pairs,
+                depth=args.depth,
+                seed=args.seed,
+                exact_empties=args.exact_empties,
+            )
+            results.append(result)
             bar.advance(task)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "results": results}))
+        settings = {"depth": args.depth, "exact_empties": args.exact_empties}
+        print(json.dumps({"checkpoint": str(args.checkpoint), **settings, "results": results}))
         return 0
+    player = f"depth {args.depth}"
+    if args.exact_empties:
+        player += f", exact from {args.exact_empties} empties"
     table = Table(
-        title=f"Othello League score of {args.checkpoint} (10% random moves, colours swapped)"
+        title=f"Othello League score of {args.checkpoint} ({player};"
+        " 10% random moves, colours swapped)"
     )
     for col in ("opponent", "games", "wins", "draws", "losses", "score", "95% CI"):
         table.add_column(col, justify="right")

@@ -97,6 +97,7 @@ class Evaluator:
         depth: int = 1,
         random_rate: float = 0.1,
         seed: int = 0,
+        exact_empties: int = 0,
     ) -> dict[str, Any]: ...
     def replay(
         self, seed: int = 0, epsilon: float = 0.0, lambda_: float = 0.5

@@ -24,6 +24,10 @@ use othello_core::{Board, Color, EngineError as Core, PatternSet};
 
 use errors::{run, InvalidBoardError, InvalidMoveError};
 
+/// The most empty squares a League match may solve exactly: every engine
+/// move from there on is a full solve, and thousands of games are played.
+const MAX_LEAGUE_EXACT_EMPTIES: u32 = 16;
+
 /// Converts a JSON value to a Python object.
 pub(crate) fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
     let text = v.to_string();
@@ -606,7 +610,12 @@ impl Evaluator {
     }
 
     /// League match against "random" or "heuristic": returns a dict with the score and its 95% interval.
-    #[pyo3(signature = (opponent, pairs = 500, depth = 1, random_rate = 0.1, seed = 0))]
+    ///
+    /// The engine plays at `depth` (1 = greedy, the League's rule) and, with
+    /// `exact_empties` > 0, solves the rest of the game exactly once that few
+    /// squares are empty (0, the League's rule, never does).
+    #[pyo3(signature = (opponent, pairs = 500, depth = 1, random_rate = 0.1, seed = 0, exact_empties = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn league(
         &self,
         py: Python<'_>,
@@ -615,6 +624,7 @@ impl Evaluator {
         depth: u32,
         random_rate: f64,
         seed: u64,
+        exact_empties: u32,
     ) -> PyResult<Py<PyAny>> {
         let opp = match opponent {
             "random" => Player::Random,
@@ -625,23 +635,29 @@ impl Evaluator {
                 )))
             }
         };
-        if !(1..=100_000).contains(&pairs)
-            || !(1..=8).contains(&depth)
-            || !(0.0..=1.0).contains(&random_rate)
-        {
-            return Err(errors::ConfigError::new_err(
-                "pairs: 1 to 100000, depth: 1 to 8, random_rate: 0.0 to 1.0 (one is out of range)",
-            ));
+        let out_of_range = if !(1..=100_000).contains(&pairs) {
+            Some(("pairs", pairs.to_string(), "1 to 100000"))
+        } else if !(1..=8).contains(&depth) {
+            Some(("depth", depth.to_string(), "1 to 8"))
+        } else if !(0.0..=1.0).contains(&random_rate) {
+            Some(("random_rate", random_rate.to_string(), "0.0 to 1.0"))
+        } else if exact_empties > MAX_LEAGUE_EXACT_EMPTIES {
+            Some(("exact_empties", exact_empties.to_string(), "0 to 16"))
+        } else {
+            None
+        };
+        if let Some((field, got, allowed)) = out_of_range {
+            return Err(errors::ConfigError::new_err(format!(
+                "{field}: got {got}; allowed: {allowed}"
+            )));
         }
-        let w = &self.weights;
+        let engine = Player::Engine {
+            weights: &self.weights,
+            depth,
+            exact_empties,
+        };
         let r = run(py, || {
-            Ok(league_match(
-                &Player::Engine(w, depth),
-                &opp,
-                pairs,
-                random_rate,
-                seed,
-            ))
+            Ok(league_match(&engine, &opp, pairs, random_rate, seed))
         })?;
         let d = PyDict::new(py);
         d.set_item("opponent", opponent)?;

@@ -7,7 +7,8 @@
 //! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`, `DEPTH`
 //! (the training search depth), `TARGET` (`target_depth`); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
-//! `CALIBRATION=1` also prints, per phase, how the values compare with the
+//! `EXACT=n` also plays the League match with the endgame solved from `n`
+//! empty squares on. `CALIBRATION=1` also prints, per phase, how the values compare with the
 //! outcomes of 300 self-play games (1-ply, 10% random moves): see
 //! [`calibration`].
 //!
@@ -90,8 +91,8 @@ fn main() {
         let el = start.elapsed().as_secs_f64();
         train_s += el;
         let w = &t.weights;
-        let h = league_match(&Player::Engine(w, 1), &Player::Heuristic, pairs, 0.1, 9);
-        let r = league_match(&Player::Engine(w, 1), &Player::Random, pairs / 4, 0.1, 9);
+        let h = league_match(&Player::greedy(w), &Player::Heuristic, pairs, 0.1, 9);
+        let r = league_match(&Player::greedy(w), &Player::Random, pairs / 4, 0.1, 9);
         let maxw = w.w.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
         println!(
             "games {:>7}  {:>5.0} games/s  vs heuristic {:.3} ± {:.3}  vs random {:.3}  max|w| {maxw:.2}  ({train_s:.0} s)",
@@ -101,6 +102,19 @@ fn main() {
             h.ci95,
             r.score
         );
+        let exact: u32 = env("EXACT", 0);
+        if exact > 0 {
+            let solver = Player::Engine {
+                weights: w,
+                depth: 1,
+                exact_empties: exact,
+            };
+            let h = league_match(&solver, &Player::Heuristic, pairs, 0.1, 9);
+            println!(
+                "  solving from {exact} empties: vs heuristic {:.3} ± {:.3}",
+                h.score, h.ci95
+            );
+        }
         if std::env::var("CALIBRATION").is_ok() {
             calibration(w);
         }

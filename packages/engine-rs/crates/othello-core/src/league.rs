@@ -29,8 +29,17 @@ pub enum Player<'a> {
     Random,
     /// 1-ply greedy on [`HEURISTIC_WPC`].
     Heuristic,
-    /// The pattern evaluation, searched to `depth` plies (1 = greedy).
-    Engine(&'a Weights, u32),
+    /// The pattern evaluation, searched to `depth` plies (1 = greedy, the
+    /// League's own rule), solving the game exactly once at most
+    /// `exact_empties` squares are empty (0 = never, as in the League).
+    Engine {
+        /// The evaluation.
+        weights: &'a Weights,
+        /// Search depth in plies.
+        depth: u32,
+        /// Empty squares at or below which the rest of the game is solved.
+        exact_empties: u32,
+    },
 }
 
 fn wpc(b: &Board) -> f32 {
@@ -55,26 +64,44 @@ fn greedy(b: &Board, moves: u64, score_for_opponent: impl Fn(&Board) -> f32) -> 
     best.1
 }
 
-impl Player<'_> {
+impl<'a> Player<'a> {
+    /// The League's engine player: greedy at 1 ply on `weights`, no solver.
+    #[must_use]
+    pub fn greedy(weights: &'a Weights) -> Player<'a> {
+        Player::Engine {
+            weights,
+            depth: 1,
+            exact_empties: 0,
+        }
+    }
+
     fn choose(&self, b: &Board, rng: &mut Rng, tt: &mut TranspositionTable) -> u32 {
         let moves = b.moves();
         match *self {
             Player::Random => rng.pick_bit(moves),
             Player::Heuristic => greedy(b, moves, wpc),
-            Player::Engine(w, depth) if depth <= 1 => {
+            Player::Engine {
+                weights,
+                depth,
+                exact_empties,
+            } if depth <= 1 && b.empties() > exact_empties => {
                 let mut mine = [0u32; MAX_INSTANCES];
                 let mut theirs = [0u32; MAX_INSTANCES];
-                w.set.raw_index_pair(b, &mut mine, &mut theirs);
-                w.greedy_child(b, moves, &theirs)
+                weights.set.raw_index_pair(b, &mut mine, &mut theirs);
+                weights.greedy_child(b, moves, &theirs)
             }
-            Player::Engine(w, depth) => search(
+            Player::Engine {
+                weights,
+                depth,
+                exact_empties,
+            } => search(
                 b,
-                w,
+                weights,
                 tt,
                 &Limits {
                     depth,
                     time: None,
-                    exact_empties: 0,
+                    exact_empties,
                 },
             )
             .best_move
@@ -193,6 +220,51 @@ pub fn league_match(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_empties_make_the_engine_play_perfect_endgames() {
+        use crate::search::solve_exact;
+        // Zero weights: the greedy player takes the lowest square, so it
+        // often throws away a won endgame; with the solver it never does.
+        let w = Weights::default_weights();
+        let solver = Player::Engine {
+            weights: &w,
+            depth: 1,
+            exact_empties: 10,
+        };
+        let mut tt = TranspositionTable::with_bytes(1 << 16);
+        let mut rng = Rng::new(3, 0);
+        let (mut checked, mut greedy_blunders) = (0, 0);
+        while checked < 40 {
+            let plies = 52 + rng.below(4);
+            let b = Board::initial().random_walk(&mut rng, plies);
+            let moves = b.moves();
+            if moves == 0 || b.empties() > 10 {
+                continue;
+            }
+            let exact_after = |sq: u32| -solve_exact(&b.play(sq)).0;
+            let mut best = i32::MIN;
+            let mut m = moves;
+            while m != 0 {
+                best = best.max(exact_after(m.trailing_zeros()));
+                m &= m - 1;
+            }
+            let chosen = solver.choose(&b, &mut rng, &mut tt);
+            assert_eq!(
+                exact_after(chosen),
+                best,
+                "{}",
+                b.ascii(crate::board::Color::Black)
+            );
+            let greedy = Player::greedy(&w).choose(&b, &mut rng, &mut tt);
+            greedy_blunders += u32::from(exact_after(greedy) < best);
+            checked += 1;
+        }
+        assert!(
+            greedy_blunders > 0,
+            "the check needs positions the greedy player gets wrong"
+        );
+    }
 
     #[test]
     fn heuristic_beats_random_and_match_is_reproducible() {
