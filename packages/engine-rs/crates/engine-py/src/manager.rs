@@ -185,14 +185,9 @@ fn sample_positions() -> Vec<Board> {
     for g in 0..32 {
         let mut b = Board::initial();
         for ply in 0..60 {
-            let m = b.moves();
-            if m == 0 {
-                if b.pass().moves() == 0 {
-                    break;
-                }
-                b = b.pass();
-                continue;
-            }
+            let Some((m, _)) = b.next_turn() else {
+                break;
+            };
             b = b.play(rng.pick_bit(m));
             if (ply + g) % 8 == 0 {
                 out.push(b);
@@ -240,16 +235,8 @@ pub fn replay_game(w: &Weights, seed: u64, epsilon: f64, lambda: f32) -> Vec<Rep
     let mut b = Board::initial();
     let mut black = true;
     let mut rows: Vec<ReplayRow> = Vec::new();
-    loop {
-        let m = b.moves();
-        if m == 0 {
-            if b.pass().moves() == 0 {
-                break;
-            }
-            b = b.pass();
-            black = !black;
-            continue;
-        }
+    while let Some((m, passed)) = b.next_turn() {
+        black ^= passed;
         set.raw_index_pair(&b, &mut mine, &mut theirs);
         let greedy = w.greedy_child(&b, m, &theirs);
         let square = if rng.next_f64() < epsilon {

@@ -137,16 +137,8 @@ fn calibration(w: &Weights) {
         let mut b = Board::initial();
         let mut seen: Vec<(usize, bool)> = Vec::new(); // (phase, black to move)
         let mut black = true;
-        loop {
-            let moves = b.moves();
-            if moves == 0 {
-                if b.pass().moves() == 0 {
-                    break;
-                }
-                b = b.pass();
-                black = !black;
-                continue;
-            }
+        while let Some((moves, passed)) = b.next_turn() {
+            black ^= passed;
             let v = w.value(&b);
             let row = &mut rows[w.phase(&b)];
             row.0 += 1;

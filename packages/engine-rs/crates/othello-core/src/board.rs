@@ -133,6 +133,26 @@ impl Board {
         }
     }
 
+    /// Gives the turn to whoever can move. Returns the legal moves of the side
+    /// then to move, and whether that took a forced pass (made on `self`: the
+    /// side to move had no move, the other side has). Returns `None`, and
+    /// leaves `self` as it is, when neither side can move: the game is over.
+    /// Every game loop starts its turn with this.
+    #[inline]
+    pub fn next_turn(&mut self) -> Option<(u64, bool)> {
+        let moves = self.moves();
+        if moves != 0 {
+            return Some((moves, false));
+        }
+        let passed = self.pass();
+        let replies = passed.moves();
+        if replies == 0 {
+            return None;
+        }
+        *self = passed;
+        Some((replies, true))
+    }
+
     /// The position after the side to move passes.
     #[inline]
     #[must_use]
@@ -372,6 +392,34 @@ mod tests {
             assert!(end.is_game_over(), "seed {seed}");
             assert_eq!(end.random_walk(&mut rng, 5), end);
         }
+    }
+
+    #[test]
+    fn next_turn_passes_only_when_forced_and_ends_with_the_game() {
+        let (mut passes, mut games) = (0, 0);
+        for seed in 0..400 {
+            let mut rng = Rng::new(seed, 7);
+            let mut b = Board::initial();
+            while let Some((moves, passed)) = b.next_turn() {
+                assert_eq!(moves, b.moves());
+                assert_ne!(moves, 0);
+                if passed {
+                    // The side that passed (now the opponent) had no move.
+                    assert_eq!(get_moves(b.opponent, b.player), 0);
+                    passes += 1;
+                }
+                b = b.play(rng.pick_bit(moves));
+            }
+            assert!(b.is_game_over());
+            let before = b;
+            assert_eq!(b.next_turn(), None);
+            assert_eq!(b, before, "a finished game is left as it is");
+            games += 1;
+        }
+        assert!(
+            passes > 0 && games == 400,
+            "the games must include forced passes"
+        );
     }
 
     #[test]

@@ -380,15 +380,7 @@ mod tests {
         for game in 0..games {
             let mut rng = crate::rng::Rng::new(11, game);
             let mut b = Board::initial();
-            loop {
-                let moves = b.moves();
-                if moves == 0 {
-                    b = b.pass();
-                    if b.moves() == 0 {
-                        break;
-                    }
-                    continue;
-                }
+            while let Some((moves, _)) = b.next_turn() {
                 out.push(b);
                 b = b.play(rng.pick_bit(moves));
             }

@@ -115,17 +115,8 @@ pub fn play(black: &Player<'_>, white: &Player<'_>, random_rate: f64, rng: &mut 
     let mut tt = TranspositionTable::with_bytes(1 << 16);
     let mut b = Board::initial();
     let mut black_to_move = true;
-    loop {
-        let moves = b.moves();
-        if moves == 0 {
-            let p = b.pass();
-            if p.moves() == 0 {
-                break;
-            }
-            b = p;
-            black_to_move = !black_to_move;
-            continue;
-        }
+    while let Some((moves, passed)) = b.next_turn() {
+        black_to_move ^= passed;
         let sq = if rng.next_f64() < random_rate {
             rng.pick_bit(moves)
         } else if black_to_move {

@@ -455,17 +455,8 @@ fn play_game(
     let set = &*w.set;
     let n_inst = set.n_instances();
     let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
-    loop {
-        let moves = b.moves();
-        if moves == 0 {
-            let p = b.pass();
-            if p.moves() == 0 {
-                break;
-            }
-            b = p;
-            black_to_move = !black_to_move;
-            continue;
-        }
+    while let Some((moves, passed)) = b.next_turn() {
+        black_to_move ^= passed;
         if stop.load(Ordering::Relaxed) {
             return None;
         }
