@@ -636,13 +636,18 @@ impl Evaluator {
             }
         };
         let out_of_range = if !(1..=100_000).contains(&pairs) {
-            Some(("pairs", pairs.to_string(), "1 to 100000"))
+            Some(("pairs", pairs.to_string(), "1 to 100000".to_owned()))
         } else if !(1..=8).contains(&depth) {
-            Some(("depth", depth.to_string(), "1 to 8"))
+            Some(("depth", depth.to_string(), "1 to 8".to_owned()))
         } else if !(0.0..=1.0).contains(&random_rate) {
-            Some(("random_rate", random_rate.to_string(), "0.0 to 1.0"))
+            Some((
+                "random_rate",
+                random_rate.to_string(),
+                "0.0 to 1.0".to_owned(),
+            ))
         } else if exact_empties > MAX_LEAGUE_EXACT_EMPTIES {
-            Some(("exact_empties", exact_empties.to_string(), "0 to 16"))
+            let allowed = format!("0 to {MAX_LEAGUE_EXACT_EMPTIES}");
+            Some(("exact_empties", exact_empties.to_string(), allowed))
         } else {
             None
         };

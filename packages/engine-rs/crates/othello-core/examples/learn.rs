@@ -8,9 +8,9 @@
 //! (the training search depth), `TARGET` (`target_depth`); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
 //! `EXACT=n` also plays the League match with the endgame solved from `n`
-//! empty squares on. `CALIBRATION=1` also prints, per phase, how the values compare with the
-//! outcomes of 300 self-play games (1-ply, 10% random moves): see
-//! [`calibration`].
+//! empty squares on. `CALIBRATION=1` also prints, per phase, how the values
+//! compare with the outcomes of 300 self-play games (1-ply, 10% random
+//! moves): see [`calibration`].
 //!
 //! `cargo run --release --example learn`
 
