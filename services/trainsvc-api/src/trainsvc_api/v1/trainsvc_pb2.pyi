@@ -68,6 +68,8 @@ class Run(_message.Message):
         """The JAX multi-agent emergence trainer (trainsvc_trainer)."""
         OTHELLO: Run._Kind.ValueType  # 2
         """The Rust Othello engine's self-play TD(lambda) trainer (trainsvc_engine)."""
+        LORA: Run._Kind.ValueType  # 3
+        """LoRA fine-tuning of a language model on chat data (trainsvc_lm)."""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """The trainer that executes a run."""
@@ -77,6 +79,8 @@ class Run(_message.Message):
     """The JAX multi-agent emergence trainer (trainsvc_trainer)."""
     OTHELLO: Run.Kind.ValueType  # 2
     """The Rust Othello engine's self-play TD(lambda) trainer (trainsvc_engine)."""
+    LORA: Run.Kind.ValueType  # 3
+    """LoRA fine-tuning of a language model on chat data (trainsvc_lm)."""
 
     class _State:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -133,6 +137,7 @@ class Run(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     EMERGENCE_FIELD_NUMBER: _builtins.int
     OTHELLO_FIELD_NUMBER: _builtins.int
+    LORA_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STEP_BUDGET_FIELD_NUMBER: _builtins.int
     CHECKPOINT_POLICY_FIELD_NUMBER: _builtins.int
@@ -158,7 +163,8 @@ class Run(_message.Message):
     """The run's seed (all randomness derives from it)."""
     step_budget: _builtins.int
     """Required, > 0. Steps to train: policy updates for EMERGENCE, self-play
-    games for OTHELLO. Signed so that a negative value is reported, not wrapped.
+    games for OTHELLO, optimizer steps for LORA. Signed so that a negative
+    value is reported, not wrapped.
     """
     max_restarts: _builtins.int
     """Worker crashes tolerated before the run FAILS (default 3; 0 = none).
@@ -180,6 +186,8 @@ class Run(_message.Message):
     def emergence(self) -> Global___EmergenceConfig: ...
     @_builtins.property
     def othello(self) -> Global___OthelloConfig: ...
+    @_builtins.property
+    def lora(self) -> Global___LoraConfig: ...
     @_builtins.property
     def checkpoint_policy(self) -> Global___CheckpointPolicy:
         """When checkpoints are saved and how many are kept."""
@@ -204,6 +212,7 @@ class Run(_message.Message):
         kind: Global___Run.Kind.ValueType = ...,
         emergence: Global___EmergenceConfig | None = ...,
         othello: Global___OthelloConfig | None = ...,
+        lora: Global___LoraConfig | None = ...,
         seed: _builtins.int = ...,
         step_budget: _builtins.int = ...,
         checkpoint_policy: Global___CheckpointPolicy | None = ...,
@@ -220,13 +229,13 @@ class Run(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "max_restarts", b"max_restarts", "othello", b"othello", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "lora", b"lora", "max_restarts", b"max_restarts", "othello", b"othello", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "lora", b"lora", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["emergence", "othello"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["emergence", "othello", "lora"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
@@ -436,6 +445,140 @@ class OthelloConfig(_message.Message):
 Global___OthelloConfig: _TypeAlias = OthelloConfig  # noqa: Y015
 
 @_typing.final
+class LoraConfig(_message.Message):
+    """Config of a LORA run: LoRA fine-tuning of a base language model on chat
+    examples (JSONL of {"messages": [...]}, the OpenAI chat format with tool
+    calls). Paths are on the service's machine and must lie inside one of the
+    directories the service reads inputs from (`trainsvc serve --input-dir`);
+    anything else is INVALID_ARGUMENT naming the field. Unset numeric fields
+    keep the trainer's defaults; an invalid value is INVALID_ARGUMENT naming
+    "run.lora.<field>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OverridesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TRAIN_FILE_FIELD_NUMBER: _builtins.int
+    VALIDATION_FILE_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    DROPOUT_FIELD_NUMBER: _builtins.int
+    MAX_SEQ_LEN_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    SAMPLE_INTERVAL_FIELD_NUMBER: _builtins.int
+    EVAL_INTERVAL_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Required. The base model's directory in Hugging Face layout: config.json,
+    model.safetensors (or shards with model.safetensors.index.json),
+    tokenizer.json, tokenizer_config.json.
+    """
+    train_file: _builtins.str
+    """Required. The training examples (JSONL)."""
+    validation_file: _builtins.str
+    """Optional. Held-out examples (JSONL): the validation loss and the prompt
+    of the sample completions come from them.
+    """
+    rank: _builtins.int
+    """LoRA rank (8-64) and alpha (an integer; 2 * rank is recommended)."""
+    alpha: _builtins.int
+    dropout: _builtins.float
+    """LoRA dropout (0-0.2)."""
+    max_seq_len: _builtins.int
+    """Longest training sequence in tokens (longer examples are truncated or
+    refused, as the trainer's data config says).
+    """
+    batch_size: _builtins.int
+    """Sequences per optimizer step."""
+    learning_rate: _builtins.float
+    """Peak AdamW learning rate (after warm-up, before the cosine decay)."""
+    sample_interval: _builtins.int
+    """A sample completion of a fixed validation prompt every this many steps."""
+    eval_interval: _builtins.int
+    """The validation loss every this many steps."""
+    @_builtins.property
+    def overrides(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Any other field of the trainer's config as dotted key -> JSON value,
+        e.g. {"optim.warmup_steps": "10"}; validated like the typed fields.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        train_file: _builtins.str = ...,
+        validation_file: _builtins.str = ...,
+        rank: _builtins.int | None = ...,
+        alpha: _builtins.int | None = ...,
+        dropout: _builtins.float | None = ...,
+        max_seq_len: _builtins.int | None = ...,
+        batch_size: _builtins.int | None = ...,
+        learning_rate: _builtins.float | None = ...,
+        sample_interval: _builtins.int | None = ...,
+        eval_interval: _builtins.int | None = ...,
+        overrides: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_batch_size", b"_batch_size", "_dropout", b"_dropout", "_eval_interval", b"_eval_interval", "_learning_rate", b"_learning_rate", "_max_seq_len", b"_max_seq_len", "_rank", b"_rank", "_sample_interval", b"_sample_interval", "alpha", b"alpha", "batch_size", b"batch_size", "dropout", b"dropout", "eval_interval", b"eval_interval", "learning_rate", b"learning_rate", "max_seq_len", b"max_seq_len", "rank", b"rank", "sample_interval", b"sample_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_batch_size", b"_batch_size", "_dropout", b"_dropout", "_eval_interval", b"_eval_interval", "_learning_rate", b"_learning_rate", "_max_seq_len", b"_max_seq_len", "_rank", b"_rank", "_sample_interval", b"_sample_interval", "alpha", b"alpha", "batch_size", b"batch_size", "dropout", b"dropout", "eval_interval", b"eval_interval", "learning_rate", b"learning_rate", "max_seq_len", b"max_seq_len", "model", b"model", "overrides", b"overrides", "rank", b"rank", "sample_interval", b"sample_interval", "train_file", b"train_file", "validation_file", b"validation_file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alpha: _TypeAlias = _typing.Literal["alpha"]  # noqa: Y015
+    _WhichOneofArgType__alpha: _TypeAlias = _typing.Literal["_alpha", b"_alpha"]  # noqa: Y015
+    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
+    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
+    _WhichOneofReturnType__dropout: _TypeAlias = _typing.Literal["dropout"]  # noqa: Y015
+    _WhichOneofArgType__dropout: _TypeAlias = _typing.Literal["_dropout", b"_dropout"]  # noqa: Y015
+    _WhichOneofReturnType__eval_interval: _TypeAlias = _typing.Literal["eval_interval"]  # noqa: Y015
+    _WhichOneofArgType__eval_interval: _TypeAlias = _typing.Literal["_eval_interval", b"_eval_interval"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__max_seq_len: _TypeAlias = _typing.Literal["max_seq_len"]  # noqa: Y015
+    _WhichOneofArgType__max_seq_len: _TypeAlias = _typing.Literal["_max_seq_len", b"_max_seq_len"]  # noqa: Y015
+    _WhichOneofReturnType__rank: _TypeAlias = _typing.Literal["rank"]  # noqa: Y015
+    _WhichOneofArgType__rank: _TypeAlias = _typing.Literal["_rank", b"_rank"]  # noqa: Y015
+    _WhichOneofReturnType__sample_interval: _TypeAlias = _typing.Literal["sample_interval"]  # noqa: Y015
+    _WhichOneofArgType__sample_interval: _TypeAlias = _typing.Literal["_sample_interval", b"_sample_interval"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alpha) -> _WhichOneofReturnType__alpha | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dropout) -> _WhichOneofReturnType__dropout | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_interval) -> _WhichOneofReturnType__eval_interval | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_seq_len) -> _WhichOneofReturnType__max_seq_len | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rank) -> _WhichOneofReturnType__rank | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_interval) -> _WhichOneofReturnType__sample_interval | None: ...
+
+Global___LoraConfig: _TypeAlias = LoraConfig  # noqa: Y015
+
+@_typing.final
 class CheckpointPolicy(_message.Message):
     """When a run saves checkpoints and which ones it keeps."""
 
@@ -447,7 +590,8 @@ class CheckpointPolicy(_message.Message):
     COMPRESS_FIELD_NUMBER: _builtins.int
     interval_steps: _builtins.int
     """A periodic checkpoint every this many steps (0 = the default, 1000 for
-    EMERGENCE, 10000 games for OTHELLO). A final checkpoint is always saved.
+    EMERGENCE, 10000 games for OTHELLO, 100 for LORA). A final checkpoint is
+    always saved.
     """
     keep_last: _builtins.int
     """Keep the newest N periodic checkpoints (0 = default 5)."""
@@ -798,6 +942,7 @@ class Frame(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     EMERGENCE_FIELD_NUMBER: _builtins.int
     OTHELLO_FIELD_NUMBER: _builtins.int
+    LM_FIELD_NUMBER: _builtins.int
     run: _builtins.str
     """"runs/{run_id}"."""
     step: _builtins.int
@@ -818,6 +963,8 @@ class Frame(_message.Message):
     def emergence(self) -> Global___EmergencePayload: ...
     @_builtins.property
     def othello(self) -> Global___OthelloPayload: ...
+    @_builtins.property
+    def lm(self) -> Global___LMPayload: ...
     def __init__(
         self,
         *,
@@ -828,12 +975,13 @@ class Frame(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         emergence: Global___EmergencePayload | None = ...,
         othello: Global___OthelloPayload | None = ...,
+        lm: Global___LMPayload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["emergence", b"emergence", "othello", b"othello", "payload", b"payload", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emergence", b"emergence", "lm", b"lm", "othello", b"othello", "payload", b"payload", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["emergence", b"emergence", "metrics", b"metrics", "othello", b"othello", "payload", b"payload", "run", b"run", "sequence", b"sequence", "step", b"step", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emergence", b"emergence", "lm", b"lm", "metrics", b"metrics", "othello", b"othello", "payload", b"payload", "run", b"run", "sequence", b"sequence", "step", b"step", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["emergence", "othello"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["emergence", "othello", "lm"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -921,6 +1069,44 @@ class OthelloPayload(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OthelloPayload: _TypeAlias = OthelloPayload  # noqa: Y015
+
+@_typing.final
+class LMPayload(_message.Message):
+    """A language-model run's latest sample completion: what the model being
+    trained answers to a fixed validation prompt, generated every
+    sample_interval steps. Every frame repeats the latest sample until a newer
+    one replaces it, so a subscriber that skips frames still receives it; the
+    metrics carry train_loss, val_loss (when evaluated), tokens_per_s and
+    learning_rate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_PROMPT_FIELD_NUMBER: _builtins.int
+    SAMPLE_COMPLETION_FIELD_NUMBER: _builtins.int
+    SAMPLE_STEP_FIELD_NUMBER: _builtins.int
+    sample_prompt: _builtins.str
+    """The prompt as the model saw it (its chat template applied); "" before
+    the first sample.
+    """
+    sample_completion: _builtins.str
+    """The completion, special tokens removed."""
+    sample_step: _builtins.int
+    """The step the sample was generated at (0 = no sample yet)."""
+    def __init__(
+        self,
+        *,
+        sample_prompt: _builtins.str = ...,
+        sample_completion: _builtins.str = ...,
+        sample_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sample_completion", b"sample_completion", "sample_prompt", b"sample_prompt", "sample_step", b"sample_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LMPayload: _TypeAlias = LMPayload  # noqa: Y015
 
 @_typing.final
 class StreamEventsRequest(_message.Message):
