@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         "the others, so that frame fan-out and RPCs never take CPU time from training "
         "(Linux; default: no pinning)",
     )
+    s.add_argument(
+        "--input-dir",
+        type=_input_dir,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory runs may read inputs from (a language model, training data); "
+        "repeatable; paths elsewhere are refused (default: the working directory)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -105,6 +114,13 @@ def _cpu_list(text: str) -> frozenset[int]:
             f"this machine has CPUs {format_cpu_list(machine)}"
         )
     return cpus
+
+
+def _input_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return path
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -169,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             shutdown_timeout=args.shutdown_timeout,
             worker_nice=args.worker_nice,
             worker_cpus=args.worker_cpus,
+            input_dirs=tuple(args.input_dir),
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

@@ -21,9 +21,8 @@ from trainsvc._domain import (
 )
 from trainsvc.kinds import FrameData
 
-_KIND_NAMES = {pb.Run.EMERGENCE: "emergence", pb.Run.OTHELLO: "othello"}
+_KIND_NAMES = {pb.Run.EMERGENCE: "emergence", pb.Run.OTHELLO: "othello", pb.Run.LORA: "lora"}
 _KIND_VALUES = {v: k for k, v in _KIND_NAMES.items()}
-_CONFIG_FIELD = {"emergence": "emergence", "othello": "othello"}
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_SEED = 2**63 - 1
@@ -70,7 +69,7 @@ def spec_from_request(req: pb.CreateRunRequest) -> tuple[RunSpec, str]:
     _enum_check(pb.Run.Kind, run.kind, "run.kind")
     kind = _KIND_NAMES[run.kind]
     which = run.WhichOneof("config")
-    if which is not None and which != _CONFIG_FIELD[kind]:
+    if which is not None and which != kind:
         raise InvalidArgumentError(
             f"run.{which}", f"does not match run.kind {kind.upper()}; use run.{kind}"
         )
@@ -230,4 +229,13 @@ def frame_to_proto(run_id: str, f: FrameData, sequence: int) -> pb.Frame:
     elif f.othello is not None:
         o = f.othello
         msg.othello.CopyFrom(pb.OthelloPayload(board=o.board, to_move=o.to_move, games=o.games))
+    elif f.lm is not None:
+        lm = f.lm
+        msg.lm.CopyFrom(
+            pb.LMPayload(
+                sample_prompt=lm.sample_prompt,
+                sample_completion=lm.sample_completion,
+                sample_step=lm.sample_step,
+            )
+        )
     return msg

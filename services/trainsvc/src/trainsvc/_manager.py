@@ -39,6 +39,7 @@ from trainsvc._domain import (
     parse_checkpoint_name,
 )
 from trainsvc._metrics import Metrics
+from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._worker import FAULT_EXIT_CODE, WorkerJob, checkpoint_step, worker_main
 from trainsvc.kinds import FrameData, get_kind
@@ -303,8 +304,10 @@ class RunManager:
         on_run_end: Callable[[str], None],
         worker_nice: int = 0,
         worker_cpus: frozenset[int] | None = None,
+        input_roots: InputRoots | None = None,
     ) -> None:
         self.registry = registry
+        self.input_roots = input_roots or InputRoots.of([Path.cwd()])
         self.worker_nice = worker_nice
         self.worker_cpus = worker_cpus
         self.data_dir = data_dir
@@ -441,7 +444,7 @@ class RunManager:
         if self.shutting_down:
             raise UnavailableError("the service is shutting down")
         kind = get_kind(spec.kind)
-        resolved = kind.resolve_config(spec)
+        resolved = kind.resolve_config(spec, self.input_roots)
         restore: str | None = None
         if spec.resume_from:
             restore = self.resolve_resume_from(spec.resume_from).path

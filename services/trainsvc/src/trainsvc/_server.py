@@ -28,6 +28,7 @@ from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_thi
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
+from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._servicer import TrainServicer, add_to_server
 from trainsvc.kinds import FrameData
@@ -62,6 +63,8 @@ class ServerOptions:
     worker_nice: int = DEFAULT_WORKER_NICE
     worker_cpus: frozenset[int] | None = None
     """CPUs run workers are pinned to (the service keeps the others); None: no pinning."""
+    input_dirs: tuple[Path, ...] = ()
+    """Directories runs may read inputs from (models, data); empty: the working directory."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -134,6 +137,7 @@ class TrainsvcServer:
             on_run_end=self.hub.close_topic,
             worker_nice=opts.worker_nice,
             worker_cpus=opts.worker_cpus,
+            input_roots=InputRoots.of(opts.input_dirs or (Path.cwd(),)),
         )
         interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
         server = grpc.aio.server(
@@ -201,6 +205,7 @@ class TrainsvcServer:
                 "data_dir": str(opts.data_dir),
                 "metrics_port": self.metrics_port,
                 "interrupted_runs": recovered,
+                "input_dirs": self.manager.input_roots.describe(),
             },
         )
 

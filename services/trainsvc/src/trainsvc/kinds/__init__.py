@@ -3,8 +3,9 @@
 A kind module (``trainsvc.kinds.<name>``) defines ``KIND``, an object that
 implements `TrainerKind`. Adding a kind is: write the module, add its name and
 module to `KIND_MODULES`, add its config message to the .proto. The service
-process only calls `TrainerKind.resolve_config` (validation); the worker
-process calls `TrainerKind.create` and drives the returned `TrainerAdapter`.
+process only calls `TrainerKind.resolve_config` (validation; input paths go
+through the `InputRoots` it is given); the worker process calls
+`TrainerKind.create` and drives the returned `TrainerAdapter`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainsvc._domain import InvalidArgumentError, RunSpec
+from trainsvc._paths import InputRoots
 
 KIND_MODULES: dict[str, tuple[str, str]] = {
     # kind name: (adapter module, the trainer library it needs)
     "emergence": ("trainsvc.kinds.emergence", "trainsvc_trainer"),
     "othello": ("trainsvc.kinds.othello", "trainsvc_engine"),
+    "lora": ("trainsvc.kinds.lora", "trainsvc_lm"),
 }
 
 
@@ -50,6 +53,19 @@ class OthelloFrame:
 
 
 @dataclass(frozen=True)
+class LMFrame:
+    """A language-model run's latest sample (see the wire API's LMPayload).
+
+    Every frame repeats the newest sample until a newer one replaces it.
+    """
+
+    sample_prompt: str = ""
+    sample_completion: str = ""
+    sample_step: int = 0
+    """The step the sample was generated at; 0 = no sample yet."""
+
+
+@dataclass(frozen=True)
 class FrameData:
     """A frame as a worker produces it (plain data, cheap to pickle)."""
 
@@ -58,6 +74,7 @@ class FrameData:
     metrics: dict[str, float] = field(default_factory=dict)
     emergence: EmergenceFrame | None = None
     othello: OthelloFrame | None = None
+    lm: LMFrame | None = None
 
 
 FrameSink = Callable[[FrameData], None]
@@ -102,8 +119,11 @@ class TrainerKind(Protocol):
     resumes_newest_only: bool
     """True when the trainer can only continue from its newest checkpoint (not an older one)."""
 
-    def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
+    def resolve_config(self, spec: RunSpec, inputs: InputRoots) -> dict[str, Any]:
         """Return the full, validated trainer config for `spec` (JSON-safe).
+
+        Paths the run reads are resolved with `inputs` (confined to the
+        service's input directories) and stored absolute in the result.
 
         Raises:
             InvalidArgumentError: naming the request field (``run.emergence.num_agents``).
@@ -113,6 +133,17 @@ class TrainerKind(Protocol):
         self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink
     ) -> TrainerAdapter:
         """Build the trainer from a resolved config (in the worker process)."""
+
+
+def checkpoint_files_in(directory: Path) -> list[Path]:
+    """The checkpoint files in a run's checkpoint directory (not temporaries), sorted by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.name.endswith((".safetensors", ".safetensors.zst")) and not p.name.startswith(".")
+    )
 
 
 def available_kinds() -> list[str]:
@@ -146,9 +177,12 @@ __all__ = [
     "EmergenceFrame",
     "FrameData",
     "FrameSink",
+    "InputRoots",
+    "LMFrame",
     "OthelloFrame",
     "TrainerAdapter",
     "TrainerKind",
     "available_kinds",
+    "checkpoint_files_in",
     "get_kind",
 ]

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from trainsvc._domain import InvalidArgumentError, RunSpec
-from trainsvc.kinds import EmergenceFrame, FrameData, FrameSink
+from trainsvc.kinds import (
+    EmergenceFrame,
+    FrameData,
+    FrameSink,
+    InputRoots,
+    checkpoint_files_in,
+)
 
 # Typed fields of the wire API's EmergenceConfig -> the trainer's dotted config keys.
 TYPED_FIELDS: dict[str, str] = {
@@ -42,7 +48,7 @@ class EmergenceKind:
     default_checkpoint_interval = 1000
     resumes_newest_only = False
 
-    def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
+    def resolve_config(self, spec: RunSpec, inputs: InputRoots) -> dict[str, Any]:
         """Map the run's config onto the trainer's Config and validate it there."""
         from trainsvc_trainer import Config, ConfigError
 
@@ -158,13 +164,7 @@ class EmergenceAdapter:
 
     def checkpoint_files(self) -> list[Path]:
         """Checkpoint files in the run's directory (retention may have removed older ones)."""
-        if not self._checkpoint_dir.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self._checkpoint_dir.iterdir()
-            if p.name.endswith((".safetensors", ".safetensors.zst")) and not p.name.startswith(".")
-        )
+        return checkpoint_files_in(self._checkpoint_dir)
 
     def close(self) -> None:
         """Flush frames and pending checkpoint writes."""

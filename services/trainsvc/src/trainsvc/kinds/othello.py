@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainsvc._domain import InvalidArgumentError, RunSpec
-from trainsvc.kinds import FrameData, FrameSink, OthelloFrame
+from trainsvc.kinds import FrameData, FrameSink, InputRoots, OthelloFrame, checkpoint_files_in
 
 # Typed fields of the wire API's OthelloConfig -> engine config keys.
 TYPED_FIELDS: dict[str, str] = {
@@ -45,7 +45,7 @@ class OthelloKind:
     resumes_newest_only = True
     """`TrainingManager.start(resume=True)` loads the newest checkpoint in its directory."""
 
-    def resolve_config(self, spec: RunSpec) -> dict[str, Any]:
+    def resolve_config(self, spec: RunSpec, inputs: InputRoots) -> dict[str, Any]:
         """Validate the engine config by building a TrainingManager with it (in a temp dir)."""
         from trainsvc_engine import ConfigError, TrainingManager
 
@@ -234,13 +234,7 @@ class OthelloAdapter:
 
     def checkpoint_files(self) -> list[Path]:
         """Checkpoint files in the run's directory."""
-        if not self._dir.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self._dir.iterdir()
-            if p.name.endswith((".safetensors", ".safetensors.zst")) and not p.name.startswith(".")
-        )
+        return checkpoint_files_in(self._dir)
 
     def close(self) -> None:
         """Stop the engine's threads (saving nothing more)."""
