@@ -47,6 +47,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 RunArg = Annotated[str, typer.Argument(help="The run: runs/ID or ID.")]
 
 TERMINAL = {pb.Run.COMPLETED, pb.Run.STOPPED, pb.Run.FAILED}
+ACTIVE = {pb.Run.PENDING, pb.Run.RUNNING, pb.Run.PAUSED}
+SAMPLE_WAIT_S = 2.0
+"""How long `runs get` waits for a lora run's frame (with its latest sample)."""
+LORA_PATHS = {"--model": "model", "--train": "train_file", "--validation": "validation_file"}
 
 
 def _client(server: str, token: str | None, tls: bool, ca_cert: Path | None) -> Client:
@@ -101,6 +105,57 @@ def _show_run(run: pb.Run, as_json: bool) -> None:
         out.print(_runs_table([run]))
 
 
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs: the value as JSON when it parses, else as a string."""
+    values: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text
+    return values
+
+
+def _lora_paths(kind: str, given: dict[str, Path | None]) -> dict[str, str]:
+    """The lora kind's path options as config fields (absolute: the service has its own cwd)."""
+    named = {flag: path for flag, path in given.items() if path is not None}
+    if named and kind.lower() != "lora":
+        _fail(f"{', '.join(named)}: only for --kind lora")
+    return {LORA_PATHS[flag]: str(path.expanduser().absolute()) for flag, path in named.items()}
+
+
+def _sample_json(lm: pb.LMPayload) -> dict[str, Any]:
+    return {
+        "step": lm.sample_step,
+        "prompt": lm.sample_prompt,
+        "completion": lm.sample_completion,
+    }
+
+
+def _print_sample(console: Console, lm: pb.LMPayload) -> None:
+    console.print(f"sample at step {lm.sample_step}:", style="bold", highlight=False)
+    console.print(f"  prompt:     {lm.sample_prompt[-300:]!r}", markup=False, highlight=False)
+    console.print(f"  completion: {lm.sample_completion!r}", markup=False, highlight=False)
+
+
+def _latest_sample(client: Client, run: pb.Run) -> pb.LMPayload | None:
+    """A lora run's latest sample completion, from its newest frame (None when none yet)."""
+    if run.kind != pb.Run.LORA or run.state not in ACTIVE:
+        return None
+    stream = client.stream_frames(run.name, timeout=SAMPLE_WAIT_S)
+    try:
+        for frame in stream:
+            return frame.lm if frame.lm.sample_step else None
+    except TrainsvcError:  # no frame in time (still starting): nothing to show
+        return None
+    finally:
+        stream.cancel()
+    return None
+
+
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
@@ -141,19 +196,48 @@ def runs_create(
     resume_from: Annotated[
         str, typer.Option("--resume-from", help="runs/ID/checkpoints/CKPT to start from.")
     ] = "",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="lora: the base model's directory (Hugging Face layout)."),
+    ] = None,
+    train: Annotated[
+        Path | None, typer.Option("--train", help="lora: the training examples (chat JSONL).")
+    ] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option("--validation", help="lora: held-out examples (chat JSONL)."),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A config field as KEY=VALUE (VALUE as JSON, else text), e.g. rank=16 or "
+            "optim.warmup_steps=10; repeatable; wins over --config.",
+        ),
+    ] = None,
     server: ServerOpt = DEFAULT_ADDRESS,
     token: TokenOpt = None,
     tls: TlsOpt = False,
     ca_cert: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create and start a run; prints the created run."""
+    """Create and start a run; prints the created run.
+
+    Paths (--model, --train, --validation) name files on the service's machine;
+    relative ones are made absolute here.
+    """
     values: dict[str, Any] | None = None
     if config is not None:
         try:
             values = tomllib.loads(config.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             _fail(f"--config: cannot read {config}: {exc}")
+    extra = {
+        **_lora_paths(kind, {"--model": model, "--train": train, "--validation": validation}),
+        **_parse_sets(sets or []),
+    }
+    if extra:
+        values = {**(values or {}), **extra}
     policy = pb.CheckpointPolicy(interval_steps=checkpoint_interval, keep_last=keep_last)
     with _client(server, token, tls, ca_cert) as client:
         try:
@@ -212,12 +296,18 @@ def runs_get(
     """Show one run."""
     with _client(server, token, tls, ca_cert) as client:
         got = _call(client.get_run, run)
+        sample = _latest_sample(client, got)
     if as_json:
-        _print_json(_to_dict(got))
+        data = _to_dict(got)
+        if sample is not None:
+            data["latest_sample"] = _sample_json(sample)
+        _print_json(data)
         return
     out.print(_runs_table([got]))
     if got.metrics:
         out.print("  ".join(f"{k}={v:.4g}" for k, v in sorted(got.metrics.items())))
+    if sample is not None:
+        _print_sample(out, sample)
 
 
 def _control(
@@ -348,13 +438,14 @@ def runs_watch(
         try:
             if as_json:
                 for frame in stream:
-                    _print_json(
-                        {
-                            "step": frame.step,
-                            "sequence": frame.sequence,
-                            "metrics": dict(frame.metrics),
-                        }
-                    )
+                    line: dict[str, Any] = {
+                        "step": frame.step,
+                        "sequence": frame.sequence,
+                        "metrics": dict(frame.metrics),
+                    }
+                    if frame.lm.sample_step:
+                        line["sample"] = _sample_json(frame.lm)
+                    _print_json(line)
             else:
                 columns = (
                     TextColumn("{task.description}"),
@@ -368,11 +459,15 @@ def runs_watch(
                     task = progress.add_task(
                         first.name, total=first.step_budget, completed=first.step, info=""
                     )
+                    sample_step = 0
                     for frame in stream:
                         info = "  ".join(
                             f"{k}={v:.3g}" for k, v in sorted(frame.metrics.items())[:4]
                         )
                         progress.update(task, completed=frame.step, info=info)
+                        if frame.lm.sample_step != sample_step:  # a new sample completion
+                            sample_step = frame.lm.sample_step
+                            _print_sample(progress.console, frame.lm)
         except KeyboardInterrupt:
             stream.cancel()
             raise typer.Exit(0) from None

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
-from trainsvc_client._config import config_message, kind_value
+from trainsvc_client._config import config_field, config_message, kind_value
 from trainsvc_client._errors import from_rpc_error
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -139,12 +139,14 @@ class Client:
         """Create and start a run.
 
         Args:
-            kind: "emergence" or "othello" (or a `Run.Kind` value).
-            step_budget: steps to train (> 0): updates, or games for othello.
+            kind: "emergence", "othello" or "lora" (or a `Run.Kind` value).
+            step_budget: steps to train (> 0): updates, games for othello,
+                optimizer steps for lora.
             seed: the run's seed.
             config: the kind's config: a message (`EmergenceConfig`,
-                `OthelloConfig`) or a mapping (typed field names, other keys
-                as dotted trainer-config overrides; nested tables allowed).
+                `OthelloConfig`, `LoraConfig`) or a mapping (typed field names,
+                other keys as dotted trainer-config overrides; nested tables
+                allowed). Paths in a lora config are on the service's machine.
             checkpoint_policy: interval/retention; None for the defaults.
             max_restarts: worker crashes tolerated; None for the default (3).
             display_name: optional label.
@@ -167,12 +169,7 @@ class Client:
             run.checkpoint_policy.CopyFrom(checkpoint_policy)
         if config is not None:
             msg = config if isinstance(config, Message) else config_message(kind, config)
-            if isinstance(msg, pb.EmergenceConfig):
-                run.emergence.CopyFrom(msg)
-            elif isinstance(msg, pb.OthelloConfig):
-                run.othello.CopyFrom(msg)
-            else:
-                raise TypeError(f"config: expected a mapping or a config message, got {type(msg)}")
+            getattr(run, config_field(msg)).CopyFrom(msg)
         request = pb.CreateRunRequest(run=run, run_id=run_id, resume_from=resume_from)
         return self._unary(self._stub.CreateRun, request, timeout)
 

@@ -9,12 +9,25 @@ from typing import Any
 from google.protobuf.message import Message
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
-KINDS: dict[str, int] = {"emergence": pb.Run.EMERGENCE, "othello": pb.Run.OTHELLO}
+KINDS: dict[str, int] = {
+    "emergence": pb.Run.EMERGENCE,
+    "othello": pb.Run.OTHELLO,
+    "lora": pb.Run.LORA,
+}
 """Trainer kind names (as the CLI spells them) to `Run.Kind` values."""
 
-_CONFIG_TYPES: dict[int, type[pb.EmergenceConfig] | type[pb.OthelloConfig]] = {
+ConfigMessage = pb.EmergenceConfig | pb.OthelloConfig | pb.LoraConfig
+"""The kinds' config messages (the `Run.config` oneof)."""
+
+_CONFIG_TYPES: dict[int, type[ConfigMessage]] = {
     pb.Run.EMERGENCE: pb.EmergenceConfig,
     pb.Run.OTHELLO: pb.OthelloConfig,
+    pb.Run.LORA: pb.LoraConfig,
+}
+_CONFIG_FIELDS: dict[type[Message], str] = {
+    pb.EmergenceConfig: "emergence",
+    pb.OthelloConfig: "othello",
+    pb.LoraConfig: "lora",
 }
 
 
@@ -51,9 +64,10 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_message(kind: str | int, values: Mapping[str, Any] | None) -> Message:
     """Build the kind's config message from a (possibly nested) mapping.
 
-    Keys naming a typed field of the message (e.g. ``num_agents``) set that
-    field; every other key goes to ``overrides`` as dotted key -> JSON value,
-    which the service validates against the trainer's own config.
+    Keys naming a typed field of the message (e.g. ``num_agents``, or
+    ``model`` of a lora config) set that field; every other key goes to
+    ``overrides`` as dotted key -> JSON value, which the service validates
+    against the trainer's own config.
 
     Raises:
         ValueError: unknown kind, or a value of the wrong type for a typed field.
@@ -72,3 +86,17 @@ def config_message(kind: str | int, values: Mapping[str, Any] | None) -> Message
         else:
             msg.overrides[key] = json.dumps(value)
     return msg
+
+
+def config_field(msg: Message) -> str:
+    """The `Run.config` oneof field a config message goes in ("emergence", "lora", ...).
+
+    Raises:
+        TypeError: not one of the kinds' config messages.
+    """
+    try:
+        return _CONFIG_FIELDS[type(msg)]
+    except KeyError:
+        raise TypeError(
+            f"config: expected a mapping or a config message, got {type(msg).__name__}"
+        ) from None
