@@ -9,6 +9,7 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_dashboard import (
     HEADER_SIZE,
     PAYLOAD_EMERGENCE,
+    PAYLOAD_LM,
     PAYLOAD_NONE,
     PAYLOAD_OTHELLO,
     decode_frame,
@@ -74,6 +75,40 @@ def test_othello_round_trip() -> None:
     assert got.kind == PAYLOAD_OTHELLO
     assert got.board == board
     assert got.games == 5
+
+
+def test_lm_round_trip_keeps_the_sample_text() -> None:
+    frame = pb.Frame(
+        run="runs/l",
+        step=40,
+        sequence=8,
+        metrics={"train_loss": 2.5, "learning_rate": 1e-4},
+        lm=pb.LMPayload(
+            sample_prompt="<|user|>Wetter in Zürich?",
+            sample_completion="<b>°C</b> ☀",
+            sample_step=30,
+        ),
+    )
+    got = decode_frame(encode_frame(frame, feed=2))
+    assert got.kind == PAYLOAD_LM
+    assert (got.step, got.sample_step) == (40, 30)
+    assert got.sample_prompt == "<|user|>Wetter in Zürich?"
+    assert got.sample_completion == "<b>°C</b> ☀"
+    assert got.metrics == {"train_loss": 2.5, "learning_rate": 1e-4}
+
+
+def test_lm_sample_text_is_cut_at_a_character_boundary() -> None:
+    from trainsvc_dashboard._frames import SAMPLE_TEXT_BYTES
+
+    long_prompt = "ä" * SAMPLE_TEXT_BYTES + "END"  # 2 bytes per ä: over the limit
+    frame = pb.Frame(
+        lm=pb.LMPayload(sample_prompt=long_prompt, sample_completion="€" * SAMPLE_TEXT_BYTES)
+    )
+    got = decode_frame(encode_frame(frame, feed=0))
+    assert got.sample_prompt.endswith("äEND")  # the prompt keeps its end (the question)
+    assert len(got.sample_prompt.encode()) <= SAMPLE_TEXT_BYTES
+    assert set(got.sample_completion) == {"€"}
+    assert len(got.sample_completion.encode()) > SAMPLE_TEXT_BYTES - 3
 
 
 def test_frame_without_payload_has_only_header_and_metrics() -> None:

@@ -5,7 +5,7 @@ Layout (version 1, little-endian; the package README is the reference)::
     offset size  field
     0      4     magic b"TSF1"
     4      1     version (1)
-    5      1     payload kind: 0 none, 1 emergence, 2 othello
+    5      1     payload kind: 0 none, 1 emergence, 2 othello, 3 lm
     6      2     metric count M
     8      4     feed id (which selection of the client the frame belongs to)
     12     4     reserved (0)
@@ -20,6 +20,10 @@ Layout (version 1, little-endian; the package README is the reference)::
                  f32 field_min, f32 field_max, u32 field byte count,
                  num_agents * (u16 row, u16 col), then the field bytes
       othello:   u8 to_move, 3 reserved bytes, f64 games, 64 board bytes
+      lm:        f64 sample_step (0: no sample yet), u32 prompt byte count P,
+                 u32 completion byte count C, P bytes of UTF-8 prompt,
+                 C bytes of UTF-8 completion (each cut to SAMPLE_TEXT_BYTES,
+                 the prompt keeping its end, at a character boundary)
 
 The field and positions are the service's own packed bytes, passed through
 untouched: one frame of a 64x64 field with 64 agents is about 4.5 KiB.
@@ -38,11 +42,15 @@ VERSION = 1
 PAYLOAD_NONE = 0
 PAYLOAD_EMERGENCE = 1
 PAYLOAD_OTHELLO = 2
+PAYLOAD_LM = 3
+SAMPLE_TEXT_BYTES = 8192
+"""The most bytes of a sample's prompt or completion a frame carries."""
 
 _HEADER = struct.Struct("<4sBBHIIddd")
 _METRIC_VALUE = struct.Struct("<d")
 _EMERGENCE = struct.Struct("<IHHHHHBxffI")
 _OTHELLO = struct.Struct("<B3xd")
+_LM = struct.Struct("<dII")
 _U16_MAX = 0xFFFF
 
 HEADER_SIZE = _HEADER.size
@@ -57,6 +65,15 @@ def _metric_prefix(name: str) -> bytes:
 
 def _u16(value: int) -> int:
     return max(0, min(_U16_MAX, int(value)))
+
+
+def _utf8(text: str, *, keep_end: bool = False) -> bytes:
+    """`text` as UTF-8, cut to `SAMPLE_TEXT_BYTES` without splitting a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= SAMPLE_TEXT_BYTES:
+        return raw
+    cut = raw[-SAMPLE_TEXT_BYTES:] if keep_end else raw[:SAMPLE_TEXT_BYTES]
+    return cut.decode("utf-8", errors="ignore").encode("utf-8")
 
 
 def encode_frame(frame: pb.Frame, feed: int) -> bytes:
@@ -104,6 +121,12 @@ def encode_frame(frame: pb.Frame, feed: int) -> bytes:
         o = frame.othello
         parts.append(_OTHELLO.pack(o.to_move & 0xFF, float(o.games)))
         parts.append(o.board[:64].ljust(64, b"\0"))
+    elif which == "lm":
+        kind = PAYLOAD_LM
+        prompt = _utf8(frame.lm.sample_prompt, keep_end=True)
+        completion = _utf8(frame.lm.sample_completion)
+        parts.append(_LM.pack(float(frame.lm.sample_step), len(prompt), len(completion)))
+        parts += [prompt, completion]
     time_s = frame.time.seconds + frame.time.nanos / 1e9
     header = _HEADER.pack(
         MAGIC,
@@ -136,6 +159,9 @@ class DecodedFrame:
     field: bytes = b""
     board: bytes = b""
     games: int = 0
+    sample_step: int = 0
+    sample_prompt: str = ""
+    sample_completion: str = ""
 
 
 def decode_frame(data: bytes) -> DecodedFrame:
@@ -170,6 +196,15 @@ def decode_frame(data: bytes) -> DecodedFrame:
             _to_move, games = _OTHELLO.unpack_from(data, off)
             out.games = int(games)
             out.board = data[off + _OTHELLO.size : off + _OTHELLO.size + 64]
-    except (struct.error, IndexError) as exc:
+        elif kind == PAYLOAD_LM:
+            step_f, n_prompt, n_completion = _LM.unpack_from(data, off)
+            off += _LM.size
+            if off + n_prompt + n_completion > len(data):
+                raise ValueError(f"frame: truncated ({len(data)} bytes): lm sample text")
+            out.sample_step = int(step_f)
+            out.sample_prompt = data[off : off + n_prompt].decode("utf-8")
+            off += n_prompt
+            out.sample_completion = data[off : off + n_completion].decode("utf-8")
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"frame: truncated ({len(data)} bytes): {exc}") from None
     return out

@@ -40,6 +40,8 @@ HISTORY_POINTS = 2000
 """Metric points kept per watched run for pages that join late."""
 EVENTS_KEPT = 200
 """Events kept per run for pages that join late."""
+SAMPLES_KEPT = 20
+"""A language-model run's latest sample completions kept for pages that join late."""
 FEED_LINGER_S = 30.0
 """How long a feed nobody watches keeps streaming (cheap re-selection)."""
 CONTROL_TIMEOUT_S = 60.0
@@ -155,6 +157,7 @@ class RunFeed:
         self.frames_received = 0
         self.clients: set[Client] = set()
         self.history: deque[tuple[int, dict[str, float]]] = deque(maxlen=HISTORY_POINTS)
+        self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES_KEPT)
         self.idle_since: float | None = None
         self.task = asyncio.create_task(self._pump(), name=f"feed {run}")
 
@@ -169,8 +172,28 @@ class RunFeed:
                 self.history[-1] = point
             else:
                 self.history.append(point)
+        if frame.WhichOneof("payload") == "lm" and frame.lm.sample_step:
+            self._add_sample(frame.lm)
         for client in self.clients:
             client.wake.set()
+
+    def _add_sample(self, lm: pb.LMPayload) -> None:
+        """Keep a new sample (every frame repeats the latest one until the next)."""
+        if self.samples and self.samples[-1]["step"] == lm.sample_step:
+            return
+        if self.samples and lm.sample_step < self.samples[-1]["step"]:
+            self.samples.clear()  # resumed from an earlier checkpoint
+        self.samples.append(
+            {
+                "step": lm.sample_step,
+                "prompt": lm.sample_prompt,
+                "completion": lm.sample_completion,
+            }
+        )
+
+    def samples_json(self) -> dict[str, Any]:
+        """The kept sample completions as a `samples` message, oldest first."""
+        return {"type": "samples", "run": self.run, "feed": self.id, "samples": list(self.samples)}
 
     def history_json(self) -> dict[str, Any]:
         """The metric history as a `history` message."""
@@ -421,6 +444,8 @@ class Hub:
         client.push({"type": "selected", "run": run, "auto": auto, "feed": feed.id if feed else 0})
         if feed is not None:
             client.push(feed.history_json())
+            if feed.samples:
+                client.push(feed.samples_json())
             client.push(
                 {"type": "events", "run": feed.run, "events": list(self.events.get(feed.run, ()))}
             )

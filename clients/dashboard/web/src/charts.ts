@@ -1,4 +1,5 @@
-// Metric charts: one small uPlot chart per metric, on a step axis, with EMA
+// Metric charts: one small uPlot chart per metric (or per group of metrics
+// drawn together, such as train and validation loss), on a step axis, with EMA
 // smoothing (bias-corrected, as TensorBoard does) and a log-scale toggle.
 import uPlot from "uplot";
 
@@ -6,6 +7,11 @@ const MAX_POINTS = 4000;
 const PALETTE = ["#60a5fa", "#f472b6", "#34d399", "#fbbf24", "#a78bfa", "#f87171", "#22d3ee", "#a3e635"];
 // Tracker metrics and the usual training curves first, the rest by name.
 const PRIORITY = ["league", "emergence", "specialization", "convergence", "divergence", "reward", "return", "loss", "entropy"];
+
+/** Metrics drawn in one chart: chart name -> its members, in legend order. */
+export const GROUPS: Record<string, string[]> = {
+  "train/val loss": ["train_loss", "val_loss"],
+};
 
 function rank(name: string): number {
   const lower = name.toLowerCase();
@@ -83,9 +89,16 @@ function positiveOnly(values: (number | null)[]): (number | null)[] {
   return values.map((v) => (v !== null && v > 0 ? v : null));
 }
 
+interface Chart {
+  plot: uPlot;
+  box: HTMLElement;
+  index: number;
+  members: string[];
+}
+
 /** The grid of metric charts. */
 export class ChartGrid {
-  private charts = new Map<string, { plot: uPlot; box: HTMLElement; index: number }>();
+  private charts = new Map<string, Chart>();
   smoothing = 0.6;
   logScale = false;
   /** Only metrics whose name matches are shown, when set. */
@@ -102,16 +115,41 @@ export class ChartGrid {
     this.charts.clear();
   }
 
+  /** The charts to show: (chart name, its metrics), grouped metrics together. */
+  private layout(store: MetricStore): [string, string[]][] {
+    const names = store.names().filter((n) => !this.filter || this.filter(n));
+    const out: [string, string[]][] = [];
+    const placed = new Set<string>();
+    for (const name of names) {
+      if (placed.has(name)) continue;
+      const group = Object.entries(GROUPS).find(([, members]) => members.includes(name));
+      const members = group ? group[1].filter((m) => names.includes(m)) : [name];
+      members.forEach((m) => placed.add(m));
+      out.push([group ? group[0] : name, members]);
+    }
+    return out;
+  }
+
   /** Creates charts for new metrics and pushes the latest data to all of them. */
   update(store: MetricStore): void {
-    const names = store.names().filter((n) => !this.filter || this.filter(n));
-    names.forEach((name, i) => {
-      if (!this.charts.has(name)) this.charts.set(name, this.create(name, i));
+    this.layout(store).forEach(([name, members], i) => {
+      const chart = this.charts.get(name);
+      if (chart && chart.members.join() === members.join()) return;
+      if (chart) {
+        // A group gained a member (validation loss comes after the first steps).
+        chart.plot.destroy();
+        chart.box.remove();
+      }
+      this.charts.set(name, this.create(name, members, chart ? chart.index : i));
     });
-    for (const [name, { plot }] of this.charts) {
-      const raw = store.series.get(name) ?? [];
-      const shown = this.logScale ? positiveOnly(raw) : raw;
-      plot.setData([store.steps, shown, ema(shown, this.smoothing)] as uPlot.AlignedData);
+    for (const { plot, members } of this.charts.values()) {
+      const data: (number | null)[][] = [store.steps];
+      for (const m of members) {
+        const raw = store.series.get(m) ?? [];
+        const shown = this.logScale ? positiveOnly(raw) : raw;
+        data.push(shown, ema(shown, this.smoothing));
+      }
+      plot.setData(data as uPlot.AlignedData);
     }
     const empty = this.root.querySelector<HTMLElement>(".charts-empty");
     if (empty) empty.hidden = this.charts.size > 0;
@@ -128,16 +166,23 @@ export class ChartGrid {
     return Math.max(200, box.clientWidth - 16);
   }
 
-  private create(name: string, index: number): { plot: uPlot; box: HTMLElement; index: number } {
+  private create(name: string, members: string[], index: number): Chart {
     const box = document.createElement("div");
     box.className = "chart";
     box.dataset.metric = name;
+    box.dataset.members = members.join(",");
     const title = document.createElement("div");
     title.className = "chart-title";
-    title.textContent = name;
+    title.textContent = members.length > 1 ? `${name} (${members.join(", ")})` : name;
     box.append(title);
     this.root.append(box);
-    const color = PALETTE[index % PALETTE.length];
+    const series: uPlot.Series[] = [{ label: "step" }];
+    members.forEach((m, j) => {
+      const color = PALETTE[(index + j) % PALETTE.length];
+      // Sparse metrics (a validation loss every N steps) are drawn as connected points.
+      series.push({ label: `${m} (raw)`, stroke: `${color}55`, width: 1, spanGaps: true });
+      series.push({ label: m, stroke: color, width: 2, spanGaps: true });
+    });
     const axis: uPlot.Axis = {
       stroke: "#8b95a7",
       grid: { stroke: "#1f2633", width: 1 },
@@ -152,15 +197,11 @@ export class ChartGrid {
         cursor: { drag: { x: true, y: false } },
         scales: { x: { time: false }, y: { distr: this.logScale ? 3 : 1 } },
         axes: [{ ...axis, label: "" }, { ...axis, size: 56 }],
-        series: [
-          { label: "step" },
-          { label: `${name} (raw)`, stroke: `${color}55`, width: 1 },
-          { label: name, stroke: color, width: 2 },
-        ],
+        series,
       },
-      [[], [], []],
+      [[], ...members.flatMap(() => [[], []])] as uPlot.AlignedData,
       box,
     );
-    return { plot, box, index };
+    return { plot, box, index, members };
   }
 }

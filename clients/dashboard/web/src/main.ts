@@ -13,6 +13,7 @@ import {
   type Frame,
   type Preset,
   type RunInfo,
+  type SampleInfo,
   type ServerMessage,
   type ServiceState,
 } from "./protocol";
@@ -44,6 +45,8 @@ const state = {
   fpsWindow: [] as number[],
   events: [] as EventInfo[],
   checkpoints: [] as CheckpointInfo[],
+  samples: [] as SampleInfo[],
+  valLoss: NaN,
   retryMs: 500,
   token: sessionStorage.getItem("trainsvc.token") ?? "",
   authRequired: false,
@@ -57,6 +60,8 @@ league.filter = (n) => /league|elo|score/i.test(n);
 const fieldView = new FieldView($<HTMLCanvasElement>("field"));
 const boardView = new BoardView($<HTMLCanvasElement>("board"));
 boardView.draw(null);
+const SAMPLES_SHOWN = 20;
+const PROMPT_CHARS = 600;
 
 // ---------------------------------------------------------------- helpers
 
@@ -176,9 +181,53 @@ function renderRunHeader(): void {
   const failed = $("run-failed");
   failed.hidden = !(r && r.state === "FAILED");
   if (r && r.state === "FAILED") failed.textContent = `This run failed: ${r.state_message || "no reason given"}`;
-  const kind = r?.kind ?? (state.lastFrame?.othello ? "othello" : "emergence");
+  const f = state.lastFrame;
+  const kind = r?.kind ?? (f?.othello ? "othello" : f?.lm ? "lora" : "emergence");
   $("view-emergence").hidden = kind !== "emergence";
   $("view-othello").hidden = kind !== "othello";
+  $("view-lm").hidden = kind !== "lora";
+}
+
+function renderSamples(): void {
+  const box = $("samples");
+  box.replaceChildren();
+  if (state.samples.length === 0) {
+    box.append(el("div", "muted pad", "No sample yet: one comes every sample_interval steps."));
+  }
+  // Model output is shown as text (textContent), never parsed as HTML.
+  for (const s of [...state.samples].reverse()) {
+    const item = el("div", "sample");
+    item.dataset.step = String(s.step);
+    item.append(el("div", "sample-head", `step ${s.step.toLocaleString()}`));
+    const prompt = s.prompt.length > PROMPT_CHARS ? `…${s.prompt.slice(-PROMPT_CHARS)}` : s.prompt;
+    const p = el("pre", "sample-prompt");
+    p.textContent = prompt;
+    const c = el("pre", "sample-completion");
+    c.textContent = s.completion;
+    item.append(p, c);
+    box.append(item);
+  }
+}
+
+function addSample(s: SampleInfo): void {
+  const last = state.samples[state.samples.length - 1];
+  if (last && last.step === s.step) return; // every frame repeats the latest sample
+  if (last && s.step < last.step) state.samples = []; // resumed from an earlier checkpoint
+  state.samples.push(s);
+  if (state.samples.length > SAMPLES_SHOWN) state.samples.splice(0, state.samples.length - SAMPLES_SHOWN);
+  renderSamples();
+}
+
+function renderLmStats(f: Frame): void {
+  const val = f.metrics.get("val_loss");
+  if (val !== undefined) state.valLoss = val;
+  const show = (id: string, v: number | undefined, digits = 4): void => {
+    $(id).textContent = v === undefined ? "–" : fmtNum(v, digits);
+  };
+  show("lm-train-loss", f.metrics.get("train_loss"));
+  show("lm-val-loss", Number.isFinite(state.valLoss) ? state.valLoss : undefined);
+  show("lm-tokens", f.metrics.get("tokens_per_s"));
+  show("lm-lr", f.metrics.get("learning_rate"), 3);
 }
 
 function renderStats(): void {
@@ -276,6 +325,10 @@ function onFrame(buf: ArrayBuffer): void {
     $("board-info").textContent =
       `game ${f.othello.games.toLocaleString()} · ● ${black}  ○ ${white} · ${f.othello.toMove === 1 ? "black" : "white"} to move`;
   }
+  if (f.lm) {
+    renderLmStats(f);
+    if (f.lm.sampleStep > 0) addSample({ step: f.lm.sampleStep, prompt: f.lm.prompt, completion: f.lm.completion });
+  }
   const view = $("view-live");
   view.dataset.step = String(f.step);
   view.dataset.frames = String(state.frames);
@@ -312,6 +365,8 @@ function onMessage(m: ServerMessage): void {
       state.lastFrame = null;
       state.events = [];
       state.checkpoints = [];
+      state.samples = [];
+      state.valLoss = NaN;
       store.clear();
       charts.reset();
       league.reset();
@@ -321,6 +376,12 @@ function onMessage(m: ServerMessage): void {
       renderRunHeader();
       renderEvents();
       renderCheckpoints();
+      renderSamples();
+      break;
+    case "samples":
+      if (m.feed !== state.feed) break;
+      state.samples = m.samples.slice(-SAMPLES_SHOWN);
+      renderSamples();
       break;
     case "history":
       if (m.feed !== state.feed) break;
@@ -510,4 +571,5 @@ renderRuns();
 renderRunHeader();
 renderEvents();
 renderCheckpoints();
+renderSamples();
 void start();

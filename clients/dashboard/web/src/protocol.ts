@@ -40,6 +40,13 @@ export interface CheckpointInfo {
   emergency: boolean;
 }
 
+/** A language-model run's sample completion of its fixed validation prompt. */
+export interface SampleInfo {
+  step: number;
+  prompt: string;
+  completion: string;
+}
+
 export interface Preset {
   id: string;
   label: string;
@@ -52,6 +59,7 @@ export type ServerMessage =
   | { type: "runs"; runs: RunInfo[]; active: string | null }
   | { type: "selected"; run: string | null; auto: boolean; feed: number }
   | { type: "history"; run: string; feed: number; steps: number[]; metrics: Record<string, (number | null)[]> }
+  | { type: "samples"; run: string; feed: number; samples: SampleInfo[] }
   | { type: "events"; run: string; events: EventInfo[] }
   | { type: "event"; event: EventInfo }
   | { type: "checkpoints"; run: string; checkpoints: CheckpointInfo[] }
@@ -76,6 +84,7 @@ export const FRAME_MAGIC = 0x31465354; // "TSF1" read as a little-endian u32
 export const PAYLOAD_NONE = 0;
 export const PAYLOAD_EMERGENCE = 1;
 export const PAYLOAD_OTHELLO = 2;
+export const PAYLOAD_LM = 3;
 export const FIELD_UINT8 = 1;
 export const FIELD_FLOAT16 = 2;
 
@@ -101,6 +110,14 @@ export interface OthelloFrame {
   board: Uint8Array;
 }
 
+/** A language-model frame: the latest sample (repeated until a newer one). */
+export interface LMFrame {
+  /** Step the sample was generated at; 0 = none yet. */
+  sampleStep: number;
+  prompt: string;
+  completion: string;
+}
+
 export interface Frame {
   feed: number;
   step: number;
@@ -109,6 +126,7 @@ export interface Frame {
   metrics: Map<string, number>;
   emergence: EmergenceFrame | null;
   othello: OthelloFrame | null;
+  lm: LMFrame | null;
   bytes: number;
 }
 
@@ -142,6 +160,7 @@ export function decodeFrame(buf: ArrayBuffer): Frame {
     metrics: new Map(),
     emergence: null,
     othello: null,
+    lm: null,
     bytes: buf.byteLength,
   };
   let off = 40;
@@ -194,6 +213,15 @@ export function decodeFrame(buf: ArrayBuffer): Frame {
       toMove: view.getUint8(off),
       games: view.getFloat64(off + 4, true),
       board: new Uint8Array(buf.slice(off + 12, off + 12 + 64)),
+    };
+  } else if (kind === PAYLOAD_LM) {
+    const promptBytes = view.getUint32(off + 8, true);
+    const completionBytes = view.getUint32(off + 12, true);
+    const start = off + 16;
+    frame.lm = {
+      sampleStep: view.getFloat64(off, true),
+      prompt: utf8.decode(new Uint8Array(buf, start, promptBytes)),
+      completion: utf8.decode(new Uint8Array(buf, start + promptBytes, completionBytes)),
     };
   }
   return frame;
