@@ -1086,8 +1086,8 @@ class LMPayload(_message.Message):
     SAMPLE_COMPLETION_FIELD_NUMBER: _builtins.int
     SAMPLE_STEP_FIELD_NUMBER: _builtins.int
     sample_prompt: _builtins.str
-    """The prompt as the model saw it (its chat template applied); "" before
-    the first sample.
+    """The prompt: the last user message of the fixed conversation (the
+    model sees it with its chat template applied); "" before the first sample.
     """
     sample_completion: _builtins.str
     """The completion, special tokens removed."""
