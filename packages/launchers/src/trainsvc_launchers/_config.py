@@ -2,7 +2,7 @@
 
 A launch config is a TOML (or JSON) file::
 
-    kind = "emergence"          # or "othello"
+    kind = "emergence"          # or "othello", "lora"
     run_id = "demo"             # 1-63 of [a-z0-9-], starting with a letter
     seed = 0
     step_budget = 20000
@@ -17,6 +17,9 @@ A launch config is a TOML (or JSON) file::
 
     [emergence]                 # the trainer's own config fields
     num_agents = 8
+
+A ``lora`` run's section names its model and data (see ``_lm``); relative
+paths there are relative to the config file's folder.
 
 Every bad field is reported with its name and what is allowed; the trainer's
 section is validated by the trainer's own config class when it is installed.
@@ -35,7 +38,7 @@ from trainsvc_launchers._files import ENCODING
 
 __all__ = ["ConfigError", "FieldError", "LaunchConfig", "load_launch_config"]
 
-KINDS = ("emergence", "othello")
+KINDS = ("emergence", "othello", "lora")
 _RUN_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _TOP_KEYS = {"kind", "run_id", "seed", "step_budget", "checkpoint", "resources", "kaggle", *KINDS}
 
@@ -189,8 +192,13 @@ def validate_trainer_section(kind: str, section: dict[str, Any]) -> list[FieldEr
     """Validate the trainer's section with the trainer's own config class.
 
     Returns an empty list when the trainer package is not installed here (the
-    service validates it again on ``CreateRun``).
+    service validates it again on ``CreateRun``). A ``lora`` section is checked
+    on disk (model directory, data files) and its LoRA spec by trainsvc-lm.
     """
+    if kind == "lora":
+        from trainsvc_launchers._lm import validate_lora
+
+        return [FieldError(f"lora.{name}", msg) for name, msg in validate_lora(section)]
     if kind != "emergence" or not section:
         return []
     try:
@@ -218,4 +226,8 @@ def load_launch_config(path: Path) -> LaunchConfig:
         ) from exc
     if not isinstance(raw, dict):
         raise ConfigError([FieldError(str(path), "must hold a table/object at the top")])
+    if raw.get("kind") == "lora" and isinstance(raw.get("lora"), dict):
+        from trainsvc_launchers._lm import absolute_paths
+
+        raw["lora"] = absolute_paths(raw["lora"], path.parent)
     return parse_launch_config(raw)

@@ -165,6 +165,11 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
     from trainsvc_launchers._config import load_launch_config
 
     cfg = load_launch_config(args.config)
+    if cfg.kind == "lora" and target in ("h100", "m4"):
+        # The trainer checks its memory estimate against this platform's budget.
+        train = cfg.trainer.setdefault("train", {})
+        if isinstance(train, dict):
+            train.setdefault("platform", target)
     if target == "m4":
         cfg = m4_config(cfg)
         out.info(
@@ -332,8 +337,9 @@ def _hints(
         section,
         f"dashboard: trainsvc-dashboard --server {server}; over SSH first: ssh -L {port}:127.0.0.1:{port} <box>",
     )
-    out.info(
-        section,
-        "W&B: with log.wandb = true the run logs under its run id; offline runs upload with `wandb sync`",
-    )
+    if cfg.kind == "emergence":
+        out.info(
+            section,
+            "W&B: with log.wandb = true the run logs under its run id; offline runs upload with `wandb sync`",
+        )
     out.info(section, "re-running this command resumes from the latest checkpoint")

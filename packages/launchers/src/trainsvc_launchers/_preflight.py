@@ -109,6 +109,16 @@ def _accelerator(target: str) -> Check:
     )
 
 
+def _lm_backend(target: str) -> Check:
+    """Which backend a lora run trains on here (MLX on an Apple GPU, else JAX on the CPU)."""
+    from trainsvc_launchers._lm import lm_backend
+
+    backend = lm_backend()
+    if backend.name == "mlx":
+        return Check("backend", Level.SUCCESS, backend.detail)
+    return Check("backend", Level.WARNING if target == "m4" else Level.SUCCESS, backend.detail)
+
+
 def _disk(cfg: LaunchConfig, data_dir: Path) -> Check:
     probe = data_dir
     while not probe.exists() and probe != probe.parent:
@@ -196,10 +206,23 @@ def run_preflight(
             checks.extend(Check("config", Level.ERROR, str(err)) for err in exc.errors)
     if target != "kaggle":
         checks += [_disk(cfg, data_dir), _ram(cfg)]
+    if cfg.kind == "lora" and (
+        target == "m4" or (target == "local" and _platform.apple_chip() is not None)
+    ):
+        checks.append(_lm_backend(target))
     if target == "m4" and (thermal := _thermal()) is not None:
         checks.append(thermal)
     if target == "kaggle":
         checks += _kaggle_checks(env_file)
+        if cfg.kind == "lora":
+            checks.append(
+                Check(
+                    "config",
+                    Level.ERROR,
+                    "kind lora is launched on a GPU box, a Mac or locally (h100, m4, local): "
+                    "its model and data are files on this machine, not in a Kaggle session",
+                )
+            )
     for check in checks:
         reporter.emit(check.level, section, f"{check.name}: {check.message}", check=check.name)
     passed = not any(c.failed for c in checks)

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,13 @@ def command(name: str) -> list[str]:
     return [found]
 
 
-def serve_command(port: int, data_dir: Path) -> list[str]:
-    """``trainsvc serve`` on 127.0.0.1:``port`` with its data in ``data_dir`` (no metrics port)."""
+def serve_command(port: int, data_dir: Path, input_dirs: Sequence[Path] = ()) -> list[str]:
+    """``trainsvc serve`` on 127.0.0.1:``port`` with its data in ``data_dir`` (no metrics port).
+
+    ``input_dirs``: the directories a run may read (a lora run's model and data).
+    """
     listen = f"127.0.0.1:{port}"
+    inputs = [arg for d in input_dirs for arg in ("--input-dir", str(d))]
     return [
         *command("trainsvc"),
         "serve",
@@ -42,6 +47,7 @@ def serve_command(port: int, data_dir: Path) -> list[str]:
         str(data_dir),
         "--metrics-listen",
         "",
+        *inputs,
     ]
 
 

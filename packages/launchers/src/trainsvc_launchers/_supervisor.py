@@ -23,6 +23,7 @@ from typing import IO
 
 from trainsvc_launchers._config import LaunchConfig, load_launch_config
 from trainsvc_launchers._files import write_text_atomic
+from trainsvc_launchers._lm import input_dirs
 from trainsvc_launchers._output import ExitCode, Reporter
 from trainsvc_launchers._service import cli, command, serve_command
 
@@ -131,7 +132,8 @@ def supervise(
     """Start the service, create or resume the run, follow it; returns the exit code."""
     server = f"127.0.0.1:{port}"
     out.info(section, f"starting trainsvc on {server} (data in {data_dir})")
-    service = _popen(serve_command(port, data_dir), tee)
+    inputs = input_dirs(cfg.trainer) if cfg.kind == "lora" else []
+    service = _popen(serve_command(port, data_dir, inputs), tee)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
