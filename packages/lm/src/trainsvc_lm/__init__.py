@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         logits_from_hidden,
         prefill,
     )
+    from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
     from trainsvc_lm._weights import hf_to_params, load_model, params_to_hf, save_model
 
@@ -61,6 +62,7 @@ _LAZY = {
     "TokenizedData": "_data",
     "TokenizedExample": "_data",
     "Tokenizer": "_tokenizer",
+    "corpus_text": "_tiny",
     "data_report": "_data",
     "decode_step": "_model",
     "forward": "_model",
@@ -68,6 +70,7 @@ _LAZY = {
     "hidden_states": "_model",
     "init_cache": "_model",
     "init_params": "_model",
+    "init_tiny": "_tiny",
     "load_chat_data": "_data",
     "load_model": "_weights",
     "logits_from_hidden": "_model",
@@ -111,6 +114,7 @@ __all__ = [
     "TokenizedExample",
     "Tokenizer",
     "UnsupportedArchitectureError",
+    "corpus_text",
     "data_report",
     "decode_step",
     "forward",
@@ -118,6 +122,7 @@ __all__ = [
     "hidden_states",
     "init_cache",
     "init_params",
+    "init_tiny",
     "load_chat_data",
     "load_model",
     "logits_from_hidden",
