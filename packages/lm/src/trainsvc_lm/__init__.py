@@ -16,6 +16,16 @@ from trainsvc_lm._errors import (
     TemplateError,
     UnsupportedArchitectureError,
 )
+from trainsvc_lm._lora import (
+    TARGETS,
+    LoraAlphaWarning,
+    LoraConfig,
+    MemoryEstimate,
+    estimate_memory,
+    init_lora,
+    merge_lora,
+)
+from trainsvc_lm._train_config import LMTrainConfig
 
 if TYPE_CHECKING:
     from trainsvc_lm._chat import ChatTemplate
@@ -44,8 +54,10 @@ if TYPE_CHECKING:
         logits_from_hidden,
         prefill,
     )
+    from trainsvc_lm._peft import export_merged, export_peft, load_peft
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
+    from trainsvc_lm._train import LMFrame, LoRATrainer, read_checkpoint
     from trainsvc_lm._weights import hf_to_params, load_model, params_to_hf, save_model
 
 # Imported on first use (JAX, numpy, tokenizers, jinja2), so that `import trainsvc_lm`,
@@ -58,6 +70,8 @@ _LAZY = {
     "DataPosition": "_data",
     "DataReport": "_data",
     "KVCache": "_model",
+    "LMFrame": "_train",
+    "LoRATrainer": "_train",
     "Params": "_model",
     "TokenizedData": "_data",
     "TokenizedExample": "_data",
@@ -65,6 +79,8 @@ _LAZY = {
     "corpus_text": "_tiny",
     "data_report": "_data",
     "decode_step": "_model",
+    "export_merged": "_peft",
+    "export_peft": "_peft",
     "forward": "_model",
     "hf_to_params": "_weights",
     "hidden_states": "_model",
@@ -73,10 +89,12 @@ _LAZY = {
     "init_tiny": "_tiny",
     "load_chat_data": "_data",
     "load_model": "_weights",
+    "load_peft": "_peft",
     "logits_from_hidden": "_model",
     "params_to_hf": "_weights",
     "prefill": "_model",
     "read_chat_jsonl": "_data",
+    "read_checkpoint": "_train",
     "save_model": "_weights",
     "tokenize_examples": "_data",
     "validate_example": "_data",
@@ -95,6 +113,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ARCHITECTURES",
     "FAMILIES",
+    "TARGETS",
     "Batch",
     "BatchLoader",
     "ChatExample",
@@ -105,6 +124,12 @@ __all__ = [
     "DataReport",
     "KVCache",
     "LMError",
+    "LMFrame",
+    "LMTrainConfig",
+    "LoRATrainer",
+    "LoraAlphaWarning",
+    "LoraConfig",
+    "MemoryEstimate",
     "ModelConfig",
     "ModelLoadError",
     "Params",
@@ -117,18 +142,25 @@ __all__ = [
     "corpus_text",
     "data_report",
     "decode_step",
+    "estimate_memory",
+    "export_merged",
+    "export_peft",
     "forward",
     "hf_to_params",
     "hidden_states",
     "init_cache",
+    "init_lora",
     "init_params",
     "init_tiny",
     "load_chat_data",
     "load_model",
+    "load_peft",
     "logits_from_hidden",
+    "merge_lora",
     "params_to_hf",
     "prefill",
     "read_chat_jsonl",
+    "read_checkpoint",
     "save_model",
     "tokenize_examples",
     "validate_example",
