@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         prefill,
     )
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
+    from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
     from trainsvc_lm._train import LMFrame, LoRATrainer, read_checkpoint
@@ -67,12 +68,14 @@ _LAZY = {
     "BatchLoader": "_data",
     "ChatExample": "_data",
     "ChatTemplate": "_chat",
+    "Completion": "_sampler",
     "DataPosition": "_data",
     "DataReport": "_data",
     "KVCache": "_model",
     "LMFrame": "_train",
     "LoRATrainer": "_train",
     "Params": "_model",
+    "SamplingConfig": "_sampler",
     "TokenizedData": "_data",
     "TokenizedExample": "_data",
     "Tokenizer": "_tokenizer",
@@ -82,6 +85,7 @@ _LAZY = {
     "export_merged": "_peft",
     "export_peft": "_peft",
     "forward": "_model",
+    "generate": "_sampler",
     "hf_to_params": "_weights",
     "hidden_states": "_model",
     "init_cache": "_model",
@@ -95,6 +99,7 @@ _LAZY = {
     "prefill": "_model",
     "read_chat_jsonl": "_data",
     "read_checkpoint": "_train",
+    "sample": "_sampler",
     "save_model": "_weights",
     "tokenize_examples": "_data",
     "validate_example": "_data",
@@ -118,6 +123,7 @@ __all__ = [
     "BatchLoader",
     "ChatExample",
     "ChatTemplate",
+    "Completion",
     "ConfigError",
     "DataError",
     "DataPosition",
@@ -134,6 +140,7 @@ __all__ = [
     "ModelLoadError",
     "Params",
     "RopeScaling",
+    "SamplingConfig",
     "TemplateError",
     "TokenizedData",
     "TokenizedExample",
@@ -146,6 +153,7 @@ __all__ = [
     "export_merged",
     "export_peft",
     "forward",
+    "generate",
     "hf_to_params",
     "hidden_states",
     "init_cache",
@@ -161,6 +169,7 @@ __all__ = [
     "prefill",
     "read_chat_jsonl",
     "read_checkpoint",
+    "sample",
     "save_model",
     "tokenize_examples",
     "validate_example",
