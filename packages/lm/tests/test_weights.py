@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,40 @@ def test_bfloat16_reads_match_ml_dtypes(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "x.safetensors", [("w", values)])
     info = read_safetensors_header(tmp_path / "x.safetensors")["w"]
     np.testing.assert_array_equal(_read_tensor(info).view(np.uint16), values.view(np.uint16))
+
+
+_TWO_DEVICES = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from trainsvc_lm._weights import load_model
+from trainsvc_lm._model import forward
+config, params = load_model(sys.argv[1])
+assert len(jax.devices()) == 2
+q = params["layers"]["q_proj"]
+assert len(q.sharding.device_set) == 2 and q.sharding.spec[0] is None, q.sharding
+one = jax.device_put(params, jax.devices()[0])
+tokens = jnp.asarray([[1, 2, 3, 4, 5]], jnp.int32)
+np.testing.assert_allclose(forward(params, config, tokens), forward(one, config, tokens), rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_loading_onto_two_devices_shards_and_computes_the_same(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    config, params = make()
+    save_model(tmp_path, config, params)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICES, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
