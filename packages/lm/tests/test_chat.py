@@ -134,3 +134,14 @@ def test_template_that_rewrites_earlier_turns_is_refused() -> None:
     ]
     with pytest.raises(TemplateError, match="not a prefix"):
         t.assistant_spans(messages)
+
+
+def test_null_tool_calls_are_dropped_so_key_tests_see_a_plain_answer() -> None:
+    # Llama 3.x templates branch on `'tool_calls' in message`.
+    t = ChatTemplate("{% for m in messages %}{{ 'tool_calls' in m }}{% endfor %}")
+    messages = [
+        {"role": "assistant", "content": "a", "tool_calls": None},
+        {"role": "assistant", "content": "b", "tool_calls": []},
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+    ]
+    assert t.render(messages) == "FalseFalseTrue"

@@ -95,10 +95,11 @@ _ENV = _environment()
 def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
     """Copies of OpenAI-format messages in the shape chat templates expect.
 
-    Content given as a list of text parts is joined into one string, and tool-call
+    Content given as a list of text parts is joined into one string, tool-call
     ``arguments`` given as a JSON string are parsed into an object, as templates
-    (Llama 3.1, Qwen2.5, Mistral) write them with ``tojson``. The messages are
-    assumed valid (see ``trainsvc_lm._data`` for validation).
+    (Llama 3.1, Qwen2.5, Mistral) write them with ``tojson``, and an empty or null
+    ``tool_calls`` is removed. The messages are assumed valid (see
+    ``trainsvc_lm._data`` for validation).
     """
     out: list[Message] = []
     for message in messages:
@@ -108,6 +109,10 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
             copy["content"] = "".join(str(part.get("text", "")) for part in content)
         if copy.get("tool_calls"):
             copy["tool_calls"] = [_normalize_call(call) for call in copy["tool_calls"]]
+        else:
+            # OpenAI exports write "tool_calls": null on plain answers; templates such
+            # as Llama 3.x test `'tool_calls' in message` and would take it for a call.
+            copy.pop("tool_calls", None)
         out.append(copy)
     return out
 
@@ -205,18 +210,24 @@ class ChatTemplate:
                 conversation does not give a prefix of the full rendering.
         """
         now = datetime.now()
+        cache: dict[tuple[int, bool], str] = {}
 
-        def render(prefix: Sequence[Mapping[str, Any]], gen: bool) -> str:
-            return self.render(prefix, tools=tools, add_generation_prompt=gen, now=now, **extra)
+        def render(count: int, gen: bool) -> str:
+            # The first `count` messages; consecutive turns share renderings.
+            if count == 0:
+                return ""
+            if (count, gen) not in cache:
+                cache[count, gen] = self.render(
+                    messages[:count], tools=tools, add_generation_prompt=gen, now=now, **extra
+                )
+            return cache[count, gen]
 
-        full = render(messages, False)
+        full = render(len(messages), False)
         spans: list[tuple[int, int]] = []
         for i, message in enumerate(messages):
             if message.get("role") != "assistant":
                 continue
-            before = render(messages[:i], False) if i else ""
-            prompt = render(messages[:i], True) if i else ""
-            through = render(messages[: i + 1], False)
+            before, prompt, through = render(i, False), render(i, True), render(i + 1, False)
             if not through.startswith(before) or not full.startswith(through):
                 raise TemplateError(
                     f"{self.name}: rendering messages[:{i + 1}] is not a prefix of rendering "
@@ -233,6 +244,8 @@ class ChatTemplate:
 
 
 def _common_prefix(a: str, b: str) -> int:
+    if b.startswith(a):
+        return len(a)
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tokenizers
 
 from trainsvc_lm._chat import ChatTemplate
@@ -231,15 +232,19 @@ class Tokenizer:
         text, spans = self.chat_template(tools).assistant_spans(messages, tools=tools, **extra)
         encoding = self.backend.encode(text, add_special_tokens=False)
         ids = [int(i) for i in encoding.ids]
-        mask = [False] * len(ids)
-        k = 0
-        for j, (start, end) in enumerate(encoding.offsets):
-            while k < len(spans) and spans[k][1] <= start:
-                k += 1
-            if k == len(spans):
-                break
-            mask[j] = spans[k][0] <= start < spans[k][1] and end > start
-        return ids, mask
+        if not ids or not spans:
+            return ids, [False] * len(ids)
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        span_starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+        span_ends = np.asarray([b for _, b in spans], dtype=np.int64)
+        # The first span ending after each token's start; the token is in it if it
+        # also starts at or after the span's start (and is not zero-width).
+        k = np.searchsorted(span_ends, starts, side="right")
+        inside = k < len(spans)
+        k = np.minimum(k, len(spans) - 1)
+        mask = inside & (span_starts[k] <= starts) & (ends > starts)
+        return ids, [bool(m) for m in mask]
 
 
 def _templates(
