@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trainsvc_lm._data import (
     BatchLoader,
     DataPosition,
@@ -313,6 +315,37 @@ def test_packing_fills_rows() -> None:
     assert sum(len(b) for b in bucketed.plan(0)) == len(examples)
     needed = sum(n - 1 for n in LENGTHS)
     assert rows <= needed // 64 + 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 25), min_size=1, max_size=40),
+    batch_size=st.integers(1, 4),
+    seed=st.integers(0, 3),
+    batching=st.sampled_from(["pack", "bucket"]),
+)
+def test_plan_places_every_example_once_within_rows(
+    lengths: list[int], batch_size: int, seed: int, batching: str
+) -> None:
+    loader = BatchLoader(
+        _synthetic(lengths), batch_size=batch_size, seq_len=24, seed=seed, batching=batching
+    )
+    plan = loader.plan(0)
+    placed = sorted(i for batch in plan for row in batch for i in row)
+    assert placed == list(range(len(lengths)))
+    assert all(1 <= len(batch) <= batch_size for batch in plan)
+    assert all(sum(lengths[i] - 1 for i in row) <= 24 for batch in plan for row in batch)
+    used = sum(n - 1 for n in lengths)
+    assert loader.fill(0) == pytest.approx(used / (len(plan) * batch_size * 24))
+
+
+def test_fingerprint_changes_with_data_or_settings() -> None:
+    examples = _synthetic(LENGTHS)
+    base = BatchLoader(examples, batch_size=2, seq_len=40, seed=1).fingerprint
+    assert base == BatchLoader(_synthetic(LENGTHS), batch_size=2, seq_len=40, seed=1).fingerprint
+    assert base != BatchLoader(examples, batch_size=2, seq_len=40, seed=2).fingerprint
+    assert base != BatchLoader(examples[:-1], batch_size=2, seq_len=40, seed=1).fingerprint
+    assert base != BatchLoader(examples, batch_size=2, seq_len=41, seed=1).fingerprint
 
 
 def test_order_is_fixed_by_seed_and_epoch() -> None:

@@ -189,7 +189,7 @@ class ChatTemplate:
             return self._template.render(**context)
         except _TemplateRaisedError as exc:
             raise TemplateError(f"{self.name} raised: {exc}") from None
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        except Exception as exc:  # whatever a template does wrong is the template's error
             raise TemplateError(f"{self.name} failed: {type(exc).__name__}: {exc}") from None
 
     def assistant_spans(

@@ -22,6 +22,8 @@ token ``t`` and predicts token ``t + 1``, so the last token is only a target.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -546,6 +548,30 @@ class BatchLoader:
         if self.batching == "bucket":
             batches = [batches[int(i)] for i in rng.permutation(len(batches))]
         return batches
+
+    def fill(self, epoch: int = 0) -> float:
+        """Share of the epoch's ``B * T`` positions that hold a token (the rest is padding)."""
+        used = sum(
+            len(self.examples[i]) - 1 for batch in self.plan(epoch) for row in batch for i in row
+        )
+        return used / (self.batches_per_epoch(epoch) * self.batch_size * self.seq_len)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of the examples and the batching settings.
+
+        A checkpoint stores it beside the `DataPosition`; on resume, a different
+        fingerprint means the data or settings changed and the position means
+        something else.
+        """
+        digest = hashlib.sha256(
+            f"{self.batching}:{self.batch_size}:{self.seq_len}:{self.seed}".encode()
+        )
+        for example in self.examples:
+            digest.update(np.int64(len(example)).tobytes())
+            digest.update(np.ascontiguousarray(example.ids, dtype=np.int32).tobytes())
+            digest.update(np.ascontiguousarray(example.loss_mask, dtype=np.bool_).tobytes())
+        return digest.hexdigest()[:16]
 
     # -- batches --------------------------------------------------------------------
 
