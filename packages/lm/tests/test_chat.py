@@ -145,3 +145,14 @@ def test_null_tool_calls_are_dropped_so_key_tests_see_a_plain_answer() -> None:
         {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
     ]
     assert t.render(messages) == "FalseFalseTrue"
+
+
+def test_opening_assistant_message_span_starts_after_its_header() -> None:
+    t = ChatTemplate(CHATML)
+    messages = [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "yo"}]
+    text, spans = t.assistant_spans(messages)
+    assert [text[a:b] for a, b in spans] == ["Hi!<|im_end|>"]
+    # A template that cannot render an empty conversation trains the whole opening turn.
+    strict = ChatTemplate("{{ messages[0].role.upper() }}:" + CHATML)
+    text, spans = strict.assistant_spans(messages)
+    assert spans[0][0] == 0 and text[spans[0][0] : spans[0][1]].endswith("Hi!<|im_end|>")

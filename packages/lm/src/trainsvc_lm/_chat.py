@@ -214,12 +214,17 @@ class ChatTemplate:
 
         def render(count: int, gen: bool) -> str:
             # The first `count` messages; consecutive turns share renderings.
-            if count == 0:
-                return ""
             if (count, gen) not in cache:
-                cache[count, gen] = self.render(
-                    messages[:count], tools=tools, add_generation_prompt=gen, now=now, **extra
-                )
+                try:
+                    cache[count, gen] = self.render(
+                        messages[:count], tools=tools, add_generation_prompt=gen, now=now, **extra
+                    )
+                except TemplateError:
+                    if count:
+                        raise
+                    # Most templates read messages[0]; before an opening assistant
+                    # message the span then starts at the beginning of the text.
+                    cache[count, gen] = ""
             return cache[count, gen]
 
         full = render(len(messages), False)
