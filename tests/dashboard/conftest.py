@@ -79,6 +79,8 @@ class Service:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More `trainsvc serve` flags (e.g. ``--input-dir`` for a lora run's files)."""
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -92,6 +94,7 @@ class Service:
                     str(self.data_dir),
                     "--metrics-listen",
                     "127.0.0.1:0",
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,10 @@ def test_a_file_and_a_directory_inside_resolve_to_their_real_paths(
     roots: InputRoots, tmp_path: Path
 ) -> None:
     inside = tmp_path / "in"
-    assert roots.resolve(str(inside / "train.jsonl"), "f", expect="file") == (
-        inside / "train.jsonl"
-    ).resolve()
+    assert (
+        roots.resolve(str(inside / "train.jsonl"), "f", expect="file")
+        == (inside / "train.jsonl").resolve()
+    )
     dotted = f"{inside}/model/../model"
     assert roots.resolve(dotted, "f", expect="dir") == (inside / "model").resolve()
 
@@ -50,7 +50,7 @@ def test_bad_paths_are_refused_naming_the_field(
 
 def test_a_symlink_inside_that_points_outside_is_refused(roots: InputRoots, tmp_path: Path) -> None:
     link = tmp_path / "in" / "link.txt"
-    os.symlink(tmp_path / "out" / "secret.txt", link)
+    link.symlink_to(tmp_path / "out" / "secret.txt")
     with pytest.raises(InvalidArgumentError, match="outside"):
         roots.resolve(str(link), "run.lora.train_file", expect="file")
 

@@ -85,6 +85,14 @@ export function ema(values: (number | null)[], weight: number): (number | null)[
   return out;
 }
 
+/** A y-axis tick: exponent notation for very small or large values (learning rates). */
+export function tickLabel(v: number | null): string {
+  if (v === null || !Number.isFinite(v)) return "";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-2 || a >= 1e6)) return v.toExponential(1);
+  return String(Number(v.toPrecision(4)));
+}
+
 function positiveOnly(values: (number | null)[]): (number | null)[] {
   return values.map((v) => (v !== null && v > 0 ? v : null));
 }
@@ -196,7 +204,10 @@ export class ChartGrid {
         legend: { show: false },
         cursor: { drag: { x: true, y: false } },
         scales: { x: { time: false }, y: { distr: this.logScale ? 3 : 1 } },
-        axes: [{ ...axis, label: "" }, { ...axis, size: 56 }],
+        axes: [
+          { ...axis, label: "" },
+          { ...axis, size: 56, values: (_u: uPlot, splits: number[]) => splits.map(tickLabel) },
+        ],
         series,
       },
       [[], ...members.flatMap(() => [[], []])] as uPlot.AlignedData,
