@@ -76,6 +76,12 @@ def test_reads_valid_lines_and_skips_blank_ones(tmp_path: Path) -> None:
     assert examples[1].assistant_turns == 2 and examples[1].source == str(path)
 
 
+def test_a_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n")
+    assert len(read_chat_jsonl(path)) == 1
+
+
 def test_malformed_json_line_is_numbered(tmp_path: Path) -> None:
     path = _write(tmp_path / "d.jsonl", [GOOD, "", '{"messages": [', GOOD])
     with pytest.raises(DataError, match=r"d\.jsonl:3: not valid JSON") as info:

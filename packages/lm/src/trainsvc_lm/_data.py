@@ -81,7 +81,7 @@ def read_chat_jsonl(path: str | Path) -> list[ChatExample]:
     path = Path(path)
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading BOM is not line 1's JSON
     except FileNotFoundError:
         raise DataError(name, None, "file not found") from None
     except UnicodeDecodeError as exc:
