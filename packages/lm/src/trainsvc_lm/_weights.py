@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,6 +364,22 @@ def load_model(
         ModelLoadError: a missing file or shard, a tensor listed in the index but
             absent, a missing or unexpected tensor, or a wrong shape (each named).
     """
+    put = _sharding(list(devices) if devices is not None else jax.devices())
+    return read_model(model_dir, dtype=dtype, put=put)
+
+
+def read_model(
+    model_dir: str | Path,
+    *,
+    dtype: Any = None,
+    put: Callable[[np.ndarray, bool], Any] | None = None,
+) -> tuple[ModelConfig, Params]:
+    """Read a Hugging Face model directory tensor by tensor, placing each leaf with ``put``.
+
+    `load_model` places the leaves on JAX devices; another backend (MLX) passes its
+    own ``put(array, layered)`` so that only one tensor at a time is held twice.
+    Without ``put`` the leaves stay NumPy arrays. Errors as in `load_model`.
+    """
     model_dir = Path(model_dir)
     config = ModelConfig.from_file(model_dir)
     target = np.dtype(dtype) if dtype is not None else _TORCH_DTYPES[config.torch_dtype]
@@ -389,7 +405,6 @@ def load_model(
                 f"tensor {slot.hf_name!r} has shape {list(info.shape)}, "
                 f"config.json implies {list(slot.hf_shape)}",
             )
-    put = _sharding(list(devices) if devices is not None else jax.devices())
     return config, _assemble(config, lambda s: _read_tensor(where[s.hf_name]), target, put)
 
 
