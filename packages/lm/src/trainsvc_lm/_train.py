@@ -182,8 +182,6 @@ class LoRATrainer:
         *,
         sinks: Sequence[Sink] | None = None,
     ) -> None:
-        from trainsvc_lm._weights import load_model
-
         config.require_inputs()
         assert config.model.dir is not None and config.data.train is not None
         self.config = config
@@ -208,19 +206,12 @@ class LoRATrainer:
         self.compute_dtype = self._compute_dtype()
         self.memory = self.estimate_memory(budget)
         self.memory.check()
-        dtype = None if config.model.dtype == "auto" else config.model.dtype
-        loaded_config, self.params = load_model(config.model.dir, dtype=dtype)
-        self.model_config = loaded_config
         self._sample_messages, self._sample_tools = self._sample_conversation()
-
         self.schedule = learning_rate_schedule(config.optim, config.train.steps)
-        self.optimizer = make_optimizer(config.optim, config.train.steps)
-        key = jax.random.PRNGKey(config.train.seed)
-        init_key, self._key = jax.random.split(key)
-        lora = init_lora(config.lora, self.model_config, init_key)
-        self.lora, self.opt_state, self._key = _replicated(
-            (lora, self.optimizer.init(lora), self._key)
-        )
+        init_key, key = jax.random.split(jax.random.PRNGKey(config.train.seed))
+        # Both backends start from the same adapters for a seed.
+        lora = jax.device_get(init_lora(config.lora, self.model_config, init_key))
+        self._init_backend(lora, key)
         self.position = DataPosition()
         self._step = 0
         self.tokens_seen = 0
@@ -229,10 +220,24 @@ class LoRATrainer:
         self.last_metrics: dict[str, float] = {}
         self.last_sample: tuple[str, str] | None = None
         self._manager: Any = None
-        self._train_step = self._make_train_step()
-        self._eval_step = jax.jit(self._eval_sums)
 
     # ------------------------------------------------------------------ setup
+
+    def _init_backend(self, lora: Any, key: jax.Array) -> None:
+        """Loads the base weights and builds the jitted steps (the MLX trainer overrides this).
+
+        Sets ``params``, ``lora``, ``optimizer``, ``opt_state``, ``_key``, ``_train_step``
+        and ``_eval_step``.
+        """
+        from trainsvc_lm._weights import load_model
+
+        assert self.config.model.dir is not None
+        dtype = None if self.config.model.dtype == "auto" else self.config.model.dtype
+        self.model_config, self.params = load_model(self.config.model.dir, dtype=dtype)
+        self.optimizer = make_optimizer(self.config.optim, self.config.train.steps)
+        self.lora, self.opt_state, self._key = _replicated((lora, self.optimizer.init(lora), key))
+        self._train_step = self._make_train_step()
+        self._eval_step = jax.jit(self._eval_sums)
 
     def _load(self, path: str | None) -> TokenizedData:
         assert path is not None
