@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from trainsvc_client import InvalidArgumentError, pb
 
-from .conftest import Service
+from .conftest import TERMINAL, Service
 
 VALIDATION_PROMPT = "weather in Riga in fahrenheit"  # the first validation example's user message
 LM_METRICS = {"train_loss", "val_loss", "tokens_per_s", "learning_rate"}
@@ -56,6 +57,7 @@ def test_bad_lora_input_is_refused_before_a_run_exists(
     outside = tmp_path / "model"
     outside.mkdir()
     with lm_service.client() as c:
+        before = list(c.list_runs())
         err = _refused(c, lm_inputs.config(model=str(outside)))
         assert err.field == "run.lora.model" and "outside the directories" in str(err)
         config = lm_inputs.config()
@@ -71,7 +73,24 @@ def test_bad_lora_input_is_refused_before_a_run_exists(
         assert err.field == "run.lora.overrides[model.dir]" and "run.lora.model" in str(err)
         err = _refused(c, lm_inputs.config(), checkpoint_policy=pb.CheckpointPolicy(keep_every=10))
         assert err.field == "run.checkpoint_policy.keep_every"
-        assert c.list_runs_page().runs == []  # nothing was created
+        assert list(c.list_runs()) == before  # nothing was created
+
+
+def test_input_the_worker_refuses_fails_the_run_at_once(
+    lm_service: Service, lm_inputs: Any, wait_for: Any
+) -> None:
+    """Weights are read by the worker: a corrupt file fails the run without restarts."""
+    broken = lm_inputs.root / "broken-model"
+    shutil.copytree(lm_inputs.model, broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with lm_service.client() as c:
+        run = c.create_run("lora", step_budget=10, config=lm_inputs.config(model=str(broken)))
+        done = wait_for(c, run.name, lambda r: r.state in TERMINAL, what="the run to end")
+    assert done.state == pb.Run.FAILED and done.restarts == 0
+    assert (
+        done.state_message.startswith("invalid input:")
+        and "model.safetensors" in done.state_message
+    )
 
 
 def _lm_frames(client: Any, name: str, until: Any) -> list[pb.Frame]:

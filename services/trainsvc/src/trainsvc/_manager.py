@@ -77,6 +77,8 @@ class _RunController:
         self.attempt_start_ckpt = -1
         self.ready = threading.Event()
         self.last_fatal = ""
+        self.fatal_permanent = False
+        """The worker reported input a restart cannot fix: the run FAILS at once."""
 
     # -- process lifecycle ---------------------------------------------------
 
@@ -186,6 +188,7 @@ class _RunController:
         elif kind == "fatal":
             with self.lock:
                 self.last_fatal = str(msg[1])
+                self.fatal_permanent = bool(msg[2]) if len(msg) > 2 else False
 
     def _set_state(self, state: State, message: str, **kw: Any) -> None:
         previous = self.state
@@ -227,10 +230,14 @@ class _RunController:
             self.no_progress_crashes = 1
         else:
             self.no_progress_crashes += 1
-        self.restarts += 1
+        permanent, self.fatal_permanent = self.fatal_permanent, False
         self.last_fatal = ""
-        self.m.metrics.worker_restarts.inc()
-        if self.no_progress_crashes >= CRASH_LOOP_CRASHES:
+        if not permanent:
+            self.restarts += 1
+            self.m.metrics.worker_restarts.inc()
+        if permanent:  # invalid input: a restart would fail the same way
+            message = reason
+        elif self.no_progress_crashes >= CRASH_LOOP_CRASHES:
             message = (
                 f"crash loop: the worker crashed {self.no_progress_crashes} times without step "
                 f"progress (last: {reason}, at checkpoint step {max(latest, 0)})"

@@ -10,7 +10,8 @@ service -> worker: ``(command, request_id)`` with command one of ``pause``,
 worker -> service: ``("ready", step)``, ``("progress", step, steps_per_s, metrics)``,
 ``("frame", FrameData)``, ``("checkpoint", path, step, emergency)``,
 ``("deleted", [paths])``, ``("reply", request_id, ok, detail)``,
-``("completed", step)``, ``("log", level, message)``, ``("fatal", message)``.
+``("completed", step)``, ``("log", level, message)``, ``("fatal", message, permanent)``
+(permanent: the run's inputs are invalid, so a restart cannot help).
 
 Test hook (fault injection): when the environment variable
 ``TRAINSVC_FAULT_CRASH_AT_STEP`` is set to k, the worker calls ``os._exit(86)``
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trainsvc._cpus import pin_process
+from trainsvc.kinds import RunInputError
 
 FAULT_ENV = "TRAINSVC_FAULT_CRASH_AT_STEP"
 FAULT_EXIT_CODE = 86
@@ -177,10 +179,14 @@ def worker_main(conn: Connection, job: WorkerJob) -> None:
     signal.signal(signal.SIGTERM, lambda *_: worker.terminate.set())
     try:
         worker.main()
+    except RunInputError as exc:  # raised by `create`: the run's inputs cannot work
+        worker.send("log", "ERROR", f"invalid input: {exc}")
+        worker.send("fatal", f"invalid input: {exc}", True)
+        raise SystemExit(1) from None
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         worker.send("log", "ERROR", traceback.format_exc()[-4000:])
-        worker.send("fatal", detail)
+        worker.send("fatal", detail, False)
         raise SystemExit(1) from None

@@ -80,6 +80,15 @@ class FrameData:
 FrameSink = Callable[[FrameData], None]
 
 
+class RunInputError(Exception):
+    """A run's inputs are invalid (found when its trainer is built): retrying cannot help.
+
+    A kind's `create` raises it for bad input its `resolve_config` could not see
+    (a corrupt weight file, a run that does not fit in memory); the run FAILS at
+    once with this message instead of being restarted into a crash loop.
+    """
+
+
 class TrainerAdapter(Protocol):
     """One run's trainer inside its worker process."""
 
@@ -180,6 +189,7 @@ __all__ = [
     "InputRoots",
     "LMFrame",
     "OthelloFrame",
+    "RunInputError",
     "TrainerAdapter",
     "TrainerKind",
     "available_kinds",

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainsvc._domain import InvalidArgumentError, RunSpec
-from trainsvc.kinds import FrameData, FrameSink, InputRoots, LMFrame, checkpoint_files_in
+from trainsvc.kinds import (
+    FrameData,
+    FrameSink,
+    InputRoots,
+    LMFrame,
+    RunInputError,
+    checkpoint_files_in,
+)
 
 # Typed fields of the wire API's LoraConfig -> the trainer's dotted config keys.
 TYPED_FIELDS: dict[str, str] = {
@@ -172,8 +179,17 @@ class LoraKind:
     def create(
         self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink
     ) -> LoraAdapter:
-        """Build the trainer with its checkpoints in `checkpoint_dir`."""
-        return LoraAdapter(config, checkpoint_dir, on_frame)
+        """Build the trainer with its checkpoints in `checkpoint_dir`.
+
+        Raises:
+            RunInputError: the trainer refused its inputs (weights, data, memory budget).
+        """
+        from trainsvc_lm import LMError
+
+        try:
+            return LoraAdapter(config, checkpoint_dir, on_frame)
+        except LMError as exc:
+            raise RunInputError(str(exc)) from exc
 
 
 class LoraAdapter:
