@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import stat
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,41 @@ def test_preflight_m4_reports_the_backend_that_will_run(
     # This machine's mlx is the CPU build (or absent): JAX on the CPU, said as a warning.
     assert checks["backend"]["level"] == "warning"
     assert "JAX on the CPU" in checks["backend"]["message"]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_local_launch_trains_a_lora_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`trainsvc-launch local` with kind lora: the service may read the model and data, the run trains."""
+    lm = pytest.importorskip("trainsvc_lm")
+    pytest.importorskip("trainsvc")
+    folder = tmp_path / "configs"
+    lm.init_tiny(folder / "tiny", "llama", seed=0)
+    turn = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+    (folder / "chat.jsonl").write_text(f"{turn}\n{turn}\n", encoding="utf-8")
+    cfg = _config(
+        tmp_path,
+        'model = "tiny"\ntrain_file = "chat.jsonl"\nrank = 8\nalpha = 16\nmax_seq_len = 32\n'
+        "batch_size = 1\n[lora.log]\nsample_max_tokens = 4\n",
+    )
+    cfg.write_text(
+        cfg.read_text(encoding="utf-8").replace("step_budget = 20", "step_budget = 1000000")
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sock = f"trainsvc-test-{uuid.uuid4().hex[:8]}"
+    try:
+        code = main(
+            [
+                *("local", "--config", str(cfg), "--data-dir", str(tmp_path / "data")),
+                *("--logs-dir", str(tmp_path / "logs"), "--port", str(port), "--tmux-socket", sock),
+                *("--watch-steps", "10", "--watch-timeout", "300"),
+            ]
+        )
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "run lm passed step" in out
+        log = next((tmp_path / "logs").iterdir()).read_text(encoding="utf-8")
+        assert "created run lm (lora, 1000000 steps)" in log
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
