@@ -193,3 +193,15 @@ def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart(
     import trainsvc_checkpoint
 
     trainsvc_checkpoint.verify(final.path)
+
+
+def test_watch_follows_a_lora_run_to_completion_printing_its_samples(
+    lm_service: Service, lm_inputs: Any
+) -> None:
+    with lm_service.client() as c:
+        run = c.create_run("lora", step_budget=60, seed=4, config=lm_inputs.config())
+    watched = cli(lm_service.address, "runs", "watch", run.name, "--rate", "50")
+    assert watched.returncode == 0, watched.stderr
+    assert "COMPLETED" in watched.stdout
+    # Each new sample completion gets its own lines above the progress bar.
+    assert "sample at step" in watched.stderr and VALIDATION_PROMPT in watched.stderr
