@@ -95,3 +95,21 @@ def test_mlx_lora_and_packed_segments_equal_the_jax_model() -> None:
     # The adapters matter: without them the logits differ.
     plain = np.array(mlx_model.forward(mlx_model.to_mlx(params), config, mx.array(tokens)))
     assert np.abs(plain[1] - got[1]).max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_mlx_cached_greedy_generation_equals_the_jax_sampler(family: str) -> None:
+    from trainsvc_lm._sampler import SamplingConfig, generate
+
+    config = _config(family)
+    params = _noisy(init_params(config, jax.random.key(0)), 1)
+    prompt = [int(t) for t in _tokens((1, 7))[0]]
+    expected = generate(params, config, [prompt], SamplingConfig(max_new_tokens=12))[0]
+    got = mlx_model.generate(mlx_model.to_mlx(params), config, prompt, max_new_tokens=12)
+    assert got == expected
+    # A stop token ends the completion before it.
+    stop = expected[5]
+    cut = mlx_model.generate(
+        mlx_model.to_mlx(params), config, prompt, max_new_tokens=12, stop_token_ids=(stop,)
+    )
+    assert cut == expected[: expected.index(stop)]

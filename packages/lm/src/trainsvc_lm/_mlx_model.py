@@ -12,6 +12,7 @@ Import this module only where ``mlx`` is installed (``trainsvc-lm[mlx]``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -95,6 +96,19 @@ def attention_mask(positions: mx.array, segment_ids: mx.array | None) -> mx.arra
     return mask
 
 
+@dataclass
+class LayerCache:
+    """One layer's cached keys and values ``[B, S, Hkv, hd]`` (empty until the first call)."""
+
+    keys: mx.array | None = None
+    values: mx.array | None = None
+
+    @property
+    def length(self) -> int:
+        """Positions cached."""
+        return 0 if self.keys is None else int(self.keys.shape[1])
+
+
 def _decoder_layer(
     h: mx.array,
     config: ModelConfig,
@@ -103,8 +117,13 @@ def _decoder_layer(
     rope_and_mask: tuple[mx.array, mx.array, mx.array],
     lora_scale: float,
     dropout: tuple[float, mx.array | None],
+    cache: LayerCache | None = None,
 ) -> mx.array:
-    """One pre-norm decoder layer: attention then SwiGLU MLP, each with a residual."""
+    """One pre-norm decoder layer: attention then SwiGLU MLP, each with a residual.
+
+    With ``cache``, the layer's keys and values are appended to it and the queries
+    attend to everything cached before them too.
+    """
     cos, sin, mask = rope_and_mask
     rate, keys = dropout
     batch, length, _ = h.shape
@@ -125,6 +144,11 @@ def _decoder_layer(
         q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    if cache is not None:
+        if cache.keys is not None and cache.values is not None:
+            k = mx.concatenate([cache.keys, k], axis=1)
+            v = mx.concatenate([cache.values, v], axis=1)
+        cache.keys, cache.values = k, v
     attended = mx.fast.scaled_dot_product_attention(
         q.transpose(0, 2, 1, 3),
         k.transpose(0, 2, 1, 3),
@@ -139,7 +163,7 @@ def _decoder_layer(
     return h + proj(gate * mx.sigmoid(gate) * up, "down_proj", 6)
 
 
-def forward(
+def hidden_states(
     params: Tree,
     config: ModelConfig,
     tokens: mx.array,
@@ -150,8 +174,9 @@ def forward(
     lora_scale: float = 1.0,
     lora_dropout: float = 0.0,
     dropout_key: mx.array | None = None,
+    cache: list[LayerCache] | None = None,
 ) -> mx.array:
-    """Logits (float32, ``[B, T, V]``) for ``tokens [B, T]``, optionally with LoRA.
+    """The final-norm hidden states ``[B, T, D]`` for ``tokens [B, T]``, optionally with LoRA.
 
     Args:
         params: the model's parameters as MLX arrays (see `to_mlx`).
@@ -163,6 +188,8 @@ def forward(
         lora_scale: alpha / r (or alpha / sqrt(r) with rsLoRA).
         lora_dropout: dropout on the adapters' input while training (needs ``dropout_key``).
         dropout_key: PRNG key for the dropout masks.
+        cache: one `LayerCache` per layer for incremental decoding: the tokens continue
+            the cached ones (give their ``positions``); the caches are extended in place.
     """
     batch, length = tokens.shape
     if positions is None:
@@ -172,6 +199,9 @@ def forward(
     angles = mx.concatenate([angles, angles], axis=-1)[:, :, None, :]
     cos, sin = mx.cos(angles), mx.sin(angles)
     mask = attention_mask(positions, segment_ids)
+    cached = cache[0].length if cache else 0
+    if cached:  # the new tokens see every cached one, and each other causally
+        mask = mx.concatenate([mx.ones((1, 1, length, cached), mx.bool_), mask], axis=-1)
     lora = lora or {}
     keys = (
         mx.random.split(dropout_key, config.num_hidden_layers * 7)
@@ -185,10 +215,72 @@ def forward(
         lora_layer = {t: {"a": ab["a"][i], "b": ab["b"][i]} for t, ab in lora.items()}
         layer_keys = None if keys is None else keys[i * 7 : (i + 1) * 7]
         h = _decoder_layer(
-            h, config, layer, lora_layer, (cos, sin, mask), lora_scale, (lora_dropout, layer_keys)
+            h,
+            config,
+            layer,
+            lora_layer,
+            (cos, sin, mask),
+            lora_scale,
+            (lora_dropout, layer_keys),
+            None if cache is None else cache[i],
         )
 
-    h = rms_norm(h, params["final_norm"], config.rms_norm_eps)
+    return rms_norm(h, params["final_norm"], config.rms_norm_eps)
+
+
+def logits_from_hidden(params: Tree, config: ModelConfig, h: mx.array) -> mx.array:
+    """Float32 logits from final hidden states (the tied or untied head)."""
     head: mx.array = params["embed"].T if config.tie_word_embeddings else params["lm_head"]
     logits: mx.array = (h @ head).astype(mx.float32)
     return logits
+
+
+def forward(params: Tree, config: ModelConfig, tokens: mx.array, **kwargs: Any) -> mx.array:
+    """Logits (float32, ``[B, T, V]``); arguments as for `hidden_states`."""
+    return logits_from_hidden(params, config, hidden_states(params, config, tokens, **kwargs))
+
+
+def generate(
+    params: Tree,
+    config: ModelConfig,
+    prompt: list[int],
+    *,
+    max_new_tokens: int,
+    stop_token_ids: tuple[int, ...] = (),
+    temperature: float = 0.0,
+    key: mx.array | None = None,
+    lora: Tree | None = None,
+    lora_scale: float = 1.0,
+) -> list[int]:
+    """New tokens after ``prompt`` (greedy at temperature 0), cut at the first stop token.
+
+    One prefill of the prompt, then one cached step per token.
+    """
+    cache = [LayerCache() for _ in range(config.num_hidden_layers)]
+    tokens = mx.array([prompt], mx.int32)
+    positions = mx.arange(len(prompt))[None]
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        h = hidden_states(
+            params,
+            config,
+            tokens,
+            positions=positions,
+            lora=lora,
+            lora_scale=lora_scale,
+            cache=cache,
+        )
+        logits = logits_from_hidden(params, config, h[:, -1])
+        if temperature > 0:
+            assert key is not None, "sampling at temperature > 0 needs a key"
+            key, sub = mx.random.split(key)
+            choice = mx.random.categorical(logits / temperature, key=sub)
+        else:
+            choice = mx.argmax(logits, axis=-1)
+        token = int(np.array(choice).reshape(-1)[0])
+        if token in stop_token_ids:
+            break
+        out.append(token)
+        tokens = mx.array([[token]], mx.int32)
+        positions = mx.array([[len(prompt) + len(out) - 1]])
+    return out

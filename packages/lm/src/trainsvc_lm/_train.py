@@ -94,6 +94,42 @@ def resolve_platform(setting: str) -> tuple[str, int]:
     return "cpu", platform_budget("cpu")
 
 
+def resolve_backend(setting: str) -> str:
+    """``jax`` or ``mlx`` for ``train.backend`` (``auto``: MLX on an Apple Silicon GPU).
+
+    Raises:
+        ConfigError: ``mlx`` asked for where the ``mlx`` package is not installed.
+    """
+    if setting == "jax":
+        return "jax"
+    try:
+        import mlx.core as mx
+    except ImportError:
+        if setting == "mlx":
+            raise ConfigError(
+                "train.backend", "mlx needs the mlx package: pip install 'trainsvc-lm[mlx]'"
+            ) from None
+        return "jax"
+    if setting == "mlx":
+        return "mlx"
+    apple_gpu = sys.platform == "darwin" and host_platform.machine() == "arm64"
+    return "mlx" if apple_gpu and mx.metal.is_available() else "jax"
+
+
+def create_trainer(
+    config: LMTrainConfig,
+    frame_callback: Callable[[LMFrame], None] | None = None,
+    *,
+    sinks: Sequence[Sink] | None = None,
+) -> LoRATrainer:
+    """The trainer of ``config.train.backend``: `LoRATrainer` (JAX) or `MLXLoRATrainer`."""
+    if resolve_backend(config.train.backend) == "mlx":
+        from trainsvc_lm._mlx_train import MLXLoRATrainer
+
+        return MLXLoRATrainer(config, frame_callback, sinks=sinks)
+    return LoRATrainer(config, frame_callback, sinks=sinks)
+
+
 def run_name(name: str, platform: str, when: dt.datetime | None = None) -> str:
     """``<name>-<platform>-<YYYYMMDD-HHMM>`` (UTC)."""
     when = when or dt.datetime.now(dt.UTC)
@@ -175,6 +211,9 @@ class LoRATrainer:
         ConfigError, DataError, ModelLoadError, TemplateError: bad input, named.
     """
 
+    backend = "jax"
+    """The array library that trains: ``jax`` here, ``mlx`` in `MLXLoRATrainer`."""
+
     def __init__(
         self,
         config: LMTrainConfig,
@@ -237,7 +276,7 @@ class LoRATrainer:
         self.optimizer = make_optimizer(self.config.optim, self.config.train.steps)
         self.lora, self.opt_state, self._key = _replicated((lora, self.optimizer.init(lora), key))
         self._train_step = self._make_train_step()
-        self._eval_step = jax.jit(self._eval_sums)
+        self._eval_step: Any = jax.jit(self._eval_sums)
 
     def _load(self, path: str | None) -> TokenizedData:
         assert path is not None
@@ -498,15 +537,11 @@ class LoRATrainer:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict[str, Any]:
-        """The training state as one checkpointable tree.
-
-        Arrays: ``lora`` (the adapters), ``opt_state`` (optax's), ``prng_key``.
-        ``meta`` is a JSON string: format, step, config, run id and name, the data
-        position and the tokens seen.
-        """
-        meta = {
+    def _meta(self) -> dict[str, Any]:
+        """The non-array state: format, backend, step, config, run id and name, data position."""
+        return {
             "format": STATE_FORMAT,
+            "backend": self.backend,
             "step": self._step,
             "config": self.config.to_dict(),
             "run_id": self.run_id,
@@ -514,26 +549,29 @@ class LoRATrainer:
             "data_position": self.position.to_dict(),
             "tokens_seen": self.tokens_seen,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state as one checkpointable tree.
+
+        Arrays: ``lora`` (the adapters), ``opt_state`` (optax's), ``prng_key``.
+        ``meta`` is a JSON string: format, backend, step, config, run id and name,
+        the data position and the tokens seen.
+        """
         return {
             "lora": self.lora,
             "opt_state": self.opt_state,
             "prng_key": self._key,
-            "meta": json.dumps(meta, sort_keys=True),
+            "meta": json.dumps(self._meta(), sort_keys=True),
         }
 
-    def load_state_dict(self, tree: Mapping[str, Any]) -> None:
-        """Restores a tree made by :meth:`state_dict`.
-
-        Raises:
-            ConfigError: the checkpoint was trained with a different value of a field
-                that changes the trajectory (named), or it is not a LoRA trainer state.
-        """
-        meta = json.loads(tree["meta"])
+    def _check_resumable(self, meta: Mapping[str, Any]) -> None:
+        """Raises ConfigError unless ``meta`` is this backend's LoRA state with the same trajectory."""
         if meta.get("format") != STATE_FORMAT:
             raise ConfigError(
                 "train.resume_from",
                 f"not a LoRA trainer state: format {meta.get('format')!r}, expected {STATE_FORMAT!r}",
             )
+        self._check_backend(str(meta.get("backend", "jax")))
         saved = LMTrainConfig.from_dict(meta["config"])
         dotted = self.config.mismatch(saved)
         if dotted is not None:
@@ -542,6 +580,42 @@ class LoRATrainer:
                 f"the checkpoint was trained with {_lookup(saved, dotted)!r}, this run has "
                 f"{_lookup(self.config, dotted)!r}; resume with the checkpoint's value",
             )
+
+    def _check_backend(self, backend: str) -> None:
+        """Raises ConfigError (``train.backend``) for another backend's state."""
+        if backend != self.backend:
+            raise ConfigError(
+                "train.backend",
+                f"the checkpoint was written by the {backend} backend, this run uses {self.backend}; "
+                f"resume it with train.backend = {backend!r} (export-peft reads either)",
+            )
+
+    def _check_backend_of(self, path: str | Path) -> None:
+        """`_check_backend` from a checkpoint file's header (before its state is matched)."""
+        from trainsvc_checkpoint import CheckpointError, read_info
+
+        try:
+            backend = read_info(path).metadata.get("backend", "jax")
+        except CheckpointError:
+            return  # a corrupt or missing file: restoring reports it (or falls back)
+        self._check_backend(str(backend))
+
+    def _restore_meta(self, meta: Mapping[str, Any]) -> None:
+        self._step = int(meta["step"])
+        self.position = DataPosition.from_dict(meta["data_position"])
+        self.tokens_seen = int(meta["tokens_seen"])
+        self.run_id, self.run_name = str(meta["run_id"]), str(meta["run_name"])
+
+    def load_state_dict(self, tree: Mapping[str, Any]) -> None:
+        """Restores a tree made by :meth:`state_dict`.
+
+        Raises:
+            ConfigError: the checkpoint was trained with a different value of a field
+                that changes the trajectory (named), by the other backend, or it is not
+                a LoRA trainer state.
+        """
+        meta = json.loads(tree["meta"])
+        self._check_resumable(meta)
         template = {k: v for k, v in self.state_dict().items() if k != "meta"}
         struct = jax.tree.structure(template)
         leaves, got = jax.tree.flatten({k: tree[k] for k in template})
@@ -552,10 +626,7 @@ class LoRATrainer:
         restored = _replicated(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
         self.lora, self.opt_state = restored["lora"], restored["opt_state"]
         self._key = restored["prng_key"]
-        self._step = int(meta["step"])
-        self.position = DataPosition.from_dict(meta["data_position"])
-        self.tokens_seen = int(meta["tokens_seen"])
-        self.run_id, self.run_name = str(meta["run_id"]), str(meta["run_name"])
+        self._restore_meta(meta)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -573,7 +644,12 @@ class LoRATrainer:
     def save_checkpoint(self, *, emergency: bool = False) -> Path:
         """Saves the state and returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
         manager = self.checkpoint_manager
-        metadata = {"trainer": "lora", "run_id": self.run_id, "config": self.config.to_dict()}
+        metadata = {
+            "trainer": "lora",
+            "backend": self.backend,
+            "run_id": self.run_id,
+            "config": self.config.to_dict(),
+        }
         tree = self.state_dict()
         if emergency:
             path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
@@ -600,14 +676,17 @@ class LoRATrainer:
         """
         template = self.state_dict()
         if str(source) == "latest":
-            if not self.checkpoint_manager.checkpoints():
+            files = self.checkpoint_manager.checkpoints()
+            if not files:
                 return None
+            self._check_backend_of(max(files, key=lambda c: c.step).path)
             restored = self.checkpoint_manager.restore_checkpoint(target=template)
             tree, path = restored.tree, Path(restored.path)
         else:
             from trainsvc_checkpoint import load
 
             path = Path(source)
+            self._check_backend_of(path)
             tree = load(path, target=template)
         self.load_state_dict(tree)
         return path

@@ -139,6 +139,12 @@ class TrainSection:
     platform: str = _opt(
         "auto", "str", "memory budget to check against", choices=("auto", "cpu", "h100", "m4")
     )
+    backend: str = _opt(
+        "auto",
+        "str",
+        "array library that trains (auto: mlx on Apple Silicon with Metal, else jax)",
+        choices=("auto", "jax", "mlx"),
+    )
     resume_from: str | None = _opt(
         None, "str", "checkpoint file, or 'latest' in log.checkpoint_dir", optional=True
     )
@@ -203,8 +209,9 @@ class LMTrainConfig:
     log: LogSection = field(default_factory=LogSection)
 
     #: Fields a resumed run may change; every other field must match the checkpoint's.
+    # train.backend: the backend that wrote a state is checked from the state itself.
     RESUMABLE: ClassVar[frozenset[str]] = frozenset(
-        {"train.steps", "train.resume_from", "train.platform", "data.validation"}
+        {"train.steps", "train.resume_from", "train.platform", "train.backend", "data.validation"}
     )
 
     @classmethod
