@@ -119,6 +119,10 @@ def test_backend_is_mlx_only_with_a_metal_gpu(tmp_path: Path) -> None:
     assert lm_backend(_fake_python(tmp_path, "True")).name == "mlx"
     assert lm_backend(_fake_python(tmp_path, "False")).name == "jax-cpu"
     assert lm_backend(str(tmp_path / "no-python")).name == "jax-cpu"
+    # The run's train.backend wins over the probe.
+    assert lm_backend(_fake_python(tmp_path, "True"), setting="jax").name == "jax-cpu"
+    assert lm_backend(_fake_python(tmp_path, "False"), setting="mlx").name == "mlx-cpu"
+    assert lm_backend(str(tmp_path / "no-python"), setting="mlx").name == "none"
 
 
 def test_preflight_m4_reports_the_backend_that_will_run(

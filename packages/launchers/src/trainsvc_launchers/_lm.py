@@ -154,23 +154,33 @@ class LmBackend:
     """Which backend a ``lora`` run will train on, and why."""
 
     name: str
-    """``mlx`` (Apple GPU through Metal) or ``jax-cpu``."""
+    """``mlx`` (Apple GPU through Metal), ``mlx-cpu``, ``jax-cpu``, or ``none`` (cannot run)."""
     detail: str
 
 
-def lm_backend(python: str = sys.executable) -> LmBackend:
+def lm_backend(python: str = sys.executable, setting: str = "auto") -> LmBackend:
     """On a Mac: MLX when ``mlx`` imports and sees a Metal GPU, else JAX on the CPU.
 
-    Asked in a child process (like the JAX probe), so a broken install cannot crash us.
+    ``setting`` is the run's ``train.backend``: ``jax`` forces JAX, ``mlx`` MLX
+    (on the CPU when there is no Metal GPU). Asked in a child process (like the
+    JAX probe), so a broken install cannot crash us.
     """
+    if setting == "jax":
+        return LmBackend("jax-cpu", "train.backend = jax: lora trains with JAX on the CPU")
     code = "import mlx.core as mx; print(bool(mx.metal.is_available()))"
     out = _run([python, "-c", code], timeout=120)
     if out is None:
+        if setting == "mlx":
+            return LmBackend("none", "train.backend = mlx, but mlx is not importable here")
         return LmBackend(
             "jax-cpu", "mlx is not importable (pip install mlx): lora trains with JAX on the CPU"
         )
     if out.strip().splitlines()[-1:] == ["True"]:
         return LmBackend("mlx", "MLX on the Apple GPU (Metal)")
+    if setting == "mlx":
+        return LmBackend(
+            "mlx-cpu", "train.backend = mlx, but mlx sees no Metal GPU: MLX on the CPU"
+        )
     return LmBackend(
         "jax-cpu", "mlx sees no Metal GPU (a CPU-only build?): lora trains with JAX on the CPU"
     )

@@ -109,13 +109,17 @@ def _accelerator(target: str) -> Check:
     )
 
 
-def _lm_backend(target: str) -> Check:
+def _lm_backend(target: str, cfg: LaunchConfig) -> Check:
     """Which backend a lora run trains on here (MLX on an Apple GPU, else JAX on the CPU)."""
     from trainsvc_launchers._lm import lm_backend
 
-    backend = lm_backend()
+    train = cfg.trainer.get("train")
+    setting = train.get("backend", "auto") if isinstance(train, dict) else "auto"
+    backend = lm_backend(setting=str(setting))
     if backend.name == "mlx":
         return Check("backend", Level.SUCCESS, backend.detail)
+    if backend.name == "none":
+        return Check("backend", Level.ERROR, backend.detail)
     return Check("backend", Level.WARNING if target == "m4" else Level.SUCCESS, backend.detail)
 
 
@@ -209,7 +213,7 @@ def run_preflight(
     if cfg.kind == "lora" and (
         target == "m4" or (target == "local" and _platform.apple_chip() is not None)
     ):
-        checks.append(_lm_backend(target))
+        checks.append(_lm_backend(target, cfg))
     if target == "m4" and (thermal := _thermal()) is not None:
         checks.append(thermal)
     if target == "kaggle":

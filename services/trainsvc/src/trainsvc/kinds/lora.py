@@ -196,15 +196,18 @@ class LoraAdapter:
     """Drives one `trainsvc_lm.LoRATrainer` for the worker."""
 
     def __init__(self, config: dict[str, Any], checkpoint_dir: Path, on_frame: FrameSink) -> None:
-        from trainsvc_lm import LMTrainConfig, LoRATrainer
+        import trainsvc_lm
 
+        # The backend `train.backend` picks (MLX on an Apple GPU) where the library offers
+        # the choice; the JAX trainer otherwise.
+        make = getattr(trainsvc_lm, "create_trainer", None) or trainsvc_lm.LoRATrainer
         data = {section: dict(values) for section, values in config.items()}
         data["log"]["checkpoint_dir"] = str(checkpoint_dir)
         self._checkpoint_dir = checkpoint_dir
         self._on_frame = on_frame
         self._sample = LMFrame()
         self._val_loss: float | None = None
-        self._trainer = LoRATrainer(LMTrainConfig.from_dict(data), frame_callback=self._frame)
+        self._trainer = make(trainsvc_lm.LMTrainConfig.from_dict(data), frame_callback=self._frame)
 
     def _frame(self, frame: Any) -> None:
         if frame.sample_completion is not None:
