@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 from trainsvc_client import InvalidArgumentError, pb
 
 from .conftest import TERMINAL, Service
 
+BUDGET = 3000
+"""Steps of the restarted run: more than it trains before the service is stopped."""
 VALIDATION_PROMPT = "weather in Riga in fahrenheit"  # the first validation example's user message
 LM_METRICS = {"train_loss", "val_loss", "tokens_per_s", "learning_rate"}
 
@@ -105,7 +109,13 @@ def _lm_frames(client: Any, name: str, until: Any) -> list[pb.Frame]:
     return frames
 
 
-def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart(
+def _final_tensors(client: Any, name: str) -> dict[str, Any]:
+    final = client.list_checkpoints(name)[-1]
+    assert final.step == BUDGET, final
+    return load_file(final.path)
+
+
+def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart_bitwise(
     start_service: Any, lm_inputs: Any, wait_for: Any, tmp_path: Path
 ) -> None:
     data, inputs = tmp_path / "data", ["--input-dir", str(lm_inputs.root)]
@@ -118,7 +128,7 @@ def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart(
     ]
     created = cli(
         svc.address,
-        *("runs", "create", "--kind", "lora", "--steps", "100000", "--seed", "3"),
+        *("runs", "create", "--kind", "lora", "--steps", str(BUDGET), "--seed", "3"),
         *("--model", str(lm_inputs.model), "--train", str(lm_inputs.train)),
         *("--validation", str(lm_inputs.validation), "--checkpoint-interval", "50", "--json"),
         *sets,
@@ -184,24 +194,42 @@ def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart(
         assert min(seen) >= saved  # continued from the checkpoint, not from 0
         frame = _lm_frames(c, name, lambda fs: fs[-1].step > saved)[-1]
         assert frame.step > saved and "train_loss" in frame.metrics
-        stopped = c.stop_run(name)
-        assert stopped.state == pb.Run.STOPPED
-        final = c.list_checkpoints(name)[-1]
-        assert final.step == stopped.step
-        assert stopped.latest_checkpoint.endswith(f"step_{stopped.step}")
 
-    import trainsvc_checkpoint
+        # The same run never interrupted ends with the same adapters and optimizer state.
+        baseline = c.create_run(
+            "lora",
+            step_budget=BUDGET,
+            seed=3,
+            config=lm_inputs.config(),
+            checkpoint_policy=pb.CheckpointPolicy(interval_steps=50),
+        )
+        for each in (name, baseline.name):
+            done = wait_for(c, each, lambda r: r.state in TERMINAL, timeout=600, what="the end")
+            assert done.state == pb.Run.COMPLETED, done.state_message
+        resumed, uninterrupted = _final_tensors(c, name), _final_tensors(c, baseline.name)
+    assert resumed.keys() == uninterrupted.keys() and len(resumed) > 3
+    for key, array in uninterrupted.items():
+        np.testing.assert_array_equal(resumed[key], array, err_msg=key)
 
-    trainsvc_checkpoint.verify(final.path)
 
-
-def test_watch_follows_a_lora_run_to_completion_printing_its_samples(
-    lm_service: Service, lm_inputs: Any
+def test_watch_follows_a_lora_run_until_it_is_stopped_printing_its_samples(
+    lm_service: Service, lm_inputs: Any, wait_for: Any
 ) -> None:
     with lm_service.client() as c:
-        run = c.create_run("lora", step_budget=60, seed=4, config=lm_inputs.config())
-    watched = cli(lm_service.address, "runs", "watch", run.name, "--rate", "50")
-    assert watched.returncode == 0, watched.stderr
-    assert "COMPLETED" in watched.stdout
+        run = c.create_run("lora", step_budget=1_000_000, seed=4, config=lm_inputs.config())
+        cmd = [sys.executable, "-c", "from trainsvc_client._cli import main; main()"]
+        cmd += ["runs", "watch", run.name, "--rate", "50", "--server", lm_service.address]
+        watch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(c, run.name, lambda r: r.step >= 12, what="two samples")
+            stopped = c.stop_run(run.name)
+            out, err = watch.communicate(timeout=120)
+        finally:
+            watch.kill()
+        assert stopped.state == pb.Run.STOPPED
+        assert stopped.latest_checkpoint.endswith(f"step_{stopped.step}")
+        assert c.list_checkpoints(run.name)[-1].step == stopped.step
+    assert watch.returncode == 0, err
+    assert "STOPPED" in out
     # Each new sample completion gets its own lines above the progress bar.
-    assert "sample at step" in watched.stderr and VALIDATION_PROMPT in watched.stderr
+    assert "sample at step" in err and VALIDATION_PROMPT in err
