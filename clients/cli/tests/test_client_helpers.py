@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 from trainsvc_client import (
@@ -50,3 +51,32 @@ def test_decoders() -> None:
     assert decode_field(f16) == [0.5, -1.0]
     assert decode_board(pb.OthelloPayload(board=bytes(64))) == [0] * 64
     assert run_name("abc") == "runs/abc" and run_name("runs/abc") == "runs/abc"
+
+
+def test_lora_config_message_types_paths_and_lora_fields() -> None:
+    msg = config_message(
+        "lora", {"model": "/m", "train_file": "/t.jsonl", "rank": 16, "optim": {"warmup_steps": 5}}
+    )
+    assert isinstance(msg, pb.LoraConfig)
+    assert (msg.model, msg.train_file, msg.rank) == ("/m", "/t.jsonl", 16)
+    assert not msg.validation_file and not msg.HasField("alpha")
+    assert dict(msg.overrides) == {"optim.warmup_steps": "5"}
+
+
+def test_cli_set_values_are_json_else_text_and_lora_paths_need_kind_lora(tmp_path: Path) -> None:
+    import typer
+    from trainsvc_client._cli import _lora_paths, _parse_sets
+
+    assert _parse_sets(
+        ["rank=16", "log.sample_prompt=hi there", 'lora.target_modules=["q_proj"]']
+    ) == {
+        "rank": 16,
+        "log.sample_prompt": "hi there",
+        "lora.target_modules": ["q_proj"],
+    }
+    with pytest.raises(typer.Exit):
+        _parse_sets(["no-equals-sign"])
+    paths = _lora_paths("lora", {"--model": Path("rel/model"), "--train": None})
+    assert paths == {"model": str(Path.cwd() / "rel" / "model")}
+    with pytest.raises(typer.Exit):
+        _lora_paths("emergence", {"--model": tmp_path})
