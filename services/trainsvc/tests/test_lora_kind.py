@@ -95,3 +95,19 @@ def test_an_invalid_message_names_the_data_file_and_line(inputs: Path) -> None:
     with pytest.raises(InvalidArgumentError) as info:
         _resolve(inputs, {"train_file": str(odd)})
     assert info.value.field == "run.lora.train_file" and "odd.jsonl:1" in str(info.value)
+
+
+def test_a_chat_template_that_raises_is_refused_at_create(inputs: Path) -> None:
+    import json
+    import shutil
+
+    model = inputs / "strict-model"
+    if not model.exists():
+        shutil.copytree(inputs / "model", model)
+        config_path = model / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = "{{ raise_exception('this model takes no user turns') }}"
+        config_path.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(InvalidArgumentError, match="no user turns") as info:
+        _resolve(inputs, {"model": str(model)})
+    assert info.value.field == "run.lora.train_file"
