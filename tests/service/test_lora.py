@@ -212,7 +212,7 @@ def test_lora_run_trains_pauses_resumes_and_survives_a_service_restart_bitwise(
         np.testing.assert_array_equal(resumed[key], array, err_msg=key)
 
 
-def test_watch_follows_a_lora_run_until_it_is_stopped_printing_its_samples(
+def test_watch_follows_a_lora_run_until_stopped_and_its_checkpoint_needs_the_same_config(
     lm_service: Service, lm_inputs: Any, wait_for: Any
 ) -> None:
     with lm_service.client() as c:
@@ -229,6 +229,19 @@ def test_watch_follows_a_lora_run_until_it_is_stopped_printing_its_samples(
         assert stopped.state == pb.Run.STOPPED
         assert stopped.latest_checkpoint.endswith(f"step_{stopped.step}")
         assert c.list_checkpoints(run.name)[-1].step == stopped.step
+
+        # Its checkpoint cannot start a run of another rank: FAILED at once, no restarts.
+        other = c.create_run(
+            "lora",
+            step_budget=1_000_000,
+            seed=4,
+            config=lm_inputs.config(rank=16, alpha=32),
+            resume_from=stopped.latest_checkpoint,
+        )
+        failed = wait_for(c, other.name, lambda r: r.state in TERMINAL, what="the refusal")
+        assert failed.state == pb.Run.FAILED and failed.restarts == 0
+        assert failed.state_message.startswith("invalid input: step_")
+        assert "does not fit this run" in failed.state_message
     assert watch.returncode == 0, err
     assert "STOPPED" in out
     # Each new sample completion gets its own lines above the progress bar.

@@ -179,7 +179,7 @@ def worker_main(conn: Connection, job: WorkerJob) -> None:
     signal.signal(signal.SIGTERM, lambda *_: worker.terminate.set())
     try:
         worker.main()
-    except RunInputError as exc:  # raised by `create`: the run's inputs cannot work
+    except RunInputError as exc:  # from `create` or `restore`: the run's inputs cannot work
         worker.send("log", "ERROR", f"invalid input: {exc}")
         worker.send("fatal", f"invalid input: {exc}", True)
         raise SystemExit(1) from None

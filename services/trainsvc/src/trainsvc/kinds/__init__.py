@@ -83,9 +83,10 @@ FrameSink = Callable[[FrameData], None]
 class RunInputError(Exception):
     """A run's inputs are invalid (found when its trainer is built): retrying cannot help.
 
-    A kind's `create` raises it for bad input its `resolve_config` could not see
-    (a corrupt weight file, a run that does not fit in memory); the run FAILS at
-    once with this message instead of being restarted into a crash loop.
+    A kind's `create` (or its adapter's `restore`) raises it for bad input its
+    `resolve_config` could not see (a corrupt weight file, a run that does not fit
+    in memory, a checkpoint of another config); the run FAILS at once with this
+    message instead of being restarted into a crash loop.
     """
 
 

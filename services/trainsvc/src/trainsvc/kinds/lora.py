@@ -249,8 +249,20 @@ class LoraAdapter:
         return Path(self._trainer.save_checkpoint(emergency=emergency))
 
     def restore(self, path: Path) -> int:
-        """Restore from a checkpoint file."""
-        self._trainer.restore(path)
+        """Restore from a checkpoint file.
+
+        Raises:
+            RunInputError: the checkpoint was trained with another value of a field that
+                changes the trajectory (named), or holds other adapters (another rank or
+                targets), or is not a LoRA trainer's: no restart can use it.
+        """
+        from trainsvc_checkpoint import IncompatibleCheckpointError
+        from trainsvc_lm import ConfigError
+
+        try:
+            self._trainer.restore(path)
+        except (ConfigError, IncompatibleCheckpointError) as exc:
+            raise RunInputError(f"{path.name} does not fit this run: {exc}") from exc
         return self.step
 
     def checkpoint_files(self) -> list[Path]:
