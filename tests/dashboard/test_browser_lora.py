@@ -24,6 +24,15 @@ from .conftest import (
 # Sampled instead of a validation prompt: markup that must show as text, never as HTML.
 PROMPT = "<b>weather</b> in <i>Riga</i> & co"
 LOSS_CHART = '#charts .chart[data-metric="train/val loss"]'
+# Saturated pixels (a series' line; grid and labels are grey) on one chart's canvas.
+LINE_PIXELS = """(sel) => {
+  const c = document.querySelector(sel + ' canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4)
+    if (d[i + 3] > 200 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 80) n++;
+  return n;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,8 @@ def lm_run(lm_service: Service, lm_inputs: Any) -> Iterator[str]:
             "lora",
             step_budget=1_000_000,
             seed=2,
-            config=lm_inputs.config(**{"log.sample_prompt": PROMPT}),
+            # A constant learning rate after the warm-up: its chart must still draw a line.
+            config=lm_inputs.config(**{"log.sample_prompt": PROMPT, "optim.min_lr_ratio": 1.0}),
             display_name="dashboard lora run",
             checkpoint_policy=pb.CheckpointPolicy(interval_steps=100_000),
         )
@@ -90,6 +100,11 @@ def test_page_shows_the_loss_chart_and_sample_completions_of_a_lora_run(
                 "() => !['–', ''].includes(document.getElementById('lm-tokens').textContent)"
             )
             assert page.text_content("#lm-lr") not in ("–", "")
+            # The learning rate is constant: its line is drawn all the same.
+            lr_chart = '#charts .chart[data-metric="learning_rate"]'
+            page.wait_for_selector(lr_chart)
+            page.wait_for_function(f"() => ({LINE_PIXELS})('{lr_chart}') > 50")
+            assert page.evaluate(LINE_PIXELS, LOSS_CHART) > 50
 
             with lm_service.client() as client:
                 paused = client.pause_run(lm_run)  # the latest sample now stays the latest

@@ -93,6 +93,23 @@ export function tickLabel(v: number | null): string {
   return String(Number(v.toPrecision(4)));
 }
 
+/**
+ * The y range of a linear chart. uPlot's own collapses to a single value for a series
+ * that barely moves (a learning rate of 2e-4 on a long cosine schedule) or whose values
+ * are tiny, and then draws nothing; such a series is padded by hand instead.
+ */
+export function linearRange(_u: uPlot, min: number | null, max: number | null): uPlot.Range.MinMax {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+  const span = max - min;
+  if (span <= Math.abs(max) * 1e-6) {
+    const pad = Math.abs(max) * 0.05 || 1;
+    return [min - pad, max + pad];
+  }
+  const [lo, hi] = uPlot.rangeNum(min, max, 0.1, true);
+  if (lo !== null && hi !== null && hi > lo && lo <= min && hi >= max) return [lo, hi];
+  return [min - span * 0.1, max + span * 0.1];
+}
+
 function positiveOnly(values: (number | null)[]): (number | null)[] {
   return values.map((v) => (v !== null && v > 0 ? v : null));
 }
@@ -203,7 +220,7 @@ export class ChartGrid {
         height: 150,
         legend: { show: false },
         cursor: { drag: { x: true, y: false } },
-        scales: { x: { time: false }, y: { distr: this.logScale ? 3 : 1 } },
+        scales: { x: { time: false }, y: this.logScale ? { distr: 3 } : { distr: 1, range: linearRange } },
         axes: [
           { ...axis, label: "" },
           { ...axis, size: 56, values: (_u: uPlot, splits: number[]) => splits.map(tickLabel) },
