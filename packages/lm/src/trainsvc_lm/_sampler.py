@@ -251,9 +251,16 @@ def generate(
     *,
     lora: LoraParams | None = None,
     lora_scale: float = 1.0,
+    compute_dtype: Any = None,
 ) -> list[list[int]]:
     """The new tokens of each prompt, cut before the first stop token (see `sample`)."""
-    return [
-        list(c.tokens)
-        for c in sample(params, config, prompts, sampling, lora=lora, lora_scale=lora_scale)
-    ]
+    completions = sample(
+        params,
+        config,
+        prompts,
+        sampling,
+        lora=lora,
+        lora_scale=lora_scale,
+        compute_dtype=compute_dtype,
+    )
+    return [list(c.tokens) for c in completions]
