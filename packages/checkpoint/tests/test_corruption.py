@@ -46,11 +46,9 @@ def test_every_bit_flip_of_a_small_file_is_detected(tmp_path: Path) -> None:
     for bit, bad in each_flip(good, range(good.stat().st_size * 8)):
         with pytest.raises(ckpt.CheckpointError) as info:
             ckpt.load(bad)
-        # Only the version field may turn into another (well-formed) version.
-        if isinstance(info.value, ckpt.IncompatibleCheckpointError):
-            assert "format_version" in str(info.value)
-        else:
-            assert isinstance(info.value, ckpt.CorruptCheckpointError), (bit, info.value)
+        # Corruption, even in the version field (the header CRC is checked first),
+        # so that a manager falls back to an older checkpoint.
+        assert isinstance(info.value, ckpt.CorruptCheckpointError), (bit, info.value)
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])

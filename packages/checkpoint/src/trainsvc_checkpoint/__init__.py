@@ -26,20 +26,28 @@ from ._errors import (
     IncompatibleCheckpointError,
     InvalidTreeError,
 )
-from ._format import FORMAT_NAME, FORMAT_VERSION, MAX_HEADER_BYTES
+from ._format import FORMAT_NAME, FORMAT_VERSION, MAX_DIMS, MAX_HEADER_BYTES, MAX_TREE_DEPTH
 from ._io import CheckpointInfo, load, load_with_info, read_info, save, verify
 from ._manager import (
     CheckpointFallbackWarning,
     CheckpointFile,
     CheckpointManager,
     GetState,
+    Reconciliation,
     Restored,
+    UnusableCheckpoint,
+    VerifiedCheckpoint,
+    checkpoint_id,
+    reconcile,
+    scan,
 )
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_DIMS",
     "MAX_HEADER_BYTES",
+    "MAX_TREE_DEPTH",
     "CheckpointError",
     "CheckpointFallbackWarning",
     "CheckpointFile",
@@ -50,10 +58,16 @@ __all__ = [
     "GetState",
     "IncompatibleCheckpointError",
     "InvalidTreeError",
+    "Reconciliation",
     "Restored",
+    "UnusableCheckpoint",
+    "VerifiedCheckpoint",
+    "checkpoint_id",
     "load",
     "load_with_info",
     "read_info",
+    "reconcile",
     "save",
+    "scan",
     "verify",
 ]

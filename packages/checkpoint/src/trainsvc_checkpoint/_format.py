@@ -24,6 +24,14 @@ FORMAT_VERSION: Final = "1"
 SUPPORTED_VERSIONS: Final = ("1",)
 MAX_HEADER_BYTES: Final = 100 * 1024 * 1024
 """Readers refuse a header longer than this (section 6, check 1)."""
+MAX_TREE_DEPTH: Final = 128
+"""The deepest nest of containers a tree (and the caller's metadata) may have (section 5).
+
+Writers refuse a deeper tree with ``InvalidTreeError``; readers refuse one as corrupt."""
+MAX_DIMS: Final = 64
+"""The most dimensions a tensor may have (NumPy's limit; section 2)."""
+_MAX_ARRAY_BYTES: Final = 2**63 - 1
+"""The product of a shape's non-zero dimensions times the item size must stay within this."""
 
 KEY_FORMAT: Final = "trainsvc.format"
 KEY_VERSION: Final = "trainsvc.format_version"
@@ -145,7 +153,16 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e999" parses as infinity, which is not JSON either
+        raise ValueError(f"{text[:40]} is out of the range of a float")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float
+)
 
 
 def parse_json(text: str, field: str) -> Any:
@@ -309,6 +326,17 @@ def _parse_entry(name: str, raw: Any, data_size: int) -> TensorEntry:
         raise CorruptCheckpointError(
             f"{where} shape: expected a list of non-negative integers, found {shape!r:.200}"
         )
+    if len(shape) > MAX_DIMS:
+        raise CorruptCheckpointError(
+            f"{where} shape: expected at most {MAX_DIMS} dimensions, found {len(shape)}"
+        )
+    itemsize = DTYPES[code].itemsize
+    if _bounded_nbytes([d for d in shape if d], itemsize, _MAX_ARRAY_BYTES) > _MAX_ARRAY_BYTES:
+        # Even an empty array (one zero dimension) cannot have such a shape in NumPy.
+        raise CorruptCheckpointError(
+            f"{where} shape: {shape!r:.200} of {code}: its non-zero dimensions need more than "
+            f"{_MAX_ARRAY_BYTES} bytes (2**63 - 1), the most an array can address"
+        )
     offsets = raw["data_offsets"]
     if (
         not isinstance(offsets, list)
@@ -319,7 +347,7 @@ def _parse_entry(name: str, raw: Any, data_size: int) -> TensorEntry:
         raise CorruptCheckpointError(
             f"{where} data_offsets: expected [begin, end] with 0 <= begin <= end, found {offsets!r:.200}"
         )
-    nbytes = _bounded_nbytes(shape, DTYPES[code].itemsize, data_size)
+    nbytes = _bounded_nbytes(shape, itemsize, data_size)
     if nbytes > data_size:
         raise CorruptCheckpointError(
             f"{where} shape: {shape!r:.200} of {code} needs more than the {data_size} bytes "
@@ -371,7 +399,11 @@ def _parse_hex_crc(value: Any, field: str) -> int:
 
 def _canonical_inner(text: str, field: str) -> Any:
     obj = parse_json(text, field)
-    if canonical_json(obj) != text:
+    try:
+        encoded = canonical_json(obj)
+    except (ValueError, RecursionError):  # pragma: no cover - parse_json refuses these first
+        encoded = None
+    if encoded != text:
         raise CorruptCheckpointError(
             f"{field}: expected canonical JSON, found a different encoding"
         )
@@ -414,17 +446,6 @@ def parse_header(raw: bytes, header_len: int, file_size: int) -> Header:
         _check_layout(entries, data_size, canonical_order=False)
         return Header(header_len, tuple(entries), True, None, dict(md), {})
 
-    if md.get(KEY_FORMAT) != FORMAT_NAME:
-        raise CorruptCheckpointError(
-            f"__metadata__.{KEY_FORMAT}: expected {FORMAT_NAME!r}, "
-            f"found {md.get(KEY_FORMAT, '(missing)')!r:.80}"
-        )
-    version = md.get(KEY_VERSION)
-    if version not in SUPPORTED_VERSIONS:
-        raise IncompatibleCheckpointError(
-            f"__metadata__.{KEY_VERSION}: this reader supports format version(s) "
-            f"{', '.join(SUPPORTED_VERSIONS)}; the file has version {version!r:.80}"
-        )
     # Check 3: the stored bytes are exactly the canonical serialization.
     obj["__metadata__"] = md
     if canonical_json(obj) != body or (8 + header_len) % 8:
@@ -432,19 +453,42 @@ def parse_header(raw: bytes, header_len: int, file_size: int) -> Header:
             "header: expected canonical JSON padded with spaces to a multiple of 8 bytes, "
             "found a different encoding"
         )
-    if set(md) != METADATA_KEYS:
+    # Check 4, the header CRC, comes before the format name and version, so that a
+    # flipped bit anywhere in the header (the version field included) is reported
+    # as corruption, and a manager falls back to an older checkpoint.
+    if KEY_HEADER_CRC not in md:
         raise CorruptCheckpointError(
-            f"__metadata__: expected exactly the keys {sorted(METADATA_KEYS)}, found {sorted(md)}"
+            f"__metadata__.{KEY_HEADER_CRC}: expected the header CRC, found no such key"
         )
-    # Check 4: the header CRC.
     stored_crc = _parse_hex_crc(md[KEY_HEADER_CRC], f"__metadata__.{KEY_HEADER_CRC}")
     unsigned = dict(obj)
     unsigned["__metadata__"] = {k: v for k, v in md.items() if k != KEY_HEADER_CRC}
     actual_crc = crc32c(canonical_json(unsigned).encode("ascii"))
+    version = md.get(KEY_VERSION)
     if actual_crc != stored_crc:
+        also = (
+            ""
+            if version in SUPPORTED_VERSIONS
+            else f"; it also declares format version {version!r:.80}, which this reader "
+            f"does not know (it supports {', '.join(SUPPORTED_VERSIONS)})"
+        )
         raise CorruptCheckpointError(
             f"__metadata__.{KEY_HEADER_CRC}: expected {crc_hex(stored_crc)}, "
-            f"found {crc_hex(actual_crc)} (the header was modified)"
+            f"found {crc_hex(actual_crc)} (the header was modified){also}"
+        )
+    if md.get(KEY_FORMAT) != FORMAT_NAME:
+        raise CorruptCheckpointError(
+            f"__metadata__.{KEY_FORMAT}: expected {FORMAT_NAME!r}, "
+            f"found {md.get(KEY_FORMAT, '(missing)')!r:.80}"
+        )
+    if version not in SUPPORTED_VERSIONS:
+        raise IncompatibleCheckpointError(
+            f"__metadata__.{KEY_VERSION}: this reader supports format version(s) "
+            f"{', '.join(SUPPORTED_VERSIONS)}; the file has version {version!r:.80}"
+        )
+    if set(md) != METADATA_KEYS:
+        raise CorruptCheckpointError(
+            f"__metadata__: expected exactly the keys {sorted(METADATA_KEYS)}, found {sorted(md)}"
         )
     _check_layout(entries, data_size, canonical_order=True)
     crc_table = _canonical_inner(md[KEY_CRCS], f"__metadata__.{KEY_CRCS}")

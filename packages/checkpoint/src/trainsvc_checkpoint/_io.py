@@ -20,6 +20,7 @@ import zstandard
 
 from ._errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidTreeError
 from ._format import (
+    MAX_TREE_DEPTH,
     ZSTD_MAGIC,
     Header,
     TensorEntry,
@@ -187,14 +188,35 @@ def atomic_file(path: Path) -> Iterator[int]:
     _fsync_dir(path.parent)
 
 
+def _json_depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether dicts and lists in ``obj`` nest deeper than ``limit`` (walked without recursion).
+
+    Stops at the first container past the limit, so a self-referencing value ends too.
+    """
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping | list | tuple):
+            if depth >= limit:
+                return True
+            values = node.values() if isinstance(node, Mapping) else node
+            stack.extend((v, depth + 1) for v in values)
+    return False
+
+
 def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
     if metadata is None:
         return "{}"
     if not isinstance(metadata, Mapping):
         raise InvalidTreeError(f"metadata: expected a dict, found {type(metadata).__name__}")
+    if _json_depth_exceeds(metadata, MAX_TREE_DEPTH):
+        raise InvalidTreeError(
+            f"metadata: nested deeper than {MAX_TREE_DEPTH} objects and arrays, "
+            "the most the format allows"
+        )
     try:
         return canonical_json(dict(metadata))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidTreeError(
             f"metadata: expected JSON values with str keys (no NaN or infinity); {exc}"
         ) from None
@@ -437,14 +459,68 @@ def _pread_exact(fd: int, view: memoryview, offset: int, size: int) -> None:
         view = view[n:]
 
 
-class _ZstdSource:
-    """The content of one zstd frame, decompressed as it is read."""
+_ZSTD_READ = 1 << 20
+"""Compressed bytes per read of a zstd file."""
+_ZSTD_SCAN = 4096
+"""Bytes per read when walking the block headers of a zstd frame."""
 
-    def __init__(self, f: BinaryIO, limit: int) -> None:
-        self._f = f
-        head = f.read(18)
+
+def _zstd_frame_end(fd: int, file_size: int, header_size: int, has_checksum: bool) -> int:
+    """The offset just past the zstd frame that starts the file, from its block headers.
+
+    Reads only the 3-byte block headers (RFC 8878, section 3.1.1.2), so that a
+    truncated frame, a missing checksum or bytes after the frame are found
+    before anything is decompressed.
+
+    Raises:
+        CorruptCheckpointError: a reserved block type, or a frame that runs past
+            the end of the file.
+    """
+    pos = header_size
+    window, window_start = b"", 0
+    while True:
+        if pos + 3 > file_size:
+            raise CorruptCheckpointError(
+                f"zstd frame: truncated (a block header at byte {pos} is beyond the end of "
+                f"the {file_size}-byte file)"
+            )
+        if pos + 3 > window_start + len(window):
+            window, window_start = os.pread(fd, _ZSTD_SCAN, pos), pos
+            if len(window) < 3:  # the file shrank while it was being read
+                raise CorruptCheckpointError(f"zstd frame: truncated at byte {pos}")
+        b0, b1, b2 = window[pos - window_start : pos - window_start + 3]
+        value = b0 | b1 << 8 | b2 << 16
+        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+        if block_type == 3:
+            raise CorruptCheckpointError(
+                f"zstd frame: the block at byte {pos} has the reserved block type 3"
+            )
+        pos += 3 + (1 if block_type == 1 else block_size)  # an RLE block holds one byte
+        if last:
+            break
+    pos += 4 if has_checksum else 0
+    if pos > file_size:
+        raise CorruptCheckpointError(
+            f"zstd frame: truncated (the frame needs {pos} bytes, the file has {file_size})"
+        )
+    return pos
+
+
+class _ZstdSource:
+    """The content of one zstd frame, decompressed as it is read.
+
+    Decompresses straight into the caller's buffers, never more than one
+    buffer's worth per step, so that a small file of highly compressible
+    content (a few KB of zeros declaring a GiB) needs no memory beyond the
+    arrays it fills.
+    """
+
+    def __init__(self, f: BinaryIO, file_size: int, limit: int) -> None:
+        fd = f.fileno()
+        head = os.pread(fd, 18, 0)
         try:
             params = zstandard.get_frame_parameters(head)
+            header_size = zstandard.frame_header_size(head)
         except zstandard.ZstdError as exc:
             raise CorruptCheckpointError(f"zstd frame header: invalid ({exc})") from None
         if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
@@ -460,37 +536,29 @@ class _ZstdSource:
                 f"zstd frame header: declares {params.content_size} bytes of content, "
                 f"more than this reader's limit of {limit} (max_decompressed_bytes)"
             )
+        if _zstd_frame_end(fd, file_size, header_size, True) != file_size:
+            raise CorruptCheckpointError(
+                "file: expected nothing after the zstd frame, found more bytes"
+            )
         self.size = int(params.content_size)
-        self._d = zstandard.ZstdDecompressor().decompressobj()
-        self._pending = memoryview(b"")
-        self._next_input = head
+        f.seek(0)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            f, read_size=_ZSTD_READ, read_across_frames=False, closefd=False
+        )
         self._pos = 0
-
-    def _more(self) -> bool:
-        while not self._pending:
-            if self._d.eof:
-                return False
-            chunk = self._next_input or self._f.read(1 << 20)
-            self._next_input = b""
-            if not chunk:
-                return False
-            try:
-                self._pending = memoryview(self._d.decompress(chunk))
-            except zstandard.ZstdError as exc:
-                raise CorruptCheckpointError(f"zstd frame: {exc}") from None
-        return True
 
     def read_exact(self, view: memoryview, what: str) -> None:
         while len(view):
-            if not self._more():
+            try:
+                n = self._reader.readinto(view)
+            except zstandard.ZstdError as exc:
+                raise CorruptCheckpointError(f"zstd frame: {exc}") from None
+            if not n:
                 raise CorruptCheckpointError(
                     f"{what}: the zstd frame ended at byte {self._pos} of the {self.size} it declares (truncated)"
                 )
-            take = min(len(view), len(self._pending))
-            view[:take] = self._pending[:take]
-            self._pending = self._pending[take:]
-            view = view[take:]
-            self._pos += take
+            view = view[n:]
+            self._pos += n
 
     def read_many(self, views: list[memoryview], what: str) -> None:
         """Fill ``views`` from consecutive bytes of the frame."""
@@ -498,14 +566,14 @@ class _ZstdSource:
             self.read_exact(view, what)
 
     def finish(self) -> None:
-        if self._more():
+        # The frame's extent was checked up front; reading on makes the
+        # decompressor reach the end of the frame and check the content checksum.
+        try:
+            extra = self._reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise CorruptCheckpointError(f"zstd frame: {exc}") from None
+        if extra:
             raise CorruptCheckpointError("zstd frame: more content than the header describes")
-        if not self._d.eof:
-            raise CorruptCheckpointError("zstd frame: the frame is truncated")
-        if self._d.unused_data or self._f.read(1):
-            raise CorruptCheckpointError(
-                "file: expected nothing after the zstd frame, found more bytes"
-            )
 
 
 _Source = _FileSource | _ZstdSource
@@ -525,7 +593,7 @@ def _open_source(path: Path, max_decompressed_bytes: int | None) -> Iterator[_So
         magic = os.pread(f.fileno(), 4, 0)
         if magic == ZSTD_MAGIC:
             limit = _physical_memory() if max_decompressed_bytes is None else max_decompressed_bytes
-            yield _ZstdSource(f, limit)
+            yield _ZstdSource(f, size, limit)
         else:
             yield _FileSource(f.fileno(), size)
 
@@ -689,6 +757,16 @@ def _info(path: Path, header: Header, compressed: bool) -> CheckpointInfo:
     )
 
 
+def _empty(entry: TensorEntry) -> np.ndarray[Any, Any]:
+    """The array a tensor is read into; its shape and size were checked against the file."""
+    try:
+        return np.empty(entry.shape, entry.np_dtype)
+    except ValueError as exc:  # pragma: no cover - parse_header refuses such shapes first
+        raise CorruptCheckpointError(
+            f"tensor {entry.name!r} shape: {list(entry.shape)!r:.200} cannot be an array ({exc})"
+        ) from None
+
+
 def _load(
     path: PathLike, target: Any, max_decompressed_bytes: int | None
 ) -> tuple[Any, CheckpointInfo]:
@@ -697,7 +775,7 @@ def _load(
         header = _read_header(src)
         # One array per tensor (so that each can be freed on its own), read into
         # directly through flat byte views: no copies after the read.
-        arrays = {e.name: np.empty(e.shape, e.np_dtype) for e in header.entries}
+        arrays = {e.name: _empty(e) for e in header.entries}
         dests = {name: a.reshape(-1).view(np.uint8) for name, a in arrays.items()}
         actual = _read_data(src, header, dests)
         compressed = isinstance(src, _ZstdSource)

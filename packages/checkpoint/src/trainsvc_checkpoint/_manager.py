@@ -8,7 +8,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ LATEST = "latest"
 _COPY_THREADS = 4
 _PARALLEL_COPY_MIN = 32 * 1024 * 1024
 _COPY_SLICE = 8 * 1024 * 1024
-_NAME = re.compile(r"^(emergency_)?step_(0|[1-9][0-9]*)\.safetensors(\.zst)?$")
+_NAME = re.compile(r"(emergency_)?step_(0|[1-9][0-9]*)\.safetensors(\.zst)?")
 
 GetState = Callable[[], tuple[int, Any]]
 """Returns ``(step, tree)``: the state an emergency checkpoint should hold."""
@@ -50,15 +50,167 @@ class CheckpointFile:
     emergency: bool
     path: Path
 
+    @property
+    def checkpoint_id(self) -> str:
+        """The file name without its extensions: ``step_<N>`` or ``emergency_step_<N>``."""
+        return checkpoint_id(self.path)
+
+
+def checkpoint_id(path: PathLike) -> str:
+    """The checkpoint id of a file name or path: the name up to ``.safetensors``."""
+    return Path(path).name.split(".safetensors")[0]
+
+
+@dataclass(frozen=True)
+class UnusableCheckpoint:
+    """A checkpoint file that failed verification, and why (the error's message)."""
+
+    file: CheckpointFile
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A checkpoint file that passed every check of :func:`verify`.
+
+    Attributes:
+        file: its step, kind and path.
+        size_bytes: the file's size.
+        mtime: the file's modification time (seconds since the epoch).
+        metadata: the caller's metadata stored in it (``metadata["step"] == file.step``).
+    """
+
+    file: CheckpointFile
+    size_bytes: int
+    mtime: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What a checkpoint directory really holds, against an index of it.
+
+    The directory is the truth: every checkpoint file in it was verified
+    (header, tree, every CRC, and the step in the metadata against the name).
+
+    Attributes:
+        valid: the verified checkpoints, oldest first (for one step, the
+            periodic file before the emergency one, as restoring prefers the latter).
+        unusable: checkpoint files that failed verification, with the reason.
+        added: valid checkpoints whose id the index lacks (index them).
+        removed: ids from the index with no valid file (gone or unusable: drop them).
+    """
+
+    valid: tuple[VerifiedCheckpoint, ...]
+    unusable: tuple[UnusableCheckpoint, ...]
+    added: tuple[VerifiedCheckpoint, ...]
+    removed: tuple[str, ...]
+
+    @property
+    def newest(self) -> VerifiedCheckpoint | None:
+        """The checkpoint to resume from: the newest valid one, or None when there is none."""
+        return self.valid[-1] if self.valid else None
+
 
 @dataclass(frozen=True)
 class Restored:
-    """A restored checkpoint: its step, tree, the caller's metadata and the file."""
+    """A restored checkpoint: its step, tree, the caller's metadata and the file.
+
+    ``skipped`` lists the newer checkpoints that were tried first and found
+    unusable (newest first), so that a caller can report each one.
+    """
 
     step: int
     tree: Any
     metadata: dict[str, Any]
     path: Path
+    skipped: tuple[UnusableCheckpoint, ...] = ()
+
+
+def scan(directory: PathLike) -> list[CheckpointFile]:
+    """Every checkpoint file in ``directory``, oldest first (not verified; nothing is changed).
+
+    A missing directory has none.
+    """
+    found = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = _NAME.fullmatch(entry.name)
+        if m and entry.is_file():
+            found.append(CheckpointFile(int(m.group(2)), m.group(1) is not None, entry))
+    return sorted(found)
+
+
+_Signature = tuple[int, int, int, int]
+"""A file's identity and version: device, inode, size, modification time in ns."""
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _verify_file(
+    ckpt: CheckpointFile, cache: dict[Path, tuple[_Signature, dict[str, Any]]] | None
+) -> VerifiedCheckpoint | UnusableCheckpoint:
+    try:
+        st = ckpt.path.stat()
+    except OSError as exc:
+        return UnusableCheckpoint(ckpt, f"cannot read the file ({exc.strerror or exc})")
+    sig = _signature(st)
+    cached = cache.get(ckpt.path) if cache is not None else None
+    if cached is not None and cached[0] == sig:
+        return VerifiedCheckpoint(ckpt, st.st_size, st.st_mtime, cached[1])
+    try:
+        info = verify(ckpt.path)
+    except CheckpointError as exc:
+        return UnusableCheckpoint(ckpt, str(exc))
+    except OSError as exc:
+        return UnusableCheckpoint(ckpt, f"cannot read the file ({exc.strerror or exc})")
+    if info.foreign:
+        return UnusableCheckpoint(ckpt, "not a trainsvc checkpoint (a plain safetensors file)")
+    step = info.metadata.get("step", ckpt.step)
+    if step != ckpt.step or isinstance(step, bool):
+        return UnusableCheckpoint(
+            ckpt, f"metadata step: expected {ckpt.step} (the file name's step), found {step!r:.40}"
+        )
+    if cache is not None:
+        cache[ckpt.path] = (sig, info.metadata)
+    return VerifiedCheckpoint(ckpt, st.st_size, st.st_mtime, info.metadata)
+
+
+def reconcile(
+    directory: PathLike,
+    indexed: Iterable[PathLike] = (),
+    *,
+    _cache: dict[Path, tuple[_Signature, dict[str, Any]]] | None = None,
+) -> Reconciliation:
+    """Verify every checkpoint in ``directory`` and compare them with an index of it.
+
+    Read-only: it deletes nothing (not even ``.tmp-`` leftovers, which may be a
+    save in progress), so a service can call it on a run directory that a
+    worker is writing to. Cost: one full read of each file (see :func:`verify`).
+
+    Args:
+        directory: a checkpoint directory (a missing one holds no checkpoints).
+        indexed: the checkpoints an index lists: ids (``step_600``), file names or paths.
+
+    Returns:
+        The valid and unusable files, and what the index lacks or lists in excess.
+    """
+    results = [_verify_file(c, _cache) for c in scan(directory)]
+    valid = [r for r in results if isinstance(r, VerifiedCheckpoint)]
+    unusable = [r for r in results if isinstance(r, UnusableCheckpoint)]
+    wanted = {checkpoint_id(p) for p in indexed}
+    present = {v.file.checkpoint_id for v in valid}
+    return Reconciliation(
+        valid=tuple(valid),
+        unusable=tuple(unusable),
+        added=tuple(v for v in valid if v.file.checkpoint_id not in wanted),
+        removed=tuple(sorted(wanted - present)),
+    )
 
 
 def _is_jax_like(leaf: Any) -> bool:
@@ -135,6 +287,7 @@ class CheckpointManager:
         self._error: BaseException | None = None
         self._buffers: dict[str, np.ndarray[Any, Any]] = {}
         self._trusted: set[Path] = set()
+        self._verified: dict[Path, tuple[_Signature, dict[str, Any]]] = {}
         self._signals: SignalHandlers | None = None
         self._copy_pool: ThreadPoolExecutor | None = None
         # Two threads at least (np.copyto releases the GIL, and the caller is
@@ -151,12 +304,20 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[CheckpointFile]:
         """Every checkpoint file in the directory, oldest first (not verified)."""
-        found = []
-        for entry in self.directory.iterdir():
-            m = _NAME.match(entry.name)
-            if m and entry.is_file():
-                found.append(CheckpointFile(int(m.group(2)), m.group(1) is not None, entry))
-        return sorted(found)
+        return scan(self.directory)
+
+    def reconcile(self, indexed: Iterable[PathLike] = ()) -> Reconciliation:
+        """Verify every checkpoint file and compare them with an index; see :func:`reconcile`.
+
+        Waits for a pending save first. Files this manager wrote or verified
+        before and that have not changed since (same inode, size and mtime) are
+        not read again.
+        """
+        try:
+            self.wait()
+        except CheckpointError as exc:
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+        return reconcile(self.directory, indexed, _cache=self._verified)
 
     def steps(self) -> list[int]:
         """The steps that have a checkpoint file on disk, ascending.
@@ -274,6 +435,8 @@ class CheckpointManager:
             self._trusted.discard(path)
             write_flat(path, flat, metadata=md, compression=self.compression)
             self._trusted.add(path)
+            with contextlib.suppress(OSError):
+                self._verified[path] = (_signature(path.stat()), dict(md))
             with atomic_file(self.directory / LATEST) as fd:
                 os.write(fd, f"{path.name}\n".encode())
             if not emergency:
@@ -379,11 +542,13 @@ class CheckpointManager:
                 f"no checkpoint for {what} in {self.directory}; steps on disk: {self.steps()}"
             )
         problems = []
+        skipped: list[UnusableCheckpoint] = []
         for i, ckpt in enumerate(candidates):
             try:
                 tree, info = load_with_info(ckpt.path, target=target)
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
                 problems.append(f"{ckpt.path.name}: {exc}")
+                skipped.append(UnusableCheckpoint(ckpt, str(exc)))
                 if i + 1 < len(candidates):
                     warnings.warn(
                         f"checkpoint {ckpt.path.name} is unusable ({exc}); falling back to "
@@ -392,7 +557,7 @@ class CheckpointManager:
                         stacklevel=3,
                     )
                 continue
-            return Restored(ckpt.step, tree, info.metadata, ckpt.path)
+            return Restored(ckpt.step, tree, info.metadata, ckpt.path, tuple(skipped))
         raise CorruptCheckpointError(
             f"no valid checkpoint in {self.directory}: " + "; ".join(problems)
         )
