@@ -26,13 +26,13 @@ import numpy as np
 import optax  # type: ignore[import-untyped]
 
 from trainsvc_lm import _model
+from trainsvc_lm._loss import token_nll_sum
 from trainsvc_lm._tiny import corpus_text, init_tiny
 from trainsvc_lm._tokenizer import Tokenizer
-from trainsvc_lm._train import token_nll_sum
 from trainsvc_lm._weights import load_model, save_model
 
 # The sources whose change changes the model cached_tiny_model builds.
-_SOURCES = ("_tiny.py", "_model.py", "_weights.py", "_tokenizer.py", "_pretrain.py", "_train.py")
+_SOURCES = ("_tiny.py", "_model.py", "_weights.py", "_tokenizer.py", "_loss.py", "_pretrain.py")
 
 
 def default_cache_dir() -> Path:

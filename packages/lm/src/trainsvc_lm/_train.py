@@ -46,13 +46,13 @@ from trainsvc_lm._lora import (
     init_lora,
     platform_budget,
 )
+from trainsvc_lm._loss import LOSS_CHUNK_BYTES as LOSS_CHUNK_BYTES  # re-exported
+from trainsvc_lm._loss import token_nll_sum
 from trainsvc_lm._tokenizer import Tokenizer
 from trainsvc_lm._train_config import LMTrainConfig, OptimSection
 from trainsvc_lm._train_log import Sink, Sinks
 
 STATE_FORMAT = "trainsvc-lm-lora/1"
-LOSS_CHUNK_BYTES = 1 << 27
-"""Logits bytes per loss chunk (positions x vocab x 4); bounds the loss's peak memory."""
 
 
 @dataclass(frozen=True)
@@ -159,37 +159,6 @@ def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTrans
     if optim.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adamw)
     return adamw
-
-
-def token_nll_sum(
-    params: dict[str, Any],
-    config: ModelConfig,
-    hidden: jax.Array,
-    targets: jax.Array,
-    loss_mask: jax.Array,
-) -> jax.Array:
-    """Sum of ``-log p(target)`` over positions where ``loss_mask`` is set (float32).
-
-    The logits are computed a chunk of positions at a time and recomputed in the
-    backward pass, so memory holds one chunk's ``[chunk, V]`` logits, not ``[B, T, V]``.
-    """
-    d = hidden.shape[-1]
-    n = hidden.shape[0] * hidden.shape[1]
-    chunk = max(1, min(n, LOSS_CHUNK_BYTES // (4 * config.vocab_size)))
-    pad = (-n) % chunk
-    h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0)))
-    t = jnp.pad(jnp.maximum(targets.reshape(n), 0), (0, pad))
-    m = jnp.pad(loss_mask.reshape(n).astype(jnp.float32), (0, pad))
-
-    @jax.checkpoint
-    def one(xs: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        hc, tc, mc = xs
-        logits = _model.logits_from_hidden(params, config, hc)
-        picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
-        return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - picked) * mc)
-
-    sums = jax.lax.map(one, (h.reshape(-1, chunk, d), t.reshape(-1, chunk), m.reshape(-1, chunk)))
-    return jnp.sum(sums)
 
 
 class LoRATrainer:
