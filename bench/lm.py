@@ -9,9 +9,10 @@
    T x T scores that are computed and then masked), ``4 N + 12 L T d_q + 6 N_lora``
    for LoRA (no weight gradients of the frozen base). Target >= 0.5 on CPU.
 2. Sampling tokens/s (the jitted KV-cache sampler, greedy) over the memory-bandwidth
-   limit: copy bandwidth (``np.copyto`` of a 256 MB array, bytes read + written per
-   second) / the bytes one decode step must read (every weight but the input
-   embedding, plus the filled KV cache), times the batch.
+   limit: copy bandwidth (``np.copyto`` of a 256 MB array on a CPU, a jitted copy
+   of 1 GiB on an accelerator; bytes read + written per second) / the bytes one
+   decode step must read (every weight but the input embedding, plus the filled
+   KV cache), times the batch.
 3. Load time of a multi-shard safetensors model (``load_model``: header parsing,
    per-tensor reads, transposes to ``[in, out]``, stacking the layers, placing on
    the device) over reading the same files with ``np.fromfile``, both from the page
@@ -213,7 +214,23 @@ def train_runner(
 
 
 def copy_bandwidth_runner(nbytes: int = 256 * 2**20) -> Callable[[], float]:
-    """Bytes moved (read + written) by ``np.copyto`` of an ``nbytes`` array, 3 times."""
+    """Bytes moved (read + written) by 3 copies of an ``nbytes`` array.
+
+    ``np.copyto`` on a CPU; on an accelerator, a jitted copy of a 1 GiB device
+    array (the weights live in device memory there).
+    """
+    if jax.devices()[0].platform != "cpu":
+        nbytes = 2**30
+        src_dev = jnp.ones(nbytes // 4, jnp.float32)
+        copy = jax.jit(lambda a: a + 0.0)
+        copy(src_dev).block_until_ready()
+
+        def run_device() -> float:
+            for _ in range(3):
+                copy(src_dev).block_until_ready()
+            return 3 * 2.0 * nbytes
+
+        return run_device
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
     np.copyto(dst, src)
