@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import pwd
@@ -23,9 +22,9 @@ import pytest
 
 
 def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if found:
-        return Path(found[-1]).parent
+        return found[-1].parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
 
@@ -51,25 +50,44 @@ def pg_server() -> Iterator[str]:
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            subprocess.run(
-                ["useradd", "--system", "--no-create-home", "postgres"], check=True
-            )
+            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
             user = pwd.getpwnam("postgres")
         os.chown(datadir, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
     pgdata = datadir / "data"
     subprocess.run(
-        [*prefix, str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
-         "--auth=trust", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
-        [*prefix, str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(datadir / "log"), "-w",
-         "-o", f"-p {port} -h 127.0.0.1 -k {datadir} -c fsync=off -c synchronous_commit=off "
-         "-c full_page_writes=off -c max_connections=200",
-         "start"],
-        check=True, capture_output=True,
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(datadir / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {datadir} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
@@ -176,8 +194,11 @@ class FakeOpenAI:
         if system.startswith("You are a judge"):
             n = user.count("<trajectory id=")
             scores = [
-                {"trajectory_id": str(i + 1), "explanation": f"judged {i + 1}",
-                 "score": (i / (n - 1)) if n > 1 else 0.5}
+                {
+                    "trajectory_id": str(i + 1),
+                    "explanation": f"judged {i + 1}",
+                    "score": (i / (n - 1)) if n > 1 else 0.5,
+                }
                 for i in range(n)
             ]
             return json.dumps({"scores": scores})

@@ -15,8 +15,17 @@ def record_one(rec: tt.TrajectoryRecorder, scenario: str = "s1", reward: float =
     rec.start_step(t, {"price": 10})
     rec.log_provider_access(t, "prices", {"AAPL": 1.5}, purpose="quote")
     rec.log_llm_call(
-        t, "m", "sys", "buy?", "yes", temperature=0.5, max_tokens=8, purpose="decide",
-        action_type="trade", latency=0.01, tokens=(3, 1),
+        t,
+        "m",
+        "sys",
+        "buy?",
+        "yes",
+        temperature=0.5,
+        max_tokens=8,
+        purpose="decide",
+        action_type="trade",
+        latency=0.01,
+        tokens=(3, 1),
     )
     rec.complete_step(t, {"buy": 1}, reward)
     rec.end_trajectory(t, {"pnl": 2.0})
@@ -28,7 +37,12 @@ def test_records_every_field(db_url: str) -> None:
         tid = record_one(rec, reward=0.25)
     with tt.Store(db_url) as store:
         t = store.trajectory(tid)
-    assert (t.status, t.agent_id, t.window_id, t.scenario_id) == ("completed", "agent-1", "w1", "s1")
+    assert (t.status, t.agent_id, t.window_id, t.scenario_id) == (
+        "completed",
+        "agent-1",
+        "w1",
+        "s1",
+    )
     assert t.metadata == {"k": [1]} and t.final_metrics == {"pnl": 2.0}
     assert t.reward == 0.25 and t.n_steps == 1
     [s] = t.steps
@@ -45,23 +59,27 @@ def test_bad_input_names_the_field_and_loses_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/t.db"
     with tt.TrajectoryRecorder(url) as rec:
         t = rec.start_trajectory("a", window_id="w", scenario_id="s")
-        with pytest.raises(tt.UnknownTrajectoryError, match="trajectory: unknown trajectory id 'nope'"):
+        with pytest.raises(
+            tt.UnknownTrajectoryError, match="trajectory: unknown trajectory id 'nope'"
+        ):
             rec.start_step("nope", {})
         rec.start_step(t, {"x": 1})
-        with pytest.raises(tt.InvalidRecordError, match="^reward: must be finite") as e:
+        with pytest.raises(tt.InvalidRecordError, match=r"^reward: must be finite") as e:
             rec.complete_step(t, "a", math.nan)
         assert e.value.field == "reward"
         with pytest.raises(tt.InvalidRecordError, match="environment_state"):
             rec.start_step(t, {"x": math.inf})  # (the open step is untouched)
         rec.complete_step(t, "a", 1.0)  # the step survived the refused calls
-        with pytest.raises(tt.StepStateError, match="step 0 of trajectory .* is already completed"):
+        with pytest.raises(
+            tt.StepStateError, match=r"step 0 of trajectory .* is already completed"
+        ):
             rec.complete_step(t, "a", 1.0)
-        with pytest.raises(tt.InvalidRecordError, match="^final_metrics"):
+        with pytest.raises(tt.InvalidRecordError, match=r"^final_metrics"):
             rec.end_trajectory(t, {"bad": math.nan})
         rec.end_trajectory(t)
         with pytest.raises(tt.UnknownTrajectoryError):
             rec.end_trajectory(t)
-        with pytest.raises(tt.InvalidRecordError, match="^agent_id"):
+        with pytest.raises(tt.InvalidRecordError, match=r"^agent_id"):
             rec.start_trajectory("")
     with tt.Store(url) as store:
         [got] = store.trajectories()

@@ -148,7 +148,11 @@ class Store:
     def __init__(self, url: str | Path = DEFAULT_URL) -> None:
         self.url = str(url)
         self.db = Db(url)
-        self.db.migrate()
+        try:
+            self.db.migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     @property
     def dialect(self) -> str:

@@ -1,0 +1,34 @@
+"""A recorder killed with SIGKILL mid-trajectory: the next start marks it abandoned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trainsvc_trajectories as tt
+
+CHILD = Path(__file__).with_name("crash_child.py")
+
+
+def test_sigkill_mid_trajectory_is_abandoned_on_restart(db_url: str) -> None:
+    proc = subprocess.Popen([sys.executable, str(CHILD), db_url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    tid = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    with tt.Store(db_url) as store:
+        before = store.trajectory(tid)
+    assert before.status == "open"
+    with tt.TrajectoryRecorder(db_url) as rec:
+        assert rec.abandoned_on_start == [tid]
+    with tt.Store(db_url) as store:
+        after = store.trajectory(tid)
+        assert "exited without ending it" in (after.error or "")
+        assert after.status == "abandoned" and after.ended_at is not None
+        # The committed step is kept for inspection; the export never uses it.
+        assert [s.step_index for s in after.steps] == [0]
+        assert store.windows()[0].counts["abandoned"] == 1
