@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,16 +22,10 @@ from trainsvc_lm._lora import (
     target_shape,
 )
 
-MODEL = ModelConfig(
-    family="llama",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-)
+sys.path.insert(0, str(Path(__file__).parent))
+from _model_helpers import hf_config
+
+MODEL = ModelConfig.from_dict(hf_config("llama"))  # hidden 48, q 64, kv 32, mlp 80, 2 layers
 
 
 def test_defaults_are_valid_and_scale_follows_rslora() -> None:
@@ -90,8 +86,8 @@ def test_init_shapes_zero_b_and_kaiming_bound() -> None:
         a = np.asarray(ab["a"])
         assert np.abs(a).max() <= 1 / math.sqrt(fan_in)
         assert np.abs(a).max() > 0.5 / math.sqrt(fan_in)  # not a degenerate draw
-    assert lora["q_proj"]["a"].shape[1] == 32 and lora["o_proj"]["a"].shape[1] == 32
-    assert lora["down_proj"]["a"].shape[1] == 48 and lora["k_proj"]["b"].shape[2] == 16
+    assert lora["q_proj"]["a"].shape[1] == 48 and lora["o_proj"]["a"].shape[1] == 64
+    assert lora["down_proj"]["a"].shape[1] == 80 and lora["k_proj"]["b"].shape[2] == 32
 
 
 def test_merge_adds_a_at_b_times_scale_per_layer() -> None:
@@ -114,9 +110,9 @@ def test_memory_estimate_counts_parts_and_remat_saves_activations() -> None:
     full = estimate_memory(config, MODEL, remat=False, platform="h100", **kwargs)  # type: ignore[arg-type]
     remat = estimate_memory(config, MODEL, remat=True, platform="h100", **kwargs)  # type: ignore[arg-type]
     q = full.per_target["q_proj"]
-    assert q.lora == 2 * (32 * 8 + 8 * 32) * 4
+    assert q.lora == 2 * (48 * 8 + 8 * 64) * 4
     assert q.optimizer == 3 * q.lora
-    assert q.base == 2 * 32 * 32 * 4
+    assert q.base == 2 * 48 * 64 * 4
     assert full.base_weights == MODEL.num_parameters() * 4
     assert full.lora_params == sum(t.lora for t in full.per_target.values())
     assert remat.activations < full.activations

@@ -18,25 +18,13 @@ from trainsvc_lm._peft import base_tensor_name, export_merged, export_peft, load
 from trainsvc_lm._weights import load_model, params_to_hf
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _model_helpers import hf_config, random_params
 from _reference import reference_logits
 
 
 def tiny(family: str) -> ModelConfig:
-    return ModelConfig(
-        family=family,
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3",
-        tie_word_embeddings=family == "qwen2",
-        rope_theta=10_000.0,
-        rms_norm_eps=1e-6,
-    )
+    """hidden 48, q 64, kv 32, mlp 80, vocab 97, 2 layers; qwen2 with tied embeddings."""
+    return ModelConfig.from_dict(hf_config(family, tied=family == "qwen2"))
 
 
 def trained_lora(
@@ -86,9 +74,9 @@ def test_adapter_layout_is_what_peft_and_the_converters_read(
             assert value.shape == (8, in_dim)
         else:
             assert value.shape == (out_dim, 8)
-    assert tensors["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"].shape == (8, 48)
+    assert tensors["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"].shape == (8, 80)
     assert tensors["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].shape == (
-        16,
+        32,
         8,
     )
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -121,7 +109,7 @@ def test_exported_adapter_merged_in_numpy_reproduces_the_jax_lora_forward(
     tmp_path: Path, family: str
 ) -> None:
     model = tiny(family)
-    params = init_params(model, jax.random.PRNGKey(3))
+    params = random_params(model, seed=3)
     config = LoraConfig(rank=8, alpha=16, use_rslora=family == "qwen3")
     lora = trained_lora(config, model, 4)
     tokens = np.random.default_rng(5).integers(0, model.vocab_size, size=(2, 7)).astype(np.int32)
@@ -162,7 +150,7 @@ def test_load_peft_round_trips_and_checks_the_model(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"missing base_model\.model\.model\.layers\.2"):
         load_peft(out, deeper)
     tensors = load_file(str(out / "adapter_model.safetensors"))
-    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 32), np.float32)
+    tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((8, 48), np.float32)
     save_file(tensors, str(out / "adapter_model.safetensors"))
     with pytest.raises(ModelLoadError, match="lm_head"):
         load_peft(out, model)

@@ -625,11 +625,7 @@ class LoRATrainer:
             self.sinks.message(f"checkpoint step={self._step} emergency=true path={path}")
             return path
         manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path = next(
-            Path(c.path)
-            for c in reversed(manager.checkpoints())
-            if c.step == self._step and not c.emergency
-        )
+        path = Path(manager.directory) / f"step_{self._step}.safetensors"  # uncompressed
         self.sinks.message(f"checkpoint step={self._step} path={path}")
         return path
 
