@@ -1,0 +1,230 @@
+"""Benchmark trainsvc-trajectories' recorder against a plain ``executemany``.
+
+8 writer threads each record trajectories of 10 steps (every step with one LLM call
+and one provider access) through one ``TrajectoryRecorder``; the clock runs from the
+first call until ``close()`` returns, so every row is committed. The baseline inserts
+the very same rows (headers, steps, calls, accesses, end-of-trajectory updates) from
+one thread with ``executemany`` per table in a single transaction: the floor of what
+the database itself costs, with no validation, no threads and no crash safety.
+Measured on SQLite (WAL, synchronous=NORMAL, the recorder's settings) and on a
+throwaway PostgreSQL server started here when its binaries exist (``initdb`` under
+``/usr/lib/postgresql/*/bin``; run as ``postgres`` when we are root). Medians of
+``TRAJ_BENCH_REPS`` repetitions (default 3); the ratio is recorder / baseline steps/s.
+
+Run: ``uv run --no-sync python bench/trajectories.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import trainsvc_trajectories as tt
+from trainsvc_trajectories._db import Db
+from trainsvc_trajectories._recorder import _SQL
+
+REPS = int(os.environ.get("TRAJ_BENCH_REPS", "3"))
+THREADS, TRAJ_PER_THREAD, STEPS = 8, 25, 10
+
+
+def record(url: str) -> float:
+    """Seconds for 8 threads to record everything, all committed."""
+    start = time.perf_counter()
+    rec = tt.TrajectoryRecorder(url)
+
+    def writer(k: int) -> None:
+        for i in range(TRAJ_PER_THREAD):
+            t = rec.start_trajectory(f"agent-{k}", window_id="bench", scenario_id=f"s{i % 5}")
+            for s in range(STEPS):
+                rec.start_step(t, {"tick": s, "prices": [1.0, 2.0, 3.0]})
+                rec.log_provider_access(t, "prices", {"p": s}, purpose="quote")
+                rec.log_llm_call(
+                    t,
+                    "m",
+                    "system prompt",
+                    f"user prompt {s}",
+                    "response",
+                    0.7,
+                    64,
+                    "decide",
+                    "trade",
+                    0.01,
+                    (40, 8),
+                )
+                rec.complete_step(t, {"buy": s}, 0.5)
+            rec.end_trajectory(t, {"pnl": 1.0})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    rec.close()
+    return time.perf_counter() - start
+
+
+def baseline(url: str) -> float:
+    """Seconds for one thread to executemany the same rows in one transaction."""
+    now = time.time()
+    rows: list[list[tuple[Any, ...]]] = [[] for _ in _SQL]
+    rid = uuid.uuid4().hex
+    for k in range(THREADS):
+        for i in range(TRAJ_PER_THREAD):
+            tid = uuid.uuid4().hex
+            rows[0].append((tid, rid, f"agent-{k}", "bench", f"s{i % 5}", "{}", now))
+            for s in range(STEPS):
+                rows[1].append(
+                    (
+                        tid,
+                        s,
+                        f'{{"tick":{s},"prices":[1.0,2.0,3.0]}}',
+                        f'{{"buy":{s}}}',
+                        0.5,
+                        now,
+                        now,
+                    )
+                )
+                rows[2].append(
+                    (
+                        tid,
+                        2 * s,
+                        s,
+                        "m",
+                        "system prompt",
+                        f"user prompt {s}",
+                        None,
+                        "response",
+                        0.7,
+                        64,
+                        "decide",
+                        "trade",
+                        0.01,
+                        40,
+                        8,
+                        48,
+                        now,
+                    )
+                )
+                rows[3].append((tid, 2 * s + 1, s, "prices", f'{{"p":{s}}}', "quote", now))
+            rows[4].append(("completed", '{"pnl":1.0}', 5.0, None, now, STEPS, tid))
+    start = time.perf_counter()
+    db = Db(url)
+    with db.transaction():
+        for sql, params in zip(_SQL, rows, strict=True):
+            db.executemany(sql, params)
+    db.close()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def postgres() -> Iterator[str | None]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        yield None
+        return
+    bindir = found[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="trajbench-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    run = lambda *a: subprocess.run([*prefix, *a], check=True, capture_output=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "-o",
+        f"-p {port} -h 127.0.0.1 -k {root}",
+        "start",
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh(kind: str, tmp: Path, pg: str | None) -> str:
+    name = uuid.uuid4().hex[:10]
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp}/{name}.db"
+        tt.Store(url).close()  # the schema is created outside the timed part
+        return url
+    import psycopg
+
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE b_{name}")
+    url = f"{pg}/b_{name}"
+    tt.Store(url).close()  # the schema is created outside the timed part
+    return url
+
+
+def measure(kind: str, tmp: Path, pg: str | None, fn: Callable[[str], float]) -> float:
+    return fn(fresh(kind, tmp, pg))
+
+
+def main() -> int:
+    steps = THREADS * TRAJ_PER_THREAD * STEPS
+    tmp = Path(tempfile.mkdtemp(prefix="trajbench-"))
+    results: list[tuple[str, float, float]] = []
+    try:
+        with postgres() as pg:
+            kinds = ["sqlite"] + (["postgresql"] if pg else [])
+            for kind in kinds:
+                ours, base = [], []
+                for rep in range(REPS):
+                    ours.append(measure(kind, tmp, pg, record))
+                    base.append(measure(kind, tmp, pg, baseline))
+                    print(
+                        f"  {kind}: repetition {rep + 1}/{REPS} done", file=sys.stderr, flush=True
+                    )
+                results.append(
+                    (kind, steps / statistics.median(ours), steps / statistics.median(base))
+                )
+            if not pg:
+                print("(PostgreSQL not measured: no initdb under /usr/lib/postgresql/*/bin)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"\nTrajectory recorder: {THREADS} writer threads, {steps} steps "
+        f"({THREADS * TRAJ_PER_THREAD} trajectories; each step = step + LLM call + provider access), "
+        f"{REPS} repetitions, medians"
+    )
+    header = "| store      | recorder steps/s | executemany steps/s | ratio |"
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for kind, ours_rate, base_rate in results:
+        print(
+            f"| {kind:<10} | {ours_rate:16.0f} | {base_rate:19.0f} | {ours_rate / base_rate:5.2f} |"
+        )
+    print("(ratio: recorder / plain executemany of the same rows in one transaction, same run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
