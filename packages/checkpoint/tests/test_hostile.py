@@ -309,3 +309,15 @@ def test_scan_ignores_names_with_a_trailing_newline(tmp_path: Path) -> None:
     ckpt.save(tmp_path / "step_1.safetensors", {"w": np.zeros(1)}, metadata={"step": 1})
     os.link(tmp_path / "step_1.safetensors", tmp_path / "step_2.safetensors\n")
     assert [c.step for c in ckpt.scan(tmp_path)] == [1]
+
+
+@pytest.mark.parametrize("dtype", [[], {}, 5, None, ["F32"]])
+def test_a_dtype_that_is_not_a_string_is_corrupt(tmp_path: Path, dtype: Any) -> None:
+    # Found by the fuzzer (test_fuzz.py): a list dtype raised TypeError (unhashable).
+    entry = {"t": {"data_offsets": [0, 4], "dtype": dtype, "shape": [1]}}
+    for i, raw in enumerate((craft(entry, b"\0" * 4), foreign(entry, b"\0" * 4))):
+        path = tmp_path / f"{i}.safetensors"
+        path.write_bytes(raw)
+        for reader in (ckpt.load, ckpt.verify, ckpt.read_info):
+            with pytest.raises(ckpt.CorruptCheckpointError, match="dtype: expected one of"):
+                reader(path)

@@ -317,7 +317,7 @@ def _parse_entry(name: str, raw: Any, data_size: int) -> TensorEntry:
             f"{where}: expected exactly the keys data_offsets, dtype, shape; found {found}"
         )
     code = raw["dtype"]
-    if code not in DTYPES:
+    if not isinstance(code, str) or code not in DTYPES:
         raise CorruptCheckpointError(
             f"{where} dtype: expected one of {', '.join(DTYPES)}; found {code!r}"
         )
