@@ -7,8 +7,9 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY_SRC := $(wildcard packages/*/src services/*/src clients/*/src)
 CARGO_MANIFESTS := $(wildcard packages/*/Cargo.toml)
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: help bootstrap sync run test pytest cargo-test bench lint fmt typecheck proto
+.PHONY: help bootstrap sync run test pytest cargo-test bench fuzz lint fmt typecheck proto
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +42,10 @@ cargo-test: ## Run the Rust tests, clippy and rustfmt (when a Rust crate exists)
 bench: bootstrap ## Run the benchmarks (tables of ratios against baselines)
 	$(UV) sync --locked --all-packages --group bench
 	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
+
+fuzz: ## Fuzz the checkpoint reader for FUZZ_SECONDS (default 60) and print a table of outcomes
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(UV) run --no-sync pytest packages/checkpoint/tests/test_fuzz.py \
+	  -q -s -p no:cacheprovider -k for_a_while
 
 lint: ## ruff lint and format check
 	$(UV) run --no-sync ruff check .
