@@ -48,7 +48,7 @@ def test_frames_show_the_field_as_an_image(make_config: Callable[..., Config]) -
     frames: list[Frame] = []
     config = make_config(env={"height": 5, "width": 7}, log={"frame_interval": 1})
     trainer = Trainer(config, frame_callback=frames.append)
-    trainer.run(2)
+    trainer.run(1)  # mid-episode (4 of 8 steps): the frame is the state itself
     trainer.close()
     frame = frames[-1]
     assert frame.field.shape == (5, 7)

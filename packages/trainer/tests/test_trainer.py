@@ -121,3 +121,24 @@ def test_load_rejects_a_different_trajectory_config(config: Config) -> None:
     assert info.value.field == "train.gamma"
     longer = Trainer(config.replace({"train.total_steps": 99}))
     longer.load_state_dict(a.state_dict())  # total_steps may change on resume
+
+
+def test_frames_show_the_episode_not_the_empty_field_after_a_reset(
+    make_config: Callable[..., Config],
+) -> None:
+    """Each policy update ends an episode (rollout = episode length): every frame is
+    still the episode as its last step left it, never the fresh empty field."""
+    frames: list[Frame] = []
+    config = make_config(
+        env={"episode_length": 4}, train={"rollout_length": 4}, log={"frame_interval": 1}
+    )
+    trainer = Trainer(config, frame_callback=frames.append)
+    trainer.run(3)
+    trainer.flush_frames(30)
+    trainer.close()
+    assert frames and frames[-1].step == 3
+    # the trainer's own state is the new episode's empty field ...
+    assert not np.asarray(trainer.state_dict()["env"]["field"])[0].any()
+    # ... but the frames show the last state of the one that ended
+    for f in frames:
+        assert np.count_nonzero(f.field) >= config.env.n_agents // 2, f.step

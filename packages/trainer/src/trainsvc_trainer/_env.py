@@ -255,6 +255,18 @@ def step_batch(
     All environments of a batch start together and have the same episode length,
     so the (costly) reset is computed only on steps where some episode ends.
     """
+    out, reward, _ = step_batch_seen(states, actions, key, cfg)
+    return out, reward
+
+
+def step_batch_seen(
+    states: EnvState, actions: Array, key: Array, cfg: EnvConfig
+) -> tuple[EnvState, Array, EnvState]:
+    """:func:`step_batch`, also returning the stepped states before any episode reset.
+
+    The third value is what the step showed: an episode's last state rather than the
+    fresh, empty one that replaces it (what live frames should draw).
+    """
     nxt, reward = jax.vmap(lambda s, a: step(s, a, cfg))(states, actions)
 
     def with_resets(s: EnvState) -> EnvState:
@@ -263,7 +275,7 @@ def step_batch(
         return out
 
     done_any = jnp.any(nxt.t >= cfg.episode_length)
-    return jax.lax.cond(done_any, with_resets, lambda s: s, nxt), reward
+    return jax.lax.cond(done_any, with_resets, lambda s: s, nxt), reward, nxt
 
 
 GRIDS = ("field", "resources", "capacity")

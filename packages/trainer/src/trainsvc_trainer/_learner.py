@@ -251,7 +251,9 @@ def _rollout(
     spec: LearnerSpec,
     length: int,
     random_policy: bool = False,
-) -> tuple[_env.EnvState, dict[str, Array]]:
+) -> tuple[_env.EnvState, dict[str, Array], tuple[Array, Array]]:
+    """Runs ``length`` steps; returns the final states, the trajectory and what environment 0
+    last showed: its positions and field after the last step, before any episode reset."""
     cfg = spec.env
     # all the rollout's random numbers in two calls: on CPU, jax.random's threefry runs
     # as a loop whose cost per call dwarfs a step's few thousand uniforms
@@ -261,20 +263,23 @@ def _rollout(
     env_keys = jax.random.split(k_env, length)
 
     def body(
-        state: _env.EnvState, xs: tuple[Array, Array]
-    ) -> tuple[_env.EnvState, dict[str, Array]]:
+        carry: tuple[_env.EnvState, Array, Array], xs: tuple[Array, Array]
+    ) -> tuple[tuple[_env.EnvState, Array, Array], dict[str, Array]]:
+        state = carry[0]
         u, k_step = xs
         obs = _observe_batch(state, cfg)
         moves, tools, _ = _policy(params, agent_params, obs, spec)
         if random_policy:
             moves, tools = jnp.zeros_like(moves), jnp.zeros_like(tools)
         actions = actions_from_heads(u, moves, tools)
-        nxt, reward = _env.step_batch(state, actions, k_step, cfg)
+        nxt, reward, seen = _env.step_batch_seen(state, actions, k_step, cfg)
         done = nxt.t == 0
-        return nxt, {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
+        out = {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
+        return (nxt, seen.positions[0], seen.field[0]), out
 
-    final, traj = jax.lax.scan(body, env_state, (uniforms, env_keys))
-    return final, traj
+    start = (env_state, env_state.positions[0], env_state.field[0])
+    (final, seen_pos, seen_field), traj = jax.lax.scan(body, start, (uniforms, env_keys))
+    return final, traj, (seen_pos, seen_field)
 
 
 def _returns(rewards: Array, dones: Array, bootstrap: Array, gamma: float) -> Array:
@@ -324,7 +329,7 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
         state: TrainState,
     ) -> tuple[TrainState, dict[str, Array], dict[str, Array]]:
         key, k_roll = jax.random.split(state.key)
-        env_final, traj = _rollout(
+        env_final, traj, (seen_pos, seen_field) = _rollout(
             state.params, state.agent_params, state.env, k_roll, spec, spec.rollout_length
         )
         obs_last = _observe_batch(env_final, cfg)
@@ -346,6 +351,10 @@ def _compiled_train_step(spec: LearnerSpec) -> Any:
             "field": env_final.field.reshape(-1, cfg.height, cfg.width),
             "actions": env_final.last_actions,
             "action_counts": counts,
+            # environment 0 as the last step left it, before any episode reset: frames
+            # draw this, never the empty field of an episode that has just begun
+            "frame_positions": seen_pos,
+            "frame_field": seen_field.reshape(cfg.height, cfg.width),
         }
         new_state = TrainState(params, agent_params, opt_state, key, env_final)
         return new_state, metrics, tracker_inputs
@@ -361,7 +370,7 @@ def compiled_rollout(spec: LearnerSpec) -> Any:
     """
 
     def act(params: Params, agent_params: Params, env: _env.EnvState, key: Array) -> Any:
-        final, traj = _rollout(params, agent_params, env, key, spec, spec.rollout_length)
+        final, traj, _ = _rollout(params, agent_params, env, key, spec, spec.rollout_length)
         return final, traj["rewards"].mean()
 
     return _jit(act)
@@ -377,7 +386,7 @@ def _compiled_evaluate(spec: LearnerSpec, random_policy: bool) -> Any:
             k_reset, k_roll = jax.random.split(key)
             state = _env.reset(k_reset, cfg)
             batched = jax.tree.map(lambda a: a[None], state)
-            _, traj = _rollout(
+            _, traj, _ = _rollout(
                 params, agent_params, batched, k_roll, spec, cfg.episode_length, random_policy
             )
             return traj["rewards"].sum(axis=0).mean()

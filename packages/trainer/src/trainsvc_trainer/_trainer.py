@@ -298,8 +298,8 @@ class Trainer:
         return make_frame(
             self._step,
             time.time(),
-            np.asarray(tracked["positions"])[0],
-            np.asarray(tracked["field"])[0],
+            np.asarray(tracked["frame_positions"]),
+            np.asarray(tracked["frame_field"]),
             metrics,
             max_cells=log_cfg.frame_max_cells,
             dtype=log_cfg.frame_dtype,
