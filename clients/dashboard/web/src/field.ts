@@ -21,6 +21,9 @@ for (let i = 0; i < 256; i++) {
   for (let c = 0; c < 3; c++) LUT[i * 3 + c] = STOPS[k][c] + (STOPS[k + 1][c] - STOPS[k][c]) * f;
 }
 
+/** Where a non-empty cell starts on the colour map (0..1). */
+const FLOOR = 0.2;
+
 /** Draws emergence frames onto one canvas. */
 export class FieldView {
   private readonly ctx: CanvasRenderingContext2D;
@@ -52,7 +55,9 @@ export class FieldView {
         this.image = new ImageData(w, h);
       }
       const px = this.image.data;
-      // Normalise by the frame's own range so faint fields stay visible.
+      // Normalise by the frame's own range (from zero for a non-negative field), on a
+      // square-root scale, and start every non-empty cell above the darkest colours:
+      // a faint field (an episode's first steps, a weak trail) stays visible.
       let lo = Infinity;
       let hi = -Infinity;
       for (let i = 0; i < f.field.length; i++) {
@@ -60,11 +65,13 @@ export class FieldView {
         if (v < lo) lo = v;
         if (v > hi) hi = v;
       }
+      lo = Math.min(lo, 0);
       const span = hi > lo ? hi - lo : 1;
       for (let i = 0; i < h * w; i++) {
         const o = i * 4;
         if (ch === 1) {
-          const k = Math.round(((f.field[i] - lo) / span) * 255) * 3;
+          const t = (f.field[i] - lo) / span;
+          const k = (t > 0 ? Math.round((FLOOR + (1 - FLOOR) * Math.sqrt(Math.min(t, 1))) * 255) : 0) * 3;
           px[o] = LUT[k];
           px[o + 1] = LUT[k + 1];
           px[o + 2] = LUT[k + 2];
