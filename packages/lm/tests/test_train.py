@@ -213,3 +213,55 @@ def test_run_name_has_name_platform_and_date() -> None:
 
     when = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.UTC)
     assert run_name("sft", "h100", when) == "sft-h100-20260304-0506"
+
+
+def test_remat_and_accumulation_change_memory_not_the_update(
+    tiny_model: Callable[[str], Path], data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model = tiny_model("llama")
+    plain = LoRATrainer(make_config(model, data, tmp_path / "a", **{"lora.dropout": 0.0}))
+    remat = LoRATrainer(
+        make_config(model, data, tmp_path / "b", **{"lora.dropout": 0.0, "train.remat": True})
+    )
+    assert remat.memory.activations < plain.memory.activations
+    plain.step()
+    remat.step()
+    for target, ab in plain.lora.items():
+        for k in ("a", "b"):
+            np.testing.assert_allclose(
+                np.asarray(remat.lora[target][k]), np.asarray(ab[k]), rtol=1e-5, atol=1e-7
+            )
+    assert remat.last_metrics["loss"] == pytest.approx(plain.last_metrics["loss"], rel=1e-6)
+    # Two micro-batches of 2 rows: the reported loss is the token-weighted mean over both,
+    # i.e. the loss of the same 4 rows evaluated at once (before the update).
+    accum = LoRATrainer(make_config(model, data, tmp_path / "c", **{"lora.dropout": 0.0}))
+    before = jax.tree.map(np.array, accum.lora)
+    start = accum.position
+    batches = accum._next_batches()
+    assert batches["tokens"].shape == (2, 2, 64)
+    accum.position = start
+    accum.step()
+    merged = {k: v.reshape(4, 64) for k, v in batches.items()}
+    nll, count = accum._eval_step(before, accum.params, merged)
+    assert accum.last_metrics["loss"] == pytest.approx(float(nll) / float(count), rel=1e-5)
+    assert accum.last_metrics["tokens"] == float(count)
+
+
+def test_a_run_over_the_memory_budget_stops_before_loading_weights(
+    tiny_model: Callable[[str], Path],
+    data: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trainsvc_lm._train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_platform", lambda setting: ("cpu", 10_000))
+
+    def no_load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("weights loaded before the memory check")
+
+    monkeypatch.setattr("trainsvc_lm._weights.load_model", no_load)
+    with pytest.raises(ConfigError, match="does not fit") as info:
+        LoRATrainer(make_config(tiny_model("llama"), data, tmp_path / "run"))
+    assert info.value.field == "data.batch_size"
+    assert "cpu budget" in str(info.value)
