@@ -206,10 +206,10 @@ def artifacts_dir() -> Path:
 
 
 def chromium_path() -> str:
-    """Debian's Chromium (installed by .ci/run); the tests never download a browser."""
+    """Debian's Chromium (installed by `make test`); the tests never download a browser."""
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run does this)")
+        pytest.fail("Chromium is not installed: apt-get install -y chromium (make test does this)")
     return path
 
 
