@@ -196,13 +196,11 @@ def art_models() -> Any:
     target = os.environ.get("TRAINSVC_ART_TARGET")
     if target is None:
         cache = Path.home() / ".cache" / "trainsvc" / f"openpipe-art-{ART_VERSION}"
-        if not (cache / "art" / "trajectories.py").exists():
+        if not (cache / "art" / "utils" / "trajectory_migration.py").exists():
             uv = shutil.which("uv")
-            if uv is None:
-                pytest.skip("openpipe-art not installable here: no uv on PATH")
             done = subprocess.run(
                 [
-                    uv,
+                    *([uv] if uv else [sys.executable, "-m", "uv"]),
                     "pip",
                     "install",
                     "--python",

@@ -169,3 +169,20 @@ def test_windows_by_time(tmp_path: Path) -> None:
         t = rec.start_trajectory("a")
         rec.end_trajectory(t)
     assert t.window_id.endswith("-60s")
+
+
+def test_postgres_writer_reconnects_after_the_server_drops_it(pg_url: str) -> None:
+    import psycopg
+
+    with tt.TrajectoryRecorder(pg_url) as rec:
+        record_one(rec)
+        rec.flush()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        record_one(rec)
+        rec.flush()
+    with tt.Store(pg_url) as store:
+        assert len(store.trajectories(status="completed")) == 2

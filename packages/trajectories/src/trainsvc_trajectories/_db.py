@@ -135,6 +135,19 @@ class Db:
         with self._lock:
             self._conn.close()
 
+    def reconnect_if_broken(self) -> bool:
+        """Open a new PostgreSQL connection when the server dropped this one; True if it did."""
+        if self.dialect != "postgresql" or not self._conn.closed:
+            return False
+        import psycopg
+
+        with self._lock:
+            try:
+                self._conn = psycopg.connect(self._target, autocommit=True)
+            except psycopg.Error:
+                return False
+        return True
+
     # -- schema ---------------------------------------------------------------
 
     def schema_version(self) -> int:

@@ -184,18 +184,22 @@ class TrajectoryRecorder:
             self.abandoned_on_start = store.abandon_orphans(stale_after_s=stale_after_s)
         self._db = Db(url)
         now = time.time()
-        self._db.execute(
-            "INSERT INTO recorders (recorder_id, host, pid, proc_start, started_at, heartbeat_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                self.recorder_id,
-                socket.gethostname(),
-                os.getpid(),
-                process_start_token(os.getpid()),
-                now,
-                now,
-            ),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO recorders (recorder_id, host, pid, proc_start, started_at, "
+                "heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    self.recorder_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    process_start_token(os.getpid()),
+                    now,
+                    now,
+                ),
+            )
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
@@ -307,9 +311,10 @@ class TrajectoryRecorder:
                         )
                 return
             except Exception as e:
-                if attempt == 4 or not _transient(e):
+                if attempt == 4 or not (_transient(e) or db.reconnect_if_broken()):
                     raise
                 time.sleep(0.05 * 2**attempt)
+                db.reconnect_if_broken()
 
     # -- the recording API ----------------------------------------------------
 
