@@ -72,7 +72,14 @@ def test_archive_refuses_open_windows_and_memory_fs(tmp_path: Path) -> None:
     fill(url, "done")
     with tt.Store(url) as store:
         res = store.archive_window("done", "memory://trajectory-archive")
-        assert res.url.startswith("/trajectory-archive") or "memory" in res.url or res.pruned
+        assert res.url.startswith("memory://") and res.url.endswith(
+            "/trajectory-archive/window=done.json.gz"
+        )
+        assert res.pruned
+        assert len(tt.read_archive(res.url)["steps"]) == 4
+        # the still-open window is too young / open: archive_older_than leaves it
+        assert store.archive_older_than(0, str(tmp_path / "arch")) == []
+        assert [w.window_id for w in store.windows()] == ["w"]
 
 
 def test_window_groups_and_no_complete_groups(db_url: str) -> None:

@@ -414,7 +414,7 @@ class Store:
                 f"window {window_id!r}: the archive at {path} differs from the database; "
                 "nothing was pruned"
             )
-        target = path if "://" in url else str(Path(path).resolve())
+        target = fs.unstrip_protocol(path) if "://" in url else str(Path(path).resolve())
         n_rows = sum(len(v) for v in rows.values())
         if prune:
             with self.db.transaction():
