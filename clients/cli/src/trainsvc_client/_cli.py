@@ -7,6 +7,7 @@ a watched run that FAILED), 2 a watched run that FAILED in a crash loop.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -38,10 +39,14 @@ TokenOpt = Annotated[
     str | None,
     typer.Option("--token", envvar="TRAINSVC_TOKEN", help="Bearer token (needed beyond loopback)."),
 ]
-TlsOpt = Annotated[bool, typer.Option("--tls", help="Connect with TLS.")]
+TlsOpt = Annotated[bool, typer.Option("--tls", envvar="TRAINSVC_TLS", help="Connect with TLS.")]
 CaOpt = Annotated[
     Path | None,
-    typer.Option("--ca-cert", help="PEM file of the CA (or self-signed cert) to trust."),
+    typer.Option(
+        "--ca-cert",
+        envvar="TRAINSVC_CA_CERT",
+        help="PEM file of the CA (or self-signed cert) to trust.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 RunArg = Annotated[str, typer.Argument(help="The run: runs/ID or ID.")]
@@ -51,6 +56,37 @@ ACTIVE = {pb.Run.PENDING, pb.Run.RUNNING, pb.Run.PAUSED}
 SAMPLE_WAIT_S = 2.0
 """How long `runs get` waits for a lora run's frame (with its latest sample)."""
 LORA_PATHS = {"--model": "model", "--train": "train_file", "--validation": "validation_file"}
+
+
+@app.callback()
+def _connection(
+    server: Annotated[
+        str | None, typer.Option("--server", help="Service address host:port (for every command).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Bearer token (for every command).")
+    ] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (every command).")] = False,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="CA PEM file to trust (every command).")
+    ] = None,
+) -> None:
+    """Control a trainsvc training service.
+
+    The connection options work before the command (`trainsvc-cli --server HOST:PORT
+    runs list`) or after it; given after it, they win.
+    """
+    # Each command reads its connection options from these variables when they are
+    # not given on its own: this makes the top-level form win over the environment.
+    given = {
+        "TRAINSVC_SERVER": server,
+        "TRAINSVC_TOKEN": token,
+        "TRAINSVC_TLS": "1" if tls else None,
+        "TRAINSVC_CA_CERT": str(ca_cert) if ca_cert is not None else None,
+    }
+    for var, value in given.items():
+        if value is not None:
+            os.environ[var] = value
 
 
 def _client(server: str, token: str | None, tls: bool, ca_cert: Path | None) -> Client:
@@ -80,10 +116,14 @@ def _state(run: pb.Run) -> str:
 
 def _runs_table(runs: list[pb.Run]) -> Table:
     table = Table(show_lines=False)
-    for col in ("NAME", "KIND", "STATE", "STEP", "BUDGET", "STEPS/S", "RESTARTS", "MESSAGE"):
-        table.add_column(
-            col, justify="right" if col in {"STEP", "BUDGET", "STEPS/S", "RESTARTS"} else "left"
-        )
+    # The name is what people copy: it never wraps or shortens; the message wraps first,
+    # then the other columns.
+    longest = max((len(r.name) for r in runs), default=4)
+    table.add_column("NAME", no_wrap=True, min_width=max(4, longest))
+    for col in ("KIND", "STATE", "STEP", "BUDGET", "STEPS/S", "RESTARTS"):
+        right = col in {"STEP", "BUDGET", "STEPS/S", "RESTARTS"}
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    table.add_column("MESSAGE", overflow="fold", ratio=1)
     for run in runs:
         table.add_row(
             run.name,
