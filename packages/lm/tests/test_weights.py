@@ -267,3 +267,17 @@ def test_loading_onto_two_devices_shards_and_computes_the_same(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_hf_to_params_names_a_missing_or_misshapen_tensor() -> None:
+    config, params = make()
+    tensors = params_to_hf(config, params)
+    del tensors["model.norm.weight"]
+    with pytest.raises(ModelLoadError, match=r"missing tensor 'model\.norm\.weight'"):
+        hf_to_params(config, tensors)
+    tensors = params_to_hf(config, params)
+    tensors["model.layers.0.self_attn.v_proj.bias"] = np.zeros(15, np.float32)
+    with pytest.raises(
+        ModelLoadError, match=r"v_proj\.bias' has shape \[15\], config implies \[16\]"
+    ):
+        hf_to_params(config, tensors)
