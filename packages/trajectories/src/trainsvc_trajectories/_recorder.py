@@ -86,9 +86,12 @@ class _Open:
     rewards: list[float] = field(default_factory=list)
 
 
+_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(name: str, value: Any) -> str:
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as e:
         raise InvalidRecordError(
             name, f"must be JSON-serialisable without NaN or infinity ({e})"
@@ -158,6 +161,7 @@ class TrajectoryRecorder:
         batch_size: most queued units written per transaction.
         max_pending: the queue's bound, in units (a step with its children is one unit).
         heartbeat_s: how often the writer marks this recorder alive.
+        linger_s: how long the writer waits for more units before committing a batch.
         stale_after_s: a recorder silent this long counts as dead (other hosts).
     """
 
@@ -170,6 +174,7 @@ class TrajectoryRecorder:
         max_pending: int = 10_000,
         heartbeat_s: float = 10.0,
         stale_after_s: float = 120.0,
+        linger_s: float = 0.005,
     ) -> None:
         if batch_size < 1:
             raise InvalidRecordError("batch_size", f"must be >= 1, got {batch_size}")
@@ -179,6 +184,9 @@ class TrajectoryRecorder:
         self.windowing = windowing or Windowing()
         self.batch_size = batch_size
         self.heartbeat_s = heartbeat_s
+        if not 0.0 <= linger_s <= 1.0:
+            raise InvalidRecordError("linger_s", f"must be in [0, 1] seconds, got {linger_s}")
+        self.linger_s = linger_s
         self.recorder_id = uuid.uuid4().hex
         with Store(url) as store:
             self.abandoned_on_start = store.abandon_orphans(stale_after_s=stale_after_s)
@@ -267,9 +275,12 @@ class TrajectoryRecorder:
                 stopping = True
             elif first is not None:
                 batch.append(first)
-            while len(batch) < self.batch_size and not stopping:
+            # Linger a moment for more units: one commit per batch, not per unit.
+            deadline = time.monotonic() + self.linger_s
+            while batch and len(batch) < self.batch_size and not stopping:
+                left = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
