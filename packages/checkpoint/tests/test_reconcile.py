@@ -68,6 +68,29 @@ def test_a_file_under_another_steps_name_or_a_foreign_file_is_unusable(tmp_path:
     assert [v.file.checkpoint_id for v in result.added] == ["step_2", "step_7"]
 
 
+def test_trust_indexed_reads_only_the_files_the_index_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ckpt.CheckpointManager(tmp_path, keep_last=10) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, state(step), blocking=True)
+    flip_middle_byte(tmp_path / "step_2.safetensors")  # indexed: trusted, not read
+    flip_middle_byte(tmp_path / "step_3.safetensors")  # not indexed: verified
+    calls: list[str] = []
+    real_verify = _manager.verify
+
+    def counting_verify(path: Any, **kwargs: Any) -> Any:
+        calls.append(Path(path).name)
+        return real_verify(path, **kwargs)
+
+    monkeypatch.setattr(_manager, "verify", counting_verify)
+    result = ckpt.reconcile(tmp_path, ["step_1", "step_2", "step_9"], trust_indexed=True)
+    assert calls == ["step_3.safetensors"]
+    assert [v.file.step for v in result.valid] == [1, 2]
+    assert [u.file.step for u in result.unusable] == [3]
+    assert result.added == () and result.removed == ("step_9",)
+
+
 def test_a_missing_directory_has_no_checkpoints(tmp_path: Path) -> None:
     result = ckpt.reconcile(tmp_path / "gone", ["step_5"])
     assert result.valid == () and result.newest is None and result.removed == ("step_5",)

@@ -185,6 +185,7 @@ def reconcile(
     directory: PathLike,
     indexed: Iterable[PathLike] = (),
     *,
+    trust_indexed: bool = False,
     _cache: dict[Path, tuple[_Signature, dict[str, Any]]] | None = None,
 ) -> Reconciliation:
     """Verify every checkpoint in ``directory`` and compare them with an index of it.
@@ -196,14 +197,27 @@ def reconcile(
     Args:
         directory: a checkpoint directory (a missing one holds no checkpoints).
         indexed: the checkpoints an index lists: ids (``step_600``), file names or paths.
+        trust_indexed: count the files the index lists and that exist as valid without
+            reading them (their ``metadata`` is then ``{}``); verify only the others. For
+            runs whose files were verified when they were indexed, e.g. finished ones.
 
     Returns:
         The valid and unusable files, and what the index lacks or lists in excess.
     """
-    results = [_verify_file(c, _cache) for c in scan(directory)]
+    wanted = {checkpoint_id(p) for p in indexed}
+    results: list[VerifiedCheckpoint | UnusableCheckpoint] = []
+    for c in scan(directory):
+        if trust_indexed and c.checkpoint_id in wanted:
+            try:
+                st = c.path.stat()
+            except OSError as exc:
+                results.append(UnusableCheckpoint(c, f"cannot read the file ({exc.strerror})"))
+                continue
+            results.append(VerifiedCheckpoint(c, st.st_size, st.st_mtime, {}))
+        else:
+            results.append(_verify_file(c, _cache))
     valid = [r for r in results if isinstance(r, VerifiedCheckpoint)]
     unusable = [r for r in results if isinstance(r, UnusableCheckpoint)]
-    wanted = {checkpoint_id(p) for p in indexed}
     present = {v.file.checkpoint_id for v in valid}
     return Reconciliation(
         valid=tuple(valid),
