@@ -5,7 +5,7 @@ import time
 
 import trainsvc_trajectories as tt
 
-rec = tt.TrajectoryRecorder(sys.argv[1])
+rec = tt.TrajectoryRecorder(sys.argv[1], commit=sys.argv[2])
 t = rec.start_trajectory("crasher", window_id="w", scenario_id="s")
 rec.start_step(t, {"n": 1})
 rec.complete_step(t, "a", 1.0)

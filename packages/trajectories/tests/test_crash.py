@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trainsvc_trajectories as tt
 
 CHILD = Path(__file__).with_name("crash_child.py")
 
 
-def test_sigkill_mid_trajectory_is_abandoned_on_restart(db_url: str) -> None:
-    proc = subprocess.Popen([sys.executable, str(CHILD), db_url], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("commit", ["trajectory", "step"])
+def test_sigkill_mid_trajectory_is_abandoned_on_restart(db_url: str, commit: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), db_url, commit], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     tid = proc.stdout.readline().strip()
     os.kill(proc.pid, signal.SIGKILL)
@@ -29,6 +33,7 @@ def test_sigkill_mid_trajectory_is_abandoned_on_restart(db_url: str) -> None:
         after = store.trajectory(tid)
         assert "exited without ending it" in (after.error or "")
         assert after.status == "abandoned" and after.ended_at is not None
-        # The committed step is kept for inspection; the export never uses it.
-        assert [s.step_index for s in after.steps] == [0]
+        # Never half-written: by default nothing but the header was committed; with
+        # commit="step" the completed step is kept for inspection (exports skip it).
+        assert [s.step_index for s in after.steps] == ([0] if commit == "step" else [])
         assert store.windows()[0].counts["abandoned"] == 1

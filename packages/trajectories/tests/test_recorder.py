@@ -132,7 +132,7 @@ def test_async_api_from_many_tasks(tmp_path: Path) -> None:
 
 def test_back_pressure_blocks_never_drops(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/t.db"
-    with tt.TrajectoryRecorder(url, max_pending=1, batch_size=1) as rec:
+    with tt.TrajectoryRecorder(url, max_pending=1, batch_size=1, commit="step") as rec:
         for _ in range(30):
             record_one(rec)
             assert rec.pending <= 1 + 1  # the queue bound plus the batch being written
@@ -148,6 +148,7 @@ def test_a_failing_writer_is_reported_not_silent(tmp_path: Path) -> None:
     t = rec.start_trajectory("a")
     rec.start_step(t, {})
     rec.complete_step(t, 1, 1.0)
+    rec.end_trajectory(t)
     with pytest.raises(tt.RecorderClosedError, match="writer failed"):
         rec.flush()
     with pytest.raises(tt.RecorderClosedError):

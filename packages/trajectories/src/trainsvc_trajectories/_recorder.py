@@ -84,6 +84,7 @@ class _Open:
     n_steps: int = 0
     step: _Step | None = None
     rewards: list[float] = field(default_factory=list)
+    held: _Unit = field(default_factory=list)  # commit="trajectory": rows kept until the end
 
 
 _ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -151,9 +152,9 @@ class TrajectoryRecorder:
     and change nothing); accepted records go through a bounded queue to one writer
     thread that commits them in batches. A full queue blocks the caller (back-pressure),
     records are never dropped; a writer that cannot write makes the next call raise
-    :class:`RecorderClosedError`. Each step's rows (the step, its LLM calls and provider
-    accesses) and each trajectory's ending commit in one transaction. On start, open
-    trajectories of recorders that died are marked ``abandoned``.
+    :class:`RecorderClosedError`. A trajectory's rows commit in one transaction with its
+    end (``commit="trajectory"``, the default), or step by step (``commit="step"``).
+    On start, open trajectories of recorders that died are marked ``abandoned``.
 
     Args:
         url: the store (``sqlite:///path.db``, a path, or ``postgresql://...``).
@@ -162,6 +163,13 @@ class TrajectoryRecorder:
         max_pending: the queue's bound, in units (a step with its children is one unit).
         heartbeat_s: how often the writer marks this recorder alive.
         linger_s: how long the writer waits for more units before committing a batch.
+        commit: ``"trajectory"`` (default): a trajectory's steps, calls and accesses are
+            kept in memory and committed together with its end, in one transaction, so
+            a crash leaves only the ``open`` (then ``abandoned``) header, never part of
+            a trajectory. ``"step"``: each completed step (with its calls and accesses)
+            is committed as it completes, for long trajectories that others watch live
+            or that would not fit in memory; a crash then leaves the completed steps
+            of an ``abandoned`` trajectory.
         stale_after_s: a recorder silent this long counts as dead (other hosts).
     """
 
@@ -175,6 +183,7 @@ class TrajectoryRecorder:
         heartbeat_s: float = 10.0,
         stale_after_s: float = 120.0,
         linger_s: float = 0.005,
+        commit: str = "trajectory",
     ) -> None:
         if batch_size < 1:
             raise InvalidRecordError("batch_size", f"must be >= 1, got {batch_size}")
@@ -187,6 +196,9 @@ class TrajectoryRecorder:
         if not 0.0 <= linger_s <= 1.0:
             raise InvalidRecordError("linger_s", f"must be in [0, 1] seconds, got {linger_s}")
         self.linger_s = linger_s
+        if commit not in ("trajectory", "step"):
+            raise InvalidRecordError("commit", f"must be 'trajectory' or 'step', got {commit!r}")
+        self.commit = commit
         self.recorder_id = uuid.uuid4().hex
         with Store(url) as store:
             self.abandoned_on_start = store.abandon_orphans(stale_after_s=stale_after_s)
@@ -398,6 +410,8 @@ class TrajectoryRecorder:
         row = (t.handle.id, seq, step_index, *params)
         if t.step is not None:
             t.step.children.append((kind, row))
+        elif self.commit == "trajectory":
+            t.held.append((kind, row))
         elif not self._put([(kind, row)], wait=wait):
             return _FULL
         t.seq += 1
@@ -540,7 +554,9 @@ class TrajectoryRecorder:
                 ),
                 *s.children,
             ]
-            if not self._put(unit, wait=wait):
+            if self.commit == "trajectory":
+                t.held.extend(unit)
+            elif not self._put(unit, wait=wait):
                 return _FULL
             t.step = None
             t.n_steps += 1
@@ -584,7 +600,7 @@ class TrajectoryRecorder:
         with self._lock:
             self._check_alive()
             t = self._get(trajectory)
-            unit: _Unit = []
+            unit: _Unit = list(t.held)
             n_steps = t.n_steps
             if t.step is not None:
                 s = t.step
