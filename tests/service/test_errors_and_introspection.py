@@ -125,3 +125,27 @@ def test_health_and_reflection(shared_service: Any) -> None:
         mine = next(f for f in files if f.name == "trainsvc/v1/trainsvc.proto")
         methods = {m.name for m in mine.service[0].method}
         assert {"CreateRun", "StreamFrames", "StreamEvents", "ListRuns"} <= methods
+
+
+@pytest.mark.parametrize("bad", ["ab\n", "ab\r\n", "ab\n\n"])
+def test_ids_with_a_trailing_newline_are_invalid(shared_service: Any, bad: str) -> None:
+    # `re.match` with `$` accepted "ab\n" (issue 24, item 5): a second run and a
+    # directory "runs/ab\n"; "step_1\n" got NOT_FOUND instead of INVALID_ARGUMENT.
+    run = pb.Run(kind=pb.Run.EMERGENCE, step_budget=10)
+    with shared_service.client() as c:
+        with pytest.raises(InvalidArgumentError) as info:
+            c._unary(c._stub.CreateRun, pb.CreateRunRequest(run=run, run_id=bad), 10)
+        assert info.value.field == "run_id"
+        with pytest.raises(InvalidArgumentError) as info:
+            c.get_run(f"runs/{bad}")
+        assert info.value.field == "name"
+        with pytest.raises(InvalidArgumentError) as info:
+            c.resume_run("runs/no-such-run", checkpoint=bad.replace("ab", "step_1"))
+        assert info.value.field == "checkpoint"
+        with pytest.raises(InvalidArgumentError) as info:
+            c._unary(
+                c._stub.CreateRun,
+                pb.CreateRunRequest(run=run, resume_from=f"runs/{bad}/checkpoints/step_1"),
+                10,
+            )
+        assert info.value.field == "resume_from"

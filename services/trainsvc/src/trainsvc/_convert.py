@@ -87,7 +87,7 @@ def spec_from_request(req: pb.CreateRunRequest) -> tuple[RunSpec, str]:
     max_restarts = run.max_restarts if run.HasField("max_restarts") else 3
     if not 0 <= max_restarts <= 1000:
         raise InvalidArgumentError("run.max_restarts", f"must be in [0, 1000], got {max_restarts}")
-    if req.run_id and not RUN_ID_RE.match(req.run_id):
+    if req.run_id and not RUN_ID_RE.fullmatch(req.run_id):
         raise InvalidArgumentError("run_id", f"must match {RUN_ID_RE.pattern}, got {req.run_id!r}")
     if len(run.display_name) > 200:
         raise InvalidArgumentError("run.display_name", "must be at most 200 characters")

@@ -181,7 +181,7 @@ def parse_run_name(name: str, field: str = "name") -> str:
         InvalidArgumentError: the name is malformed (names `field`).
     """
     prefix, _, run_id = name.partition("/")
-    if prefix != "runs" or not RUN_ID_RE.match(run_id):
+    if prefix != "runs" or not RUN_ID_RE.fullmatch(run_id):
         raise InvalidArgumentError(
             field, f"must be 'runs/{{id}}' with id matching {RUN_ID_RE.pattern}, got {name!r}"
         )
@@ -194,7 +194,7 @@ def parse_checkpoint_id(checkpoint_id: str, field: str) -> str:
     Raises:
         InvalidArgumentError: anything else, e.g. ``../x`` or ``/etc/passwd``.
     """
-    if not CHECKPOINT_ID_RE.match(checkpoint_id):
+    if not CHECKPOINT_ID_RE.fullmatch(checkpoint_id):
         raise InvalidArgumentError(
             field,
             f"must be a checkpoint id like 'step_100' or 'emergency_step_7' "
