@@ -86,7 +86,11 @@ class _RunController:
     def checkpoint_dir(self) -> Path:
         return self.m.run_dir(self.run_id) / "checkpoints"
 
-    def spawn(self, restore_path: str | None, *, start_paused: bool = False) -> None:
+    def spawn(
+        self, restore_path: str | None, *, start_paused: bool = False, fallback: bool = False
+    ) -> None:
+        """Start a worker; ``fallback``: ``restore_path`` is the run's newest checkpoint, and
+        the worker restores the newest valid one at or before it when that one is unusable."""
         job = WorkerJob(
             run_id=self.run_id,
             kind=self.spec.kind,
@@ -97,6 +101,7 @@ class _RunController:
             start_paused=start_paused,
             nice=self.m.worker_nice,
             cpus=self.m.worker_cpus,
+            restore_fallback=fallback and restore_path is not None,
         )
         parent, child = self.m.mp.Pipe(duplex=True)
         process = self.m.mp.Process(
@@ -163,6 +168,18 @@ class _RunController:
         elif kind == "deleted":
             ids = [Path(p).name.split(".safetensors")[0] for p in msg[1]]
             self.m.registry.remove_checkpoints(self.run_id, ids)
+        elif kind == "skipped":  # an unusable checkpoint the worker fell back over
+            _, path, reason = msg
+            p = Path(path)
+            self.m.registry.remove_checkpoints(self.run_id, [p.name.split(".safetensors")[0]])
+            self.m.emit(
+                self.m.registry.add_event(
+                    self.run_id,
+                    EventType.WARNING,
+                    f"skipped checkpoint {p.name} (not counted as a crash): {reason}",
+                    step=self.step,
+                )
+            )
         elif kind == "reply":
             _, req, ok, detail = msg
             fut = self.pending.pop(req, None)
@@ -255,6 +272,7 @@ class _RunController:
             self.m.controller_done(self.run_id, self)
             return
         restore = self.m.latest_checkpoint_path(self.run_id)
+        fallback = restore is not None
         warn = (
             f"worker crashed ({reason}); restart {self.restarts}/{self.spec.max_restarts} "
             f"from {restore or 'the start'}"
@@ -266,7 +284,7 @@ class _RunController:
                 self._set_state(State.PENDING, warn, restarts=self.restarts)
         if restore is None and self.spec.resume_from:
             restore = self.m.resolve_resume_from(self.spec.resume_from).path
-        self.spawn(restore, start_paused=paused)
+        self.spawn(restore, start_paused=paused, fallback=fallback)
 
     # -- commands ------------------------------------------------------------
 
@@ -350,22 +368,37 @@ class RunManager:
             return None
         return max(ckpts, key=lambda c: (c.step, c.create_time)).path
 
-    def _safe_path(self, record: CheckpointRecord) -> CheckpointRecord:
+    def _safe_path(self, record: CheckpointRecord, field: str = "checkpoint") -> CheckpointRecord:
+        """An indexed checkpoint a client chose: inside its run's directory, present and valid.
+
+        Raises:
+            InvalidArgumentError: outside the run directory, or corrupt (every CRC is checked,
+                so that a run never resumes into a crash loop on a file that cannot load).
+            NotFoundError: the file is gone.
+        """
+        from trainsvc_checkpoint import CheckpointNotFoundError, CorruptCheckpointError, verify
+
         root = self.run_dir(record.run_id).resolve()
         path = Path(record.path).resolve()
         if root not in path.parents:
-            raise InvalidArgumentError(
-                "checkpoint", f"{record.name} lies outside its run directory"
-            )
+            raise InvalidArgumentError(field, f"{record.name} lies outside its run directory")
         if not path.exists():
             raise NotFoundError(f"{record.name}: the file {path} is gone")
+        try:
+            verify(path)
+        except CheckpointNotFoundError:
+            raise NotFoundError(f"{record.name}: the file {path} is gone") from None
+        except CorruptCheckpointError as exc:
+            raise InvalidArgumentError(
+                field, f"{record.name} is corrupt and cannot be restored: {str(exc)[:300]}"
+            ) from None
         return record
 
     def resolve_resume_from(self, name: str) -> CheckpointRecord:
         """Resolve ``runs/{id}/checkpoints/{ckpt}`` to an indexed file inside that run's directory."""
         run_id, ckpt_id = parse_checkpoint_name(name, "resume_from")
         self.registry.get_run(run_id)
-        return self._safe_path(self.registry.get_checkpoint(run_id, ckpt_id))
+        return self._safe_path(self.registry.get_checkpoint(run_id, ckpt_id), "resume_from")
 
     def state_counts(self) -> dict[State, int]:
         """Runs per state (for the metrics endpoint)."""
@@ -398,6 +431,11 @@ class RunManager:
 
         PAUSED runs stay PAUSED (their pause checkpoint is where ResumeRun continues).
         """
+        for record in self.registry.runs_in_states(tuple(State)):
+            try:
+                self.reconcile_checkpoints(record.id, verify_all=not record.state.terminal)
+            except Exception:
+                log.exception("reconciling the checkpoint index failed", extra={"run": record.id})
         recovered = []
         for record in self.registry.runs_in_states((State.PENDING, State.RUNNING)):
             self.emit(
@@ -415,6 +453,49 @@ class RunManager:
                 except Exception:
                     log.exception("auto-resume failed", extra={"run": run_id})
         return recovered
+
+    def reconcile_checkpoints(self, run_id: str, *, verify_all: bool) -> None:
+        """Make a run's checkpoint index match its directory, which is the truth.
+
+        On recovery the index can be stale: a SIGKILL may land between a save (or a
+        retention delete) and its message to the service. Files the index lacks are
+        verified and indexed, entries whose file is gone or unusable are dropped, and
+        ``verify_all`` (runs that may resume) verifies every indexed file too.
+        """
+        from trainsvc_checkpoint import reconcile
+
+        indexed = self.registry.list_checkpoints(run_id)
+        ckpt_dir = self.run_dir(run_id) / "checkpoints"
+        result = reconcile(
+            ckpt_dir, [c.checkpoint_id for c in indexed], trust_indexed=not verify_all
+        )
+        if not result.added and not result.removed:
+            return
+        added = [
+            CheckpointRecord(
+                run_id,
+                v.file.checkpoint_id,
+                v.file.step,
+                str(v.file.path),
+                v.size_bytes,
+                v.mtime,
+                v.file.emergency,
+            )
+            for v in result.added
+        ]
+        unusable = {u.file.checkpoint_id: u.reason for u in result.unusable}
+        parts = []
+        if added:
+            parts.append("indexed " + ", ".join(c.checkpoint_id for c in added))
+        for cid in result.removed:
+            why = f"unusable: {unusable[cid][:300]}" if cid in unusable else "the file is gone"
+            parts.append(f"dropped {cid} ({why})")
+        message = f"checkpoint index reconciled with {ckpt_dir}: " + "; ".join(parts)
+        etype = EventType.WARNING if unusable else EventType.LOG
+        self.emit(
+            self.registry.reconcile_checkpoints(run_id, added, list(result.removed), message, etype)
+        )
+        log.warning(message, extra={"run": run_id})
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Checkpoint every active run and stop its worker; the runs become INTERRUPTED."""
@@ -547,8 +628,10 @@ class RunManager:
             proc = ctl.process
             if proc is not None:
                 proc.join(DEFAULT_WAIT_S)
+        fallback = False
         if restore is None:
             restore = self.latest_checkpoint_path(run_id)
+            fallback = restore is not None
         if restore is None and record.spec.resume_from:
             restore = self.resolve_resume_from(record.spec.resume_from).path
         ctl = _RunController(self, record)
@@ -556,7 +639,7 @@ class RunManager:
             self.controllers[run_id] = ctl
         with ctl.lock:
             ctl._set_state(State.PENDING, f"resuming from {restore or 'the start'}")
-        ctl.spawn(restore)
+        ctl.spawn(restore, fallback=fallback)
         return self.get_run(run_id)
 
     def stop(self, run_id: str, timeout: float | None) -> RunRecord:

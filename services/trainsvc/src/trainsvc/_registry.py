@@ -330,6 +330,51 @@ class Registry:
                 [(run_id, c) for c in checkpoint_ids],
             )
 
+    def reconcile_checkpoints(
+        self,
+        run_id: str,
+        added: list[CheckpointRecord],
+        removed: list[str],
+        message: str,
+        type_: EventType = EventType.LOG,
+    ) -> Event:
+        """Make the index of a run's checkpoints what its directory holds, in one transaction.
+
+        Adds ``added``, drops the ids ``removed``, points the run's latest checkpoint at
+        the newest one left (empty when none) and records ``message`` as an event.
+        """
+        with self._tx(run_id) as db:
+            db.executemany(
+                "DELETE FROM checkpoints WHERE run_id=? AND checkpoint_id=?",
+                [(run_id, c) for c in removed],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        c.run_id,
+                        c.checkpoint_id,
+                        c.step,
+                        c.path,
+                        c.size_bytes,
+                        c.create_time,
+                        int(c.emergency),
+                    )
+                    for c in added
+                ],
+            )
+            newest = db.execute(
+                "SELECT checkpoint_id, step FROM checkpoints WHERE run_id=?"
+                " ORDER BY step DESC, emergency DESC, create_time DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            latest = f"runs/{run_id}/checkpoints/{newest[0]}" if newest else ""
+            db.execute(
+                "UPDATE runs SET latest_checkpoint=?, step=MAX(step, ?), update_time=? WHERE id=?",
+                (latest, newest[1] if newest else 0, time.time(), run_id),
+            )
+            return self._add_event(db, run_id, type_, message)
+
     def list_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
         """Return a run's indexed checkpoints, oldest first."""
         rows = self._read(

@@ -9,7 +9,8 @@ service -> worker: ``(command, request_id)`` with command one of ``pause``,
 
 worker -> service: ``("ready", step)``, ``("progress", step, steps_per_s, metrics)``,
 ``("frame", FrameData)``, ``("checkpoint", path, step, emergency)``,
-``("deleted", [paths])``, ``("reply", request_id, ok, detail)``,
+``("deleted", [paths])``, ``("skipped", path, reason)`` (an unusable checkpoint the
+worker fell back over when restoring), ``("reply", request_id, ok, detail)``,
 ``("completed", step)``, ``("log", level, message)``, ``("fatal", message, permanent)``
 (permanent: the run's inputs are invalid, so a restart cannot help).
 
@@ -55,11 +56,14 @@ class WorkerJob:
     """Added to the worker's CPU niceness, so the service answers promptly on busy CPUs."""
     cpus: frozenset[int] | None = None
     """CPUs the worker is pinned to (``serve --worker-cpus``); None: those of the service."""
+    restore_fallback: bool = False
+    """``restore_path`` is the run's newest checkpoint (not one the client chose): when it is
+    corrupt or gone, restore the newest valid older one of the run's directory instead."""
 
 
 def checkpoint_step(path: Path) -> tuple[int, bool] | None:
     """Return (step, emergency) of a checkpoint file name, or None if it is not one."""
-    m = _STEP_RE.match(path.name)
+    m = _STEP_RE.fullmatch(path.name)
     return (int(m.group(2)), m.group(1) is not None) if m else None
 
 
@@ -110,8 +114,8 @@ class _Worker:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         adapter = kind.create(job.config, ckpt_dir, lambda f: self.send("frame", f))
         if job.restore_path:
-            step = adapter.restore(Path(job.restore_path))
-            self.send("log", "INFO", f"restored step {step} from {job.restore_path}")
+            path, step = self.restore(adapter, Path(job.restore_path), ckpt_dir)
+            self.send("log", "INFO", f"restored step {step} from {path}")
         self.known = set(adapter.checkpoint_files())
         self.send("ready", adapter.step)
         paused = job.start_paused
@@ -119,6 +123,41 @@ class _Worker:
             self.loop(adapter, paused)
         finally:
             adapter.close()
+
+    def restore(self, adapter: Any, path: Path, ckpt_dir: Path) -> tuple[Path, int]:
+        """Restore ``path``; with ``restore_fallback``, the newest valid checkpoint at or before it.
+
+        A corrupt or missing file is reported (``skipped``) and never crashes the
+        worker: a restart could only fail the same way.
+
+        Raises:
+            RunInputError: no usable checkpoint (the run cannot continue from one).
+        """
+        from trainsvc_checkpoint import CheckpointNotFoundError, CorruptCheckpointError, scan
+
+        candidates = [path]
+        if self.job.restore_fallback:
+            newest = checkpoint_step(path)
+            limit = newest[0] if newest else -1
+            older = sorted(
+                (c for c in scan(ckpt_dir) if c.step <= limit and c.path != path),
+                key=lambda c: (c.step, c.emergency),
+                reverse=True,
+            )
+            candidates += [c.path for c in older]
+        reasons = []
+        for candidate in candidates:
+            try:
+                return candidate, int(adapter.restore(candidate))
+            except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+                reasons.append(f"{candidate.name}: {reason}")
+                self.send("skipped", str(candidate), reason)
+        raise RunInputError(
+            "no usable checkpoint to resume from: " + "; ".join(reasons)
+            if self.job.restore_fallback
+            else f"the checkpoint {path.name} is unusable: {reasons[0]}"
+        )
 
     def loop(self, adapter: Any, paused: bool) -> None:
         budget = self.job.step_budget
