@@ -187,3 +187,16 @@ def test_postgres_writer_reconnects_after_the_server_drops_it(pg_url: str) -> No
         rec.flush()
     with tt.Store(pg_url) as store:
         assert len(store.trajectories(status="completed")) == 2
+
+
+def test_callers_blocked_on_a_full_queue_see_a_dead_writer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    rec = tt.TrajectoryRecorder(url, max_pending=1, commit="step")
+    with tt.Store(url) as store:
+        store.db.execute("DROP TABLE llm_calls")
+    t = rec.start_trajectory("a")
+    with pytest.raises(tt.RecorderClosedError, match="writer failed"):
+        for _ in range(1_000_000):  # the queue fills behind the failed batch, then blocks
+            rec.log_llm_call(t, "m", None, "u", "r")
+    with pytest.raises(tt.RecorderClosedError):
+        rec.close()  # returns (raising) instead of hanging on the full queue

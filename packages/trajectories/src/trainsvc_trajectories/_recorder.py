@@ -248,10 +248,14 @@ class TrajectoryRecorder:
     def _put(self, unit: _Unit, *, wait: bool) -> bool:
         """Queue a unit; with ``wait=False`` returns False (queuing nothing) when full."""
         self._check_alive()
-        try:
-            self._queue.put(unit, block=wait)
-        except queue.Full:
-            return False
+        while True:
+            try:
+                self._queue.put(unit, block=wait, timeout=0.1 if wait else None)
+                break
+            except queue.Full:
+                if not wait:
+                    return False
+                self._check_alive()  # a writer that died while we waited: raise, don't hang
         with self._done:
             self._enqueued += 1
         return True
@@ -702,8 +706,9 @@ class TrajectoryRecorder:
             self.flush()
         finally:
             self._closed = True
-            self._queue.put(_STOP)
-            self._thread.join()
+            if self._thread.is_alive():
+                self._queue.put(_STOP)
+                self._thread.join()
             if self._error is None and not self._open:
                 self._db.execute(
                     "UPDATE recorders SET closed_at = ? WHERE recorder_id = ?",
