@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,3 +165,42 @@ def test_crash_loop_exits_2_before_starting(
     assert code == 2
     assert "crash loop: resumed from step 50" in capsys.readouterr().out
     assert not _session_alive(tmux_socket, "trainsvc-loop-run")
+
+
+def test_the_launch_environment_reaches_a_session_of_a_running_tmux_server(
+    tmp_path: Path, tmux_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tmux server already running (another session) gives new sessions its own
+    environment: the launcher's variables must still reach the session."""
+    from trainsvc_launchers._launch import _Tmux, parse_env
+
+    subprocess.run(
+        ["tmux", "-L", tmux_socket, "new-session", "-d", "-s", "holder", "sleep 600"],
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "TRAINSVC_TEST_VAR"},
+    )
+    monkeypatch.setenv("TRAINSVC_TEST_VAR", "from-the-launcher")
+    env = {**os.environ, **parse_env(["EXTRA_VAR=a=b c"])}
+    seen = tmp_path / "seen.json"
+    script = (
+        "import json, os, sys; json.dump({k: os.environ.get(k) for k in "
+        "('TRAINSVC_TEST_VAR', 'EXTRA_VAR')}, open(sys.argv[1], 'w'))"
+    )
+    _Tmux(tmux_socket).start("child", [sys.executable, "-c", script, str(seen)], env, tmp_path)
+    deadline = time.monotonic() + 60
+    while not seen.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.2)
+    assert json.loads(seen.read_text()) == {
+        "TRAINSVC_TEST_VAR": "from-the-launcher",
+        "EXTRA_VAR": "a=b c",
+    }
+    assert not list(tmp_path.glob("*.env.json"))  # the private copy is gone
+
+
+def test_env_option_needs_key_equals_value() -> None:
+    from trainsvc_launchers._launch import parse_env
+
+    assert parse_env(["A=1", "B="]) == {"A": "1", "B": ""}
+    with pytest.raises(ValueError, match="--env: expected KEY=VALUE"):
+        parse_env(["1X=2"])

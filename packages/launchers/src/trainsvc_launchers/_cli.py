@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--watch-timeout", type=float, default=1800.0, help="seconds to wait for them"
         )
+        p.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an environment variable for the service and training (repeatable); "
+            "the launcher's own environment is passed on as well",
+        )
         if target != "m4":
             p.add_argument("--session", help="tmux session name (default trainsvc-<run_id>)")
             p.add_argument(
@@ -168,7 +176,7 @@ def _kaggle(args: argparse.Namespace, out: Reporter) -> ExitCode:
     cfg = _load_config(args.config, out, "KAGGLE")
     if cfg is None:
         return ExitCode.ERROR
-    from trainsvc_launchers._kaggle_flow import KaggleFlow
+    from trainsvc_launchers._kaggle_flow import KaggleFlow, _wants_next
     from trainsvc_launchers._kaggle_kernel import KaggleSpec
 
     if args.kaggle_command == "monitor" and args.background:
@@ -191,7 +199,7 @@ def _kaggle(args: argparse.Namespace, out: Reporter) -> ExitCode:
         if args.kaggle_command == "submit":
             state = flow.load()
             if args.next:
-                if state is None or state.next_action != "chain_next_session":
+                if state is None or not _wants_next(state):
                     out.error(
                         "KAGGLE",
                         "--next needs a finished session that ended before the step budget",

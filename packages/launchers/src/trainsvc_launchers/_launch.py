@@ -10,7 +10,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from trainsvc_launchers import _platform
 from trainsvc_launchers._background import spawn_detached
 from trainsvc_launchers._config import LaunchConfig
 from trainsvc_launchers._crashloop import CrashLoopError, record_resume
+from trainsvc_launchers._envexec import wrap
 from trainsvc_launchers._files import write_json_atomic
 from trainsvc_launchers._output import ExitCode, Reporter
 from trainsvc_launchers._preflight import run_preflight
@@ -118,9 +121,35 @@ class _Tmux:
             == 0
         )
 
-    def start(self, name: str, command: str) -> None:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        env_dir: Path | None = None,
+    ) -> None:
+        """Start ``argv`` in a new detached session; with ``env``, exactly that environment.
+
+        A running tmux server gives new sessions its own environment, not the
+        caller's: ``env`` travels in a private file read (and deleted) by the session.
+        """
+        if env is not None:
+            fd, name_ = tempfile.mkstemp(prefix=f"{name}-", suffix=".env.json", dir=env_dir)
+            os.close(fd)
+            argv = wrap(argv, env, Path(name_))
         subprocess.run(
-            [*self.base, "new-session", "-d", "-s", name, "-x", "200", "-y", "50", command],
+            [
+                *self.base,
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                shlex.join(argv),
+            ],
             check=True,
         )
 
@@ -156,10 +185,28 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` options as a mapping; a bad one raises ``ValueError`` naming it."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"--env: expected KEY=VALUE with KEY a variable name, got {item!r}")
+        env[key] = value
+    return env
+
+
 def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
     """Run the ``local``, ``h100`` or ``m4`` target."""
     target = str(args.command)
     setup, training = f"SETUP-{target.upper()}", f"TRAINING-{target.upper()}"
+    try:
+        extra_env = parse_env(getattr(args, "env", None) or [])
+    except ValueError as exc:
+        out.error(setup, str(exc))
+        return ExitCode.ERROR
+    if target == "m4":  # the detached or foreground supervisor inherits this environment
+        os.environ.update(extra_env)
     if not run_preflight(target, args.config, out, data_dir=args.data_dir):
         return ExitCode.ERROR
     from trainsvc_launchers._config import load_launch_config
@@ -214,7 +261,8 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
     ]  # fmt: skip
     pid: int | None = None
     if tmux is not None:
-        tmux.start(session, shlex.join([sys.executable, *argv]))
+        env_dir = data_dir / "launch"
+        tmux.start(session, [sys.executable, *argv], {**os.environ, **extra_env}, env_dir)
         out.success(
             setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
         )
