@@ -99,7 +99,7 @@ def test_push_error_in_http_200_is_reported(
     assert _kaggle("submit", cfg=cfg, state_dir=sd) == 1
     out = capsys.readouterr().out
     assert "Notebook title is already in use" in out
-    assert not (sd / "state.json").exists()
+    assert _state(sd)["error"]["kind"] == "push_rejected"  # what was tried is recorded
 
 
 def test_oom_log_is_classified_with_next_step(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
@@ -331,3 +331,94 @@ def test_status_and_output_commands(
         json.loads((sd / "output" / "s1" / "status.json").read_text(encoding="utf-8"))["step"]
         == 1000
     )
+
+
+def _half_done_chain(fake_kaggle: FakeKaggle, tmp_path: Path) -> tuple[Path, Path]:
+    """Session 1 ends at step 450 of 1000; session 2 (when pushed) finishes the run."""
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    fake_kaggle.sessions["trainsvc-demo-s1"] = FakeSession(
+        statuses=["COMPLETE"], files={"status.json": _status_json(450, False)}
+    )
+    fake_kaggle.sessions["trainsvc-demo-s2"] = FakeSession(
+        statuses=["COMPLETE"], files={"status.json": _status_json(1000, True)}
+    )
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 0
+    return cfg, sd
+
+
+def _assert_session_2_continues_session_1(fake_kaggle: FakeKaggle, sd: Path) -> None:
+    pushed = [p for p in fake_kaggle.pushed if p["slug"] == "tester/trainsvc-demo-s2"]
+    assert pushed and pushed[-1]["kernelDataSources"] == ["tester/trainsvc-demo-s1"]
+    assert [p["slug"] for p in fake_kaggle.pushed].count("tester/trainsvc-demo-s1") == 1
+
+
+def test_chain_resumes_after_a_quota_refusal(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    cfg, sd = _half_done_chain(fake_kaggle, tmp_path)
+    fake_kaggle.quota_used_s = int(29.5 * 3600)
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 1
+    state = _state(sd)
+    assert (state["session"], state["next_action"]) == (1, "wait_for_quota")
+    # plain submit neither pushes session 1 again nor ignores the quota
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 1
+    fake_kaggle.quota_used_s = 3600  # the quota is back
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 0
+    state = _state(sd)
+    assert (state["session"], state["steps_done"], state["status"]) == (2, 1000, "completed")
+    _assert_session_2_continues_session_1(fake_kaggle, sd)
+
+
+def test_quota_refusal_then_submit_next_or_plain_submit(
+    fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    cfg, sd = _half_done_chain(fake_kaggle, tmp_path)
+    fake_kaggle.quota_used_s = int(29.5 * 3600)
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 1
+    fake_kaggle.quota_used_s = 3600
+    assert _kaggle("submit", "--next", cfg=cfg, state_dir=sd) == 0
+    assert _state(sd)["session"] == 2
+    _assert_session_2_continues_session_1(fake_kaggle, sd)
+
+
+def test_rejected_chain_push_then_resubmit_pushes_the_next_session(
+    fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    cfg, sd = _half_done_chain(fake_kaggle, tmp_path)
+    fake_kaggle.push_error = "Notebook title already in use"
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 1
+    state = _state(sd)
+    assert state["next_action"] == "fix_and_resubmit"
+    assert "submit --next" in state["error"]["next_step"]
+    fake_kaggle.push_error = None
+    assert _kaggle("submit", "--resubmit", cfg=cfg, state_dir=sd) == 0
+    state = _state(sd)
+    assert (state["session"], state["attempt"]) == (2, 1)
+    _assert_session_2_continues_session_1(fake_kaggle, sd)
+
+
+def test_a_rejected_first_push_is_recorded(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    fake_kaggle.push_error = "Invalid dataset sources"
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 1
+    state = _state(sd)
+    assert state["next_action"] == "fix_and_resubmit"
+    assert state["error"]["kind"] == "push_rejected"
+    assert "Invalid dataset sources" in state["error"]["message"]
+    fake_kaggle.push_error = None
+    assert _kaggle("submit", "--resubmit", cfg=cfg, state_dir=sd) == 0
+    assert (_state(sd)["session"], _state(sd)["status"]) == (1, "waiting_training")
+
+
+def test_chain_crash_loop_says_so_in_next_action(fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    for n in range(1, 6):
+        fake_kaggle.sessions[f"trainsvc-demo-s{n}"] = FakeSession(
+            statuses=["COMPLETE"], files={"status.json": _status_json(200, False)}
+        )
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 0
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 2
+    state = _state(sd)
+    assert state["next_action"] == "fix_and_resubmit"
+    assert state["error"]["kind"] == "crash_loop"
+    # monitoring again does not push another session
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 2
+    assert fake_kaggle.methods().count("SaveKernel") == 3

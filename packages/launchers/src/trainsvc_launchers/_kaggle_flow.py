@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainsvc_launchers._config import LaunchConfig
-from trainsvc_launchers._crashloop import CrashLoopError, record_resume
+from trainsvc_launchers._crashloop import CrashLoopError, ResumeMetadata, record_resume
 from trainsvc_launchers._files import read_json, write_json_atomic
 from trainsvc_launchers._kaggle_api import KaggleError, PushResult, Quota
 from trainsvc_launchers._kaggle_errors import classify_log
@@ -90,6 +90,12 @@ class KaggleState:
         write_json_atomic(state_dir / STATE_FILE, asdict(self))
 
 
+def _wants_next(state: KaggleState) -> bool:
+    """A session finished short of the step budget: the chain's next session is due
+    (``chain_next_session``, or a try at it refused for quota or a rejected push)."""
+    return state.status == "completed" and state.steps_done < state.step_budget
+
+
 class KaggleFlow:
     """Submit / monitor / chain one run's Kaggle sessions.
 
@@ -137,6 +143,14 @@ class KaggleFlow:
             if state is not None:
                 state.next_action = "wait_for_quota"
                 state.save(self.state_dir)
+                how = (
+                    "`trainsvc-launch kaggle monitor --chain` (or `submit --next`)"
+                    if _wants_next(state)
+                    else "`trainsvc-launch kaggle submit --resubmit`"
+                )
+                self.out.info(
+                    SECTION, f"when the quota is back: {how}", next_action="wait_for_quota"
+                )
             return False
         self.out.success(SECTION, msg)
         return True
@@ -158,6 +172,10 @@ class KaggleFlow:
             )
             return ExitCode.ERROR
         if session is None:
+            # a finished session short of the step budget is continued, never pushed again
+            # (it would start from step 0 without the previous output)
+            if state is not None and _wants_next(state):
+                return self.chain(state)
             session = state.session if state is not None else 1
         attempt = 1
         if state is not None and state.session == session:
@@ -172,14 +190,27 @@ class KaggleFlow:
             pushed = self.kaggle.push(folder)
         except KaggleError as exc:
             self.out.error(SECTION, str(exc), kernel_id=kid)
-            if state is not None:
-                state.next_action = "fix_and_resubmit"
-                state.error = {
-                    "kind": "push_rejected",
-                    "message": str(exc),
-                    "next_step": "fix the kernel spec and resubmit",
-                }
-                state.save(self.state_dir)
+            if state is None:  # the first push: keep a record of what was tried
+                state = KaggleState(
+                    run_id=self.cfg.run_id,
+                    kernel_id=kid,
+                    session=session,
+                    attempt=0,
+                    status="not_submitted",
+                    step_budget=self.cfg.step_budget,
+                )
+            state.next_action = "fix_and_resubmit"
+            retry = (
+                "trainsvc-launch kaggle submit --resubmit"
+                if not _wants_next(state)
+                else f"trainsvc-launch kaggle submit --next (pushes session {session})"
+            )
+            state.error = {
+                "kind": "push_rejected",
+                "message": str(exc),
+                "next_step": f"fix the kernel spec, then: {retry}",
+            }
+            state.save(self.state_dir)
             return ExitCode.ERROR
         history = state.history if state is not None else []
         new = KaggleState(
@@ -297,12 +328,28 @@ class KaggleFlow:
         self.out.info(SECTION, f"next step: {cls.next_step}", next_action=state.next_action)
 
     def chain(self, state: KaggleState) -> ExitCode:
-        """Submit the next session from the finished one's output (crash-loop checked)."""
-        try:
-            record_resume(self.state_dir, state.kernel_id, state.steps_done)
-        except CrashLoopError as exc:
-            self.out.error(SECTION, str(exc))
-            return ExitCode.CRASH_LOOP
+        """Submit the next session from the finished one's output (crash-loop checked).
+
+        A retry of the same chain step (after a quota refusal or a rejected push)
+        is not another resume: only the first try of each finished session counts.
+        """
+        previous = ResumeMetadata.load(self.state_dir)
+        retry = previous is not None and previous.last_checkpoint == state.kernel_id
+        if not retry:
+            try:
+                record_resume(self.state_dir, state.kernel_id, state.steps_done)
+            except CrashLoopError as exc:
+                self.out.error(SECTION, str(exc))
+                state.next_action = "fix_and_resubmit"
+                state.error = {
+                    "kind": "crash_loop",
+                    "message": str(exc),
+                    "evidence": f"sessions keep ending at step {state.steps_done}",
+                    "next_step": "read the sessions' logs in the output folder, fix the cause, "
+                    "then: trainsvc-launch kaggle submit --next",
+                }
+                state.save(self.state_dir)
+                return ExitCode.CRASH_LOOP
         return self.submit(session=state.session + 1)
 
     def monitor(
@@ -319,7 +366,11 @@ class KaggleFlow:
         deadline = time.monotonic() + max_hours * 3600
         polls = 0
         while True:
-            if state.status == "completed" and state.next_action == "chain_next_session" and chain:
+            crash_loop = (state.error or {}).get("kind") == "crash_loop"
+            if crash_loop:
+                self._report_final(state)
+                return ExitCode.CRASH_LOOP
+            if chain and _wants_next(state):
                 code = self.chain(state)
                 if code is not ExitCode.OK:
                     return code
