@@ -304,8 +304,8 @@ class LoRATrainer:
         if self.config.log.sample_prompt is not None:
             return [{"role": "user", "content": self.config.log.sample_prompt}], first.tools
         messages = list(first.messages)
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return messages[:last], first.tools
+        assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        return messages[: assistant[-1]] if assistant else messages, first.tools
 
     # ------------------------------------------------------------------ the jitted steps
 
