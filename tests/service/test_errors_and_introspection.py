@@ -149,3 +149,58 @@ def test_ids_with_a_trailing_newline_are_invalid(shared_service: Any, bad: str) 
                 10,
             )
         assert info.value.field == "resume_from"
+
+
+def _override(key: str, text: str) -> pb.CreateRunRequest:
+    config = pb.EmergenceConfig(overrides={key: text})
+    return pb.CreateRunRequest(run=pb.Run(kind=pb.Run.EMERGENCE, step_budget=10, emergence=config))
+
+
+def _token(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (_override("env.num_agents", "1" * 5000), "run.emergence.overrides[env.num_agents]"),
+        (_override("env.num_agents", "9" * 30), "run.emergence.overrides[env.num_agents]"),
+        (
+            _override("env.num_agents", "[" * 100_000 + "]" * 100_000),
+            "run.emergence.overrides[env.num_agents]",
+        ),
+        (_override("env.num_agents", "NaN"), "run.emergence.overrides[env.num_agents]"),
+        (_override("env.num_agents", "1e999"), "run.emergence.overrides[env.num_agents]"),
+        (_override("env.num_agents", "1" * 100_000), "run.emergence.overrides[env.num_agents]"),
+        (_override("x" * 5000, "1"), "run.emergence.overrides"),
+        (_override("env.\u00e9", "1"), "run.emergence.overrides[env.\\xe9]"),
+        (pb.ListRunsRequest(page_token=_token("[" * 50_000 + "]" * 50_000)), "page_token"),
+        (pb.ListRunsRequest(page_token=_token('[NaN, "a"]')), "page_token"),
+        (pb.ListRunsRequest(page_token=_token('[1e999, "a"]')), "page_token"),
+        (pb.ListRunsRequest(page_token=_token('[1, "a\\n"]')), "page_token"),
+        (pb.ListRunsRequest(page_token="x" * 100_000), "page_token"),
+        (pb.GetRunRequest(name="runs/" + "a" * 1_000_000), "name"),
+        (
+            pb.CreateRunRequest(
+                run=pb.Run(kind=pb.Run.EMERGENCE, step_budget=10), run_id="A" * 1_000_000
+            ),
+            "run_id",
+        ),
+    ],
+)
+def test_hostile_values_are_invalid_argument_with_a_short_reply(
+    shared_service: Any, request_: Any, field: str
+) -> None:
+    # Issue 24, item 11: these gave INTERNAL, were accepted (NaN), or echoed 1 MB
+    # back (RESOURCE_EXHAUSTED at the client, whose metadata limit is 8 KiB).
+    method = {
+        pb.CreateRunRequest: "CreateRun",
+        pb.ListRunsRequest: "ListRuns",
+        pb.GetRunRequest: "GetRun",
+    }[type(request_)]
+    with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
+        c._unary(getattr(c._stub, method), request_, 30)
+    assert info.value.field == field
+    assert len(info.value.details) < 2500

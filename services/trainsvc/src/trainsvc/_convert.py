@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +19,7 @@ from trainsvc._domain import (
     RunRecord,
     RunSpec,
     State,
+    echo,
 )
 from trainsvc.kinds import FrameData
 
@@ -26,6 +28,14 @@ _KIND_VALUES = {v: k for k, v in _KIND_NAMES.items()}
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_SEED = 2**63 - 1
+MAX_OVERRIDES = 256
+"""Overrides per CreateRun."""
+MAX_OVERRIDE_KEY = 200
+MAX_OVERRIDE_CHARS = 64 * 1024
+"""Characters of one override's JSON text."""
+MAX_OVERRIDE_DEPTH = 32
+"""Nesting of arrays and objects in one override's value."""
+MAX_PAGE_TOKEN_CHARS = 1024
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -41,18 +51,91 @@ def _enum_check(enum_type: Any, value: int, field: str, allow_unspecified: bool 
         raise InvalidArgumentError(field, f"unknown value {value}; allowed: {', '.join(allowed)}")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of the range of a float")
+    return value
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _bounded_json(text: str, max_depth: int) -> Any:
+    """Parse strict JSON (no NaN/Infinity) whose containers nest at most ``max_depth`` deep
+    and whose integers fit in 64 bits.
+
+    Raises:
+        ValueError: anything else (the message says what).
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # bound the nesting before the (recursive) parser sees it
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} arrays/objects")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        value = _STRICT_JSON.decode(text)
+    except RecursionError:  # pragma: no cover - the scan above bounds the depth
+        raise ValueError("nested too deeply") from None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int) and not -(2**63) <= item < 2**64:
+            raise ValueError("an integer out of the 64-bit range")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
 def _config_values(msg: Any, prefix: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for fd, value in msg.ListFields():
         if fd.name == "overrides":
             continue
         values[fd.name] = value
+    if len(msg.overrides) > MAX_OVERRIDES:
+        raise InvalidArgumentError(
+            f"{prefix}.overrides", f"at most {MAX_OVERRIDES} entries, got {len(msg.overrides)}"
+        )
     for key, text in msg.overrides.items():
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:
+        if len(key) > MAX_OVERRIDE_KEY:
             raise InvalidArgumentError(
-                f"{prefix}.overrides[{key}]", f"must be a JSON value, got {text!r}"
+                f"{prefix}.overrides",
+                f"keys have at most {MAX_OVERRIDE_KEY} characters, got {echo(key)}",
+            )
+        field = f"{prefix}.overrides[{key}]"
+        if len(text) > MAX_OVERRIDE_CHARS:
+            raise InvalidArgumentError(
+                field,
+                f"must be a JSON value of at most {MAX_OVERRIDE_CHARS} characters, got {len(text)}",
+            )
+        try:
+            values[key] = _bounded_json(text, MAX_OVERRIDE_DEPTH)
+        except ValueError as exc:  # also int-to-str limits: "1" * 5000
+            raise InvalidArgumentError(
+                field, f"must be a JSON value ({str(exc)[:120]}), got {echo(text)}"
             ) from None
     return values
 
@@ -88,7 +171,9 @@ def spec_from_request(req: pb.CreateRunRequest) -> tuple[RunSpec, str]:
     if not 0 <= max_restarts <= 1000:
         raise InvalidArgumentError("run.max_restarts", f"must be in [0, 1000], got {max_restarts}")
     if req.run_id and not RUN_ID_RE.fullmatch(req.run_id):
-        raise InvalidArgumentError("run_id", f"must match {RUN_ID_RE.pattern}, got {req.run_id!r}")
+        raise InvalidArgumentError(
+            "run_id", f"must match {RUN_ID_RE.pattern}, got {echo(req.run_id)}"
+        )
     if len(run.display_name) > 200:
         raise InvalidArgumentError("run.display_name", "must be at most 200 characters")
     spec = RunSpec(
@@ -122,13 +207,23 @@ def page_args(req: pb.ListRunsRequest) -> tuple[int, tuple[float, str] | None]:
     limit = min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     if not req.page_token:
         return limit, None
+    bad = InvalidArgumentError("page_token", "is not a token from a previous ListRuns")
+    if len(req.page_token) > MAX_PAGE_TOKEN_CHARS:
+        raise bad
     try:
-        t, run_id = json.loads(base64.urlsafe_b64decode(req.page_token.encode()))
-        return limit, (float(t), str(run_id))
-    except (ValueError, TypeError):
-        raise InvalidArgumentError(
-            "page_token", "is not a token from a previous ListRuns"
-        ) from None
+        token = _bounded_json(base64.urlsafe_b64decode(req.page_token.encode()).decode(), 1)
+    except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise bad from None
+    if (
+        not isinstance(token, list)
+        or len(token) != 2
+        or isinstance(token[0], bool)
+        or not isinstance(token[0], int | float)
+        or not isinstance(token[1], str)
+        or not RUN_ID_RE.fullmatch(token[1])
+    ):
+        raise bad
+    return limit, (float(token[0]), token[1])
 
 
 def page_token(last: RunRecord) -> str:

@@ -51,6 +51,23 @@ class ServiceError(Exception):
     """Base of the domain errors; `_errors.status_of` maps each to a status code."""
 
 
+MAX_ECHO_CHARS = 100
+"""Values a client sent are echoed in errors up to this many characters."""
+
+
+def echo(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (and saying so).
+
+    Echoing a client's value whole could make a reply larger than the client
+    accepts (a 1 MB name in the status details exceeds gRPC's metadata limit).
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[:limit]}... ({size} characters)"
+
+
 class InvalidArgumentError(ServiceError):
     """A request field is malformed.
 
@@ -183,7 +200,8 @@ def parse_run_name(name: str, field: str = "name") -> str:
     prefix, _, run_id = name.partition("/")
     if prefix != "runs" or not RUN_ID_RE.fullmatch(run_id):
         raise InvalidArgumentError(
-            field, f"must be 'runs/{{id}}' with id matching {RUN_ID_RE.pattern}, got {name!r}"
+            field,
+            f"must be 'runs/{{id}}' with id matching {RUN_ID_RE.pattern}, got {echo(name)}",
         )
     return run_id
 
@@ -198,7 +216,7 @@ def parse_checkpoint_id(checkpoint_id: str, field: str) -> str:
         raise InvalidArgumentError(
             field,
             f"must be a checkpoint id like 'step_100' or 'emergency_step_7' "
-            f"(no paths), got {checkpoint_id!r}",
+            f"(no paths), got {echo(checkpoint_id)}",
         )
     return checkpoint_id
 
@@ -212,7 +230,7 @@ def parse_checkpoint_name(name: str, field: str) -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "runs" or parts[2] != "checkpoints":
         raise InvalidArgumentError(
-            field, f"must be 'runs/{{id}}/checkpoints/{{checkpoint_id}}', got {name!r}"
+            field, f"must be 'runs/{{id}}/checkpoints/{{checkpoint_id}}', got {echo(name)}"
         )
     run_id = parse_run_name(f"runs/{parts[1]}", field)
     return run_id, parse_checkpoint_id(parts[3], field)

@@ -38,5 +38,20 @@ def status_of(exc: ServiceError) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
             break
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, InvalidArgumentError):
-        trailing = ((FIELD_METADATA_KEY, exc.field),)
-    return code, str(exc), trailing
+        field = exc.field.encode("ascii", "backslashreplace").decode("ascii")  # metadata: ASCII
+        trailing = ((FIELD_METADATA_KEY, _cut(field, MAX_FIELD_CHARS)),)
+    return code, _cut(str(exc), MAX_DETAILS_CHARS), trailing
+
+
+MAX_DETAILS_CHARS = 2000
+"""Status details and trailing metadata travel in HTTP/2 headers, which clients cap (8 KiB
+by default): a longer message, say one echoing a 1 MB name, would reach the client as
+RESOURCE_EXHAUSTED instead of the real error."""
+MAX_FIELD_CHARS = 300
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (cut; {len(text)} characters)"
