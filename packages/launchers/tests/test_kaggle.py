@@ -422,3 +422,19 @@ def test_chain_crash_loop_says_so_in_next_action(fake_kaggle: FakeKaggle, tmp_pa
     # monitoring again does not push another session
     assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 2
     assert fake_kaggle.methods().count("SaveKernel") == 3
+
+
+def test_a_second_monitor_of_a_chain_does_not_push(
+    fake_kaggle: FakeKaggle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainsvc_launchers._kaggle_flow import chain_lock
+
+    cfg, sd = _half_done_chain(fake_kaggle, tmp_path)
+    with chain_lock(sd) as holder:  # the first monitor, still running
+        assert holder is None
+        assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 1
+        assert "another monitor is already running" in capsys.readouterr().out
+    assert [p["slug"] for p in fake_kaggle.pushed] == ["tester/trainsvc-demo-s1"]
+    # once it is gone, a monitor runs
+    assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 0
+    assert [p["slug"] for p in fake_kaggle.pushed].count("tester/trainsvc-demo-s2") == 1

@@ -14,8 +14,12 @@ what comes next from ``next_action``:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +92,34 @@ class KaggleState:
         """Write ``state.json`` atomically."""
         self.updated_at = _now()
         write_json_atomic(state_dir / STATE_FILE, asdict(self))
+
+
+LOCK_FILE = "monitor.lock"
+
+
+@contextlib.contextmanager
+def chain_lock(state_dir: Path) -> Iterator[str | None]:
+    """Hold the chain's monitor lock (``monitor.lock``, an OS file lock released when the
+    process ends, even killed); yields ``None`` when held, else who holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            yield handle.read().strip() or "another process"
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {_now()}")
+        handle.flush()
+        try:
+            yield None
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _wants_next(state: KaggleState) -> bool:
@@ -355,7 +387,24 @@ class KaggleFlow:
     def monitor(
         self, interval_s: float, max_hours: float, chain: bool = False, max_polls: int | None = None
     ) -> ExitCode:
-        """Poll until the run completes or fails, ``max_hours`` pass or ``max_polls`` polls are made."""
+        """Poll until the run completes or fails, ``max_hours`` pass or ``max_polls`` polls are made.
+
+        One monitor per chain: a second one (say, ``--background`` started twice)
+        exits with an error instead of pushing the next session a second time.
+        """
+        with chain_lock(self.state_dir) as holder:
+            if holder is not None:
+                self.out.error(
+                    SECTION,
+                    f"another monitor is already running for this chain ({holder}); "
+                    "it keeps state.json up to date",
+                )
+                return ExitCode.ERROR
+            return self._monitor(interval_s, max_hours, chain, max_polls)
+
+    def _monitor(
+        self, interval_s: float, max_hours: float, chain: bool, max_polls: int | None
+    ) -> ExitCode:
         state = self.load()
         if state is None:
             self.out.error(
