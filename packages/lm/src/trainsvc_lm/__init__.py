@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         prefill,
     )
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
+    from trainsvc_lm._pretrain import cached_tiny_model, pretrain_tiny
     from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
@@ -79,6 +80,7 @@ _LAZY = {
     "TokenizedData": "_data",
     "TokenizedExample": "_data",
     "Tokenizer": "_tokenizer",
+    "cached_tiny_model": "_pretrain",
     "corpus_text": "_tiny",
     "data_report": "_data",
     "decode_step": "_model",
@@ -97,6 +99,7 @@ _LAZY = {
     "logits_from_hidden": "_model",
     "params_to_hf": "_weights",
     "prefill": "_model",
+    "pretrain_tiny": "_pretrain",
     "read_chat_jsonl": "_data",
     "read_checkpoint": "_train",
     "sample": "_sampler",
@@ -146,6 +149,7 @@ __all__ = [
     "TokenizedExample",
     "Tokenizer",
     "UnsupportedArchitectureError",
+    "cached_tiny_model",
     "corpus_text",
     "data_report",
     "decode_step",
@@ -167,6 +171,7 @@ __all__ = [
     "merge_lora",
     "params_to_hf",
     "prefill",
+    "pretrain_tiny",
     "read_chat_jsonl",
     "read_checkpoint",
     "sample",
