@@ -438,3 +438,23 @@ def test_a_second_monitor_of_a_chain_does_not_push(
     # once it is gone, a monitor runs
     assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 0
     assert [p["slug"] for p in fake_kaggle.pushed].count("tester/trainsvc-demo-s2") == 1
+
+
+def test_evidence_from_a_json_array_log_is_the_matching_line() -> None:
+    entries = [
+        {"stream_name": "stdout", "time": 1.5, "data": "Installing trainsvc...\n"},
+        {"stream_name": "stdout", "time": 9.0, "data": "step 100 loss 0.5\n" * 20},
+        {
+            "stream_name": "stderr",
+            "time": 42.0,
+            "data": "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory "
+            "while trying to allocate 17179869184 bytes.\n",
+        },
+        {"stream_name": "stderr", "time": 42.1, "data": "Traceback (most recent call last):"},
+    ]
+    cls = classify_log(json.dumps(entries))
+    assert cls.kind == "out_of_memory"
+    assert cls.evidence == (
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory "
+        "while trying to allocate 17179869184 bytes."
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-__all__ = ["ErrorClass", "classify_log"]
+__all__ = ["ErrorClass", "classify_log", "log_text"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,31 @@ _RULES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def log_text(log: str) -> str:
+    """A session log as plain text: Kaggle's JSON-array logs
+    (``[{"stream_name": "stderr", "time": 1.2, "data": "..."}, ...]``) become their
+    ``data`` fields, one after the other; any other log is returned as it is."""
+    stripped = log.lstrip()
+    if not stripped.startswith("["):
+        return log
+    try:
+        entries = json.loads(stripped)
+    except ValueError:
+        return log
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "data" in e for e in entries
+    ):
+        return log
+    parts = [str(e["data"]) for e in entries]
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
 def classify_log(log: str, failure_message: str | None = None) -> ErrorClass:
-    """The first matching failure kind in ``failure_message`` and ``log``, else ``unknown``."""
-    text = "\n".join(part for part in (failure_message, log) if part)
+    """The first matching failure kind in ``failure_message`` and ``log``, else ``unknown``.
+
+    The evidence is the matching line of the log (of its text, for a JSON-array log).
+    """
+    text = "\n".join(part for part in (failure_message, log_text(log)) if part)
     for kind, pattern, next_step in _RULES:
         match = re.search(pattern, text, re.IGNORECASE)
         if match:
