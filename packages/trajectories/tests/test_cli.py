@@ -66,5 +66,7 @@ def test_report_export_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "window 'bad': no complete groups" in err and not (tmp_path / "x.parquet").exists()
     assert main(["judge", "--in", str(pq_out), "--out", str(judged), "--judge", "llm"]) == 1
     assert "--base-url and --model" in capsys.readouterr().err
+    assert main(["windows", "--db", str(tmp_path / "typo.db")]) == 1
+    assert "--db: no store at" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
     assert main(["archive", "--window", "w", "--db", db, "--to", str(tmp_path / "a")]) == 0
     assert "verified; pruned" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._art import read_jsonl, read_parquet, write_jsonl, write_parquet
-from ._db import DEFAULT_URL
+from ._db import DEFAULT_URL, parse_url
 from ._errors import TrajectoryError
 from ._export import window_groups
 from ._judges import DEFAULT_RUBRIC, Judge, LLMJudge, RuleJudge, judge_groups
@@ -147,6 +147,9 @@ def _run(args: argparse.Namespace) -> int:
             human += f"\nSKIPPED group {s['group_index']}: {s['reason']}"
         _emit(args, rep.to_dict(), human)
         return 0
+    dialect, target = parse_url(args.db)
+    if dialect == "sqlite" and not Path(target).exists():
+        raise TrajectoryError(f"--db: no store at {target} (record into it first, or pass --db)")
     with Store(args.db) as store:
         if args.command == "windows":
             ws = store.windows()
