@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trainsvc_trajectories as tt
@@ -70,3 +71,42 @@ def test_report_export_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "--db: no store at" in capsys.readouterr().err and not (tmp_path / "typo.db").exists()
     assert main(["archive", "--window", "w", "--db", db, "--to", str(tmp_path / "a")]) == 0
     assert "verified; pruned" in capsys.readouterr().out
+
+
+def test_judge_with_an_llm_endpoint(
+    tmp_path: Path, fake_openai: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    groups = [
+        tt.ArtTrajectoryGroup(
+            trajectories=[tt.ArtTrajectory(reward=float(k)) for k in range(3)],
+            metadata={"scenario_id": f"s{g}"},
+        )
+        for g in range(2)
+    ]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    tt.write_jsonl(groups, src)
+    (tmp_path / "rubric.txt").write_text("- shorter is better")
+    fake_openai.script = ["malformed", "malformed", "malformed"]  # group 0 fails all 3 tries
+    args = [
+        "judge",
+        "--in",
+        str(src),
+        "--out",
+        str(out),
+        "--judge",
+        "llm",
+        "--base-url",
+        fake_openai.url,
+        "--model",
+        "j",
+        "--rubric",
+        f"@{tmp_path / 'rubric.txt'}",
+        "--json",
+    ]
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["judged"], rep["skipped"], rep["calls"]) == (1, 1, 4)
+    assert rep["skips"][0]["group_index"] == 0 and "malformed scores" in rep["skips"][0]["reason"]
+    assert "- shorter is better" in fake_openai.requests[0]["messages"][0]["content"]
+    [judged] = tt.read_jsonl(out)
+    assert [t.metrics["ruler_score"] for t in judged.trajectories] == [0.0, 0.5, 1.0]
