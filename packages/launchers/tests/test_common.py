@@ -142,6 +142,7 @@ def test_preflight_kaggle_needs_credentials(
 ) -> None:
     for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-dir"))
     env = tmp_path / ".env"
     assert main(["preflight", "--target", "kaggle", "--env-file", str(env)]) == 1
     assert "credentials: no Kaggle credentials" in capsys.readouterr().out
@@ -239,3 +240,79 @@ def test_redact_scrubs_secrets_from_text() -> None:
     assert creds.secrets == ["s3cr3t"]
     assert redact("401 for me with key s3cr3t", creds.secrets) == "401 for me with key ***"
     assert "s3cr3t" not in repr(creds)
+
+
+BAD_KAGGLE = """
+kind = "othello"
+run_id = "bad-sections"
+step_budget = 1000
+
+[othello]
+search_depth = -2
+epsilon = 3.0
+no_such_field = 1
+frame_interval = 0
+
+[kaggle]
+slug = "X"
+enable_gpu = "yes"
+enable_internet = 1
+machine_shape = "Cray"
+session_hours = 13
+checkpoint_minutes = -5
+dataset_sources = "me/data"
+wandb = "no"
+colour = "blue"
+"""
+
+
+def test_preflight_kaggle_names_every_bad_kaggle_and_othello_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("trainsvc_engine")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "t")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(BAD_KAGGLE, encoding="utf-8")
+    code = main(["preflight", "--target", "kaggle", "--config", str(cfg)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "preflight passed" not in out
+    for name in (
+        "kaggle.slug",
+        "kaggle.enable_gpu",
+        "kaggle.enable_internet",
+        "kaggle.machine_shape",
+        "kaggle.session_hours",
+        "kaggle.checkpoint_minutes",
+        "kaggle.dataset_sources",
+        "kaggle.wandb",
+        "kaggle.colour",
+        "othello.search_depth",
+        "othello.epsilon",
+        "othello.no_such_field",
+        "othello.frame_interval",
+    ):
+        assert name in out, name
+
+
+def test_credentials_from_the_official_kaggle_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainsvc_launchers._credentials import find_kaggle_credentials
+
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    (home / ".kaggle" / "kaggle.json").write_text('{"username": "ann", "key": "k1"}')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    creds = find_kaggle_credentials(tmp_path / "none.env")
+    assert creds is not None and creds.values == {"KAGGLE_USERNAME": "ann", "KAGGLE_KEY": "k1"}
+    assert creds.source == str(home / ".kaggle" / "kaggle.json")
+    other = tmp_path / "cfgdir"
+    other.mkdir()
+    (other / "kaggle.json").write_text('{"username": "bob", "key": "k2"}')
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(other))
+    creds = find_kaggle_credentials(tmp_path / "none.env")
+    assert creds is not None and creds.values["KAGGLE_USERNAME"] == "bob"

@@ -210,6 +210,7 @@ def test_missing_credentials_is_a_clear_error(
 ) -> None:
     for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-dir"))
     code = main(
         [
             "kaggle",

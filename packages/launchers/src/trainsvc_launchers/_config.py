@@ -199,6 +199,10 @@ def validate_trainer_section(kind: str, section: dict[str, Any]) -> list[FieldEr
         from trainsvc_launchers._lm import validate_lora
 
         return [FieldError(f"lora.{name}", msg) for name, msg in validate_lora(section)]
+    if kind == "othello" and section:
+        from trainsvc_launchers._trainer_bridge import validate_othello
+
+        return [FieldError(f"othello.{name}", msg) for name, msg in validate_othello(section)]
     if kind != "emergence" or not section:
         return []
     try:

@@ -1,13 +1,15 @@
 """Kaggle credentials from the environment or a ``.env`` file, never logged.
 
 Accepted: ``KAGGLE_API_TOKEN`` (an access token), or ``KAGGLE_USERNAME`` plus
-``KAGGLE_KEY`` (a legacy API key). The environment wins over ``.env``.
+``KAGGLE_KEY`` (a legacy API key). The environment wins over ``.env``, which
+wins over the official client's ``kaggle.json``.
 Secrets are kept out of every log and state file: :func:`redact` scrubs them
 from any text before it is written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +63,27 @@ def _pick(values: dict[str, str]) -> dict[str, str] | None:
     return None
 
 
+def _kaggle_json() -> tuple[Path, dict[str, str]] | None:
+    """``kaggle.json`` where the official client reads it: ``$KAGGLE_CONFIG_DIR`` or ``~/.kaggle``."""
+    base = os.environ.get("KAGGLE_CONFIG_DIR")
+    path = Path(base) / "kaggle.json" if base else Path.home() / ".kaggle" / "kaggle.json"
+    try:
+        raw = json.loads(path.read_text(encoding=ENCODING))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    values = {
+        "KAGGLE_USERNAME": str(raw.get("username") or ""),
+        "KAGGLE_KEY": str(raw.get("key") or ""),
+    }
+    return path, values
+
+
 def find_kaggle_credentials(env_file: Path | None = None) -> KaggleCredentials | None:
-    """Find credentials in the environment, then in ``env_file`` (default ``./.env``)."""
+    """Find credentials in the environment, then in ``env_file`` (default ``./.env``), then in
+    ``kaggle.json`` (``$KAGGLE_CONFIG_DIR/kaggle.json`` or ``~/.kaggle/kaggle.json``), as the
+    official client does."""
     found = _pick({k: os.environ[k] for k in _KEYS if k in os.environ})
     if found is not None:
         return KaggleCredentials("environment", found)
@@ -70,6 +91,9 @@ def find_kaggle_credentials(env_file: Path | None = None) -> KaggleCredentials |
     found = _pick(read_env_file(path))
     if found is not None:
         return KaggleCredentials(str(path), found)
+    in_json = _kaggle_json()
+    if in_json is not None and (found := _pick(in_json[1])) is not None:
+        return KaggleCredentials(str(in_json[0]), found)
     return None
 
 

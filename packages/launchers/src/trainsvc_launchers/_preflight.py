@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import shutil
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +180,37 @@ def _kaggle_checks(env_file: Path | None) -> list[Check]:
     return checks
 
 
+def _raw_kaggle(path: Path, cfg: LaunchConfig) -> dict[str, object]:
+    """The config's ``[kaggle]`` table, also when other parts of the config are bad."""
+    if cfg.kaggle:
+        return cfg.kaggle
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError):
+        return {}
+    section = raw.get("kaggle") if isinstance(raw, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _kaggle_section(section: dict[str, object], env_file: Path | None) -> list[Check]:
+    """The ``[kaggle]`` section, validated as ``submit`` will: one check per bad field."""
+    from trainsvc_launchers._kaggle_kernel import KaggleSpec
+
+    if not section:
+        return [Check("kaggle", Level.ERROR, "the config has no [kaggle] section (slug, ...)")]
+    creds = find_kaggle_credentials(env_file)
+    # submit learns the user name from Kaggle; here only the local sources are asked
+    owner = os.environ.get("KAGGLE_USERNAME") or (
+        creds.values.get("KAGGLE_USERNAME") if creds is not None else None
+    )
+    try:
+        spec = KaggleSpec.from_dict(section, owner=owner or "(your Kaggle user name)")
+    except ConfigError as exc:
+        return [Check("kaggle", Level.ERROR, str(err)) for err in exc.errors]
+    return [Check("kaggle", Level.SUCCESS, f"[kaggle] is valid (kernels {spec.slug}-s1, -s2, ...)")]
+
+
 def run_preflight(
     target: str,
     config_path: Path | None,
@@ -218,6 +252,8 @@ def run_preflight(
         checks.append(thermal)
     if target == "kaggle":
         checks += _kaggle_checks(env_file)
+        if config_path is not None:
+            checks += _kaggle_section(_raw_kaggle(config_path, cfg), env_file)
         if cfg.kind == "lora":
             checks.append(
                 Check(

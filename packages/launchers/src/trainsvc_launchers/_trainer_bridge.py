@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["flatten", "trainer_available", "validate_emergence"]
+__all__ = ["flatten", "trainer_available", "validate_emergence", "validate_othello"]
 
 
 def trainer_available() -> bool:
@@ -62,4 +62,48 @@ def validate_emergence(section: dict[str, Any]) -> list[tuple[str, str]]:
             field = str(getattr(exc, "field", dotted))
             message = str(exc).removeprefix(f"{field}: ")
             errors.append((field, message))
+    return errors
+
+
+# The wire API's typed OthelloConfig fields -> the engine's config keys (as the service maps them).
+_OTHELLO_TYPED = {
+    "search_depth": "search_depth",
+    "epsilon": "epsilon_start",
+    "epsilon_final": "epsilon_end",
+    "td_lambda": "lambda",
+    "learning_rate": "learning_rate",
+    "threads": "threads",
+}
+
+
+def validate_othello(section: dict[str, Any]) -> list[tuple[str, str]]:
+    """Validate an othello config section with the engine's own checks, field by field.
+
+    Keys are the service's typed fields (``search_depth``, ``epsilon``, ...),
+    ``frame_interval``, or engine fields. Returns ``(field, message)`` pairs; empty
+    when valid or when the engine is not installed here (the service checks again).
+    """
+    try:
+        engine = importlib.import_module("trainsvc_engine")
+    except ImportError:
+        return []
+    import tempfile
+
+    errors: list[tuple[str, str]] = []
+    for key, value in section.items():
+        if key == "frame_interval":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                errors.append((key, f"must be an integer >= 1, got {value!r}"))
+            continue
+        if key == "seed":
+            errors.append((key, "is set from the top-level seed"))
+            continue
+        name = _OTHELLO_TYPED.get(key, key)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                engine.TrainingManager(tmp, **{name: value})
+            except (TypeError, ValueError, getattr(engine, "ConfigError", ValueError)) as exc:
+                message = str(exc)
+                message = message.split(": ", 1)[1] if message.startswith(f"{name}: ") else message
+                errors.append((key, message))
     return errors
