@@ -187,3 +187,25 @@ def test_streams_opened_together_keep_to_their_rate_cap(
         # Sends are at least an interval apart; the client's own receive times may bunch up
         # a little behind a busy machine, so allow a margin on the median only.
         assert sorted(gaps)[len(gaps) // 2] >= 0.8 / rate, gaps
+
+
+def test_a_slow_frame_stream_ends_when_its_run_ends(
+    shared_service: Any, tiny: dict[str, Any], wait_for: Any
+) -> None:
+    # Issue 24, item 12: at max_rate_hz 0.01 the stream slept out its 100 s interval
+    # after the first frame and outlived StopRun until the client's deadline.
+    with shared_service.client() as c:
+        run = c.create_run("emergence", step_budget=1_000_000, config=tiny)
+        wait_for(c, run.name, lambda r: r.step >= 1, what="training")
+        stream = c.stream_frames(run.name, max_rate_hz=0.01, timeout=60)
+        frames = [next(iter(stream))]
+
+        def stop_soon() -> None:
+            time.sleep(0.5)
+            c.stop_run(run.name)
+
+        stopper = threading.Thread(target=stop_soon)
+        stopper.start()
+        frames.extend(stream)  # ends normally; DEADLINE_EXCEEDED (an error) without the fix
+        stopper.join()
+    assert len(frames) == 1

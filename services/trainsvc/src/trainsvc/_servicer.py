@@ -315,9 +315,14 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
             if not self.m.is_active(run_id):
                 sub.close()
             while True:
-                wait = next_send - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                # Sleep out the interval in slices of at most a second, so that a slow
+                # stream (max_rate_hz 0.01: 100 s) still ends within a second of its run.
+                while (wait := next_send - loop.time()) > 0:
+                    await asyncio.sleep(min(wait, WATCHDOG_INTERVAL_S))
+                    if wait > WATCHDOG_INTERVAL_S and (
+                        sub.closed or context.done() or not self.m.is_active(run_id)
+                    ):
+                        return
                 frame = sub.take()
                 while frame is None:
                     if sub.closed or context.done() or not self.m.is_active(run_id):
