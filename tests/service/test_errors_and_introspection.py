@@ -204,3 +204,21 @@ def test_hostile_values_are_invalid_argument_with_a_short_reply(
         c._unary(getattr(c._stub, method), request_, 30)
     assert info.value.field == field
     assert len(info.value.details) < 2500
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        (pb.CheckpointPolicy(keep_every=10), "run.checkpoint_policy.keep_every"),
+        (pb.CheckpointPolicy(compress=True), "run.checkpoint_policy.compress"),
+    ],
+)
+def test_emergence_refuses_a_checkpoint_policy_it_would_ignore(
+    shared_service: Any, policy: pb.CheckpointPolicy, field: str
+) -> None:
+    # Issue 24, item 14: compress and keep_every were echoed back but not applied.
+    run = pb.Run(kind=pb.Run.EMERGENCE, step_budget=10, checkpoint_policy=policy)
+    with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
+        c._unary(c._stub.CreateRun, pb.CreateRunRequest(run=run), 10)
+    assert info.value.field == field
+    assert "not supported by emergence runs" in info.value.details

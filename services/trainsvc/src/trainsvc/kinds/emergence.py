@@ -66,6 +66,15 @@ class EmergenceKind:
             overrides[dotted] = value
             field_of[dotted] = request_field
         policy = spec.policy
+        if policy.keep_every or policy.compress:
+            # The trainer's checkpoint manager keeps the newest keep_last files,
+            # uncompressed: refuse rather than echo a policy that is not applied.
+            name = "keep_every" if policy.keep_every else "compress"
+            raise InvalidArgumentError(
+                f"run.checkpoint_policy.{name}",
+                "is not supported by emergence runs (they keep the newest keep_last "
+                "checkpoints, uncompressed)",
+            )
         overrides.update(
             {
                 "train.seed": spec.seed,
