@@ -96,3 +96,44 @@ def test_tls(start_service: Any, tmp_path: Path) -> None:
             raise AssertionError(svc.log())
     with connect(svc.address) as plain, pytest.raises(Exception):  # noqa: B017
         plain.list_runs_page(timeout=3)
+
+
+def test_metrics_beyond_loopback_need_a_token_or_insecure(tmp_path: Path) -> None:
+    # Issue 24, item 15: --metrics-listen 0.0.0.0 needed no token.
+    cmd = [
+        sys.executable,
+        "-c",
+        "from trainsvc import main; main()",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--metrics-listen",
+        "0.0.0.0:0",
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert out.returncode == 1
+    assert "--metrics-listen" in out.stderr and "--insecure" in out.stderr
+
+
+def test_metrics_need_the_token_when_one_is_configured(start_service: Any, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    svc = start_service(
+        extra=["--token-file", str(token_file), "--metrics-listen", "127.0.0.1:0"], token=TOKEN
+    )
+    url = f"http://127.0.0.1:{svc.metrics_port()}/metrics"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+        assert info.value.code == 401
+        info.value.close()
+    good = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(good, timeout=10) as reply:
+        assert b"trainsvc_runs" in reply.read()

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import hmac
+import socket
+import socketserver
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -85,3 +98,44 @@ class Metrics:
     def watch_states(self, counts: Callable[[], dict[State, int]]) -> None:
         """Export `trainsvc_runs{state=...}` from `counts()` at each scrape."""
         self.registry.register(_RunsByState(counts))
+
+
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry, token: str | None
+) -> tuple[Any, threading.Thread]:
+    """Serve ``registry`` at ``http://host:port/metrics`` on a daemon thread.
+
+    With ``token``, every request needs ``Authorization: Bearer <token>`` (compared in
+    constant time), like the gRPC port; others get 401.
+
+    Returns:
+        The HTTP server (``server_port``, ``shutdown()``) and its thread.
+    """
+    if token is None:
+        server, thread = start_http_server(port, host, registry=registry)
+        return server, thread
+    app = make_wsgi_app(registry)
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        got = str(environ.get("HTTP_AUTHORIZATION", "")).encode("latin-1", "replace")
+        if not hmac.compare_digest(got, expected):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="trainsvc"')],
+            )
+            return [b"missing or wrong bearer token\n"]
+        return app(environ, start_response)
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No access log on stderr."""
+
+    httpd = make_server(host, port, guarded, Server, handler_class=QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc import _convert as conv
@@ -27,7 +26,7 @@ from trainsvc._auth import TokenAuthInterceptor
 from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_this_process
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
-from trainsvc._metrics import Metrics
+from trainsvc._metrics import Metrics, start_metrics_server
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._servicer import TrainServicer, add_to_server
@@ -95,6 +94,14 @@ class TrainsvcServer:
                 f"--listen {options.listen} is beyond loopback: give a token (--token-file or "
                 "TRAINSVC_TOKEN) or pass --insecure explicitly"
             )
+        if options.metrics_listen:
+            mhost, _ = split_host_port(options.metrics_listen)
+            if options.token is None and not is_loopback(mhost) and not options.insecure:
+                raise ConfigurationError(
+                    f"--metrics-listen {options.metrics_listen} is beyond loopback: give a token "
+                    "(--token-file or TRAINSVC_TOKEN; scrapers then send it as a bearer token) "
+                    "or pass --insecure explicitly"
+                )
         if (options.tls_cert is None) != (options.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         self.options = options
@@ -189,8 +196,8 @@ class TrainsvcServer:
         if opts.metrics_listen:
             mhost, mport = split_host_port(opts.metrics_listen)
             try:
-                self._metrics_http, _thread = start_http_server(
-                    mport, mhost, registry=self.metrics.registry
+                self._metrics_http, _thread = start_metrics_server(
+                    mhost, mport, self.metrics.registry, opts.token
                 )
                 self.metrics_port = self._metrics_http.server_port
             except OSError as exc:
