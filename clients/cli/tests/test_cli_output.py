@@ -63,3 +63,68 @@ def test_connection_options_work_before_the_command(
     )
     assert result.exit_code == 0, result.output
     assert seen[-1][0] == "h:1"
+
+
+class _FakeClient:
+    """The calls `runs retry` makes, recorded."""
+
+    def __init__(self, run: pb.Run, checkpoints: list[pb.Checkpoint]) -> None:
+        self.run, self.checkpoints = run, checkpoints
+        self.created: dict[str, Any] = {}
+
+    def __enter__(self) -> _FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def get_run(self, name: str) -> pb.Run:
+        return self.run
+
+    def list_checkpoints(self, name: str) -> list[pb.Checkpoint]:
+        return self.checkpoints
+
+    def create_run(self, kind: Any, **kwargs: Any) -> pb.Run:
+        self.created = {"kind": kind, **kwargs}
+        return pb.Run(name="runs/retried", kind=kind, state=pb.Run.PENDING)
+
+
+def test_runs_retry_starts_a_new_run_from_the_newest_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed = _run(NAME)
+    failed.seed = 7
+    failed.emergence.num_agents = 12
+    failed.checkpoint_policy.interval_steps = 500
+    failed.max_restarts = 5
+    ckpts = [
+        pb.Checkpoint(name=f"{NAME}/checkpoints/step_{n}", step=n) for n in (1000, 123000, 120000)
+    ]
+    fake = _FakeClient(failed, ckpts)
+    monkeypatch.setattr(_cli, "_client", lambda *a: fake)
+    result = CliRunner().invoke(_cli.app, ["runs", "retry", NAME, "--id", "again"])
+    assert result.exit_code == 0, result.output
+    got = fake.created
+    assert got["resume_from"] == f"{NAME}/checkpoints/step_123000"
+    assert (got["kind"], got["step_budget"], got["seed"], got["run_id"]) == (
+        pb.Run.EMERGENCE,
+        1000000,
+        7,
+        "again",
+    )
+    assert got["config"].num_agents == 12
+    assert got["checkpoint_policy"].interval_steps == 500 and got["max_restarts"] == 5
+    assert "step 123000" in " ".join(result.output.split())
+
+
+def test_runs_retry_refuses_a_running_run_or_one_without_checkpoints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running = _run(NAME)
+    running.state = pb.Run.RUNNING
+    monkeypatch.setattr(_cli, "_client", lambda *a: _FakeClient(running, []))
+    result = CliRunner().invoke(_cli.app, ["runs", "retry", NAME])
+    assert result.exit_code == 1 and "retry is for FAILED" in result.output
+    monkeypatch.setattr(_cli, "_client", lambda *a: _FakeClient(_run(NAME), []))
+    result = CliRunner().invoke(_cli.app, ["runs", "retry", NAME])
+    assert result.exit_code == 1 and "no checkpoint to retry from" in result.output

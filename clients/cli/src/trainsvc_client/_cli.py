@@ -395,6 +395,58 @@ def runs_resume(
     _show_run(got, as_json)
 
 
+@runs_app.command("retry")
+def runs_retry(
+    run: RunArg,
+    new_id: Annotated[
+        str, typer.Option("--id", help="Id of the new run (default: generated).")
+    ] = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retry a FAILED (or STOPPED) run from its newest checkpoint, as a new run.
+
+    The new run has the same kind, config, seed, step budget and checkpoint
+    policy, and starts from the old run's newest checkpoint (the old run stays
+    as it was, for its logs and events).
+    """
+    with _client(server, token, tls, ca_cert) as client:
+        old = _call(client.get_run, run)
+        if old.state not in (pb.Run.FAILED, pb.Run.STOPPED):
+            _fail(
+                f"{old.name} is {_state(old)}; retry is for FAILED or STOPPED runs "
+                "(resume PAUSED or INTERRUPTED ones with `runs resume`)"
+            )
+        checkpoints = _call(client.list_checkpoints, old.name)
+        if not checkpoints:
+            _fail(f"{old.name} has no checkpoint to retry from; create a new run instead")
+        newest = max(checkpoints, key=lambda c: (c.step, c.create_time.ToNanoseconds()))
+        which = old.WhichOneof("config")
+        config = getattr(old, which) if which else None
+        label = old.display_name or old.name.removeprefix("runs/")
+        new = _call(
+            client.create_run,
+            old.kind,
+            step_budget=old.step_budget,
+            seed=old.seed,
+            config=config,
+            checkpoint_policy=old.checkpoint_policy,
+            max_restarts=old.max_restarts if old.HasField("max_restarts") else None,
+            display_name=f"{label} (retry)",
+            run_id=new_id,
+            resume_from=newest.name,
+        )
+    if as_json:
+        _print_json({**_to_dict(new), "retry_of": old.name, "resumed_from": newest.name})
+        return
+    out.print(f"retrying {old.name} from {newest.name} (step {newest.step}) as {new.name}")
+    out.print(_runs_table([new]))
+    out.print(f"watch it: trainsvc-cli runs watch {new.name}")
+
+
 @runs_app.command("stop")
 def runs_stop(
     run: RunArg,
