@@ -204,3 +204,44 @@ def test_env_option_needs_key_equals_value() -> None:
     assert parse_env(["A=1", "B="]) == {"A": "1", "B": ""}
     with pytest.raises(ValueError, match="--env: expected KEY=VALUE"):
         parse_env(["1X=2"])
+
+
+def test_a_completed_run_says_so_and_exits_0_every_time(
+    tmp_path: Path, tmux_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = pytest.importorskip("trainsvc_checkpoint")
+    run_dir = tmp_path / "data" / "runs" / "done-run" / "checkpoints"
+    run_dir.mkdir(parents=True)
+    ckpt.save(run_dir / "step_100000.safetensors", {"w": np.arange(4, dtype=np.float32)})
+    for _ in range(3):  # three re-runs: no false crash loop
+        code = main(_args(tmp_path, _config(tmp_path, "done-run"), _free_port(), tmux_socket))
+        assert code == 0
+        assert "run done-run is already COMPLETED: step 100000 of 100000" in (
+            capsys.readouterr().out
+        )
+    assert not _session_alive(tmux_socket, "trainsvc-done-run")
+    assert not (run_dir / METADATA_FILE).exists()  # never recorded as a resume
+
+
+def test_watch_reports_a_crash_loop_with_its_reason_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from trainsvc_launchers import _launch
+    from trainsvc_launchers._config import LaunchConfig
+    from trainsvc_launchers._output import ExitCode, Reporter
+    from trainsvc_launchers._service import CliResult
+
+    reason = "crash loop: the worker died 3 times at step 40 (exit code -9, SIGKILL)"
+    data = {"state": "FAILED", "step": 40, "state_message": reason}
+    monkeypatch.setattr(_launch, "cli", lambda *a, **k: CliResult(0, data, ""))
+    log = tmp_path / "training.log"
+    log.write_text("starting\n", encoding="utf-8")
+    args = argparse.Namespace(port=1, watch_steps=100, watch_timeout=30.0, command="local")
+    cfg = LaunchConfig(run_id="looping")
+    code = _launch._watch(args, Reporter(), "TRAINING-LOCAL", cfg, log, None, "", 0, None)
+    assert code is ExitCode.CRASH_LOOP
+    out = capsys.readouterr().out
+    assert reason in out
+    assert "runs retry looping" in out

@@ -240,6 +240,17 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
             return ExitCode.OK
     data_dir: Path = args.data_dir.resolve()
     latest = find_latest_checkpoint(data_dir, cfg.run_id)
+    if latest is not None and latest.step >= cfg.step_budget:
+        # the run is done: not a resume (three re-runs would look like a crash loop)
+        out.success(
+            setup,
+            f"run {cfg.run_id} is already COMPLETED: step {latest.step} of {cfg.step_budget} "
+            f"({latest.path.name}); nothing to do. To train more, raise step_budget, or set "
+            "another run_id for a new run",
+            step=latest.step,
+            completed=True,
+        )
+        return ExitCode.OK
     if latest is not None:
         try:
             meta = record_resume(latest.path.parent, latest.path.name, latest.step)
@@ -304,19 +315,37 @@ def _watch(
     while time.monotonic() < deadline:
         fatal = _FATAL.search(log.read_text(encoding="utf-8", errors="replace"))
         alive = tmux.has(session) if tmux is not None else _pid_alive(pid)
-        state, step = "UNKNOWN", 0
+        state, step, message = "UNKNOWN", 0, ""
         if not fatal:
             got = cli(server, "runs", "get", cfg.run_id, timeout=60)
             if got.ok:
                 state, step = run_state(got.data)
+                if isinstance(got.data, dict):
+                    message = str(got.data.get("state_message", "") or "")
                 if first is None and step > start_step and state == "RUNNING":
                     first = (time.monotonic(), step)
+        if state == "FAILED" and "crash loop" in message:
+            out.error(
+                section,
+                f"run {cfg.run_id} FAILED at step {step}: {message}; log: {log}",
+                reason=message,
+                step=step,
+                log=str(log),
+            )
+            out.info(
+                section,
+                f"after fixing the cause, retry from its newest checkpoint: trainsvc-cli --server {server} "
+                f"runs retry {cfg.run_id}",
+            )
+            if tmux is not None:
+                tmux.kill(session)
+            return ExitCode.CRASH_LOOP
         failed = state == "FAILED" or (not alive and state not in ("COMPLETED", "STOPPED"))
         if fatal or failed:
             why = (
                 fatal.group(0)
                 if fatal
-                else f"run is {state}"
+                else f"run is {state}" + (f": {message}" if message else "")
                 if state == "FAILED"
                 else "the session exited"
             )

@@ -193,8 +193,16 @@ def _start_run(
         out.success(section, f"resumed run {cfg.run_id} from step {step}")
         return None
     if state in _TERMINAL:
-        out.info(section, f"run {cfg.run_id} is already {state} at step {step}")
-        return ExitCode.OK if state != "FAILED" else ExitCode.ERROR
+        message = str(got.data.get("state_message", "")) if isinstance(got.data, dict) else ""
+        if state != "FAILED":
+            out.info(section, f"run {cfg.run_id} is already {state} at step {step}")
+            return ExitCode.OK
+        out.error(section, f"run {cfg.run_id} is FAILED at step {step}: {message}")
+        out.info(
+            section,
+            f"retry it from its newest checkpoint: trainsvc-cli --server {server} runs retry {cfg.run_id}",
+        )
+        return ExitCode.CRASH_LOOP if "crash loop" in message else ExitCode.ERROR
     out.info(section, f"run {cfg.run_id} is {state} at step {step}")
     return None
 
@@ -238,6 +246,10 @@ def _drive(
     if state == "FAILED":
         message = final.data.get("state_message", "") if isinstance(final.data, dict) else ""
         out.error(section, f"run {cfg.run_id} FAILED at step {step}: {message}")
+        out.info(
+            section,
+            f"retry it from its newest checkpoint: trainsvc-cli --server {server} runs retry {cfg.run_id}",
+        )
         return ExitCode.CRASH_LOOP if "crash loop" in str(message) else ExitCode.ERROR
     out.success(section, f"run {cfg.run_id} is {state} at step {step}")
     return ExitCode.OK
