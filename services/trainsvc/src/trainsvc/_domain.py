@@ -100,6 +100,10 @@ class UnavailableError(ServiceError):
     """The service is shutting down, or a worker did not answer."""
 
 
+class RegistryUnwritableError(UnavailableError):
+    """The registry cannot write (the disk is full, or it failed); nothing was changed."""
+
+
 class DeadlineExceededError(ServiceError):
     """The worker did not finish the request before the call's deadline."""
 

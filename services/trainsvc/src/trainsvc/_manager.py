@@ -31,6 +31,7 @@ from trainsvc._domain import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    RegistryUnwritableError,
     RunRecord,
     RunSpec,
     State,
@@ -51,6 +52,16 @@ CRASH_LOOP_CRASHES = 3
 PROGRESS_PERSIST_S = 1.0
 """How often a run's step and metrics are written to the registry while it trains."""
 DEFAULT_WAIT_S = 120.0
+DISK_RETRY_S = 1.0
+"""How often a state change the registry could not write (disk full) is retried."""
+
+
+def _disk_full_reason(fatal: str) -> str:
+    """The worker's fatal error when it is a full disk (ENOSPC, SQLite's "disk is full")."""
+    lowered = fatal.lower()
+    if "no space left on device" in lowered or "errno 28" in lowered or "disk is full" in lowered:
+        return fatal
+    return ""
 
 
 class _RunController:
@@ -141,7 +152,10 @@ class _RunController:
                 log.exception("handling a worker message failed", extra={"run": self.run_id})
         process.join()
         conn.close()
-        self._exited(process.exitcode)
+        try:
+            self._exited(process.exitcode)
+        except RegistryUnwritableError as exc:  # the disk under the registry is full
+            self._pause_for_disk(str(exc))
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -236,7 +250,38 @@ class _RunController:
         if expected or state.terminal or self.m.shutting_down:
             self.m.controller_done(self.run_id, self)
             return
+        disk = _disk_full_reason(self.last_fatal) or self.m.registry.write_error
+        if disk:  # a restart would fail the same way until space returns: not a crash
+            self._pause_for_disk(disk)
+            return
         self._crashed(exitcode)
+
+    def _pause_for_disk(self, reason: str) -> None:
+        """The worker died for want of disk space: record the run PAUSED with the reason.
+
+        The worker is gone, so ResumeRun starts a new one from the newest checkpoint (once
+        space returns). The registry may be on the same full disk: the change is retried
+        until it commits, unless something else changed the run meanwhile.
+        """
+        self.last_fatal = ""
+        self.m.controller_done(self.run_id, self)
+        message = (
+            f"paused: the disk is full ({reason[:300]}); free space, then ResumeRun "
+            "continues from the newest checkpoint"
+        )
+        log.error(message, extra={"run": self.run_id})
+        while not self.m.shutting_down:
+            try:
+                if self.m.registry.get_run(self.run_id).state not in (
+                    State.PENDING,
+                    State.RUNNING,
+                ):
+                    return  # stopped (or otherwise ended) by a client meanwhile
+                with self.lock:
+                    self._set_state(State.PAUSED, message)
+                return
+            except RegistryUnwritableError:
+                time.sleep(DISK_RETRY_S)
 
     def _crashed(self, exitcode: int | None) -> None:
         reason = self.last_fatal or f"exit code {exitcode}"
@@ -630,6 +675,9 @@ class RunManager:
                 proc.join(DEFAULT_WAIT_S)
         fallback = False
         if restore is None:
+            # Files saved while the index could not be written (a SIGKILL, a full disk)
+            # are indexed first, so the run continues from its newest checkpoint.
+            self.reconcile_checkpoints(run_id, verify_all=False)
             restore = self.latest_checkpoint_path(run_id)
             fallback = restore is not None
         if restore is None and record.spec.resume_from:

@@ -8,6 +8,7 @@ service at any instant loses no acknowledged run, event or checkpoint.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -25,6 +26,7 @@ from trainsvc._domain import (
     Event,
     EventType,
     NotFoundError,
+    RegistryUnwritableError,
     RunRecord,
     RunSpec,
     State,
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS events (
     step INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, sequence);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL,
     checkpoint_id TEXT NOT NULL,
@@ -72,6 +75,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (run_id, checkpoint_id)
 );
 """
+
+
+def _is_write_failure(exc: sqlite3.OperationalError) -> bool:
+    """A failure of the disk under the database (full, I/O error, read-only), not of a query."""
+    text = str(exc).lower()
+    return any(
+        what in text for what in ("full", "disk i/o", "readonly", "read-only", "unable to open")
+    )
 
 
 def _spec_to_json(spec: RunSpec) -> str:
@@ -91,6 +102,7 @@ class Registry:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
+        self._write_error: str | None = None
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -125,17 +137,50 @@ class Registry:
         with self._rlock:
             return self._rconn.execute(sql, args).fetchall()
 
+    @property
+    def write_error(self) -> str | None:
+        """Why the last write failed (the disk is full...), or None once writes work again."""
+        return self._write_error
+
+    def probe_write(self) -> bool:
+        """Try a tiny write (to learn whether writes work again); True when it committed."""
+        try:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO write_probe VALUES (1, ?)", (time.time(),))
+        except RegistryUnwritableError:
+            return False
+        return True
+
     @contextmanager
     def _tx(self, run_id: str | None = None) -> Iterator[sqlite3.Connection]:
-        """One transaction; after it commits, re-read run `run_id`'s row into the cache."""
+        """One transaction; after it commits, re-read run `run_id`'s row into the cache.
+
+        Raises:
+            RegistryUnwritableError: SQLite could not write (a full disk, an I/O error);
+                the transaction was rolled back and ``write_error`` says why.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    if self._conn.in_transaction:  # SQLite may have rolled back already
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                if not _is_write_failure(exc):
+                    raise
+                self._write_error = str(exc)
+                raise RegistryUnwritableError(
+                    f"the registry cannot write ({exc}); nothing was changed"
+                ) from None
+            self._write_error = None
             if run_id is not None:
                 row = self._conn.execute(
                     f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)

@@ -41,6 +41,8 @@ class ConfigurationError(Exception):
 
 
 DEFAULT_WORKER_NICE = 5
+REGISTRY_WATCH_S = 1.0
+"""How often health checks that the registry can write."""
 """Run workers this much nicer than the service: when training saturates the CPUs, the
 service (control RPCs, health checks, frame fan-out) is scheduled first."""
 
@@ -109,6 +111,7 @@ class TrainsvcServer:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
+        self._registry_watch: asyncio.Task[None] | None = None
         self._servicer: TrainServicer | None = None
         self._metrics_http: Any = None
 
@@ -193,6 +196,7 @@ class TrainsvcServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._registry_watch = asyncio.get_running_loop().create_task(self._watch_registry())
         if opts.metrics_listen:
             mhost, mport = split_host_port(opts.metrics_listen)
             try:
@@ -215,6 +219,36 @@ class TrainsvcServer:
                 "input_dirs": self.manager.input_roots.describe(),
             },
         )
+
+    async def _watch_registry(self) -> None:
+        """Health is NOT_SERVING while the registry cannot write (say, the disk is full).
+
+        Checked once a second; while writes fail, a tiny probe write finds out when they
+        work again, and health goes back to SERVING.
+        """
+        serving = True
+        while True:
+            await asyncio.sleep(REGISTRY_WATCH_S)
+            ok = self.registry.write_error is None or await asyncio.to_thread(
+                self.registry.probe_write
+            )
+            if ok == serving:
+                continue
+            serving = ok
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, status)
+            if ok:
+                log.warning("the registry writes again: health SERVING")
+            else:
+                log.error(
+                    "the registry cannot write: health NOT_SERVING",
+                    extra={"reason": self.registry.write_error},
+                )
 
     def _pin_away_from_workers(self) -> None:
         """With --worker-cpus, move the service's threads to the CPUs the workers do not use.
@@ -251,6 +285,8 @@ class TrainsvcServer:
     async def stop(self) -> None:
         """Graceful stop: refuse new work, checkpoint active runs, close streams, exit."""
         log.info("shutting down: checkpointing active runs")
+        if self._registry_watch is not None:
+            self._registry_watch.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await asyncio.to_thread(self.manager.shutdown, self.options.shutdown_timeout)
