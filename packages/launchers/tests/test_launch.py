@@ -245,3 +245,42 @@ def test_watch_reports_a_crash_loop_with_its_reason_and_exits_2(
     out = capsys.readouterr().out
     assert reason in out
     assert "runs retry looping" in out
+
+
+def test_watch_records_the_step_the_service_actually_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The newest file says step 12000; the service restored 11500 (a SIGKILL left 12000
+    unindexed or unusable): the launcher reports and records 11500."""
+    import argparse
+
+    from trainsvc_launchers import _launch
+    from trainsvc_launchers._config import LaunchConfig
+    from trainsvc_launchers._crashloop import record_resume
+    from trainsvc_launchers._output import ExitCode, Reporter
+    from trainsvc_launchers._service import CliResult
+
+    record_resume(tmp_path, "step_12000.safetensors", 12000)
+    answers = iter(
+        [
+            {"state": "PENDING", "step": 0, "state_message": "resuming from x"},
+            {"state": "RUNNING", "step": 11510, "state_message": "worker started at step 11500"},
+            {"state": "RUNNING", "step": 11700, "state_message": "worker started at step 11500"},
+        ]
+    )
+    monkeypatch.setattr(_launch, "cli", lambda *a, **k: CliResult(0, next(answers), ""))
+    monkeypatch.setattr(_launch.time, "sleep", lambda s: None)
+    log = tmp_path / "training.log"
+    log.write_text("", encoding="utf-8")
+    args = argparse.Namespace(port=1, watch_steps=100, watch_timeout=60.0, command="local")
+    cfg = LaunchConfig(run_id="killed", step_budget=100000)
+    code = _launch._watch(
+        args, Reporter(json_mode=True), "TRAINING-LOCAL", cfg, log, None, "", 12000, None,
+        resume_dir=tmp_path,
+    )  # fmt: skip
+    assert code is ExitCode.OK
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    notice = next(ln for ln in lines if ln["section"] == "RESUME-LOCAL")
+    assert notice["step"] == 11500 and notice["expected_step"] == 12000
+    meta = json.loads((tmp_path / METADATA_FILE).read_text(encoding="utf-8"))
+    assert meta["last_step"] == 11500 and meta["resume_count"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainsvc_launchers._files import read_json, write_json_atomic
 
-__all__ = ["METADATA_FILE", "CrashLoopError", "ResumeMetadata", "record_resume"]
+__all__ = ["METADATA_FILE", "CrashLoopError", "ResumeMetadata", "correct_resume", "record_resume"]
 
 METADATA_FILE = "resume_metadata.json"
 DEFAULT_MAX_SAME_STEP = 3
@@ -91,4 +91,21 @@ def record_resume(
     write_json_atomic(directory / METADATA_FILE, asdict(meta))
     if count >= max_same_step:
         raise CrashLoopError(meta)
+    return meta
+
+
+def correct_resume(
+    directory: Path, step: int, checkpoint: str | None = None
+) -> ResumeMetadata | None:
+    """Record that the resume just recorded actually restored ``step`` (the service may
+    fall back to an older checkpoint than the newest file on disk, e.g. one that the
+    registry had not indexed before a SIGKILL). The resume count is kept; returns the
+    metadata now on disk, ``None`` when there was none."""
+    meta = ResumeMetadata.load(directory)
+    if meta is None:
+        return None
+    if meta.last_step != step:
+        meta.last_step = step
+        meta.last_checkpoint = checkpoint
+        write_json_atomic(directory / METADATA_FILE, asdict(meta))
     return meta

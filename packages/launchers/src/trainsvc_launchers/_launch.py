@@ -19,7 +19,7 @@ from pathlib import Path
 from trainsvc_launchers import _platform
 from trainsvc_launchers._background import spawn_detached
 from trainsvc_launchers._config import LaunchConfig
-from trainsvc_launchers._crashloop import CrashLoopError, record_resume
+from trainsvc_launchers._crashloop import CrashLoopError, correct_resume, record_resume
 from trainsvc_launchers._envexec import wrap
 from trainsvc_launchers._files import write_json_atomic
 from trainsvc_launchers._output import ExitCode, Reporter
@@ -34,6 +34,7 @@ _FATAL = re.compile(
     r"Traceback \(most recent call last\)|❌ ERROR|^(?:[\w.-]+: )?error:|\bFATAL\b", re.MULTILINE
 )
 _STEP = re.compile(r"step_(\d+)\.safetensors")
+_STARTED = re.compile(r"worker started at step (\d+)")
 M4_MAX_ENVS = 4
 M4_MAX_INTERVAL = 200
 
@@ -258,8 +259,12 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
             out.error(setup, str(exc))
             return ExitCode.CRASH_LOOP
         out.info(
-            setup,
+            f"RESUME-{target.upper()}",
             f"resuming {cfg.run_id} from {latest.path.name} (step {latest.step}, resume #{meta.resume_count})",
+            run_id=cfg.run_id,
+            step=latest.step,
+            checkpoint=str(latest.path),
+            resume_count=meta.resume_count,
         )
     launch_cfg = data_dir / "launch" / f"{cfg.run_id}.launch.json"
     write_json_atomic(launch_cfg, cfg.to_dict())
@@ -290,7 +295,18 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
             setup,
             f"started trainsvc and run {cfg.run_id} in the background (pid {pid}); log: {log}",
         )
-    code = _watch(args, out, training, cfg, log, tmux, session, latest.step if latest else 0, pid)
+    code = _watch(
+        args,
+        out,
+        training,
+        cfg,
+        log,
+        tmux,
+        session,
+        latest.step if latest else 0,
+        pid,
+        resume_dir=latest.path.parent if latest else None,
+    )
     if code is ExitCode.OK:
         _hints(out, training, cfg, args.port, tmux, session, log)
     return code
@@ -306,10 +322,16 @@ def _watch(
     session: str,
     start_step: int,
     pid: int | None = None,
+    resume_dir: Path | None = None,
 ) -> ExitCode:
-    """Follow the first ``--watch-steps`` steps; fail fast on an error in the log or a dead session."""
+    """Follow the first ``--watch-steps`` steps; fail fast on an error in the log or a dead session.
+
+    On a resume (``resume_dir``: where it was recorded), the step the service actually
+    restored is reported and recorded when it differs from the newest file's.
+    """
     server = f"127.0.0.1:{args.port}"
     goal = min(start_step + args.watch_steps, cfg.step_budget)
+    restored_seen = resume_dir is None
     deadline = time.monotonic() + args.watch_timeout
     first: tuple[float, int] | None = None
     while time.monotonic() < deadline:
@@ -324,6 +346,22 @@ def _watch(
                     message = str(got.data.get("state_message", "") or "")
                 if first is None and step > start_step and state == "RUNNING":
                     first = (time.monotonic(), step)
+        started = _STARTED.search(message)
+        if not restored_seen and started and state == "RUNNING" and resume_dir is not None:
+            restored_seen = True
+            restored = int(started.group(1))
+            if restored != start_step:
+                correct_resume(resume_dir, restored)
+                out.warning(
+                    f"RESUME-{args.command.upper()}",
+                    f"the service restored run {cfg.run_id} at step {restored}, not {start_step} "
+                    "(the newest checkpoint file was not usable or not indexed); recorded "
+                    f"step {restored}",
+                    run_id=cfg.run_id,
+                    step=restored,
+                    expected_step=start_step,
+                )
+                goal = min(restored + args.watch_steps, cfg.step_budget)
         if state == "FAILED" and "crash loop" in message:
             out.error(
                 section,
