@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
@@ -222,3 +223,28 @@ def test_emergence_refuses_a_checkpoint_policy_it_would_ignore(
         c._unary(c._stub.CreateRun, pb.CreateRunRequest(run=run), 10)
     assert info.value.field == field
     assert "not supported by emergence runs" in info.value.details
+
+
+@pytest.mark.parametrize(
+    "key", ["train.compile_cache_dir", "log.metrics_file", "log.wandb_dir", "env.some_path"]
+)
+def test_path_overrides_are_refused(shared_service: Any, tmp_path: Any, key: str) -> None:
+    # Issue 24, item 3: train.compile_cache_dir = "DIR/../DIR/deep" outside the data
+    # dir was accepted and JAX wrote its cache there.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = f"{outside}/../{outside.name}/deep"
+    with shared_service.client() as c, pytest.raises(InvalidArgumentError) as info:
+        c._unary(c._stub.CreateRun, _override(key, json.dumps(target)), 10)
+    assert info.value.field == f"run.emergence.overrides[{key}]"
+    assert "is a path" in info.value.details
+    assert list(outside.iterdir()) == []
+
+
+def test_path_keys_are_recognised() -> None:
+    from trainsvc.kinds import is_path_key
+
+    for key in ("train.compile_cache_dir", "log.metrics_file", "model.dir", "a.b_path", "x.DIR"):
+        assert is_path_key(key), key
+    for key in ("train.learning_rate", "log.frame_dtype", "env.width", "policy.hidden"):
+        assert not is_path_key(key), key

@@ -145,6 +145,19 @@ class TrainerKind(Protocol):
         """Build the trainer from a resolved config (in the worker process)."""
 
 
+_PATH_SUFFIXES = ("dir", "file", "path", "_dir", "_file", "_path", "_dirs", "_files", "_paths")
+
+
+def is_path_key(dotted: str) -> bool:
+    """Whether a dotted config key names a file or directory (``train.compile_cache_dir``).
+
+    The service never takes such a value from a client's overrides: files a run
+    writes go inside its own directory, and files it reads come through typed,
+    confined fields.
+    """
+    return dotted.rsplit(".", 1)[-1].lower().endswith(_PATH_SUFFIXES)
+
+
 def checkpoint_files_in(directory: Path) -> list[Path]:
     """The checkpoint files in a run's checkpoint directory (not temporaries), sorted by name."""
     if not directory.is_dir():

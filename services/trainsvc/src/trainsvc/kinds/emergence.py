@@ -16,6 +16,7 @@ from trainsvc.kinds import (
     FrameSink,
     InputRoots,
     checkpoint_files_in,
+    is_path_key,
 )
 
 # Typed fields of the wire API's EmergenceConfig -> the trainer's dotted config keys.
@@ -62,6 +63,12 @@ class EmergenceKind:
                 if dotted in _SERVICE_KEYS:
                     raise InvalidArgumentError(
                         request_field, f"is set by the service from {_SERVICE_KEYS[dotted]}"
+                    )
+                if is_path_key(dotted):
+                    raise InvalidArgumentError(
+                        request_field,
+                        "is a path, which a client cannot set: a run writes only inside "
+                        "its own directory",
                     )
             overrides[dotted] = value
             field_of[dotted] = request_field

@@ -26,6 +26,7 @@ from trainsvc.kinds import (
     LMFrame,
     RunInputError,
     checkpoint_files_in,
+    is_path_key,
 )
 
 # Typed fields of the wire API's LoraConfig -> the trainer's dotted config keys.
@@ -97,6 +98,12 @@ def _trainer_overrides(spec: RunSpec, inputs: InputRoots) -> tuple[dict[str, Any
                     request_field,
                     f"is a path: set run.lora.{by_dotted[dotted]} (confined to the service's "
                     "input directories)",
+                )
+            if is_path_key(dotted):
+                raise InvalidArgumentError(
+                    request_field,
+                    "is a path, which a client cannot set: a run writes only inside its own "
+                    "directory and reads files only through run.lora's typed fields",
                 )
         overrides[dotted] = value
         field_of[dotted] = request_field

@@ -21,8 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainsvc._domain import InvalidArgumentError, RunSpec
-from trainsvc.kinds import FrameData, FrameSink, InputRoots, OthelloFrame, checkpoint_files_in
+from trainsvc._domain import InvalidArgumentError, RunSpec, echo
+from trainsvc.kinds import (
+    FrameData,
+    FrameSink,
+    InputRoots,
+    OthelloFrame,
+    checkpoint_files_in,
+    is_path_key,
+)
 
 # Typed fields of the wire API's OthelloConfig -> engine config keys.
 TYPED_FIELDS: dict[str, str] = {
@@ -56,7 +63,7 @@ class OthelloKind:
             if key == "frame_interval":
                 if not isinstance(value, int) or value < 1:
                     raise InvalidArgumentError(
-                        "run.othello.frame_interval", f"must be >= 1, got {value!r}"
+                        "run.othello.frame_interval", f"must be >= 1, got {echo(value)}"
                     )
                 frame_interval = value
                 continue
@@ -68,6 +75,12 @@ class OthelloKind:
                     raise InvalidArgumentError(
                         f"run.othello.overrides[{key}]",
                         f"is set by the service from {_SERVICE_KEYS[key]}",
+                    )
+                if is_path_key(key):
+                    raise InvalidArgumentError(
+                        f"run.othello.overrides[{key}]",
+                        "is a path, which a client cannot set: a run writes only inside "
+                        "its own directory",
                     )
                 engine[key] = value
                 field_of[key] = f"run.othello.overrides[{key}]"
