@@ -41,6 +41,8 @@ class FakeKaggle:
     username: str = "tester"
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     push_error: str | None = None
+    saved_as: dict[str, str] = field(default_factory=dict)
+    """Requested kernel slug -> the slug Kaggle saves it under (its `ref`)."""
     quota_used_s: int = 3600
     quota_total_s: int = 30 * 3600
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -63,8 +65,8 @@ class FakeKaggle:
             self.pushed.append(body)
             if self.push_error:
                 return 200, {"error": self.push_error}
-            slug = body["slug"]
-            version = sum(1 for p in self.pushed if p["slug"] == slug)
+            slug = self.saved_as.get(body["slug"], body["slug"])
+            version = sum(1 for p in self.pushed if p["slug"] == body["slug"])
             return 200, {
                 "ref": f"/code/{slug}",
                 "url": f"http://localhost/code/{slug}",

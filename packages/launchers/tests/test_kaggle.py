@@ -459,3 +459,30 @@ def test_evidence_from_a_json_array_log_is_the_matching_line() -> None:
         "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory "
         "while trying to allocate 17179869184 bytes."
     )
+
+
+def test_a_cancelled_session_says_so(
+    fake_kaggle: FakeKaggle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    fake_kaggle.sessions["trainsvc-demo-s1"] = FakeSession(statuses=["CANCEL_ACKNOWLEDGED"])
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 0
+    assert _kaggle("monitor", "--interval", "0", cfg=cfg, state_dir=sd) == 1
+    out = capsys.readouterr().out
+    assert "None" not in out
+    assert "failed (cancelled): the session was cancelled on Kaggle (CANCEL_ACKNOWLEDGED)" in out
+    assert _state(sd)["error"]["kind"] == "cancelled"
+
+
+def test_the_kernel_kaggle_saved_is_the_one_followed(
+    fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    cfg, sd = _config(tmp_path), tmp_path / "state"
+    fake_kaggle.saved_as["tester/trainsvc-demo-s1"] = "tester/trainsvc-demo-s1-renamed"
+    fake_kaggle.sessions["trainsvc-demo-s1-renamed"] = FakeSession(
+        statuses=["COMPLETE"], files={"status.json": _status_json(1000, True)}
+    )
+    assert _kaggle("submit", cfg=cfg, state_dir=sd) == 0
+    assert _state(sd)["kernel_id"] == "tester/trainsvc-demo-s1-renamed"
+    assert _kaggle("monitor", "--interval", "0", cfg=cfg, state_dir=sd) == 0
+    assert _state(sd)["steps_done"] == 1000

@@ -22,6 +22,12 @@ class ErrorClass:
 # an out-of-memory error inside a pip install is still out of memory.
 _RULES: tuple[tuple[str, str, str], ...] = (
     (
+        "cancelled",
+        r"the session was cancelled on Kaggle",
+        "it was stopped on Kaggle (by you or Kaggle); `trainsvc-launch kaggle submit --resubmit` "
+        "runs it again",
+    ),
+    (
         "out_of_memory",
         r"out of memory|RESOURCE_EXHAUSTED|CUDA_ERROR_OUT_OF_MEMORY|OutOfMemoryError|\bOOM\b|"
         r"Your notebook tried to allocate more memory|MemoryError",

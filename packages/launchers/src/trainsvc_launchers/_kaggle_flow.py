@@ -245,6 +245,11 @@ class KaggleFlow:
             state.save(self.state_dir)
             return ExitCode.ERROR
         history = state.history if state is not None else []
+        # the kernel Kaggle says it saved (its ref, "/code/owner/slug") is the one to poll
+        ref = pushed.ref.strip("/").removeprefix("code/")
+        if ref.count("/") == 1 and ref != kid:
+            self.out.warning(SECTION, f"Kaggle saved the kernel as {ref} (asked for {kid})")
+            kid = ref
         new = KaggleState(
             run_id=self.cfg.run_id,
             kernel_id=kid,
@@ -279,6 +284,8 @@ class KaggleFlow:
         elif status == "COMPLETE":
             self._finish(state, failure)
         elif status in _FAILED:
+            if status.startswith("CANCEL") and not failure:
+                failure = f"the session was cancelled on Kaggle ({status})"
             self._fail(state, failure)
         else:
             self.out.warning(SECTION, f"unknown Kaggle status {status!r}; still waiting")
@@ -352,11 +359,8 @@ class KaggleFlow:
                 "kind": cls.kind,
             }
         )
-        self.out.error(
-            SECTION,
-            f"{state.kernel_id} failed ({cls.kind}): {cls.evidence or failure}",
-            kind=cls.kind,
-        )
+        reason = cls.evidence or failure or "Kaggle gave no reason and the log is empty"
+        self.out.error(SECTION, f"{state.kernel_id} failed ({cls.kind}): {reason}", kind=cls.kind)
         self.out.info(SECTION, f"next step: {cls.next_step}", next_action=state.next_action)
 
     def chain(self, state: KaggleState) -> ExitCode:
