@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,49 @@ def test_wrong_login_token_is_refused(service: Service, logs_dir: Path) -> None:
         asyncio.run(_auth(guarded))
     finally:
         _stop(guarded.proc)
+
+
+async def _rebinding(bridge: BridgeProc) -> None:
+    # Issue 24, item 4: a page on evil.example rebound to 127.0.0.1 sent
+    # "Host: evil.example:PORT" with a matching Origin, and its `stop` reached the
+    # service. The Host must name the bridge.
+    port = int(bridge.url.rsplit(":", 1)[1].strip("/"))
+
+    def via(name: str) -> Any:
+        """Connect to the bridge's socket with ``name`` in the URL, so in Host and Origin."""
+        return connect(
+            f"ws://{name}:{port}/ws",
+            host="127.0.0.1",
+            port=port,
+            origin=f"http://{name}:{port}",  # type: ignore[arg-type]
+        )
+
+    with pytest.raises(InvalidStatus) as err:
+        await via("evil.example")
+    assert err.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as err:  # two Host headers
+        await connect(bridge.ws_url, additional_headers={"Host": f"127.0.0.1:{port}"})
+    assert err.value.response.status_code == 403
+    for name in ("localhost", "127.0.0.1", "app.localhost"):
+        async with via(name) as ws:
+            assert (await _text(ws, "hello"))["protocol"] == 1
+
+
+def test_a_foreign_host_header_is_refused(bridge: BridgeProc) -> None:
+    asyncio.run(_rebinding(bridge))
+    request = urllib.request.Request(bridge.url + "api/stats", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 403
+    err.value.close()
+
+
+def test_host_allowed_rules() -> None:
+    from trainsvc_dashboard._server import host_allowed
+
+    names = frozenset({"dash.lan"})
+    for header in ("127.0.0.1:5173", "[::1]:5173", "localhost", "a.localhost:1", "dash.lan:80"):
+        assert host_allowed(header, "127.0.0.1", names), header
+    assert host_allowed("box.example:5173", "box.example", frozenset())
+    for header in ("", "evil.example:5173", "127.0.0.1.evil.example", "localhost.evil:1"):
+        assert not host_allowed(header, "127.0.0.1", names), header

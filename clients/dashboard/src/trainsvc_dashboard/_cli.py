@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TRAINSVC_DASHBOARD_TOKEN"),
         help="token browsers must give (env TRAINSVC_DASHBOARD_TOKEN); required beyond loopback",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name browsers may use to reach the page (repeatable); IP addresses, "
+        "localhost and the --listen host always work, any other Host header gets 403 "
+        "(a DNS-rebinding guard)",
+    )
     p.add_argument("--json", action="store_true", help="print the page's address as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true", help="log connection details")
     return p
@@ -119,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         server_name=args.server_name,
     )
     try:
-        bridge = Bridge(service, host=host, port=port, login_token=args.login_token)
+        bridge = Bridge(
+            service,
+            host=host,
+            port=port,
+            login_token=args.login_token,
+            allowed_hosts=tuple(args.allowed_host),
+        )
         asyncio.run(_serve(bridge, args.json))
     except LoginRequiredError as exc:
         print(f"error: {exc}", file=sys.stderr)

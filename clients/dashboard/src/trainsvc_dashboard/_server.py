@@ -51,6 +51,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_allowed(header: str, listen_host: str, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` header names this bridge (a DNS-rebinding guard).
+
+    A page on ``evil.example`` whose name later resolves to 127.0.0.1 reaches a
+    loopback bridge with ``Host: evil.example:PORT`` (and a matching Origin), so the
+    Host itself is checked, as development servers do. Allowed: IP literals (a
+    rebinding needs a name), ``localhost`` and ``*.localhost``, the address the
+    bridge listens on, and the names given with ``--allowed-host``.
+    """
+    hostname = urlsplit(f"//{header}").hostname if header else None
+    if not hostname:
+        return False
+    hostname = hostname.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        pass
+    return (
+        hostname == "localhost"
+        or hostname.endswith(".localhost")
+        or hostname == listen_host.lower()
+        or hostname in names
+    )
+
+
 class LoginRequiredError(ValueError):
     """The bridge would listen beyond loopback without a login token."""
 
@@ -86,6 +112,8 @@ class Bridge:
         login_token: the token browsers must present; required when `host`
             is not a loopback address.
         static_dir: the built page to serve (default: the packaged one).
+        allowed_hosts: host names (besides IP literals, ``localhost`` and ``host``) that
+            requests may carry in their ``Host`` header; others get 403.
 
     Raises:
         LoginRequiredError: `host` is not loopback and `login_token` is empty.
@@ -99,6 +127,7 @@ class Bridge:
         port: int = DEFAULT_PORT,
         login_token: str | None = None,
         static_dir: Path = STATIC_DIR,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         if not is_loopback(host) and not login_token:
             raise LoginRequiredError(
@@ -108,6 +137,7 @@ class Bridge:
         self.host = host
         self.port = port
         self.login_token = login_token or None
+        self.allowed_hosts = frozenset(h.rstrip(".").lower() for h in allowed_hosts)
         self.static_dir = static_dir.resolve()
         self.hub: Hub | None = None
         self._server: Server | None = None
@@ -179,6 +209,13 @@ class Bridge:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        hosts = request.headers.get_all("Host")
+        host = hosts[0] if len(hosts) == 1 else ""  # none, or two: refused
+        if not host_allowed(host, self.host, self.allowed_hosts):
+            return _text_response(
+                http.HTTPStatus.FORBIDDEN,
+                f"Host {host[:100]!r} is not this dashboard's; add it with --allowed-host\n",
+            )
         if path == "/ws":
             if not self._authorized(request):
                 return _text_response(
