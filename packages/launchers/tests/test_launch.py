@@ -284,3 +284,59 @@ def test_watch_records_the_step_the_service_actually_restored(
     assert notice["step"] == 11500 and notice["expected_step"] == 12000
     meta = json.loads((tmp_path / METADATA_FILE).read_text(encoding="utf-8"))
     assert meta["last_step"] == 11500 and meta["resume_count"] == 1
+
+
+def test_status_logs_and_stop_of_a_launch(
+    tmp_path: Path, tmux_socket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recorded launch whose tmux session stands in for the supervisor: it writes the
+    supervisor's last line when the session is closed."""
+    from trainsvc_launchers._lifecycle import record_launch
+
+    cfg = _config(tmp_path, "life-run")
+    data = tmp_path / "data"
+    log = tmp_path / "logs" / "training_20260101_000000.log"
+    log.parent.mkdir()
+    log.write_text("".join(f"line {i}\n" for i in range(100)), encoding="utf-8")
+    script = f"trap 'echo trainsvc exited with code 0 >> {log}; exit 0' HUP TERM; while :; do sleep 0.2; done"
+    subprocess.run(
+        ["tmux", "-L", tmux_socket, "new-session", "-d", "-s", "trainsvc-life-run", script],
+        check=True,
+    )
+    record_launch(
+        data.resolve(), "life-run", target="local", port=_free_port(), log=str(log),
+        session="trainsvc-life-run", tmux_socket=tmux_socket,
+    )  # fmt: skip
+    base = ["--config", str(cfg), "--data-dir", str(data)]
+    assert main(["status", *base, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (status["launch"], status["target"], status["log"]) == ("running", "local", str(log))
+
+    assert main(["logs", *base, "--lines", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["line 97", "line 98", "line 99"]
+
+    assert main(["stop", *base]) == 0
+    assert "stopped; the run is checkpointed" in capsys.readouterr().out
+    assert not _session_alive(tmux_socket, "trainsvc-life-run")
+    assert main(["status", *base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["launch"] == "stopped"
+
+
+def test_autostart_writes_a_systemd_user_unit_or_a_cron_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # no systemctl: the unit is written, not enabled
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, "boot-run")
+    assert main(["autostart", "--config", str(cfg), "--target", "h100"]) == 0
+    unit = tmp_path / "xdg" / "systemd" / "user" / "trainsvc-boot-run.service"
+    text = unit.read_text(encoding="utf-8")
+    assert f"-m trainsvc_launchers h100 --config {cfg.resolve()}" in text
+    assert "WantedBy=default.target" in text and f"WorkingDirectory={tmp_path}" in text
+    assert "--cron" in capsys.readouterr().out
+    assert main(["autostart", "--config", str(cfg), "--cron"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"@reboot cd {tmp_path} && ") and "trainsvc_launchers h100" in line
+    assert main(["autostart", "--config", str(cfg), "--disable"]) == 0
+    assert not unit.exists()

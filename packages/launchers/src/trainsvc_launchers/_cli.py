@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--foreground", action="store_true", help="stay attached until the run ends"
             )
 
+    from trainsvc_launchers._lifecycle import add_parsers
+
+    add_parsers(sub, _common)
+
     kg = sub.add_parser("kaggle", help="submit, monitor and chain Kaggle sessions")
     ksub = kg.add_subparsers(dest="kaggle_command", required=True)
     for name, help_text in (
@@ -340,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK if ok else ExitCode.ERROR)
     if args.command == "kaggle":
         return int(_kaggle(args, out))
+    if args.command in ("status", "logs", "stop", "autostart"):
+        from trainsvc_launchers._lifecycle import lifecycle
+
+        return int(lifecycle(args, out))
     from trainsvc_launchers._launch import launch
 
     return int(launch(args, out))

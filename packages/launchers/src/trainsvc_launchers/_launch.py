@@ -22,6 +22,7 @@ from trainsvc_launchers._config import LaunchConfig
 from trainsvc_launchers._crashloop import CrashLoopError, correct_resume, record_resume
 from trainsvc_launchers._envexec import wrap
 from trainsvc_launchers._files import write_json_atomic
+from trainsvc_launchers._lifecycle import record_launch
 from trainsvc_launchers._output import ExitCode, Reporter
 from trainsvc_launchers._preflight import run_preflight
 from trainsvc_launchers._service import cli
@@ -276,21 +277,31 @@ def launch(args: argparse.Namespace, out: Reporter) -> ExitCode:
         "--data-dir", str(data_dir), "--port", str(args.port), "--section", training, "--log", str(log),
     ]  # fmt: skip
     pid: int | None = None
+    launch_state = {
+        "target": target,
+        "port": args.port,
+        "log": str(log),
+        "session": session or None,
+        "tmux_socket": getattr(args, "tmux_socket", None),
+    }
     if tmux is not None:
         env_dir = data_dir / "launch"
         tmux.start(session, [sys.executable, *argv], {**os.environ, **extra_env}, env_dir)
+        record_launch(data_dir, cfg.run_id, **launch_state)
         out.success(
             setup, f"tmux session {session!r} started; log: {log}", session=session, log=str(log)
         )
     elif args.foreground:
         from trainsvc_launchers._supervisor import main as supervise_main
 
+        record_launch(data_dir, cfg.run_id, **launch_state, pid=os.getpid())
         out.info(setup, f"running in the foreground; log: {log}")
         return ExitCode(supervise_main(argv[2:]))
     else:
         pid = spawn_detached(
             argv[2:], log.with_suffix(".console"), module="trainsvc_launchers._supervisor"
         )
+        record_launch(data_dir, cfg.run_id, **launch_state, pid=pid)
         out.success(
             setup,
             f"started trainsvc and run {cfg.run_id} in the background (pid {pid}); log: {log}",
