@@ -73,8 +73,9 @@ async def _fan_out(bridge: BridgeProc) -> None:
     rss_before = _rss_kib(bridge.pid)
     start = time.monotonic()
 
-    # Flood: every bad message earns an error reply the stuck client never reads,
-    # until its socket is full and the bridge starts dropping its oldest messages.
+    # Flood: past its message budget (issue 24, item 13) the bridge drops the stuck
+    # client's messages; within it, each bad message earns an error reply the stuck
+    # client never reads. Either way the flood costs the bridge little.
     flood = json.dumps({"type": "rate", "hz": 1e9})
     sent = 0
     while sent < 400_000:
@@ -82,10 +83,12 @@ async def _fan_out(bridge: BridgeProc) -> None:
             await stuck.send(flood)
         sent += 2000
         stats = await asyncio.to_thread(_stats, bridge)
-        if any(c["dropped"] > 0 for c in stats["clients"]):
+        if any(c["dropped"] > 0 or c["messages_dropped"] > 0 for c in stats["clients"]):
             break
     stats = await asyncio.to_thread(_stats, bridge)
-    assert any(c["dropped"] > 0 for c in stats["clients"]), "the stuck client never backed up"
+    assert any(c["dropped"] > 0 or c["messages_dropped"] > 0 for c in stats["clients"]), (
+        "the flood was neither limited nor backed up"
+    )
     assert all(c["outbox"] <= OUTBOX_LIMIT for c in stats["clients"]), stats
 
     # While it stays stuck, every other client keeps getting new frames.
@@ -226,3 +229,35 @@ def test_host_allowed_rules() -> None:
     assert host_allowed("box.example:5173", "box.example", frozenset())
     for header in ("", "evil.example:5173", "127.0.0.1.evil.example", "localhost.evil:1"):
         assert not host_allowed(header, "127.0.0.1", names), header
+
+
+async def _hostile_messages(bridge: BridgeProc, live_run: str) -> None:
+    # Issue 24, item 13: 2,000 selects opened 2,003 upstream feeds; a 30k-deep JSON
+    # message closed the connection without an error; `req: NaN` got no reply.
+    async with connect(bridge.ws_url, max_size=None) as ws:
+        await _text(ws, "hello")
+        await ws.send('{"type":"select","run":' + "[" * 30_000 + "]" * 30_000 + "}")
+        assert "nested deeper" in (await _text(ws, "error"))["message"]
+        await ws.send('{"type":"pause","run":"runs/x","req":NaN}')
+        assert "not JSON" in (await _text(ws, "error"))["message"]
+        await ws.send('{"type":"pause","run":"runs/x","req":[1]}')
+        reply = await _text(ws, "reply")
+        assert reply["ok"] is False and reply["req"] is None and "req:" in reply["error"]["message"]
+        await ws.send(json.dumps({"type": "select", "run": "runs/no-such-run"}))
+        assert "no such run" in (await _text(ws, "error"))["message"]
+        feeds_before = len((await asyncio.to_thread(_stats, bridge))["feeds"])
+        for i in range(2000):
+            run = live_run if i % 2 else f"runs/made-up-{i}"
+            await ws.send(json.dumps({"type": "select", "run": run}))
+        notice = await _text(ws, "error")
+        while not notice["message"].startswith("rate:"):
+            notice = await _text(ws, "error")
+        stats = await asyncio.to_thread(_stats, bridge)
+        assert len(stats["feeds"]) <= max(feeds_before, 1) + 1, stats["feeds"]
+        await asyncio.sleep(2.5)  # the budget refills: the client is served again
+        await ws.send(json.dumps({"type": "select", "run": live_run}))
+        assert (await _text(ws, "selected"))["run"] == live_run
+
+
+def test_hostile_messages_get_an_error_and_open_no_feeds(bridge: BridgeProc, live_run: str) -> None:
+    asyncio.run(_hostile_messages(bridge, live_run))

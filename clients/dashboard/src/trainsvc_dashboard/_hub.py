@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+import grpc
 from grpc import aio
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
@@ -45,6 +46,15 @@ SAMPLES_KEPT = 20
 FEED_LINGER_S = 30.0
 """How long a feed nobody watches keeps streaming (cheap re-selection)."""
 CONTROL_TIMEOUT_S = 60.0
+
+MESSAGE_RATE_HZ = 20.0
+"""Messages a client may send per second, on average (a token bucket)..."""
+MESSAGE_BURST = 40
+"""...and at once. Beyond that, messages are dropped with one error reply a second."""
+MAX_MESSAGE_DEPTH = 16
+"""Nesting of arrays and objects in a client's message."""
+MAX_REQ_CHARS = 100
+MAX_RUN_CHARS = 200
 
 CONTROLS = ("create", "pause", "resume", "stop", "checkpoint")
 MESSAGE_TYPES = ("select", "rate", *CONTROLS)
@@ -81,6 +91,45 @@ async def _wait_event(event: asyncio.Event, timeout: float | None) -> None:
         _raise_if_cancelled()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether arrays/objects in a JSON text nest deeper than ``limit`` (a scan, no parse)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def _valid_req(req: Any) -> bool:
+    """A control message's ``req`` (echoed in the reply): null, a short string or an integer."""
+    if req is None:
+        return True
+    if isinstance(req, str):
+        return len(req) <= MAX_REQ_CHARS
+    return isinstance(req, int) and not isinstance(req, bool) and abs(req) < 2**53
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -106,6 +155,32 @@ class Client:
         self.dropped_total = 0
         self.frames_sent = 0
         self.wake = asyncio.Event()
+        self.tokens = float(MESSAGE_BURST)
+        self.tokens_at = 0.0
+        self.limited_notice_at = -1.0
+        self.messages_dropped = 0
+
+    def allow_message(self, now: float) -> bool:
+        """Take one token of the client's message budget; False when it is spent."""
+        if self.tokens_at:
+            self.tokens = min(
+                float(MESSAGE_BURST), self.tokens + (now - self.tokens_at) * MESSAGE_RATE_HZ
+            )
+        self.tokens_at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.messages_dropped += 1
+        if now - self.limited_notice_at >= 1.0:
+            self.limited_notice_at = now
+            self.push(
+                {
+                    "type": "error",
+                    "message": f"rate: more than {MESSAGE_RATE_HZ:g} messages a second "
+                    f"(burst {MESSAGE_BURST}); messages dropped",
+                }
+            )
+        return False
 
     def push(self, msg: dict[str, Any]) -> None:
         """Queue a JSON text message (dropping the oldest past `OUTBOX_LIMIT`)."""
@@ -225,6 +300,8 @@ class RunFeed:
                 await asyncio.sleep(1.0)
             except aio.AioRpcError as err:
                 _raise_if_cancelled()
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    return  # no such run (deleted meanwhile): nothing to stream, ever
                 if is_unavailable(err):
                     self.hub.service_down(err)
                 await asyncio.sleep(backoff)
@@ -464,11 +541,25 @@ class Hub:
     # ------------------------------------------------------------ messages
 
     async def handle(self, client: Client, text: str) -> None:
-        """Act on one JSON text message from a client."""
+        """Act on one JSON text message from a client.
+
+        Every message gets its effect or an error reply, within the client's
+        message budget (``MESSAGE_RATE_HZ``): a flood is dropped, not served.
+        """
+        if not client.allow_message(asyncio.get_running_loop().time()):
+            return
+        if _nesting_exceeds(text, MAX_MESSAGE_DEPTH):
+            client.push(
+                {
+                    "type": "error",
+                    "message": f"message: nested deeper than {MAX_MESSAGE_DEPTH} arrays/objects",
+                }
+            )
+            return
         try:
-            msg = json.loads(text)
-        except ValueError:
-            client.push({"type": "error", "message": "message: not JSON"})
+            msg = _DECODER.decode(text)
+        except (ValueError, RecursionError) as exc:
+            client.push({"type": "error", "message": f"message: not JSON ({str(exc)[:80]})"})
             return
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind not in MESSAGE_TYPES:
@@ -481,13 +572,19 @@ class Hub:
             return
         if kind == "select":
             run = msg.get("run")
-            if run is not None and (not isinstance(run, str) or not run.strip()):
+            if run is not None and (
+                not isinstance(run, str) or not run.strip() or len(run) > MAX_RUN_CHARS
+            ):
                 client.push({"type": "error", "message": "run: a run name or null expected"})
                 return
             if run is None:
                 self.attach(client, self.active, auto=True)
-            else:
-                self.attach(client, run_name(run.strip()), auto=False)
+                return
+            name = run_name(run.strip())
+            if not await self._run_exists(name):
+                client.push({"type": "error", "message": f"run: no such run {_short(name)}"})
+                return
+            self.attach(client, name, auto=False)
         elif kind == "rate":
             hz = msg.get("hz")
             if (
@@ -505,7 +602,41 @@ class Hub:
             client.rate_hz = float(hz)
             client.wake.set()
         else:
+            if not _valid_req(msg.get("req")):
+                client.push(
+                    {
+                        "type": "reply",
+                        "req": None,
+                        "ok": False,
+                        "error": {
+                            "code": "INVALID_ARGUMENT",
+                            "message": f"req: null, a string of at most {MAX_REQ_CHARS} "
+                            "characters or an integer expected",
+                        },
+                    }
+                )
+                return
             self._spawn(self._control(client, kind, msg))
+
+    async def _run_exists(self, name: str) -> bool:
+        """Whether the service has run ``name`` (known from polling, else asked once).
+
+        Feeds are made only for runs that exist, so a flood of selects of made-up
+        names cannot open one upstream stream each.
+        """
+        if name in self.feeds or any(r.name == name for r in self.runs):
+            return True
+        try:
+            await self.link.stub.GetRun(
+                pb.GetRunRequest(name=name), metadata=self.link.metadata, timeout=5.0
+            )
+        except aio.AioRpcError as err:
+            _raise_if_cancelled()
+            return err.code() not in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        return True
 
     async def _control(self, client: Client, kind: str, msg: dict[str, Any]) -> None:
         req = msg.get("req")
@@ -569,6 +700,7 @@ class Hub:
                     "run": c.feed.run if c.feed else None,
                     "outbox": len(c.outbox),
                     "dropped": c.dropped_total,
+                    "messages_dropped": c.messages_dropped,
                     "frames_sent": c.frames_sent,
                 }
                 for c in self.clients
