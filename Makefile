@@ -49,9 +49,9 @@ bench: bootstrap ## Run the benchmarks (tables of ratios against baselines)
 	$(UV) sync --locked --all-packages --group bench
 	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
 
-fuzz: ## Fuzz the checkpoint reader for FUZZ_SECONDS (default 60) and print a table of outcomes
+fuzz: ## Fuzz the checkpoint reader and the request validators, FUZZ_SECONDS (default 60) each; print tables
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(UV) run --no-sync pytest packages/checkpoint/tests/test_fuzz.py \
-	  -q -s -p no:cacheprovider -k for_a_while
+	  services/trainsvc/tests/test_fuzz_validators.py -q -s -p no:cacheprovider -k for_a_while
 
 lint: ## ruff lint and format check
 	$(UV) run --no-sync ruff check .
