@@ -42,6 +42,8 @@ class FakeKaggle:
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     push_error: str | None = None
     saved_as: dict[str, str] = field(default_factory=dict)
+    datasets: set[str] = field(default_factory=set)
+    """Datasets that exist (owner/slug)."""
     """Requested kernel slug -> the slug Kaggle saves it under (its `ref`)."""
     quota_used_s: int = 3600
     quota_total_s: int = 30 * 3600
@@ -99,11 +101,20 @@ class FakeKaggle:
                 "quotaRefreshTime": "2026-11-28T00:00:00.000Z",
             }
         if method == "GetDatasetStatus":
+            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            if ref in self.datasets:
+                return 200, {"status": "ready"}
             return 404, {"code": 404, "message": "dataset not found"}
+        if method == "CreateDatasetVersion":
+            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": "dataset not found"}
+            return 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "ok"}
         if method == "StartBlobUpload":
             token = f"blob-{len(self.uploads)}"
             return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
         if method == "CreateDataset":
+            self.datasets.add(f"{body['ownerSlug']}/{body['slug']}")
             return 200, {
                 "ref": f"{body['ownerSlug']}/{body['slug']}",
                 "url": f"http://localhost/datasets/{body['slug']}",

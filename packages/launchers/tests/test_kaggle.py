@@ -486,3 +486,21 @@ def test_the_kernel_kaggle_saved_is_the_one_followed(
     assert _state(sd)["kernel_id"] == "tester/trainsvc-demo-s1-renamed"
     assert _kaggle("monitor", "--interval", "0", cfg=cfg, state_dir=sd) == 0
     assert _state(sd)["steps_done"] == 1000
+
+
+def test_datasets_adds_a_version_to_an_existing_dataset(
+    fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "trainsvc-0.1.0-py3-none-any.whl").write_bytes(b"PK-first")
+    args = ["kaggle", "datasets", "--wheels-dir", str(wheels), "--dataset", "tester/trainsvc-whl"]
+    assert main(args) == 0
+    (wheels / "trainsvc-0.1.0-py3-none-any.whl").unlink()
+    (wheels / "trainsvc-0.2.0-py3-none-any.whl").write_bytes(b"PK-second")
+    assert main(args) == 0
+    names = [name for name, _ in fake_kaggle.calls]
+    assert names.count("CreateDataset") == 1 and names.count("CreateDatasetVersion") == 1
+    version = next(body for name, body in fake_kaggle.calls if name == "CreateDatasetVersion")
+    assert version["datasetSlug"] == "trainsvc-whl"
+    assert b"PK-second" in fake_kaggle.uploads.values()

@@ -316,14 +316,20 @@ def _datasets(args: argparse.Namespace, out: Reporter, creds: object) -> ExitCod
             json.dumps(meta, ensure_ascii=True), encoding="utf-8"
         )
         try:
-            url = KaggleService(creds).create_dataset(folder)
+            service = KaggleService(creds)
+            exists = service.dataset_exists(args.dataset)
+            url = service.create_dataset(
+                folder, new_version=exists, notes=f"{len(wheels)} wheels from trainsvc-launch"
+            )
         except KaggleError as exc:
             out.error("KAGGLE-DATASETS", str(exc))
             return ExitCode.ERROR
+    what = "a new version of" if exists else "new dataset"
     out.success(
         "KAGGLE-DATASETS",
-        f"uploaded {len(wheels)} wheels to {args.dataset}: {url}",
+        f"uploaded {len(wheels)} wheels to {what} {args.dataset}: {url}",
         wheels=[w.name for w in wheels],
+        new_version=exists,
     )
     out.info("KAGGLE-DATASETS", f'set kaggle.wheels_dataset = "{args.dataset}" to install offline')
     return ExitCode.OK

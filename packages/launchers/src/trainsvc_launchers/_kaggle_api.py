@@ -196,13 +196,34 @@ class KaggleService:
             refresh_time=refresh.isoformat() if refresh else None,
         )
 
-    def create_dataset(self, folder: Path, public: bool = False) -> str:
-        """Create a dataset from ``folder`` (with its ``dataset-metadata.json``) and return its URL."""
+    def dataset_exists(self, ref: str) -> bool:
+        """Whether the dataset ``owner/slug`` exists (Kaggle answers its status)."""
         try:
             with _quiet():
-                resp = self._api.dataset_create_new(
-                    str(folder), public=public, quiet=True, dir_mode="zip"
-                )
+                self._api.dataset_status(ref)
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return False
+            raise self._error(f"status of dataset {ref} failed: {exc}") from exc
+        except (requests.RequestException, ValueError) as exc:
+            raise self._error(f"status of dataset {ref} failed: {exc}") from exc
+        return True
+
+    def create_dataset(
+        self, folder: Path, public: bool = False, new_version: bool = False, notes: str = ""
+    ) -> str:
+        """Create a dataset from ``folder`` (with its ``dataset-metadata.json``), or with
+        ``new_version`` add a version to the existing one; return its URL."""
+        try:
+            with _quiet():
+                if new_version:
+                    resp = self._api.dataset_create_version(
+                        str(folder), version_notes=notes or "new files", quiet=True, dir_mode="zip"
+                    )
+                else:
+                    resp = self._api.dataset_create_new(
+                        str(folder), public=public, quiet=True, dir_mode="zip"
+                    )
         except (requests.RequestException, ValueError) as exc:
             raise self._error(f"dataset upload failed: {exc}") from exc
         if resp.error:
