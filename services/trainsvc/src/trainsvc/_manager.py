@@ -248,6 +248,11 @@ class _RunController:
             with contextlib.suppress(KeyError):
                 gauge.remove(self.run_id)
         if expected or state.terminal or self.m.shutting_down:
+            # A command that ended the worker (StopRun) records the run's state after the
+            # worker's reply: let it finish first, so that frame streams (which end with
+            # the controller) end after the final state, not just before it.
+            if self.command_lock.acquire(timeout=DEFAULT_WAIT_S):
+                self.command_lock.release()
             self.m.controller_done(self.run_id, self)
             return
         disk = _disk_full_reason(self.last_fatal) or self.m.registry.write_error
