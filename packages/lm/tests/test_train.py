@@ -265,3 +265,31 @@ def test_a_run_over_the_memory_budget_stops_before_loading_weights(
         LoRATrainer(make_config(tiny_model("llama"), data, tmp_path / "run"))
     assert info.value.field == "data.batch_size"
     assert "cpu budget" in str(info.value)
+
+
+def test_a_checkpoint_of_another_rank_is_refused_by_name(
+    tiny_model: Callable[[str], Path], data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # The header's config is compared before the state's shapes are matched.
+    model = tiny_model("llama")
+    first = LoRATrainer(make_config(model, data, tmp_path / "r", **{"train.steps": 1}))
+    saved = first.save_checkpoint()
+    first.close()
+    other = LoRATrainer(
+        make_config(model, data, tmp_path / "r", **{"lora.rank": 16, "lora.alpha": 32})
+    )
+    for source in ("latest", saved):
+        with pytest.raises(ConfigError) as err:
+            other.restore(source)
+        assert err.value.field == "lora.rank"
+        assert other.step_count == 0
+    # Training many run() chunks keeps the sinks open (the service calls run() in chunks).
+    lines = io.StringIO()
+    chunked = LoRATrainer(
+        make_config(model, data, tmp_path / "c", **{"log.log_interval": 1}),
+        sinks=[ConsoleLines(6, lines)],
+    )
+    assert chunked.run(2) == 2 and chunked.run(2) == 2
+    chunked.close()
+    steps = [line.split()[0] for line in lines.getvalue().splitlines() if line.startswith("step=")]
+    assert steps == [f"step={i}/6" for i in range(1, 5)]

@@ -455,31 +455,28 @@ class LoRATrainer:
         todo = self.remaining_steps if n is None else n
         log = self.config.log
         done = 0
-        try:
-            while done < todo:
-                if should_stop is not None and should_stop():
-                    break
-                metrics = self.step()
-                done += 1
-                step = self._step
-                final = step == self.config.train.steps
-                if _due(step, log.eval_interval, final):
-                    val = self.evaluate()
-                    if val is not None:
-                        metrics["val_loss"] = val
-                sample = None
-                if _due(step, log.sample_interval, final):
-                    sample = self.sample()
-                    self.last_sample = sample
-                    self.sinks.message(f"sample step={step} completion={json.dumps(sample[1])}")
-                if _due(step, log.log_interval, final):
-                    self.sinks.log(step, metrics)
-                if _due(step, log.frame_interval, final):
-                    self._publish(metrics, sample)
-                if final or _due(step, log.save_interval, final):
-                    self.save_checkpoint()
-        finally:
-            self.sinks.close()
+        while done < todo:
+            if should_stop is not None and should_stop():
+                break
+            metrics = self.step()
+            done += 1
+            step = self._step
+            final = step == self.config.train.steps
+            if _due(step, log.eval_interval, final):
+                val = self.evaluate()
+                if val is not None:
+                    metrics["val_loss"] = val
+            sample = None
+            if _due(step, log.sample_interval, final):
+                sample = self.sample()
+                self.last_sample = sample
+                self.sinks.message(f"sample step={step} completion={json.dumps(sample[1])}")
+            if _due(step, log.log_interval, final):
+                self.sinks.log(step, metrics)
+            if _due(step, log.frame_interval, final):
+                self._publish(metrics, sample)
+            if final or _due(step, log.save_interval, final):
+                self.save_checkpoint()
         return done
 
     def _publish(self, metrics: Mapping[str, float], sample: tuple[str, str] | None) -> None:
@@ -541,7 +538,11 @@ class LoRATrainer:
                 f"not a LoRA trainer state: format {meta.get('format')!r}, expected {STATE_FORMAT!r}",
             )
         self._check_backend(str(meta.get("backend", "jax")))
-        saved = LMTrainConfig.from_dict(meta["config"])
+        self._check_config(meta["config"])
+
+    def _check_config(self, saved_dict: Mapping[str, Any]) -> None:
+        """Raises ConfigError naming the first trajectory field that differs from ``saved_dict``."""
+        saved = LMTrainConfig.from_dict(saved_dict)
         dotted = self.config.mismatch(saved)
         if dotted is not None:
             raise ConfigError(
@@ -559,15 +560,21 @@ class LoRATrainer:
                 f"resume it with train.backend = {backend!r} (export-peft reads either)",
             )
 
-    def _check_backend_of(self, path: str | Path) -> None:
-        """`_check_backend` from a checkpoint file's header (before its state is matched)."""
+    def _check_header(self, path: str | Path) -> None:
+        """The backend and trajectory checks from a checkpoint file's header metadata.
+
+        Run before the state is matched against this run's, so a checkpoint of another
+        rank or backend is refused by the field that differs, not by a tensor shape.
+        """
         from trainsvc_checkpoint import CheckpointError, read_info
 
         try:
-            backend = read_info(path).metadata.get("backend", "jax")
+            metadata = read_info(path).metadata
         except CheckpointError:
             return  # a corrupt or missing file: restoring reports it (or falls back)
-        self._check_backend(str(backend))
+        self._check_backend(str(metadata.get("backend", "jax")))
+        if isinstance(metadata.get("config"), dict):
+            self._check_config(metadata["config"])
 
     def _restore_meta(self, meta: Mapping[str, Any]) -> None:
         self._step = int(meta["step"])
@@ -644,14 +651,14 @@ class LoRATrainer:
             files = self.checkpoint_manager.checkpoints()
             if not files:
                 return None
-            self._check_backend_of(max(files, key=lambda c: c.step).path)
+            self._check_header(max(files, key=lambda c: c.step).path)
             restored = self.checkpoint_manager.restore_checkpoint(target=template)
             tree, path = restored.tree, Path(restored.path)
         else:
             from trainsvc_checkpoint import load
 
             path = Path(source)
-            self._check_backend_of(path)
+            self._check_header(path)
             tree = load(path, target=template)
         self.load_state_dict(tree)
         return path
