@@ -16,7 +16,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from trainsvc_lm import ModelConfig, ModelLoadError, UnsupportedArchitectureError
 from trainsvc_lm._model import init_params
-from trainsvc_lm._weights import hf_to_params, load_model, params_to_hf, save_model
+from trainsvc_lm._weights import (
+    check_model_dir,
+    hf_to_params,
+    load_model,
+    params_to_hf,
+    save_model,
+)
 
 HF = {
     "architectures": ["Qwen2ForCausalLM"],
@@ -140,10 +146,13 @@ def _index(path: Path) -> dict[str, Any]:
 
 def test_missing_shard_is_named(sharded: Path) -> None:
     victim = sorted(sharded.glob("model-*.safetensors"))[1]
+    assert check_model_dir(sharded).num_hidden_layers > 0
     victim.unlink()
-    with pytest.raises(ModelLoadError, match="missing shard") as err:
-        load_model(sharded)
-    assert err.value.path == str(victim)
+    # check_model_dir reads only headers: the same error as a full load.
+    for reader in (check_model_dir, load_model):
+        with pytest.raises(ModelLoadError, match="missing shard") as err:
+            reader(sharded)
+        assert err.value.path == str(victim)
 
 
 def test_tensor_listed_in_index_but_absent_is_named(sharded: Path) -> None:

@@ -60,7 +60,13 @@ if TYPE_CHECKING:
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
     from trainsvc_lm._train import LMFrame, LoRATrainer, read_checkpoint
-    from trainsvc_lm._weights import hf_to_params, load_model, params_to_hf, save_model
+    from trainsvc_lm._weights import (
+        check_model_dir,
+        hf_to_params,
+        load_model,
+        params_to_hf,
+        save_model,
+    )
 
 # Imported on first use (JAX, numpy, tokenizers, jinja2), so that `import trainsvc_lm`,
 # the CLI's --help and its argument errors stay fast.
@@ -94,6 +100,7 @@ _LAZY = {
     "init_params": "_model",
     "init_tiny": "_tiny",
     "load_chat_data": "_data",
+    "check_model_dir": "_weights",
     "load_model": "_weights",
     "load_peft": "_peft",
     "logits_from_hidden": "_model",
@@ -150,6 +157,7 @@ __all__ = [
     "Tokenizer",
     "UnsupportedArchitectureError",
     "cached_tiny_model",
+    "check_model_dir",
     "corpus_text",
     "data_report",
     "decode_step",

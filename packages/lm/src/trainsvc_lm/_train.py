@@ -30,7 +30,6 @@ import numpy as np
 import optax  # type: ignore[import-untyped]
 
 from trainsvc_lm import _model
-from trainsvc_lm._config import ModelConfig
 from trainsvc_lm._data import (
     BatchLoader,
     DataPosition,
@@ -51,6 +50,7 @@ from trainsvc_lm._loss import token_nll_sum
 from trainsvc_lm._tokenizer import Tokenizer
 from trainsvc_lm._train_config import LMTrainConfig, OptimSection
 from trainsvc_lm._train_log import Sink, Sinks
+from trainsvc_lm._weights import check_model_dir
 
 STATE_FORMAT = "trainsvc-lm-lora/1"
 
@@ -195,7 +195,9 @@ class LoRATrainer:
         self.config = config
         self.sinks = Sinks(sinks or ())
         self.frame_callback = frame_callback
-        self.model_config = ModelConfig.from_file(config.model.dir)
+        # The weights' headers are checked now (a missing shard in milliseconds), not
+        # after the data has been tokenized.
+        self.model_config = check_model_dir(config.model.dir)
         check_targets(config.lora, self.model_config)
         self.tokenizer = Tokenizer.from_dir(config.model.dir)
         data = config.data

@@ -406,21 +406,22 @@ def load_model(
     return read_model(model_dir, dtype=dtype, put=put)
 
 
-def read_model(
-    model_dir: str | Path,
-    *,
-    dtype: Any = None,
-    put: Callable[[np.ndarray, bool], Any] | None = None,
-) -> tuple[ModelConfig, Params]:
-    """Read a Hugging Face model directory tensor by tensor, placing each leaf with ``put``.
+def check_model_dir(model_dir: str | Path) -> ModelConfig:
+    """Checks a model directory without reading any weights; returns its config.
 
-    `load_model` places the leaves on JAX devices; another backend (MLX) passes its
-    own ``put(array, layered)`` so that only one tensor at a time is held twice.
-    Without ``put`` the leaves stay NumPy arrays. Errors as in `load_model`.
+    Reads ``config.json`` and the safetensors headers (every shard of the index),
+    so a missing file or shard, a missing or unexpected tensor, or a wrong shape is
+    found in milliseconds, before a run is created.
+
+    Raises:
+        UnsupportedArchitectureError, ModelLoadError: as `load_model` would.
     """
-    model_dir = Path(model_dir)
+    return _checked_index(Path(model_dir))[0]
+
+
+def _checked_index(model_dir: Path) -> tuple[ModelConfig, dict[str, _TensorInfo]]:
+    """The config and every expected tensor's location, checked against the config."""
     config = ModelConfig.from_file(model_dir)
-    target = np.dtype(dtype) if dtype is not None else _TORCH_DTYPES[config.torch_dtype]
     where = _tensor_index(model_dir)
     slots = _slots(config)
     expected = {s.hf_name for s in slots}
@@ -443,6 +444,24 @@ def read_model(
                 f"tensor {slot.hf_name!r} has shape {list(info.shape)}, "
                 f"config.json implies {list(slot.hf_shape)}",
             )
+    return config, where
+
+
+def read_model(
+    model_dir: str | Path,
+    *,
+    dtype: Any = None,
+    put: Callable[[np.ndarray, bool], Any] | None = None,
+) -> tuple[ModelConfig, Params]:
+    """Read a Hugging Face model directory tensor by tensor, placing each leaf with ``put``.
+
+    `load_model` places the leaves on JAX devices; another backend (MLX) passes its
+    own ``put(array, layered)`` so that only one tensor at a time is held twice.
+    Without ``put`` the leaves stay NumPy arrays. Errors as in `load_model`.
+    """
+    model_dir = Path(model_dir)
+    config, where = _checked_index(model_dir)
+    target = np.dtype(dtype) if dtype is not None else _TORCH_DTYPES[config.torch_dtype]
 
     def fill(slot: _Slot, out: np.ndarray) -> None:
         info = where[slot.hf_name]
