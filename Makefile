@@ -9,7 +9,7 @@ CARGO_MANIFESTS := $(wildcard packages/*/Cargo.toml)
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help bootstrap sync browser run test pytest cargo-test bench fuzz lint fmt typecheck proto
+.PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck proto
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,13 +26,18 @@ run: sync ## Run the main job: the service with a demo emergence run and the liv
 	echo "Live dashboard: http://127.0.0.1:5173/ (open it in a browser)"; \
 	$(UV) run --no-sync trainsvc serve --demo
 
-test: sync browser lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
+test: sync browser postgresql lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
 
 # The browser tests drive Debian's Chromium, never a downloaded browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 browser: ## Install Debian's Chromium for the browser tests when missing (or say what to run)
 	@.ci/ensure-chromium
+
+# trainsvc-trajectories' tests start a throwaway PostgreSQL server from Debian's binaries
+# (they skip without them, so a box that cannot install them still runs the rest).
+postgresql: ## Install Debian's PostgreSQL server for the trajectory-store tests when missing
+	@.ci/ensure-postgresql || echo "make test: continuing without PostgreSQL; its tests will skip"
 
 pytest: ## Run the Python tests of every member and the cross-package tests
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)

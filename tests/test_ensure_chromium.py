@@ -86,5 +86,8 @@ def test_make_test_sets_up_the_browser_before_any_test() -> None:
     order = prereqs.group(1).split()
     assert "browser" in order and order.index("browser") < order.index("pytest")
     assert re.search(r"^browser:.*\n\t@?\.ci/ensure-chromium", text, re.M)
+    assert "postgresql" in order and order.index("postgresql") < order.index("pytest")
     ci = (REPO / ".ci" / "run").read_text()
-    assert "apt-get" not in ci and "make test" in ci
+    # CI is the README's command plus the stale-page check: the set-up is make test's
+    assert "make test" in ci
+    assert "apt-get" not in ci and "ensure-" not in ci
