@@ -504,3 +504,16 @@ def test_datasets_adds_a_version_to_an_existing_dataset(
     version = next(body for name, body in fake_kaggle.calls if name == "CreateDatasetVersion")
     assert version["datasetSlug"] == "trainsvc-whl"
     assert b"PK-second" in fake_kaggle.uploads.values()
+
+
+def test_a_second_background_monitor_is_refused_at_once(
+    fake_kaggle: FakeKaggle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainsvc_launchers._kaggle_flow import chain_lock
+
+    cfg, sd = _half_done_chain(fake_kaggle, tmp_path)
+    with chain_lock(sd):
+        code = _kaggle("monitor", "--chain", "--background", cfg=cfg, state_dir=sd)
+    assert code == 1
+    assert "a monitor is already running for this chain" in capsys.readouterr().out
+    assert not (sd / "monitor.pid.json").exists()

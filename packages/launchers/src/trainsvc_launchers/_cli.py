@@ -230,6 +230,14 @@ def _background(args: argparse.Namespace, out: Reporter, cfg: LaunchConfig) -> E
     slug = str(cfg.kaggle.get("slug", "run"))
     state_dir = args.state_dir or Path(".trainsvc") / "kaggle" / slug
     log = state_dir / "monitor.log"
+    from trainsvc_launchers._kaggle_flow import chain_lock
+
+    with chain_lock(state_dir) as holder:  # say so now, not only in the new monitor's log
+        if holder is not None:
+            out.error(
+                "KAGGLE", f"a monitor is already running for this chain ({holder}); log: {log}"
+            )
+            return ExitCode.ERROR
     pid = spawn_detached(argv, log)
     write_json_atomic(state_dir / "monitor.pid.json", {"pid": pid, "log": str(log)})
     out.success(
