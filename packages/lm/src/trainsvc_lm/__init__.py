@@ -43,6 +43,8 @@ if TYPE_CHECKING:
         tokenize_examples,
         validate_example,
     )
+    from trainsvc_lm._grpo import GRPOTrainer, OfflineSample, groups_from_art
+    from trainsvc_lm._grpo_config import GRPOConfig
     from trainsvc_lm._model import (
         KVCache,
         Params,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
     from trainsvc_lm._pretrain import cached_tiny_model, pretrain_tiny
     from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
+    from trainsvc_lm._tasks import TASKS, Task
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
     from trainsvc_lm._train import LMFrame, LoRATrainer, read_checkpoint
@@ -78,11 +81,16 @@ _LAZY = {
     "Completion": "_sampler",
     "DataPosition": "_data",
     "DataReport": "_data",
+    "GRPOConfig": "_grpo_config",
+    "GRPOTrainer": "_grpo",
     "KVCache": "_model",
     "LMFrame": "_train",
     "LoRATrainer": "_train",
+    "OfflineSample": "_grpo",
     "Params": "_model",
     "SamplingConfig": "_sampler",
+    "TASKS": "_tasks",
+    "Task": "_tasks",
     "TokenizedData": "_data",
     "TokenizedExample": "_data",
     "Tokenizer": "_tokenizer",
@@ -94,6 +102,7 @@ _LAZY = {
     "export_peft": "_peft",
     "forward": "_model",
     "generate": "_sampler",
+    "groups_from_art": "_grpo",
     "hf_to_params": "_weights",
     "hidden_states": "_model",
     "init_cache": "_model",
@@ -129,6 +138,7 @@ __all__ = [
     "ARCHITECTURES",
     "FAMILIES",
     "TARGETS",
+    "TASKS",
     "Batch",
     "BatchLoader",
     "ChatExample",
@@ -138,6 +148,8 @@ __all__ = [
     "DataError",
     "DataPosition",
     "DataReport",
+    "GRPOConfig",
+    "GRPOTrainer",
     "KVCache",
     "LMError",
     "LMFrame",
@@ -148,9 +160,11 @@ __all__ = [
     "MemoryEstimate",
     "ModelConfig",
     "ModelLoadError",
+    "OfflineSample",
     "Params",
     "RopeScaling",
     "SamplingConfig",
+    "Task",
     "TemplateError",
     "TokenizedData",
     "TokenizedExample",
@@ -166,6 +180,7 @@ __all__ = [
     "export_peft",
     "forward",
     "generate",
+    "groups_from_art",
     "hf_to_params",
     "hidden_states",
     "init_cache",

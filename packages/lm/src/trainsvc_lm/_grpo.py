@@ -1,0 +1,869 @@
+"""GRPO: group-relative policy optimisation of a Llama-family model, in JAX.
+
+One step: take ``grpo.prompts_per_step`` prompts, sample ``grpo.group_size``
+completions of each with the current policy (`trainsvc_lm.sample`, which also
+returns each token's behaviour log-probability), score them (a shipped task's
+verifiable reward, a caller's group judge, or the recorded judged rewards of
+offline groups), turn the rewards into group-relative advantages
+``(r - mean) / (std + eps)`` (groups whose rewards are all equal carry no signal
+and are dropped), then make ``grpo.updates_per_batch`` optimizer updates of the
+clipped-ratio objective::
+
+    ratio = exp(logp - logp_behaviour)
+    loss_t = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A) + beta * k3_t
+    k3_t = exp(logp_ref - logp) - (logp_ref - logp) - 1
+
+averaged over all completion tokens of the batch (``loss_norm = "token"``, DAPO)
+or per sequence first (``"sequence"``, the original GRPO). Either the whole
+model (``train.mode = "full"``, e.g. a digit model from scratch) or LoRA
+adapters on a frozen base (``"lora"``) are trained, with optax AdamW; the update
+is one jitted function.
+
+The trainer has the LoRA trainer's surface (``step_count``, ``last_metrics``,
+``run(n, should_stop)``, ``save_checkpoint(emergency)``, ``restore``,
+``close``). Prompts and sampling seeds are functions of ``(train.seed, step)``,
+so a run resumed from a checkpoint repeats the uninterrupted run bitwise (same
+machine and library versions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax  # type: ignore[import-untyped]
+
+from trainsvc_lm import _model
+from trainsvc_lm._config import ModelConfig
+from trainsvc_lm._errors import ConfigError, DataError
+from trainsvc_lm._grpo_config import GRPOConfig
+from trainsvc_lm._lora import check_targets, init_lora
+from trainsvc_lm._loss import LOSS_CHUNK_BYTES
+from trainsvc_lm._sampler import SamplingConfig, sample
+from trainsvc_lm._tasks import DigitVocab, Task, digit_model_config, get_task
+from trainsvc_lm._train import LMFrame, _due, _replicated, make_optimizer, run_name
+from trainsvc_lm._train_log import Sink, Sinks
+
+STATE_FORMAT = "trainsvc-lm-grpo/1"
+
+GroupReward = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+"""Scores one group: ``(prompts, completions) -> rewards`` (one per completion)."""
+
+
+class Vocab(Protocol):
+    """Text <-> tokens for prompts and completions."""
+
+    def encode(self, text: str) -> list[int]:
+        """A prompt's tokens (with BOS where the model uses one)."""
+
+    def encode_completion(self, text: str) -> list[int]:
+        """A completion's tokens (no BOS)."""
+
+    def decode(self, tokens: list[int] | tuple[int, ...]) -> str:
+        """Text of generated tokens."""
+
+
+class _TokenizerVocab:
+    """A Hugging Face tokenizer as a `Vocab`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True)
+        return ids
+
+    def encode_completion(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text)
+        return ids
+
+    def decode(self, tokens: list[int] | tuple[int, ...]) -> str:
+        text: str = self.tokenizer.decode(list(tokens))
+        return text
+
+
+# --------------------------------------------------------------------------- offline groups
+
+
+@dataclass(frozen=True)
+class OfflineSample:
+    """One recorded completion: its prompt and completion text, its (judged) reward, and
+    the behaviour policy's log-probability of each completion token when it was recorded."""
+
+    prompt: str
+    completion: str
+    reward: float
+    logprobs: tuple[float, ...] | None = None
+
+
+def _message_text(item: Mapping[str, Any]) -> tuple[str, str, Any]:
+    """``(role, content, logprobs)`` of an ART message or choice."""
+    if "message" in item and isinstance(item["message"], Mapping):
+        message = item["message"]
+        logprobs = item.get("logprobs")
+    else:
+        message, logprobs = item, None
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        content = "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, Mapping)
+        )
+    return str(message.get("role", "")), content, logprobs
+
+
+def groups_from_art(
+    groups: Sequence[Mapping[str, Any]], source: str = "groups"
+) -> list[list[OfflineSample]]:
+    """Offline groups from ART trajectory groups (``model_dump()`` dicts or parsed JSON).
+
+    A trajectory's prompt is its messages before the last assistant message (their
+    contents joined by newlines), its completion that message, its reward the
+    trajectory's (judged) ``reward``; token log-probs come from a choice's
+    ``logprobs.content[*].logprob`` when recorded.
+
+    Raises:
+        DataError: a trajectory without an assistant message or with a non-finite reward.
+    """
+    out: list[list[OfflineSample]] = []
+    for gi, group in enumerate(groups):
+        samples = []
+        for ti, traj in enumerate(group.get("trajectories", [])):
+            items = [_message_text(m) for m in traj.get("messages_and_choices", [])]
+            last = max(
+                (i for i, (role, _, _) in enumerate(items) if role == "assistant"), default=-1
+            )
+            where = f"group {gi} trajectory {ti}"
+            if last < 0:
+                raise DataError(source, None, f"{where} has no assistant message", "messages")
+            reward = float(traj.get("reward", math.nan))
+            if not math.isfinite(reward):
+                raise DataError(source, None, f"{where} has reward {reward}", "reward")
+            _, completion, logprobs = items[last]
+            recorded = None
+            if isinstance(logprobs, Mapping) and logprobs.get("content"):
+                recorded = tuple(float(t["logprob"]) for t in logprobs["content"])
+            prompt = "\n".join(text for _, text, _ in items[:last])
+            samples.append(OfflineSample(prompt, completion, reward, recorded))
+        if samples:
+            out.append(samples)
+    return out
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def group_advantages(
+    rewards: np.ndarray, valid: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group-relative advantages ``(r - mean) / (std + eps)`` per row of ``rewards [groups, G]``.
+
+    Args:
+        rewards: the rewards, one row per group.
+        valid: which entries are real completions (padding is ignored).
+        eps: added to the (population) standard deviation.
+
+    Returns:
+        ``(advantages [groups, G], kept [groups])``: a group whose valid rewards are all
+        equal (or that has fewer than two) is not kept and its advantages are 0.
+    """
+    r = np.where(valid, rewards, 0.0).astype(np.float64)
+    n = valid.sum(axis=1)
+    mean = r.sum(axis=1) / np.maximum(n, 1)
+    var = (np.where(valid, (r - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(n, 1)
+    std = np.sqrt(var)
+    spread = np.where(valid, rewards, -np.inf).max(axis=1) - np.where(valid, rewards, np.inf).min(
+        axis=1
+    )
+    kept = (n >= 2) & (spread > 0)
+    adv = (r - mean[:, None]) / np.where(kept, std + eps, 1.0)[:, None]
+    adv = np.where(valid & kept[:, None], adv, 0.0)
+    return adv.astype(np.float32), kept
+
+
+def grpo_loss(
+    logp: jax.Array,
+    behaviour_logp: jax.Array,
+    ref_logp: jax.Array | None,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float,
+    loss_norm: str,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped GRPO objective of token log-probs ``[N, T]`` (see the module docstring).
+
+    Args:
+        logp: the current policy's log-prob of each token.
+        behaviour_logp: the sampling policy's.
+        ref_logp: the reference policy's (only used when ``beta > 0``).
+        advantages: ``[N]``, one per sequence.
+        mask: ``[N, T]``, 1 on the completion tokens that count.
+        epsilon, epsilon_high: the clip range ``[1 - epsilon, 1 + epsilon_high]``.
+        beta: the weight of the k3 KL estimate to the reference policy.
+        loss_norm: ``"token"`` or ``"sequence"``.
+
+    Returns:
+        ``(loss, metrics)`` with metrics ``kl`` (mean k3 per token), ``clip_fraction``
+        (share of tokens whose clipped term was the smaller one) and ``ratio_mean``.
+    """
+    mask = mask.astype(jnp.float32)
+    ratio = jnp.exp(logp - behaviour_logp)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon_high) * adv
+    per_token = -jnp.minimum(unclipped, clipped)
+    if ref_logp is not None:
+        delta = ref_logp - logp
+        kl = jnp.exp(delta) - delta - 1.0
+    else:
+        kl = jnp.zeros_like(logp)
+    if beta > 0:
+        per_token = per_token + beta * kl
+    tokens = jnp.maximum(jnp.sum(mask), 1.0)
+    if loss_norm == "token":
+        loss = jnp.sum(per_token * mask) / tokens
+    else:
+        lengths = jnp.sum(mask, axis=1)
+        per_seq = jnp.sum(per_token * mask, axis=1) / jnp.maximum(lengths, 1.0)
+        loss = jnp.sum(per_seq) / jnp.maximum(jnp.sum(lengths > 0), 1.0)
+    was_clipped = (clipped < unclipped).astype(jnp.float32)
+    metrics = {
+        "kl": jnp.sum(kl * mask) / tokens,
+        "clip_fraction": jnp.sum(was_clipped * mask) / tokens,
+        "ratio_mean": jnp.sum(ratio * mask) / tokens,
+    }
+    return loss, metrics
+
+
+def token_logprobs(
+    params: Mapping[str, Any], config: ModelConfig, hidden: jax.Array, targets: jax.Array
+) -> jax.Array:
+    """``log p(target)`` at every position of final-norm ``hidden [B, T, D]`` (float32 ``[B, T]``).
+
+    Like the LoRA trainer's loss, the logits are made a chunk of positions at a time
+    (`LOSS_CHUNK_BYTES`) and recomputed in the backward pass.
+    """
+    b, t, d = hidden.shape
+    n = b * t
+    chunk = max(1, min(n, LOSS_CHUNK_BYTES // (4 * config.vocab_size)))
+    pad = (-n) % chunk
+    h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0)))
+    tg = jnp.pad(jnp.maximum(targets.reshape(n), 0), (0, pad))
+
+    @jax.checkpoint
+    def one(xs: tuple[jax.Array, jax.Array]) -> jax.Array:
+        hc, tc = xs
+        logits = _model.logits_from_hidden(dict(params), config, hc)
+        picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    out: jax.Array = jax.lax.map(one, (h.reshape(-1, chunk, d), tg.reshape(-1, chunk)))
+    return out.reshape(-1)[:n].reshape(b, t)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """One step's sampled (or recorded) batch, on the host."""
+
+    prompts: list[str]
+    completions: list[str]
+    prompt_tokens: list[list[int]]
+    completion_tokens: list[list[int]]
+    behaviour: list[list[float] | None]
+    rewards: np.ndarray  # [groups, G]
+    valid: np.ndarray  # [groups, G]
+
+
+class GRPOTrainer:
+    """Trains a policy with GRPO; one :meth:`step` is one sampled batch and its updates.
+
+    Args:
+        config: the run.
+        frame_callback: receives an `LMFrame` every ``log.frame_interval`` steps, with
+            metrics ``reward_mean``, ``reward_std``, ``kl``, ``clip_fraction``,
+            ``train_loss``, ``learning_rate``, ``tokens_per_s``, ``groups_kept`` and, at
+            evaluation steps, ``eval_reward`` (mean reward of greedy completions of
+            held-out prompts), and the latest sample completion.
+        sinks: where metrics and messages go.
+        reward_fn: scores a group when ``data.reward = "judge"`` (e.g. a
+            ``trainsvc_trajectories`` judge); the task's verifiable reward otherwise.
+        offline_groups: the recorded groups when ``data.offline_file`` is set (read
+            and judged by the caller, e.g. with `groups_from_art`).
+
+    Raises:
+        ConfigError, DataError, ModelLoadError: bad input, named.
+    """
+
+    backend = "jax"
+
+    def __init__(
+        self,
+        config: GRPOConfig,
+        frame_callback: Callable[[LMFrame], None] | None = None,
+        *,
+        sinks: Sequence[Sink] | None = None,
+        reward_fn: GroupReward | None = None,
+        offline_groups: Sequence[Sequence[OfflineSample]] | None = None,
+    ) -> None:
+        self.config = config
+        self.frame_callback = frame_callback
+        self.sinks = Sinks(sinks or ())
+        data = config.data
+        self.task: Task | None = None if data.task is None else get_task(data.task)
+        if data.reward == "judge" and reward_fn is None:
+            raise ConfigError("data.reward", "is 'judge' but no judge (reward_fn) was given")
+        self.reward_fn = reward_fn
+        if data.offline_file is not None and not offline_groups:
+            raise ConfigError(
+                "data.offline_file", "no groups were given (read and judge them first)"
+            )
+        key = jax.random.PRNGKey(config.train.seed)
+        init_key, lora_key = jax.random.split(key)
+        self.vocab: Vocab
+        if config.model.dir is None:
+            m = config.model
+            self.model_config = digit_model_config(
+                hidden_size=m.hidden_size,
+                num_layers=m.num_layers,
+                num_heads=m.num_heads,
+                intermediate_size=m.intermediate_size,
+            )
+            params = _model.init_params(self.model_config, init_key)
+            self.vocab = DigitVocab()
+            self._stop: tuple[int, ...] | None = ()
+        else:
+            from trainsvc_lm._tokenizer import Tokenizer
+            from trainsvc_lm._weights import load_model
+
+            dtype = None if config.model.dtype == "auto" else config.model.dtype
+            self.model_config, params = load_model(config.model.dir, dtype=dtype)
+            self.vocab = _TokenizerVocab(Tokenizer.from_dir(config.model.dir))
+            self._stop = None
+        self.offline = [list(g) for g in offline_groups or []]
+        self.optimizer = make_optimizer(config.optim, config.train.steps)
+        self.full = config.train.mode == "full"
+        if self.full:
+            trainable: Any = params
+            self.frozen: Any = {}
+        else:
+            check_targets(config.lora, self.model_config)
+            trainable = init_lora(config.lora, self.model_config, lora_key)
+            self.frozen = _replicated(params)
+        self.reference = _replicated(params)  # the initial policy (KL, recomputed behaviour)
+        self.trainable, self.opt_state = _replicated((trainable, self.optimizer.init(trainable)))
+        self._update = self._make_update()
+        self._logps = jax.jit(self._policy_logp)
+        self.offline_behaviour = self._recompute_behaviour()
+        self._step = 0
+        self.tokens_sampled = 0
+        self.run_id = uuid.uuid4().hex[:16]
+        self.run_name = run_name(
+            config.log.name, "cpu" if jax.default_backend() == "cpu" else "gpu"
+        )
+        self.last_metrics: dict[str, float] = {}
+        self.last_sample: tuple[str, str] | None = None
+        self._manager: Any = None
+
+    # ------------------------------------------------------------------ the policy
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens sampled per completion."""
+        if self.config.grpo.max_new_tokens is not None:
+            return self.config.grpo.max_new_tokens
+        return self.task.max_new_tokens if self.task is not None else 64
+
+    def _compute_dtype(self) -> Any:
+        name = self.config.train.compute_dtype
+        return None if name == "auto" else jnp.dtype(name)
+
+    def _policy_logp(
+        self, trainable: Any, frozen: Any, tokens: jax.Array, positions: jax.Array
+    ) -> jax.Array:
+        """Log-probs ``[N, T-1]`` of ``tokens[:, 1:]`` under the policy (full params or LoRA)."""
+        if self.full:
+            params, lora = trainable, None
+        else:
+            params, lora = frozen, trainable
+        hidden = _model.hidden_states(
+            params,
+            self.model_config,
+            tokens[:, :-1],
+            positions=positions[:, :-1],
+            lora=lora,
+            lora_scale=self.config.lora.scale,
+            compute_dtype=self._compute_dtype(),
+        )
+        return token_logprobs(params, self.model_config, hidden, tokens[:, 1:])
+
+    def _make_update(self) -> Callable[..., Any]:
+        grpo, optimizer = self.config.grpo, self.optimizer
+        eps_high = grpo.epsilon if grpo.epsilon_high is None else grpo.epsilon_high
+        use_ref = grpo.beta > 0
+
+        def update(
+            trainable: Any, opt_state: Any, frozen: Any, reference: Any, batch: Mapping[str, Any]
+        ) -> tuple[Any, Any, dict[str, jax.Array]]:
+            tokens, positions = batch["tokens"], batch["positions"]
+            ref = None
+            if use_ref:
+                ref_params = frozen if not self.full else reference
+                ref_tr = reference if self.full else jax.tree.map(jnp.zeros_like, trainable)
+                ref = jax.lax.stop_gradient(
+                    self._policy_logp(ref_tr, ref_params, tokens, positions)
+                )
+
+            def loss_fn(tr: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+                logp = self._policy_logp(tr, frozen, tokens, positions)
+                return grpo_loss(
+                    logp,
+                    batch["behaviour"],
+                    ref,
+                    batch["advantages"],
+                    batch["mask"],
+                    epsilon=grpo.epsilon,
+                    epsilon_high=eps_high,
+                    beta=grpo.beta,
+                    loss_norm=grpo.loss_norm,
+                )
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            trainable = optax.apply_updates(trainable, updates)
+            metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+            return trainable, opt_state, metrics
+
+        return jax.jit(update)
+
+    def _sample_policy(self, prompts: list[list[int]], seed: int, greedy: bool) -> list[Any]:
+        sampling = SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0 if greedy else self.config.grpo.temperature,
+            stop_token_ids=self._stop,
+            seed=seed,
+        )
+        params, lora = (self.trainable, None) if self.full else (self.frozen, self.trainable)
+        return sample(
+            params,
+            self.model_config,
+            prompts,
+            sampling,
+            lora=lora,
+            lora_scale=self.config.lora.scale,
+            compute_dtype=self._compute_dtype(),
+        )
+
+    # ------------------------------------------------------------------ batches
+
+    def _pack(
+        self,
+        prompt_tokens: Sequence[list[int]],
+        completion_tokens: Sequence[list[int]],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Right-padded ``tokens``, ``positions`` and the completion ``mask`` (target-aligned)."""
+        lengths = [len(p) + len(c) for p, c in zip(prompt_tokens, completion_tokens, strict=True)]
+        width = max(8, -(-max(lengths) // 8) * 8)
+        n = len(lengths)
+        tokens = np.zeros((n, width), np.int32)
+        mask = np.zeros((n, width - 1), np.float32)
+        for i, (p, c) in enumerate(zip(prompt_tokens, completion_tokens, strict=True)):
+            tokens[i, : len(p) + len(c)] = p + c
+            mask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1.0
+        positions = np.broadcast_to(np.arange(width, dtype=np.int32), (n, width)).copy()
+        return tokens, positions, mask
+
+    def _recompute_behaviour(self) -> list[list[list[float]]]:
+        """Behaviour log-probs of offline samples that were recorded without them.
+
+        They are recomputed under the initial policy (the model the run starts from,
+        which is the one that generated the recorded groups).
+        """
+        out: list[list[list[float]]] = []
+        ref_trainable = self.reference if self.full else self.trainable
+        for group in self.offline:
+            prompts = [self.vocab.encode(s.prompt) for s in group]
+            comps = [self.vocab.encode_completion(s.completion) for s in group]
+            for i, s in enumerate(group):
+                if s.logprobs is not None and len(s.logprobs) != len(comps[i]):
+                    raise DataError(
+                        "offline groups",
+                        None,
+                        f"{len(s.logprobs)} recorded log-probs for {len(comps[i])} tokens",
+                        "logprobs",
+                    )
+            tokens, positions, mask = self._pack(prompts, comps)
+            logp = np.asarray(self._logps(ref_trainable, self.frozen, tokens, positions))
+            rows = []
+            for i, s in enumerate(group):
+                if s.logprobs is not None:
+                    rows.append(list(s.logprobs))
+                else:
+                    rows.append(logp[i][mask[i] > 0].tolist())
+            out.append(rows)
+        return out
+
+    def _sampling_seed(self, step: int, salt: int = 0) -> int:
+        return (self.config.train.seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
+
+    def _online_rollout(self, step: int) -> _Rollout:
+        assert self.task is not None
+        g, p = self.config.grpo.group_size, self.config.grpo.prompts_per_step
+        rng = np.random.default_rng([self.config.train.seed, step])
+        unique = self.task.train_prompts(rng, p)
+        prompts = [text for text in unique for _ in range(g)]
+        prompt_tokens = [self.vocab.encode(text) for text in prompts]
+        results = self._sample_policy(prompt_tokens, self._sampling_seed(step), greedy=False)
+        completions = [self.vocab.decode(r.tokens) for r in results]
+        rewards = np.zeros((p, g), np.float64)
+        for gi in range(p):
+            rows = slice(gi * g, (gi + 1) * g)
+            rewards[gi] = self._score(prompts[rows], completions[rows])
+        return _Rollout(
+            prompts,
+            completions,
+            prompt_tokens,
+            [list(r.tokens) for r in results],
+            [list(r.logprobs) for r in results],
+            rewards,
+            np.ones((p, g), bool),
+        )
+
+    def _score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        if self.reward_fn is not None and self.config.data.reward == "judge":
+            scores = [float(x) for x in self.reward_fn(prompts, completions)]
+        else:
+            assert self.task is not None
+            scores = [self.task.reward(a, b) for a, b in zip(prompts, completions, strict=True)]
+        if len(scores) != len(completions) or not all(math.isfinite(s) for s in scores):
+            raise DataError("reward", None, f"the judge returned {scores!r}", "reward")
+        return scores
+
+    def _offline_rollout(self, step: int) -> _Rollout:
+        p = self.config.grpo.prompts_per_step
+        g = max(len(group) for group in self.offline)
+        n = len(self.offline)
+        start = step * p
+        chosen = []
+        for k in range(start, start + p):
+            epoch, index = divmod(k, n)
+            order = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
+            chosen.append(int(order[index]))
+        prompts, completions, behaviour = [], [], []
+        rewards = np.zeros((p, g), np.float64)
+        valid = np.zeros((p, g), bool)
+        for gi, index in enumerate(chosen):
+            group = self.offline[index]
+            for j in range(g):
+                s = group[j] if j < len(group) else group[0]
+                prompts.append(s.prompt)
+                completions.append(s.completion)
+                behaviour.append(self.offline_behaviour[index][j if j < len(group) else 0])
+                rewards[gi, j] = s.reward
+                valid[gi, j] = j < len(group)
+        return _Rollout(
+            prompts,
+            completions,
+            [self.vocab.encode(t) for t in prompts],
+            [self.vocab.encode_completion(t) for t in completions],
+            list(behaviour),
+            rewards,
+            valid,
+        )
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps (sampled batches) done so far."""
+        return self._step
+
+    @property
+    def remaining_steps(self) -> int:
+        """Steps left until ``train.steps``."""
+        return max(0, self.config.train.steps - self._step)
+
+    def step(self) -> dict[str, float]:
+        """Samples (or takes) one batch of groups and makes its updates; returns its metrics.
+
+        Metrics: ``reward_mean``, ``reward_std`` (over the batch), ``groups_kept`` (share
+        of groups with a reward spread), ``loss``, ``kl``, ``clip_fraction``,
+        ``grad_norm`` (of the last update), ``lr``, ``tok_s`` (completion tokens sampled
+        and trained per second), ``sample_s`` and ``train_s``.
+        """
+        start = time.perf_counter()
+        rollout = (
+            self._offline_rollout(self._step) if self.offline else self._online_rollout(self._step)
+        )
+        sampled = time.perf_counter()
+        adv, kept = group_advantages(rollout.rewards, rollout.valid, self.config.grpo.std_eps)
+        tokens, positions, mask = self._pack(rollout.prompt_tokens, rollout.completion_tokens)
+        behaviour = np.zeros_like(mask)
+        for i, row in enumerate(rollout.behaviour):
+            assert row is not None
+            behaviour[i][mask[i] > 0] = row
+        keep_rows = np.repeat(kept, rollout.rewards.shape[1]) & rollout.valid.reshape(-1)
+        mask = mask * keep_rows[:, None]
+        lr = float(make_schedule_value(self.config, self._step))
+        metrics: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+        if kept.any():
+            batch = {
+                "tokens": tokens,
+                "positions": positions,
+                "mask": mask,
+                "behaviour": behaviour,
+                "advantages": adv.reshape(-1),
+            }
+            for _ in range(self.config.grpo.updates_per_batch):
+                self.trainable, self.opt_state, out = self._update(
+                    self.trainable, self.opt_state, self.frozen, self.reference, batch
+                )
+            metrics = {k: float(v) for k, v in jax.device_get(out).items()}
+        done = time.perf_counter()
+        completion_tokens = sum(len(c) for c in rollout.completion_tokens)
+        self.tokens_sampled += completion_tokens
+        self._step += 1
+        valid_rewards = rollout.rewards[rollout.valid]
+        metrics.update(
+            reward_mean=float(valid_rewards.mean()),
+            reward_std=float(valid_rewards.std()),
+            groups_kept=float(kept.mean()),
+            lr=lr,
+            tok_s=2 * completion_tokens / max(done - start, 1e-9),
+            sample_s=sampled - start,
+            train_s=done - sampled,
+        )
+        self.last_metrics = metrics
+        self._last_rollout = rollout
+        return metrics
+
+    def evaluate(self, n: int | None = None) -> float | None:
+        """Mean verifiable reward of greedy completions of the task's held-out prompts.
+
+        None for offline runs (they have no task to score new samples with).
+        """
+        if self.task is None:
+            return None
+        prompts = self.task.eval_prompts(n or self.config.data.eval_prompts)
+        results = self._sample_policy([self.vocab.encode(p) for p in prompts], 0, greedy=True)
+        rewards = [
+            self.task.reward(p, self.vocab.decode(r.tokens))
+            for p, r in zip(prompts, results, strict=True)
+        ]
+        return float(np.mean(rewards))
+
+    def sample(self) -> tuple[str, str]:
+        """A held-out prompt (or the last batch's first prompt) and its greedy completion."""
+        if self.task is not None:
+            prompt = self.task.eval_prompts(1)[0]
+        else:
+            prompt = self.offline[0][0].prompt
+        result = self._sample_policy([self.vocab.encode(prompt)], 0, greedy=True)[0]
+        return prompt, self.vocab.decode(result.tokens)
+
+    def run(self, n: int | None = None, should_stop: Callable[[], bool] | None = None) -> int:
+        """Runs up to ``n`` steps (default: until ``train.steps``); returns the steps done.
+
+        Between steps it checks ``should_stop()``; evaluations, samples, console lines,
+        frames and checkpoints follow ``log.*`` intervals (and always happen at the end).
+        """
+        todo = self.remaining_steps if n is None else n
+        log = self.config.log
+        done = 0
+        try:
+            while done < todo:
+                if should_stop is not None and should_stop():
+                    break
+                metrics = self.step()
+                done += 1
+                step = self._step
+                final = step == self.config.train.steps
+                if _due(step, log.eval_interval, final):
+                    value = self.evaluate()
+                    if value is not None:
+                        metrics["eval_reward"] = value
+                sample_ = None
+                if _due(step, log.sample_interval, final):
+                    sample_ = self.sample()
+                    self.last_sample = sample_
+                    self.sinks.message(f"sample step={step} completion={json.dumps(sample_[1])}")
+                if _due(step, log.log_interval, final):
+                    self.sinks.log(step, metrics)
+                if _due(step, log.frame_interval, final):
+                    self._publish(metrics, sample_)
+                if final or _due(step, log.save_interval, final):
+                    self.save_checkpoint()
+        finally:
+            self.sinks.close()
+        return done
+
+    def _publish(self, metrics: Mapping[str, float], sample_: tuple[str, str] | None) -> None:
+        if self.frame_callback is None:
+            return
+        names = {"loss": "train_loss", "lr": "learning_rate", "tok_s": "tokens_per_s"}
+        keep = (
+            "reward_mean",
+            "reward_std",
+            "kl",
+            "clip_fraction",
+            "groups_kept",
+            "eval_reward",
+            "loss",
+            "lr",
+            "tok_s",
+        )
+        values = {names.get(k, k): float(metrics[k]) for k in keep if k in metrics}
+        frame = LMFrame(
+            self._step,
+            time.time(),
+            values,
+            sample_prompt=sample_[0] if sample_ else None,
+            sample_completion=sample_[1] if sample_ else None,
+        )
+        try:
+            self.frame_callback(frame)
+        except Exception as exc:  # a dashboard problem must not stop training
+            self.sinks.message(f"frame callback failed at step {self._step}: {exc!r}")
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays ``trainable`` (the full params or the adapters) and ``opt_state``, and
+        ``meta`` (JSON: format, step, config, run id and name, tokens sampled)."""
+        meta = {
+            "format": STATE_FORMAT,
+            "backend": self.backend,
+            "step": self._step,
+            "config": self.config.to_dict(),
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "tokens_sampled": self.tokens_sampled,
+        }
+        return {
+            "trainable": self.trainable,
+            "opt_state": self.opt_state,
+            "meta": json.dumps(meta, sort_keys=True),
+        }
+
+    def load_state_dict(self, tree: Mapping[str, Any]) -> None:
+        """Restores a tree made by :meth:`state_dict`.
+
+        Raises:
+            ConfigError: not a GRPO state, or trained with another value of a field that
+                changes the trajectory (named).
+        """
+        meta = json.loads(tree["meta"])
+        if meta.get("format") != STATE_FORMAT:
+            raise ConfigError(
+                "train.resume_from",
+                f"not a GRPO trainer state: format {meta.get('format')!r}, expected {STATE_FORMAT!r}",
+            )
+        saved = GRPOConfig.from_dict(meta["config"])
+        dotted = self.config.mismatch(saved)
+        if dotted is not None:
+            section, name = dotted.split(".", 1)
+            raise ConfigError(
+                dotted,
+                f"the checkpoint was trained with {saved.to_dict()[section][name]!r}, this run "
+                f"has {self.config.to_dict()[section][name]!r}; resume with the checkpoint's value",
+            )
+        template = {"trainable": self.trainable, "opt_state": self.opt_state}
+        struct = jax.tree.structure(template)
+        leaves, got = jax.tree.flatten({k: tree[k] for k in template})
+        if str(got) != str(struct):
+            raise ConfigError(
+                "train.resume_from", f"the checkpoint's state does not match this run: {got}"
+            )
+        restored = _replicated(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
+        self.trainable, self.opt_state = restored["trainable"], restored["opt_state"]
+        self._step = int(meta["step"])
+        self.tokens_sampled = int(meta["tokens_sampled"])
+        self.run_id, self.run_name = str(meta["run_id"]), str(meta["run_name"])
+
+    @property
+    def checkpoint_manager(self) -> Any:
+        """The ``CheckpointManager`` of ``log.checkpoint_dir`` (created on first use)."""
+        if self._manager is None:
+            from trainsvc_checkpoint import CheckpointManager
+
+            self._manager = CheckpointManager(
+                Path(self.config.log.checkpoint_dir), keep_last=self.config.log.keep_last
+            )
+        return self._manager
+
+    def save_checkpoint(self, *, emergency: bool = False) -> Path:
+        """Saves the state; returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
+        manager = self.checkpoint_manager
+        metadata = {
+            "trainer": "grpo",
+            "backend": self.backend,
+            "run_id": self.run_id,
+            "config": self.config.to_dict(),
+        }
+        tree = self.state_dict()
+        if emergency:
+            path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
+        else:
+            manager.save(self._step, tree, metadata=metadata, blocking=True)
+            path = Path(manager.directory) / f"step_{self._step}.safetensors"
+        self.sinks.message(f"checkpoint step={self._step} emergency={emergency} path={path}")
+        return path
+
+    def restore(self, source: str | Path = "latest") -> Path | None:
+        """Restores a checkpoint file, or the newest valid one with ``"latest"`` (None: none).
+
+        Raises:
+            ConfigError: a trajectory field differs from the checkpoint's (named).
+            trainsvc_checkpoint.CheckpointError: a missing, corrupt or incompatible file.
+        """
+        template = self.state_dict()
+        if str(source) == "latest":
+            if not self.checkpoint_manager.checkpoints():
+                return None
+            restored = self.checkpoint_manager.restore_checkpoint(target=template)
+            tree, path = restored.tree, Path(restored.path)
+        else:
+            from trainsvc_checkpoint import load
+
+            path = Path(source)
+            tree = load(path, target=template)
+        self.load_state_dict(tree)
+        return path
+
+    def close(self) -> None:
+        """Waits for pending checkpoint writes and closes the sinks."""
+        self.sinks.close()
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+
+def make_schedule_value(config: GRPOConfig, step: int) -> float:
+    """The learning rate of update ``step`` (the LoRA trainer's warm-up + cosine schedule)."""
+    from trainsvc_lm._train import learning_rate_schedule
+
+    return float(learning_rate_schedule(config.optim, config.train.steps)(step))
+
+
+__all__ = [
+    "GRPOTrainer",
+    "GroupReward",
+    "OfflineSample",
+    "group_advantages",
+    "groups_from_art",
+    "grpo_loss",
+    "token_logprobs",
+]
