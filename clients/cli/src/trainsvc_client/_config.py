@@ -13,21 +13,24 @@ KINDS: dict[str, int] = {
     "emergence": pb.Run.EMERGENCE,
     "othello": pb.Run.OTHELLO,
     "lora": pb.Run.LORA,
+    "grpo": pb.Run.GRPO,
 }
 """Trainer kind names (as the CLI spells them) to `Run.Kind` values."""
 
-ConfigMessage = pb.EmergenceConfig | pb.OthelloConfig | pb.LoraConfig
+ConfigMessage = pb.EmergenceConfig | pb.OthelloConfig | pb.LoraConfig | pb.GrpoConfig
 """The kinds' config messages (the `Run.config` oneof)."""
 
 _CONFIG_TYPES: dict[int, type[ConfigMessage]] = {
     pb.Run.EMERGENCE: pb.EmergenceConfig,
     pb.Run.OTHELLO: pb.OthelloConfig,
     pb.Run.LORA: pb.LoraConfig,
+    pb.Run.GRPO: pb.GrpoConfig,
 }
 _CONFIG_FIELDS: dict[type[Message], str] = {
     pb.EmergenceConfig: "emergence",
     pb.OthelloConfig: "othello",
     pb.LoraConfig: "lora",
+    pb.GrpoConfig: "grpo",
 }
 
 

@@ -23,7 +23,12 @@ from trainsvc._domain import (
 )
 from trainsvc.kinds import FrameData
 
-_KIND_NAMES = {pb.Run.EMERGENCE: "emergence", pb.Run.OTHELLO: "othello", pb.Run.LORA: "lora"}
+_KIND_NAMES = {
+    pb.Run.EMERGENCE: "emergence",
+    pb.Run.OTHELLO: "othello",
+    pb.Run.LORA: "lora",
+    pb.Run.GRPO: "grpo",
+}
 _KIND_VALUES = {v: k for k, v in _KIND_NAMES.items()}
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50

@@ -70,6 +70,10 @@ class Run(_message.Message):
         """The Rust Othello engine's self-play TD(lambda) trainer (trainsvc_engine)."""
         LORA: Run._Kind.ValueType  # 3
         """LoRA fine-tuning of a language model on chat data (trainsvc_lm)."""
+        GRPO: Run._Kind.ValueType  # 4
+        """GRPO reinforcement learning of a language model (trainsvc_lm): online on
+        a shipped task with a verifiable reward, or offline on judged groups.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """The trainer that executes a run."""
@@ -81,6 +85,10 @@ class Run(_message.Message):
     """The Rust Othello engine's self-play TD(lambda) trainer (trainsvc_engine)."""
     LORA: Run.Kind.ValueType  # 3
     """LoRA fine-tuning of a language model on chat data (trainsvc_lm)."""
+    GRPO: Run.Kind.ValueType  # 4
+    """GRPO reinforcement learning of a language model (trainsvc_lm): online on
+    a shipped task with a verifiable reward, or offline on judged groups.
+    """
 
     class _State:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -138,6 +146,7 @@ class Run(_message.Message):
     EMERGENCE_FIELD_NUMBER: _builtins.int
     OTHELLO_FIELD_NUMBER: _builtins.int
     LORA_FIELD_NUMBER: _builtins.int
+    GRPO_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STEP_BUDGET_FIELD_NUMBER: _builtins.int
     CHECKPOINT_POLICY_FIELD_NUMBER: _builtins.int
@@ -189,6 +198,8 @@ class Run(_message.Message):
     @_builtins.property
     def lora(self) -> Global___LoraConfig: ...
     @_builtins.property
+    def grpo(self) -> Global___GrpoConfig: ...
+    @_builtins.property
     def checkpoint_policy(self) -> Global___CheckpointPolicy:
         """When checkpoints are saved and how many are kept."""
 
@@ -213,6 +224,7 @@ class Run(_message.Message):
         emergence: Global___EmergenceConfig | None = ...,
         othello: Global___OthelloConfig | None = ...,
         lora: Global___LoraConfig | None = ...,
+        grpo: Global___GrpoConfig | None = ...,
         seed: _builtins.int = ...,
         step_budget: _builtins.int = ...,
         checkpoint_policy: Global___CheckpointPolicy | None = ...,
@@ -229,13 +241,13 @@ class Run(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "lora", b"lora", "max_restarts", b"max_restarts", "othello", b"othello", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "lora", b"lora", "max_restarts", b"max_restarts", "othello", b"othello", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "lora", b"lora", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "lora", b"lora", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
-    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["emergence", "othello", "lora"]  # noqa: Y015
+    _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["emergence", "othello", "lora", "grpo"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
@@ -346,6 +358,142 @@ class EmergenceConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rollout_length) -> _WhichOneofReturnType__rollout_length | None: ...
 
 Global___EmergenceConfig: _TypeAlias = EmergenceConfig  # noqa: Y015
+
+@_typing.final
+class GrpoConfig(_message.Message):
+    """GRPO (group-relative policy optimisation) of a language model. Give exactly
+    one source: `task` (online: completions are sampled and scored with the
+    task's verifiable reward, or a rule judge) or `data_file` (offline: recorded
+    trajectory groups exported from the trajectory store, judged with the rule
+    judge). Without `model` a tiny digit transformer is trained from scratch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OverridesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_FIELD_NUMBER: _builtins.int
+    DATA_FILE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    PROMPTS_PER_STEP_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    EPSILON_HIGH_FIELD_NUMBER: _builtins.int
+    BETA_FIELD_NUMBER: _builtins.int
+    LOSS_NORM_FIELD_NUMBER: _builtins.int
+    JUDGE_FIELD_NUMBER: _builtins.int
+    EVAL_INTERVAL_FIELD_NUMBER: _builtins.int
+    SAMPLE_INTERVAL_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """A shipped task: "sort4" (sort four digits) or "increment4" (add one to
+    each of four digits).
+    """
+    data_file: _builtins.str
+    """Offline groups: ART legacy JSONL (.jsonl) or ART Parquet (.parquet)."""
+    model: _builtins.str
+    """Optional base model directory (Hugging Face layout); unset: from scratch."""
+    group_size: _builtins.int
+    """Completions per prompt (G, >= 2)."""
+    prompts_per_step: _builtins.int
+    """Prompts (groups) per optimizer step."""
+    learning_rate: _builtins.float
+    """AdamW learning rate."""
+    epsilon: _builtins.float
+    """Clip range of the importance ratio: [1 - epsilon, 1 + epsilon_high]."""
+    epsilon_high: _builtins.float
+    beta: _builtins.float
+    """Weight of the k3 KL estimate to the reference (initial) policy."""
+    loss_norm: _builtins.str
+    """"token" (DAPO: mean over all completion tokens) or "sequence"."""
+    judge: _builtins.str
+    """Online reward: "" or "verifiable" (the task's), or "rule" (the
+    trajectory library's rule judge, relative scores within each group).
+    """
+    eval_interval: _builtins.int
+    """Held-out evaluation and sample completion every this many steps."""
+    sample_interval: _builtins.int
+    @_builtins.property
+    def overrides(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Any other field of the trainer's config as dotted key -> JSON value,
+        e.g. {"grpo.updates_per_batch": "2"}; validated like the typed fields.
+        """
+
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        data_file: _builtins.str = ...,
+        model: _builtins.str = ...,
+        group_size: _builtins.int | None = ...,
+        prompts_per_step: _builtins.int | None = ...,
+        learning_rate: _builtins.float | None = ...,
+        epsilon: _builtins.float | None = ...,
+        epsilon_high: _builtins.float | None = ...,
+        beta: _builtins.float | None = ...,
+        loss_norm: _builtins.str = ...,
+        judge: _builtins.str = ...,
+        eval_interval: _builtins.int | None = ...,
+        sample_interval: _builtins.int | None = ...,
+        overrides: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta", b"_beta", "_epsilon", b"_epsilon", "_epsilon_high", b"_epsilon_high", "_eval_interval", b"_eval_interval", "_group_size", b"_group_size", "_learning_rate", b"_learning_rate", "_prompts_per_step", b"_prompts_per_step", "_sample_interval", b"_sample_interval", "beta", b"beta", "epsilon", b"epsilon", "epsilon_high", b"epsilon_high", "eval_interval", b"eval_interval", "group_size", b"group_size", "learning_rate", b"learning_rate", "prompts_per_step", b"prompts_per_step", "sample_interval", b"sample_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta", b"_beta", "_epsilon", b"_epsilon", "_epsilon_high", b"_epsilon_high", "_eval_interval", b"_eval_interval", "_group_size", b"_group_size", "_learning_rate", b"_learning_rate", "_prompts_per_step", b"_prompts_per_step", "_sample_interval", b"_sample_interval", "beta", b"beta", "data_file", b"data_file", "epsilon", b"epsilon", "epsilon_high", b"epsilon_high", "eval_interval", b"eval_interval", "group_size", b"group_size", "judge", b"judge", "learning_rate", b"learning_rate", "loss_norm", b"loss_norm", "model", b"model", "overrides", b"overrides", "prompts_per_step", b"prompts_per_step", "sample_interval", b"sample_interval", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__beta: _TypeAlias = _typing.Literal["beta"]  # noqa: Y015
+    _WhichOneofArgType__beta: _TypeAlias = _typing.Literal["_beta", b"_beta"]  # noqa: Y015
+    _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
+    _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
+    _WhichOneofReturnType__epsilon_high: _TypeAlias = _typing.Literal["epsilon_high"]  # noqa: Y015
+    _WhichOneofArgType__epsilon_high: _TypeAlias = _typing.Literal["_epsilon_high", b"_epsilon_high"]  # noqa: Y015
+    _WhichOneofReturnType__eval_interval: _TypeAlias = _typing.Literal["eval_interval"]  # noqa: Y015
+    _WhichOneofArgType__eval_interval: _TypeAlias = _typing.Literal["_eval_interval", b"_eval_interval"]  # noqa: Y015
+    _WhichOneofReturnType__group_size: _TypeAlias = _typing.Literal["group_size"]  # noqa: Y015
+    _WhichOneofArgType__group_size: _TypeAlias = _typing.Literal["_group_size", b"_group_size"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__prompts_per_step: _TypeAlias = _typing.Literal["prompts_per_step"]  # noqa: Y015
+    _WhichOneofArgType__prompts_per_step: _TypeAlias = _typing.Literal["_prompts_per_step", b"_prompts_per_step"]  # noqa: Y015
+    _WhichOneofReturnType__sample_interval: _TypeAlias = _typing.Literal["sample_interval"]  # noqa: Y015
+    _WhichOneofArgType__sample_interval: _TypeAlias = _typing.Literal["_sample_interval", b"_sample_interval"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta) -> _WhichOneofReturnType__beta | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon) -> _WhichOneofReturnType__epsilon | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon_high) -> _WhichOneofReturnType__epsilon_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_interval) -> _WhichOneofReturnType__eval_interval | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group_size) -> _WhichOneofReturnType__group_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompts_per_step) -> _WhichOneofReturnType__prompts_per_step | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_interval) -> _WhichOneofReturnType__sample_interval | None: ...
+
+Global___GrpoConfig: _TypeAlias = GrpoConfig  # noqa: Y015
 
 @_typing.final
 class OthelloConfig(_message.Message):

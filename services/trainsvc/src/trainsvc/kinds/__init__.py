@@ -25,6 +25,7 @@ KIND_MODULES: dict[str, tuple[str, str]] = {
     "emergence": ("trainsvc.kinds.emergence", "trainsvc_trainer"),
     "othello": ("trainsvc.kinds.othello", "trainsvc_engine"),
     "lora": ("trainsvc.kinds.lora", "trainsvc_lm"),
+    "grpo": ("trainsvc.kinds.grpo", "trainsvc_lm"),
 }
 
 
