@@ -359,6 +359,7 @@ def test_chain_resumes_after_a_quota_refusal(fake_kaggle: FakeKaggle, tmp_path: 
     assert _kaggle("monitor", "--interval", "0", "--chain", cfg=cfg, state_dir=sd) == 1
     state = _state(sd)
     assert (state["session"], state["next_action"]) == (1, "wait_for_quota")
+    assert "monitor --chain" in state["error"]["next_step"]
     # plain submit neither pushes session 1 again nor ignores the quota
     assert _kaggle("submit", cfg=cfg, state_dir=sd) == 1
     fake_kaggle.quota_used_s = 3600  # the quota is back
