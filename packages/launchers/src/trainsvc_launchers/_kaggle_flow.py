@@ -173,13 +173,18 @@ class KaggleFlow:
                 f"{msg}; need at least {MIN_QUOTA_HOURS:.0f} h (refresh: {quota.refresh_time})",
             )
             if state is not None:
-                state.next_action = "wait_for_quota"
-                state.save(self.state_dir)
                 how = (
                     "`trainsvc-launch kaggle monitor --chain` (or `submit --next`)"
                     if _wants_next(state)
                     else "`trainsvc-launch kaggle submit --resubmit`"
                 )
+                state.next_action = "wait_for_quota"
+                state.error = {
+                    "kind": "quota",
+                    "message": msg,
+                    "next_step": f"when the quota is back (refresh: {quota.refresh_time}): {how}",
+                }
+                state.save(self.state_dir)
                 self.out.info(
                     SECTION, f"when the quota is back: {how}", next_action="wait_for_quota"
                 )
