@@ -116,3 +116,49 @@ def test_increment_learns_from_chance_with_the_rule_judge(tmp_path: Path) -> Non
     assert (trainer.evaluate() or 1) < 0.2
     trainer.run()
     assert (trainer.evaluate() or 0) >= 0.99
+
+
+def test_offline_groups_from_an_art_jsonl_export_train(tmp_path: Path) -> None:
+    """Recorded groups (ART legacy JSONL, as `trainsvc-traj export` writes) are read, judged
+    with the RuleJudge, and trained on; behaviour log-probs are recomputed."""
+    import trainsvc_trajectories as tt
+    from trainsvc.kinds.grpo import read_offline_groups
+    from trainsvc_lm import TASKS, GRPOConfig, GRPOTrainer
+
+    task = TASKS["increment4"]
+    prompts = task.eval_prompts(6)
+    groups = [
+        tt.ArtTrajectoryGroup(
+            trajectories=[
+                tt.ArtTrajectory(
+                    messages_and_choices=[
+                        {"role": "user", "content": p},
+                        {"role": "assistant", "content": c},
+                    ],
+                    reward=task.reward(p, c),
+                    metadata={"scenario_id": f"s{i}", "window_id": "w"},
+                )
+                for c in (task.answer_of(task.digits_of(p)), "0000", "1234")
+            ]
+        )
+        for i, p in enumerate(prompts)
+    ]
+    path = tmp_path / "window.jsonl"
+    tt.write_jsonl(groups, path)
+    offline = read_offline_groups(str(path))
+    assert len(offline) == 6 and all(len(g) == 3 for g in offline)
+    best = [max(g, key=lambda s: s.reward) for g in offline]
+    assert all(s.reward == 1.0 for s in best)  # the judge's relative score of the best
+    cfg = GRPOConfig.from_dict(
+        {
+            "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2},
+            "data": {"task": None, "offline_file": str(path)},
+            "grpo": {"prompts_per_step": 3},
+            "train": {"steps": 3},
+            "log": {"checkpoint_dir": str(tmp_path / "ck"), "save_interval": 0},
+        }
+    )
+    trainer = GRPOTrainer(cfg, offline_groups=offline)
+    assert trainer.run() == 3
+    assert trainer.last_metrics["groups_kept"] == 1.0
+    assert trainer.last_metrics["loss"] != 0.0
