@@ -31,10 +31,25 @@ def _run(name: str) -> pb.Run:
 @pytest.mark.parametrize("width", [80, 60])
 def test_runs_table_keeps_the_name_whole_in_a_narrow_terminal(width: int) -> None:
     console = Console(width=width, record=True, color_system=None)
-    console.print(_cli._runs_table([_run(NAME), _run("runs/x")]))
+    console.print(_cli._runs_table([_run(NAME), _run("runs/x")], width))
     text = console.export_text()
     assert NAME in text, text
     assert max(len(line) for line in text.splitlines()) <= width
+    # The state is a whole word too (a script greps for FAILED), and the step survives at 80.
+    assert "FAILED" in text, text
+    header = text.splitlines()[1]
+    assert ("STEP" in header) == (width >= 80), text
+    # Without room for its column, the message is printed below the table, whole.
+    message = "crash loop: the worker died 3 times at step 123456 without progress"
+    assert f"{NAME}: {message}" in " ".join(text.split()), text
+
+
+def test_runs_table_shows_every_column_in_a_wide_terminal() -> None:
+    console = Console(width=200, record=True, color_system=None)
+    console.print(_cli._runs_table([_run(NAME)], 200))
+    text = console.export_text()
+    for word in ("emergence", "FAILED", "123456", "1000000", "42.5", "crash loop: the worker"):
+        assert word in text, text
 
 
 def test_connection_options_work_before_the_command(

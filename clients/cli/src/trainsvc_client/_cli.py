@@ -16,9 +16,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc_client._client import DEFAULT_ADDRESS, Client, connect
@@ -114,28 +115,50 @@ def _state(run: pb.Run) -> str:
     return pb.Run.State.Name(run.state)
 
 
-def _runs_table(runs: list[pb.Run]) -> Table:
+MIN_MESSAGE_WIDTH = 16
+"""The message column is shown only when at least this many characters are left for it."""
+
+
+def _runs_table(runs: list[pb.Run], width: int | None = None) -> RenderableType:
+    """The runs as a table that fits ``width`` (default: the terminal's) without splitting words.
+
+    The name is what people copy and the state what they (and scripts) read, so
+    neither ever wraps or shortens; when the terminal is too narrow, whole columns
+    are left out instead, the message first (then printed below the table, one
+    line per run), then restarts, steps/s, budget, step.
+    """
+    width = out.width if width is None else width
+    cells: dict[str, list[str]] = {
+        "NAME": [r.name for r in runs],
+        "KIND": [kind_name(r.kind) for r in runs],
+        "STATE": [_state(r) for r in runs],
+        "STEP": [str(r.step) for r in runs],
+        "BUDGET": [str(r.step_budget) for r in runs],
+        "STEPS/S": [f"{r.steps_per_second:.1f}" for r in runs],
+        "RESTARTS": [str(r.restarts) for r in runs],
+    }
+    needed = {col: max([len(col), *map(len, values)]) + 3 for col, values in cells.items()}
+    shown: set[str] = set()
+    used = 1  # the table's left border
+    for col in ("NAME", "STATE", "KIND", "STEP", "BUDGET", "STEPS/S", "RESTARTS"):
+        if col in ("NAME", "STATE") or used + needed[col] <= width:
+            shown.add(col)
+            used += needed[col]
+    with_message = width - used - 3 >= MIN_MESSAGE_WIDTH
     table = Table(show_lines=False)
-    # The name is what people copy: it never wraps or shortens; the message wraps first,
-    # then the other columns.
-    longest = max((len(r.name) for r in runs), default=4)
-    table.add_column("NAME", no_wrap=True, min_width=max(4, longest))
-    for col in ("KIND", "STATE", "STEP", "BUDGET", "STEPS/S", "RESTARTS"):
+    columns = [c for c in cells if c in shown]
+    for col in columns:
         right = col in {"STEP", "BUDGET", "STEPS/S", "RESTARTS"}
-        table.add_column(col, justify="right" if right else "left", overflow="fold")
-    table.add_column("MESSAGE", overflow="fold", ratio=1)
-    for run in runs:
-        table.add_row(
-            run.name,
-            kind_name(run.kind),
-            _state(run),
-            str(run.step),
-            str(run.step_budget),
-            f"{run.steps_per_second:.1f}",
-            str(run.restarts),
-            run.state_message,
-        )
-    return table
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    if with_message:
+        table.add_column("MESSAGE", overflow="fold", ratio=1)
+    for row, run in enumerate(runs):
+        values = [cells[col][row] for col in columns]
+        table.add_row(*values, *([run.state_message] if with_message else []))
+    if with_message:
+        return table
+    notes = [Text(f"{r.name}: {r.state_message}") for r in runs if r.state_message]
+    return Group(table, *notes)
 
 
 def _show_run(run: pb.Run, as_json: bool) -> None:
