@@ -26,6 +26,7 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc_dashboard._convert import checkpoint_json, event_json, most_active, run_json
 from trainsvc_dashboard._frames import encode_frame
+from trainsvc_dashboard._history import MetricHistory
 from trainsvc_dashboard._presets import PRESETS
 from trainsvc_dashboard._service import ServiceLink, error_json, is_unavailable
 
@@ -38,7 +39,8 @@ UPSTREAM_RATE_HZ = 60.0
 OUTBOX_LIMIT = 256
 """Text messages queued per client; past it the oldest are dropped (and counted)."""
 HISTORY_POINTS = 2000
-"""Metric points kept per watched run for pages that join late."""
+"""Metric points kept per watched run for pages that join late; past it the history is
+thinned by halves, so it still spans the whole run since the bridge began watching it."""
 EVENTS_KEPT = 200
 """Events kept per run for pages that join late."""
 SAMPLES_KEPT = 20
@@ -231,7 +233,7 @@ class RunFeed:
         self.version = 0
         self.frames_received = 0
         self.clients: set[Client] = set()
-        self.history: deque[tuple[int, dict[str, float]]] = deque(maxlen=HISTORY_POINTS)
+        self.history = MetricHistory(HISTORY_POINTS)
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES_KEPT)
         self.idle_since: float | None = None
         self.task = asyncio.create_task(self._pump(), name=f"feed {run}")
@@ -242,11 +244,7 @@ class RunFeed:
         self.version += 1
         self.frames_received += 1
         if frame.metrics:
-            point = (int(frame.step), dict(frame.metrics))
-            if self.history and self.history[-1][0] == point[0]:
-                self.history[-1] = point
-            else:
-                self.history.append(point)
+            self.history.add(int(frame.step), dict(frame.metrics))
         if frame.WhichOneof("payload") == "lm" and frame.lm.sample_step:
             self._add_sample(frame.lm)
         for client in self.clients:
@@ -272,9 +270,10 @@ class RunFeed:
 
     def history_json(self) -> dict[str, Any]:
         """The metric history as a `history` message."""
-        steps = [s for s, _ in self.history]
-        names = sorted({k for _, m in self.history for k in m})
-        metrics = {n: [m.get(n) for _, m in self.history] for n in names}
+        points = self.history.points()
+        steps = [s for s, _ in points]
+        names = sorted({k for _, m in points for k in m})
+        metrics = {n: [m.get(n) for _, m in points] for n in names}
         return {
             "type": "history",
             "run": self.run,
