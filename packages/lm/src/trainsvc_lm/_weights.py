@@ -173,6 +173,19 @@ def _copy_into(src: np.ndarray, dst: np.ndarray, transposed: bool) -> None:
         dst[:, i : i + _ROWS] = src[i : i + _ROWS].T
 
 
+_ALIGNMENT = 64
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """``np.empty`` aligned to 64 bytes: XLA's CPU client then adopts the buffer
+    instead of copying it, so a loaded model takes its own size in memory, not
+    its size plus a copy of its largest leaf."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def _assemble(
     config: ModelConfig,
     dtype_of: Callable[[_Slot], np.dtype[Any]],
@@ -200,7 +213,7 @@ def _assemble(
         else:
             found = {dtype_of(s) for s in group}
             target = found.pop() if len(found) == 1 else np.dtype(np.float32)
-        buffer = np.empty(((len(group),) if layered else ()) + shape, target)
+        buffer = _aligned_empty(((len(group),) if layered else ()) + shape, target)
         for slot in group:
             fill(slot, buffer[slot.layer] if layered else buffer)
         leaf = put(buffer, layered)
