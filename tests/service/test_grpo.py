@@ -162,3 +162,23 @@ def test_offline_groups_from_an_art_jsonl_export_train(tmp_path: Path) -> None:
     assert trainer.run() == 3
     assert trainer.last_metrics["groups_kept"] == 1.0
     assert trainer.last_metrics["loss"] != 0.0
+
+
+def test_cli_creates_a_grpo_run_on_a_shipped_task(shared_service: Service) -> None:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from trainsvc_client._cli import main; main()"]
+    args = ["runs", "create", "--kind", "grpo", "--steps", "2", "--set", "task=sort4"]
+    args += ["--set", "group_size=4", "--set", "model.hidden_size=32", "--json"]
+    out = subprocess.run(
+        [*cmd, *args, "--server", shared_service.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    assert run["kind"] == "GRPO" and run["grpo"]["task"] == "sort4"
+    assert run["grpo"]["group_size"] == 4
