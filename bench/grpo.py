@@ -42,7 +42,12 @@ RUNS: dict[str, dict[str, Any]] = {
         "judge": False,
         "config": {
             "data": {"task": "sort4"},
-            "grpo": {"updates_per_batch": 2, "epsilon_high": 0.28},
+            "grpo": {
+                "group_size": 8,
+                "prompts_per_step": 64,
+                "updates_per_batch": 2,
+                "epsilon_high": 0.28,
+            },
             "optim": {"lr": 1e-3},
         },
     },

@@ -287,14 +287,20 @@ def test_increment_learns_from_chance(tmp_path: Path) -> None:
 def test_sort_learns_from_chance(tmp_path: Path) -> None:
     """RL from a random init (no supervised warm-up): held-out reward ~0.1 -> >= 0.9.
 
-    Sorting needs more care than incrementing: two updates per batch with a wider
-    upper clip (DAPO's clip-higher) at a lower learning rate keep the policy from
-    collapsing onto wrong answers before it has found the right ones.
+    Sorting needs more care than incrementing: more prompts per step (64 groups of 8),
+    two updates per batch with a wider upper clip (DAPO's clip-higher) at a lower
+    learning rate keep the policy from collapsing onto wrong answers before it has
+    found the right ones.
     """
     cfg = GRPOConfig.from_dict(
         {
             "data": {"task": "sort4", "eval_prompts": 256},
-            "grpo": {"updates_per_batch": 2, "epsilon_high": 0.28},
+            "grpo": {
+                "group_size": 8,
+                "prompts_per_step": 64,
+                "updates_per_batch": 2,
+                "epsilon_high": 0.28,
+            },
             "optim": {"lr": 1e-3},
             "train": {"steps": 140, "seed": 0},
             "log": {"checkpoint_dir": str(tmp_path), "save_interval": 0, **LEARN["log"]},
