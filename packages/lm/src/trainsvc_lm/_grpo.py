@@ -43,6 +43,7 @@ import numpy as np
 import optax  # type: ignore[import-untyped]
 
 from trainsvc_lm import _model
+from trainsvc_lm._checkpointing import CheckpointFiles
 from trainsvc_lm._config import ModelConfig
 from trainsvc_lm._errors import ConfigError, DataError
 from trainsvc_lm._grpo_config import GRPOConfig
@@ -288,7 +289,7 @@ class _Rollout:
     valid: np.ndarray  # [groups, G]
 
 
-class GRPOTrainer:
+class GRPOTrainer(CheckpointFiles):
     """Trains a policy with GRPO; one :meth:`step` is one sampled batch and its updates.
 
     Args:
@@ -307,6 +308,8 @@ class GRPOTrainer:
     Raises:
         ConfigError, DataError, ModelLoadError: bad input, named.
     """
+
+    trainer_kind = "grpo"
 
     backend = "jax"
 
@@ -793,34 +796,9 @@ class GRPOTrainer:
         self.tokens_sampled = int(meta["tokens_sampled"])
         self.run_id, self.run_name = str(meta["run_id"]), str(meta["run_name"])
 
-    @property
-    def checkpoint_manager(self) -> Any:
-        """The ``CheckpointManager`` of ``log.checkpoint_dir`` (created on first use)."""
-        if self._manager is None:
-            from trainsvc_checkpoint import CheckpointManager
-
-            self._manager = CheckpointManager(
-                Path(self.config.log.checkpoint_dir), keep_last=self.config.log.keep_last
-            )
-        return self._manager
-
-    def save_checkpoint(self, *, emergency: bool = False) -> Path:
-        """Saves the state; returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
-        manager = self.checkpoint_manager
-        metadata = {
-            "trainer": "grpo",
-            "backend": self.backend,
-            "run_id": self.run_id,
-            "config": self.config.to_dict(),
-        }
-        tree = self.state_dict()
-        if emergency:
-            path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
-        else:
-            manager.save(self._step, tree, metadata=metadata, blocking=True)
-            path = Path(manager.directory) / f"step_{self._step}.safetensors"
-        self.sinks.message(f"checkpoint step={self._step} emergency={emergency} path={path}")
-        return path
+    def run_config(self) -> GRPOConfig:
+        """The run's config."""
+        return self.config
 
     def restore(self, source: str | Path = "latest") -> Path | None:
         """Restores a checkpoint file, or the newest valid one with ``"latest"`` (None: none).
@@ -846,9 +824,7 @@ class GRPOTrainer:
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the sinks."""
         self.sinks.close()
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+        self.close_checkpoints()
 
 
 def make_schedule_value(config: GRPOConfig, step: int) -> float:

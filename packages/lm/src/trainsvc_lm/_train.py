@@ -30,6 +30,7 @@ import numpy as np
 import optax  # type: ignore[import-untyped]
 
 from trainsvc_lm import _model
+from trainsvc_lm._checkpointing import CheckpointFiles
 from trainsvc_lm._data import (
     BatchLoader,
     DataPosition,
@@ -161,7 +162,7 @@ def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTrans
     return adamw
 
 
-class LoRATrainer:
+class LoRATrainer(CheckpointFiles):
     """Trains LoRA adapters on a frozen base model; one :meth:`step` is one optimizer update.
 
     Everything that can be wrong with the inputs is checked in the constructor, before
@@ -179,6 +180,8 @@ class LoRATrainer:
     Raises:
         ConfigError, DataError, ModelLoadError, TemplateError: bad input, named.
     """
+
+    trainer_kind = "lora"
 
     backend = "jax"
     """The array library that trains: ``jax`` here, ``mlx`` in `MLXLoRATrainer`."""
@@ -608,35 +611,9 @@ class LoRATrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    @property
-    def checkpoint_manager(self) -> Any:
-        """The ``CheckpointManager`` of ``log.checkpoint_dir`` (created on first use)."""
-        if self._manager is None:
-            from trainsvc_checkpoint import CheckpointManager
-
-            self._manager = CheckpointManager(
-                Path(self.config.log.checkpoint_dir), keep_last=self.config.log.keep_last
-            )
-        return self._manager
-
-    def save_checkpoint(self, *, emergency: bool = False) -> Path:
-        """Saves the state and returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
-        manager = self.checkpoint_manager
-        metadata = {
-            "trainer": "lora",
-            "backend": self.backend,
-            "run_id": self.run_id,
-            "config": self.config.to_dict(),
-        }
-        tree = self.state_dict()
-        if emergency:
-            path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
-            self.sinks.message(f"checkpoint step={self._step} emergency=true path={path}")
-            return path
-        manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path = Path(manager.directory) / f"step_{self._step}.safetensors"  # uncompressed
-        self.sinks.message(f"checkpoint step={self._step} path={path}")
-        return path
+    def run_config(self) -> LMTrainConfig:
+        """The run's config."""
+        return self.config
 
     def restore(self, source: str | Path = "latest") -> Path | None:
         """Restores the state from a checkpoint file, or the newest valid one with ``"latest"``.
@@ -668,9 +645,7 @@ class LoRATrainer:
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the sinks."""
         self.sinks.close()
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+        self.close_checkpoints()
 
 
 def _due(step: int, interval: int, final: bool) -> bool:

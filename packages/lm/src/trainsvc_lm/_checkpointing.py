@@ -1,0 +1,75 @@
+"""Checkpoint files for the language-model trainers (LoRA SFT and GRPO).
+
+Both trainers keep their run directory through one `CheckpointManager` and save
+the same way: the state tree with the trainer kind, backend, run id and config
+in the header metadata (read before a resume matches the state), periodic
+``step_N`` files under keep-last-N retention, and ``emergency_step_N`` files kept
+forever.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from trainsvc_lm._train_log import Sinks
+
+
+class CheckpointFiles:
+    """Mixin: ``checkpoint_manager``, ``save_checkpoint`` and ``close_checkpoints``.
+
+    The trainer provides ``backend``, ``run_id``, ``sinks``, ``_step``, ``state_dict()``
+    and ``run_config()`` (with ``log.checkpoint_dir``, ``log.keep_last`` and
+    ``to_dict()``), and sets ``_manager = None`` before the first save.
+    """
+
+    trainer_kind: ClassVar[str]
+    """The ``trainer`` recorded in each file's header metadata."""
+    backend: str
+    run_id: str
+    sinks: Sinks
+    _step: int
+    _manager: Any
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state tree to save (the trainer's)."""
+        raise NotImplementedError
+
+    def run_config(self) -> Any:
+        """The run's config (the trainer's)."""
+        raise NotImplementedError
+
+    @property
+    def checkpoint_manager(self) -> Any:
+        """The ``CheckpointManager`` of ``log.checkpoint_dir`` (created on first use)."""
+        if self._manager is None:
+            from trainsvc_checkpoint import CheckpointManager
+
+            log = self.run_config().log
+            self._manager = CheckpointManager(Path(log.checkpoint_dir), keep_last=log.keep_last)
+        return self._manager
+
+    def save_checkpoint(self, *, emergency: bool = False) -> Path:
+        """Saves the state and returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
+        manager = self.checkpoint_manager
+        metadata = {
+            "trainer": self.trainer_kind,
+            "backend": self.backend,
+            "run_id": self.run_id,
+            "config": self.run_config().to_dict(),
+        }
+        tree = self.state_dict()
+        if emergency:
+            path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
+            self.sinks.message(f"checkpoint step={self._step} emergency=true path={path}")
+            return path
+        manager.save(self._step, tree, metadata=metadata, blocking=True)
+        path = Path(manager.directory) / f"step_{self._step}.safetensors"  # uncompressed
+        self.sinks.message(f"checkpoint step={self._step} path={path}")
+        return path
+
+    def close_checkpoints(self) -> None:
+        """Waits for pending checkpoint writes and releases the manager."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
