@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,58 @@ def test_a_second_service_on_a_port_in_use_fails_instead_of_sharing_it(
     assert "--listen: cannot bind" in second.stderr and shared_service.address in second.stderr
     with shared_service.client() as c:  # the first one still answers
         c.list_runs_page(page_size=1)
+
+
+def test_runs_retry_continues_a_stopped_run_from_its_newest_checkpoint(
+    shared_service: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "num_agents = 4\nfield_height = 8\nfield_width = 8\nnum_envs = 2\nrollout_length = 4\n",
+        encoding="utf-8",
+    )
+    created = cli(
+        shared_service,
+        *("runs", "create", "--kind", "emergence", "--steps", "1000000", "--seed", "5"),
+        *("--config", str(config), "--json"),
+    )
+    assert created.returncode == 0, created.stderr
+    old = json.loads(created.stdout)
+    # Still running: retry is for FAILED or STOPPED runs, and says so.
+    early = cli(shared_service, "runs", "retry", old["name"])
+    assert early.returncode == 1 and "retry is for FAILED or STOPPED runs" in early.stderr
+    deadline = time.monotonic() + 120
+    while (
+        int(
+            json.loads(cli(shared_service, "runs", "get", old["name"], "--json").stdout).get(
+                "step", 0
+            )
+        )
+        == 0
+    ):
+        assert time.monotonic() < deadline, "the run never trained"
+        time.sleep(0.5)
+    saved = cli(shared_service, "runs", "checkpoint", old["name"], "--json")
+    assert saved.returncode == 0, saved.stderr
+    stopped = cli(shared_service, "runs", "stop", old["name"], "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    ckpts = json.loads(cli(shared_service, "runs", "checkpoints", old["name"], "--json").stdout)
+    newest = max(int(c["step"]) for c in ckpts["checkpoints"])
+    assert newest > 0
+
+    retried = cli(shared_service, "runs", "retry", old["name"], "--json")
+    assert retried.returncode == 0, retried.stderr
+    new = json.loads(retried.stdout)
+    assert new["name"] != old["name"]
+    assert new["kind"] == "EMERGENCE" and new["seed"] == old["seed"]
+    assert new["emergence"] == old["emergence"]
+    # The new run's worker starts where the old one's newest checkpoint left off.
+    deadline = time.monotonic() + 120
+    while True:
+        events = cli(shared_service, "runs", "events", new["name"], "--json").stdout
+        if f"started at step {newest}" in events:
+            break
+        assert "started at step 0" not in events, events
+        assert time.monotonic() < deadline, events
+        time.sleep(0.5)
+    assert cli(shared_service, "runs", "stop", new["name"]).returncode == 0
