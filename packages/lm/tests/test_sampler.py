@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import hf_config, random_lora, random_params
 
 CONFIG = ModelConfig.from_dict(hf_config("qwen2", eos_token_id=96))
-PARAMS = random_params(CONFIG, seed=21)
+
+
+@functools.cache
+def model_params() -> Any:
+    """The test model's parameters, made on first use (not at collection: no JAX work then)."""
+    return random_params(CONFIG, seed=21)
+
+
 RNG = np.random.default_rng(0)
 PROMPTS = [RNG.integers(0, 90, n).tolist() for n in (3, 9, 18)]
 
@@ -28,7 +37,7 @@ def greedy_by_full_forward(prompt: list[int], n: int, **kw: object) -> list[int]
     The sequence is right-padded to 32 tokens (one compiled shape); causal
     attention keeps the padding from affecting the logits read at ``len - 1``.
     """
-    run = jax.jit(lambda toks: forward(PARAMS, CONFIG, toks, **kw))  # type: ignore[arg-type]
+    run = jax.jit(lambda toks: forward(model_params(), CONFIG, toks, **kw))  # type: ignore[arg-type]
     seq = list(prompt)
     for _ in range(n):
         padded = jnp.asarray([seq + [0] * (32 - len(seq))], jnp.int32)
@@ -38,31 +47,37 @@ def greedy_by_full_forward(prompt: list[int], n: int, **kw: object) -> list[int]
 
 def test_greedy_equals_argmax_of_full_forwards() -> None:
     out = generate(
-        PARAMS, CONFIG, [PROMPTS[1]], SamplingConfig(max_new_tokens=6, stop_token_ids=())
+        model_params(), CONFIG, [PROMPTS[1]], SamplingConfig(max_new_tokens=6, stop_token_ids=())
     )
     assert out == [greedy_by_full_forward(PROMPTS[1], 6)]
 
 
 def test_a_batch_of_different_lengths_equals_each_prompt_alone() -> None:
     sampling = SamplingConfig(max_new_tokens=5, stop_token_ids=())
-    batch = generate(PARAMS, CONFIG, PROMPTS, sampling)
-    alone = [generate(PARAMS, CONFIG, [p], sampling)[0] for p in PROMPTS]
+    batch = generate(model_params(), CONFIG, PROMPTS, sampling)
+    alone = [generate(model_params(), CONFIG, [p], sampling)[0] for p in PROMPTS]
     assert batch == alone
     assert bucket_length(18) == 32 and bucket_length(3) == 16  # the batch ran in another shape
 
 
 def test_tiny_top_p_is_greedy() -> None:
-    greedy = generate(PARAMS, CONFIG, PROMPTS, SamplingConfig(max_new_tokens=5, stop_token_ids=()))
+    greedy = generate(
+        model_params(), CONFIG, PROMPTS, SamplingConfig(max_new_tokens=5, stop_token_ids=())
+    )
     nucleus = SamplingConfig(
         max_new_tokens=5, temperature=1.0, top_p=1e-6, stop_token_ids=(), seed=3
     )
-    assert generate(PARAMS, CONFIG, PROMPTS, nucleus) == greedy
+    assert generate(model_params(), CONFIG, PROMPTS, nucleus) == greedy
 
 
 def test_stop_tokens_cut_each_row() -> None:
-    free = generate(PARAMS, CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=()))
+    free = generate(
+        model_params(), CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=())
+    )
     stop = free[1][3]
-    out = sample(PARAMS, CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=(stop,)))
+    out = sample(
+        model_params(), CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=(stop,))
+    )
     for row, completion in zip(free, out, strict=True):
         if stop in row:
             assert completion.tokens == tuple(row[: row.index(stop)])
@@ -73,7 +88,10 @@ def test_stop_tokens_cut_each_row() -> None:
 
 
 def test_stop_tokens_default_to_the_models_eos() -> None:
-    params = {**PARAMS, "lm_head": PARAMS["lm_head"].at[:, 96].add(50.0)}  # eos (96) always wins
+    params = {
+        **model_params(),
+        "lm_head": model_params()["lm_head"].at[:, 96].add(50.0),
+    }  # eos (96) always wins
     out = sample(params, CONFIG, PROMPTS[:2], SamplingConfig(max_new_tokens=4))
     assert [(c.tokens, c.finish_reason) for c in out] == [((), "stop"), ((), "stop")]
 
@@ -81,11 +99,13 @@ def test_stop_tokens_default_to_the_models_eos() -> None:
 def test_sampling_is_deterministic_for_a_seed_and_stays_in_the_nucleus() -> None:
     prompts = [PROMPTS[0]] * 32
     hot = SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=0.6, stop_token_ids=(), seed=5)
-    first = generate(PARAMS, CONFIG, prompts, hot)
-    assert generate(PARAMS, CONFIG, prompts, hot) == first
-    other = generate(PARAMS, CONFIG, prompts, SamplingConfig(**{**hot.__dict__, "seed": 6}))
+    first = generate(model_params(), CONFIG, prompts, hot)
+    assert generate(model_params(), CONFIG, prompts, hot) == first
+    other = generate(model_params(), CONFIG, prompts, SamplingConfig(**{**hot.__dict__, "seed": 6}))
     assert other != first
-    probs = np.asarray(jax.nn.softmax(forward(PARAMS, CONFIG, jnp.asarray([PROMPTS[0]]))[0, -1]))
+    probs = np.asarray(
+        jax.nn.softmax(forward(model_params(), CONFIG, jnp.asarray([PROMPTS[0]]))[0, -1])
+    )
     order = np.argsort(-probs)
     mass_before = np.cumsum(probs[order]) - probs[order]
     nucleus = set(order[mass_before < 0.6].tolist())
@@ -95,10 +115,10 @@ def test_sampling_is_deterministic_for_a_seed_and_stays_in_the_nucleus() -> None
 
 def test_logprobs_are_the_models() -> None:
     (completion,) = sample(
-        PARAMS, CONFIG, [PROMPTS[0]], SamplingConfig(max_new_tokens=3, stop_token_ids=())
+        model_params(), CONFIG, [PROMPTS[0]], SamplingConfig(max_new_tokens=3, stop_token_ids=())
     )
     seq = jnp.asarray([PROMPTS[0] + list(completion.tokens)], jnp.int32)
-    logp = jax.nn.log_softmax(forward(PARAMS, CONFIG, seq)[0], axis=-1)
+    logp = jax.nn.log_softmax(forward(model_params(), CONFIG, seq)[0], axis=-1)
     n = len(PROMPTS[0])
     expected = [float(logp[n - 1 + i, tok]) for i, tok in enumerate(completion.tokens)]
     np.testing.assert_allclose(completion.logprobs, expected, atol=1e-4)
@@ -107,7 +127,7 @@ def test_logprobs_are_the_models() -> None:
 def test_lora_generation_uses_the_adapter() -> None:
     lora = random_lora(CONFIG, seed=4)
     sampling = SamplingConfig(max_new_tokens=4, stop_token_ids=())
-    out = generate(PARAMS, CONFIG, [PROMPTS[2]], sampling, lora=lora, lora_scale=0.5)
+    out = generate(model_params(), CONFIG, [PROMPTS[2]], sampling, lora=lora, lora_scale=0.5)
     expected = greedy_by_full_forward(PROMPTS[2], 4, lora=lora, lora_scale=0.5)
     assert out == [expected]
     assert expected != greedy_by_full_forward(PROMPTS[2], 4)
@@ -133,6 +153,6 @@ def test_sampling_config_names_the_bad_field(kwargs: dict[str, object], field: s
 def test_bad_prompts_are_named() -> None:
     sampling = SamplingConfig(max_new_tokens=1)
     with pytest.raises(ConfigError, match=r"prompts\[1\]"):
-        generate(PARAMS, CONFIG, [[1], []], sampling)
+        generate(model_params(), CONFIG, [[1], []], sampling)
     with pytest.raises(ConfigError, match="outside the vocabulary"):
-        generate(PARAMS, CONFIG, [[1, 97]], sampling)
+        generate(model_params(), CONFIG, [[1, 97]], sampling)
