@@ -9,13 +9,14 @@ forever.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 from trainsvc_lm._train_log import Sinks
 
 
-class CheckpointFiles:
+class CheckpointFiles(ABC):
     """Mixin: ``checkpoint_manager``, ``save_checkpoint`` and ``close_checkpoints``.
 
     The trainer provides ``backend``, ``run_id``, ``sinks``, ``_step``, ``state_dict()``
@@ -31,13 +32,13 @@ class CheckpointFiles:
     _step: int
     _manager: Any
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """The state tree to save (the trainer's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_config(self) -> Any:
         """The run's config (the trainer's)."""
-        raise NotImplementedError
 
     @property
     def checkpoint_manager(self) -> Any:

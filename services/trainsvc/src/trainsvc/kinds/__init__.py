@@ -170,6 +170,20 @@ def checkpoint_files_in(directory: Path) -> list[Path]:
     )
 
 
+def trainer_field_error(
+    exc: Exception, field_of: dict[str, str], fallback: Callable[[str], str]
+) -> InvalidArgumentError:
+    """The INVALID_ARGUMENT for a trainer library's ``ConfigError(field, message)``.
+
+    Names the request field the trainer field came from (``field_of``, else
+    ``fallback(trainer_field)``) and keeps the trainer's field in the message.
+    """
+    trainer_field = str(getattr(exc, "field", ""))
+    request_field = field_of.get(trainer_field) or fallback(trainer_field)
+    message = str(exc).split(": ", 1)[-1]
+    return InvalidArgumentError(request_field, f"{message} (trainer field {trainer_field})")
+
+
 def available_kinds() -> list[str]:
     """Kinds whose trainer library is installed."""
     return [k for k, (_, lib) in KIND_MODULES.items() if importlib.util.find_spec(lib) is not None]
@@ -210,4 +224,5 @@ __all__ = [
     "available_kinds",
     "checkpoint_files_in",
     "get_kind",
+    "trainer_field_error",
 ]

@@ -17,6 +17,7 @@ from trainsvc.kinds import (
     InputRoots,
     checkpoint_files_in,
     is_path_key,
+    trainer_field_error,
 )
 
 # Typed fields of the wire API's EmergenceConfig -> the trainer's dotted config keys.
@@ -98,10 +99,8 @@ class EmergenceKind:
         try:
             config = Config().replace(overrides)
         except ConfigError as exc:
-            request_field = field_of.get(exc.field, f"run.emergence.overrides[{exc.field}]")
-            message = str(exc).split(": ", 1)[-1]
-            raise InvalidArgumentError(
-                request_field, f"{message} (trainer field {exc.field})"
+            raise trainer_field_error(
+                exc, field_of, lambda name: f"run.emergence.overrides[{name}]"
             ) from None
         result: dict[str, Any] = config.to_dict()
         return result

@@ -29,6 +29,7 @@ from trainsvc.kinds import (
     RunInputError,
     checkpoint_files_in,
     is_path_key,
+    trainer_field_error,
 )
 
 # Typed fields of the wire API's GrpoConfig -> the trainer's dotted config keys.
@@ -212,11 +213,7 @@ class GrpoKind:
         try:
             config = GRPOConfig().replace(overrides)
         except ConfigError as exc:
-            request_field = field_of.get(exc.field) or _request_field(exc.field)
-            message = str(exc).split(": ", 1)[-1]
-            raise InvalidArgumentError(
-                request_field, f"{message} (trainer field {exc.field})"
-            ) from None
+            raise trainer_field_error(exc, field_of, _request_field) from None
         result: dict[str, Any] = config.to_dict()
         return result
 

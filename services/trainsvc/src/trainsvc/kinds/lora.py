@@ -27,6 +27,7 @@ from trainsvc.kinds import (
     RunInputError,
     checkpoint_files_in,
     is_path_key,
+    trainer_field_error,
 )
 
 # Typed fields of the wire API's LoraConfig -> the trainer's dotted config keys.
@@ -174,11 +175,7 @@ class LoraKind:
         try:
             config = LMTrainConfig().replace(overrides)
         except ConfigError as exc:
-            request_field = field_of.get(exc.field) or _request_field(exc.field)
-            message = str(exc).split(": ", 1)[-1]
-            raise InvalidArgumentError(
-                request_field, f"{message} (trainer field {exc.field})"
-            ) from None
+            raise trainer_field_error(exc, field_of, _request_field) from None
         _check_inputs(config, field_of)
         result: dict[str, Any] = config.to_dict()
         return result
