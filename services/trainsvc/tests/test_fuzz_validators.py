@@ -101,9 +101,12 @@ def _short_invalid_argument(call: Callable[[], Any]) -> None:
     try:
         call()
     except InvalidArgumentError as exc:
-        _, details, trailing = status_of(exc)
-        assert exc.field and len(details) <= 2100, (exc.field, len(details))
-        assert all(len(v) <= 400 and v.isascii() for _, v in trailing)
+        status = status_of(exc)
+        assert exc.field and len(status.details) <= 2100, (exc.field, len(status.details))
+        legacy = [v for k, v in status.trailing_metadata if k == "trainsvc-field"]
+        assert len(legacy) == 1 and len(legacy[0]) <= 400 and legacy[0].isascii(), legacy
+        rich = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
+        assert len(rich) == 1 and len(rich[0]) <= 2 * 400 + 200, len(rich[0])
         STATS["refused: INVALID_ARGUMENT"] += 1
         return
     STATS["accepted"] += 1

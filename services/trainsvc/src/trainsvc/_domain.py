@@ -73,11 +73,13 @@ class InvalidArgumentError(ServiceError):
 
     Attributes:
         field: the request field, e.g. ``run.step_budget``.
+        description: what was wrong with it (the message without the field).
     """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.description = message
 
 
 class NotFoundError(ServiceError):
@@ -93,7 +95,15 @@ class FailedPreconditionError(ServiceError):
 
 
 class ResourceExhaustedError(ServiceError):
-    """Too many concurrent streams."""
+    """A limit of the service was reached (say, too many concurrent streams).
+
+    Attributes:
+        subject: what is limited (``streams``), as the status's QuotaFailure names it.
+    """
+
+    def __init__(self, message: str, subject: str = "streams") -> None:
+        super().__init__(message)
+        self.subject = subject
 
 
 class UnavailableError(ServiceError):

@@ -1,8 +1,14 @@
-"""The one place that maps domain exceptions to gRPC status codes."""
+"""The one place that maps domain exceptions to gRPC statuses (with their rich details).
+
+The wire encoding (``google.rpc.Status`` with ``BadRequest`` / ``QuotaFailure``
+details, and the legacy ``trainsvc-field`` trailer) is the API's own:
+`trainsvc_api.v1.errors`. This module only chooses the code and the details.
+"""
 
 from __future__ import annotations
 
 import grpc
+from trainsvc_api.v1.errors import FieldViolation, QuotaViolation, error_status
 
 from trainsvc._domain import (
     AlreadyExistsError,
@@ -15,9 +21,6 @@ from trainsvc._domain import (
     UnavailableError,
 )
 
-FIELD_METADATA_KEY = "trainsvc-field"
-"""Trailing metadata naming the bad field of an INVALID_ARGUMENT."""
-
 _CODES: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -29,29 +32,17 @@ _CODES: dict[type[ServiceError], grpc.StatusCode] = {
 }
 
 
-def status_of(exc: ServiceError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """Return (status code, details, trailing metadata) for a domain error."""
+def status_of(exc: ServiceError) -> grpc.Status:
+    """The status a call that raised ``exc`` ends with (``context.abort_with_status``)."""
     code = grpc.StatusCode.INTERNAL
     for cls in type(exc).__mro__:
         if cls in _CODES:
             code = _CODES[cls]
             break
-    trailing: tuple[tuple[str, str], ...] = ()
+    fields: tuple[FieldViolation, ...] = ()
+    quotas: tuple[QuotaViolation, ...] = ()
     if isinstance(exc, InvalidArgumentError):
-        field = exc.field.encode("ascii", "backslashreplace").decode("ascii")  # metadata: ASCII
-        trailing = ((FIELD_METADATA_KEY, _cut(field, MAX_FIELD_CHARS)),)
-    return code, _cut(str(exc), MAX_DETAILS_CHARS), trailing
-
-
-MAX_DETAILS_CHARS = 2000
-"""Status details and trailing metadata travel in HTTP/2 headers, which clients cap (8 KiB
-by default): a longer message, say one echoing a 1 MB name, would reach the client as
-RESOURCE_EXHAUSTED instead of the real error."""
-MAX_FIELD_CHARS = 300
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text``, cut to ``limit`` characters, saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... (cut; {len(text)} characters)"
+        fields = (FieldViolation(exc.field, exc.description),)
+    elif isinstance(exc, ResourceExhaustedError):
+        quotas = (QuotaViolation(exc.subject, str(exc)),)
+    return error_status(code, str(exc), field_violations=fields, quota_violations=quotas)

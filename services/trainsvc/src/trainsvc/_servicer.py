@@ -129,9 +129,9 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 return fn(context.time_remaining())
             return await asyncio.to_thread(fn, context.time_remaining())
         except ServiceError as exc:
-            code, details, trailing = status_of(exc)
-            context.set_trailing_metadata(trailing)
-            await context.abort(code, details)
+            status = status_of(exc)
+            code = status.code
+            await context.abort_with_status(status)
             raise  # unreachable: abort raises
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -161,9 +161,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
 
     @staticmethod
     async def _abort(context: Context, exc: ServiceError) -> None:
-        code, details, trailing = status_of(exc)
-        context.set_trailing_metadata(trailing)
-        await context.abort(code, details)
+        await context.abort_with_status(status_of(exc))
 
     # -- unary ----------------------------------------------------------------
 

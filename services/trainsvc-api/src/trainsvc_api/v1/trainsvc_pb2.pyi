@@ -9,7 +9,16 @@ a Run is the resource, named "runs/{run_id}"; its checkpoints are
 model: INVALID_ARGUMENT names the offending field ("run.step_budget: must
 be > 0, got -1"), NOT_FOUND for unknown resources, FAILED_PRECONDITION for
 transitions the state machine forbids, UNAUTHENTICATED for a missing or
-wrong bearer token ("authorization: Bearer <token>" metadata).
+wrong bearer token ("authorization: Bearer <token>" metadata),
+RESOURCE_EXHAUSTED when the service's cap on concurrent streams is reached.
+
+Error details: a failed call carries a google.rpc.Status (the
+"grpc-status-details-bin" trailer, read by every gRPC library's status
+helpers). INVALID_ARGUMENT has a google.rpc.BadRequest whose field
+violations name each bad field ("run.step_budget") and say what was wrong;
+RESOURCE_EXHAUSTED a google.rpc.QuotaFailure whose violation subject names
+the limit ("streams"). INVALID_ARGUMENT also repeats the field in the
+"trainsvc-field" trailer, for clients older than these details.
 """
 
 from collections import abc as _abc
