@@ -17,6 +17,10 @@ Quick start::
     manager.save(step, state)          # async: returns once the arrays are copied
     manager.wait()
     state = manager.restore()          # newest valid checkpoint
+
+    ckpt.checkpoint_file_name(12, emergency=True)     # "emergency_step_12.safetensors"
+    ckpt.parse_checkpoint_file_name("runs/demo/step_12.safetensors.zst")
+    # CheckpointName(step=12, emergency=False, compression='zstd')
 """
 
 from ._errors import (
@@ -41,18 +45,27 @@ from ._manager import (
     reconcile,
     scan,
 )
+from ._names import (
+    MAX_STEP,
+    CheckpointName,
+    RetentionPolicy,
+    checkpoint_file_name,
+    parse_checkpoint_file_name,
+)
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_DIMS",
     "MAX_HEADER_BYTES",
+    "MAX_STEP",
     "MAX_TREE_DEPTH",
     "CheckpointError",
     "CheckpointFallbackWarning",
     "CheckpointFile",
     "CheckpointInfo",
     "CheckpointManager",
+    "CheckpointName",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "GetState",
@@ -60,11 +73,14 @@ __all__ = [
     "InvalidTreeError",
     "Reconciliation",
     "Restored",
+    "RetentionPolicy",
     "UnusableCheckpoint",
     "VerifiedCheckpoint",
+    "checkpoint_file_name",
     "checkpoint_id",
     "load",
     "load_with_info",
+    "parse_checkpoint_file_name",
     "read_info",
     "reconcile",
     "save",

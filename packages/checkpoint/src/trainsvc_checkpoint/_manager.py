@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import threading
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 
 from ._errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ._io import TMP_PREFIX, Compression, PathLike, atomic_file, load_with_info, verify, write_flat
+from ._names import RetentionPolicy, _check_step, checkpoint_file_name, parse_checkpoint_file_name
 from ._signals import SignalHandlers
 from ._tree import FlatTree, flatten, to_host_array
 
@@ -26,7 +26,6 @@ LATEST = "latest"
 _COPY_THREADS = 4
 _PARALLEL_COPY_MIN = 32 * 1024 * 1024
 _COPY_SLICE = 8 * 1024 * 1024
-_NAME = re.compile(r"(emergency_)?step_(0|[1-9][0-9]*)\.safetensors(\.zst)?")
 
 GetState = Callable[[], tuple[int, Any]]
 """Returns ``(step, tree)``: the state an emergency checkpoint should hold."""
@@ -57,7 +56,14 @@ class CheckpointFile:
 
 
 def checkpoint_id(path: PathLike) -> str:
-    """The checkpoint id of a file name or path: the name up to ``.safetensors``."""
+    """The checkpoint id of a file name or path: the name up to ``.safetensors``.
+
+    For a checkpoint name that is :attr:`CheckpointName.checkpoint_id`; an id
+    (``step_600``) is returned as it is.
+    """
+    parsed = parse_checkpoint_file_name(path)
+    if parsed is not None:
+        return parsed.checkpoint_id
     return Path(path).name.split(".safetensors")[0]
 
 
@@ -138,9 +144,9 @@ def scan(directory: PathLike) -> list[CheckpointFile]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        m = _NAME.fullmatch(entry.name)
-        if m and entry.is_file():
-            found.append(CheckpointFile(int(m.group(2)), m.group(1) is not None, entry))
+        name = parse_checkpoint_file_name(entry)
+        if name is not None and entry.is_file():
+            found.append(CheckpointFile(name.step, name.emergency, entry))
     return sorted(found)
 
 
@@ -254,12 +260,6 @@ def _immutable(leaf: Any, arr: np.ndarray[Any, Any]) -> bool:
     return base is None or isinstance(base, bytes)
 
 
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"step: expected a non-negative int, found {step!r}")
-    return int(step)
-
-
 class CheckpointManager:
     """Periodic, asynchronous, atomic checkpoints of one run in one directory.
 
@@ -272,6 +272,9 @@ class CheckpointManager:
         keep_last: how many of the newest periodic checkpoints retention keeps (>= 1).
         keep_every: also keep every checkpoint whose step is a multiple of this.
         compression: None, or ``"zstd"`` for an outer zstd frame.
+
+    Names come from :func:`checkpoint_file_name` and retention is
+    :class:`RetentionPolicy` (``manager.retention``).
     """
 
     def __init__(
@@ -282,17 +285,10 @@ class CheckpointManager:
         keep_every: int | None = None,
         compression: Compression = None,
     ) -> None:
-        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            raise ValueError(f"keep_last: expected an int >= 1, found {keep_last!r}")
-        if keep_every is not None and (
-            isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1
-        ):
-            raise ValueError(f"keep_every: expected None or an int >= 1, found {keep_every!r}")
+        self.retention = RetentionPolicy(keep_last, keep_every)
         if compression not in (None, "zstd"):
             raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
         self.directory = Path(directory)
-        self.keep_last = keep_last
-        self.keep_every = keep_every
         self.compression: Compression = compression
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
@@ -307,6 +303,24 @@ class CheckpointManager:
         # Two threads at least (np.copyto releases the GIL, and the caller is
         # blocked meanwhile), half the cores beyond that.
         self._copy_workers = min(_COPY_THREADS, max(2, (os.cpu_count() or 1) // 2))
+
+    @property
+    def keep_last(self) -> int:
+        """``retention.keep_last``; setting it replaces the policy (validated)."""
+        return self.retention.keep_last
+
+    @keep_last.setter
+    def keep_last(self, value: int) -> None:
+        self.retention = RetentionPolicy(value, self.retention.keep_every)
+
+    @property
+    def keep_every(self) -> int | None:
+        """``retention.keep_every``; setting it replaces the policy (validated)."""
+        return self.retention.keep_every
+
+    @keep_every.setter
+    def keep_every(self, value: int | None) -> None:
+        self.retention = RetentionPolicy(self.retention.keep_last, value)
 
     # ------------------------------------------------------------------ listing
 
@@ -345,10 +359,6 @@ class CheckpointManager:
         """The highest step with a checkpoint file on disk, or None."""
         steps = self.steps()
         return steps[-1] if steps else None
-
-    def _file_name(self, step: int, emergency: bool) -> str:
-        ext = ".safetensors.zst" if self.compression == "zstd" else ".safetensors"
-        return f"{'emergency_' if emergency else ''}step_{step}{ext}"
 
     # ------------------------------------------------------------------ saving
 
@@ -445,7 +455,9 @@ class CheckpointManager:
 
     def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
         with self._lock:
-            path = self.directory / self._file_name(step, emergency)
+            path = self.directory / checkpoint_file_name(
+                step, emergency=emergency, compression=self.compression
+            )
             self._trusted.discard(path)
             write_flat(path, flat, metadata=md, compression=self.compression)
             self._trusted.add(path)
@@ -492,36 +504,21 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ retention
 
-    def _is_valid(self, ckpt: CheckpointFile) -> bool:
-        if ckpt.path in self._trusted:
+    def _is_valid(self, path: Path) -> bool:
+        if path in self._trusted:
             return True
         try:
-            verify(ckpt.path)
+            verify(path)
         except CheckpointError:
             return False
         return True
 
     def _apply_retention(self) -> None:
-        files = self.checkpoints()
-        periodic = [c for c in files if not c.emergency]
-        newest = sorted({c.step for c in periodic})[-self.keep_last :]
-        keep = set(newest)
-        if self.keep_every is not None:
-            keep |= {c.step for c in periodic if c.step % self.keep_every == 0}
-        doomed = [c for c in periodic if c.step not in keep]
-        if not doomed:
-            return
-        kept = sorted((c for c in files if c not in doomed), reverse=True)
-        if not any(self._is_valid(c) for c in kept):
-            # Never delete the only valid checkpoint: spare the newest valid one.
-            for c in sorted(doomed, reverse=True):
-                if self._is_valid(c):
-                    doomed.remove(c)
-                    break
-        for c in doomed:
+        paths = [c.path for c in self.checkpoints()]
+        for path in self.retention.select_for_deletion(paths, self._is_valid):
             with contextlib.suppress(FileNotFoundError):
-                c.path.unlink()
-            self._trusted.discard(c.path)
+                path.unlink()
+            self._trusted.discard(path)
 
     # ------------------------------------------------------------------ restoring
 
@@ -610,7 +607,9 @@ class CheckpointManager:
         """
         if self._signals is not None:
             self._signals.uninstall()
-        self._signals = SignalHandlers(self, get_state)
+        self._signals = SignalHandlers(
+            lambda signame: self._emergency_from_signal(get_state, signame), self.wait
+        )
         self._signals.install()
 
     def _emergency_from_signal(self, get_state: GetState, signame: str) -> None:

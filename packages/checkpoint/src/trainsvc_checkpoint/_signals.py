@@ -10,10 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._manager import CheckpointManager
+from typing import Any
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -24,13 +21,15 @@ class SignalHandlers:
     A signal that arrives while the manager is inside ``save`` or
     ``save_emergency`` is deferred to the end of that call, so the handler
     never sees the manager half-way through changing its own state.
+
+    Args:
+        emergency: saves the emergency checkpoint; given the signal's name (``"SIGTERM"``).
+        wait: finishes pending writes (before re-raising, and at interpreter exit).
     """
 
-    def __init__(
-        self, manager: CheckpointManager, get_state: Callable[[], tuple[int, Any]]
-    ) -> None:
-        self._manager = manager
-        self._get_state = get_state
+    def __init__(self, emergency: Callable[[str], None], wait: Callable[[], None]) -> None:
+        self._emergency = emergency
+        self._wait = wait
         self._previous: dict[int, Any] = {}
         self._depth = 0
         self._pending: int | None = None
@@ -78,7 +77,7 @@ class SignalHandlers:
         self._handling = True
         name = signal.Signals(signum).name
         try:
-            self._manager._emergency_from_signal(self._get_state, name)
+            self._emergency(name)
         except BaseException as exc:
             print(
                 f"trainsvc-checkpoint: {name}: the emergency checkpoint failed: {exc!r}",
@@ -86,7 +85,7 @@ class SignalHandlers:
                 flush=True,
             )
         with contextlib.suppress(BaseException):
-            self._manager.wait()
+            self._wait()
         self._reraise(signum)
 
     def _reraise(self, signum: int) -> None:
@@ -111,6 +110,6 @@ class SignalHandlers:
             self._handle(signum)
             return
         try:
-            self._manager.wait()
+            self._wait()
         except BaseException as exc:
             print(f"trainsvc-checkpoint: at exit: {exc}", file=sys.stderr, flush=True)
