@@ -263,6 +263,45 @@ def test_offline_groups_train_towards_the_better_completions(tmp_path: Path) -> 
         groups_from_art([_art_group("1>", ["2"], [math.nan])])
 
 
+def test_a_saved_policy_is_a_model_directory_the_next_run_starts_from(tmp_path: Path) -> None:
+    """save_pretrained writes a digit policy as HF layout + tokenizer files: the loaded
+    directory encodes like DigitVocab, answers exactly as the trainer did, and an
+    offline run with it as model.dir starts from that policy (ratio 1 at its first step)."""
+    from trainsvc_lm import SamplingConfig, Tokenizer, load_model, sample
+
+    trainer = GRPOTrainer(_config(tmp_path, data={"task": "increment4"}, train={"steps": 3}))
+    trainer.run()
+    out = trainer.save_pretrained(tmp_path / "policy")
+    tokenizer = Tokenizer.from_dir(out)
+    vocab = DigitVocab()
+    prompts = TASKS["increment4"].eval_prompts(8)
+    for p in prompts:
+        assert tokenizer.encode(p, add_special_tokens=True) == vocab.encode(p)
+    assert tokenizer.decode([3, 1, DigitVocab.eos_id, 4]) == "314"
+    config, params = load_model(out)
+    assert config == trainer.model_config
+    greedy = SamplingConfig(max_new_tokens=4, temperature=0.0, stop_token_ids=())
+    rows = [vocab.encode(p) for p in prompts]
+    loaded = [vocab.decode(r.tokens) for r in sample(params, config, rows, greedy)]
+    own = [vocab.decode(r.tokens) for r in trainer._sample_policy(rows, 0, greedy=True)]
+    assert loaded == own
+    offline = groups_from_art([_art_group(prompts[0], ["1234", own[0], "0000"], [0.0, 1.0, 0.5])])
+    follow = GRPOTrainer(
+        _config(
+            tmp_path / "next",
+            model={"dir": str(out)},
+            data={"task": None, "offline_file": "w.jsonl"},
+            grpo={"prompts_per_step": 1, "max_new_tokens": 4},
+        ),
+        offline_groups=offline,
+    )
+    assert [np.asarray(x).tolist() for x in jax.tree.leaves(follow.trainable)] == [
+        np.asarray(x).tolist() for x in jax.tree.leaves(trainer.trainable)
+    ]
+    follow.step()
+    assert follow.last_metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
 # ---------------------------------------------------------------- learning from chance
 
 LEARN = {"log": {"eval_interval": 0, "sample_interval": 0, "frame_interval": 0}}

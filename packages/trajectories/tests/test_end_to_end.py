@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any as FakeOpenAI
 
 import openai
 import trainsvc_trajectories as tt
+from trainsvc_trajectories.testing import LocalOpenAI as FakeOpenAI
 
 N_TRAJ, N_THREADS, N_STEPS = 100, 8, 3
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
     from trainsvc_lm._pretrain import cached_tiny_model, pretrain_tiny
     from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
-    from trainsvc_lm._tasks import TASKS, Task
+    from trainsvc_lm._tasks import TASKS, DigitVocab, Task, write_digit_tokenizer
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
     from trainsvc_lm._train import LMFrame, LoRATrainer, read_checkpoint
@@ -81,6 +81,7 @@ _LAZY = {
     "Completion": "_sampler",
     "DataPosition": "_data",
     "DataReport": "_data",
+    "DigitVocab": "_tasks",
     "GRPOConfig": "_grpo_config",
     "GRPOTrainer": "_grpo",
     "KVCache": "_model",
@@ -98,6 +99,7 @@ _LAZY = {
     "corpus_text": "_tiny",
     "data_report": "_data",
     "decode_step": "_model",
+    "write_digit_tokenizer": "_tasks",
     "export_merged": "_peft",
     "export_peft": "_peft",
     "forward": "_model",
@@ -148,6 +150,7 @@ __all__ = [
     "DataError",
     "DataPosition",
     "DataReport",
+    "DigitVocab",
     "GRPOConfig",
     "GRPOTrainer",
     "KVCache",
@@ -201,4 +204,5 @@ __all__ = [
     "save_model",
     "tokenize_examples",
     "validate_example",
+    "write_digit_tokenizer",
 ]

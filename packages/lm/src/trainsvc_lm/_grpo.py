@@ -821,6 +821,36 @@ class GRPOTrainer(CheckpointFiles):
         self.load_state_dict(tree)
         return path
 
+    def save_pretrained(self, model_dir: str | Path) -> Path:
+        """Writes the current policy as a complete Hugging Face model directory.
+
+        Full fine-tuning writes the trained weights, LoRA the base with the adapters
+        merged in. The tokenizer files come from ``model.dir``, or, for a digit model
+        trained from scratch, are generated (`write_digit_tokenizer`), so the
+        directory can be the ``model.dir`` of the next run (e.g. an offline run on the
+        groups this policy's deployment recorded) or of a `load_model` call.
+        """
+        from trainsvc_lm._peft import TOKENIZER_FILES
+        from trainsvc_lm._tasks import write_digit_tokenizer
+        from trainsvc_lm._weights import save_model
+
+        out = Path(model_dir)
+        if self.full:
+            params = self.trainable
+        else:
+            from trainsvc_lm._lora import merge_lora
+
+            params = merge_lora(self.frozen, self.trainable, self.config.lora.scale)
+        save_model(out, self.model_config, params)
+        if self.config.model.dir is None:
+            write_digit_tokenizer(out)
+        else:
+            for name in TOKENIZER_FILES:
+                src = Path(self.config.model.dir) / name
+                if src.is_file():
+                    (out / name).write_bytes(src.read_bytes())
+        return out
+
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the sinks."""
         self.sinks.close()

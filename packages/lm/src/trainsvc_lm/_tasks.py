@@ -17,8 +17,10 @@ tokens. No JAX import here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +57,38 @@ class DigitVocab:
     def decode(self, tokens: list[int] | tuple[int, ...]) -> str:
         """The characters of ``tokens``; EOS, BOS and out-of-range tokens are dropped."""
         return "".join(self.chars[t] for t in tokens if 0 <= t < len(self.chars))
+
+
+def write_digit_tokenizer(model_dir: str | Path) -> list[Path]:
+    """Write :class:`DigitVocab` as ``tokenizer.json`` and ``tokenizer_config.json``.
+
+    A digit model saved with ``save_model`` plus these files is an ordinary Hugging
+    Face model directory: `Tokenizer.from_dir` encodes a prompt to the same ids as
+    :meth:`DigitVocab.encode` (BOS first) and decodes without separators. A character
+    outside the vocabulary encodes as EOS (the tokenizer's unknown token).
+
+    Returns:
+        The files written.
+    """
+    import tokenizers
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+
+    eos, bos = "</s>", "<s>"
+    vocab = {c: i for i, c in enumerate(DigitVocab.chars)}
+    vocab[eos], vocab[bos] = DigitVocab.eos_id, DigitVocab.bos_id
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=eos))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(eos, special=True), AddedToken(bos, special=True)])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, DigitVocab.bos_id)]
+    )
+    root = Path(model_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tok.save(str(root / "tokenizer.json"))
+    config = {"bos_token": bos, "eos_token": eos, "add_bos_token": False}
+    (root / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return [root / "tokenizer.json", root / "tokenizer_config.json"]
 
 
 def digit_model_config(
