@@ -48,6 +48,22 @@ def test_rule_judge_scales_within_each_group() -> None:
     ] * 3
 
 
+def test_keep_judged_passes_an_earlier_judges_scores_through() -> None:
+    """A file judged by another judge (scores unlike the rule's) keeps those scores; an
+    unjudged group in the same batch is judged by the rule."""
+    [first, second] = groups()
+    inverted = tt.apply_scores(first, tt.GroupScore([1.0, 0.6, 0.3, 0.0], ["llm"] * 4), "llm")
+    assert tt.is_judged(inverted) and not tt.is_judged(second)
+    res = tt.judge_groups(tt.RuleJudge(), [inverted, second], keep_judged=True)
+    assert res.groups[0] == inverted
+    assert [t.reward for t in res.groups[1].trajectories] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert (res.report.judged, res.report.already_judged) == (1, 1)
+    rejudged = tt.judge_groups(tt.RuleJudge(), [inverted])
+    assert [t.reward for t in rejudged.groups[0].trajectories] == pytest.approx(
+        [0, 1 / 3, 2 / 3, 1]
+    )
+
+
 def test_llm_judge_parses_structured_output(fake_openai: Any) -> None:
     judge = tt.LLMJudge(fake_openai.url, "judge", timeout_s=5, price_per_1m_tokens=(1.0, 2.0))
     res = tt.judge_groups(judge, groups())

@@ -41,6 +41,7 @@ from ._judges import (
     LLMJudge,
     RuleJudge,
     apply_scores,
+    is_judged,
     judge_groups,
     parse_scores,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "Windowing",
     "apply_scores",
     "current_trajectory",
+    "is_judged",
     "judge_groups",
     "parquet_schema",
     "parse_scores",

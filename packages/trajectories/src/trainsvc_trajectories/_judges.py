@@ -110,6 +110,7 @@ class JudgeReport:
     judge: str
     groups: int = 0
     judged: int = 0
+    already_judged: int = 0
     skipped: int = 0
     calls: int = 0
     failed_calls: int = 0
@@ -135,13 +136,29 @@ class JudgeResult:
     report: JudgeReport
 
 
-def judge_groups(judge: Judge, groups: Sequence[ArtTrajectoryGroup]) -> JudgeResult:
-    """Score each group; a group that fails is skipped visibly (``result.skipped``) with its reason."""
+def is_judged(group: ArtTrajectoryGroup) -> bool:
+    """Whether a judge scored every trajectory of ``group`` (``metrics["ruler_score"]``)."""
+    return bool(group.trajectories) and all("ruler_score" in t.metrics for t in group.trajectories)
+
+
+def judge_groups(
+    judge: Judge, groups: Sequence[ArtTrajectoryGroup], *, keep_judged: bool = False
+) -> JudgeResult:
+    """Score each group; a group that fails is skipped visibly (``result.skipped``) with its reason.
+
+    With ``keep_judged``, a group that a judge already scored (`is_judged`, e.g. a file
+    written by ``trainsvc-traj judge --judge llm``) keeps its scores and is counted in
+    ``report.already_judged`` instead of being judged again.
+    """
     report = JudgeReport(judge=judge.name, groups=len(groups))
     stats: list[CallStat] = []
     judged: list[ArtTrajectoryGroup] = []
     skipped: list[JudgeSkip] = []
     for gi, group in enumerate(groups):
+        if keep_judged and is_judged(group):
+            judged.append(group)
+            report.already_judged += 1
+            continue
         try:
             if len(group.trajectories) < 1:
                 raise JudgeError("empty group")
@@ -152,7 +169,7 @@ def judge_groups(judge: Judge, groups: Sequence[ArtTrajectoryGroup]) -> JudgeRes
             stats.extend(e.calls)
             skipped.append(JudgeSkip(gi, e.reason, group))
             report.skips.append({"group_index": gi, "reason": e.reason})
-    report.judged, report.skipped = len(judged), len(skipped)
+    report.judged, report.skipped = len(judged) - report.already_judged, len(skipped)
     report.calls = len(stats)
     report.failed_calls = sum(1 for s in stats if s.outcome != "ok")
     for s in stats:

@@ -182,6 +182,9 @@ def rule_judge_reward(task_name: str) -> Callable[[Sequence[str], Sequence[str]]
 def read_offline_groups(path: str) -> list[Any]:
     """Recorded groups from ART JSONL or Parquet, judged with the default `RuleJudge`.
 
+    Groups that a judge already scored (``trainsvc-traj judge``, e.g. with an LLM
+    judge: every trajectory has ``metrics["ruler_score"]``) keep those scores.
+
     Raises:
         RunInputError: the file is unreadable or no group survives judging.
     """
@@ -190,7 +193,7 @@ def read_offline_groups(path: str) -> list[Any]:
 
     try:
         groups = tt.read_parquet(path) if path.endswith(".parquet") else tt.read_jsonl(path)
-        judged = tt.judge_groups(tt.RuleJudge(), groups)
+        judged = tt.judge_groups(tt.RuleJudge(), groups, keep_judged=True)
     except tt.TrajectoryError as exc:
         raise RunInputError(f"{path}: {exc}") from exc
     if not judged.groups:
