@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainsvc_checkpoint import CheckpointError, parse_checkpoint_file_name, verify
+
 from trainsvc_launchers import _platform
 from trainsvc_launchers._background import spawn_detached
 from trainsvc_launchers._config import LaunchConfig
@@ -34,7 +36,6 @@ __all__ = ["find_latest_checkpoint", "launch", "log_path", "m4_config"]
 _FATAL = re.compile(
     r"Traceback \(most recent call last\)|❌ ERROR|^(?:[\w.-]+: )?error:|\bFATAL\b", re.MULTILINE
 )
-_STEP = re.compile(r"step_(\d+)\.safetensors")
 _STARTED = re.compile(r"worker started at step (\d+)")
 M4_MAX_ENVS = 4
 M4_MAX_INTERVAL = 200
@@ -60,29 +61,30 @@ class LatestCheckpoint:
 
 
 def _valid(path: Path) -> bool:
-    try:
-        from trainsvc_checkpoint import verify
-    except ImportError:  # pragma: no cover - checkpoint is a dependency of the service
-        return True
+    """Whether ``path`` passes :func:`trainsvc_checkpoint.verify` (every CRC); False if unreadable."""
     try:
         verify(path)
-    except Exception:
+    except (CheckpointError, OSError):
         return False
     return True
 
 
 def find_latest_checkpoint(data_dir: Path, run_id: str) -> LatestCheckpoint | None:
-    """The newest valid checkpoint under ``data_dir`` in a directory named after ``run_id``."""
-    found: list[LatestCheckpoint] = []
+    """The newest valid checkpoint under ``data_dir`` in a directory named after ``run_id``.
+
+    File names are read by :func:`trainsvc_checkpoint.parse_checkpoint_file_name`
+    (periodic and emergency ones; for one step, the emergency file is tried first).
+    """
     if not data_dir.is_dir():
         return None
+    found = []
     for path in data_dir.rglob("*step_*.safetensors*"):
-        match = _STEP.search(path.name)
-        if match and run_id in path.parent.parts and not path.name.startswith(".tmp-"):
-            found.append(LatestCheckpoint(path, int(match.group(1))))
-    for ckpt in sorted(found, key=lambda c: c.step, reverse=True):
-        if _valid(ckpt.path):
-            return ckpt
+        name = parse_checkpoint_file_name(path)
+        if name is not None and run_id in path.parent.parts:
+            found.append((name, path))
+    for name, path in sorted(found, key=lambda np_: np_[0].sort_key(), reverse=True):
+        if _valid(path):
+            return LatestCheckpoint(path, name.step)
     return None
 
 

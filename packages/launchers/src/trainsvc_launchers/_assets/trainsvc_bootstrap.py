@@ -151,24 +151,21 @@ if MAIN:
 # Resume or start: copy the newest valid checkpointed state from the inputs.
 
 
-def checkpoint_files(data_dir: Path) -> list[Path]:
-    """Every checkpoint file under a service data dir."""
-    return [p for p in data_dir.rglob("*step_*.safetensors*") if not p.name.startswith(".tmp-")]
-
-
 def newest_valid_step(data_dir: Path) -> int:
     """The highest step among the checkpoints under ``data_dir`` that verify; -1 when none."""
-    from trainsvc_checkpoint import verify
+    from trainsvc_checkpoint import parse_checkpoint_file_name, verify
 
     best = -1
-    for path in checkpoint_files(data_dir):
+    for path in data_dir.rglob("*step_*.safetensors*"):
+        name = parse_checkpoint_file_name(path)
+        if name is None:  # not a checkpoint (a .tmp- leftover, a stray file)
+            continue
         try:
             verify(path)
         except Exception as exc:  # a corrupt file: report it and fall back to an older one
             log(f"skipping invalid checkpoint {path.name}: {exc}")
             continue
-        digits = path.name.split("step_", 1)[1].split(".", 1)[0]
-        best = max(best, int(digits))
+        best = max(best, name.step)
     return best
 
 
