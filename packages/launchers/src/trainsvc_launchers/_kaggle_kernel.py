@@ -38,7 +38,8 @@ MACHINE_SHAPES = (
     "NvidiaL4X1",
     "Tpu1VmV38",
 )
-DEFAULT_PACKAGES = ("trainsvc", "trainsvc-client", "trainsvc-trainer")
+# The service with every trainer kind (its extras), so any `launch.kind` trains.
+DEFAULT_PACKAGES = ("trainsvc[all]", "trainsvc-client")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{3,40}[a-z0-9]$")
 _REF = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
 _EMBED_MARKER = "EMBEDDED_SPEC: dict[str, Any] = {}"

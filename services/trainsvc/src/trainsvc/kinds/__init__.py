@@ -1,11 +1,14 @@
 """The trainer registry: each trainer kind is one small adapter module.
 
 A kind module (``trainsvc.kinds.<name>``) defines ``KIND``, an object that
-implements `TrainerKind`. Adding a kind is: write the module, add its name and
-module to `KIND_MODULES`, add its config message to the .proto. The service
-process only calls `TrainerKind.resolve_config` (validation; input paths go
-through the `InputRoots` it is given); the worker process calls
-`TrainerKind.create` and drives the returned `TrainerAdapter`.
+implements `TrainerKind`. Adding a kind is: write the module, add it to
+`KIND_MODULES` with the libraries it needs and the service extra that installs
+them (``trainsvc[<extra>]`` in services/trainsvc/pyproject.toml), add its config
+message to the .proto. The service process only calls
+`TrainerKind.resolve_config` (validation; input paths go through the
+`InputRoots` it is given); the worker process calls `TrainerKind.create` and
+drives the returned `TrainerAdapter`. A kind whose libraries are missing is
+refused when a run of it is created; the service itself needs none of them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,28 @@ from typing import Any, Protocol
 from trainsvc._domain import InvalidArgumentError, RunSpec
 from trainsvc._paths import InputRoots
 
-KIND_MODULES: dict[str, tuple[str, str]] = {
-    # kind name: (adapter module, the trainer library it needs)
-    "emergence": ("trainsvc.kinds.emergence", "trainsvc_trainer"),
-    "othello": ("trainsvc.kinds.othello", "trainsvc_engine"),
-    "lora": ("trainsvc.kinds.lora", "trainsvc_lm"),
-    "grpo": ("trainsvc.kinds.grpo", "trainsvc_lm"),
+
+@dataclass(frozen=True)
+class KindModule:
+    """Where a kind's adapter lives and what it needs installed."""
+
+    module: str
+    """The adapter module (``trainsvc.kinds.<name>``); imported on first use."""
+    libraries: tuple[str, ...]
+    """The trainer libraries it imports (top-level module names)."""
+    extra: str
+    """The service's extra that installs them: ``pip install 'trainsvc[<extra>]'``."""
+
+    def missing(self) -> list[str]:
+        """The libraries that are not installed."""
+        return [lib for lib in self.libraries if importlib.util.find_spec(lib) is None]
+
+
+KIND_MODULES: dict[str, KindModule] = {
+    "emergence": KindModule("trainsvc.kinds.emergence", ("trainsvc_trainer",), "emergence"),
+    "othello": KindModule("trainsvc.kinds.othello", ("trainsvc_engine",), "othello"),
+    "lora": KindModule("trainsvc.kinds.lora", ("trainsvc_lm",), "lm"),
+    "grpo": KindModule("trainsvc.kinds.grpo", ("trainsvc_lm", "trainsvc_trajectories"), "lm"),
 }
 
 
@@ -185,28 +204,31 @@ def trainer_field_error(
 
 
 def available_kinds() -> list[str]:
-    """Kinds whose trainer library is installed."""
-    return [k for k, (_, lib) in KIND_MODULES.items() if importlib.util.find_spec(lib) is not None]
+    """Kinds whose trainer libraries are installed."""
+    return [k for k, m in KIND_MODULES.items() if not m.missing()]
 
 
 def get_kind(name: str, field: str = "run.kind") -> TrainerKind:
     """Return the kind named `name`.
 
     Raises:
-        InvalidArgumentError: unknown kind, or its trainer library is not installed.
+        InvalidArgumentError: unknown kind, or its trainer libraries are not installed
+            (the message names the extra that installs them).
     """
     if name not in KIND_MODULES:
         raise InvalidArgumentError(
             field, f"unknown kind {name!r}; allowed: {', '.join(KIND_MODULES)}"
         )
-    module_name, lib = KIND_MODULES[name]
-    if importlib.util.find_spec(lib) is None:
+    entry = KIND_MODULES[name]
+    missing = entry.missing()
+    if missing:
         raise InvalidArgumentError(
             field,
-            f"kind {name!r} needs the {lib} library, which is not installed on the service; "
-            f"available: {', '.join(available_kinds()) or 'none'}",
+            f"kind {name!r} is not installed on the service (missing {', '.join(missing)}): "
+            f"install it with pip install 'trainsvc[{entry.extra}]'; "
+            f"installed kinds: {', '.join(available_kinds()) or 'none'}",
         )
-    kind: TrainerKind = importlib.import_module(module_name).KIND
+    kind: TrainerKind = importlib.import_module(entry.module).KIND
     return kind
 
 
@@ -216,6 +238,7 @@ __all__ = [
     "FrameData",
     "FrameSink",
     "InputRoots",
+    "KindModule",
     "LMFrame",
     "OthelloFrame",
     "RunInputError",
