@@ -49,6 +49,28 @@ def test_save_interval_leaves_five_checkpoints(toml: Path, tmp_path: Path) -> No
     assert info.metadata["step"] == 10 and info.metadata["config"]["train"]["total_steps"] == 10
 
 
+def test_keep_every_and_compression_reach_the_checkpoint_manager(
+    toml: Path, tmp_path: Path
+) -> None:
+    args = ["--train.total-steps", "10", "--log.save-interval", "2", "--log.keep-last", "1"]
+    args += ["--log.keep-every", "4", "--log.compression", "zstd"]
+    proc = run_cli(["--config", str(toml), *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for step in (2, 4, 6, 8, 10):
+        path = Path("checkpoints") / f"step_{step}.safetensors.zst"
+        assert f"Checkpoint saved: step {step} → {path}" in proc.stdout
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [
+        "latest",
+        "metrics.jsonl",
+        "step_10.safetensors.zst",
+        "step_4.safetensors.zst",
+        "step_8.safetensors.zst",
+    ]
+    info = read_info(tmp_path / "checkpoints" / "step_10.safetensors.zst")
+    assert info.metadata["config"]["log"]["keep_every"] == 4
+
+
 @pytest.mark.parametrize(
     ("args", "field", "words"),
     [
@@ -56,6 +78,7 @@ def test_save_interval_leaves_five_checkpoints(toml: Path, tmp_path: Path) -> No
         (["--train.total-steps", "ten"], "train.total_steps", "integer"),
         (["--log.frame-interval", "-3"], "log.frame_interval", "in [0, 1000000000]"),
         (["--env.diffusion", "1.5"], "env.diffusion", "in [0, 1]"),
+        (["--log.keep-every", "x"], "log.keep_every", "integer in [1, 1000000000] or null"),
     ],
 )
 def test_bad_flags_name_the_field(args: list[str], field: str, words: str, tmp_path: Path) -> None:

@@ -28,6 +28,10 @@ def test_defaults_round_trip() -> None:
         ({"log": {"frame_dtype": "int8"}}, "log.frame_dtype", "'float32', 'uint8'"),
         ({"log": {"progress": "yes"}}, "log.progress", "true or false"),
         ({"log": {"checkpoint_dir": None}}, "log.checkpoint_dir", "null"),
+        ({"log": {"keep_every": 0}}, "log.keep_every", "in [1, 1000000000] or null"),
+        ({"log": {"keep_every": "5"}}, "log.keep_every", "integer"),
+        ({"log": {"compression": "gzip"}}, "log.compression", "one of 'zstd' or null"),
+        ({"log": {"compression": True}}, "log.compression", "string"),
         ({"train": {"totl_steps": 5}}, "train.totl_steps", "unknown field"),
         ({"trian": {}}, "trian", "unknown section"),
         ({"train": 5}, "train", "table"),
@@ -39,6 +43,17 @@ def test_bad_values_name_the_field(data: dict, field: str, words: str) -> None: 
     assert info.value.field == field
     assert field in str(info.value) and words in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_keep_every_and_compression_are_optional_log_fields() -> None:
+    cfg = Config()
+    assert cfg.log.keep_every is None and cfg.log.compression is None
+    set_ = cfg.replace({"log.keep_every": 10.0, "log.compression": "zstd"})
+    assert set_.log.keep_every == 10 and type(set_.log.keep_every) is int
+    assert set_.log.compression == "zstd"
+    assert Config.from_dict(set_.to_dict()) == set_
+    assert set_.replace({"log.keep_every": None, "log.compression": None}) == cfg
+    assert cfg.trajectory_mismatch(set_) is None  # log fields: a resume may change them
 
 
 def test_replace_and_trajectory_mismatch() -> None:

@@ -76,6 +76,7 @@ def _parse_value(dotted: str, text: Any) -> Any:
     type_name = str(type_name)
     if "None" in type_name and text.lower() in ("none", "null"):
         return None
+    type_name = type_name.removesuffix(" | None")
     try:
         if type_name == "int":
             return int(text)

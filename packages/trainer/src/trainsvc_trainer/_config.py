@@ -42,11 +42,12 @@ class Spec:
 
     def describe(self) -> str:
         """The allowed values, in words."""
+        null = " or null" if self.nullable else ""
         if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return "one of " + ", ".join(repr(c) for c in self.choices) + null
         if self.low is not None and self.high is not None:
-            return f"in [{_fmt(self.low)}, {_fmt(self.high)}]"
-        return "any string" + (" or null" if self.nullable else "")
+            return f"in [{_fmt(self.low)}, {_fmt(self.high)}]{null}"
+        return "any string" + null
 
 
 def _fmt(x: float) -> str:
@@ -129,6 +130,12 @@ class LogConfig:
     checkpoint_dir: str = _f("./checkpoints", "checkpoint directory")
     save_interval: int = _f(200, "steps between checkpoints (0 = only the final one)", 0, 10**9)
     keep_last: int = _f(5, "periodic checkpoints kept", 1, 10_000)
+    keep_every: int | None = _f(
+        None, "also keep every checkpoint whose step is a multiple of this", 1, 10**9, nullable=True
+    )
+    compression: str | None = _f(
+        None, "checkpoint compression (.safetensors.zst)", choices=("zstd",), nullable=True
+    )
     frame_interval: int = _f(10, "steps between frames (0 = no frames)", 0, 10**9)
     frame_max_cells: int = _f(4096, "field cells per frame before downsampling", 16, 1 << 24)
     frame_dtype: str = _f("float32", "dtype of the frame's field", choices=("float32", "uint8"))
@@ -242,6 +249,7 @@ def _check(dotted: str, type_name: str, value: Any, spec: Spec) -> Any:
         if spec.nullable:
             return None
         raise ConfigError(dotted, f"must not be null; allowed: {allowed}")
+    type_name = type_name.removesuffix(" | None")
     if type_name == "bool":
         if not isinstance(value, bool):
             raise ConfigError(dotted, f"must be true or false, got {value!r}")

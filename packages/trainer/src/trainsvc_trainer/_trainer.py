@@ -26,8 +26,7 @@ from trainsvc_trainer._frames import Frame, FramePublisher, make_frame
 from trainsvc_trainer._logging import MetricsLogger, NullLogger
 
 STATE_FORMAT = "trainsvc-emergence-trainer/4"
-"""/3: observations are patch cells in row-major order with three values each (/2 had
-the three grids one after another), so /2 parameters would read the wrong inputs."""
+"""The ``format`` in a checkpoint's ``meta``; :meth:`Trainer.load_state_dict` refuses any other."""
 
 
 class Trainer:
@@ -225,9 +224,15 @@ class Trainer:
         if self._manager is None:
             from trainsvc_checkpoint import CheckpointManager
 
-            directory = Path(self.config.log.checkpoint_dir)
+            log = self.config.log
+            directory = Path(log.checkpoint_dir)
             directory.mkdir(parents=True, exist_ok=True)
-            self._manager = CheckpointManager(directory, keep_last=self.config.log.keep_last)
+            self._manager = CheckpointManager(
+                directory,
+                keep_last=log.keep_last,
+                keep_every=log.keep_every,
+                compression="zstd" if log.compression == "zstd" else None,
+            )
         return self._manager
 
     def _checkpoint_metadata(self) -> dict[str, Any]:
@@ -236,9 +241,11 @@ class Trainer:
     def save_checkpoint(self, *, emergency: bool = False) -> Path:
         """Saves the current state through the checkpoint manager and returns the file's path.
 
-        A periodic checkpoint is ``step_<N>.safetensors`` (retention keeps the
-        last ``log.keep_last``); an emergency one is ``emergency_step_<N>.safetensors``
-        and is never deleted. Says ``Checkpoint saved: step N → path`` through the logger.
+        A periodic checkpoint is ``step_<N>.safetensors`` (``.safetensors.zst`` with
+        ``log.compression = "zstd"``; retention keeps the last ``log.keep_last`` and
+        every multiple of ``log.keep_every``); an emergency one is
+        ``emergency_step_<N>.safetensors`` and is never deleted. Says
+        ``Checkpoint saved: step N → path`` through the logger.
         """
         manager = self.checkpoint_manager
         tree = self.state_dict()
@@ -247,11 +254,11 @@ class Trainer:
             saved = Path(manager.save_emergency(self._step, tree, metadata=metadata))
             self.logger.message(f"Emergency checkpoint saved: step {self._step} → {saved}")
             return saved
+        from trainsvc_checkpoint import checkpoint_file_name
+
         manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path: Path = next(
-            c.path
-            for c in reversed(manager.checkpoints())
-            if c.step == self._step and not c.emergency
+        path: Path = manager.directory / checkpoint_file_name(
+            self._step, compression=manager.compression
         )
         self.logger.message(f"Checkpoint saved: step {self._step} → {path}")
         return path
