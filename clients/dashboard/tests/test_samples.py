@@ -11,10 +11,10 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_dashboard._hub import SAMPLES_KEPT, RunFeed
 
 
-class _SilentStub:
+class _SilentService:
     """A service whose frame stream stays open and sends nothing (frames are published by hand)."""
 
-    def StreamFrames(self, *args: Any, **kwargs: Any) -> AsyncIterator[pb.Frame]:  # noqa: N802
+    def stream_frames(self, *args: Any, **kwargs: Any) -> AsyncIterator[pb.Frame]:
         async def never() -> AsyncIterator[pb.Frame]:
             await asyncio.Event().wait()
             yield pb.Frame()
@@ -37,7 +37,7 @@ def _lm(step: int, sample_step: int, completion: str = "") -> pb.Frame:
 
 def _feed_samples(frames: list[pb.Frame]) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        hub = SimpleNamespace(link=SimpleNamespace(stub=_SilentStub(), metadata=()))
+        hub = SimpleNamespace(service=_SilentService())
         feed = RunFeed(hub, "runs/l", 4)  # type: ignore[arg-type]
         try:
             for frame in frames:

@@ -147,3 +147,53 @@ def test_the_python_client_raises_typed_errors_from_the_details(address: str) ->
         finally:
             held.cancel()
             assert list(it) == []
+
+
+def test_the_asyncio_client_raises_the_same_typed_errors(address: str) -> None:
+    import asyncio
+
+    from trainsvc_client import InvalidArgumentError, NotFoundError, ResourceExhaustedError, aio
+
+    async def main() -> None:
+        async with aio.connect(address, timeout=30) as client:
+            with pytest.raises(InvalidArgumentError) as bad:
+                await client.create_run("emergence", step_budget=0)
+            assert bad.value.field == "run.step_budget"
+            assert bad.value.field_violations[0].description.startswith("must be")
+            with pytest.raises(NotFoundError):
+                await client.get_run("no-such-run")
+            assert [r async for r in client.list_runs()] == []
+            held = client.stream_events("runs/-", follow=True)
+
+            async def hold() -> None:
+                async for _ in held:
+                    pass
+
+            holder = asyncio.create_task(hold())
+            try:
+                for _ in range(300):
+                    try:
+                        async for _ in client.stream_events("runs/-"):
+                            pass
+                    except ResourceExhaustedError as exc:
+                        assert exc.quota_violations[0].subject == "streams"
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError("the cap of one stream was never reached")
+            finally:
+                # Cancelling the task that iterates ends the call: a cancellation, not an error.
+                holder.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await holder
+            # The slot is free again once the service has seen the cancellation.
+            for _ in range(300):
+                try:
+                    assert [e async for e in client.stream_events("runs/-")] == []
+                    break
+                except ResourceExhaustedError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the cancelled stream kept its slot")
+
+    asyncio.run(main())

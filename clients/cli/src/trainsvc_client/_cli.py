@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
-from trainsvc_client._client import DEFAULT_ADDRESS, Client, connect
+from trainsvc_client._channel import DEFAULT_ADDRESS
+from trainsvc_client._client import Client, connect
 from trainsvc_client._config import KINDS, kind_name
 from trainsvc_client._errors import TrainsvcError
 

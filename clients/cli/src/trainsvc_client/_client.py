@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
-from trainsvc_client._config import config_field, config_message, kind_value
+from trainsvc_client import _requests as req
+from trainsvc_client._channel import (
+    DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT_S,
+    BaseClient,
+    ConnectOptions,
+    ServiceConfig,
+    run_name,
+)
 from trainsvc_client._errors import from_rpc_error
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-"""Where `trainsvc serve` listens by default."""
-DEFAULT_TIMEOUT_S = 30.0
-"""Deadline of unary calls unless the caller passes another one."""
-
-_SERVICE = "trainsvc.v1.TrainService"
-_RETRY_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": _SERVICE}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "3s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
-
 T = TypeVar("T")
-
-
-def run_name(run: str) -> str:
-    """Return the resource name of a run given as "runs/ID" or just "ID"."""
-    return run if run.startswith("runs/") else f"runs/{run}"
 
 
 class Stream(Generic[T]):
@@ -71,7 +50,7 @@ class Stream(Generic[T]):
         self._call.cancel()
 
 
-class Client:
+class Client(BaseClient):
     """A connection to one trainsvc service.
 
     Unary calls have a deadline (`timeout`, default 30 s, overridable per
@@ -84,18 +63,11 @@ class Client:
     """
 
     def __init__(
-        self,
-        channel: grpc.Channel,
-        *,
-        token: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
+        self, channel: grpc.Channel, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
     ) -> None:
+        super().__init__(token=token, timeout=timeout)
         self._channel = channel
         self._stub = pb_grpc.TrainServiceStub(channel)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
-        self.timeout = timeout
 
     def __enter__(self) -> Client:
         return self
@@ -127,14 +99,8 @@ class Client:
         kind: str | int,
         *,
         step_budget: int,
-        seed: int = 0,
-        config: Mapping[str, Any] | Message | None = None,
-        checkpoint_policy: pb.CheckpointPolicy | None = None,
-        max_restarts: int | None = None,
-        display_name: str = "",
-        run_id: str = "",
-        resume_from: str = "",
         timeout: float | None = None,
+        **fields: Unpack[req.RunFields],
     ) -> pb.Run:
         """Create and start a run.
 
@@ -157,20 +123,7 @@ class Client:
         Returns:
             The created run.
         """
-        run = pb.Run(
-            kind=kind_value(kind),  # type: ignore[arg-type]
-            seed=seed,
-            step_budget=step_budget,
-            display_name=display_name,
-        )
-        if max_restarts is not None:
-            run.max_restarts = max_restarts
-        if checkpoint_policy is not None:
-            run.checkpoint_policy.CopyFrom(checkpoint_policy)
-        if config is not None:
-            msg = config if isinstance(config, Message) else config_message(kind, config)
-            getattr(run, config_field(msg)).CopyFrom(msg)
-        request = pb.CreateRunRequest(run=run, run_id=run_id, resume_from=resume_from)
+        request = req.create_run(kind, step_budget, **fields)
         return self._unary(self._stub.CreateRun, request, timeout)
 
     def get_run(self, run: str, *, timeout: float | None = None) -> pb.Run:
@@ -186,11 +139,7 @@ class Client:
         timeout: float | None = None,
     ) -> pb.ListRunsResponse:
         """Return one page of runs (newest first), optionally only in `state`."""
-        request = pb.ListRunsRequest(
-            state=state,  # type: ignore[arg-type]
-            page_size=page_size,
-            page_token=page_token,
-        )
+        request = req.list_runs(state, page_size, page_token)
         return self._unary(self._stub.ListRuns, request, timeout)
 
     def list_runs(
@@ -252,8 +201,7 @@ class Client:
         With `follow`, the stream stays open for new events (until the run
         ends, for one run); otherwise it ends after the backlog.
         """
-        name = run if run == "runs/-" else run_name(run)
-        request = pb.StreamEventsRequest(name=name, from_sequence=from_sequence, follow=follow)
+        request = req.stream_events(run, from_sequence, follow)
         call = self._stub.StreamEvents(request, timeout=timeout, metadata=self._metadata)
         return Stream(call)
 
@@ -261,35 +209,25 @@ class Client:
 def connect(
     address: str = DEFAULT_ADDRESS,
     token: str | None = None,
-    *,
-    tls: bool = False,
-    root_certificates: bytes | None = None,
-    server_name: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    **options: Unpack[ConnectOptions],
 ) -> Client:
     """Open a client to a trainsvc service.
 
     Args:
         address: "host:port".
         token: bearer token (required when the service listens beyond loopback).
-        tls: use TLS; `root_certificates` (PEM) trusts a private CA or a
-            self-signed certificate, else the system roots are used.
-        server_name: override the name checked against the certificate.
-        timeout: default deadline of unary calls, in seconds.
+        **options: ``tls`` (use TLS; ``root_certificates``, PEM, trusts a private CA or
+            a self-signed certificate, else the system roots are used), ``server_name``
+            (override the name checked against the certificate), ``timeout`` (default
+            deadline of unary calls, in seconds).
 
     Returns:
         A `Client`. Connecting is lazy: the first call opens the channel.
     """
-    options: list[tuple[str, Any]] = [
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", _RETRY_CONFIG),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ]
-    if tls:
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        channel = grpc.secure_channel(address, creds, options=options)
-    else:
-        channel = grpc.insecure_channel(address, options=options)
-    return Client(channel, token=token, timeout=timeout)
+    return connect_config(ServiceConfig(address, token, **options))
+
+
+def connect_config(config: ServiceConfig) -> Client:
+    """Open a client as `config` says (lazily, like `connect`)."""
+    channel = config.open_channel(grpc.secure_channel, grpc.insecure_channel)
+    return Client(channel, token=config.token, timeout=config.timeout)

@@ -6,6 +6,8 @@ dashboard protocol at ``/ws``: JSON text for control and events, compact
 binary frames (`encode_frame` / `decode_frame`) at each client's own rate.
 """
 
+from trainsvc_client import ServiceConfig
+
 from trainsvc_dashboard._frames import (
     HEADER_SIZE,
     MAGIC,
@@ -20,7 +22,6 @@ from trainsvc_dashboard._frames import (
 from trainsvc_dashboard._hub import DEFAULT_RATE_HZ, MAX_RATE_HZ, PROTOCOL_VERSION
 from trainsvc_dashboard._presets import PRESETS, Preset
 from trainsvc_dashboard._server import STATIC_DIR, Bridge, LoginRequiredError, is_loopback
-from trainsvc_dashboard._service import ServiceConfig
 
 __all__ = [
     "DEFAULT_RATE_HZ",

@@ -13,8 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
+from trainsvc_client import ServiceConfig
+
 from trainsvc_dashboard._server import DEFAULT_HOST, DEFAULT_PORT, Bridge, LoginRequiredError
-from trainsvc_dashboard._service import ServiceConfig
 
 
 def _host_port(value: str, what: str) -> tuple[str, int]:
@@ -79,11 +80,11 @@ async def _serve(bridge: Bridge, as_json: bool) -> None:
         info = {
             "url": bridge.url,
             "server": bridge.service_config.address,
-            "service": bridge.hub.service["state"],
+            "service": bridge.hub.status["state"],
         }
         print(json.dumps(info), flush=True)
     else:
-        state = bridge.hub.service["state"]
+        state = bridge.hub.status["state"]
         note = "connected" if state == "connected" else "not reachable yet; retrying every second"
         print(
             f"trainsvc dashboard: {bridge.url}  (service {bridge.service_config.address}: {note})",

@@ -21,14 +21,14 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import grpc
-from grpc import aio
 from trainsvc_api.v1 import trainsvc_pb2 as pb
+from trainsvc_client import TrainsvcError, run_name
+from trainsvc_client.aio import AsyncClient, is_unavailable
 
 from trainsvc_dashboard._convert import checkpoint_json, event_json, most_active, run_json
 from trainsvc_dashboard._frames import encode_frame
 from trainsvc_dashboard._history import MetricHistory
 from trainsvc_dashboard._presets import PRESETS
-from trainsvc_dashboard._service import ServiceLink, error_json, is_unavailable
 
 log = logging.getLogger("trainsvc_dashboard")
 
@@ -137,13 +137,15 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def run_name(run: str) -> str:
-    """A run given as "runs/ID" or "ID", as its resource name."""
-    return run if run.startswith("runs/") else f"runs/{run}"
+def error_json(err: BaseException) -> dict[str, str]:
+    """A failed call as the page's `reply` error: the gRPC code name and the message."""
+    if isinstance(err, TrainsvcError):
+        return {"code": err.code.name, "message": err.details}
+    return {"code": "INTERNAL", "message": str(err) or type(err).__name__}
 
 
-class Client:
-    """One WebSocket client: its selection, rate, text outbox and frame cursor."""
+class BrowserSession:
+    """One browser's WebSocket connection: its selection, rate, text outbox and frame cursor."""
 
     def __init__(self, sink: Sink, rate_hz: float = DEFAULT_RATE_HZ) -> None:
         self.sink = sink
@@ -225,14 +227,14 @@ class Client:
 class RunFeed:
     """One run's upstream frame stream, shared by every client watching it."""
 
-    def __init__(self, hub: Hub, run: str, feed_id: int) -> None:
+    def __init__(self, hub: BridgeHub, run: str, feed_id: int) -> None:
         self.hub = hub
         self.run = run
         self.id = feed_id
         self.data: bytes | None = None
         self.version = 0
         self.frames_received = 0
-        self.clients: set[Client] = set()
+        self.clients: set[BrowserSession] = set()
         self.history = MetricHistory(HISTORY_POINTS)
         self.samples: deque[dict[str, Any]] = deque(maxlen=SAMPLES_KEPT)
         self.idle_since: float | None = None
@@ -283,23 +285,18 @@ class RunFeed:
         }
 
     async def _pump(self) -> None:
-        link = self.hub.link
+        service = self.hub.service
         backoff = 0.2
         while True:
             try:
-                call = link.stub.StreamFrames(
-                    pb.StreamFramesRequest(name=self.run, max_rate_hz=UPSTREAM_RATE_HZ),
-                    metadata=link.metadata,
-                )
-                async for frame in call:
+                async for frame in service.stream_frames(self.run, max_rate_hz=UPSTREAM_RATE_HZ):
                     self.publish(frame)
                     backoff = 0.2
                 # The stream ended (the run paused or finished): look again soon,
                 # so that a resumed run is picked up.
                 await asyncio.sleep(1.0)
-            except aio.AioRpcError as err:
-                _raise_if_cancelled()
-                if err.code() == grpc.StatusCode.NOT_FOUND:
+            except TrainsvcError as err:
+                if err.code == grpc.StatusCode.NOT_FOUND:
                     return  # no such run (deleted meanwhile): nothing to stream, ever
                 if is_unavailable(err):
                     self.hub.service_down(err)
@@ -311,21 +308,27 @@ class RunFeed:
         self.task.cancel()
 
 
-class Hub:
-    """Runs, feeds, events and clients of one bridge."""
+class BridgeHub:
+    """Runs, feeds, events and browser sessions of one bridge.
 
-    def __init__(self, link: ServiceLink, *, poll_interval_s: float = 1.0) -> None:
-        self.link = link
+    Args:
+        service: the asyncio client of trainsvc (the bridge's token and TLS inside).
+        address: the service's address, for the pages and the log.
+    """
+
+    def __init__(self, service: AsyncClient, address: str, *, poll_interval_s: float = 1.0) -> None:
+        self.service = service
+        self.address = address
         self.poll_interval_s = poll_interval_s
-        self.clients: set[Client] = set()
+        self.clients: set[BrowserSession] = set()
         self.feeds: dict[str, RunFeed] = {}
         self.runs: list[pb.Run] = []
         self.active: str | None = None
         self.events: dict[str, deque[dict[str, Any]]] = {}
         self.last_event_sequence = -1
-        self.service: dict[str, str] = {
+        self.status: dict[str, str] = {
             "state": "disconnected",
-            "address": link.config.address,
+            "address": address,
             "message": "not connected yet",
         }
         self._runs_msg = ""
@@ -361,18 +364,18 @@ class Hub:
     def service_down(self, err: BaseException) -> None:
         """Record that the service is unreachable and tell every page (once)."""
         message = error_json(err)["message"] or "unreachable"
-        was = self.service["state"]
-        self.service = {**self.service, "state": "disconnected", "message": message}
+        was = self.status["state"]
+        self.status = {**self.status, "state": "disconnected", "message": message}
         if was != "disconnected":
-            log.warning("service %s unreachable: %s", self.link.config.address, message)
-            self.broadcast({"type": "service", **self.service})
+            log.warning("service %s unreachable: %s", self.address, message)
+            self.broadcast({"type": "service", **self.status})
 
     def service_up(self) -> None:
         """Record that the service answers and tell every page (once)."""
-        if self.service["state"] != "connected":
-            log.info("service %s connected", self.link.config.address)
-            self.service = {**self.service, "state": "connected", "message": ""}
-            self.broadcast({"type": "service", **self.service})
+        if self.status["state"] != "connected":
+            log.info("service %s connected", self.address)
+            self.status = {**self.status, "state": "connected", "message": ""}
+            self.broadcast({"type": "service", **self.status})
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         """Queue a message to every client."""
@@ -387,11 +390,8 @@ class Hub:
 
     async def _poll_once(self) -> None:
         try:
-            resp = await self.link.stub.ListRuns(
-                pb.ListRunsRequest(page_size=200), metadata=self.link.metadata, timeout=3.0
-            )
-        except aio.AioRpcError as err:
-            _raise_if_cancelled()
+            resp = await self.service.list_runs_page(page_size=200, timeout=3.0)
+        except TrainsvcError as err:
             self.service_down(err)
             return
         self.service_up()
@@ -419,19 +419,15 @@ class Hub:
         backoff = 0.2
         while True:
             try:
-                call = self.link.stub.StreamEvents(
-                    pb.StreamEventsRequest(
-                        name="runs/-", from_sequence=self.last_event_sequence + 1, follow=True
-                    ),
-                    metadata=self.link.metadata,
+                stream = self.service.stream_events(
+                    "runs/-", from_sequence=self.last_event_sequence + 1, follow=True
                 )
-                async for event in call:
+                async for event in stream:
                     self.last_event_sequence = max(self.last_event_sequence, event.sequence)
                     self._on_event(event)
                     backoff = 0.2
                 await asyncio.sleep(0.5)
-            except aio.AioRpcError as err:
-                _raise_if_cancelled()
+            except TrainsvcError as err:
                 if is_unavailable(err):
                     self.service_down(err)
                 await asyncio.sleep(backoff)
@@ -451,27 +447,24 @@ class Hub:
             if watchers:
                 self._spawn(self._send_checkpoints(event.run, watchers))
 
-    async def _send_checkpoints(self, run: str, clients: list[Client]) -> None:
+    async def _send_checkpoints(self, run: str, clients: list[BrowserSession]) -> None:
         try:
-            resp = await self.link.stub.ListCheckpoints(
-                pb.ListCheckpointsRequest(parent=run), metadata=self.link.metadata, timeout=10.0
-            )
-        except aio.AioRpcError as err:
-            _raise_if_cancelled()
+            checkpoints = await self.service.list_checkpoints(run, timeout=10.0)
+        except TrainsvcError as err:
             if is_unavailable(err):
                 self.service_down(err)
             return
         msg = {
             "type": "checkpoints",
             "run": run,
-            "checkpoints": [checkpoint_json(c) for c in resp.checkpoints],
+            "checkpoints": [checkpoint_json(c) for c in checkpoints],
         }
         for client in clients:
             client.push(msg)
 
     # ------------------------------------------------------------ clients
 
-    def add(self, client: Client, presets: list[dict[str, str]]) -> None:
+    def add(self, client: BrowserSession, presets: list[dict[str, str]]) -> None:
         """Register a new client: greet it and attach it to the most active run."""
         self.clients.add(client)
         client.push(
@@ -481,18 +474,18 @@ class Hub:
                 "presets": presets,
                 "rate": client.rate_hz,
                 "max_rate": MAX_RATE_HZ,
-                "service": self.service,
+                "service": self.status,
             }
         )
         client.push(self.runs_message())
         self.attach(client, self.active, auto=True)
 
-    def remove(self, client: Client) -> None:
+    def remove(self, client: BrowserSession) -> None:
         """Forget a client that disconnected."""
         self._detach(client)
         self.clients.discard(client)
 
-    def _detach(self, client: Client) -> None:
+    def _detach(self, client: BrowserSession) -> None:
         old = client.feed
         if old is not None:
             old.clients.discard(client)
@@ -500,7 +493,7 @@ class Hub:
                 old.idle_since = asyncio.get_running_loop().time()
         client.feed = None
 
-    def attach(self, client: Client, run: str | None, *, auto: bool) -> None:
+    def attach(self, client: BrowserSession, run: str | None, *, auto: bool) -> None:
         """Point a client at `run` (None: no run) and send it that run's backlog."""
         client.auto = auto
         if client.feed is None or client.feed.run != run:
@@ -539,7 +532,7 @@ class Hub:
 
     # ------------------------------------------------------------ messages
 
-    async def handle(self, client: Client, text: str) -> None:
+    async def handle(self, client: BrowserSession, text: str) -> None:
         """Act on one JSON text message from a client.
 
         Every message gets its effect or an error reply, within the client's
@@ -626,48 +619,41 @@ class Hub:
         if name in self.feeds or any(r.name == name for r in self.runs):
             return True
         try:
-            await self.link.stub.GetRun(
-                pb.GetRunRequest(name=name), metadata=self.link.metadata, timeout=5.0
-            )
-        except aio.AioRpcError as err:
-            _raise_if_cancelled()
-            return err.code() not in (
+            await self.service.get_run(name, timeout=5.0)
+        except TrainsvcError as err:
+            return err.code not in (
                 grpc.StatusCode.NOT_FOUND,
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
         return True
 
-    async def _control(self, client: Client, kind: str, msg: dict[str, Any]) -> None:
+    async def _control(self, client: BrowserSession, kind: str, msg: dict[str, Any]) -> None:
         req = msg.get("req")
-        stub, md = self.link.stub, self.link.metadata
+        service = self.service
         try:
             if kind == "create":
                 preset = PRESETS.get(str(msg.get("preset")))
                 if preset is None:
                     allowed = ", ".join(PRESETS)
                     raise ValueError(f"preset: unknown {msg.get('preset')!r}; allowed: {allowed}")
-                request = preset.request(seed=secrets.randbelow(2**31))
-                run = await stub.CreateRun(request, metadata=md, timeout=CONTROL_TIMEOUT_S)
+                args = preset.create_args(seed=secrets.randbelow(2**31))
+                run = await service.create_run(**args, timeout=CONTROL_TIMEOUT_S)
                 reply: dict[str, Any] = {"run": run_json(run)}
             else:
                 target = msg.get("run")
                 if not isinstance(target, str) or not target:
                     raise ValueError("run: the run to control is required")
                 name = run_name(target)
-                opts: dict[str, Any] = {"metadata": md, "timeout": CONTROL_TIMEOUT_S}
-                result: pb.Run | pb.Checkpoint
-                if kind == "pause":
-                    result = await stub.PauseRun(pb.PauseRunRequest(name=name), **opts)
-                elif kind == "resume":
-                    result = await stub.ResumeRun(pb.ResumeRunRequest(name=name), **opts)
-                elif kind == "stop":
-                    result = await stub.StopRun(pb.StopRunRequest(name=name), **opts)
+                if kind == "checkpoint":
+                    ckpt = await service.save_checkpoint(name, timeout=CONTROL_TIMEOUT_S)
+                    reply = {"checkpoint": checkpoint_json(ckpt)}
                 else:
-                    result = await stub.SaveCheckpoint(pb.SaveCheckpointRequest(name=name), **opts)
-                if isinstance(result, pb.Checkpoint):
-                    reply = {"checkpoint": checkpoint_json(result)}
-                else:
-                    reply = {"run": run_json(result)}
+                    control = {
+                        "pause": service.pause_run,
+                        "resume": service.resume_run,
+                        "stop": service.stop_run,
+                    }[kind]
+                    reply = {"run": run_json(await control(name, timeout=CONTROL_TIMEOUT_S))}
         except ValueError as exc:
             client.push(
                 {
@@ -678,8 +664,7 @@ class Hub:
                 }
             )
             return
-        except aio.AioRpcError as err:
-            _raise_if_cancelled()
+        except TrainsvcError as err:
             if is_unavailable(err):
                 self.service_down(err)
             client.push({"type": "reply", "req": req, "ok": False, "error": error_json(err)})
@@ -692,7 +677,7 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         """Counters for tests and benchmarks: clients, their queues, the feeds."""
         return {
-            "service": self.service["state"],
+            "service": self.status["state"],
             "clients": [
                 {
                     "rate_hz": c.rate_hz,

@@ -19,6 +19,18 @@ class Preset:
     config: dict[str, Any] = field(default_factory=dict)
     checkpoint_interval: int = 0
 
+    def create_args(self, seed: int) -> dict[str, Any]:
+        """The keyword arguments of `AsyncClient.create_run` that start this preset."""
+        config_type = pb.EmergenceConfig if self.kind == "emergence" else pb.OthelloConfig
+        return {
+            "kind": self.kind,
+            "step_budget": self.step_budget,
+            "seed": seed,
+            "config": config_type(**self.config),
+            "checkpoint_policy": pb.CheckpointPolicy(interval_steps=self.checkpoint_interval),
+            "display_name": self.label,
+        }
+
     def request(self, seed: int) -> pb.CreateRunRequest:
         """The `CreateRun` request that starts this preset with `seed`."""
         run = pb.Run(

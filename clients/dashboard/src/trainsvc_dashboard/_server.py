@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import http
 import ipaddress
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from trainsvc_client import ServiceConfig, aio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from trainsvc_dashboard._hub import PROTOCOL_VERSION, Client, Hub
+from trainsvc_dashboard._hub import PROTOCOL_VERSION, BridgeHub, BrowserSession
 from trainsvc_dashboard._presets import PRESETS
-from trainsvc_dashboard._service import ServiceConfig, ServiceLink
 
 log = logging.getLogger("trainsvc_dashboard")
 
@@ -102,6 +103,23 @@ def _text_response(status: http.HTTPStatus, text: str) -> Response:
     return _response(status, text.encode(), "text/plain; charset=utf-8")
 
 
+BRIDGE_KEEPALIVE_S = 10.0
+BRIDGE_MAX_RECONNECT_BACKOFF_S = 2.0
+
+
+def bridge_channel(config: ServiceConfig) -> ServiceConfig:
+    """The bridge's channel: kept alive and quick to reconnect (unless `config` says otherwise).
+
+    The bridge stays connected for days; pings notice a vanished service within seconds
+    and a short reconnect backoff picks up a restarted one well under a second later.
+    """
+    return dataclasses.replace(
+        config,
+        keepalive_s=config.keepalive_s or BRIDGE_KEEPALIVE_S,
+        max_reconnect_backoff_s=config.max_reconnect_backoff_s or BRIDGE_MAX_RECONNECT_BACKOFF_S,
+    )
+
+
 class Bridge:
     """The dashboard bridge: serves the page and fans the service's frames out.
 
@@ -139,7 +157,7 @@ class Bridge:
         self.login_token = login_token or None
         self.allowed_hosts = frozenset(h.rstrip(".").lower() for h in allowed_hosts)
         self.static_dir = static_dir.resolve()
-        self.hub: Hub | None = None
+        self.hub: BridgeHub | None = None
         self._server: Server | None = None
         self._presets = [p.json() for p in PRESETS.values()]
 
@@ -151,7 +169,9 @@ class Bridge:
 
     async def start(self) -> None:
         """Connect to the service, start the hub and listen."""
-        self.hub = Hub(ServiceLink(self.service_config))
+        self.hub = BridgeHub(
+            aio.connect_config(bridge_channel(self.service_config)), self.service_config.address
+        )
         await self.hub.start()
         self._server = await serve(
             self._handle,
@@ -188,7 +208,7 @@ class Bridge:
         if self.hub is not None:
             hub = self.hub
             stages.append(("stopping the hub", hub.close))
-            stages.append(("closing the gRPC channel", hub.link.close))
+            stages.append(("closing the gRPC channel", hub.service.close))
         for what, stage in stages:
             try:
                 await asyncio.wait_for(stage(), 5.0)
@@ -256,7 +276,7 @@ class Bridge:
     async def _handle(self, ws: ServerConnection) -> None:
         hub = self.hub
         assert hub is not None
-        client = Client(ws)
+        client = BrowserSession(ws)
         hub.add(client, self._presets)
         writer = asyncio.create_task(client.write_loop())
         reader = asyncio.create_task(self._read(hub, client, ws))
@@ -269,7 +289,7 @@ class Bridge:
             await asyncio.wait([writer, reader], timeout=5.0)
 
     @staticmethod
-    async def _read(hub: Hub, client: Client, ws: ServerConnection) -> None:
+    async def _read(hub: BridgeHub, client: BrowserSession, ws: ServerConnection) -> None:
         try:
             async for message in ws:
                 if isinstance(message, bytes):
