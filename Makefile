@@ -6,10 +6,19 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY_SRC := $(wildcard packages/*/src services/*/src clients/*/src)
 CARGO_MANIFESTS := $(wildcard packages/*/Cargo.toml)
+# Every package: the maturin ones (a Cargo.toml beside the pyproject.toml) and the pure-Python ones.
+MEMBERS := $(patsubst %/pyproject.toml,%,$(wildcard packages/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml))
+RUST_MEMBERS := $(patsubst %/Cargo.toml,%,$(CARGO_MANIFESTS))
+PURE_MEMBERS := $(filter-out $(RUST_MEMBERS),$(MEMBERS))
+DASHBOARD_WEB := clients/dashboard/web
+DIST_DIR ?= dist
+# The engine's wheels: maturin links with zig against glibc 2.17, so the abi3 wheel is
+# manylinux2014 on any Linux host (no manylinux container needed).
+MATURIN := $(UV) tool run --from 'maturin>=1.7,<2' --with 'ziglang>=0.13' maturin
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck proto
+.PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck tscheck dist proto
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,7 +35,7 @@ run: sync ## Run the main job: the service with a demo emergence run and the liv
 	echo "Live dashboard: http://127.0.0.1:5173/ (open it in a browser)"; \
 	$(UV) run --no-sync trainsvc serve --demo
 
-test: sync browser postgresql lint typecheck pytest cargo-test ## Lint, type-check and run every test suite
+test: sync browser postgresql lint pytest cargo-test ## Lint (with type checks) and run every test suite
 
 # The browser tests drive Debian's Chromium, never a downloaded browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -42,11 +51,9 @@ postgresql: ## Install Debian's PostgreSQL server for the trajectory-store tests
 pytest: ## Run the Python tests of every member and the cross-package tests
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)
 
-cargo-test: ## Run the Rust tests, clippy and rustfmt (when a Rust crate exists)
+cargo-test: ## Run the Rust tests (`make lint` runs rustfmt and clippy)
 	@for m in $(CARGO_MANIFESTS); do \
-	  echo "cargo: $$m"; \
-	  cargo fmt --manifest-path $$m --all -- --check && \
-	  cargo clippy --manifest-path $$m --workspace --all-targets --release -- -D warnings && \
+	  echo "cargo test: $$m"; \
 	  cargo test --manifest-path $$m --workspace --release || exit 1; \
 	done
 
@@ -58,16 +65,45 @@ fuzz: ## Fuzz the checkpoint reader and the request validators, FUZZ_SECONDS (de
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(UV) run --no-sync pytest packages/checkpoint/tests/test_fuzz.py \
 	  services/trainsvc/tests/test_fuzz_validators.py -q -s -p no:cacheprovider -k for_a_while
 
-lint: ## ruff lint and format check
+lint: ## Every static check: ruff, ruff format, mypy, rustfmt, clippy, the dashboard's TypeScript
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync mypy $(PY_SRC)
+	@for m in $(CARGO_MANIFESTS); do \
+	  echo "cargo fmt --check, clippy -D warnings: $$m"; \
+	  cargo fmt --manifest-path $$m --all -- --check && \
+	  cargo clippy --manifest-path $$m --workspace --all-targets --release -- -D warnings || exit 1; \
+	done
+	@$(MAKE) --no-print-directory tscheck
 
 fmt: ## Format the Python code
 	$(UV) run --no-sync ruff format .
 	$(UV) run --no-sync ruff check --fix .
 
-typecheck: ## mypy --strict on every member's src/
+typecheck: ## mypy --strict on every member's src/ (part of `lint`)
 	$(UV) run --no-sync mypy $(PY_SRC)
+
+# CI (.ci/run) installs the page's locked Node dependencies first; without npm this says so and skips.
+tscheck: ## The dashboard's TypeScript type check, tsc --noEmit (part of `lint`)
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "lint: npm not found, so the dashboard's TypeScript was not type-checked (install Node.js >= 20)" >&2; \
+	else \
+	  [ -d $(DASHBOARD_WEB)/node_modules ] || (cd $(DASHBOARD_WEB) && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	  echo "tsc --noEmit: $(DASHBOARD_WEB)"; \
+	  cd $(DASHBOARD_WEB) && npm run --silent typecheck; \
+	fi
+
+dist: bootstrap ## Every package's wheel and sdist into dist/ (DIST_DIR=...); the engine's wheel is abi3 manylinux2014
+	rm -rf $(DIST_DIR) && mkdir -p $(DIST_DIR)
+	@for p in $(PURE_MEMBERS); do \
+	  $(UV) build --quiet --sdist --wheel --no-create-gitignore --out-dir $(DIST_DIR) $$p || exit 1; \
+	done
+	@for p in $(RUST_MEMBERS); do \
+	  (cd $$p && $(MATURIN) sdist --out $(abspath $(DIST_DIR)) && \
+	    $(MATURIN) build --release --zig --compatibility manylinux2014 --target-dir target/dist \
+	      --out $(abspath $(DIST_DIR))) || exit 1; \
+	done
+	@ls $(DIST_DIR)
 
 proto: ## Regenerate the committed gRPC/protobuf bindings (services/trainsvc-api) from proto/
 	$(UV) run --no-sync python services/trainsvc-api/scripts/generate_proto.py
