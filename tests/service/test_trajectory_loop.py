@@ -28,9 +28,8 @@ from trainsvc_client import pb
 from trainsvc_lm import TASKS
 from trainsvc_trajectories.testing import (
     LocalOpenAI,
-    PostgresUnavailableError,
     create_database,
-    postgres_server,
+    postgres_server_or_skip,
 )
 
 from .conftest import TERMINAL, Service
@@ -113,11 +112,8 @@ def loop_service(tmp_path_factory: pytest.TempPathFactory, inputs: Path) -> Iter
 
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[str]:
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"{exc}; .ci/run installs them")
+    with postgres_server_or_skip() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,21 +14,17 @@ from typing import Any
 import pytest
 from trainsvc_trajectories.testing import (
     LocalOpenAI,
-    PostgresUnavailableError,
     create_database,
     echo_answer,
-    postgres_server,
+    postgres_server_or_skip,
 )
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (run as 'postgres' when we are root)."""
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailableError as exc:
-        pytest.skip(f"{exc}; .ci/run installs them")
+    with postgres_server_or_skip() as url:
+        yield url
 
 
 @pytest.fixture

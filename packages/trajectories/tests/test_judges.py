@@ -54,7 +54,11 @@ def test_keep_judged_passes_an_earlier_judges_scores_through() -> None:
     [first, second] = groups()
     inverted = tt.apply_scores(first, tt.GroupScore([1.0, 0.6, 0.3, 0.0], ["llm"] * 4), "llm")
     assert tt.is_judged(inverted) and not tt.is_judged(second)
-    res = tt.judge_groups(tt.RuleJudge(), [inverted, second], keep_judged=True)
+    seen: list[tuple[int, int]] = []
+    res = tt.judge_groups(
+        tt.RuleJudge(), [inverted, second], keep_judged=True, progress=lambda *a: seen.append(a)
+    )
+    assert seen == [(1, 2), (2, 2)]  # progress after each group
     assert res.groups[0] == inverted
     assert [t.reward for t in res.groups[1].trajectories] == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert (res.report.judged, res.report.already_judged) == (1, 1)

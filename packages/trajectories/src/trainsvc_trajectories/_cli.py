@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _progress_line(verb: str) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` that redraws one stderr line, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\r{verb} {done}/{total} groups", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else human)
 
@@ -133,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         else:
             judge = RuleJudge()
-        result = judge_groups(judge, groups)
+        result = judge_groups(judge, groups, progress=_progress_line("judged"))
         out = result.groups
         (write_parquet if _fmt(args.out, None) == "parquet" else write_jsonl)(out, args.out)
         rep = result.report

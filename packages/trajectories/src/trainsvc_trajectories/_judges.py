@@ -142,13 +142,18 @@ def is_judged(group: ArtTrajectoryGroup) -> bool:
 
 
 def judge_groups(
-    judge: Judge, groups: Sequence[ArtTrajectoryGroup], *, keep_judged: bool = False
+    judge: Judge,
+    groups: Sequence[ArtTrajectoryGroup],
+    *,
+    keep_judged: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> JudgeResult:
     """Score each group; a group that fails is skipped visibly (``result.skipped``) with its reason.
 
     With ``keep_judged``, a group that a judge already scored (`is_judged`, e.g. a file
     written by ``trainsvc-traj judge --judge llm``) keeps its scores and is counted in
-    ``report.already_judged`` instead of being judged again.
+    ``report.already_judged`` instead of being judged again. ``progress(done, total)``
+    is called after each group (an LLM judge takes seconds per group).
     """
     report = JudgeReport(judge=judge.name, groups=len(groups))
     stats: list[CallStat] = []
@@ -158,17 +163,19 @@ def judge_groups(
         if keep_judged and is_judged(group):
             judged.append(group)
             report.already_judged += 1
-            continue
-        try:
-            if len(group.trajectories) < 1:
-                raise JudgeError("empty group")
-            score = judge.score_group(group)
-            stats.extend(score.calls)
-            judged.append(apply_scores(group, score, judge.name))
-        except JudgeError as e:
-            stats.extend(e.calls)
-            skipped.append(JudgeSkip(gi, e.reason, group))
-            report.skips.append({"group_index": gi, "reason": e.reason})
+        else:
+            try:
+                if len(group.trajectories) < 1:
+                    raise JudgeError("empty group")
+                score = judge.score_group(group)
+                stats.extend(score.calls)
+                judged.append(apply_scores(group, score, judge.name))
+            except JudgeError as e:
+                stats.extend(e.calls)
+                skipped.append(JudgeSkip(gi, e.reason, group))
+                report.skips.append({"group_index": gi, "reason": e.reason})
+        if progress is not None:
+            progress(gi + 1, len(groups))
     report.judged, report.skipped = len(judged) - report.already_judged, len(skipped)
     report.calls = len(stats)
     report.failed_calls = sum(1 for s in stats if s.outcome != "ok")

@@ -105,6 +105,19 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(datadir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def postgres_server_or_skip() -> Iterator[str]:
+    """`postgres_server` for a pytest fixture: the test is skipped (with the reason and
+    the install command) where the PostgreSQL binaries are missing."""
+    import pytest
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailableError as exc:
+        pytest.skip(f"{exc}; .ci/run installs them")
+
+
 def create_database(server_url: str) -> str:
     """A fresh, empty database on the server at ``server_url``; returns its URL."""
     import psycopg
@@ -230,4 +243,5 @@ __all__ = [
     "free_port",
     "postgres_bindir",
     "postgres_server",
+    "postgres_server_or_skip",
 ]
