@@ -64,8 +64,12 @@ class CheckpointFiles(ABC):
             path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
             self.sinks.message(f"checkpoint step={self._step} emergency=true path={path}")
             return path
+        from trainsvc_checkpoint import checkpoint_file_name
+
         manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path = Path(manager.directory) / f"step_{self._step}.safetensors"  # uncompressed
+        path = Path(manager.directory) / checkpoint_file_name(
+            self._step, compression=manager.compression
+        )
         self.sinks.message(f"checkpoint step={self._step} path={path}")
         return path
 
