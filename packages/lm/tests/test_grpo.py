@@ -222,11 +222,9 @@ def test_offline_groups_train_towards_the_better_completions(tmp_path: Path) -> 
         wrong = "".join(rng.choice(list("0123456789"), size=4))
         groups.append(_art_group(prompt, [right, wrong, wrong[::-1]], [1.0, 0.0, 0.2]))
     offline = groups_from_art(groups)
+    first = groups[0]["trajectories"][0]["messages_and_choices"][0]
     assert offline[0][0] == OfflineSample(
-        groups[0]["trajectories"][0]["messages_and_choices"][0]["content"],
-        offline[0][0].completion,
-        1.0,
-        None,
+        first["content"], offline[0][0].completion, 1.0, None, (first,)
     )
     cfg = _config(
         tmp_path,
@@ -300,6 +298,45 @@ def test_a_saved_policy_is_a_model_directory_the_next_run_starts_from(tmp_path: 
     ]
     follow.step()
     assert follow.last_metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_recorded_chat_prompts_go_through_the_models_chat_template(
+    tmp_path: Path, tiny_model: Any
+) -> None:
+    """A recorded prompt with a system message is tokenized as the chat template renders
+    it (with the generation prompt), not as the messages' plain text."""
+    from trainsvc_lm import Tokenizer
+
+    model_dir = tiny_model("llama")
+    chat = [
+        {"role": "system", "content": "You trade."},
+        {"role": "user", "content": "price 12?"},
+        {"role": "assistant", "content": "buy"},
+    ]
+    group = {
+        "trajectories": [
+            {"messages_and_choices": [*chat[:2], {"role": "assistant", "content": c}], "reward": r}
+            for c, r in (("buy", 1.0), ("sell", 0.0))
+        ]
+    }
+    offline = groups_from_art([group])
+    assert offline[0][0].messages == tuple(chat[:2])
+    cfg = _config(
+        tmp_path,
+        model={"dir": str(model_dir)},
+        data={"task": None, "offline_file": "w.jsonl"},
+        grpo={"prompts_per_step": 1, "max_new_tokens": 4},
+        train={"mode": "lora", "steps": 1},
+    )
+    trainer = GRPOTrainer(cfg, offline_groups=offline)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    rendered = tokenizer.render_chat(chat[:2], add_generation_prompt=True)
+    assert "You trade." in rendered and rendered != offline[0][0].prompt
+    ids = trainer._offline_prompt_tokens(offline[0][0])
+    assert ids == tokenizer.encode(rendered)
+    assert ids != tokenizer.encode(offline[0][0].prompt, add_special_tokens=True)
+    trainer.step()
+    assert trainer.last_metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
 
 
 # ---------------------------------------------------------------- learning from chance

@@ -104,6 +104,9 @@ class OfflineSample:
     completion: str
     reward: float
     logprobs: tuple[float, ...] | None = None
+    messages: tuple[Mapping[str, str], ...] = ()
+    """The prompt as chat messages (role, content): a model with a chat template sees
+    them rendered by it, as the deployment that recorded them did."""
 
 
 def _message_text(item: Mapping[str, Any]) -> tuple[str, str, Any]:
@@ -126,8 +129,8 @@ def groups_from_art(
 ) -> list[list[OfflineSample]]:
     """Offline groups from ART trajectory groups (``model_dump()`` dicts or parsed JSON).
 
-    A trajectory's prompt is its messages before the last assistant message (their
-    contents joined by newlines), its completion that message, its reward the
+    A trajectory's prompt is its messages before the last assistant message (kept as
+    ``messages``; ``prompt`` joins their contents by newlines), its completion that message, its reward the
     trajectory's (judged) ``reward``; token log-probs come from a choice's
     ``logprobs.content[*].logprob`` when recorded.
 
@@ -153,7 +156,8 @@ def groups_from_art(
             if isinstance(logprobs, Mapping) and logprobs.get("content"):
                 recorded = tuple(float(t["logprob"]) for t in logprobs["content"])
             prompt = "\n".join(text for _, text, _ in items[:last])
-            samples.append(OfflineSample(prompt, completion, reward, recorded))
+            messages = tuple({"role": role, "content": text} for role, text, _ in items[:last])
+            samples.append(OfflineSample(prompt, completion, reward, recorded, messages))
         if samples:
             out.append(samples)
     return out
@@ -498,7 +502,7 @@ class GRPOTrainer(CheckpointFiles):
         out: list[list[list[float]]] = []
         ref_trainable = self.reference if self.full else self.trainable
         for group in self.offline:
-            prompts = [self.vocab.encode(s.prompt) for s in group]
+            prompts = [self._offline_prompt_tokens(s) for s in group]
             comps = [self.vocab.encode_completion(s.completion) for s in group]
             for i, s in enumerate(group):
                 if s.logprobs is not None and len(s.logprobs) != len(comps[i]):
@@ -518,6 +522,17 @@ class GRPOTrainer(CheckpointFiles):
                     rows.append(logp[i][mask[i] > 0].tolist())
             out.append(rows)
         return out
+
+    def _offline_prompt_tokens(self, sample_: OfflineSample) -> list[int]:
+        """A recorded prompt's tokens: its messages through the model's chat template when
+        it has one (as the deployment rendered them), else the prompt text."""
+        if isinstance(self.vocab, _TokenizerVocab) and sample_.messages:
+            tokenizer = self.vocab.tokenizer
+            if tokenizer.chat_templates:
+                text = tokenizer.render_chat(list(sample_.messages), add_generation_prompt=True)
+                ids: list[int] = tokenizer.encode(text)
+                return ids
+        return self.vocab.encode(sample_.prompt)
 
     def _sampling_seed(self, step: int, salt: int = 0) -> int:
         return (self.config.train.seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
@@ -565,7 +580,7 @@ class GRPOTrainer(CheckpointFiles):
             epoch, index = divmod(k, n)
             order = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
             chosen.append(int(order[index]))
-        prompts, completions, behaviour = [], [], []
+        prompts, completions, prompt_tokens, behaviour = [], [], [], []
         rewards = np.zeros((p, g), np.float64)
         valid = np.zeros((p, g), bool)
         for gi, index in enumerate(chosen):
@@ -573,6 +588,7 @@ class GRPOTrainer(CheckpointFiles):
             for j in range(g):
                 s = group[j] if j < len(group) else group[0]
                 prompts.append(s.prompt)
+                prompt_tokens.append(self._offline_prompt_tokens(s))
                 completions.append(s.completion)
                 behaviour.append(self.offline_behaviour[index][j if j < len(group) else 0])
                 rewards[gi, j] = s.reward
@@ -580,7 +596,7 @@ class GRPOTrainer(CheckpointFiles):
         return _Rollout(
             prompts,
             completions,
-            [self.vocab.encode(t) for t in prompts],
+            prompt_tokens,
             [self.vocab.encode_completion(t) for t in completions],
             list(behaviour),
             rewards,
