@@ -78,12 +78,18 @@ def test_stop_tokens_cut_each_row() -> None:
     out = sample(
         model_params(), CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=(stop,))
     )
-    for row, completion in zip(free, out, strict=True):
+    free_logps = sample(
+        model_params(), CONFIG, PROMPTS, SamplingConfig(max_new_tokens=8, stop_token_ids=())
+    )
+    for row, completion, full in zip(free, out, free_logps, strict=True):
         if stop in row:
-            assert completion.tokens == tuple(row[: row.index(stop)])
-            assert completion.finish_reason == "stop"
+            end = row.index(stop)
+            assert completion.tokens == tuple(row[:end])
+            assert completion.finish_reason == "stop" and completion.stop_token == stop
+            assert completion.stop_logprob == pytest.approx(full.logprobs[end], abs=1e-5)
         else:
             assert completion.tokens == tuple(row) and completion.finish_reason == "length"
+            assert completion.stop_token is None and completion.stop_logprob is None
     assert out[1].finish_reason == "stop" and len(out[1].tokens) <= 3
 
 

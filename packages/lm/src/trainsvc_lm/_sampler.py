@@ -81,11 +81,16 @@ class Completion:
         finish_reason: ``"stop"`` (a stop token was generated) or ``"length"``.
         logprobs: the model's log-probability (temperature 1, no top-p) of each
             token of ``tokens``.
+        stop_token: the stop token that ended it (``finish_reason == "stop"``), else None.
+        stop_logprob: that token's log-probability (what a policy-gradient trainer
+            needs to learn when to stop), else None.
     """
 
     tokens: tuple[int, ...]
     finish_reason: str
     logprobs: tuple[float, ...]
+    stop_token: int | None = None
+    stop_logprob: float | None = None
 
 
 def bucket_length(n: int) -> int:
@@ -236,7 +241,13 @@ def sample(
         end = next((j for j, tok in enumerate(toks) if tok in stop_set), None)
         if done_np[row] and end is not None:
             results.append(
-                Completion(tuple(toks[:end]), "stop", tuple(logps_np[row, :end].tolist()))
+                Completion(
+                    tuple(toks[:end]),
+                    "stop",
+                    tuple(logps_np[row, :end].tolist()),
+                    stop_token=toks[end],
+                    stop_logprob=float(logps_np[row, end]),
+                )
             )
         else:
             results.append(Completion(tuple(toks), "length", tuple(logps_np[row, :n].tolist())))
