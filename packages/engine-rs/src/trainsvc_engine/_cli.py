@@ -1,4 +1,4 @@
-"""``trainsvc-othello``: train, evaluate and monitor the Othello engine from a terminal.
+"""``trainsvc-othello``: train, evaluate, monitor and describe the Othello engine from a terminal.
 
 Exit codes: 0 success (including a graceful Ctrl+C stop), 1 error.
 """
@@ -24,6 +24,9 @@ from trainsvc_engine._engine import (
     EngineError,
     Evaluator,
     TrainingManager,
+    __version__,
+    cpu_variant,
+    cpu_variants,
 )
 
 PROGRESS_FILE = "progress.jsonl"
@@ -96,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=int, default=0, help="random seed")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    i = sub.add_parser("info", help="version and the CPU variant the engine runs on")
+    i.add_argument("--json", action="store_true", help="print the information as JSON")
 
     m = sub.add_parser("monitor", help="live view of the training curves of a run directory")
     m.add_argument(
@@ -347,6 +353,23 @@ def _monitor(args: argparse.Namespace, out: Console) -> int:
         return 0
 
 
+def _info(args: argparse.Namespace, out: Console) -> int:
+    info = {
+        "version": __version__,
+        "cpu_variant": cpu_variant(),
+        "cpu_variants": cpu_variants(),
+        "module": str(Path(sys.modules["trainsvc_engine._engine"].__file__ or "")),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    out.print(f"trainsvc-engine {info['version']}")
+    out.print(f"CPU variant in use: [bold]{info['cpu_variant']}[/]")
+    out.print(f"variants this CPU supports: {', '.join(info['cpu_variants'])}")
+    out.print(f"module: {info['module']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trainsvc-othello``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -356,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, out)
         if args.command == "evaluate":
             return _evaluate(args, out)
+        if args.command == "info":
+            return _info(args, out)
         return _monitor(args, out)
     except (EngineError, OSError) as e:
         if getattr(args, "json", False):

@@ -169,6 +169,34 @@ fn reference_perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
     })
 }
 
+/// The CPU variant the engine's hot functions run on now (`x86-64-v4`,
+/// `x86-64-v3`, `aarch64-neon` or `baseline`): the best this CPU supports,
+/// unless `TRAINSVC_ENGINE_CPU` or [`set_cpu_variant`] chose another.
+#[pyfunction]
+fn cpu_variant() -> &'static str {
+    othello_core::isa::active().name()
+}
+
+/// The CPU variants compiled into this module that this CPU can run, from the
+/// most portable to the best.
+#[pyfunction]
+fn cpu_variants() -> Vec<&'static str> {
+    othello_core::isa::supported()
+        .into_iter()
+        .map(othello_core::isa::Variant::name)
+        .collect()
+}
+
+/// Runs the hot functions on the named variant from now on (every variant
+/// computes the same results; for tests and benchmarks). Raises `ConfigError`
+/// for an unknown name or a variant this CPU cannot run.
+#[pyfunction]
+fn set_cpu_variant(name: &str) -> PyResult<()> {
+    othello_core::isa::Variant::parse(name)
+        .and_then(othello_core::isa::set_active)
+        .map_err(errors::to_py)
+}
+
 /// An Othello position with the side to move.
 #[pyclass(frozen, module = "trainsvc_engine", name = "Board")]
 #[derive(Clone)]
@@ -1034,6 +1062,9 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(perft, m)?)?;
     m.add_function(wrap_pyfunction!(reference_perft, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_variant, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_variants, m)?)?;
+    m.add_function(wrap_pyfunction!(set_cpu_variant, m)?)?;
     m.add_function(wrap_pyfunction!(py_square_name, m)?)?;
     m.add_function(wrap_pyfunction!(weight_diff, m)?)?;
     m.add_function(wrap_pyfunction!(manager::shutdown_all, m)?)?;

@@ -137,6 +137,8 @@ pub struct Statistics {
     memory: Vec<(String, u64)>,
     /// Last non-finite weights found: (pattern, phase, index, value).
     non_finite: Vec<(String, usize, usize, String)>,
+    /// The CPU variant the games run on (`x86-64-v4`, `x86-64-v3`, `aarch64-neon` or `baseline`).
+    cpu_variant: String,
 }
 
 #[pymethods]
@@ -155,14 +157,15 @@ impl Statistics {
             "errors": self.errors, "nan_resets": self.nan_resets, "elapsed_s": self.elapsed_s,
             "games_per_second": self.games_per_second, "eta_s": self.eta_s, "memory": mem,
             "non_finite": self.non_finite.iter().map(|(p, ph, i, v)| serde_json::json!({"pattern": p, "phase": ph, "index": i, "value": v})).collect::<Vec<_>>(),
+            "cpu_variant": self.cpu_variant,
         })
         .to_string()
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Statistics(games={}, rolling_stone_diff={:.2}, pattern_coverage={:.3}, games_per_second={:.0})",
-            self.games, self.rolling_stone_diff, self.pattern_coverage, self.games_per_second
+            "Statistics(games={}, rolling_stone_diff={:.2}, pattern_coverage={:.3}, games_per_second={:.0}, cpu_variant={:?})",
+            self.games, self.rolling_stone_diff, self.pattern_coverage, self.games_per_second, self.cpu_variant
         )
     }
 }
@@ -834,6 +837,7 @@ impl TrainingManager {
                 .iter()
                 .map(|n| (n.pattern.clone(), n.phase, n.index, n.value.clone()))
                 .collect(),
+            cpu_variant: othello_core::isa::active().name().to_owned(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! the discs of the side to move, `opponent` those of the other side.
 
 use crate::error::EngineError;
+use crate::isa::Kernels;
 use crate::rng::Rng;
 
 /// Files b..g: masks off wrap-around for shifts with a horizontal component.
@@ -114,6 +115,36 @@ impl Board {
     #[must_use]
     pub fn moves(&self) -> u64 {
         get_moves(self.player, self.opponent)
+    }
+
+    /// [`Board::play`] with the kernels `K` (see [`crate::isa`]).
+    #[inline(always)]
+    #[must_use]
+    pub fn play_k<K: Kernels>(&self, sq: u32) -> Board {
+        self.play_flips(sq, K::flips(self.player, self.opponent, sq))
+    }
+
+    /// [`Board::moves`] with the kernels `K`.
+    #[inline(always)]
+    #[must_use]
+    pub fn moves_k<K: Kernels>(&self) -> u64 {
+        K::moves(self.player, self.opponent)
+    }
+
+    /// [`Board::next_turn`] with the kernels `K`.
+    #[inline(always)]
+    pub fn next_turn_k<K: Kernels>(&mut self) -> Option<(u64, bool)> {
+        let moves = self.moves_k::<K>();
+        if moves != 0 {
+            return Some((moves, false));
+        }
+        let passed = self.pass();
+        let replies = passed.moves_k::<K>();
+        if replies == 0 {
+            return None;
+        }
+        *self = passed;
+        Some((replies, true))
     }
 
     /// The position after the side to move plays `sq` (which must be legal).
@@ -313,33 +344,79 @@ pub fn parse_square(name: &str) -> Result<u32, EngineError> {
     }
 }
 
-/// Leaf count of the game tree to `depth` plies (a pass is a ply; a finished game is one leaf).
-#[must_use]
-pub fn perft(board: &Board, depth: u32) -> u64 {
+crate::multiversion! {
+    /// Leaf count of the game tree to `depth` plies (a pass is a ply; a finished
+    /// game is one leaf), with the active CPU variant's code.
+    pub fn perft / perft_on (board: &Board, depth: u32) -> u64 = perft_entry;
+}
+
+/// Perft without recursion (a recursive function cannot be inlined into the
+/// variants' entry points, so it would be compiled for the baseline): a stack
+/// of nodes still to expand, and the last two plies counted in bulk.
+#[inline(always)]
+fn perft_entry<K: Kernels>(board: &Board, depth: u32) -> u64 {
+    let mut total = 0u64;
+    // (position, its moves not yet expanded, its depth)
+    let mut stack: Vec<(Board, u64, u32)> = Vec::with_capacity(depth as usize + 1);
+    let mut next = Some((*board, depth));
+    loop {
+        if let Some((b, d)) = next.take() {
+            if d <= 2 {
+                total += perft_last_two::<K>(&b, d);
+            } else {
+                let moves = b.moves_k::<K>();
+                if moves != 0 {
+                    stack.push((b, moves, d));
+                } else {
+                    let passed = b.pass();
+                    if passed.moves_k::<K>() == 0 {
+                        total += 1;
+                    } else {
+                        next = Some((passed, d - 1));
+                        continue;
+                    }
+                }
+            }
+        }
+        let Some(top) = stack.last_mut() else {
+            break;
+        };
+        if top.1 == 0 {
+            stack.pop();
+            continue;
+        }
+        let sq = top.1.trailing_zeros();
+        top.1 &= top.1 - 1;
+        next = Some((top.0.play_k::<K>(sq), top.2 - 1));
+    }
+    total
+}
+
+/// Perft to `depth` 0, 1 or 2: the leaves one ply down are counted by the
+/// mobility's popcount (a position that must pass, or a finished game, is one leaf).
+#[inline(always)]
+fn perft_last_two<K: Kernels>(b: &Board, depth: u32) -> u64 {
     if depth == 0 {
         return 1;
     }
-    let moves = board.moves();
-    if moves == 0 {
-        let passed = board.pass();
-        if passed.moves() == 0 {
+    let moves = b.moves_k::<K>();
+    if depth == 1 || moves == 0 {
+        if moves != 0 {
+            return u64::from(moves.count_ones());
+        }
+        if depth == 1 {
             return 1;
         }
-        return if depth == 1 {
-            1
-        } else {
-            perft(&passed, depth - 1)
-        };
-    }
-    if depth == 1 {
-        return u64::from(moves.count_ones());
+        let replies = b.pass().moves_k::<K>();
+        return u64::from(replies.count_ones()).max(1);
     }
     let mut total = 0;
     let mut m = moves;
     while m != 0 {
         let sq = m.trailing_zeros();
         m &= m - 1;
-        total += perft(&board.play(sq), depth - 1);
+        let replies = b.play_k::<K>(sq).moves_k::<K>();
+        total += u64::from(replies.count_ones()).max(1);
     }
     total
 }

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::board::{get_flips, Board};
+use crate::board::Board;
 use crate::error::EngineError;
+use crate::isa::Kernels;
 use crate::pattern::{PatternSet, MAX_INSTANCES};
 
 /// The value of a finished game with disc difference `diff` (side's view), in [-1, 1].
@@ -87,7 +88,7 @@ impl Weights {
     }
 
     /// Writes the global indices of the active weights into `out`; returns how many.
-    #[inline]
+    #[inline(always)]
     pub fn features(&self, b: &Board, out: &mut FeatureBuf) -> usize {
         let n = self.set.n_instances();
         self.set.indices(b, &mut out[..n]);
@@ -100,7 +101,7 @@ impl Weights {
     }
 
     /// The weighted sum before squashing.
-    #[inline]
+    #[inline(always)]
     #[must_use]
     pub fn raw(&self, b: &Board) -> f32 {
         let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
@@ -126,7 +127,14 @@ impl Weights {
     /// move is the best move of a depth-1 [`crate::search::search`].
     #[must_use]
     pub fn greedy_child(&self, b: &Board, moves: u64, theirs: &[u32]) -> u32 {
-        self.greedy_child_raw(b, moves, theirs).0
+        greedy_child_on(crate::isa::active(), self, b, moves, theirs).0
+    }
+
+    /// [`Weights::greedy_child`] with the kernels `K` (see [`crate::isa`]),
+    /// with the chosen child's raw value for its mover.
+    #[inline(always)]
+    pub fn greedy_child_k<K: Kernels>(&self, b: &Board, moves: u64, theirs: &[u32]) -> (u32, f32) {
+        self.best_child_k::<K>(b, moves, theirs, f32::NEG_INFINITY)
     }
 
     /// The 2-ply minimax value of `b` (a position with a legal move) for its
@@ -144,17 +152,24 @@ impl Weights {
     /// then costs one [`Weights::greedy_child`] pass.
     #[must_use]
     pub fn two_ply(&self, b: &Board, mine: &[u32], first: u32) -> f32 {
+        two_ply_on(crate::isa::active(), self, b, mine, first)
+    }
+
+    /// [`Weights::two_ply`] with the kernels `K` (see [`crate::isa`]).
+    #[inline(always)]
+    #[must_use]
+    pub fn two_ply_k<K: Kernels>(&self, b: &Board, mine: &[u32], first: u32) -> f32 {
         let set = &*self.set;
         let n = set.n_instances();
         let mut theirs = [0u32; MAX_INSTANCES];
         // The best child so far, as a raw value (`tanh` of it is the value).
         let mut best = f32::NEG_INFINITY;
-        let mut m = b.moves() & !(1u64 << first);
+        let mut m = b.moves_k::<K>() & !(1u64 << first);
         let mut sq = first;
         loop {
-            let flips = get_flips(b.player, b.opponent, sq);
+            let flips = K::flips(b.player, b.opponent, sq);
             let c = b.play_flips(sq, flips);
-            let replies = c.moves();
+            let replies = c.moves_k::<K>();
             let v = if replies != 0 {
                 theirs[..n].copy_from_slice(&mine[..n]);
                 for (i, p) in set.square_terms(sq as usize) {
@@ -167,18 +182,18 @@ impl Weights {
                     }
                     f &= f - 1;
                 }
-                self.best_child(&c, replies, &theirs, best).1
+                self.best_child_k::<K>(&c, replies, &theirs, best).1
             } else {
                 // The opponent passes, which costs no depth: `b`'s mover moves
                 // again, and that move is scored at 1 ply (a finished game by its result).
                 let passed = c.pass();
-                let again = passed.moves();
+                let again = passed.moves_k::<K>();
                 if again == 0 {
-                    -self.forced_pass_raw(&c)
+                    -self.forced_pass_raw_k::<K>(&c)
                 } else {
                     let mut unused = [0u32; MAX_INSTANCES];
                     set.raw_index_pair(&passed, &mut unused, &mut theirs);
-                    -self.greedy_child_raw(&passed, again, &theirs).1
+                    -self.greedy_child_k::<K>(&passed, again, &theirs).1
                 }
             };
             best = best.max(v);
@@ -193,9 +208,10 @@ impl Weights {
     /// The raw value, for its mover, of a position where that side has no legal
     /// move: the game's result (as the raw value whose `tanh` is the reward) when
     /// the other side has none either, else minus the raw value after the pass.
-    fn forced_pass_raw(&self, c: &Board) -> f32 {
+    #[inline(always)]
+    fn forced_pass_raw_k<K: Kernels>(&self, c: &Board) -> f32 {
         let passed = c.pass();
-        if passed.moves() == 0 {
+        if passed.moves_k::<K>() == 0 {
             reward(c.final_score())
                 .clamp(-MAX_REWARD_VALUE, MAX_REWARD_VALUE)
                 .atanh()
@@ -204,15 +220,17 @@ impl Weights {
         }
     }
 
-    /// [`Weights::greedy_child`] with the chosen child's raw value for its mover.
-    fn greedy_child_raw(&self, b: &Board, moves: u64, theirs: &[u32]) -> (u32, f32) {
-        self.best_child(b, moves, theirs, f32::NEG_INFINITY)
-    }
-
     /// The child of `b` with the lowest raw value for its mover, and that
     /// value (`theirs`: `b`'s raw indices from the opponent's view); the scan
     /// stops at the first child at or below `cutoff`, which is then returned.
-    fn best_child(&self, b: &Board, moves: u64, theirs: &[u32], cutoff: f32) -> (u32, f32) {
+    #[inline(always)]
+    fn best_child_k<K: Kernels>(
+        &self,
+        b: &Board,
+        moves: u64,
+        theirs: &[u32],
+        cutoff: f32,
+    ) -> (u32, f32) {
         let set = &*self.set;
         let n = set.n_instances();
         let discs = (b.player | b.opponent).count_ones() as usize + 1;
@@ -231,7 +249,12 @@ impl Weights {
             let sq = m.trailing_zeros();
             m &= m - 1;
             let mut nt = 0;
-            let mut add = |q: usize, mul: u32| {
+            // In the opponent's view the mover's discs are digit 2: the new disc
+            // goes 0 -> 2 and each flipped disc 1 -> 2. (A loop, not a closure:
+            // closures are not inlined into the variants' code reliably.)
+            let flips = K::flips(b.player, b.opponent, sq);
+            let (mut q, mut mul, mut f) = (sq as usize, 2, flips);
+            loop {
                 for (i, p) in set.square_terms(q) {
                     if delta[i] == 0 {
                         touched[nt] = i as u8;
@@ -239,14 +262,10 @@ impl Weights {
                     }
                     delta[i] += mul * p;
                 }
-            };
-            // In the opponent's view the mover's discs are digit 2: the new disc
-            // goes 0 -> 2 and each flipped disc 1 -> 2.
-            add(sq as usize, 2);
-            let flips = get_flips(b.player, b.opponent, sq);
-            let mut f = flips;
-            while f != 0 {
-                add(f.trailing_zeros() as usize, 1);
+                if f == 0 {
+                    break;
+                }
+                (q, mul) = (f.trailing_zeros() as usize, 1);
                 f &= f - 1;
             }
             let mut v = total;
@@ -256,8 +275,8 @@ impl Weights {
                 delta[i] = 0;
             }
             let child = b.play_flips(sq, flips);
-            if child.moves() == 0 {
-                v = self.forced_pass_raw(&child);
+            if child.moves_k::<K>() == 0 {
+                v = self.forced_pass_raw_k::<K>(&child);
             }
             if v < best.0 {
                 best = (v, sq);
@@ -273,7 +292,7 @@ impl Weights {
     #[inline]
     #[must_use]
     pub fn value(&self, b: &Board) -> f32 {
-        self.raw(b).tanh()
+        value_on(crate::isa::active(), self, b)
     }
 
     /// Resets every NaN or infinite weight to 0 and reports each one.
@@ -300,6 +319,44 @@ impl Weights {
     pub fn memory_bytes(&self) -> usize {
         self.w.len() * std::mem::size_of::<f32>()
     }
+}
+
+#[inline(always)]
+fn greedy_child_entry<K: Kernels>(
+    w: &Weights,
+    b: &Board,
+    moves: u64,
+    theirs: &[u32],
+) -> (u32, f32) {
+    w.greedy_child_k::<K>(b, moves, theirs)
+}
+
+#[inline(always)]
+fn two_ply_entry<K: Kernels>(w: &Weights, b: &Board, mine: &[u32], first: u32) -> f32 {
+    w.two_ply_k::<K>(b, mine, first)
+}
+
+/// Pattern indexing and the sum: no move generation, but `popcnt`/`tzcnt`
+/// and wider loads where the variant has them.
+#[allow(clippy::extra_unused_type_parameters)]
+#[inline(always)]
+fn value_entry<K: Kernels>(w: &Weights, b: &Board) -> f32 {
+    w.raw(b).tanh()
+}
+
+crate::multiversion! {
+    /// [`Weights::greedy_child`] and the chosen child's raw value, compiled for a CPU variant.
+    pub fn greedy_child_active / greedy_child_on (w: &Weights, b: &Board, moves: u64, theirs: &[u32]) -> (u32, f32) = greedy_child_entry;
+}
+
+crate::multiversion! {
+    /// [`Weights::two_ply`] compiled for a CPU variant.
+    pub fn two_ply_active / two_ply_on (w: &Weights, b: &Board, mine: &[u32], first: u32) -> f32 = two_ply_entry;
+}
+
+crate::multiversion! {
+    /// [`Weights::value`] (pattern indexing and the weighted sum) compiled for a CPU variant.
+    pub fn value_active / value_on (w: &Weights, b: &Board) -> f32 = value_entry;
 }
 
 #[cfg(test)]
@@ -342,7 +399,7 @@ mod tests {
         // A child whose mover must pass is scored through the pass.
         let child_raw = |c: Board| {
             if c.moves() == 0 {
-                w.forced_pass_raw(&c)
+                w.forced_pass_raw_k::<crate::isa::Portable>(&c)
             } else {
                 w.raw(&c)
             }
@@ -411,7 +468,7 @@ mod tests {
                 m &= m - 1;
             }
             w.set.raw_index_pair(&b, &mut mine, &mut theirs);
-            let (_, raw) = w.greedy_child_raw(&b, moves, &theirs);
+            let (_, raw) = w.greedy_child_k::<crate::isa::Portable>(&b, moves, &theirs);
             let searched = search_score(&w, &b, 1);
             assert!((-raw.tanh() - searched).abs() < 1e-4, "{raw} vs {searched}");
         }

@@ -6,6 +6,7 @@ pub mod board;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod isa;
 pub mod league;
 pub mod pattern;
 pub mod refgen;

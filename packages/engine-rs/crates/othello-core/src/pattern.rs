@@ -303,7 +303,7 @@ impl PatternSet {
     }
 
     /// Writes each instance's table index (offset within a phase) into `out`.
-    #[inline]
+    #[inline(always)]
     pub fn indices(&self, b: &Board, out: &mut [u32]) {
         let n = self.instances.len();
         out[..n].copy_from_slice(&self.inst_base);
@@ -329,7 +329,7 @@ impl PatternSet {
     /// `mine` with the side to move as digit 1 (what [`PatternSet::indices`]
     /// canonicalises) and `theirs` with the other side as digit 1, the view of
     /// every child position before the move's own changes.
-    #[inline]
+    #[inline(always)]
     pub fn raw_index_pair(&self, b: &Board, mine: &mut [u32], theirs: &mut [u32]) {
         let n = self.instances.len();
         mine[..n].copy_from_slice(&self.inst_base);
@@ -352,7 +352,7 @@ impl PatternSet {
     }
 
     /// The instances a square belongs to, with the square's power of 3 in each.
-    #[inline]
+    #[inline(always)]
     pub fn square_terms(&self, q: usize) -> impl Iterator<Item = (usize, u32)> + '_ {
         let (s, e) = (self.feat_start[q] as usize, self.feat_start[q + 1] as usize);
         self.feat_inst[s..e]

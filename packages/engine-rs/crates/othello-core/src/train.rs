@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use crate::board::Board;
 use crate::error::EngineError;
 use crate::eval::{reward, FeatureBuf, NonFinite, Weights};
+use crate::isa::{Kernels, Variant};
 use crate::pattern::{PatternSet, MAX_INSTANCES};
 use crate::rng::Rng;
 use crate::search::{search_until, Limits, TranspositionTable, TT_ENTRY_BYTES};
@@ -379,6 +380,9 @@ pub struct Trainer {
     /// batches and cleared (in constant time) before each game.
     tts: Vec<Mutex<TranspositionTable>>,
     pool: Option<rayon::ThreadPool>,
+    /// The CPU variant the games run on (`None`: [`crate::isa::active`]); every
+    /// variant trains the same weights.
+    pub variant: Option<Variant>,
 }
 
 /// Why [`Trainer::train`] returned.
@@ -392,20 +396,22 @@ pub enum StopReason {
     ErrorRate(String),
 }
 
+/// The move an exploration step or a deeper search picks, or `None`: play
+/// the greedy move.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn pick_move(
     b: &Board,
+    moves: u64,
     w: &Weights,
     rng: &mut Rng,
     eps: f64,
     depth: u32,
     tt: Option<&mut TranspositionTable>,
     stop: &AtomicBool,
-    greedy: impl FnOnce() -> u32,
-) -> (u32, bool) {
-    let moves = b.moves();
+) -> Option<(u32, bool)> {
     if eps > 0.0 && rng.next_f64() < eps {
-        return (rng.pick_bit(moves), true);
+        return Some((rng.pick_bit(moves), true));
     }
     if depth > 1 {
         if let Some(tt) = tt {
@@ -423,14 +429,28 @@ fn pick_move(
                 Some(stop),
             );
             if let Some(m) = r.best_move {
-                return (m, false);
+                return Some((m, false));
             }
         }
     }
-    (greedy(), false)
+    None
 }
 
-fn play_game(
+crate::multiversion! {
+    /// Plays self-play game `game` and returns what the learner needs (`None`
+    /// when `stop` was raised), compiled for the CPU variant.
+    #[allow(dead_code)]
+    fn play_game / play_game_on (
+        w: &Weights,
+        cfg: &TrainConfig,
+        game: u64,
+        tt: Option<&mut TranspositionTable>,
+        stop: &AtomicBool,
+    ) -> Option<GameRecord> = play_game_k;
+}
+
+#[inline(always)]
+fn play_game_k<K: Kernels>(
     w: &Weights,
     cfg: &TrainConfig,
     game: u64,
@@ -455,7 +475,7 @@ fn play_game(
     let set = &*w.set;
     let n_inst = set.n_instances();
     let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
-    while let Some((moves, passed)) = b.next_turn() {
+    while let Some((moves, passed)) = b.next_turn_k::<K>() {
         black_to_move ^= passed;
         if stop.load(Ordering::Relaxed) {
             return None;
@@ -474,18 +494,25 @@ fn play_game(
         // first, and greedy play (no exploration, depth 1) plays it.
         let mut greedy = None;
         if cfg.target_depth == 2 {
-            let g = w.greedy_child(&b, moves, &theirs);
+            let g = w.greedy_child_k::<K>(&b, moves, &theirs).0;
             greedy = Some(g);
-            targets.push(w.two_ply(&b, &mine, g));
+            targets.push(w.two_ply_k::<K>(&b, &mine, g));
         }
         values.push(raw.tanh());
         signs.push(if black_to_move { 1.0f32 } else { -1.0 });
         let tt = tt.as_deref_mut();
-        let (sq, random) = pick_move(&b, w, &mut rng, eps, cfg.search_depth, tt, stop, || {
-            greedy.unwrap_or_else(|| w.greedy_child(&b, moves, &theirs))
-        });
+        // No closure for the greedy move: closures are not inlined into the
+        // variant's code reliably, and this one is the game's hot path.
+        let (sq, random) = match pick_move(&b, moves, w, &mut rng, eps, cfg.search_depth, tt, stop)
+        {
+            Some(chosen) => chosen,
+            None => match greedy {
+                Some(g) => (g, false),
+                None => (w.greedy_child_k::<K>(&b, moves, &theirs).0, false),
+            },
+        };
         explored.push(random);
-        b = b.play(sq);
+        b = b.play_k::<K>(sq);
         black_to_move = !black_to_move;
     }
     let side_diff = b.final_score();
@@ -585,6 +612,7 @@ impl Trainer {
             tt_bytes_per_thread: 0,
             tts: Vec::new(),
             pool: None,
+            variant: None,
         };
         t.apply_config()?;
         Ok(t)
@@ -727,6 +755,7 @@ impl Trainer {
         let w = &self.weights;
         let cfg = &self.config;
         let tts = &self.tts;
+        let variant = self.variant.unwrap_or_else(crate::isa::active);
         let pool = self.pool.as_ref().expect("pool built in apply_config");
         let results: Vec<Result<Option<GameRecord>, String>> = pool.install(|| {
             (start..end)
@@ -741,7 +770,7 @@ impl Trainer {
                         tt.clear();
                     }
                     catch_unwind(AssertUnwindSafe(|| {
-                        play_game(w, cfg, g, guard.as_deref_mut(), stop)
+                        play_game_on(variant, w, cfg, g, guard.as_deref_mut(), stop)
                     }))
                     .map_err(|e| {
                         e.downcast_ref::<String>()
