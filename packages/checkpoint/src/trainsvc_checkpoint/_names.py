@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, SupportsIndex, TypeVar
 
 from ._io import Compression, PathLike
 
@@ -81,17 +81,17 @@ class CheckpointName:
 
 
 def checkpoint_file_name(
-    step: int, *, emergency: bool = False, compression: Compression = None
+    step: SupportsIndex, *, emergency: bool = False, compression: Compression = None
 ) -> str:
     """The file name of a checkpoint: ``step_12.safetensors``, ``emergency_step_12.safetensors.zst``.
 
-    The step is written in decimal without padding.
+    The step (an int, or a NumPy integer) is written in decimal without padding.
 
     Raises:
         ValueError: ``step`` is not an int in ``[0, MAX_STEP]`` or ``compression`` is not
             None or ``"zstd"`` (the message names the argument).
     """
-    return CheckpointName(step, emergency, compression).file_name
+    return CheckpointName(_check_step(step), emergency, compression).file_name
 
 
 def parse_checkpoint_file_name(path: PathLike) -> CheckpointName | None:
