@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -233,11 +234,15 @@ def serve(
     args: Annotated[list[str] | None, typer.Argument(help="Arguments of `trainsvc serve`.")] = None,
 ) -> None:
     """Run the service (same as `trainsvc serve`; needs the `trainsvc` package)."""
-    try:
-        from trainsvc import main as service_main  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    # The service's own command, in this process's place: a client never imports the
+    # service (it sits above it), and signals reach the service as if run directly.
+    beside = Path(sys.executable).parent / "trainsvc"
+    command = str(beside) if beside.exists() else shutil.which("trainsvc")
+    if command is None:
         _fail("the service is not installed: pip install trainsvc")
-    service_main(["serve", *(args or [])])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command, [command, "serve", *(args or [])])
 
 
 @runs_app.command("create")
