@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainsvc_checkpoint import parse_checkpoint_file_name
+
 RUN_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-CHECKPOINT_ID_RE = re.compile(r"^(emergency_)?step_[0-9]{1,19}$")
 
 
 class State(enum.Enum):
@@ -226,7 +227,8 @@ def parse_checkpoint_id(checkpoint_id: str, field: str) -> str:
     Raises:
         InvalidArgumentError: anything else, e.g. ``../x`` or ``/etc/passwd``.
     """
-    if not CHECKPOINT_ID_RE.fullmatch(checkpoint_id):
+    parsed = parse_checkpoint_file_name(f"{checkpoint_id}.safetensors") if checkpoint_id else None
+    if parsed is None or parsed.checkpoint_id != checkpoint_id:  # the last component only
         raise InvalidArgumentError(
             field,
             f"must be a checkpoint id like 'step_100' or 'emergency_step_7' "

@@ -1,20 +1,32 @@
-"""Frame fan-out: per-subscriber newest-wins slots, woken across threads.
+"""Frame fan-out: per-subscriber newest-wins slots, woken across threads, and paced streams.
 
 The publisher (a worker's reader thread) never waits on a subscriber: it puts
 the frame in each subscriber's one-frame slot (replacing an unread one, which
 counts as dropped) and schedules a wake-up on the subscriber's event loop.
-A subscriber that stops reading holds at most one frame.
+A subscriber that stops reading holds at most one frame. `FrameStreams` sends
+each stream call its run's newest frame at the call's own rate, and one
+watchdog cuts off calls stuck in a send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from trainsvc._domain import ResourceExhaustedError
 
 T = TypeVar("T")
+log = logging.getLogger("trainsvc.rpc")
+
+SEND_TIMEOUT_S = 30.0
+"""A subscriber that has not taken a message for this long is cut off."""
+WATCHDOG_INTERVAL_S = 1.0
+"""How often frame streams are checked for stuck sends and woken to re-check their run."""
 
 
 class Subscriber(Generic[T]):
@@ -227,3 +239,127 @@ class Notifier:
             waiters = list(self._waiters)
         for w in waiters:
             w.offer(True)
+
+
+async def send_or_cut(send: Awaitable[None], peer: str) -> bool:
+    """Await a ``send``; False (and a warning) when the peer took longer than
+    `SEND_TIMEOUT_S` to take it: the caller then ends its stream."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await send
+    except TimeoutError:
+        log.warning("cutting off a subscriber that stopped reading (%s)", peer)
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class _FrameStream:
+    """A frame stream, as the watchdog sees it."""
+
+    task: asyncio.Task[Any]
+    sub: Subscriber[bytes]
+    write_since: float = 0.0
+    """Loop time the pending send started; 0 when none is pending."""
+    cut: bool = False
+
+
+class FrameStreams:
+    """Paced frame streams over a `Hub` of pre-serialized frames, with one send watchdog.
+
+    Args:
+        hub: the frames, one topic per run.
+        is_active: whether a run may still publish frames (its stream ends when not).
+    """
+
+    def __init__(self, hub: Hub[bytes], is_active: Callable[[str], bool]) -> None:
+        self.hub = hub
+        self.is_active = is_active
+        self.frames_sent = 0
+        """Frames sent by every stream (only the event loop's thread adds to it)."""
+        self._streams: set[_FrameStream] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Once a second: cut off streams stuck in a send, and wake every waiting one.
+
+        One timer for all streams instead of a timeout per frame and per stream. The wake-up
+        lets a stream re-check that its run is still active and its call still open.
+        """
+        loop = asyncio.get_running_loop()
+        while self._streams:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = loop.time()
+            for stream in list(self._streams):
+                if stream.write_since and now - stream.write_since > SEND_TIMEOUT_S:
+                    if not stream.cut:
+                        stream.cut = True
+                        stream.task.cancel()
+                else:
+                    stream.sub.poke()
+
+    async def stream(
+        self,
+        run_id: str,
+        rate: float,
+        write: Callable[[bytes], Awaitable[None]],
+        closed: Callable[[], bool],
+        peer: str,
+    ) -> None:
+        """Send the run's newest frame with ``write`` at most ``rate`` times a second.
+
+        After a send the stream sleeps out the rest of its interval first (frames that come
+        meanwhile replace each other in the slot and count as dropped), then takes the
+        newest frame or waits for one: one wake-up per frame sent, not per frame published.
+        Returns when the run ends, ``closed()`` (the call ended) or the peer stops reading.
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        sub = self.hub.subscribe(run_id, loop)
+        stream = _FrameStream(task, sub)
+        self._streams.add(stream)
+        self._ensure_watchdog()
+        interval = 1.0 / rate
+        next_send = 0.0
+        # The first frame goes at once; the second after a random extra part of an
+        # interval, so that streams opened together do not send in lockstep bursts
+        # (which would hold a control RPC behind every stream's send).
+        phase: float | None = random.random() * interval
+        try:
+            if not self.is_active(run_id):
+                sub.close()
+            while True:
+                # Sleep out the interval in slices of at most a second, so that a slow
+                # stream (max_rate_hz 0.01: 100 s) still ends within a second of its run.
+                while (wait := next_send - loop.time()) > 0:
+                    await asyncio.sleep(min(wait, WATCHDOG_INTERVAL_S))
+                    if wait > WATCHDOG_INTERVAL_S and (
+                        sub.closed or closed() or not self.is_active(run_id)
+                    ):
+                        return
+                frame = sub.take()
+                while frame is None:
+                    if sub.closed or closed() or not self.is_active(run_id):
+                        return
+                    await sub.wait()
+                    frame = sub.take()
+                stream.write_since = loop.time()
+                await write(frame)
+                self.frames_sent += 1
+                stream.write_since = 0.0
+                next_send = loop.time() + interval
+                if phase is not None:
+                    next_send, phase = next_send + phase, None
+        except asyncio.CancelledError:
+            if not stream.cut:
+                raise
+            task.uncancel()
+            log.warning("cutting off a subscriber that stopped reading (%s)", peer)
+        finally:
+            self._streams.discard(stream)
+            self.hub.unsubscribe(run_id, sub)

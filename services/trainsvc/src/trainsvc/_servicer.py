@@ -2,9 +2,9 @@
 
 Each method validates and converts the request (`_convert`), calls the
 manager in a thread (control calls wait for the worker), and converts back.
-Domain errors become status codes in `_call` via `_errors.status_of`, the one
-mapping. Streams are bounded: a cap on concurrent streams, one frame per
-subscriber (newest wins), and a send timeout for subscribers that stop reading.
+Domain errors become statuses in `_call` via `_errors.status_of`, the one
+mapping. Streams are bounded here by a cap on concurrent streams; frame pacing,
+newest-wins slots and the send watchdog are the fan-out's (`_fanout`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -32,7 +30,7 @@ from trainsvc._domain import (
     parse_run_name,
 )
 from trainsvc._errors import status_of
-from trainsvc._fanout import Hub, Notifier, Subscriber
+from trainsvc._fanout import FrameStreams, Hub, Notifier, send_or_cut
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
 
@@ -42,22 +40,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_RATE_HZ = 30.0
 MAX_RATE_HZ = 1000.0
-SEND_TIMEOUT_S = 30.0
-"""A subscriber that has not taken a message for this long is cut off."""
-WATCHDOG_INTERVAL_S = 1.0
-"""How often frame streams are checked for stuck sends and woken to re-check their run."""
 EVENT_BATCH = 500
-
-
-@dataclass(eq=False)
-class _FrameStream:
-    """A StreamFrames call, as the watchdog sees it."""
-
-    task: asyncio.Task[Any]
-    sub: Subscriber[bytes]
-    write_since: float = 0.0
-    """Loop time the pending send started; 0 when none is pending."""
-    cut: bool = False
 
 
 def add_to_server(servicer: TrainServicer, server: grpc.aio.Server) -> None:
@@ -103,13 +86,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self.max_streams = max_streams
         self._streams = 0
         self._lock = threading.Lock()
-        self._frame_streams: set[_FrameStream] = set()
-        self._watchdog: asyncio.Task[None] | None = None
-        self.frames_sent = 0
-        """Frames sent by every StreamFrames call (only the event loop's thread adds to it)."""
+        self.frames = FrameStreams(hub, manager.is_active)
         self.closing = False
         """Set by :meth:`end_streams` when the service shuts down: event streams then return."""
-        metrics.watch_frames(lambda: self.frames_sent, lambda: hub.dropped)
+        metrics.watch_frames(lambda: self.frames.frames_sent, lambda: hub.dropped)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -241,15 +221,6 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
 
     # -- streams --------------------------------------------------------------
 
-    async def _send(self, context: Context, message: Any) -> bool:
-        try:
-            async with asyncio.timeout(SEND_TIMEOUT_S):
-                await context.write(message)
-        except TimeoutError:
-            log.warning("cutting off a subscriber that stopped reading (%s)", context.peer())
-            return False
-        return True
-
     async def StreamFrames(  # type: ignore[override]  # noqa: N802
         self, request: pb.StreamFramesRequest, context: Context
     ) -> None:
@@ -263,85 +234,9 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 )
             await asyncio.to_thread(self.m.get_run, run_id)
             with self._stream_slot():
-                await self._stream_frames(run_id, rate, context)
+                await self.frames.stream(run_id, rate, context.write, context.done, context.peer())
         except ServiceError as exc:
             await self._abort(context, exc)
-
-    def _ensure_watchdog(self) -> None:
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch_streams())
-
-    async def _watch_streams(self) -> None:
-        """Once a second: cut off frame streams stuck in a send, and wake every waiting one.
-
-        One timer for all streams instead of a timeout per frame and per stream. The wake-up
-        lets a stream re-check that its run is still active and its call still open.
-        """
-        loop = asyncio.get_running_loop()
-        while self._frame_streams:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            now = loop.time()
-            for stream in list(self._frame_streams):
-                if stream.write_since and now - stream.write_since > SEND_TIMEOUT_S:
-                    if not stream.cut:
-                        stream.cut = True
-                        stream.task.cancel()
-                else:
-                    stream.sub.poke()
-
-    async def _stream_frames(self, run_id: str, rate: float, context: Context) -> None:
-        """Send the run's newest frame (pre-serialized bytes) at most `rate` times a second.
-
-        After a send the stream sleeps out the rest of its interval first (frames that come
-        meanwhile replace each other in the slot and count as dropped), then takes the
-        newest frame or waits for one: one wake-up per frame sent, not per frame published.
-        """
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        sub = self.hub.subscribe(run_id, loop)
-        stream = _FrameStream(task, sub)
-        self._frame_streams.add(stream)
-        self._ensure_watchdog()
-        interval = 1.0 / rate
-        next_send = 0.0
-        # The first frame goes at once; the second after a random extra part of an
-        # interval, so that streams opened together do not send in lockstep bursts
-        # (which would hold a control RPC behind every stream's send).
-        phase: float | None = random.random() * interval
-        try:
-            if not self.m.is_active(run_id):
-                sub.close()
-            while True:
-                # Sleep out the interval in slices of at most a second, so that a slow
-                # stream (max_rate_hz 0.01: 100 s) still ends within a second of its run.
-                while (wait := next_send - loop.time()) > 0:
-                    await asyncio.sleep(min(wait, WATCHDOG_INTERVAL_S))
-                    if wait > WATCHDOG_INTERVAL_S and (
-                        sub.closed or context.done() or not self.m.is_active(run_id)
-                    ):
-                        return
-                frame = sub.take()
-                while frame is None:
-                    if sub.closed or context.done() or not self.m.is_active(run_id):
-                        return
-                    await sub.wait()
-                    frame = sub.take()
-                stream.write_since = loop.time()
-                await context.write(frame)
-                self.frames_sent += 1
-                stream.write_since = 0.0
-                next_send = loop.time() + interval
-                if phase is not None:
-                    next_send, phase = next_send + phase, None
-        except asyncio.CancelledError:
-            if not stream.cut:
-                raise
-            task.uncancel()
-            log.warning("cutting off a subscriber that stopped reading (%s)", context.peer())
-        finally:
-            self._frame_streams.discard(stream)
-            self.hub.unsubscribe(run_id, sub)
 
     def end_streams(self) -> None:
         """Let following event streams end normally (the service is shutting down).
@@ -374,11 +269,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         waiter = self.notifier.register(asyncio.get_running_loop())
         try:
             while not context.done():
-                events = await asyncio.to_thread(
-                    self.m.registry.events, run_id, sequence, EVENT_BATCH
-                )
+                events = await asyncio.to_thread(self.m.events, run_id, sequence, EVENT_BATCH)
                 for event in events:
-                    if not await self._send(context, conv.event_to_proto(event)):
+                    send = context.write(conv.event_to_proto(event))
+                    if not await send_or_cut(send, context.peer()):
                         return
                     sequence = event.sequence + 1
                 if len(events) == EVENT_BATCH:
@@ -386,11 +280,11 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 if not follow or self.closing:
                     return
                 if run_id is not None and not self.m.is_active(run_id):
-                    state = (await asyncio.to_thread(self.m.registry.get_run, run_id)).state
-                    if state.terminal:
-                        more = await asyncio.to_thread(self.m.registry.events, run_id, sequence, 1)
-                        if not more:
-                            return
+                    state = (await asyncio.to_thread(self.m.get_run, run_id)).state
+                    if state.terminal and not await asyncio.to_thread(
+                        self.m.has_more_events, run_id, sequence
+                    ):
+                        return
                 await waiter.next(timeout=1.0)
         finally:
             self.notifier.unregister(waiter)

@@ -2,17 +2,10 @@
 
 It builds the run's trainer through its kind adapter and trains in chunks,
 checking between steps for commands from the service (the pause point). It
-talks to the service over a multiprocessing pipe:
-
-service -> worker: ``(command, request_id)`` with command one of ``pause``,
-``resume``, ``stop``, ``checkpoint``, ``shutdown``.
-
-worker -> service: ``("ready", step)``, ``("progress", step, steps_per_s, metrics)``,
-``("frame", FrameData)``, ``("checkpoint", path, step, emergency)``,
-``("deleted", [paths])``, ``("skipped", path, reason)`` (an unusable checkpoint the
-worker fell back over when restoring), ``("reply", request_id, ok, detail)``,
-``("completed", step)``, ``("log", level, message)``, ``("fatal", message, permanent)``
-(permanent: the run's inputs are invalid, so a restart cannot help).
+talks to the service over a multiprocessing pipe in the typed messages of
+`trainsvc._protocol`: it receives `Command` and sends `Ready`, `Progress`,
+`FrameReady`, `CheckpointSaved`, `CheckpointsDeleted`, `CheckpointSkipped`,
+`Reply`, `Completed`, `Log` and `Fatal`.
 
 Test hook (fault injection): when the environment variable
 ``TRAINSVC_FAULT_CRASH_AT_STEP`` is set to k, the worker calls ``os._exit(86)``
@@ -22,7 +15,6 @@ as soon as its run reaches step k; the service sees a real crashed process.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -32,13 +24,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from trainsvc_checkpoint import parse_checkpoint_file_name
+
+from trainsvc import _protocol as proto
 from trainsvc._cpus import pin_process
 from trainsvc.kinds import RunInputError
 
 FAULT_ENV = "TRAINSVC_FAULT_CRASH_AT_STEP"
 FAULT_EXIT_CODE = 86
 CHUNK_SECONDS = 0.25
-_STEP_RE = re.compile(r"^(emergency_)?step_(\d+)\.safetensors(\.zst)?$")
 
 
 @dataclass(frozen=True)
@@ -61,10 +55,10 @@ class WorkerJob:
     corrupt or gone, restore the newest valid older one of the run's directory instead."""
 
 
-def checkpoint_step(path: Path) -> tuple[int, bool] | None:
-    """Return (step, emergency) of a checkpoint file name, or None if it is not one."""
-    m = _STEP_RE.fullmatch(path.name)
-    return (int(m.group(2)), m.group(1) is not None) if m else None
+def _step(path: Path, default: int) -> int:
+    """The step of a checkpoint file, ``default`` for a file that is not one."""
+    parsed = parse_checkpoint_file_name(path)
+    return parsed.step if parsed is not None else default
 
 
 class _Worker:
@@ -78,7 +72,7 @@ class _Worker:
         self.fault_step = int(fault) if fault.isdigit() else None
         self.known: set[Path] = set()
 
-    def send(self, *msg: Any) -> None:
+    def send(self, msg: proto.WorkerMessage) -> None:
         try:
             with self.send_lock:
                 self.conn.send(msg)
@@ -91,13 +85,13 @@ class _Worker:
 
     def report_checkpoints(self, adapter: Any) -> None:
         files = set(adapter.checkpoint_files())
-        for path in sorted(files - self.known, key=lambda p: (checkpoint_step(p) or (0, False))[0]):
-            parsed = checkpoint_step(path)
+        for path in sorted(files - self.known, key=lambda p: _step(p, 0)):
+            parsed = parse_checkpoint_file_name(path)
             if parsed is not None:
-                self.send("checkpoint", str(path), parsed[0], parsed[1])
+                self.send(proto.CheckpointSaved(str(path), parsed.step, parsed.emergency))
         gone = self.known - files
         if gone:
-            self.send("deleted", sorted(str(p) for p in gone))
+            self.send(proto.CheckpointsDeleted(tuple(sorted(str(p) for p in gone))))
         self.known = files
 
     def save(self, adapter: Any, *, emergency: bool = False) -> str:
@@ -112,12 +106,12 @@ class _Worker:
         kind = get_kind(job.kind)
         ckpt_dir = Path(job.checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        adapter = kind.create(job.config, ckpt_dir, lambda f: self.send("frame", f))
+        adapter = kind.create(job.config, ckpt_dir, lambda f: self.send(proto.FrameReady(f)))
         if job.restore_path:
             path, step = self.restore(adapter, Path(job.restore_path), ckpt_dir)
-            self.send("log", "INFO", f"restored step {step} from {path}")
+            self.send(proto.Log("INFO", f"restored step {step} from {path}"))
         self.known = set(adapter.checkpoint_files())
-        self.send("ready", adapter.step)
+        self.send(proto.Ready(adapter.step))
         paused = job.start_paused
         try:
             self.loop(adapter, paused)
@@ -137,8 +131,7 @@ class _Worker:
 
         candidates = [path]
         if self.job.restore_fallback:
-            newest = checkpoint_step(path)
-            limit = newest[0] if newest else -1
+            limit = _step(path, -1)
             older = sorted(
                 (c for c in scan(ckpt_dir) if c.step <= limit and c.path != path),
                 key=lambda c: (c.step, c.emergency),
@@ -152,7 +145,7 @@ class _Worker:
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:500]}"
                 reasons.append(f"{candidate.name}: {reason}")
-                self.send("skipped", str(candidate), reason)
+                self.send(proto.CheckpointSkipped(str(candidate), reason))
         raise RunInputError(
             "no usable checkpoint to resume from: " + "; ".join(reasons)
             if self.job.restore_fallback
@@ -165,32 +158,31 @@ class _Worker:
         while True:
             self.check_parent()
             if self.terminate.is_set():
-                self.send("reply", "signal", True, self.save(adapter))
+                self.send(proto.Reply(proto.SIGNAL_REQUEST, True, self.save(adapter)))
                 return
             while self.conn.poll(None if paused else 0):
-                command, req = self.conn.recv()
-                if command == "pause":
-                    paused = True
-                    self.send("reply", req, True, self.save(adapter))
-                elif command == "resume":
-                    paused = False
-                    self.send("reply", req, True, "")
-                elif command == "checkpoint":
-                    self.send("reply", req, True, self.save(adapter))
-                elif command in ("stop", "shutdown"):
-                    self.send("reply", req, True, self.save(adapter))
-                    return
+                command: proto.Command = self.conn.recv()
+                match command.name:
+                    case "pause":
+                        paused = True
+                        self.send(proto.Reply(command.request_id, True, self.save(adapter)))
+                    case "resume":
+                        paused = False
+                        self.send(proto.Reply(command.request_id, True, ""))
+                    case "checkpoint":
+                        self.send(proto.Reply(command.request_id, True, self.save(adapter)))
+                    case "stop" | "shutdown":
+                        self.send(proto.Reply(command.request_id, True, self.save(adapter)))
+                        return
                 if not paused:
                     break
             if paused:
                 continue
             if adapter.step >= budget:
-                if not any(
-                    (checkpoint_step(p) or (-1, False))[0] == adapter.step for p in self.known
-                ):
+                if not any(_step(p, -1) == adapter.step for p in self.known):
                     self.save(adapter)
                 self.report_checkpoints(adapter)
-                self.send("completed", adapter.step)
+                self.send(proto.Completed(adapter.step))
                 return
             n = min(chunk, budget - adapter.step)
             if self.fault_step is not None:
@@ -202,7 +194,7 @@ class _Worker:
             elapsed = time.perf_counter() - t0
             self.report_checkpoints(adapter)
             rate = done / elapsed if elapsed > 0 and done else 0.0
-            self.send("progress", adapter.step, rate, adapter.metrics)
+            self.send(proto.Progress(adapter.step, rate, dict(adapter.metrics)))
             if done and elapsed > 0:  # aim for chunks of ~CHUNK_SECONDS between reports
                 chunk = max(1, min(10_000, int(done * CHUNK_SECONDS / elapsed)))
 
@@ -219,13 +211,13 @@ def worker_main(conn: Connection, job: WorkerJob) -> None:
     try:
         worker.main()
     except RunInputError as exc:  # from `create` or `restore`: the run's inputs cannot work
-        worker.send("log", "ERROR", f"invalid input: {exc}")
-        worker.send("fatal", f"invalid input: {exc}", True)
+        worker.send(proto.Log("ERROR", f"invalid input: {exc}"))
+        worker.send(proto.Fatal(f"invalid input: {exc}", permanent=True))
         raise SystemExit(1) from None
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        worker.send("log", "ERROR", traceback.format_exc()[-4000:])
-        worker.send("fatal", detail, False)
+        worker.send(proto.Log("ERROR", traceback.format_exc()[-4000:]))
+        worker.send(proto.Fatal(detail))
         raise SystemExit(1) from None

@@ -239,10 +239,10 @@ class OthelloAdapter:
             self._dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, self._dir / path.name)
         self._resume = True
-        from trainsvc._worker import checkpoint_step
+        from trainsvc_checkpoint import parse_checkpoint_file_name
 
-        parsed = checkpoint_step(path)
-        self._restored = parsed[0] if parsed else 0
+        parsed = parse_checkpoint_file_name(path)
+        self._restored = parsed.step if parsed else 0
         return self._restored
 
     def checkpoint_files(self) -> list[Path]:
