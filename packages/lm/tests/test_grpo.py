@@ -335,6 +335,27 @@ def test_recorded_chat_prompts_go_through_the_models_chat_template(
     ids = trainer._offline_prompt_tokens(offline[0][0])
     assert ids == tokenizer.encode(rendered)
     assert ids != tokenizer.encode(offline[0][0].prompt, add_special_tokens=True)
+    # A completion that ended by itself is trained with the EOS that ended it (so the
+    # policy learns when to stop); one cut at a length limit is not.
+    eos = tokenizer.eos_token_ids[0]
+    buy = trainer._offline_completion_tokens(offline[0][0])
+    assert buy == [*tokenizer.encode("buy"), eos]
+    cut = groups_from_art(
+        [
+            {
+                "trajectories": [
+                    {
+                        "messages_and_choices": [
+                            chat[1],
+                            {"finish_reason": "length", "index": 0, "message": chat[2]},
+                        ],
+                        "reward": 0.0,
+                    }
+                ]
+            }
+        ]
+    )[0][0]
+    assert not cut.stopped and trainer._offline_completion_tokens(cut) == tokenizer.encode("buy")
     trainer.step()
     assert trainer.last_metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
 

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +94,8 @@ class _TokenizerVocab:
 
 # --------------------------------------------------------------------------- offline groups
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class OfflineSample:
@@ -107,11 +109,14 @@ class OfflineSample:
     messages: tuple[Mapping[str, str], ...] = ()
     """The prompt as chat messages (role, content): a model with a chat template sees
     them rendered by it, as the deployment that recorded them did."""
+    stopped: bool = True
+    """Whether the completion ended by itself (an OpenAI choice's ``finish_reason`` is
+    ``"stop"``; a plain assistant message counts as ended), not at a length limit."""
 
 
 def _message_text(item: Mapping[str, Any]) -> tuple[str, str, Any]:
     """``(role, content, logprobs)`` of an ART message or choice."""
-    if "message" in item and isinstance(item["message"], Mapping):
+    if _is_choice(item):
         message = item["message"]
         logprobs = item.get("logprobs")
     else:
@@ -122,6 +127,10 @@ def _message_text(item: Mapping[str, Any]) -> tuple[str, str, Any]:
             str(part.get("text", "")) for part in content if isinstance(part, Mapping)
         )
     return str(message.get("role", "")), content, logprobs
+
+
+def _is_choice(item: Mapping[str, Any]) -> bool:
+    return "message" in item and isinstance(item["message"], Mapping)
 
 
 def groups_from_art(
@@ -157,10 +166,17 @@ def groups_from_art(
                 recorded = tuple(float(t["logprob"]) for t in logprobs["content"])
             prompt = "\n".join(text for _, text, _ in items[:last])
             messages = tuple({"role": role, "content": text} for role, text, _ in items[:last])
-            samples.append(OfflineSample(prompt, completion, reward, recorded, messages))
+            choice = traj["messages_and_choices"][last]
+            stopped = not _is_choice(choice) or choice.get("finish_reason") in ("stop", None)
+            samples.append(OfflineSample(prompt, completion, reward, recorded, messages, stopped))
         if samples:
             out.append(samples)
     return out
+
+
+def _with_stop(values: Sequence[_T], stop: _T | None) -> list[_T]:
+    """A completion's tokens (or log-probs) with its stop token's appended when it has one."""
+    return [*values, stop] if stop is not None else list(values)
 
 
 # --------------------------------------------------------------------------- the objective
@@ -503,9 +519,13 @@ class GRPOTrainer(CheckpointFiles):
         ref_trainable = self.reference if self.full else self.trainable
         for group in self.offline:
             prompts = [self._offline_prompt_tokens(s) for s in group]
-            comps = [self.vocab.encode_completion(s.completion) for s in group]
+            comps = [self._offline_completion_tokens(s) for s in group]
             for i, s in enumerate(group):
-                if s.logprobs is not None and len(s.logprobs) != len(comps[i]):
+                n_stop = 1 if s.stopped and self._learns_to_stop() else 0
+                if s.logprobs is not None and len(s.logprobs) not in (
+                    len(comps[i]),
+                    len(comps[i]) - n_stop,
+                ):
                     raise DataError(
                         "offline groups",
                         None,
@@ -516,10 +536,11 @@ class GRPOTrainer(CheckpointFiles):
             logp = np.asarray(self._logps(ref_trainable, self.frozen, tokens, positions))
             rows = []
             for i, s in enumerate(group):
-                if s.logprobs is not None:
-                    rows.append(list(s.logprobs))
+                recomputed = logp[i][mask[i] > 0].tolist()
+                if s.logprobs is not None:  # the stop token's may be missing: recomputed
+                    rows.append(list(s.logprobs) + recomputed[len(s.logprobs) :])
                 else:
-                    rows.append(logp[i][mask[i] > 0].tolist())
+                    rows.append(recomputed)
             out.append(rows)
         return out
 
@@ -533,6 +554,19 @@ class GRPOTrainer(CheckpointFiles):
                 ids: list[int] = tokenizer.encode(text)
                 return ids
         return self.vocab.encode(sample_.prompt)
+
+    def _learns_to_stop(self) -> bool:
+        """Whether completions end with a stop token the policy must learn to emit: a
+        model with a tokenizer stops at its EOS; digit tasks have fixed lengths."""
+        return self._stop is None and bool(self.model_config.eos_token_ids)
+
+    def _offline_completion_tokens(self, sample_: OfflineSample) -> list[int]:
+        """A recorded completion's tokens, ending with the EOS when it ended by itself."""
+        ids = self.vocab.encode_completion(sample_.completion)
+        if sample_.stopped and self._learns_to_stop():
+            assert isinstance(self.vocab, _TokenizerVocab)
+            ids.append(self.vocab.tokenizer.eos_token_ids[0])
+        return ids
 
     def _sampling_seed(self, step: int, salt: int = 0) -> int:
         return (self.config.train.seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
@@ -554,8 +588,8 @@ class GRPOTrainer(CheckpointFiles):
             prompts,
             completions,
             prompt_tokens,
-            [list(r.tokens) for r in results],
-            [list(r.logprobs) for r in results],
+            [_with_stop(r.tokens, r.stop_token) for r in results],
+            [_with_stop(r.logprobs, r.stop_logprob) for r in results],
             rewards,
             np.ones((p, g), bool),
         )
@@ -580,7 +614,7 @@ class GRPOTrainer(CheckpointFiles):
             epoch, index = divmod(k, n)
             order = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
             chosen.append(int(order[index]))
-        prompts, completions, prompt_tokens, behaviour = [], [], [], []
+        prompts, completions, prompt_tokens, completion_tokens, behaviour = [], [], [], [], []
         rewards = np.zeros((p, g), np.float64)
         valid = np.zeros((p, g), bool)
         for gi, index in enumerate(chosen):
@@ -589,6 +623,7 @@ class GRPOTrainer(CheckpointFiles):
                 s = group[j] if j < len(group) else group[0]
                 prompts.append(s.prompt)
                 prompt_tokens.append(self._offline_prompt_tokens(s))
+                completion_tokens.append(self._offline_completion_tokens(s))
                 completions.append(s.completion)
                 behaviour.append(self.offline_behaviour[index][j if j < len(group) else 0])
                 rewards[gi, j] = s.reward
@@ -597,7 +632,7 @@ class GRPOTrainer(CheckpointFiles):
             prompts,
             completions,
             prompt_tokens,
-            [self.vocab.encode_completion(t) for t in completions],
+            completion_tokens,
             list(behaviour),
             rewards,
             valid,
