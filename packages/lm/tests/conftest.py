@@ -57,3 +57,17 @@ def tiny_tokenizer(tiny_tokenizer_dir: Callable[[str], Path]) -> Callable[[str],
         return loaded[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def taught_model(
+    tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny qwen2 model trained to answer a weather question with a tool call and a
+    greeting with a fixed sentence (see ``_serving_helpers.teach_replies``); built once."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _serving_helpers import teach_replies
+
+    return teach_replies(tiny_model("qwen2"), tmp_path_factory.mktemp("taught") / "model")

@@ -56,9 +56,12 @@ if TYPE_CHECKING:
         logits_from_hidden,
         prefill,
     )
+    from trainsvc_lm._openai_app import ServerThread, openai_app
+    from trainsvc_lm._openai_protocol import APIError, ChatRequest, parse_chat_request
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
     from trainsvc_lm._pretrain import cached_tiny_model, pretrain_tiny
     from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
+    from trainsvc_lm._serving import Delta, Engine, Finished, Usage
     from trainsvc_lm._tasks import TASKS, DigitVocab, Task, write_digit_tokenizer
     from trainsvc_lm._tiny import corpus_text, init_tiny
     from trainsvc_lm._tokenizer import Tokenizer
@@ -74,6 +77,15 @@ if TYPE_CHECKING:
 # Imported on first use (JAX, numpy, tokenizers, jinja2), so that `import trainsvc_lm`,
 # the CLI's --help and its argument errors stay fast.
 _LAZY = {
+    "APIError": "_openai_protocol",
+    "ChatRequest": "_openai_protocol",
+    "Delta": "_serving",
+    "Engine": "_serving",
+    "Finished": "_serving",
+    "ServerThread": "_openai_app",
+    "Usage": "_serving",
+    "openai_app": "_openai_app",
+    "parse_chat_request": "_openai_protocol",
     "Batch": "_data",
     "BatchLoader": "_data",
     "ChatExample": "_data",
@@ -141,16 +153,21 @@ __all__ = [
     "FAMILIES",
     "TARGETS",
     "TASKS",
+    "APIError",
     "Batch",
     "BatchLoader",
     "ChatExample",
+    "ChatRequest",
     "ChatTemplate",
     "Completion",
     "ConfigError",
     "DataError",
     "DataPosition",
     "DataReport",
+    "Delta",
     "DigitVocab",
+    "Engine",
+    "Finished",
     "GRPOConfig",
     "GRPOTrainer",
     "KVCache",
@@ -167,12 +184,14 @@ __all__ = [
     "Params",
     "RopeScaling",
     "SamplingConfig",
+    "ServerThread",
     "Task",
     "TemplateError",
     "TokenizedData",
     "TokenizedExample",
     "Tokenizer",
     "UnsupportedArchitectureError",
+    "Usage",
     "cached_tiny_model",
     "check_model_dir",
     "corpus_text",
@@ -195,7 +214,9 @@ __all__ = [
     "load_peft",
     "logits_from_hidden",
     "merge_lora",
+    "openai_app",
     "params_to_hf",
+    "parse_chat_request",
     "prefill",
     "pretrain_tiny",
     "read_chat_jsonl",
