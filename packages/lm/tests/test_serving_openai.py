@@ -316,3 +316,38 @@ def test_models(served: Served) -> None:
     assert served.client.models.retrieve(MODEL).owned_by == "trainsvc"
     with pytest.raises(openai.NotFoundError):
         served.client.models.retrieve("other")
+
+
+def test_cli_serve(taught_model: Path) -> None:
+    """``trainsvc-lm serve`` as a process: ready line, a completion, Ctrl-C stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+
+    cli = [sys.executable, "-m", "trainsvc_lm._cli"]
+    bad = subprocess.run(
+        [*cli, "serve", str(taught_model), "--listen", "localhost", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout)["field"] == "listen"
+    argv = [*cli, "serve", str(taught_model), "--listen", "127.0.0.1:0", "--name", "cli-model"]
+    argv += ["--slots", "2", "--max-context", "128", "--json"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["status"] == "serving" and ready["model"] == "cli-model"
+        client = openai.OpenAI(base_url=ready["base_url"], api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model="cli-model", messages=user(GREETING), temperature=0
+        )
+        assert reply.choices[0].message.content == GREETING_REPLY
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr

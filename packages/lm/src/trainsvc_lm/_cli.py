@@ -8,6 +8,7 @@ Subcommands::
     trainsvc-lm generate --model DIR [--adapter DIR] --prompt TEXT
     trainsvc-lm init-tiny DIR [--family llama|mistral|qwen2|qwen3] [--pretrain-steps N]
     trainsvc-lm data-report FILE --model DIR
+    trainsvc-lm serve MODEL_DIR [--adapter DIR] [--name NAME] [--listen HOST:PORT]
 
 Exit codes: 0 done; 1 an error (bad input, named; nothing trained) or a run stopped by
 SIGTERM/SIGINT after its emergency checkpoint; 2 is reserved for crash loops (the
@@ -29,6 +30,7 @@ from typing import Any, NoReturn, TextIO
 from trainsvc_lm._config import FAMILIES
 from trainsvc_lm._errors import ConfigError, LMError
 from trainsvc_lm._lora import TARGETS
+from trainsvc_lm._serving_cli import add_serve_parser, run_serve
 from trainsvc_lm._train_config import LMTrainConfig, Rule, field_rules, load_toml
 
 TRAIN_EPILOG = """\
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-seq-len", type=int, default=1024, metavar="N")
     report.add_argument("--truncation", choices=("truncate", "refuse"), default="truncate")
     _json_flag(report)
+    add_serve_parser(sub)
     return parser
 
 
@@ -476,6 +479,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, _Output], int]] = {
     "generate": _generate,
     "init-tiny": _init_tiny,
     "data-report": _data_report,
+    "serve": run_serve,
 }
 
 

@@ -4,8 +4,7 @@
 calls), ``GET /v1/models`` and ``GET /v1/models/{model}`` for a mapping of model
 names to engines (read on every request, so a service may add and remove
 engines while it runs). `ServerThread` runs it with uvicorn on a socket in a
-background thread (tests, benches, a service that embeds it); `serve` runs it in
-the foreground (``trainsvc-lm serve``). Needs the ``serve`` extra
+background thread (tests, benches, ``trainsvc-lm serve``, a service that embeds it). Needs the ``serve`` extra
 (``pip install 'trainsvc-lm[serve]'``).
 """
 
@@ -259,18 +258,6 @@ def openai_app(
     )
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8000`` for IPv6) -> (host, port).
-
-    Raises:
-        ValueError: not ``HOST:PORT`` with a port in 0..65535.
-    """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def _server(app: Any) -> Any:
     import uvicorn
 
@@ -315,10 +302,3 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def serve(app: Any, host: str, port: int) -> None:
-    """Serve ``app`` in the foreground until SIGINT/SIGTERM."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
