@@ -1,0 +1,247 @@
+"""trainsvc.v1.ModelService: the model registry over gRPC (a thin adapter).
+
+Requests are checked and converted here; the rules live in `_model_registry`
+(versions, splits, promote and roll back), `_traffic` and `_artifacts`. Every
+change records the caller's principal (`Principals`) and the request's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from trainsvc_api.v1 import models_pb2 as mpb
+from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
+
+from trainsvc._artifacts import ArtifactStore
+from trainsvc._domain import InvalidArgumentError, echo
+from trainsvc._metrics import Metrics
+from trainsvc._model_registry import (
+    Deployment,
+    ModelEvent,
+    ModelRegistry,
+    ModelVersion,
+    check_model_name,
+)
+from trainsvc._paths import InputRoots
+from trainsvc._rpc import Context, unary_call
+
+_VERSION_NAME = re.compile(r"models/([^/]+)/versions/([1-9][0-9]{0,17})")
+PrincipalOf = Callable[[Context], str]
+
+
+def parse_model_name(name: str, field: str = "model") -> str:
+    """``trader`` from ``models/trader`` (or from a bare ``trader``)."""
+    bare = name.removeprefix("models/")
+    return check_model_name(bare, field)
+
+
+def parse_version_name(name: str, field: str = "name") -> tuple[str, int]:
+    """``("trader", 3)`` from ``models/trader/versions/3``."""
+    m = _VERSION_NAME.fullmatch(name or "")
+    if m is None:
+        raise InvalidArgumentError(
+            field, f"must be models/{{model}}/versions/{{version}}, got {echo(name)}"
+        )
+    return check_model_name(m.group(1), field), int(m.group(2))
+
+
+def _time(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def version_to_proto(v: ModelVersion) -> mpb.ModelVersion:
+    """The wire form of a version."""
+    return mpb.ModelVersion(
+        name=f"models/{v.model}/versions/{v.version}",
+        model=v.model,
+        version=v.version,
+        base_model=v.base_model,
+        artifact_uri=v.artifact_uri,
+        artifact_sha256=v.artifact_sha256,
+        artifact_kind=v.artifact_kind,
+        source_run=v.source_run,
+        source_checkpoint=v.source_checkpoint,
+        metrics=v.metrics,
+        windows=list(v.windows),
+        evaluation=v.evaluation,
+        evaluation_metrics=v.evaluation_metrics,
+        create_time=_time(v.create_time),
+    )
+
+
+def deployment_to_proto(d: Deployment) -> mpb.Deployment:
+    """The wire form of a deployment."""
+    return mpb.Deployment(
+        name=f"models/{d.model}/deployment",
+        model=d.model,
+        traffic=d.traffic,
+        external_base_url=d.external_base_url,
+        update_time=_time(d.update_time),
+    )
+
+
+def event_to_proto(e: ModelEvent) -> mpb.ModelEvent:
+    """The wire form of an event."""
+    return mpb.ModelEvent(
+        sequence=e.sequence,
+        model=f"models/{e.model}",
+        version=e.version,
+        type=e.type,
+        time=_time(e.time),
+        principal=e.principal,
+        reason=e.reason,
+        details_json=json.dumps(e.details, sort_keys=True),
+    )
+
+
+class ModelServicer(mpb_grpc.ModelServiceServicer):
+    """Implements trainsvc.v1.ModelService over a `ModelRegistry` and an `ArtifactStore`."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: ArtifactStore,
+        inputs: InputRoots,
+        metrics: Metrics,
+        principal_of: PrincipalOf,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.inputs = inputs
+        self.metrics = metrics
+        self.principal_of = principal_of
+
+    async def ListModels(  # noqa: N802
+        self, request: mpb.ListModelsRequest, context: Context
+    ) -> mpb.ListModelsResponse:
+        def fn(_t: float | None) -> mpb.ListModelsResponse:
+            out = []
+            for name in self.registry.models():
+                model = mpb.Model(
+                    name=f"models/{name}",
+                    versions=[version_to_proto(v) for v in self.registry.versions(name)],
+                )
+                deployment = self.registry.deployment(name)
+                if deployment is not None:
+                    model.deployment.CopyFrom(deployment_to_proto(deployment))
+                out.append(model)
+            return mpb.ListModelsResponse(models=out)
+
+        return await unary_call(self.metrics, "ListModels", context, fn)
+
+    async def GetModelVersion(  # noqa: N802
+        self, request: mpb.GetModelVersionRequest, context: Context
+    ) -> mpb.ModelVersion:
+        def fn(_t: float | None) -> mpb.ModelVersion:
+            model, version = parse_version_name(request.name)
+            return version_to_proto(self.registry.version(model, version))
+
+        return await unary_call(self.metrics, "GetModelVersion", context, fn)
+
+    async def RegisterModelVersion(  # noqa: N802
+        self, request: mpb.RegisterModelVersionRequest, context: Context
+    ) -> mpb.ModelVersion:
+        principal = self.principal_of(context)
+
+        def fn(_t: float | None) -> mpb.ModelVersion:
+            model = parse_model_name(request.model)
+            source: Path = self.inputs.resolve(request.artifact_dir, "artifact_dir", expect="dir")
+            stored = self.store.put(model, source)
+            version = self.registry.register(
+                model,
+                base_model=request.base_model,
+                artifact_uri=stored.uri,
+                artifact_kind=request.artifact_kind,
+                artifact_sha256=stored.sha256,
+                source_run=request.source_run,
+                source_checkpoint=request.source_checkpoint,
+                metrics=dict(request.metrics),
+                windows=list(request.windows),
+                principal=principal,
+                reason=request.reason,
+            )
+            return version_to_proto(version)
+
+        return await unary_call(self.metrics, "RegisterModelVersion", context, fn)
+
+    async def SetTraffic(  # noqa: N802
+        self, request: mpb.SetTrafficRequest, context: Context
+    ) -> mpb.Deployment:
+        principal = self.principal_of(context)
+
+        def fn(_t: float | None) -> mpb.Deployment:
+            model = parse_model_name(request.model)
+            deployment = self.registry.set_traffic(
+                model,
+                {int(v): float(s) for v, s in request.traffic.items()},
+                principal=principal,
+                reason=request.reason,
+                external_base_url=request.external_base_url or None,
+            )
+            return deployment_to_proto(deployment)
+
+        return await unary_call(self.metrics, "SetTraffic", context, fn)
+
+    async def Promote(self, request: mpb.PromoteRequest, context: Context) -> mpb.Deployment:  # noqa: N802
+        principal = self.principal_of(context)
+
+        def fn(_t: float | None) -> mpb.Deployment:
+            model, version = parse_version_name(request.name)
+            fraction = request.fraction or 1.0
+            deployment = self.registry.promote(
+                model,
+                version,
+                fraction,
+                force=request.force,
+                principal=principal,
+                reason=request.reason,
+            )
+            return deployment_to_proto(deployment)
+
+        return await unary_call(self.metrics, "Promote", context, fn)
+
+    async def Rollback(self, request: mpb.RollbackRequest, context: Context) -> mpb.Deployment:  # noqa: N802
+        principal = self.principal_of(context)
+
+        def fn(_t: float | None) -> mpb.Deployment:
+            model = parse_model_name(request.model)
+            deployment = self.registry.rollback(model, principal=principal, reason=request.reason)
+            return deployment_to_proto(deployment)
+
+        return await unary_call(self.metrics, "Rollback", context, fn)
+
+    async def ListDeployments(  # noqa: N802
+        self, request: mpb.ListDeploymentsRequest, context: Context
+    ) -> mpb.ListDeploymentsResponse:
+        def fn(_t: float | None) -> mpb.ListDeploymentsResponse:
+            return mpb.ListDeploymentsResponse(
+                deployments=[deployment_to_proto(d) for d in self.registry.deployments()]
+            )
+
+        return await unary_call(self.metrics, "ListDeployments", context, fn)
+
+    async def ListModelEvents(  # noqa: N802
+        self, request: mpb.ListModelEventsRequest, context: Context
+    ) -> mpb.ListModelEventsResponse:
+        def fn(_t: float | None) -> mpb.ListModelEventsResponse:
+            model = parse_model_name(request.model) if request.model else None
+            events = self.registry.events(model, after=request.after_sequence)
+            return mpb.ListModelEventsResponse(events=[event_to_proto(e) for e in events])
+
+        return await unary_call(self.metrics, "ListModelEvents", context, fn)
+
+
+__all__ = [
+    "ModelServicer",
+    "deployment_to_proto",
+    "event_to_proto",
+    "parse_model_name",
+    "parse_version_name",
+    "version_to_proto",
+]
