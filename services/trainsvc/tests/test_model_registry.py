@@ -6,8 +6,10 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,54 @@ def test_local_artifacts_are_content_addressed_and_verified(tmp_path: Path) -> N
         store.fetch(stored.uri, tmp_path / "cache" / "v3")
     with pytest.raises(InvalidArgumentError, match="not a directory"):
         store.put("trader", tmp_path / "missing")
+
+
+@pytest.fixture
+def s3_root() -> Iterator[tuple[str, dict[str, object]]]:
+    """A bucket on a local S3-compatible server (moto in server mode, 127.0.0.1)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options: dict[str, object] = {
+        "key": "test",
+        "secret": "test",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+    }
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="models-bucket")
+        yield "s3://models-bucket/artifacts", options
+    finally:
+        server.stop()
+
+
+def test_s3_artifacts_round_trip_and_catch_tampering(
+    tmp_path: Path, s3_root: tuple[str, dict[str, object]]
+) -> None:
+    import s3fs
+
+    root, options = s3_root
+    store = ArtifactStore(root, storage_options=options)
+    src = _model_dir(tmp_path / "adapter")
+    stored = store.put("trader", src)
+    assert stored.uri.startswith("s3://models-bucket/artifacts/trader/")
+    out = store.fetch(stored.uri, tmp_path / "cache", expected_sha256=stored.sha256)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        stored.files
+    )
+    fs = s3fs.S3FileSystem(**options)
+    fs.pipe(f"{stored.uri}/adapter_config.json".removeprefix("s3://"), b'{"r": 64}')
+    with pytest.raises(FailedPreconditionError, match="does not match"):
+        store.fetch(stored.uri, tmp_path / "cache2")
+    with pytest.raises(FailedPreconditionError, match="registered"):
+        store.fetch(stored.uri, tmp_path / "cache3", expected_sha256="0" * 64)
