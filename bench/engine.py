@@ -1,11 +1,19 @@
 """Benchmark the trainsvc Othello engine against baselines measured in the same run.
 
-Rows (median of ``ENGINE_BENCH_REPS`` runs, default 3, unless noted):
+Rows (median of ``--reps`` runs, default 3, unless noted):
 
+- the CPU variant the installed module runs (``cpu_variant()``: x86-64-v4,
+  x86-64-v3, aarch64-neon or baseline) and the ones this CPU supports;
 - perft leaves/s, single thread, depths 11 and 12 (bitboard, Kogge-Stone
   flips, bulk counting at the last ply) against the straightforward reference
   generator (array board, ray walking, same bulk counting) at depth 9, where
   it finishes in seconds: leaves/s is comparable across depths;
+- perft(11) of every supported variant, the runs interleaved, against the baseline variant;
+- with ``--egaroucid PATH`` (a build of Egaroucid's console from a fetched copy
+  of its public repository: ``g++ -O2 -include algorithm
+  src/Egaroucid_for_Console.cpp -march=native -pthread -std=c++20``): its
+  ``-perft D 1`` at depths 11 and 12, runs interleaved with ours, and the ratio
+  (its own timer, which covers the perft alone);
 - self-play training games/s at 1-ply, default configuration (moves played
   greedily, each position learning towards its own 2-ply value), on 1 and 2
   threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the median of
@@ -26,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +94,25 @@ def wpc_eval(cells: list[int]) -> float:
     return s
 
 
+def egaroucid_rate(path: Path, depth: int) -> float:
+    """Leaves/s of Egaroucid's ``-perft depth 1`` (pass counted as a move, like ours), by its own timer."""
+    out = subprocess.run(
+        [str(path), "-perft", str(depth), "1"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    m = re.search(r"depth \d+ (\d+) leaves found in (\d+) ms", out)
+    if m is None:
+        raise RuntimeError(f"unexpected Egaroucid output: {out[-500:]!r}")
+    leaves, ms = int(m.group(1)), int(m.group(2))
+    if leaves != te.perft(depth):
+        raise RuntimeError(f"Egaroucid counts {leaves:,} leaves at depth {depth}")
+    return leaves / (max(ms, 1) / 1000)
+
+
 def train_rate(threads: int, games: int, **config: Any) -> float:
     """Training games/s at 1-ply (moves played greedily) with the default pattern set."""
     with tempfile.TemporaryDirectory() as d:
@@ -99,8 +128,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip perft depth 12")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--egaroucid", type=Path, default=None, help="an Egaroucid console build to compare perft"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
+    variant = te.cpu_variant()
+    rows.append(("CPU variant in use", variant, "supported: " + ", ".join(te.cpu_variants())))
 
     ref_depth = 9
     ref_leaves = te.reference_perft(ref_depth)
@@ -114,13 +148,47 @@ def main() -> int:
     )
     for depth in (11,) if args.quick else (11, 12):
         leaves = te.perft(depth)
-        reps = args.reps if depth == 11 else 1
-        rate = leaves / timed(lambda d=depth: te.perft(d), reps)  # type: ignore[misc]
+        reps = args.reps if depth == 11 else max(1, args.reps - 1)
+        # Ours and Egaroucid's interleaved, so that both see the same load.
+        ours, theirs = [], []
+        for _ in range(reps):
+            ours.append(leaves / timed(lambda d=depth: te.perft(d), 1))  # type: ignore[misc]
+            if args.egaroucid is not None:
+                theirs.append(egaroucid_rate(args.egaroucid, depth))
+        rate = statistics.median(ours)
         rows.append(
             (
-                f"perft bitboard depth {depth} ({leaves:,} leaves)",
+                f"perft bitboard depth {depth} ({leaves:,} leaves), {variant}",
                 f"{rate / 1e6:,.1f} M leaves/s",
                 f"{rate / ref_rate:,.1f}x reference",
+            )
+        )
+        if theirs:
+            ega = statistics.median(theirs)
+            rows.append(
+                (
+                    f"perft depth {depth}: Egaroucid -perft (its timer), same run",
+                    f"{ega / 1e6:,.1f} M leaves/s",
+                    f"ours {rate / ega:.2f}x Egaroucid (pairs: "
+                    + ", ".join(f"{o / t:.2f}" for o, t in zip(ours, theirs, strict=True))
+                    + ")",
+                )
+            )
+    per_variant: dict[str, list[float]] = {v: [] for v in te.cpu_variants()}
+    leaves11 = te.perft(11)
+    for _ in range(args.reps):
+        for v in per_variant:
+            te.set_cpu_variant(v)
+            per_variant[v].append(leaves11 / timed(lambda: te.perft(11), 1))
+    te.set_cpu_variant(variant)
+    base_rate = statistics.median(per_variant["baseline"])
+    for v, rates in per_variant.items():
+        r = statistics.median(rates)
+        rows.append(
+            (
+                f"perft depth 11, variant {v} (interleaved)",
+                f"{r / 1e6:,.1f} M leaves/s",
+                f"{r / base_rate:.2f}x baseline",
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,20 @@ def test_config_errors_name_the_field_and_range() -> None:
         te.Evaluator(n_phases=0)
     with pytest.raises(ValueError, match="pattern_set"):
         te.Evaluator(pattern_set="huge")
+
+
+def test_config_errors_carry_the_field_as_an_attribute(tmp_path: Path) -> None:
+    with pytest.raises(te.ConfigError) as info:
+        te.Evaluator(n_phases=0)
+    assert info.value.field == "n_phases"
+    with pytest.raises(te.ConfigError) as info:
+        te.TrainingManager(tmp_path / "run", **{"lambda": 1.5})
+    assert info.value.field == "lambda"
+    with pytest.raises(te.ConfigError) as info:
+        te.Evaluator().best_move(te.Board(), depth=0)
+    assert info.value.field == "depth"
+    with pytest.raises(te.ConfigError) as info:
+        te.perft(21)
+    assert info.value.field == "depth"
+    # One raised from Python has no field.
+    assert te.ConfigError("x").field is None

@@ -77,13 +77,30 @@ create_exception!(
     "A bug: the Rust engine panicked (the process survives)."
 );
 
+/// A `ConfigError` about `field` (its `field` attribute), with the message
+/// `"{field}: {detail}"` (detail: `got ...; allowed: ...`).
+pub fn config(field: &str, detail: impl std::fmt::Display) -> PyErr {
+    with_field(ConfigError::new_err(format!("{field}: {detail}")), field)
+}
+
+/// Sets the `field` attribute of a `ConfigError`: what a caller maps to its own
+/// request field, with no parsing of the message.
+fn with_field(err: PyErr, field: &str) -> PyErr {
+    Python::attach(|py| {
+        // Setting an attribute on a fresh exception instance cannot fail in practice;
+        // if it did, the error would still carry the field in its message.
+        let _ = err.value(py).setattr("field", field);
+    });
+    err
+}
+
 /// The Python exception for a core error.
 pub fn to_py(e: Core) -> PyErr {
     let msg = e.to_string();
     match e {
         Core::InvalidBoard(_) => InvalidBoardError::new_err(msg),
         Core::InvalidMove(_) => InvalidMoveError::new_err(msg),
-        Core::InvalidConfig { .. } => ConfigError::new_err(msg),
+        Core::InvalidConfig { field, .. } => with_field(ConfigError::new_err(msg), &field),
         Core::CorruptCheckpoint(_) => CorruptCheckpointError::new_err(msg),
         Core::IncompatibleVersion(_) => IncompatibleVersionError::new_err(msg),
         Core::CheckpointNotFound(_) => CheckpointNotFoundError::new_err(msg),
@@ -99,6 +116,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EngineError", py.get_type::<EngineError>())?;
     let value_error = py.get_type::<PyValueError>();
     let base = py.get_type::<EngineError>();
+    // The field a ConfigError is about (None on one raised from Python code).
+    py.get_type::<ConfigError>().setattr("field", py.None())?;
     for (name, t) in [
         ("InvalidBoardError", py.get_type::<InvalidBoardError>()),
         ("InvalidMoveError", py.get_type::<InvalidMoveError>()),

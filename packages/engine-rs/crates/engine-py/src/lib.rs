@@ -45,7 +45,8 @@ pub(crate) fn py_to_json(
         .extract()?;
     match serde_json::from_str(&text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
-        _ => Err(errors::ConfigError::new_err(
+        _ => Err(errors::config(
+            "config",
             "expected a mapping of field names to JSON values",
         )),
     }
@@ -146,9 +147,10 @@ fn move_arg(obj: &Bound<'_, PyAny>) -> PyResult<u32> {
 #[pyfunction]
 fn perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
     if depth > 20 {
-        return Err(errors::ConfigError::new_err(format!(
-            "depth: got {depth}; allowed: 0 to 20"
-        )));
+        return Err(errors::config(
+            "depth",
+            format!("got {depth}; allowed: 0 to 20"),
+        ));
     }
     run(py, || Ok(othello_core::perft(&Board::initial(), depth)))
 }
@@ -157,9 +159,10 @@ fn perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
 #[pyfunction]
 fn reference_perft(py: Python<'_>, depth: u32) -> PyResult<u64> {
     if depth > 20 {
-        return Err(errors::ConfigError::new_err(format!(
-            "depth: got {depth}; allowed: 0 to 20"
-        )));
+        return Err(errors::config(
+            "depth",
+            format!("got {depth}; allowed: 0 to 20"),
+        ));
     }
     run(py, || {
         Ok(othello_core::refgen::perft(
@@ -512,14 +515,16 @@ impl Evaluator {
     ) -> PyResult<MoveResult> {
         let (b, _) = board_arg(board, player)?;
         if !(1..=60).contains(&depth) {
-            return Err(errors::ConfigError::new_err(format!(
-                "depth: got {depth}; allowed: 1 to 60"
-            )));
+            return Err(errors::config(
+                "depth",
+                format!("got {depth}; allowed: 1 to 60"),
+            ));
         }
         if exact_empties > 24 {
-            return Err(errors::ConfigError::new_err(format!(
-                "exact_empties: got {exact_empties}; allowed: 0 to 24"
-            )));
+            return Err(errors::config(
+                "exact_empties",
+                format!("got {exact_empties}; allowed: 0 to 24"),
+            ));
         }
         let limits = Limits {
             depth,
@@ -590,20 +595,23 @@ impl Evaluator {
     fn weights(&self, pattern: &str, phase: usize) -> PyResult<Vec<f32>> {
         let w = &self.weights;
         if phase >= w.n_phases {
-            return Err(errors::ConfigError::new_err(format!(
-                "phase: got {phase}; allowed: 0 to {}",
-                w.n_phases - 1
-            )));
+            return Err(errors::config(
+                "phase",
+                format!("got {phase}; allowed: 0 to {}", w.n_phases - 1),
+            ));
         }
         let base = phase * w.set.phase_len;
         if pattern == "bias" {
             return Ok(vec![w.w[base + w.set.phase_len - 1]]);
         }
         let Some(s) = w.set.shapes.iter().position(|s| s.name == pattern) else {
-            return Err(errors::ConfigError::new_err(format!(
-                "pattern: got {pattern:?}; allowed: bias or one of {:?}",
-                self.pattern_names()
-            )));
+            return Err(errors::config(
+                "pattern",
+                format!(
+                    "got {pattern:?}; allowed: bias or one of {:?}",
+                    self.pattern_names()
+                ),
+            ));
         };
         let start = base + w.set.offsets[s];
         let len = 3usize.pow(w.set.shapes[s].squares.len() as u32);
@@ -618,10 +626,10 @@ impl Evaluator {
             .iter()
             .position(|s| s.name == pattern)
             .ok_or_else(|| {
-                errors::ConfigError::new_err(format!(
-                    "pattern: got {pattern:?}; allowed: {:?}",
-                    self.pattern_names()
-                ))
+                errors::config(
+                    "pattern",
+                    format!("got {pattern:?}; allowed: {:?}", self.pattern_names()),
+                )
             })?;
         Ok(set.ascii_shape(s))
     }
@@ -658,9 +666,10 @@ impl Evaluator {
             "random" => Player::Random,
             "heuristic" => Player::Heuristic,
             other => {
-                return Err(errors::ConfigError::new_err(format!(
-                    "opponent: got {other:?}; allowed: 'random' or 'heuristic'"
-                )))
+                return Err(errors::config(
+                    "opponent",
+                    format!("got {other:?}; allowed: 'random' or 'heuristic'"),
+                ))
             }
         };
         let out_of_range = if !(1..=100_000).contains(&pairs) {
@@ -680,9 +689,10 @@ impl Evaluator {
             None
         };
         if let Some((field, got, allowed)) = out_of_range {
-            return Err(errors::ConfigError::new_err(format!(
-                "{field}: got {got}; allowed: {allowed}"
-            )));
+            return Err(errors::config(
+                field,
+                format!("got {got}; allowed: {allowed}"),
+            ));
         }
         let engine = Player::Engine {
             weights: &self.weights,
@@ -757,8 +767,9 @@ fn weight_diff(
 )> {
     let (a, b) = (&before.weights, &after.weights);
     if a.w.len() != b.w.len() || a.set.shapes != b.set.shapes {
-        return Err(errors::ConfigError::new_err(
-            "after: different pattern set or phase count than before",
+        return Err(errors::config(
+            "after",
+            "different pattern set or phase count than before",
         ));
     }
     run(py, || {
@@ -927,9 +938,7 @@ impl CheckpointManager {
     #[setter]
     fn set_keep_last(&mut self, v: usize) -> PyResult<()> {
         if v == 0 {
-            return Err(errors::ConfigError::new_err(
-                "keep_last: got 0; allowed: at least 1",
-            ));
+            return Err(errors::config("keep_last", "got 0; allowed: at least 1"));
         }
         self.dir.keep_last = v;
         Ok(())
@@ -979,8 +988,9 @@ impl CheckpointManager {
         } else if let Ok(m) = source.extract::<PyRef<'_, manager::TrainingManager>>() {
             m.checkpoint_tree(py)?
         } else {
-            return Err(errors::ConfigError::new_err(
-                "source: expected an Evaluator or a TrainingManager",
+            return Err(errors::config(
+                "source",
+                "expected an Evaluator or a TrainingManager",
             ));
         };
         let dir = &self.dir;

@@ -21,7 +21,7 @@ use othello_core::state::{
 use othello_core::train::{MemoryReport, Stats, StopReason, TrainConfig, Trainer};
 use othello_core::EngineError as Core;
 
-use crate::errors::{self, run, ConfigError, InvalidStateError};
+use crate::errors::{self, run, InvalidStateError};
 use crate::{json_to_py, py_to_json, Evaluator};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -581,13 +581,12 @@ impl TrainingManager {
             )));
         }
         if target_games == 0 {
-            return Err(ConfigError::new_err(
-                "target_games: got 0; allowed: at least 1",
-            ));
+            return Err(errors::config("target_games", "got 0; allowed: at least 1"));
         }
         if callback_interval == 0 {
-            return Err(ConfigError::new_err(
-                "callback_interval: got 0; allowed: at least 1",
+            return Err(errors::config(
+                "callback_interval",
+                "got 0; allowed: at least 1",
             ));
         }
         let mut extra = kwargs_json(config)?;
@@ -782,9 +781,10 @@ impl TrainingManager {
                 ("seed", cfg.seed != base.seed),
             ] {
                 if changed {
-                    return Err(ConfigError::new_err(format!(
-                        "{field}: cannot change once training has state; allowed: the current value"
-                    )));
+                    return Err(errors::config(
+                        field,
+                        "cannot change once training has state; allowed: the current value",
+                    ));
                 }
             }
         }

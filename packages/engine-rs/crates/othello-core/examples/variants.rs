@@ -1,7 +1,8 @@
 //! Perft leaves/s and training games/s of every CPU variant this machine
 //! supports, interleaved over rounds so that they share the machine's load
 //! (the best round of each is shown), and a check that every variant trains
-//! the same weights: `cargo run --release --example variants [depth] [rounds] [games]`.
+//! the same weights: `cargo run --release --example variants [depth] [rounds] [games] [variant]`
+//! (a variant name runs that one alone, for `perf stat`).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -16,7 +17,11 @@ fn main() {
     let depth: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let games: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let variants = isa::supported();
+    let only = args.next();
+    let variants: Vec<_> = isa::supported()
+        .into_iter()
+        .filter(|v| only.as_deref().map_or(true, |name| name == v.name()))
+        .collect();
     let mut best = vec![0f64; variants.len()];
     let mut train = vec![[0f64; 3]; variants.len()];
     let mut weights: Vec<Vec<u32>> = Vec::new();

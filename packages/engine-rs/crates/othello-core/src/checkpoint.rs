@@ -8,11 +8,17 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use crate::error::EngineError;
+
+mod dir;
+pub use dir::{
+    parse_checkpoint_name, retention_deletes, retention_policy, CheckpointDir, CheckpointInfo,
+    CheckpointName, MAX_STEP,
+};
 
 /// Format name in `trainsvc.format`.
 pub const FORMAT_NAME: &str = "trainsvc-checkpoint";
@@ -935,7 +941,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, EngineError> {
 
 // ---------------------------------------------------------------- files
 
-fn fsync_dir(dir: &Path) -> Result<(), EngineError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), EngineError> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -1003,199 +1009,6 @@ pub fn load(path: &Path) -> Result<Decoded, EngineError> {
         }
         other => other,
     })
-}
-
-// ---------------------------------------------------------------- directory manager
-
-/// One checkpoint file of a run directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckpointInfo {
-    /// Full path.
-    pub path: PathBuf,
-    /// Step (games for the engine).
-    pub step: u64,
-    /// Saved on a signal or an error; never deleted by retention.
-    pub emergency: bool,
-    /// Size in bytes.
-    pub size: u64,
-    /// zstd-compressed.
-    pub compressed: bool,
-}
-
-/// A run directory: periodic and emergency checkpoints, `latest`, retention.
-#[derive(Clone, Debug)]
-pub struct CheckpointDir {
-    /// The directory.
-    pub dir: PathBuf,
-    /// Keep this many newest periodic checkpoints (at least 1).
-    pub keep_last: usize,
-    /// Also keep every checkpoint whose step is a multiple of this (0 = off).
-    pub keep_every: u64,
-    /// Write `.safetensors.zst` files.
-    pub compress: bool,
-}
-
-fn parse_name(name: &str) -> Option<(u64, bool, bool)> {
-    let (stem, compressed) = if let Some(s) = name.strip_suffix(".safetensors.zst") {
-        (s, true)
-    } else {
-        (name.strip_suffix(".safetensors")?, false)
-    };
-    let (num, emergency) = if let Some(n) = stem.strip_prefix("emergency_step_") {
-        (n, true)
-    } else {
-        (stem.strip_prefix("step_")?, false)
-    };
-    if num.is_empty()
-        || !num.bytes().all(|b| b.is_ascii_digit())
-        || (num.len() > 1 && num.starts_with('0'))
-    {
-        return None;
-    }
-    Some((num.parse().ok()?, emergency, compressed))
-}
-
-impl CheckpointDir {
-    /// Opens (creating it if needed) a run directory and deletes `.tmp-` leftovers.
-    ///
-    /// # Errors
-    /// [`EngineError::InvalidConfig`] for `keep_last` 0; [`EngineError::Io`] when the directory cannot be made.
-    pub fn open(
-        dir: &Path,
-        keep_last: usize,
-        keep_every: u64,
-        compress: bool,
-    ) -> Result<CheckpointDir, EngineError> {
-        if keep_last == 0 {
-            return Err(EngineError::config("keep_last", "at least 1", 0));
-        }
-        fs::create_dir_all(dir)?;
-        for e in fs::read_dir(dir)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        Ok(CheckpointDir {
-            dir: dir.to_path_buf(),
-            keep_last,
-            keep_every,
-            compress,
-        })
-    }
-
-    /// Every checkpoint file, oldest step first.
-    ///
-    /// # Errors
-    /// [`EngineError::Io`] when the directory cannot be read.
-    pub fn list(&self) -> Result<Vec<CheckpointInfo>, EngineError> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(&self.dir)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((step, emergency, compressed)) = parse_name(&name) {
-                let size = e.metadata().map_or(0, |m| m.len());
-                out.push(CheckpointInfo {
-                    path: e.path(),
-                    step,
-                    emergency,
-                    size,
-                    compressed,
-                });
-            }
-        }
-        out.sort_by_key(|c| (c.step, c.emergency));
-        Ok(out)
-    }
-
-    /// Saves a checkpoint for `step`, updates `latest` and applies retention.
-    ///
-    /// `metadata` must be a JSON object; `"step"` is set in it.
-    ///
-    /// # Errors
-    /// As [`save`].
-    pub fn save(
-        &self,
-        step: u64,
-        tree: &Node,
-        metadata: &Value,
-        emergency: bool,
-    ) -> Result<CheckpointInfo, EngineError> {
-        let mut md = metadata.clone();
-        if let Value::Object(m) = &mut md {
-            m.insert("step".into(), Value::from(step));
-        }
-        let prefix = if emergency {
-            "emergency_step_"
-        } else {
-            "step_"
-        };
-        let ext = if self.compress {
-            ".safetensors.zst"
-        } else {
-            ".safetensors"
-        };
-        let name = format!("{prefix}{step}{ext}");
-        let path = self.dir.join(&name);
-        let size = save(&path, tree, &md, self.compress)?;
-        write_atomic(&self.dir.join("latest"), format!("{name}\n").as_bytes())?;
-        self.apply_retention()?;
-        Ok(CheckpointInfo {
-            path,
-            step,
-            emergency,
-            size,
-            compressed: self.compress,
-        })
-    }
-
-    fn apply_retention(&self) -> Result<(), EngineError> {
-        let periodic: Vec<CheckpointInfo> =
-            self.list()?.into_iter().filter(|c| !c.emergency).collect();
-        let n = periodic.len();
-        for (i, c) in periodic.iter().enumerate() {
-            let recent = i + self.keep_last >= n;
-            let milestone = self.keep_every > 0 && c.step % self.keep_every == 0;
-            if !recent && !milestone {
-                fs::remove_file(&c.path)?;
-            }
-        }
-        if n > 0 {
-            fsync_dir(&self.dir)?;
-        }
-        Ok(())
-    }
-
-    /// The file name recorded in `latest`, if any.
-    #[must_use]
-    pub fn latest_name(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join("latest"))
-            .ok()
-            .map(|s| s.trim_end().to_owned())
-    }
-
-    /// Loads the newest valid checkpoint, falling back past corrupt ones.
-    ///
-    /// Returns the checkpoint, its info and a warning for each corrupt file skipped.
-    ///
-    /// # Errors
-    /// [`EngineError::CheckpointNotFound`] when no valid checkpoint exists.
-    pub fn load_latest(&self) -> Result<(Decoded, CheckpointInfo, Vec<String>), EngineError> {
-        let mut warnings = Vec::new();
-        for info in self.list()?.into_iter().rev() {
-            match load(&info.path) {
-                Ok(d) => return Ok((d, info, warnings)),
-                Err(e) => warnings.push(format!("skipping corrupt checkpoint: {e}")),
-            }
-        }
-        Err(EngineError::CheckpointNotFound(format!(
-            "{}: no valid checkpoint{}",
-            self.dir.display(),
-            if warnings.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", warnings.join("; "))
-            }
-        )))
-    }
 }
 
 #[cfg(test)]
@@ -1266,35 +1079,5 @@ mod tests {
             decode(&short),
             Err(EngineError::CorruptCheckpoint(_))
         ));
-    }
-
-    #[test]
-    fn directory_retention_latest_and_fallback() {
-        let dir = std::env::temp_dir().join(format!("ckdir-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let cd = CheckpointDir::open(&dir, 2, 0, false).unwrap();
-        for step in [10, 20, 30] {
-            cd.save(step, &Node::Int(step as i64), &serde_json::json!({}), false)
-                .unwrap();
-        }
-        cd.save(35, &Node::Int(35), &serde_json::json!({}), true)
-            .unwrap();
-        let steps: Vec<u64> = cd.list().unwrap().iter().map(|c| c.step).collect();
-        assert_eq!(steps, [20, 30, 35]);
-        assert_eq!(cd.latest_name().unwrap(), "emergency_step_35.safetensors");
-        // Corrupt the newest: loading falls back to step 30 with a warning.
-        let p = dir.join("emergency_step_35.safetensors");
-        let mut b = fs::read(&p).unwrap();
-        let last = b.len() - 1;
-        b[last] ^= 1;
-        fs::write(&p, b).unwrap();
-        let (d, info, warnings) = cd.load_latest().unwrap();
-        assert_eq!(info.step, 30);
-        assert_eq!(d.tree, Node::Int(30));
-        assert_eq!(warnings.len(), 1);
-        fs::write(dir.join(".tmp-junk"), b"x").unwrap();
-        CheckpointDir::open(&dir, 2, 0, true).unwrap();
-        assert!(!dir.join(".tmp-junk").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
