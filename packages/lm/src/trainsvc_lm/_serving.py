@@ -214,7 +214,7 @@ def _insert(
     return cache._replace(k=k, v=v, pos=pos), logits.at[row].set(one_logits[0])
 
 
-@partial(jax.jit, static_argnames=("config", "compute_dtype"), donate_argnums=(3, 4))
+@partial(jax.jit, static_argnames=("config", "compute_dtype", "greedy"), donate_argnums=(3, 4))
 def _step(
     params: Params,
     lora: LoraParams | None,
@@ -229,10 +229,13 @@ def _step(
     *,
     config: ModelConfig,
     compute_dtype: Any,
+    greedy: bool,
 ) -> tuple[jax.Array, jax.Array, KVCache]:
     """Pick one token per slot from ``logits`` and feed it: ``(tokens [B], logits, cache)``.
 
-    A slot with ``positions == -1`` is free: what it computes is never read.
+    A slot with ``positions == -1`` is free: what it computes is never read. With
+    ``greedy`` (every busy slot has temperature 0) no slot samples, which skips the
+    per-row sort of top-p sampling, as `sample` does for an all-greedy batch.
     """
 
     def pick_row(
@@ -241,9 +244,10 @@ def _step(
         return _pick(row_logits[None], jax.random.fold_in(key, step), t, p, False)[0]
 
     # `_pick` divides by the temperature: greedy rows get a harmless one (as in `sample`).
-    sampled = jax.vmap(pick_row)(logits, keys, steps, jnp.maximum(temperature, 1e-6), top_p)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    tok = jnp.where(temperature > 0.0, sampled, greedy)
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if not greedy:
+        sampled = jax.vmap(pick_row)(logits, keys, steps, jnp.maximum(temperature, 1e-6), top_p)
+        tok = jnp.where(temperature > 0.0, sampled, tok)
     new_logits, new_cache = decode_step(
         params,
         config,
@@ -457,9 +461,13 @@ class Engine:
         return self.submit(prompt, sampling, stop=stop).result()
 
     def warmup(self, prompt_lengths: Sequence[int] = (16,)) -> None:
-        """Compile the decode step and the prefill of these prompt-length buckets."""
+        """Compile the decode steps (greedy and sampling) and these prompt lengths' prefills."""
         for n in prompt_lengths:
-            self.generate_text([0] * n, SamplingConfig(max_new_tokens=2, stop_token_ids=()))
+            for temperature in (0.0, 1.0):
+                self.generate_text(
+                    [0] * n,
+                    SamplingConfig(max_new_tokens=2, temperature=temperature, stop_token_ids=()),
+                )
 
     def close(self) -> None:
         """Stop the engine thread; waiting and running requests end as ``"cancelled"``."""
@@ -532,6 +540,7 @@ class Engine:
                     jnp.asarray(top_p),
                     config=self.config,
                     compute_dtype=self.compute_dtype,
+                    greedy=all(r is None or r.sampling.temperature == 0.0 for r in rows),
                 )
                 self.steps_run += 1
                 picked = np.asarray(tok).tolist()
