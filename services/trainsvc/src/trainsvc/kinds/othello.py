@@ -89,10 +89,12 @@ class OthelloKind:
                 manager = TrainingManager(tmp, **engine)
                 full = manager.config()
             except (ConfigError, TypeError, ValueError) as exc:
-                text = str(exc)
-                key = text.split(":", 1)[0].strip()
+                # The engine's ConfigError names the bad field; a TypeError names none.
+                bad = exc.field if isinstance(exc, ConfigError) else None
+                if bad is None:
+                    raise InvalidArgumentError("run.othello", str(exc)) from None
                 raise InvalidArgumentError(
-                    field_of.get(key, "run.othello"), f"{text} (engine field {key})"
+                    field_of.get(bad, "run.othello"), f"{exc} (engine field {bad})"
                 ) from None
         policy = spec.policy
         return {
