@@ -23,7 +23,8 @@ weights:
 
 Rounds repeat steps 2-5 with the improved policy as the new deployment.
 
-Run: ``uv run --no-sync python bench/grpo_offline.py [--seeds 0 1 2] [--rounds 2]``.
+Run: ``uv run --no-sync python bench/grpo_offline.py [--seeds 0 1 2] [--rounds 3]
+[--plot docs/grpo-offline.png]``.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def train_offline(
 
 
 OFFLINE = {
-    "steps": 40,
+    "steps": 100,
     "grpo": {"prompts_per_step": 25, "updates_per_batch": 2, "epsilon_high": 0.28},
     "optim": {"lr": 1e-3},
 }
@@ -171,7 +172,8 @@ OFFLINE = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plot", type=Path, help="write the curves here (docs/grpo-offline.png)")
     parser.add_argument("--online-steps", type=int, default=25, help="the first deployment's")
     parser.add_argument("--offline-steps", type=int, default=OFFLINE["steps"])
     args = parser.parse_args()
@@ -213,6 +215,18 @@ def main() -> None:
         )
     gains = [after[0] - before[0] for _, r, _, before, after, _ in rows if r == 1]
     print(f"\nround-1 sampled gain: mean {statistics.mean(gains):+.3f}, min {min(gains):+.3f}")
+    if args.plot is not None:
+        from grpo import plot  # bench/grpo.py's PNG writer (this directory is on sys.path)
+
+        curves = []
+        for seed in args.seeds:
+            mine = [r for r in rows if r[0] == seed]
+            curve = [(0.0, 0, mine[0][3][0])]
+            curve += [(10.0 * r[1], r[1], r[4][0]) for r in mine]
+            curves.append(curve)
+        start = statistics.mean(c[0][2] for c in curves)
+        plot(args.plot, curves, 10.0 * args.rounds, start)
+        print(f"curves: {args.plot} (x: rounds, gridlines every round; red dashes: the start)")
 
 
 if __name__ == "__main__":

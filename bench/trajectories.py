@@ -13,17 +13,18 @@ throwaway PostgreSQL server started here when its binaries exist (``initdb`` und
 ``/usr/lib/postgresql/*/bin``; run as ``postgres`` when we are root). Medians of
 ``TRAJ_BENCH_REPS`` repetitions (default 3); the ratio is recorder / baseline steps/s.
 
+Then GRPO throughput: completion tokens sampled and trained per second on
+``increment4``, as FLOP/s over the FLOP/s of ``jnp.dot`` measured in the same run
+(bench/grpo.py's measurement, imported).
+
 Run: ``uv run --no-sync python bench/trajectories.py``.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -134,42 +135,20 @@ def baseline(url: str) -> float:
 
 @contextmanager
 def postgres() -> Iterator[str | None]:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        yield None
-        return
-    bindir = found[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="trajbench-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    run = lambda *a: subprocess.run([*prefix, *a], check=True, capture_output=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "-o",
-        f"-p {port} -h 127.0.0.1 -k {root}",
-        "start",
-    )
+    """A throwaway server (`trainsvc_trajectories.testing`), or None without the binaries."""
+    from trainsvc_trajectories.testing import PostgresUnavailableError, postgres_server
+
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        with postgres_server(durable=True) as url:
+            yield url
+    except PostgresUnavailableError:
+        yield None
+
+
+def fresh_pg_database(pg: str) -> str:
+    from trainsvc_trajectories.testing import create_database
+
+    return create_database(pg)
 
 
 def fresh(kind: str, tmp: Path, pg: str | None) -> str:
@@ -178,11 +157,8 @@ def fresh(kind: str, tmp: Path, pg: str | None) -> str:
         url = f"sqlite:///{tmp}/{name}.db"
         tt.Store(url).close()  # the schema is created outside the timed part
         return url
-    import psycopg
-
-    with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE b_{name}")
-    url = f"{pg}/b_{name}"
+    assert pg is not None
+    url = fresh_pg_database(pg)
     tt.Store(url).close()  # the schema is created outside the timed part
     return url
 
@@ -231,7 +207,33 @@ def main() -> int:
             f"| {name:<29} | {ours_rate:16.0f} | {base_rate:19.0f} | {ours_rate / base_rate:5.2f} |"
         )
     print("(ratio: recorder / plain executemany of the same rows in one transaction, same run)")
+    grpo_throughput()
     return 0
+
+
+def grpo_throughput(seconds: float = 15.0) -> None:
+    """GRPO tokens/s (sampled and trained) on increment4 against jnp.dot's FLOP/s, same run.
+
+    The measurement is bench/grpo.py's (imported from this directory): a digit policy
+    trains for ``seconds``; model FLOPs are 2N per sampled and 6N per trained token.
+    """
+    from grpo import RUNS, learn, matmul_flops
+
+    flops = matmul_flops()
+    r = learn("increment4", RUNS["increment4"], seconds, 0)
+    n = r["n_params"]
+    print(
+        f"\nGRPO on increment4 ({r['steps']} steps, N = {n} matmul params), jnp.dot float32 "
+        f"512x512 = {flops / 1e9:.1f} GFLOP/s in this run"
+    )
+    print(
+        "| sampled tok/s | trained tok/s | sampling FLOP/s / jnp.dot | training FLOP/s / jnp.dot |"
+    )
+    print("| --- | --- | --- | --- |")
+    print(
+        f"| {r['sampled_tok_s']:.0f} | {r['trained_tok_s']:.0f} | "
+        f"{2 * n * r['sampled_tok_s'] / flops:.4f} | {6 * n * r['trained_tok_s'] / flops:.4f} |"
+    )
 
 
 if __name__ == "__main__":

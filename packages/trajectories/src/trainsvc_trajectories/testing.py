@@ -68,11 +68,12 @@ def _as_postgres_user(datadir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(*, durable: bool = False) -> Iterator[str]:
     """A throwaway PostgreSQL cluster; yields its URL ``postgresql://postgres@127.0.0.1:PORT``.
 
-    Durability is off (``fsync=off``): it is for tests. Stopped (immediate mode) and
-    deleted on exit.
+    Durability is off (``fsync=off``, no synchronous commit) unless ``durable``: tests
+    want speed, benchmarks the server's real commit cost. Stopped (immediate mode)
+    and deleted on exit.
 
     Raises:
         PostgresUnavailableError: no ``initdb`` (``apt-get install postgresql`` provides it).
@@ -88,10 +89,9 @@ def postgres_server() -> Iterator[str]:
     port, pgdata = free_port(), datadir / "data"
     initdb = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust"]
     subprocess.run([*prefix, *initdb, "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    options = (
-        f"-p {port} -h 127.0.0.1 -k {datadir} -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off -c max_connections=200"
-    )
+    options = f"-p {port} -h 127.0.0.1 -k {datadir} -c max_connections=200"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(pgdata)]
     subprocess.run(
         [*pg_ctl, "-l", str(datadir / "log"), "-w", "-o", options, "start"],
