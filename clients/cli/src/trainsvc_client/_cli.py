@@ -21,6 +21,7 @@ from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from trainsvc_api.v1 import models_pb2 as mpb
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc_client._channel import DEFAULT_ADDRESS
@@ -31,6 +32,11 @@ from trainsvc_client._errors import TrainsvcError
 app = typer.Typer(help="Control a trainsvc training service.", no_args_is_help=True)
 runs_app = typer.Typer(help="Create, inspect and control runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+models_app = typer.Typer(
+    help="Register model versions, route their traffic, promote and roll back.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -629,6 +635,207 @@ def runs_events(
             stream.cancel()
         except TrainsvcError as exc:
             _fail(str(exc))
+
+
+ModelArg = Annotated[str, typer.Argument(help="The model: models/NAME or NAME.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the model's events).")]
+
+
+def _traffic_text(traffic: Any) -> str:
+    return ", ".join(f"v{v}: {share:.0%}" for v, share in sorted(dict(traffic).items())) or "-"
+
+
+def _print_deployment(deployment: mpb.Deployment, as_json: bool) -> None:
+    if as_json:
+        _print_json(_to_dict(deployment))
+    else:
+        out.print(f"{deployment.model}: {_traffic_text(deployment.traffic)}", highlight=False)
+
+
+@models_app.command("list")
+def models_list(
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the registered models, their versions and traffic."""
+    with _client(server, token, tls, ca_cert) as client:
+        models = _call(client.models.list)
+    if as_json:
+        _print_json([_to_dict(m) for m in models])
+        return
+    table = Table("model", "version", "kind", "evaluation", "traffic", "source run", "metrics")
+    for model in models:
+        traffic = dict(model.deployment.traffic)
+        for v in model.versions:
+            metrics = " ".join(f"{k}={x:.4g}" for k, x in sorted(v.metrics.items()))
+            share = f"{traffic[v.version]:.0%}" if v.version in traffic else ""
+            table.add_row(
+                v.model, str(v.version), v.artifact_kind, v.evaluation, share, v.source_run, metrics
+            )
+    out.print(table)
+
+
+@models_app.command("get")
+def models_get(
+    model: ModelArg,
+    version: Annotated[int, typer.Argument(help="The version number.")],
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+) -> None:
+    """Show one version (JSON)."""
+    with _client(server, token, tls, ca_cert) as client:
+        _print_json(_to_dict(_call(client.models.get, model, version)))
+
+
+@models_app.command("register")
+def models_register(
+    model: ModelArg,
+    artifact_dir: Annotated[
+        str, typer.Argument(help="Adapter or model directory on the service's machine.")
+    ],
+    kind: Annotated[str, typer.Option("--kind", help="adapter or full.")] = "adapter",
+    base_model: Annotated[str, typer.Option("--base-model", help="The base model.")] = "",
+    source_run: Annotated[str, typer.Option("--source-run", help="runs/ID it came from.")] = "",
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="NAME=VALUE (repeatable).")
+    ] = None,
+    window: Annotated[
+        list[str] | None, typer.Option("--window", help="Trajectory window (repeatable).")
+    ] = None,
+    reason: ReasonOpt = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register the next version of a model from an artifact directory."""
+    metrics: dict[str, float] = {}
+    for item in metric or []:
+        name, sep, value = item.partition("=")
+        try:
+            metrics[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            _fail(f"--metric: expected NAME=NUMBER, got {item!r}")
+    with _client(server, token, tls, ca_cert) as client:
+        version = _call(
+            client.models.register,
+            model,
+            artifact_dir,
+            artifact_kind=kind,
+            base_model=base_model,
+            source_run=source_run,
+            metrics=metrics,
+            windows=window or [],
+            reason=reason,
+        )
+    if as_json:
+        _print_json(_to_dict(version))
+    else:
+        out.print(f"registered {version.name} ({version.artifact_uri})", highlight=False)
+
+
+@models_app.command("traffic")
+def models_traffic(
+    model: ModelArg,
+    split: Annotated[list[str], typer.Argument(help="VERSION=SHARE pairs summing to 1.")],
+    reason: ReasonOpt = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a model's traffic split, e.g. `models traffic trader 1=0.8 2=0.2`."""
+    traffic: dict[int, float] = {}
+    for item in split:
+        version, sep, share = item.partition("=")
+        try:
+            traffic[int(version)] = float(share)
+        except ValueError:
+            sep = ""
+        if not sep:
+            _fail(f"split: expected VERSION=SHARE (e.g. 2=0.2), got {item!r}")
+    with _client(server, token, tls, ca_cert) as client:
+        deployment = _call(client.models.set_traffic, model, traffic, reason=reason)
+    _print_deployment(deployment, as_json)
+
+
+@models_app.command("promote")
+def models_promote(
+    model: ModelArg,
+    version: Annotated[int, typer.Argument(help="The version to promote.")],
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Share of traffic it gets (0-1].")
+    ] = 1.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it failed its evaluation.")
+    ] = False,
+    reason: ReasonOpt = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a version a fraction of its model's traffic (the rest keeps its proportions)."""
+    with _client(server, token, tls, ca_cert) as client:
+        deployment = _call(
+            client.models.promote, model, version, fraction, force=force, reason=reason
+        )
+    _print_deployment(deployment, as_json)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    model: ModelArg,
+    reason: ReasonOpt = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the traffic split before the last change."""
+    if not yes and not typer.confirm(f"Roll back {model}'s traffic to its previous split?"):
+        _fail("not rolled back")
+    with _client(server, token, tls, ca_cert) as client:
+        deployment = _call(client.models.rollback, model, reason=reason)
+    _print_deployment(deployment, as_json)
+
+
+@models_app.command("events")
+def models_events(
+    model: Annotated[str, typer.Argument(help="The model, or nothing for all.")] = "",
+    after: Annotated[int, typer.Option("--after", help="Only events after this sequence.")] = 0,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the model registry's changes: who, when, why and the numbers."""
+    with _client(server, token, tls, ca_cert) as client:
+        events = _call(client.models.events, model, after=after)
+    for event in events:
+        if as_json:
+            _print_json(_to_dict(event))
+            continue
+        when = event.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        who = event.principal or "-"
+        out.print(
+            f"{event.sequence:>6} {when} {event.model} v{event.version} {event.type} by {who}: "
+            f"{event.reason} {event.details_json}",
+            highlight=False,
+        )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from trainsvc_client._channel import (
     run_name,
 )
 from trainsvc_client._errors import from_rpc_error
+from trainsvc_client._models import ModelsApi
 
 T = TypeVar("T")
 
@@ -68,6 +69,8 @@ class Client(BaseClient):
         super().__init__(token=token, timeout=timeout)
         self._channel = channel
         self._stub = pb_grpc.TrainServiceStub(channel)
+        self.models = ModelsApi(channel, self._unary)
+        """The model registry: versions, traffic, promote, roll back (`ModelsApi`)."""
 
     def __enter__(self) -> Client:
         return self
