@@ -10,6 +10,7 @@ import gc
 import ipaddress
 import logging
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ REGISTRY_WATCH_S = 1.0
 """How often health checks that the registry can write."""
 """Run workers this much nicer than the service: when training saturates the CPUs, the
 service (control RPCs, health checks, frame fan-out) is scheduled first."""
+
+
+GIL_SWITCH_INTERVAL_S = 0.001
+"""`sys.setswitchinterval` of the service process (Python's default is 0.005)."""
 
 
 @dataclass
@@ -119,7 +124,8 @@ class TrainsvcServer:
         """Open the registry, recover runs, and start listening."""
         opts = self.options
         self._pin_away_from_workers()
-        # Control calls wait in threads for their worker; keep plenty so reads never queue.
+        # Event streams read the registry in these threads; control calls, which wait for a
+        # worker, have their own (`_servicer.CONTROL_THREADS`).
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
         )
@@ -193,6 +199,10 @@ class TrainsvcServer:
         # event loop (hundreds of ms measured on a loaded machine) in the middle of RPCs.
         gc.collect()  # cycles left from startup would otherwise be kept for good
         gc.freeze()
+        # The event loop shares the GIL with the worker reader threads (which unpickle and
+        # serialize every frame): a shorter switch interval hands it back sooner, so an RPC
+        # that arrives while a reader holds the GIL waits about 1 ms for it, not 5.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -294,6 +304,8 @@ class TrainsvcServer:
             self._servicer.end_streams()  # the run's final events are sent first
         if self._server is not None:
             await self._server.stop(grace=2.0)
+        if self._servicer is not None:
+            self._servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.registry.close()

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -41,6 +42,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_RATE_HZ = 30.0
 MAX_RATE_HZ = 1000.0
 EVENT_BATCH = 500
+CONTROL_THREADS = 32
+"""Threads for control calls (they wait for a worker's reply), apart from the default
+executor that event streams read the registry in: a burst of stream set-ups or event
+reads never delays a PauseRun, and a slow checkpoint never delays an event stream."""
 
 
 def add_to_server(servicer: TrainServicer, server: grpc.aio.Server) -> None:
@@ -87,6 +92,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self._streams = 0
         self._lock = threading.Lock()
         self.frames = FrameStreams(hub, manager.is_active)
+        self._control = ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="control")
         self.closing = False
         """Set by :meth:`end_streams` when the service shuts down: event streams then return."""
         metrics.watch_frames(lambda: self.frames.frames_sent, lambda: hub.dropped)
@@ -101,13 +107,15 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         *,
         inline: bool = False,
     ) -> T:
-        """Run `fn(remaining deadline)`: in a thread, or `inline` on the loop for quick reads."""
+        """Run `fn(remaining deadline)`: on a control thread, or `inline` on the loop for reads
+        of the registry's in-memory runs (microseconds: a thread hop would cost more)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             if inline:
                 return fn(context.time_remaining())
-            return await asyncio.to_thread(fn, context.time_remaining())
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._control, fn, context.time_remaining())
         except ServiceError as exc:
             status = status_of(exc)
             code = status.code
@@ -232,7 +240,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                     "max_rate_hz",
                     f"must be in (0, {MAX_RATE_HZ:g}] (0 = {DEFAULT_RATE_HZ:g}), got {request.max_rate_hz}",
                 )
-            await asyncio.to_thread(self.m.get_run, run_id)
+            self.m.get_run(run_id)  # in memory: NOT_FOUND before the stream starts
             with self._stream_slot():
                 await self.frames.stream(run_id, rate, context.write, context.done, context.peer())
         except ServiceError as exc:
@@ -247,6 +255,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self.closing = True
         self.notifier.notify()
 
+    def close(self) -> None:
+        """Let the control threads go once their calls are done (the server has stopped)."""
+        self._control.shutdown(wait=False)
+
     async def StreamEvents(  # type: ignore[override]  # noqa: N802
         self, request: pb.StreamEventsRequest, context: Context
     ) -> None:
@@ -257,7 +269,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                     "from_sequence", f"must be >= 0, got {request.from_sequence}"
                 )
             if run_id is not None:
-                await asyncio.to_thread(self.m.get_run, run_id)
+                self.m.get_run(run_id)  # in memory: NOT_FOUND before the stream starts
             with self._stream_slot():
                 await self._stream_events(run_id, request.from_sequence, request.follow, context)
         except ServiceError as exc:
@@ -280,7 +292,7 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 if not follow or self.closing:
                     return
                 if run_id is not None and not self.m.is_active(run_id):
-                    state = (await asyncio.to_thread(self.m.get_run, run_id)).state
+                    state = self.m.get_run(run_id).state
                     if state.terminal and not await asyncio.to_thread(
                         self.m.has_more_events, run_id, sequence
                     ):
