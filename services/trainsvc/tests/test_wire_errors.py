@@ -7,11 +7,14 @@ typed Python client.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,20 +30,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A service that allows one stream at a time (so the cap is easy to reach)."""
-    data = tmp_path_factory.mktemp("wire-errors")
+@contextlib.contextmanager
+def _serve(data: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `trainsvc serve` on loopback; yields its address."""
     address = f"127.0.0.1:{_free_port()}"
     log = (data / "service.log").open("wb")
     proc = subprocess.Popen(
         [
             *(sys.executable, "-c", "from trainsvc import main; main()", "serve"),
             *("--listen", address, "--data-dir", str(data / "data"), "--metrics-listen", ""),
-            *("--max-streams", "1", "--log-format", "json"),
+            *("--log-format", "json", *flags),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         with grpc.insecure_channel(address) as channel:
@@ -50,6 +53,13 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A service that allows one stream at a time (so the cap is easy to reach)."""
+    with _serve(tmp_path_factory.mktemp("wire-errors"), "--max-streams", "1") as address:
+        yield address
 
 
 @pytest.fixture
@@ -197,3 +207,21 @@ def test_the_asyncio_client_raises_the_same_typed_errors(address: str) -> None:
                 raise AssertionError("the cancelled stream kept its slot")
 
     asyncio.run(main())
+
+
+def test_the_asyncio_client_sends_the_token_of_its_config(tmp_path: Path) -> None:
+    import asyncio
+
+    from trainsvc_client import ServiceConfig, UnauthenticatedError, aio
+
+    token = "s3cret-token"
+    with _serve(tmp_path, env={"TRAINSVC_TOKEN": token}) as address:
+
+        async def main() -> None:
+            async with aio.connect_config(ServiceConfig(address, token, keepalive_s=10)) as client:
+                assert (await client.list_runs_page()).runs == []
+            async with aio.connect(address, "wrong") as client:
+                with pytest.raises(UnauthenticatedError):
+                    await client.list_runs_page()
+
+        asyncio.run(main())
