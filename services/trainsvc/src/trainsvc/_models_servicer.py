@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +21,14 @@ from trainsvc_api.v1 import models_pb2 as mpb
 from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 
 from trainsvc._artifacts import ArtifactStore
-from trainsvc._domain import InvalidArgumentError, echo
+from trainsvc._domain import (
+    CheckpointRecord,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    echo,
+    parse_checkpoint_name,
+    parse_run_name,
+)
 from trainsvc._metrics import Metrics
 from trainsvc._model_registry import (
     Deployment,
@@ -31,6 +42,41 @@ from trainsvc._rpc import Context, unary_call
 
 _VERSION_NAME = re.compile(r"models/([^/]+)/versions/([1-9][0-9]{0,17})")
 PrincipalOf = Callable[[Context], str]
+RunCheckpoints = Callable[[str], list[CheckpointRecord]]
+EXPORT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class _Artifact:
+    """A directory to register, with what an export learned about it."""
+
+    path: Path
+    kind: str
+    base_model: str
+    checkpoint: str
+
+
+def export_run_checkpoint(record: CheckpointRecord, out: Path) -> _Artifact:
+    """Exports a lora or grpo run's checkpoint in a child process (`trainsvc_lm._export`),
+    so the service never imports JAX.
+
+    Raises:
+        FailedPreconditionError: the export failed (its error is in the message).
+    """
+    cmd = [sys.executable, "-m", "trainsvc_lm._export", record.path, str(out)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise FailedPreconditionError(
+            f"exporting {record.name} took over {EXPORT_TIMEOUT_S:.0f} s"
+        ) from None
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        result = {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    if done.returncode != 0 or "error" in result:
+        raise FailedPreconditionError(f"cannot export {record.name}: {result.get('error')}")
+    return _Artifact(out, str(result["kind"]), str(result["base_model"]), record.name)
 
 
 def parse_model_name(name: str, field: str = "model") -> str:
@@ -110,12 +156,72 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         inputs: InputRoots,
         metrics: Metrics,
         principal_of: PrincipalOf,
+        run_checkpoints: RunCheckpoints | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.inputs = inputs
         self.metrics = metrics
         self.principal_of = principal_of
+        self.run_checkpoints = run_checkpoints
+
+    def _source_checkpoint(self, request: mpb.RegisterModelVersionRequest) -> CheckpointRecord:
+        """The checkpoint of ``source_run`` to export: ``source_checkpoint``, else the newest."""
+        if self.run_checkpoints is None:
+            raise InvalidArgumentError("artifact_dir", "is required (this service has no runs)")
+        run_id = parse_run_name(request.source_run, "source_run")
+        found = self.run_checkpoints(run_id)
+        if request.source_checkpoint:
+            wanted_run, wanted = parse_checkpoint_name(
+                request.source_checkpoint, "source_checkpoint"
+            )
+            found = [c for c in found if c.checkpoint_id == wanted and wanted_run == run_id]
+            if not found:
+                raise InvalidArgumentError(
+                    "source_checkpoint", f"{request.source_checkpoint} is not a checkpoint of it"
+                )
+        if not found:
+            raise InvalidArgumentError("source_run", f"{request.source_run} has no checkpoint")
+        return max(found, key=lambda c: (c.step, c.create_time))
+
+    def _register(self, request: mpb.RegisterModelVersionRequest, principal: str) -> ModelVersion:
+        model = parse_model_name(request.model)
+        if request.artifact_dir:
+            source = self.inputs.resolve(request.artifact_dir, "artifact_dir", expect="dir")
+            artifact = _Artifact(
+                source, request.artifact_kind, request.base_model, request.source_checkpoint
+            )
+            return self._put_and_register(model, artifact, request, principal)
+        if not request.source_run:
+            raise InvalidArgumentError(
+                "artifact_dir", "give an artifact directory, or a source_run to export"
+            )
+        record = self._source_checkpoint(request)
+        with tempfile.TemporaryDirectory(prefix="trainsvc-export-") as tmp:
+            artifact = export_run_checkpoint(record, Path(tmp) / "artifact")
+            return self._put_and_register(model, artifact, request, principal)
+
+    def _put_and_register(
+        self,
+        model: str,
+        artifact: _Artifact,
+        request: mpb.RegisterModelVersionRequest,
+        principal: str,
+    ) -> ModelVersion:
+        stored = self.store.put(model, artifact.path)
+        return self.registry.register(
+            model,
+            base_model=artifact.base_model,
+            artifact_uri=stored.uri,
+            artifact_kind=artifact.kind,
+            artifact_sha256=stored.sha256,
+            source_run=request.source_run,
+            source_checkpoint=artifact.checkpoint,
+            metrics=dict(request.metrics),
+            windows=list(request.windows),
+            principal=principal,
+            reason=request.reason,
+        )
 
     async def ListModels(  # noqa: N802
         self, request: mpb.ListModelsRequest, context: Context
@@ -150,23 +256,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         principal = self.principal_of(context)
 
         def fn(_t: float | None) -> mpb.ModelVersion:
-            model = parse_model_name(request.model)
-            source: Path = self.inputs.resolve(request.artifact_dir, "artifact_dir", expect="dir")
-            stored = self.store.put(model, source)
-            version = self.registry.register(
-                model,
-                base_model=request.base_model,
-                artifact_uri=stored.uri,
-                artifact_kind=request.artifact_kind,
-                artifact_sha256=stored.sha256,
-                source_run=request.source_run,
-                source_checkpoint=request.source_checkpoint,
-                metrics=dict(request.metrics),
-                windows=list(request.windows),
-                principal=principal,
-                reason=request.reason,
-            )
-            return version_to_proto(version)
+            return version_to_proto(self._register(request, principal))
 
         return await unary_call(self.metrics, "RegisterModelVersion", context, fn)
 

@@ -372,12 +372,17 @@ class RegisterModelVersionRequest(_message.Message):
     model: _builtins.str
     """"models/{model}"."""
     artifact_dir: _builtins.str
-    """A directory on the service's machine, inside an --input-dir root."""
+    """A directory on the service's machine, inside an --input-dir root; empty:
+    export source_run's checkpoint instead.
+    """
     artifact_kind: _builtins.str
-    """"adapter" or "full"."""
+    """With artifact_dir: "adapter" or "full" (an export knows its own)."""
     base_model: _builtins.str
+    """With artifact_dir: the adapter's base model directory."""
     source_run: _builtins.str
+    """"runs/{id}": where the version came from (exported when artifact_dir is empty)."""
     source_checkpoint: _builtins.str
+    """"runs/{id}/checkpoints/{checkpoint_id}"; empty: the run's newest."""
     reason: _builtins.str
     """Why (kept in the event)."""
     @_builtins.property

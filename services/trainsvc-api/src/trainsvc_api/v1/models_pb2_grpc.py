@@ -96,9 +96,11 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterModelVersion(self, request, context):
-        """Registers the next version of a model from an artifact directory on the
-        service's machine (inside one of its --input-dir roots), copied into the
-        service's artifact storage and verified.
+        """Registers the next version of a model: from an artifact directory on the
+        service's machine (inside one of its --input-dir roots), or exported from
+        a lora or grpo run's checkpoint (source_run, optionally source_checkpoint;
+        a PEFT adapter on the run's base model, or full weights). The artifact is
+        copied into the service's artifact storage with a manifest of SHA-256s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

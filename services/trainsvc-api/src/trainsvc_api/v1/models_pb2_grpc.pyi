@@ -48,9 +48,11 @@ class ModelServiceStub:
     GetModelVersion: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetModelVersionRequest, _models_pb2.ModelVersion]
     """Returns one version."""
     RegisterModelVersion: _grpc.UnaryUnaryMultiCallable[_models_pb2.RegisterModelVersionRequest, _models_pb2.ModelVersion]
-    """Registers the next version of a model from an artifact directory on the
-    service's machine (inside one of its --input-dir roots), copied into the
-    service's artifact storage and verified.
+    """Registers the next version of a model: from an artifact directory on the
+    service's machine (inside one of its --input-dir roots), or exported from
+    a lora or grpo run's checkpoint (source_run, optionally source_checkpoint;
+    a PEFT adapter on the run's base model, or full weights). The artifact is
+    copied into the service's artifact storage with a manifest of SHA-256s.
     """
     SetTraffic: _grpc.UnaryUnaryMultiCallable[_models_pb2.SetTrafficRequest, _models_pb2.Deployment]
     """Replaces a model's traffic split (shares sum to 1)."""
@@ -78,9 +80,11 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModelVersion: _aio.UnaryUnaryMultiCallable[_models_pb2.GetModelVersionRequest, _models_pb2.ModelVersion]  # type: ignore[assignment]
     """Returns one version."""
     RegisterModelVersion: _aio.UnaryUnaryMultiCallable[_models_pb2.RegisterModelVersionRequest, _models_pb2.ModelVersion]  # type: ignore[assignment]
-    """Registers the next version of a model from an artifact directory on the
-    service's machine (inside one of its --input-dir roots), copied into the
-    service's artifact storage and verified.
+    """Registers the next version of a model: from an artifact directory on the
+    service's machine (inside one of its --input-dir roots), or exported from
+    a lora or grpo run's checkpoint (source_run, optionally source_checkpoint;
+    a PEFT adapter on the run's base model, or full weights). The artifact is
+    copied into the service's artifact storage with a manifest of SHA-256s.
     """
     SetTraffic: _aio.UnaryUnaryMultiCallable[_models_pb2.SetTrafficRequest, _models_pb2.Deployment]  # type: ignore[assignment]
     """Replaces a model's traffic split (shares sum to 1)."""
@@ -123,9 +127,11 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _models_pb2.RegisterModelVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ModelVersion, _abc.Awaitable[_models_pb2.ModelVersion]]:
-        """Registers the next version of a model from an artifact directory on the
-        service's machine (inside one of its --input-dir roots), copied into the
-        service's artifact storage and verified.
+        """Registers the next version of a model: from an artifact directory on the
+        service's machine (inside one of its --input-dir roots), or exported from
+        a lora or grpo run's checkpoint (source_run, optionally source_checkpoint;
+        a PEFT adapter on the run's base model, or full weights). The artifact is
+        copied into the service's artifact storage with a manifest of SHA-256s.
         """
 
     @_abc_1.abstractmethod
