@@ -474,15 +474,20 @@ fn play_game_k<K: Kernels>(
     let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
     let set = &*w.set;
     let n_inst = set.n_instances();
+    // Both views' raw indices: this position's features from the mover's
+    // view, and every child's starting point from the opponent's. Computed
+    // once from the board, then updated per move (only the instances of the
+    // move's square and of the flipped discs change).
     let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
+    set.raw_index_pair(&b, &mut mine, &mut theirs);
     while let Some((moves, passed)) = b.next_turn_k::<K>() {
         black_to_move ^= passed;
+        if passed {
+            std::mem::swap(&mut mine, &mut theirs);
+        }
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        // Both views' raw indices at once: this position's features from the
-        // mover's, and every child's starting point from the opponent's.
-        set.raw_index_pair(&b, &mut mine, &mut theirs);
         let base = (w.phase(&b) * set.phase_len) as u32;
         for (o, &r) in buf[..n_inst].iter_mut().zip(&mine[..n_inst]) {
             *o = set.canonical(r) + base;
@@ -512,8 +517,30 @@ fn play_game_k<K: Kernels>(
             },
         };
         explored.push(random);
-        b = b.play_k::<K>(sq);
+        let flips = K::flips(b.player, b.opponent, sq);
+        // The new mover's view is the old `theirs` with the square 0 -> 2 and
+        // each flipped disc 1 -> 2; the other view the old `mine` with the
+        // square 0 -> 1 and each flipped disc 2 -> 1.
+        for (i, p) in set.square_terms(sq as usize) {
+            theirs[i] += 2 * p;
+            mine[i] += p;
+        }
+        let mut f = flips;
+        while f != 0 {
+            for (i, p) in set.square_terms(f.trailing_zeros() as usize) {
+                theirs[i] += p;
+                mine[i] -= p;
+            }
+            f &= f - 1;
+        }
+        std::mem::swap(&mut mine, &mut theirs);
+        b = b.play_flips(sq, flips);
         black_to_move = !black_to_move;
+        debug_assert!({
+            let (mut m2, mut t2) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
+            set.raw_index_pair(&b, &mut m2, &mut t2);
+            m2 == mine && t2 == theirs
+        });
     }
     let side_diff = b.final_score();
     let black_diff = if black_to_move { side_diff } else { -side_diff };
