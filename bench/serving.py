@@ -135,6 +135,7 @@ def main() -> None:
         return time.perf_counter() - start, latencies
 
     # Warm-up: compile every shape that the timed runs use.
+    engine.warmup((16, 64))
     via_endpoint("warm up")
     for c in CONCURRENCY:
         sampler_round(c, 1)

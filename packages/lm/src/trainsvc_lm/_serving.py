@@ -214,8 +214,10 @@ def _insert(
     return cache._replace(k=k, v=v, pos=pos), logits.at[row].set(one_logits[0])
 
 
-@partial(jax.jit, static_argnames=("config", "compute_dtype", "greedy"), donate_argnums=(3, 4))
-def _step(
+@partial(
+    jax.jit, static_argnames=("config", "compute_dtype", "greedy", "count"), donate_argnums=(3, 4)
+)
+def _steps(
     params: Params,
     lora: LoraParams | None,
     lora_scale: Any,
@@ -230,36 +232,49 @@ def _step(
     config: ModelConfig,
     compute_dtype: Any,
     greedy: bool,
+    count: int,
 ) -> tuple[jax.Array, jax.Array, KVCache]:
-    """Pick one token per slot from ``logits`` and feed it: ``(tokens [B], logits, cache)``.
+    """``count`` decode steps of every slot: ``(tokens [count, B], logits, cache)``.
 
-    A slot with ``positions == -1`` is free: what it computes is never read. With
-    ``greedy`` (every busy slot has temperature 0) no slot samples, which skips the
-    per-row sort of top-p sampling, as `sample` does for an all-greedy batch.
+    Each step picks one token per slot from ``logits`` (row ``i`` with key
+    ``fold_in(keys[i], steps[i])``, as `sample` draws) and feeds it at
+    ``positions``. A slot with ``positions == -1`` is free: what it computes is
+    never read. With ``greedy`` (every busy slot has temperature 0) nothing is
+    sampled, which skips the per-row sort of top-p sampling, as `sample` does.
     """
+    s = cache.pos.shape[1]
 
     def pick_row(
         row_logits: jax.Array, key: jax.Array, step: jax.Array, t: jax.Array, p: jax.Array
     ) -> jax.Array:
         return _pick(row_logits[None], jax.random.fold_in(key, step), t, p, False)[0]
 
-    # `_pick` divides by the temperature: greedy rows get a harmless one (as in `sample`).
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if not greedy:
-        sampled = jax.vmap(pick_row)(logits, keys, steps, jnp.maximum(temperature, 1e-6), top_p)
-        tok = jnp.where(temperature > 0.0, sampled, tok)
-    new_logits, new_cache = decode_step(
-        params,
-        config,
-        tok,
-        positions,
-        cache,
-        lora=lora,
-        lora_scale=lora_scale,
-        compute_dtype=compute_dtype,
+    def body(carry: tuple[Any, ...], _: Any) -> tuple[tuple[Any, ...], jax.Array]:
+        cache, logits, steps, positions = carry
+        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        if not greedy:
+            # `_pick` divides by the temperature: greedy rows get a harmless one.
+            hot = jnp.maximum(temperature, 1e-6)
+            sampled = jax.vmap(pick_row)(logits, keys, steps, hot, top_p)
+            tok = jnp.where(temperature > 0.0, sampled, tok)
+        logits, cache = decode_step(
+            params,
+            config,
+            tok,
+            positions,
+            cache,
+            lora=lora,
+            lora_scale=lora_scale,
+            compute_dtype=compute_dtype,
+        )
+        cache = cache._replace(length=jnp.mod(cache.length, s))
+        positions = jnp.where(positions >= 0, positions + 1, -1)
+        return (cache, logits, steps + 1, positions), tok
+
+    (cache, logits, _, _), toks = jax.lax.scan(
+        body, (cache, logits, steps, positions), None, length=count
     )
-    s = cache.pos.shape[1]
-    return tok, new_logits, new_cache._replace(length=jnp.mod(new_cache.length, s))
+    return toks, logits, cache
 
 
 # ---------------------------------------------------------------------- engine
@@ -277,6 +292,9 @@ class Engine:
         max_context: cache slots per request: its prompt's bucket (see
             `trainsvc_lm._sampler.bucket_length`) plus its new tokens must fit.
             Default: the model's ``max_position_embeddings``, at most 4096.
+        burst: the most decode steps run in one call (without a host round trip)
+            while every busy slot has that many tokens left; a request that stops
+            early inside a burst frees its slot at the burst's end.
         compute_dtype: as in `trainsvc_lm.forward`.
         name: the model name the engine serves under.
     """
@@ -291,6 +309,7 @@ class Engine:
         lora_scale: float = 1.0,
         slots: int = 8,
         max_context: int | None = None,
+        burst: int = 8,
         compute_dtype: Any = None,
         name: str = "model",
     ) -> None:
@@ -301,7 +320,9 @@ class Engine:
             raise ConfigError("serving.max_context", f"must be an integer >= 32, got {context!r}")
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.lora, self.lora_scale = lora, jnp.float32(lora_scale)
-        self.slots, self.max_context, self.name = slots, context, name
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigError("serving.burst", f"must be an integer >= 1, got {burst!r}")
+        self.slots, self.max_context, self.burst, self.name = slots, context, burst, name
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype).name
         self.default_stop_ids: tuple[int, ...] = tuple(tokenizer.eos_token_ids) or tuple(
             config.eos_token_ids
@@ -462,12 +483,14 @@ class Engine:
 
     def warmup(self, prompt_lengths: Sequence[int] = (16,)) -> None:
         """Compile the decode steps (greedy and sampling) and these prompt lengths' prefills."""
+        bursts = [1 << i for i in range(self.burst.bit_length())]
         for n in prompt_lengths:
             for temperature in (0.0, 1.0):
-                self.generate_text(
-                    [0] * n,
-                    SamplingConfig(max_new_tokens=2, temperature=temperature, stop_token_ids=()),
-                )
+                for count in bursts if n == prompt_lengths[0] else bursts[:1]:
+                    sampling = SamplingConfig(
+                        max_new_tokens=count, temperature=temperature, stop_token_ids=()
+                    )
+                    self.generate_text([0] * n, sampling)
 
     def close(self) -> None:
         """Stop the engine thread; waiting and running requests end as ``"cancelled"``."""
@@ -527,7 +550,11 @@ class Engine:
                 positions = np.asarray(
                     [len(r.prompt) + len(r.tokens) if r else -1 for r in rows], np.int32
                 )
-                tok, logits, cache = _step(
+                # Several steps per call when every busy slot has that many tokens left
+                # (a power of two up to `burst`, to bound compiles): fewer host round trips.
+                left = min(r.sampling.max_new_tokens - len(r.tokens) for r in rows if r)
+                count = 1 << (max(1, min(left, self.burst)).bit_length() - 1)
+                toks, logits, cache = _steps(
                     self.params,
                     self.lora,
                     self.lora_scale,
@@ -541,13 +568,18 @@ class Engine:
                     config=self.config,
                     compute_dtype=self.compute_dtype,
                     greedy=all(r is None or r.sampling.temperature == 0.0 for r in rows),
+                    count=count,
                 )
-                self.steps_run += 1
-                picked = np.asarray(tok).tolist()
+                self.steps_run += count
+                picked = np.asarray(toks).T.tolist()
                 for row, current in enumerate(rows):
-                    if current is not None and self._advance(current, picked[row]):
-                        with self._lock:
-                            self._rows[row] = None
+                    if current is None:
+                        continue
+                    for token in picked[row]:
+                        if self._advance(current, token):
+                            with self._lock:
+                                self._rows[row] = None
+                            break
         except BaseException as exc:  # the thread must not die silently
             self._fail_all(f"{type(exc).__name__}: {exc}")
             raise
