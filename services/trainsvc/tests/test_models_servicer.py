@@ -25,10 +25,10 @@ from trainsvc_api.v1.errors import read_details
 @pytest.fixture
 def stub(tmp_path: Path) -> Iterator[mpb_grpc.ModelServiceStub]:
     loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, object] = {}
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
 
-    async def serve() -> None:
+    async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
         servicer = ModelServicer(
             ModelRegistry(tmp_path / "models.db"),
@@ -38,22 +38,18 @@ def stub(tmp_path: Path) -> Iterator[mpb_grpc.ModelServiceStub]:
             lambda _ctx: "alice",
         )
         mpb_grpc.add_ModelServiceServicer_to_server(servicer, server)
-        box["port"] = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        box["server"] = server
-        ready.set()
-        await server.wait_for_termination()
+        return server, port
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    channel = grpc.insecure_channel(f"127.0.0.1:{box['port']}")
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield mpb_grpc.ModelServiceStub(channel)
     finally:
         channel.close()
-        server: grpc.aio.Server = box["server"]  # type: ignore[assignment]
         asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
 
