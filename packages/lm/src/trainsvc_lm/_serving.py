@@ -1,7 +1,9 @@
 """A continuous-batching generation engine for serving: requests join and leave decode slots.
 
 `Engine` keeps a fixed number of decode slots (rows of one KV cache) and a
-background thread that runs one jitted decode step for every slot at a time.
+background thread that runs jitted decode steps for every slot at a time (in
+bursts of up to ``burst`` steps per call while every busy slot has that many
+tokens left, to save host round trips).
 A request is prefilled on its own (its prompt left-padded to a length bucket,
 as `trainsvc_lm.sample` does, so a few compiled shapes serve every prompt) and
 copied into a free slot between two steps; it leaves its slot as soon as it
