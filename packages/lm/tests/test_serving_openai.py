@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,20 @@ def test_sse_wire_format(served: Served) -> None:
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
     assert all("usage" not in json.loads(line[6:]) for line in lines[:-1])
+
+
+def test_client_disconnect_cancels_the_request(served: Served) -> None:
+    cancelled = served.engine.finished["cancelled"]
+    body = {"model": MODEL, "messages": user("ok"), "max_tokens": 560, "stream": True}
+    body |= {"temperature": 1.0, "seed": 1}
+    with httpx.stream("POST", f"{served.server.url}/v1/chat/completions", json=body) as r:
+        first = next(line for line in r.iter_lines() if line)
+        assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
+    deadline = time.monotonic() + 120
+    while served.engine.finished["cancelled"] == cancelled:  # wait for the engine to notice
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert served.engine.active == 0
 
 
 def test_concurrent_clients_get_what_they_get_alone(served: Served) -> None:

@@ -161,9 +161,12 @@ def openai_app(
 
         if not request.stream:
             finished = None
-            async for event in events:
-                if isinstance(event, Finished):
-                    finished = event
+            try:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        finished = event
+            finally:
+                await events.aclose()  # cancels the request if this task was cancelled
             assert finished is not None
             response = response_for(finished)
             await report(body, response, start, headers)
@@ -182,29 +185,35 @@ def openai_app(
             )
 
         async def chunks() -> AsyncIterator[bytes]:
-            # With tools on, the reply may be a tool call: hold the text until the end.
-            hold = request.tools_enabled
-            yield piece(delta={"role": "assistant", "content": "", "refusal": None})
-            async for event in events:
-                if isinstance(event, Delta):
-                    if event.text and not hold:
-                        yield piece(delta={"content": event.text})
-                    continue
-                try:
-                    response = response_for(event)
-                except APIError as exc:
-                    yield proto.sse(exc.body())
-                    return
-                message = response["choices"][0]["message"]
-                if hold and message["content"]:
-                    yield piece(delta={"content": message["content"]})
-                if "tool_calls" in message:
-                    yield piece(delta={"tool_calls": proto.tool_call_deltas(message["tool_calls"])})
-                yield piece(delta={}, finish_reason=response["choices"][0]["finish_reason"])
-                if request.include_usage:
-                    yield piece(delta=None, usage=response["usage"])
-                yield proto.DONE
-                await report(body, response, start, headers)
+            # A client that disconnects ends this generator: the request is cancelled.
+            try:
+                # With tools on, the reply may be a tool call: hold the text until the end.
+                hold = request.tools_enabled
+                yield piece(delta={"role": "assistant", "content": "", "refusal": None})
+                async for event in events:
+                    if isinstance(event, Delta):
+                        if event.text and not hold:
+                            yield piece(delta={"content": event.text})
+                        continue
+                    try:
+                        response = response_for(event)
+                    except APIError as exc:
+                        yield proto.sse(exc.body())
+                        return
+                    message = response["choices"][0]["message"]
+                    if hold and message["content"]:
+                        yield piece(delta={"content": message["content"]})
+                    if "tool_calls" in message:
+                        yield piece(
+                            delta={"tool_calls": proto.tool_call_deltas(message["tool_calls"])}
+                        )
+                    yield piece(delta={}, finish_reason=response["choices"][0]["finish_reason"])
+                    if request.include_usage:
+                        yield piece(delta=None, usage=response["usage"])
+                    yield proto.DONE
+                    await report(body, response, start, headers)
+            finally:
+                await events.aclose()
 
         return StreamingResponse(
             chunks(),

@@ -32,8 +32,8 @@ import asyncio
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -337,6 +337,7 @@ class Engine:
         self.created = int(time.time())
         self.steps_run = 0
         self.max_active = 0
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason
 
     @classmethod
     def from_dir(
@@ -453,7 +454,7 @@ class Engine:
 
     async def stream(
         self, prompt: Sequence[int], sampling: SamplingConfig, *, stop: Sequence[str] = ()
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """`submit` for asyncio: yields every `Delta` then the `Finished` event.
 
         Leaving the loop early (or the task being cancelled) cancels the request.
@@ -675,6 +676,7 @@ class Engine:
             request.emit(Delta(text[request.sent :], self._new_tokens(request)))
             request.sent = max(len(text), request.sent)
         usage = Usage(len(request.prompt), len(request.tokens))
+        self.finished[reason if error is None else "error"] += 1
         request.emit(
             Finished(
                 reason if error is None else "error", text, raw, tuple(request.tokens), usage, error
