@@ -60,3 +60,15 @@ def test_replay_plays_the_greedy_move_like_training(trained: te.Evaluator) -> No
     for board, row in _positions(rows):
         final = board.play(row["move"])
     assert final.is_game_over()
+
+
+def test_replay_folds_the_lambda_target_as_training_does(trained: te.Evaluator) -> None:
+    rows = te.Debug.replay(trained, seed=3, epsilon=0.3, lambda_=0.5)
+    assert any(r["explored"] for r in rows) and not all(r["explored"] for r in rows)
+    for row, after in zip(rows, [*rows[1:], None], strict=True):
+        if row["explored"]:
+            # Training makes no update after an exploration move.
+            assert row["lambda_target"] == row["value"], row
+        elif after is not None and after["explored"]:
+            # The trace is cut there: the target is the next position's value.
+            assert row["lambda_target"] == pytest.approx(after["value"], abs=1e-6), row

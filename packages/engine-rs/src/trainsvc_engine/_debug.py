@@ -63,9 +63,10 @@ class Debug:
     ) -> list[dict[str, Any]]:
         """Plays one game as training does and logs both training targets of every position.
 
-        Each row: ``ply``, ``player``, ``move``, ``value`` (black's view), ``td_error``,
-        ``lambda_target`` (TD(lambda)'s target, ``target_depth`` 1) and ``search_target``
-        (the 2-ply value, the default's target).
+        Each row: ``ply``, ``player``, ``move``, ``explored`` (a random move), ``value``
+        (black's view), ``td_error``, ``lambda_target`` (TD(lambda)'s target, ``target_depth``
+        1, folded as training folds it: the trace is cut at exploration moves, whose
+        position keeps its value) and ``search_target`` (the 2-ply value, the default's target).
         """
         rows: list[dict[str, Any]] = evaluator.replay(seed=seed, epsilon=epsilon, lambda_=lambda_)
         return rows

@@ -715,19 +715,23 @@ impl Evaluator {
 
     /// Replays one self-play game as training plays it and logs both training targets of every position.
     ///
-    /// Returns one dict per position: ply, player, move, value (black's view),
-    /// td_error, lambda_target (TD(lambda)'s target) and search_target (the
-    /// 2-ply value, the default's target).
+    /// Returns one dict per position: ply, player, move, explored (a random
+    /// move), value (black's view), td_error, lambda_target (TD(lambda)'s
+    /// target, folded as training folds it: cut at exploration moves) and
+    /// search_target (the 2-ply value, the default's target).
     #[pyo3(signature = (seed = 0, epsilon = 0.0, lambda_ = 0.5))]
     fn replay(&self, py: Python<'_>, seed: u64, epsilon: f64, lambda_: f32) -> PyResult<Py<PyAny>> {
         let w = &self.weights;
-        let rows = run(py, || Ok(manager::replay_game(w, seed, epsilon, lambda_)))?;
+        let rows = run(py, || {
+            Ok(othello_core::replay::replay_game(w, seed, epsilon, lambda_))
+        })?;
         let list = PyList::empty(py);
         for r in rows {
             let d = PyDict::new(py);
             d.set_item("ply", r.ply)?;
             d.set_item("player", r.player)?;
             d.set_item("move", square_name(r.square))?;
+            d.set_item("explored", r.explored)?;
             d.set_item("value", r.value)?;
             d.set_item("td_error", r.td_error)?;
             d.set_item("lambda_target", r.lambda_target)?;

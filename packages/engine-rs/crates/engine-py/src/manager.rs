@@ -10,11 +10,7 @@ use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use othello_core::board::Board;
 use othello_core::checkpoint::{CheckpointDir, Node};
-use othello_core::eval::Weights;
-use othello_core::pattern::MAX_INSTANCES;
-use othello_core::rng::Rng;
 use othello_core::state::{
     config_to_json, config_update, trainer_from_checkpoint, trainer_to_checkpoint,
 };
@@ -181,102 +177,6 @@ fn memory_pairs(m: &MemoryReport) -> Vec<(String, u64)> {
     ]
 }
 
-/// Fixed sample positions for the evaluation variance.
-fn sample_positions() -> Vec<Board> {
-    let mut rng = Rng::new(12345, 0);
-    let mut out = Vec::new();
-    for g in 0..32 {
-        let mut b = Board::initial();
-        for ply in 0..60 {
-            let Some((m, _)) = b.next_turn() else {
-                break;
-            };
-            b = b.play(rng.pick_bit(m));
-            if (ply + g) % 8 == 0 {
-                out.push(b);
-            }
-        }
-    }
-    out
-}
-
-fn coverage_and_variance(w: &Weights) -> (f64, f64) {
-    let nonzero = w.w.iter().filter(|&&v| v != 0.0).count();
-    let vals: Vec<f64> = sample_positions()
-        .iter()
-        .map(|b| f64::from(w.value(b)))
-        .collect();
-    let mean = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
-    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len().max(1) as f64;
-    (nonzero as f64 / w.w.len().max(1) as f64, var)
-}
-
-/// One position of a replayed game ([`replay_game`]); values in black's view.
-pub struct ReplayRow {
-    /// Plies played before this position (passes not counted).
-    pub ply: u32,
-    /// The side to move: 1 black, 2 white.
-    pub player: u8,
-    /// The square played.
-    pub square: u32,
-    /// The position's value.
-    pub value: f32,
-    /// `V(next position) - V(this one)`; the last uses the game's reward.
-    pub td_error: f32,
-    /// The TD(lambda) target (`target_depth` 1): the value plus the folded errors.
-    pub lambda_target: f32,
-    /// The 2-ply minimax value (`target_depth` 2, the default's target).
-    pub search_target: f32,
-}
-
-/// Plays one game as training does (the greedy 1-ply move, or a random one
-/// at rate `epsilon`) and logs, per position, both training rules' targets.
-pub fn replay_game(w: &Weights, seed: u64, epsilon: f64, lambda: f32) -> Vec<ReplayRow> {
-    let set = &*w.set;
-    let (mut mine, mut theirs) = ([0u32; MAX_INSTANCES], [0u32; MAX_INSTANCES]);
-    let mut rng = Rng::new(seed, 0);
-    let mut b = Board::initial();
-    let mut black = true;
-    let mut rows: Vec<ReplayRow> = Vec::new();
-    while let Some((m, passed)) = b.next_turn() {
-        black ^= passed;
-        set.raw_index_pair(&b, &mut mine, &mut theirs);
-        let greedy = w.greedy_child(&b, m, &theirs);
-        let square = if rng.next_f64() < epsilon {
-            rng.pick_bit(m)
-        } else {
-            greedy
-        };
-        let sign = if black { 1.0 } else { -1.0 };
-        rows.push(ReplayRow {
-            ply: rows.len() as u32,
-            player: if black { 1 } else { 2 },
-            square,
-            value: sign * w.value(&b),
-            td_error: 0.0,
-            lambda_target: 0.0,
-            search_target: sign * w.two_ply(&b, &mine, greedy),
-        });
-        b = b.play(square);
-        black = !black;
-    }
-    let d = b.final_score();
-    let r = othello_core::eval::reward(if black { d } else { -d });
-    let mut c = 0.0f32;
-    for t in (0..rows.len()).rev() {
-        let next = if t + 1 < rows.len() {
-            rows[t + 1].value
-        } else {
-            r
-        };
-        let delta = next - rows[t].value;
-        c = delta + lambda * c;
-        rows[t].td_error = delta;
-        rows[t].lambda_target = rows[t].value + c;
-    }
-    rows
-}
-
 impl Shared {
     fn phase(&self) -> Phase {
         *lock(&self.phase)
@@ -331,7 +231,7 @@ impl Shared {
         s.session_games = session_games;
         s.session_elapsed = session_elapsed;
         if full {
-            let (c, v) = coverage_and_variance(&t.weights);
+            let (c, v) = othello_core::replay::coverage_and_variance(&t.weights);
             s.coverage = c;
             s.eval_variance = v;
         }

@@ -10,6 +10,7 @@ pub mod isa;
 pub mod league;
 pub mod pattern;
 pub mod refgen;
+pub mod replay;
 pub mod rng;
 pub mod search;
 pub mod state;

@@ -571,8 +571,38 @@ fn search_target_scales(values: &[f32], targets: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Gradient scales of TD(lambda) along the game played, the traces folded
-/// backwards (see the module docs); `r` is the result in black's view.
+/// The TD(lambda) errors folded backwards, `c_t = delta_t + lambda * c_{t+1}`
+/// with `delta_t = V_{t+1} - V_t` (`values` and the result `r` in black's
+/// view): the accumulated `sum_t delta_t * e_t` of accumulating traces. With
+/// `cut_at_exploration`, a position where an exploration move was played gets
+/// `None` (no update: the move says nothing about the greedy policy's value)
+/// and the trace is cut there. Training ([`td_lambda_scales`]) and
+/// [`crate::replay::replay_game`] both fold with this.
+#[must_use]
+pub fn td_lambda_folds(
+    lambda: f32,
+    cut_at_exploration: bool,
+    values: &[f32],
+    explored: &[bool],
+    r: f32,
+) -> Vec<Option<f32>> {
+    let t_len = values.len();
+    let mut folds = vec![None; t_len];
+    let mut c = 0.0f32;
+    for t in (0..t_len).rev() {
+        if explored[t] && cut_at_exploration {
+            c = 0.0;
+            continue;
+        }
+        let v_next = if t + 1 < t_len { values[t + 1] } else { r };
+        c = (v_next - values[t]) + lambda * c;
+        folds[t] = Some(c);
+    }
+    folds
+}
+
+/// Gradient scales of TD(lambda) along the game played ([`td_lambda_folds`]);
+/// `r` is the result in black's view.
 fn td_lambda_scales(
     cfg: &TrainConfig,
     values: &[f32],
@@ -580,29 +610,14 @@ fn td_lambda_scales(
     explored: &[bool],
     r: f32,
 ) -> Vec<f32> {
-    // delta_t = V(s_{t+1}) - V(s_t) in black's view; fold the traces backwards.
-    let t_len = values.len();
+    let black: Vec<f32> = values.iter().zip(signs).map(|(v, s)| s * v).collect();
     let cut_at_exploration = cfg.optimizer != "adam";
-    let mut scales = vec![0.0f32; t_len];
-    let mut c = 0.0f32;
-    for t in (0..t_len).rev() {
-        if explored[t] && cut_at_exploration {
-            // An exploration move says nothing about the greedy policy's value:
-            // no update towards what followed it, and the trace is cut here.
-            c = 0.0;
-            continue;
-        }
-        let v_t = signs[t] * values[t];
-        let v_next = if t + 1 < t_len {
-            signs[t + 1] * values[t + 1]
-        } else {
-            r
-        };
-        c = (v_next - v_t) + cfg.lambda * c;
+    td_lambda_folds(cfg.lambda, cut_at_exploration, &black, explored, r)
+        .into_iter()
+        .enumerate()
         // dV_black/dw = sign * (1 - tanh^2) on each active weight.
-        scales[t] = c * signs[t] * (1.0 - values[t] * values[t]);
-    }
-    scales
+        .map(|(t, c)| c.map_or(0.0, |c| c * signs[t] * (1.0 - values[t] * values[t])))
+        .collect()
 }
 
 impl Trainer {
