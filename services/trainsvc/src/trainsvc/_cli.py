@@ -80,6 +80,32 @@ def _parser() -> argparse.ArgumentParser:
         help="a directory runs may read inputs from (a language model, training data); "
         "repeatable; paths elsewhere are refused (default: the working directory)",
     )
+    s.add_argument(
+        "--openai-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the registry's deployed models on an OpenAI-compatible endpoint "
+        "(/v1/chat/completions, /v1/models; needs trainsvc[serve]); default: off",
+    )
+    s.add_argument(
+        "--trajectory-db",
+        default="",
+        metavar="URL",
+        help="record the endpoint's calls that carry X-Trajectory-Id into this trajectory "
+        "store (sqlite:///path.db or postgresql://...); default: not recorded",
+    )
+    s.add_argument(
+        "--models-storage",
+        default="",
+        metavar="URL",
+        help="where model artifacts are stored: a directory or an fsspec URL such as "
+        "s3://bucket/prefix (needs trainsvc[s3]); default: DATA_DIR/artifacts",
+    )
+    s.add_argument(
+        "--token-principal",
+        default="admin",
+        help="the name model events record for callers with the token (default %(default)s)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -211,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
             worker_nice=args.worker_nice,
             worker_cpus=args.worker_cpus,
             input_dirs=tuple(args.input_dir),
+            openai_listen=args.openai_listen,
+            trajectory_db=args.trajectory_db,
+            models_storage=args.models_storage,
+            token_principal=args.token_principal,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

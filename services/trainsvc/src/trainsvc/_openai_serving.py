@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import random
 import threading
@@ -255,8 +256,14 @@ def _finite_reward(value: object) -> float:
     return float(value)
 
 
-def serving_app(engines: DeployedEngines, calls: CallRecorder | None) -> Starlette:
-    """The endpoint: trainsvc-lm's OpenAI app plus the trajectory reward/end routes."""
+def serving_app(
+    engines: DeployedEngines, calls: CallRecorder | None, *, token: str | None = None
+) -> Any:
+    """The endpoint: trainsvc-lm's OpenAI app plus the trajectory reward/end routes.
+
+    With ``token``, every request needs ``Authorization: Bearer <token>`` (what the
+    OpenAI client sends for ``api_key=<token>``); others get a 401 error object.
+    """
     inner = openai_app(
         _DeployedModels(engines.registry),
         select=engines.select,
@@ -301,7 +308,7 @@ def serving_app(engines: DeployedEngines, calls: CallRecorder | None) -> Starlet
         assert isinstance(exc, APIError)
         return JSONResponse(exc.body(), status_code=exc.status)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/trajectories/{tid}/reward", reward, methods=["POST"]),
             Route("/v1/trajectories/{tid}/end", end, methods=["POST"]),
@@ -309,6 +316,29 @@ def serving_app(engines: DeployedEngines, calls: CallRecorder | None) -> Starlet
         ],
         exception_handlers={APIError: api_error},
     )
+    return app if token is None else _BearerAuth(app, token)
+
+
+class _BearerAuth:
+    """ASGI middleware: HTTP requests need ``Authorization: Bearer <token>`` (else 401)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            got = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                error = APIError(
+                    "missing or wrong bearer token (use the service's token as api_key)",
+                    status=401,
+                    type="authentication_error",
+                    code="invalid_api_key",
+                )
+                await JSONResponse(error.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 __all__ = ["VERSION_HEADER", "CallRecorder", "DeployedEngines", "serving_app"]

@@ -20,6 +20,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from trainsvc_api.v1 import models_pb2 as mpb
+from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 
 from trainsvc import _convert as conv
@@ -28,6 +30,7 @@ from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_thi
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics, start_metrics_server
+from trainsvc._model_stack import EndpointUnavailableError, ModelStack
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._servicer import TrainServicer, add_to_server
@@ -35,6 +38,7 @@ from trainsvc.kinds import FrameData
 
 log = logging.getLogger("trainsvc.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainService"].full_name
+MODEL_SERVICE_NAME = mpb.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 class ConfigurationError(Exception):
@@ -71,6 +75,14 @@ class ServerOptions:
     """CPUs run workers are pinned to (the service keeps the others); None: no pinning."""
     input_dirs: tuple[Path, ...] = ()
     """Directories runs may read inputs from (models, data); empty: the working directory."""
+    openai_listen: str = ""
+    """HOST:PORT of the OpenAI-compatible endpoint for deployed models; empty: none."""
+    trajectory_db: str = ""
+    """Where the endpoint records calls that carry X-Trajectory-Id; empty: not recorded."""
+    models_storage: str = ""
+    """Where model artifacts live (a directory or an fsspec URL); empty: <data-dir>/artifacts."""
+    token_principal: str = "admin"
+    """The principal that model events record for callers with the service's token."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -108,6 +120,14 @@ class TrainsvcServer:
                     f"--metrics-listen {options.metrics_listen} is beyond loopback: give a token "
                     "(--token-file or TRAINSVC_TOKEN; scrapers then send it as a bearer token) "
                     "or pass --insecure explicitly"
+                )
+        if options.openai_listen:
+            ohost, _ = split_host_port(options.openai_listen)
+            if options.token is None and not is_loopback(ohost) and not options.insecure:
+                raise ConfigurationError(
+                    f"--openai-listen {options.openai_listen} is beyond loopback: give a token "
+                    "(--token-file or TRAINSVC_TOKEN; clients send it as their api_key) or pass "
+                    "--insecure explicitly"
                 )
         if (options.tls_cert is None) != (options.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
@@ -173,10 +193,21 @@ class TrainsvcServer:
         )
         self._servicer = servicer
         add_to_server(servicer, server)
+        self.models = ModelStack.open(
+            opts.data_dir,
+            opts.models_storage,
+            self.manager.input_roots,
+            self.metrics,
+            token=opts.token,
+            principal=opts.token_principal,
+            run_checkpoints=self.manager.list_checkpoints,
+        )
+        mpb_grpc.add_ModelServiceServicer_to_server(self.models.servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         try:
             if opts.tls_cert is not None and opts.tls_key is not None:
@@ -192,6 +223,11 @@ class TrainsvcServer:
             raise ConfigurationError(
                 f"--listen: cannot bind {opts.listen} (in use by another process?)"
             )
+        if opts.openai_listen:
+            try:
+                self.models.start_endpoint(opts.openai_listen, opts.trajectory_db)
+            except (EndpointUnavailableError, OSError) as exc:
+                raise ConfigurationError(f"--openai-listen {opts.openai_listen}: {exc}") from None
         recovered = self.manager.recover(auto_resume=opts.auto_resume)
         await server.start()
         # Everything imported and built so far lives as long as the service: keep it out of
@@ -227,6 +263,7 @@ class TrainsvcServer:
                 "metrics_port": self.metrics_port,
                 "interrupted_runs": recovered,
                 "input_dirs": self.manager.input_roots.describe(),
+                "openai_endpoint": self.models.endpoint_url,
             },
         )
 
@@ -308,6 +345,7 @@ class TrainsvcServer:
             self._servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        self.models.close()
         self.registry.close()
         log.info("trainsvc stopped")
 

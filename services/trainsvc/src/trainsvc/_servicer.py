@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from trainsvc._errors import status_of
 from trainsvc._fanout import FrameStreams, Hub, Notifier, send_or_cut
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics
+from trainsvc._rpc import unary_call
 
 log = logging.getLogger("trainsvc.rpc")
 T = TypeVar("T")
@@ -109,27 +109,9 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
     ) -> T:
         """Run `fn(remaining deadline)`: on a control thread, or `inline` on the loop for reads
         of the registry's in-memory runs (microseconds: a thread hop would cost more)."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            if inline:
-                return fn(context.time_remaining())
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._control, fn, context.time_remaining())
-        except ServiceError as exc:
-            status = status_of(exc)
-            code = status.code
-            await context.abort_with_status(status)
-            raise  # unreachable: abort raises
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method)
-            await context.abort(code, f"internal error in {method}; see the service log")
-            raise
-        finally:
-            self.metrics.rpc_seconds.labels(method, code.name).observe(
-                time.perf_counter() - started
-            )
+        return await unary_call(
+            self.metrics, method, context, fn, inline=inline, executor=self._control
+        )
 
     @contextmanager
     def _stream_slot(self) -> Iterator[None]:
