@@ -65,10 +65,11 @@ fuzz: ## Fuzz the checkpoint reader and the request validators, FUZZ_SECONDS (de
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(UV) run --no-sync pytest packages/checkpoint/tests/test_fuzz.py \
 	  services/trainsvc/tests/test_fuzz_validators.py -q -s -p no:cacheprovider -k for_a_while
 
-lint: ## Every static check: ruff, ruff format, mypy, rustfmt, clippy, the dashboard's TypeScript
+lint: ## Every static check: ruff, ruff format, mypy, the import layers, rustfmt, clippy, the dashboard's TypeScript
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 	$(UV) run --no-sync mypy $(PY_SRC)
+	$(UV) run --no-sync python tools/import_graph.py
 	@for m in $(CARGO_MANIFESTS); do \
 	  echo "cargo fmt --check, clippy -D warnings: $$m"; \
 	  cargo fmt --manifest-path $$m --all -- --check && \
