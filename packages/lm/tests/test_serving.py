@@ -98,6 +98,21 @@ def test_greedy_requests_side_by_side_equal_generate_alone(engine: Engine) -> No
     assert engine.steps_run - steps_before < generated  # ...so steps served several requests
 
 
+def test_the_cache_ring_wraps_without_corrupting_requests(engine: Engine) -> None:
+    """The write pointer goes round the ring several times; requests that join at any
+    point of it, with a prompt bucket plus budget filling the whole context, still match."""
+    ps = prompts(engine)[1:4]
+    budget = engine.room(max(len(p) for p in ps))
+    full = SamplingConfig(max_new_tokens=budget, stop_token_ids=())  # no early stop
+    reference = [generate(engine.params, engine.config, [p], full)[0] for p in ps]
+    start = engine.steps_run
+    for shift in range(3):  # each wave starts at another place of the ring
+        engine.generate_text(ps[0], SamplingConfig(max_new_tokens=5 + 7 * shift))
+        waves = run_concurrently(engine, [(p, full) for p in ps])
+        assert [list(f.tokens) for f in waves] == reference
+    assert engine.steps_run - start > CONTEXT
+
+
 def test_seeded_sampling_is_the_samplers_alone_and_beside_others(engine: Engine) -> None:
     ps = prompts(engine)
     settings = [
