@@ -18,7 +18,12 @@ are opened for the level and closed after it, the subscriber processes stay):
   100 subscribers is the clients' own decoding, not the service);
 - GetRun and ListRuns latency p50/p99 while 100 subscribers stream, over all
   rounds (target p99 <= 10 ms on loopback), and with no subscribers (what the
-  machine's load alone gives).
+  machine's load alone gives); the p99 of each round too, for its spread;
+- GetRun latency from 50 concurrent control clients (``--control-clients``; each
+  its own channel, 10 calls a second at a random phase (``--control-rate``; 0:
+  back to back, which measures throughput, not latency), 10 per process) while 20 subscribers
+  stream (``--control-streams``) and the run trains: p50/p99 per round, their
+  median and range (target p99 <= 20 ms).
 
 With --pin the service runs with `--worker-cpus 1-N` (its run worker on CPUs 1
 and up, the service's own threads on CPU 0), and the subscribers and the
@@ -27,7 +32,8 @@ clients on other machines, and the ratio shows whether fan-out takes anything
 from training once the service keeps off the trainer's CPUs (the deployment
 docs/service.md recommends). By default every process shares every CPU.
 
-Usage: python bench/service.py [--window 5] [--rounds 3] [--subscribers 10,100] [--pin | --no-pin]
+Usage: python bench/service.py [--window 5] [--rounds 3] [--subscribers 10,100]
+[--control-clients 50] [--control-streams 20] [--pin | --no-pin]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import statistics
@@ -107,6 +114,69 @@ def _subscriber_process(
         else:
             break
     conn.send("bye")
+
+
+def _control_process(
+    address: str, run: str, threads: int, seconds: float, rate_hz: float, conn: Connection
+) -> None:
+    """``threads`` clients (one channel each) call GetRun ``rate_hz`` times a second each
+    (0: back to back) for ``seconds``, at random phases; sends every call's latency in ms."""
+    _pin_clients()
+    clients = [connect(address) for _ in range(threads)]
+    for client in clients:
+        client.get_run(run)  # connected before the clock starts
+    latencies: list[list[float]] = [[] for _ in clients]
+    conn.send("ready")
+    conn.recv()  # go
+    end = time.monotonic() + seconds
+
+    def call(i: int) -> None:
+        period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        due = time.monotonic() + random.random() * period
+        while due < end:
+            time.sleep(max(0.0, due - time.monotonic()))
+            t0 = time.perf_counter()
+            clients[i].get_run(run)
+            latencies[i].append((time.perf_counter() - t0) * 1000)
+            due = max(due + period, time.monotonic()) if period else time.monotonic()
+
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    conn.send([x for lat in latencies for x in lat])
+    for client in clients:
+        client.close()
+
+
+def _control_round(
+    address: str, run: str, clients: int, seconds: float, rate_hz: float
+) -> list[float]:
+    """GetRun latencies (ms) of ``clients`` concurrent clients over ``seconds``."""
+    ctx = multiprocessing.get_context("spawn")
+    per = 10
+    procs, conns = [], []
+    for k in range(0, clients, per):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_control_process,
+            args=(address, run, min(per, clients - k), seconds, rate_hz, child),
+            daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+        conns.append(parent)
+    for conn in conns:
+        conn.recv()  # every client connected
+    for conn in conns:
+        conn.send("go")
+    out: list[float] = []
+    for conn in conns:
+        out += conn.recv()
+    for proc in procs:
+        proc.join(30)
+    return out
 
 
 class _Subscribers:
@@ -213,6 +283,18 @@ def main() -> None:
     )
     parser.add_argument("--subscribers", default="10,100")
     parser.add_argument(
+        "--control-clients", type=int, default=50, help="concurrent GetRun clients (0: skip)"
+    )
+    parser.add_argument(
+        "--control-streams", type=int, default=20, help="subscribers open meanwhile"
+    )
+    parser.add_argument(
+        "--control-rate",
+        type=float,
+        default=10.0,
+        help="GetRun calls per second per control client (0: back to back, a throughput test)",
+    )
+    parser.add_argument(
         "--worker-nice",
         type=int,
         default=None,
@@ -293,6 +375,8 @@ def main() -> None:
             sub_cpu: dict[int, list[float]] = {n: [] for n in [0, *levels]}
             lat_get: dict[int, list[float]] = {0: [], max(levels): []}
             lat_list: dict[int, list[float]] = {0: [], max(levels): []}
+            p99_rounds: list[tuple[float, float]] = []  # GetRun, ListRuns at the top level
+            control: list[tuple[float, float, int]] = []  # p50, p99, calls per round
             for _ in range(args.rounds):
                 # One round: no subscribers, then each level; the machine's load drifts,
                 # so each level is compared with the same round's no-subscriber rate.
@@ -316,12 +400,22 @@ def main() -> None:
                         extra_cpu = (_LAST_CPU[0] - cpu[0][-1]) * elapsed
                         cpu_per_frame[n].append(extra_cpu / max(sent, 1) * 1e6)
                     if n in lat_get:  # with no subscribers (the machine's share) and the most
-                        lat_get[n] += _latencies(lambda: client.get_run(run), args.calls)
-                        lat_list[n] += _latencies(
-                            lambda: client.list_runs_page(page_size=10), args.calls
-                        )
+                        got = _latencies(lambda: client.get_run(run), args.calls)
+                        listed = _latencies(lambda: client.list_runs_page(page_size=10), args.calls)
+                        lat_get[n] += got
+                        lat_list[n] += listed
+                        if n:
+                            p99_rounds.append((_pct(got, 0.99), _pct(listed, 0.99)))
                     if n:
                         subs.close_streams()
+                if args.control_clients:
+                    subs.open(run, args.control_streams)
+                    time.sleep(args.settle)
+                    lat = _control_round(
+                        address, run, args.control_clients, args.window, args.control_rate
+                    )
+                    control.append((_pct(lat, 0.5), _pct(lat, 0.99), len(lat)))
+                    subs.close_streams()
             subs.close()
             med = statistics.median
             client.stop_run(run)
@@ -384,6 +478,31 @@ def main() -> None:
         "  (target p99 <= 10 ms on loopback while 100 stream; the 0-subscriber columns are "
         "what the machine's load alone gives)"
     )
+    get99 = [g for g, _ in p99_rounds]
+    list99 = [x for _, x in p99_rounds]
+    print(
+        f"  p99 per round at {top} subscribers: GetRun "
+        + ", ".join(f"{v:.1f}" for v in get99)
+        + f" (median {statistics.median(get99):.1f}, {min(get99):.1f}-{max(get99):.1f}); "
+        + "ListRuns "
+        + ", ".join(f"{v:.1f}" for v in list99)
+        + f" (median {statistics.median(list99):.1f}, {min(list99):.1f}-{max(list99):.1f}) ms"
+    )
+    if control:
+        print()
+        print(
+            f"| {args.control_clients} concurrent GetRun clients at {args.control_rate:g}/s each, "
+            f"{args.control_streams} streams open, run training | p50 ms | p99 ms | calls |"
+        )
+        print("| --- | ---: | ---: | ---: |")
+        for k, (p50, p99, calls) in enumerate(control, 1):
+            print(f"| round {k} | {p50:.2f} | {p99:.2f} | {calls} |")
+        p50s, p99s = [c[0] for c in control], [c[1] for c in control]
+        print(
+            f"| median (min-max) | {statistics.median(p50s):.2f} ({min(p50s):.2f}-{max(p50s):.2f}) "
+            f"| {statistics.median(p99s):.2f} ({min(p99s):.2f}-{max(p99s):.2f}) | |"
+        )
+        print("  (target p99 <= 20 ms at 50 concurrent control clients)")
 
 
 if __name__ == "__main__":
