@@ -233,16 +233,16 @@ mod x86 {
         _mm_cvtsi128_si64(_mm_or_si128(x, _mm_unpackhi_epi64(x, x))) as u64
     }
 
-    /// `board::get_moves`: the same Kogge-Stone fills, one direction per lane,
-    /// both senses of each line at once.
+    /// The runs of opponent discs (`om`, edge-masked per lane) that start next
+    /// to the discs of `from`, in the left and the right sense of each lane's
+    /// direction: the same Kogge-Stone fills as `board::get_moves`, one
+    /// direction per lane.
     #[target_feature(enable = "avx2")]
     #[inline]
-    pub unsafe fn moves(p: u64, o: u64) -> u64 {
-        let (s, s2, inner) = shifts();
-        let pp = _mm256_set1_epi64x(p as i64);
-        let om = _mm256_and_si256(_mm256_set1_epi64x(o as i64), inner);
-        let mut fl = _mm256_and_si256(om, _mm256_sllv_epi64(pp, s));
-        let mut fr = _mm256_and_si256(om, _mm256_srlv_epi64(pp, s));
+    unsafe fn runs(from: __m256i, om: __m256i) -> (__m256i, __m256i) {
+        let (s, s2, _) = shifts();
+        let mut fl = _mm256_and_si256(om, _mm256_sllv_epi64(from, s));
+        let mut fr = _mm256_and_si256(om, _mm256_srlv_epi64(from, s));
         fl = _mm256_or_si256(fl, _mm256_and_si256(om, _mm256_sllv_epi64(fl, s)));
         fr = _mm256_or_si256(fr, _mm256_and_si256(om, _mm256_srlv_epi64(fr, s)));
         let ml = _mm256_and_si256(om, _mm256_sllv_epi64(om, s));
@@ -251,31 +251,32 @@ mod x86 {
         fr = _mm256_or_si256(fr, _mm256_and_si256(mr, _mm256_srlv_epi64(fr, s2)));
         fl = _mm256_or_si256(fl, _mm256_and_si256(ml, _mm256_sllv_epi64(fl, s2)));
         fr = _mm256_or_si256(fr, _mm256_and_si256(mr, _mm256_srlv_epi64(fr, s2)));
+        (fl, fr)
+    }
+
+    /// `board::get_moves`: the squares just beyond the runs that start at the player's discs.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub unsafe fn moves(p: u64, o: u64) -> u64 {
+        let (s, _, inner) = shifts();
+        let pp = _mm256_set1_epi64x(p as i64);
+        let om = _mm256_and_si256(_mm256_set1_epi64x(o as i64), inner);
+        let (fl, fr) = runs(pp, om);
         let m = _mm256_or_si256(_mm256_sllv_epi64(fl, s), _mm256_srlv_epi64(fr, s));
         or_lanes(m) & !(p | o)
     }
 
-    /// `board::get_flips`: the runs of opponent discs from the square in each of
-    /// the eight senses, kept where the run ends on one of the player's discs.
+    /// `board::get_flips`: the runs that start at the square, in each of the
+    /// eight senses, kept where the run ends on one of the player's discs.
     #[target_feature(enable = "avx2")]
     #[inline]
     pub unsafe fn flips(p: u64, o: u64, sq: u32) -> u64 {
-        let (s, s2, inner) = shifts();
+        let (s, _, inner) = shifts();
         let pp = _mm256_set1_epi64x(p as i64);
         let x = _mm256_set1_epi64x((1u64 << sq) as i64);
         let om = _mm256_and_si256(_mm256_set1_epi64x(o as i64), inner);
+        let (fl, fr) = runs(x, om);
         let zero = _mm256_setzero_si256();
-        let mut fl = _mm256_and_si256(om, _mm256_sllv_epi64(x, s));
-        let mut fr = _mm256_and_si256(om, _mm256_srlv_epi64(x, s));
-        fl = _mm256_or_si256(fl, _mm256_and_si256(om, _mm256_sllv_epi64(fl, s)));
-        fr = _mm256_or_si256(fr, _mm256_and_si256(om, _mm256_srlv_epi64(fr, s)));
-        let ml = _mm256_and_si256(om, _mm256_sllv_epi64(om, s));
-        let mr = _mm256_srlv_epi64(ml, s);
-        fl = _mm256_or_si256(fl, _mm256_and_si256(ml, _mm256_sllv_epi64(fl, s2)));
-        fr = _mm256_or_si256(fr, _mm256_and_si256(mr, _mm256_srlv_epi64(fr, s2)));
-        fl = _mm256_or_si256(fl, _mm256_and_si256(ml, _mm256_sllv_epi64(fl, s2)));
-        fr = _mm256_or_si256(fr, _mm256_and_si256(mr, _mm256_srlv_epi64(fr, s2)));
-        // A run counts when the square beyond it holds one of the player's discs.
         let open_l = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_sllv_epi64(fl, s), pp), zero);
         let open_r = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_srlv_epi64(fr, s), pp), zero);
         or_lanes(_mm256_or_si256(
@@ -310,33 +311,31 @@ macro_rules! multiversion {
         #[doc = concat!("[`", stringify!($name), "`] compiled for `variant` (the baseline when this CPU lacks it).")]
         #[allow(unreachable_patterns, unused_unsafe)]
         $vis fn $on(variant: $crate::isa::Variant, $($arg: $ty),*) -> $ret {
+            // One arm per variant: `$imp` with the variant's kernels, inside a
+            // function compiled with the variant's target features.
+            macro_rules! arm {
+                ($features:literal, $kernels:ty) => {{
+                    #[target_feature(enable = $features)]
+                    unsafe fn compiled($($arg: $ty),*) -> $ret {
+                        $imp::<$kernels>($($arg),*)
+                    }
+                    // SAFETY: the CPU supports the variant (checked by the match guard).
+                    unsafe { compiled($($arg),*) }
+                }};
+            }
             match variant {
                 #[cfg(target_arch = "x86_64")]
-                $crate::isa::Variant::X86V4 if variant.supported() => {
-                    #[target_feature(enable = "avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
-                    unsafe fn v4($($arg: $ty),*) -> $ret {
-                        $imp::<$crate::isa::Avx2>($($arg),*)
-                    }
-                    // SAFETY: the CPU supports the variant (checked above).
-                    unsafe { v4($($arg),*) }
-                }
+                $crate::isa::Variant::X86V4 if variant.supported() => arm!(
+                    "avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi1,bmi2,lzcnt,popcnt",
+                    $crate::isa::Avx2
+                ),
                 #[cfg(target_arch = "x86_64")]
                 $crate::isa::Variant::X86V3 if variant.supported() => {
-                    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt")]
-                    unsafe fn v3($($arg: $ty),*) -> $ret {
-                        $imp::<$crate::isa::Avx2>($($arg),*)
-                    }
-                    // SAFETY: as above.
-                    unsafe { v3($($arg),*) }
+                    arm!("avx2,fma,bmi1,bmi2,lzcnt,popcnt", $crate::isa::Avx2)
                 }
                 #[cfg(target_arch = "aarch64")]
                 $crate::isa::Variant::Neon if variant.supported() => {
-                    #[target_feature(enable = "neon")]
-                    unsafe fn neon($($arg: $ty),*) -> $ret {
-                        $imp::<$crate::isa::Portable>($($arg),*)
-                    }
-                    // SAFETY: as above.
-                    unsafe { neon($($arg),*) }
+                    arm!("neon", $crate::isa::Portable)
                 }
                 _ => $imp::<$crate::isa::Portable>($($arg),*),
             }
