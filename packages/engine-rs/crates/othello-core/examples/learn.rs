@@ -41,7 +41,7 @@ fn main() {
         n_phases: env("PHASES", d.n_phases),
         pattern_set: env("SET", d.pattern_set.clone()),
         batch_games: env("BATCH", d.batch_games),
-        optimizer: env("OPT", d.optimizer.clone()),
+        optimizer: env("OPT", d.optimizer),
         lr_decay_games: env("DECAY", d.lr_decay_games),
         epsilon_start: eps_start,
         epsilon_end: env(

@@ -27,7 +27,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
         "lr_decay_games": c.lr_decay_games, "lr_decay_visits": c.lr_decay_visits,
         "beta1": f64::from(c.beta1), "beta2": f64::from(c.beta2), "adam_eps": f64::from(c.adam_eps),
-        "optimizer": c.optimizer,
+        "optimizer": c.optimizer.name(),
         "pattern_set": c.pattern_set, "n_phases": c.n_phases,
         "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
         "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
@@ -101,7 +101,7 @@ pub fn config_update(
                 c.optimizer = v
                     .as_str()
                     .ok_or_else(|| EngineError::config(k, "a string", v))?
-                    .to_owned();
+                    .parse()?;
             }
             "pattern_set" => {
                 c.pattern_set = v

@@ -33,6 +33,52 @@ use crate::pattern::{PatternSet, MAX_INSTANCES};
 use crate::rng::Rng;
 use crate::search::{search_until, Limits, TranspositionTable, TT_ENTRY_BYTES};
 
+/// The weight update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Optimizer {
+    /// Plain TD: step `learning_rate / active features`, traces cut at exploration moves (the default).
+    Td,
+    /// TD with temporal-coherence per-weight rates (Beal & Smith).
+    Tc,
+    /// Sparse Adam.
+    Adam,
+}
+
+impl Optimizer {
+    /// The name used in configurations and checkpoints (`td`, `tc`, `adam`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Optimizer::Td => "td",
+            Optimizer::Tc => "tc",
+            Optimizer::Adam => "adam",
+        }
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Optimizer, EngineError> {
+        match s {
+            "td" => Ok(Optimizer::Td),
+            "tc" => Ok(Optimizer::Tc),
+            "adam" => Ok(Optimizer::Adam),
+            other => Err(EngineError::config(
+                "optimizer",
+                "'td', 'tc' or 'adam'",
+                other,
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Training configuration. Every field is checked by [`TrainConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -75,7 +121,7 @@ pub struct TrainConfig {
     /// Weight update rule: `td` (default: plain TD, step `learning_rate / active
     /// features`, traces cut at exploration moves), `tc` (TD with temporal-coherence
     /// per-weight rates) or `adam` (sparse Adam; see docs/othello-engine.md).
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     /// Built-in pattern set name (`default`, `small` or a systematic set; see [`PatternSet::named`]).
     pub pattern_set: String,
     /// Number of phases (disc-count ranges) with their own tables.
@@ -110,7 +156,7 @@ impl Default for TrainConfig {
             beta1: 0.9,
             beta2: 0.999,
             adam_eps: 1e-8,
-            optimizer: "td".into(),
+            optimizer: Optimizer::Td,
             pattern_set: "default".into(),
             n_phases: 6,
             memory_budget_mb: 600,
@@ -173,13 +219,6 @@ impl TrainConfig {
             1 << 32,
             "0 (decay by games) to 4294967296",
         )?;
-        if !matches!(self.optimizer.as_str(), "adam" | "td" | "tc") {
-            return Err(EngineError::config(
-                "optimizer",
-                "'td', 'tc' or 'adam'",
-                &self.optimizer,
-            ));
-        }
         check(
             "memory_budget_mb",
             self.memory_budget_mb,
@@ -611,7 +650,7 @@ fn td_lambda_scales(
     r: f32,
 ) -> Vec<f32> {
     let black: Vec<f32> = values.iter().zip(signs).map(|(v, s)| s * v).collect();
-    let cut_at_exploration = cfg.optimizer != "adam";
+    let cut_at_exploration = cfg.optimizer != Optimizer::Adam;
     td_lambda_folds(cfg.lambda, cut_at_exploration, &black, explored, r)
         .into_iter()
         .enumerate()
@@ -826,9 +865,9 @@ impl Trainer {
         if results.iter().any(|r| matches!(r, Ok(None))) {
             return false;
         }
-        let td = self.config.optimizer != "adam";
-        let tc = self.config.optimizer == "tc";
-        let visits = self.config.optimizer == "td" && self.config.lr_decay_visits > 0;
+        let td = self.config.optimizer != Optimizer::Adam;
+        let tc = self.config.optimizer == Optimizer::Tc;
+        let visits = self.config.optimizer == Optimizer::Td && self.config.lr_decay_visits > 0;
         let td_lr = self.td_step();
         let positions: usize = results
             .iter()
@@ -867,7 +906,7 @@ impl Trainer {
     /// The plain-TD step per unit of gradient: the rate at this game count over the active features.
     fn td_step(&self) -> f32 {
         let n_active = (self.weights.set.n_instances() + 1) as f32;
-        if self.config.optimizer == "td" && self.config.lr_decay_visits > 0 {
+        if self.config.optimizer == Optimizer::Td && self.config.lr_decay_visits > 0 {
             return self.config.learning_rate / n_active;
         }
         self.learning_rate_at(self.stats.games) / n_active
@@ -1089,9 +1128,13 @@ mod tests {
         assert!(a.weights.w.iter().any(|&v| v != 0.0), "weights must move");
         // The other rules (per-weight decay by visits; temporal coherence; TD(lambda)
         // targets along the game) are reproducible too.
-        for (optimizer, visits, target_depth) in [("td", 10_000, 2), ("tc", 0, 2), ("td", 0, 1)] {
+        for (optimizer, visits, target_depth) in [
+            (Optimizer::Td, 10_000, 2),
+            (Optimizer::Tc, 0, 2),
+            (Optimizer::Td, 0, 1),
+        ] {
             let cfg = |threads| TrainConfig {
-                optimizer: optimizer.into(),
+                optimizer,
                 lr_decay_visits: visits,
                 target_depth,
                 ..small(threads)
@@ -1173,7 +1216,7 @@ mod tests {
     #[test]
     fn adam_is_available_and_unknown_optimizers_are_rejected() {
         let adam = |threads| TrainConfig {
-            optimizer: "adam".into(),
+            optimizer: Optimizer::Adam,
             learning_rate: 0.002,
             ..small(threads)
         };
@@ -1183,7 +1226,7 @@ mod tests {
         assert!(a.adam_v.iter().any(|&v| v > 0.0), "Adam state must move");
         let td = trained(
             TrainConfig {
-                optimizer: "td".into(),
+                optimizer: Optimizer::Td,
                 learning_rate: 0.1,
                 ..small(1)
             },
@@ -1191,13 +1234,11 @@ mod tests {
         );
         assert_ne!(a.weights.w, td.weights.w);
         assert!(td.adam_v.iter().all(|&v| v == 0.0));
-        let err = Trainer::new(TrainConfig {
-            optimizer: "sgd".into(),
-            ..TrainConfig::default()
-        })
-        .err()
-        .unwrap();
-        assert!(err.to_string().starts_with("optimizer:"), "{err}");
+        let err = "sgd".parse::<Optimizer>().unwrap_err();
+        assert!(err.to_string().starts_with("optimizer: got sgd"), "{err}");
+        for o in [Optimizer::Td, Optimizer::Tc, Optimizer::Adam] {
+            assert_eq!(o.name().parse::<Optimizer>().unwrap(), o);
+        }
     }
 
     #[test]
