@@ -5,7 +5,7 @@
 //! way. The hot paths (perft, move generation, flips, mobility, pattern indexing,
 //! the evaluation, a self-play training game) are therefore written once,
 //! generic over [`Kernels`] (how moves and flips are generated) and marked
-//! `#[inline(always)]`, and [`multiversion!`] instantiates each entry point in
+//! `#[inline(always)]`, and [`crate::multiversion!`] instantiates each entry point in
 //! functions compiled with the target features of each [`Variant`]. At run time
 //! [`active`] picks the best variant the CPU supports (detected once), unless
 //! the `TRAINSVC_ENGINE_CPU` environment variable or [`set_active`] names another.
@@ -185,7 +185,7 @@ impl Kernels for Portable {
 /// AVX2 kernels: the four line directions in the four 64-bit lanes of one register.
 ///
 /// Only instantiated inside functions compiled with AVX2 that run on a CPU
-/// that has it (see [`multiversion!`]), which makes the unsafe calls sound.
+/// that has it (see [`crate::multiversion!`]), which makes the unsafe calls sound.
 #[cfg(target_arch = "x86_64")]
 pub struct Avx2;
 

@@ -201,7 +201,7 @@ fn search_target_scales(values: &[f32], targets: &[f32]) -> Vec<f32> {
 /// view): the accumulated `sum_t delta_t * e_t` of accumulating traces. With
 /// `cut_at_exploration`, a position where an exploration move was played gets
 /// `None` (no update: the move says nothing about the greedy policy's value)
-/// and the trace is cut there. Training ([`td_lambda_scales`]) and
+/// and the trace is cut there. Training (`td_lambda_scales`) and
 /// [`crate::replay::replay_game`] both fold with this.
 #[must_use]
 pub fn td_lambda_folds(
