@@ -2,7 +2,7 @@
 //! resume, checkpoints into a run directory, progress callbacks and statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -10,45 +10,24 @@ use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use othello_core::checkpoint::{CheckpointDir, Node};
+use othello_core::checkpoint::{CheckpointDir, CheckpointInfo, Node};
+use othello_core::session::{
+    lock, run_session, save_trainer, Progress, SessionEnd, SessionHooks, SessionParams, Snapshot,
+};
 use othello_core::state::{
     config_to_json, config_update, trainer_from_checkpoint, trainer_to_checkpoint,
 };
-use othello_core::train::{MemoryReport, Stats, StopReason, TrainConfig, Trainer};
+use othello_core::train::{MemoryReport, TrainConfig, Trainer};
 use othello_core::EngineError as Core;
 
 use crate::errors::{self, run, InvalidStateError};
 use crate::{json_to_py, py_to_json, Evaluator};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
     Training,
     Paused,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct RunParams {
-    target: u64,
-    checkpoint_interval: u64,
-    callback_interval: u64,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Snapshot {
-    stats: Stats,
-    memory: MemoryReport,
-    elapsed: f64,
-    session_games: u64,
-    session_elapsed: f64,
-    coverage: f64,
-    eval_variance: f64,
-    target: u64,
-    history: Vec<(u64, f64, f64, f64)>,
 }
 
 struct Shared {
@@ -61,7 +40,7 @@ struct Shared {
     callback: Mutex<Option<Py<PyAny>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     thread_id: Mutex<Option<ThreadId>>,
-    params: Mutex<RunParams>,
+    params: Mutex<SessionParams>,
     result: Mutex<Option<TrainingResult>>,
     last_error: Mutex<Option<String>>,
     snapshot: Mutex<Snapshot>,
@@ -207,36 +186,11 @@ impl Shared {
         }
     }
 
-    fn save(
-        &self,
-        t: &Trainer,
-        emergency: bool,
-    ) -> Result<othello_core::checkpoint::CheckpointInfo, Core> {
-        let (tree, md) = trainer_to_checkpoint(t);
-        self.dir.save(t.stats.games, &tree, &md, emergency)
+    fn save(&self, t: &Trainer, emergency: bool) -> Result<CheckpointInfo, Core> {
+        save_trainer(&self.dir, t, emergency)
     }
 
-    fn update_snapshot(
-        &self,
-        t: &Trainer,
-        elapsed: f64,
-        session_games: u64,
-        session_elapsed: f64,
-        full: bool,
-    ) {
-        let mut s = lock(&self.snapshot);
-        s.stats.clone_from(&t.stats);
-        s.memory = t.memory_report();
-        s.elapsed = elapsed;
-        s.session_games = session_games;
-        s.session_elapsed = session_elapsed;
-        if full {
-            let (c, v) = othello_core::replay::coverage_and_variance(&t.weights);
-            s.coverage = c;
-            s.eval_variance = v;
-        }
-    }
-
+    /// The background thread: one [`run_session`], then the state its ending calls for.
     fn train_thread(self: &Arc<Shared>) {
         let params = *lock(&self.params);
         let mut guard = lock(&self.trainer);
@@ -244,78 +198,26 @@ impl Shared {
             *lock(&self.phase) = Phase::Idle;
             return;
         };
-        let t0 = Instant::now();
-        let base_elapsed = lock(&self.snapshot).elapsed;
-        let start_games = trainer.stats.games;
-        let next_multiple = |g: u64, k: u64| g.checked_div(k).map_or(u64::MAX, |q| (q + 1) * k);
-        let mut next_cb = next_multiple(start_games, params.callback_interval);
-        let mut next_ck = next_multiple(start_games, params.checkpoint_interval);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            trainer.train(params.target, &self.stop, |t| {
-                if let Some(c) = lock(&self.pending).take() {
-                    t.config = c;
-                    if let Err(e) = t.apply_config() {
-                        self.set_error(format!("configure: {e}"));
-                    }
-                }
-                let el = t0.elapsed().as_secs_f64();
-                let games = t.stats.games;
-                let cb_due = games >= next_cb || games >= params.target;
-                self.update_snapshot(t, base_elapsed + el, games - start_games, el, cb_due);
-                if games >= next_ck {
-                    next_ck = next_multiple(games, params.checkpoint_interval);
-                    if let Err(e) = self.save(t, false) {
-                        self.set_error(format!("checkpoint at game {games}: {e}"));
-                    }
-                }
-                if cb_due {
-                    next_cb = next_multiple(games, params.callback_interval);
-                    let point = (
-                        games,
-                        t.stats.recent_stone_diff(),
-                        t.stats.recent_black_win_rate(),
-                        base_elapsed + el,
-                    );
-                    lock(&self.snapshot).history.push(point);
-                    let cb =
-                        Python::attach(|py| lock(&self.callback).as_ref().map(|c| c.clone_ref(py)));
-                    if let Some(cb) = cb {
-                        Python::attach(|py| {
-                            if let Err(e) = cb.call1(py, point) {
-                                self.set_error(format!("progress callback: {e}"));
-                            }
-                        });
-                    }
-                }
-            })
-        }));
-        let el = t0.elapsed().as_secs_f64();
-        self.update_snapshot(
+        match run_session(
             trainer,
-            base_elapsed + el,
-            trainer.stats.games - start_games,
-            el,
-            true,
-        );
-        match outcome {
-            Ok(StopReason::Target) => {
-                if let Err(e) = self.save(trainer, false) {
-                    self.set_error(format!("final checkpoint: {e}"));
-                }
+            &self.dir,
+            params,
+            &self.stop,
+            &self.snapshot,
+            &**self,
+        ) {
+            SessionEnd::Target => {
                 *lock(&self.result) = Some(self.result_from(trainer, "target"));
                 *lock(&self.phase) = Phase::Idle;
             }
-            Ok(StopReason::Stopped) => {} // pause()/stop() finish the job
-            Ok(StopReason::ErrorRate(why)) => {
-                if let Err(e) = self.save(trainer, true) {
-                    self.set_error(format!("auto-pause checkpoint: {e}"));
-                }
+            SessionEnd::Stopped => {} // pause()/stop() finish the job
+            SessionEnd::ErrorRate(why) => {
                 self.set_error(why.clone());
                 *lock(&self.result) =
                     Some(self.result_from(trainer, &format!("error_rate: {why}")));
                 *lock(&self.phase) = Phase::Paused;
             }
-            Err(_) => {
+            SessionEnd::Panicked => {
                 self.set_error("training thread panicked; state kept, training paused");
                 *lock(&self.phase) = Phase::Paused;
             }
@@ -329,6 +231,27 @@ impl Shared {
             let _ = h.join();
         }
         self.stop.store(false, Ordering::SeqCst);
+    }
+}
+
+impl SessionHooks for Shared {
+    fn pending_config(&self) -> Option<TrainConfig> {
+        lock(&self.pending).take()
+    }
+
+    fn error(&self, message: String) {
+        self.set_error(message);
+    }
+
+    fn progress(&self, point: Progress) {
+        let cb = Python::attach(|py| lock(&self.callback).as_ref().map(|c| c.clone_ref(py)));
+        if let Some(cb) = cb {
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, point) {
+                    self.set_error(format!("progress callback: {e}"));
+                }
+            });
+        }
     }
 }
 
@@ -440,7 +363,7 @@ impl TrainingManager {
             callback: Mutex::new(None),
             handle: Mutex::new(None),
             thread_id: Mutex::new(None),
-            params: Mutex::new(RunParams {
+            params: Mutex::new(SessionParams {
                 target: 0,
                 checkpoint_interval: 10_000,
                 callback_interval: 1000,
@@ -531,7 +454,7 @@ impl TrainingManager {
             snap.target = target_games;
         }
         *lock(&sh.trainer) = Some(trainer);
-        *lock(&sh.params) = RunParams {
+        *lock(&sh.params) = SessionParams {
             target: target_games,
             checkpoint_interval,
             callback_interval,

@@ -13,6 +13,7 @@ pub mod refgen;
 pub mod replay;
 pub mod rng;
 pub mod search;
+pub mod session;
 pub mod state;
 pub mod train;
 
