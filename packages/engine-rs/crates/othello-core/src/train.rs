@@ -101,6 +101,8 @@ pub struct Trainer {
     /// One transposition table per pool thread (with `search_depth > 1`), kept across
     /// batches and cleared (in constant time) before each game.
     tts: Vec<Mutex<TranspositionTable>>,
+    /// Game records applied in earlier batches, reused by the next games.
+    records: Mutex<Vec<GameRecord>>,
     pool: Option<rayon::ThreadPool>,
     /// The CPU variant the games run on (`None`: [`crate::isa::active`]); every
     /// variant trains the same weights.
@@ -151,6 +153,7 @@ impl Trainer {
             bias_corr: Vec::new(),
             tt_bytes_per_thread: 0,
             tts: Vec::new(),
+            records: Mutex::new(Vec::new()),
             pool: None,
             variant: None,
         };
@@ -295,6 +298,7 @@ impl Trainer {
         let w = &self.weights;
         let cfg = &self.config;
         let tts = &self.tts;
+        let records = &self.records;
         let variant = self.variant.unwrap_or_else(crate::isa::active);
         let pool = self.pool.as_ref().expect("pool built in apply_config");
         let results: Vec<Result<Option<GameRecord>, String>> = pool.install(|| {
@@ -310,7 +314,12 @@ impl Trainer {
                         tt.clear();
                     }
                     catch_unwind(AssertUnwindSafe(|| {
-                        play_game_on(variant, w, cfg, g, guard.as_deref_mut(), stop)
+                        let rec = records
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .pop()
+                            .unwrap_or_default();
+                        play_game_on(variant, w, cfg, g, guard.as_deref_mut(), stop, rec)
                     }))
                     .map_err(|e| {
                         e.downcast_ref::<String>()
@@ -352,6 +361,11 @@ impl Trainer {
                 _ => self.record_game(None),
             }
         }
+        let pool = self
+            .records
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pool.extend(results.into_iter().filter_map(|r| r.ok().flatten()));
         if td {
             if bad {
                 self.sweep_non_finite();

@@ -12,13 +12,25 @@ use crate::search::{search_until, Limits, TranspositionTable};
 
 use super::{Optimizer, TrainConfig};
 
-/// One finished self-play game: what the learner needs.
+/// One finished self-play game: what the learner needs. Records are recycled
+/// (the trainer keeps the ones it applied for the next batch), so a game
+/// allocates nothing once its buffers have grown to a game's size.
+#[derive(Default)]
 pub(super) struct GameRecord {
     /// Per position: coefficient-free features (n per position) and the gradient scale.
     pub(super) features: Vec<u32>,
     pub(super) scales: Vec<f32>,
     pub(super) n_feat: usize,
     pub(super) black_diff: i32,
+    // Per position, while the game is played: the value (mover's view and
+    // black's), the mover's sign, whether it explored, its 2-ply target; and
+    // the folded TD errors.
+    values: Vec<f32>,
+    black: Vec<f32>,
+    signs: Vec<f32>,
+    explored: Vec<bool>,
+    targets: Vec<f32>,
+    folds: Vec<Option<f32>>,
 }
 
 /// The move an exploration step or a deeper search picks, or `None`: play
@@ -71,6 +83,7 @@ crate::multiversion! {
         game: u64,
         tt: Option<&mut TranspositionTable>,
         stop: &AtomicBool,
+        rec: GameRecord,
     ) -> Option<GameRecord> = play_game_k;
 }
 
@@ -81,6 +94,7 @@ fn play_game_k<K: Kernels>(
     game: u64,
     mut tt: Option<&mut TranspositionTable>,
     stop: &AtomicBool,
+    mut rec: GameRecord,
 ) -> Option<GameRecord> {
     if cfg.inject_panic_every > 0 && game % cfg.inject_panic_every == 0 {
         panic!("injected fault in game {game}");
@@ -88,12 +102,20 @@ fn play_game_k<K: Kernels>(
     let mut rng = Rng::new(cfg.seed, game);
     let eps = cfg.epsilon(game);
     let n_feat = w.set.n_instances() + 1;
-    let mut features = Vec::with_capacity(64 * n_feat);
-    let mut values = Vec::with_capacity(64);
-    let mut signs = Vec::with_capacity(64);
-    let mut explored = Vec::with_capacity(64);
+    rec.features.clear();
+    rec.values.clear();
+    rec.signs.clear();
+    rec.explored.clear();
     // With `target_depth` 2: each position's own 2-ply value (mover's view).
-    let mut targets = Vec::with_capacity(if cfg.target_depth == 2 { 64 } else { 0 });
+    rec.targets.clear();
+    let GameRecord {
+        features,
+        values,
+        signs,
+        explored,
+        targets,
+        ..
+    } = &mut rec;
     let mut b = Board::initial();
     let mut black_to_move = true;
     let mut buf: FeatureBuf = [0; MAX_INSTANCES + 1];
@@ -169,17 +191,14 @@ fn play_game_k<K: Kernels>(
     }
     let side_diff = b.final_score();
     let black_diff = if black_to_move { side_diff } else { -side_diff };
-    let scales = if cfg.target_depth == 2 {
-        search_target_scales(&values, &targets)
+    if cfg.target_depth == 2 {
+        search_target_scales(&rec.values, &rec.targets, &mut rec.scales);
     } else {
-        td_lambda_scales(cfg, &values, &signs, &explored, reward(black_diff))
-    };
-    Some(GameRecord {
-        features,
-        scales,
-        n_feat,
-        black_diff,
-    })
+        td_lambda_scales(cfg, &mut rec, reward(black_diff));
+    }
+    rec.n_feat = n_feat;
+    rec.black_diff = black_diff;
+    Some(rec)
 }
 
 /// Gradient scales towards each position's own 2-ply value: `(S_t - V_t)
@@ -188,12 +207,14 @@ fn play_game_k<K: Kernels>(
 /// depend on the move played next, so positions where an exploration move
 /// followed learn too, and a position's siblings' replies shape its target
 /// where TD only sees the one line played.
-fn search_target_scales(values: &[f32], targets: &[f32]) -> Vec<f32> {
-    values
-        .iter()
-        .zip(targets)
-        .map(|(&v, &s)| (s - v) * (1.0 - v * v))
-        .collect()
+fn search_target_scales(values: &[f32], targets: &[f32], scales: &mut Vec<f32>) {
+    scales.clear();
+    scales.extend(
+        values
+            .iter()
+            .zip(targets)
+            .map(|(&v, &s)| (s - v) * (1.0 - v * v)),
+    );
 }
 
 /// The TD(lambda) errors folded backwards, `c_t = delta_t + lambda * c_{t+1}`
@@ -211,8 +232,23 @@ pub fn td_lambda_folds(
     explored: &[bool],
     r: f32,
 ) -> Vec<Option<f32>> {
+    let mut folds = Vec::new();
+    td_lambda_folds_into(lambda, cut_at_exploration, values, explored, r, &mut folds);
+    folds
+}
+
+/// [`td_lambda_folds`] into a reused buffer.
+pub(super) fn td_lambda_folds_into(
+    lambda: f32,
+    cut_at_exploration: bool,
+    values: &[f32],
+    explored: &[bool],
+    r: f32,
+    folds: &mut Vec<Option<f32>>,
+) {
     let t_len = values.len();
-    let mut folds = vec![None; t_len];
+    folds.clear();
+    folds.resize(t_len, None);
     let mut c = 0.0f32;
     for t in (0..t_len).rev() {
         if explored[t] && cut_at_exploration {
@@ -223,24 +259,30 @@ pub fn td_lambda_folds(
         c = (v_next - values[t]) + lambda * c;
         folds[t] = Some(c);
     }
-    folds
 }
 
 /// Gradient scales of TD(lambda) along the game played ([`td_lambda_folds`]);
 /// `r` is the result in black's view.
-fn td_lambda_scales(
-    cfg: &TrainConfig,
-    values: &[f32],
-    signs: &[f32],
-    explored: &[bool],
-    r: f32,
-) -> Vec<f32> {
-    let black: Vec<f32> = values.iter().zip(signs).map(|(v, s)| s * v).collect();
+fn td_lambda_scales(cfg: &TrainConfig, rec: &mut GameRecord, r: f32) {
+    let GameRecord {
+        values,
+        black,
+        signs,
+        explored,
+        folds,
+        scales,
+        ..
+    } = rec;
+    black.clear();
+    black.extend(values.iter().zip(signs.iter()).map(|(v, s)| s * v));
     let cut_at_exploration = cfg.optimizer != Optimizer::Adam;
-    td_lambda_folds(cfg.lambda, cut_at_exploration, &black, explored, r)
-        .into_iter()
-        .enumerate()
-        // dV_black/dw = sign * (1 - tanh^2) on each active weight.
-        .map(|(t, c)| c.map_or(0.0, |c| c * signs[t] * (1.0 - values[t] * values[t])))
-        .collect()
+    td_lambda_folds_into(cfg.lambda, cut_at_exploration, black, explored, r, folds);
+    scales.clear();
+    scales.extend(
+        folds
+            .iter()
+            .enumerate()
+            // dV_black/dw = sign * (1 - tanh^2) on each active weight.
+            .map(|(t, c)| c.map_or(0.0, |c| c * signs[t] * (1.0 - values[t] * values[t]))),
+    );
 }
