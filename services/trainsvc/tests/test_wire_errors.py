@@ -110,9 +110,14 @@ def test_the_stream_cap_is_resource_exhausted_with_a_quota_failure(
 ) -> None:
     held = stub.StreamEvents(pb.StreamEventsRequest(name="runs/-", follow=True))
     try:
-        # The first stream holds the one slot once the server has started it.
+        # The first stream holds the one slot once the server has started it. A held
+        # stream that ended (it may start while a second one still has the slot, and be
+        # refused) is opened again.
         deadline = time.monotonic() + 30
         while True:
+            if held.done():
+                held = stub.StreamEvents(pb.StreamEventsRequest(name="runs/-", follow=True))
+                time.sleep(0.1)
             second = stub.StreamEvents(pb.StreamEventsRequest(name="runs/-"), timeout=30)
             try:
                 list(second)
@@ -121,7 +126,9 @@ def test_the_stream_cap_is_resource_exhausted_with_a_quota_failure(
                     err = exc
                     break
                 raise
-            assert time.monotonic() < deadline, "the cap of one stream was never reached"
+            assert time.monotonic() < deadline, (
+                f"the cap of one stream was never reached (held stream: {held!r})"
+            )
             time.sleep(0.1)
         status = rpc_status.from_call(err)  # type: ignore[arg-type]
         assert status is not None and status.code == code_pb2.RESOURCE_EXHAUSTED
