@@ -375,10 +375,10 @@ class ModelRegistry:
                 unregistered version (``traffic[N]``).
             NotFoundError: an unknown model.
         """
-        if not self.versions(model):
+        known = {v.version for v in self.versions(model)}
+        if not known:
             raise NotFoundError(f"model {echo(model)} is not registered")
         split = validate_split(traffic)
-        known = {v.version for v in self.versions(model)}
         for version in split:
             if version not in known:
                 raise InvalidArgumentError(
