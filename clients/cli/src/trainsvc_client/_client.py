@@ -22,6 +22,7 @@ from trainsvc_client._channel import (
 )
 from trainsvc_client._errors import from_rpc_error
 from trainsvc_client._models import ModelsApi
+from trainsvc_client._trajectories import TrajectoriesApi
 
 T = TypeVar("T")
 
@@ -71,6 +72,8 @@ class Client(BaseClient):
         self._stub = pb_grpc.TrainServiceStub(channel)
         self.models = ModelsApi(channel, self._unary)
         """The model registry: versions, traffic, promote, roll back (`ModelsApi`)."""
+        self.trajectories = TrajectoriesApi(channel, self._unary)
+        """The trajectory store's windows and data quality (`TrajectoriesApi`)."""
 
     def __enter__(self) -> Client:
         return self

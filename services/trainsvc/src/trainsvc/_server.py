@@ -23,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from trainsvc_api.v1 import models_pb2 as mpb
 from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 from trainsvc_api.v1 import trainsvc_pb2 as pb
+from trainsvc_api.v1 import trajectories_pb2 as tpb
+from trainsvc_api.v1 import trajectories_pb2_grpc as tpb_grpc
 
 from trainsvc import _convert as conv
 from trainsvc._auth import TokenAuthInterceptor
@@ -34,11 +36,13 @@ from trainsvc._model_stack import EndpointUnavailableError, ModelStack
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._servicer import TrainServicer, add_to_server
+from trainsvc._trajectories_servicer import TrajectoryServicer
 from trainsvc.kinds import FrameData
 
 log = logging.getLogger("trainsvc.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TrainService"].full_name
 MODEL_SERVICE_NAME = mpb.DESCRIPTOR.services_by_name["ModelService"].full_name
+TRAJECTORY_SERVICE_NAME = tpb.DESCRIPTOR.services_by_name["TrajectoryService"].full_name
 
 
 class ConfigurationError(Exception):
@@ -203,10 +207,19 @@ class TrainsvcServer:
             run_checkpoints=self.manager.list_checkpoints,
         )
         mpb_grpc.add_ModelServiceServicer_to_server(self.models.servicer, server)
+        # Without --trajectory-db its calls say so (FAILED_PRECONDITION).
+        self.trajectories = TrajectoryServicer(opts.trajectory_db, self.metrics)
+        tpb_grpc.add_TrajectoryServiceServicer_to_server(self.trajectories, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                MODEL_SERVICE_NAME,
+                TRAJECTORY_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         try:
@@ -346,6 +359,7 @@ class TrainsvcServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.models.close()
+        self.trajectories.close()
         self.registry.close()
         log.info("trainsvc stopped")
 
