@@ -6,6 +6,12 @@ names to engines (read on every request, so a service may add and remove
 engines while it runs). `ServerThread` runs it with uvicorn on a socket in a
 background thread (tests, benches, ``trainsvc-lm serve``, a service that embeds it). Needs the ``serve`` extra
 (``pip install 'trainsvc-lm[serve]'``).
+
+A request may also be answered by a `ChatBackend` instead of an engine (what
+``select`` returns): something that produces the OpenAI response objects itself,
+e.g. a proxy to another OpenAI-compatible server. The app then passes its
+``chat.completion`` (or its chunks, as server-sent events) through under the
+requested model name and reports it to ``on_completion`` like its own.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,8 +42,29 @@ OnCompletion = Callable[
     [dict[str, Any], dict[str, Any], float, dict[str, str]], Awaitable[None] | None
 ]
 """``(request body, response, latency in seconds, request headers)``; sync or async."""
-Select = Callable[[ChatRequest, dict[str, str]], Engine | None]
-"""Picks the engine for a request (None: the model is unknown)."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Answers chat requests without an `Engine` (e.g. a proxy to another server).
+
+    Both methods raise `APIError` for a request they cannot answer (the app sends
+    it as the error object; during a stream, as an ``error`` event).
+    """
+
+    async def chat_completion(self, request: ChatRequest) -> dict[str, Any]:
+        """The ``chat.completion`` object answering ``request``."""
+        ...
+
+    def chat_completion_chunks(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        """The ``chat.completion.chunk`` objects answering a ``stream=true`` request,
+        with a last usage-only chunk (no choices) when the usage is known; closing the
+        iterator early abandons the request."""
+        ...
+
+
+Select = Callable[[ChatRequest, dict[str, str]], Engine | ChatBackend | None]
+"""Picks the engine (or backend) for a request (None: the model is unknown)."""
 
 FINGERPRINT = "fp_trainsvc_lm"
 
@@ -113,7 +140,7 @@ def openai_app(
             headers (for traffic splits); default: ``engines_by_model_name[model]``.
     """
 
-    def pick(request: ChatRequest, headers: dict[str, str]) -> Engine:
+    def pick(request: ChatRequest, headers: dict[str, str]) -> Engine | ChatBackend:
         engine = select(request, headers) if select else engines_by_model_name.get(request.model)
         if engine is None:
             raise proto.model_not_found(request.model)
@@ -140,6 +167,8 @@ def openai_app(
         headers = {k.lower(): v for k, v in http.headers.items()}
         request = proto.parse_chat_request(body)
         engine = pick(request, headers)
+        if isinstance(engine, ChatBackend):
+            return await backend_reply(engine, request, body, start, headers)
         prompt, max_new = _prompt(engine, request)
         sampling = request.sampling(max_new)
         ident, created = proto.completion_id(), proto.now()
@@ -221,6 +250,62 @@ def openai_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def backend_reply(
+        backend: ChatBackend,
+        request: ChatRequest,
+        body: dict[str, Any],
+        start: float,
+        headers: dict[str, str],
+    ) -> Response:
+        if not request.stream:
+            response = {**await backend.chat_completion(request), "model": request.model}
+            await report(body, response, start, headers)
+            return JSONResponse(response)
+        source = backend.chat_completion_chunks(request)
+        try:  # the first chunk before the 200: a backend that fails at once gets its status
+            first = await anext(source)
+        except StopAsyncIteration:
+            raise APIError(
+                "the backend ended the stream before its first chunk",
+                status=502,
+                type="server_error",
+            ) from None
+        except BaseException:
+            await _close(source)
+            raise
+
+        def shown(piece: dict[str, Any]) -> dict[str, Any] | None:
+            """The chunk as the client asked for it (usage only with include_usage)."""
+            if request.include_usage:
+                return {**piece, "model": request.model}
+            if not piece.get("choices"):
+                return None
+            return {k: v for k, v in piece.items() if k != "usage"} | {"model": request.model}
+
+        async def chunks() -> AsyncIterator[bytes]:
+            seen = [first]
+            try:
+                if (out := shown(first)) is not None:
+                    yield proto.sse(out)
+                async for piece in source:
+                    seen.append(piece)
+                    if (out := shown(piece)) is not None:
+                        yield proto.sse(out)
+            except APIError as exc:
+                yield proto.sse(exc.body())
+                return
+            finally:
+                await _close(source)
+            yield proto.DONE
+            response = proto.completion_from_chunks(seen)
+            await report(body, {**response, "model": request.model}, start, headers)
+
+        return StreamingResponse(
+            chunks(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     def model_card(name: str, engine: Engine) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": engine.created, "owned_by": "trainsvc"}
 
@@ -265,6 +350,12 @@ def openai_app(
             Exception: server_error,
         },
     )
+
+
+async def _close(source: AsyncIterator[Any]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _server(app: Any) -> Any:

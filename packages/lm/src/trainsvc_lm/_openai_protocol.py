@@ -512,3 +512,53 @@ DONE = sse("[DONE]")
 def now() -> int:
     """Seconds since the epoch, as OpenAI's ``created``."""
     return int(time.time())
+
+
+def completion_from_chunks(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``chat.completion`` object a stream of ``chat.completion.chunk`` objects makes.
+
+    Content deltas are joined, tool-call deltas merged by their ``index`` (the
+    ``arguments`` strings joined), the last ``finish_reason`` and ``usage`` kept; for
+    recording a streamed reply (e.g. one proxied from another server) as if it had
+    been asked for whole.
+    """
+    first = chunks[0] if chunks else {}
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    reason: str | None = None
+    usage: Any = None
+    for piece in chunks:
+        if piece.get("usage"):
+            usage = piece["usage"]
+        for choice in piece.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                content.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                slot = calls.setdefault(
+                    int(call.get("index", len(calls))),
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                slot["id"] = call.get("id") or slot["id"]
+                function = call.get("function") or {}
+                slot["function"]["name"] += function.get("name") or ""
+                slot["function"]["arguments"] += function.get("arguments") or ""
+            reason = choice.get("finish_reason") or reason
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(content) if content or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return {
+        "id": first.get("id", ""),
+        "object": "chat.completion",
+        "created": first.get("created", 0),
+        "model": first.get("model", ""),
+        "system_fingerprint": first.get("system_fingerprint"),
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": reason or "stop"}
+        ],
+        "usage": usage,
+    }

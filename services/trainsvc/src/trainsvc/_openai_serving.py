@@ -10,6 +10,11 @@
   into the cache and verified against the registered SHA-256): a ``full`` artifact
   is a model directory, an ``adapter`` one a PEFT adapter on its ``base_model``
   directory (which must lie in one of the service's ``--input-dir`` roots).
+- **External servers.** A deployment with an ``external_base_url`` is routed the
+  same way, but the chosen version generates on that server (vLLM with LoRA
+  hot-loading, Ollama, or any OpenAI-compatible server; see
+  `trainsvc._external_backend`): trainsvc forwards the request and passes the
+  reply (or its stream) back, and records it like its own.
 - **Recording.** A request with an ``X-Trajectory-Id: T`` header is recorded into the
   trajectory store without code changes in the agent: the first call opens a
   trajectory (agent ``X-Agent-Id`` or ``user``, window ``X-Window-Id``, scenario
@@ -41,6 +46,7 @@ from trainsvc_lm._openai_protocol import APIError, ChatRequest, model_not_found
 
 from trainsvc._artifacts import ArtifactStore
 from trainsvc._domain import InvalidArgumentError
+from trainsvc._external_backend import ExternalBackend, Timeouts, parse_external_url
 from trainsvc._model_registry import ModelRegistry
 from trainsvc._paths import InputRoots
 from trainsvc._traffic import route
@@ -60,17 +66,22 @@ class DeployedEngines:
         inputs: InputRoots,
         *,
         slots: int = 8,
+        external_timeouts: Timeouts | None = None,
     ) -> None:
         self.registry, self.store, self.cache_dir, self.inputs = registry, store, cache_dir, inputs
         self.slots = slots
+        self.external_timeouts = external_timeouts or Timeouts()
         self._engines: dict[tuple[str, int], Engine] = {}
-        self._lock = threading.Lock()
+        self._external: dict[tuple[str, str, int], ExternalBackend] = {}
+        self._artifacts: dict[tuple[str, int], Path] = {}
+        self._lock = threading.RLock()
+        self._fetch_lock = threading.Lock()
         self._rng = random.Random()
 
-    def engine(self, model: str, version: int) -> Engine:
-        """The engine of ``model`` version ``version`` (loaded and cached on first use)."""
-        with self._lock:
-            found = self._engines.get((model, version))
+    def artifact(self, model: str, version: int) -> Path:
+        """The local, verified copy of the version's artifact (fetched on first use)."""
+        with self._fetch_lock:
+            found = self._artifacts.get((model, version))
             if found is not None:
                 return found
             v = self.registry.version(model, version)
@@ -79,6 +90,17 @@ class DeployedEngines:
                 self.cache_dir / model / str(version),
                 expected_sha256=v.artifact_sha256,
             )
+            self._artifacts[(model, version)] = local
+            return local
+
+    def engine(self, model: str, version: int) -> Engine:
+        """The engine of ``model`` version ``version`` (loaded and cached on first use)."""
+        with self._lock:
+            found = self._engines.get((model, version))
+            if found is not None:
+                return found
+            v = self.registry.version(model, version)
+            local = self.artifact(model, version)
             if v.artifact_kind == "full":
                 engine = Engine.from_dir(local, name=model, slots=self.slots)
             else:
@@ -87,8 +109,41 @@ class DeployedEngines:
             self._engines[(model, version)] = engine
             return engine
 
-    def select(self, request: ChatRequest, headers: dict[str, str]) -> Engine:
-        """The engine for ``request`` by its model's traffic split (see the module doc).
+    def external(self, model: str, version: int, url: str) -> ExternalBackend:
+        """The backend of ``model`` version ``version`` on the server at ``url`` (cached).
+
+        Raises:
+            APIError: 500 naming the deployment when ``url`` is not a valid
+                external server URL.
+        """
+        key = (url, model, version)
+        with self._lock:
+            found = self._external.get(key)
+            if found is not None:
+                return found
+            try:
+                server = parse_external_url(url)
+            except InvalidArgumentError as exc:
+                raise APIError(
+                    f"the deployment of {model} is misconfigured: {exc.field}: {exc.description}",
+                    status=500,
+                    type="server_error",
+                    code="bad_deployment",
+                ) from None
+            adapter = self.registry.version(model, version).artifact_kind == "adapter"
+            backend = ExternalBackend(
+                server,
+                model,
+                version,
+                adapter_dir=(lambda: self.artifact(model, version)) if adapter else None,
+                timeouts=self.external_timeouts,
+            )
+            self._external[key] = backend
+            return backend
+
+    def select(self, request: ChatRequest, headers: dict[str, str]) -> Engine | ExternalBackend:
+        """The engine (or external server) for ``request`` by its model's traffic split
+        (see the module doc).
 
         Raises:
             APIError: 404 for a model with no deployment.
@@ -99,23 +154,33 @@ class DeployedEngines:
         key = request.user or headers.get("x-agent-id")
         version = route(request.model, deployment.traffic, key, fallback=self._rng.random())
         headers[VERSION_HEADER] = str(version)
+        if deployment.external_base_url:
+            return self.external(request.model, version, deployment.external_base_url)
         return self.engine(request.model, version)
 
     def unload_undeployed(self) -> list[tuple[str, int]]:
-        """Closes the engines of versions that no deployment routes to any more."""
-        live = {(d.model, v) for d in self.registry.deployments() for v in d.traffic}
+        """Closes the engines of versions that no deployment routes to any more, and
+        unloads their adapters from external servers (vLLM's ``unload_lora_adapter``)."""
+        deployments = self.registry.deployments()
+        live = {(d.model, v) for d in deployments for v in d.traffic}
+        live_external = {(d.external_base_url, d.model, v) for d in deployments for v in d.traffic}
         with self._lock:
             gone = [key for key in self._engines if key not in live]
             for key in gone:
                 self._engines.pop(key).close()
-        return gone
+            left = [key for key in self._external if key not in live_external]
+            backends = [self._external.pop(key) for key in left]
+        for backend in backends:
+            backend.unload()
+        return gone + [(model, version) for _, model, version in left]
 
     def close(self) -> None:
-        """Closes every engine."""
+        """Closes every engine (adapters stay loaded on external servers)."""
         with self._lock:
             for engine in self._engines.values():
                 engine.close()
             self._engines.clear()
+            self._external.clear()
 
 
 class _Card:
