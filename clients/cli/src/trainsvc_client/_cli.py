@@ -831,11 +831,194 @@ def models_events(
             continue
         when = event.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         who = event.principal or "-"
+        severity = "" if event.severity in ("", "info") else f" [{event.severity}]"
         out.print(
-            f"{event.sequence:>6} {when} {event.model} v{event.version} {event.type} by {who}: "
-            f"{event.reason} {event.details_json}",
+            f"{event.sequence:>6} {when} {event.model} v{event.version} {event.type}{severity} "
+            f"by {who}: {event.reason} {event.details_json}",
             highlight=False,
         )
+
+
+automation_app = typer.Typer(
+    help="A model's automation: retrain on new trajectories, evaluate, promote, soak, "
+    "roll back (see docs/models.md).",
+    no_args_is_help=True,
+)
+models_app.add_typer(automation_app, name="automation")
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str, name: str) -> int:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1d`` as seconds."""
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        _fail(f"{name}: expected a duration like 90, 15m, 2h or 1d, got {text!r}")
+    return int(value)
+
+
+def _pairs(items: list[str], name: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"{name}: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _print_automation(automation: mpb.Automation) -> None:
+    p = automation.policy
+    when = f"every {p.interval_seconds} s" if p.interval_seconds else f"cron {p.cron!r}"
+    state = "enabled" if p.enabled else "disabled"
+    out.print(
+        f"{automation.name}: {state}{' (dry run)' if p.dry_run else ''}, {when}; "
+        f"phase {automation.phase}"
+        + (f", run {automation.run}" if automation.run else "")
+        + (
+            f", candidate v{automation.candidate_version} vs v{automation.baseline_version}"
+            if automation.candidate_version
+            else ""
+        ),
+        highlight=False,
+    )
+    if automation.HasField("next_run_time"):
+        out.print(f"  next check: {automation.next_run_time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC")
+    if automation.last_decision:
+        out.print(f"  last decision: {automation.last_decision}", highlight=False)
+
+
+@automation_app.command("set")
+def automation_set(
+    model: ModelArg,
+    judge: Annotated[
+        str, typer.Option("--judge", help="task:<name>, or llm (with --judge-url, --judge-model).")
+    ],
+    every: Annotated[
+        str, typer.Option("--every", help="Check on an interval: 90, 15m, 2h, 1d.")
+    ] = "",
+    cron: Annotated[str, typer.Option("--cron", help="Check on a cron schedule (UTC).")] = "",
+    min_trajectories: Annotated[
+        int, typer.Option("--min-trajectories", help="New complete trajectories to train.")
+    ] = 50,
+    quality: Annotated[
+        list[str],
+        typer.Option("--quality", help="A quality threshold, e.g. min_reward_coverage=0.95."),
+    ] = [],  # noqa: B006 (typer reads the default)
+    steps: Annotated[int, typer.Option("--steps", help="The grpo run's step budget.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="The grpo run's seed.")] = 0,
+    grpo: Annotated[
+        list[str], typer.Option("--set", help="A grpo config override, e.g. grpo.group_size=8.")
+    ] = [],  # noqa: B006
+    holdout: Annotated[
+        list[str], typer.Option("--holdout", help="A held-out scenario id (repeatable).")
+    ] = [],  # noqa: B006
+    eval_samples: Annotated[
+        int, typer.Option("--eval-samples", help="Completions per held-out prompt per version.")
+    ] = 4,
+    judge_url: Annotated[str, typer.Option("--judge-url", help="The LLM judge's base URL.")] = "",
+    judge_model: Annotated[str, typer.Option("--judge-model", help="The LLM judge's model.")] = "",
+    margin: Annotated[
+        float, typer.Option("--margin", help="How much better the held-out score must be.")
+    ] = 0.0,
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Traffic share during the soak.")
+    ] = 0.2,
+    soak: Annotated[str, typer.Option("--soak", help="Soak duration: 90, 15m, 2h.")] = "1h",
+    min_soak: Annotated[
+        int, typer.Option("--min-soak", help="Rewarded trajectories per version in the soak.")
+    ] = 20,
+    regression_margin: Annotated[
+        float, typer.Option("--regression-margin", help="Live-reward drop that rolls back.")
+    ] = 0.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Record decisions as events, never act.")
+    ] = False,
+    disable: Annotated[
+        bool, typer.Option("--disable", help="Keep the policy, stop firing.")
+    ] = False,
+    reason: ReasonOpt = "",
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a model's automation policy, e.g. `models automation set trader --every 1h --judge task:increment4 --holdout s9`."""
+    policy = mpb.AutomationPolicy(
+        enabled=not disable,
+        interval_seconds=_seconds(every, "--every") if every else 0,
+        cron=cron,
+        min_new_trajectories=min_trajectories,
+        quality={k: float(v) for k, v in _pairs(quality, "--quality").items()},
+        step_budget=steps,
+        seed=seed,
+        grpo_overrides=_pairs(grpo, "--set"),
+        holdout_scenarios=holdout,
+        eval_samples=eval_samples,
+        judge=judge,
+        judge_base_url=judge_url,
+        judge_model=judge_model,
+        margin=margin,
+        initial_fraction=fraction,
+        soak_seconds=_seconds(soak, "--soak"),
+        min_soak_trajectories=min_soak,
+        regression_margin=regression_margin,
+        dry_run=dry_run,
+    )
+    with _client(server, token, tls, ca_cert) as client:
+        automation = _call(client.models.set_automation, model, policy, reason=reason)
+    if as_json:
+        _print_json(_to_dict(automation))
+    else:
+        _print_automation(automation)
+
+
+@automation_app.command("get")
+def automation_get(
+    model: ModelArg,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a model's automation policy and where its cycle stands."""
+    with _client(server, token, tls, ca_cert) as client:
+        automation = _call(client.models.get_automation, model)
+    if as_json:
+        _print_json(_to_dict(automation))
+    else:
+        _print_automation(automation)
+
+
+@automation_app.command("run")
+def automation_run(
+    model: ModelArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the decisions; act on none, record none.")
+    ] = False,
+    server: ServerOpt = DEFAULT_ADDRESS,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca_cert: CaOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Advance a model's automation now, whether due or not, and print its decisions."""
+    with _client(server, token, tls, ca_cert) as client:
+        reply = _call(client.models.run_automation, model, dry_run=dry_run, timeout=1800.0)
+    if as_json:
+        _print_json(_to_dict(reply))
+        return
+    for d in reply.decisions:
+        tag = " (dry run)" if d.dry_run else ""
+        out.print(f"{d.severity:>7} {d.action}{tag}: {d.reason}", highlight=False)
+    if not reply.decisions:
+        out.print("nothing to decide now", highlight=False)
+    _print_automation(reply.automation)
 
 
 def main() -> None:

@@ -139,5 +139,36 @@ class ModelsApi:
         reply = self._unary(self._stub.ListModelEvents, request, timeout)
         return list(reply.events)
 
+    def set_automation(
+        self,
+        model: str,
+        policy: mpb.AutomationPolicy | Mapping[str, Any],
+        *,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> mpb.Automation:
+        """Create or replace the model's automation policy (an `AutomationPolicy` or its
+        fields as a dict, e.g. ``{"interval_seconds": 3600, "judge": "task:increment4"}``)."""
+        message = (
+            policy if isinstance(policy, mpb.AutomationPolicy) else mpb.AutomationPolicy(**policy)
+        )
+        request = mpb.SetAutomationRequest(model=model_name(model), policy=message, reason=reason)
+        result: mpb.Automation = self._unary(self._stub.SetAutomation, request, timeout)
+        return result
+
+    def get_automation(self, model: str, *, timeout: float | None = None) -> mpb.Automation:
+        """The model's automation policy and where its cycle stands."""
+        request = mpb.GetAutomationRequest(name=f"{model_name(model)}/automation")
+        result: mpb.Automation = self._unary(self._stub.GetAutomation, request, timeout)
+        return result
+
+    def run_automation(
+        self, model: str, *, dry_run: bool = False, timeout: float | None = None
+    ) -> mpb.RunAutomationResponse:
+        """Advance the model's automation now (``dry_run``: only decide); its decisions."""
+        request = mpb.RunAutomationRequest(name=f"{model_name(model)}/automation", dry_run=dry_run)
+        result: mpb.RunAutomationResponse = self._unary(self._stub.RunAutomation, request, timeout)
+        return result
+
 
 __all__ = ["ModelsApi", "model_name", "version_name"]

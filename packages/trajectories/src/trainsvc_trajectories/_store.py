@@ -251,13 +251,23 @@ class Store:
         return found[0]
 
     def trajectories(
-        self, window_id: str | None = None, *, status: str | None = None
+        self,
+        window_id: str | None = None,
+        *,
+        status: str | None = None,
+        ended_after: float | None = None,
     ) -> list[StoredTrajectory]:
-        """Trajectories (with children) of a window and/or status, in start order."""
-        where, params = [], []
+        """Trajectories (with children) of a window and/or status, in start order;
+        with ``ended_after``, only those that ended after that time (seconds since the epoch).
+        """
+        where: list[str] = []
+        params: list[Any] = []
         if window_id is not None:
             where.append("window_id = ?")
             params.append(window_id)
+        if ended_after is not None:
+            where.append("ended_at > ?")
+            params.append(float(ended_after))
         if status is not None:
             if status not in STATUSES:
                 raise StoreError(f"status {status!r}: allowed {', '.join(STATUSES)}")

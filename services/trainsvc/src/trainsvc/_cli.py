@@ -91,8 +91,17 @@ def _parser() -> argparse.ArgumentParser:
         "--trajectory-db",
         default="",
         metavar="URL",
-        help="record the endpoint's calls that carry X-Trajectory-Id into this trajectory "
-        "store (sqlite:///path.db or postgresql://...); default: not recorded",
+        help="the trajectory store (sqlite:///path.db or postgresql://...): the endpoint "
+        "records calls that carry X-Trajectory-Id into it, and model automation trains on "
+        "it; default: none (calls are not recorded, automation is off)",
+    )
+    s.add_argument(
+        "--automation-poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the model automation checks its schedules and cycles "
+        "(needs --trajectory-db; default %(default)s)",
     )
     s.add_argument(
         "--models-storage",
@@ -239,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             input_dirs=tuple(args.input_dir),
             openai_listen=args.openai_listen,
             trajectory_db=args.trajectory_db,
+            automation_poll_s=args.automation_poll,
             models_storage=args.models_storage,
             token_principal=args.token_principal,
         )

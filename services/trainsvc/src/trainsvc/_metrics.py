@@ -90,6 +90,36 @@ class Metrics:
             "Worker processes restarted after a crash.",
             registry=r,
         )
+        self.automation_decisions = Counter(
+            "trainsvc_automation_decisions_total",
+            "Decisions of the model automation (skip, train, promote, rollback, ...).",
+            ["model", "action"],
+            registry=r,
+        )
+        self.automation_training_failures = Counter(
+            "trainsvc_automation_training_failures_total",
+            "Automation cycles whose grpo run, registration or evaluation failed.",
+            ["model"],
+            registry=r,
+        )
+        self.automation_regressions = Counter(
+            "trainsvc_automation_regressions_total",
+            "Promoted versions rolled back because their live reward regressed.",
+            ["model"],
+            registry=r,
+        )
+        self.trajectory_collection_rate = Gauge(
+            "trainsvc_trajectory_collection_rate_per_hour",
+            "Complete trajectories recorded in the last hour (as of the automation's last check).",
+            ["model"],
+            registry=r,
+        )
+        self.automation_live_reward = Gauge(
+            "trainsvc_automation_live_reward",
+            "Mean live reward per version during a soak.",
+            ["model", "version"],
+            registry=r,
+        )
 
     def watch_frames(self, sent: Callable[[], int], dropped: Callable[[], int]) -> None:
         """Export `trainsvc_frames_sent_total` and `trainsvc_frames_dropped_total` from counts."""

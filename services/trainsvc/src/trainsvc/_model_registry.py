@@ -20,7 +20,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from trainsvc._domain import (
 )
 from trainsvc._traffic import validate_split
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
     model TEXT NOT NULL,
@@ -72,14 +72,24 @@ CREATE TABLE IF NOT EXISTS model_events (
     time REAL NOT NULL,
     principal TEXT NOT NULL,
     reason TEXT NOT NULL,
-    details TEXT NOT NULL
+    details TEXT NOT NULL,
+    severity TEXT NOT NULL DEFAULT 'info'
 );
 CREATE INDEX IF NOT EXISTS model_events_by_model ON model_events(model, sequence);
+CREATE TABLE IF NOT EXISTS automations (
+    model TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    state TEXT NOT NULL,
+    update_time REAL NOT NULL
+);
 """
 
 MODEL_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 ARTIFACT_KINDS = ("adapter", "full")
 EVALUATIONS = ("none", "passed", "failed")
+SEVERITIES = ("info", "warning", "error")
+Also = Callable[[sqlite3.Connection], None]
+"""Writes a caller commits in the same transaction as a change (the automation's state)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,9 @@ class Deployment:
 
 @dataclass(frozen=True)
 class ModelEvent:
-    """One recorded change: ``type`` is registered, evaluated, traffic, promoted or
-    rolled_back; ``details`` holds the numbers (splits before and after, metrics)."""
+    """One recorded change: ``type`` is registered, evaluated, traffic, promoted,
+    rolled_back or automation; ``details`` holds the numbers (splits before and after,
+    metrics, an automation's action); ``severity`` is info, warning or error."""
 
     sequence: int
     model: str
@@ -132,6 +143,7 @@ class ModelEvent:
     principal: str
     reason: str
     details: dict[str, Any]
+    severity: str = "info"
 
 
 def check_model_name(name: str, field_name: str = "model") -> str:
@@ -162,14 +174,21 @@ class ModelRegistry:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
         (found,) = self._db.execute("PRAGMA user_version").fetchone()
         if found > SCHEMA_VERSION:
             raise FailedPreconditionError(
                 f"{self.path}: model registry schema {found} is newer than this service's "
                 f"({SCHEMA_VERSION}); upgrade trainsvc"
             )
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        with self.transaction() as db:
+            if found == 1:  # version 1 had no severity and no automations
+                db.execute(
+                    "ALTER TABLE model_events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Closes the database."""
@@ -177,7 +196,12 @@ class ModelRegistry:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed when the block ends.
+
+        Raises:
+            RegistryUnwritableError: the database cannot be written (nothing changed).
+        """
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -193,8 +217,8 @@ class ModelRegistry:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _event(
-        self,
+    @staticmethod
+    def add_event(
         db: sqlite3.Connection,
         model: str,
         version: int,
@@ -202,11 +226,16 @@ class ModelRegistry:
         principal: str,
         reason: str,
         details: Mapping[str, Any],
+        severity: str = "info",
     ) -> None:
+        """Records an event inside ``db``'s open transaction (see `transaction`)."""
+        if severity not in SEVERITIES:
+            raise InvalidArgumentError("severity", f"must be one of {', '.join(SEVERITIES)}")
         db.execute(
-            "INSERT INTO model_events (model, version, type, time, principal, reason, details) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (model, version, type_, time.time(), principal, reason, json.dumps(details)),
+            "INSERT INTO model_events "
+            "(model, version, type, time, principal, reason, details, severity) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (model, version, type_, time.time(), principal, reason, json.dumps(details), severity),
         )
 
     # ------------------------------------------------------------------ versions
@@ -225,8 +254,10 @@ class ModelRegistry:
         windows: Sequence[str] = (),
         principal: str = "",
         reason: str = "",
+        also: Also | None = None,
     ) -> ModelVersion:
-        """Adds the next version of ``model`` (1 for a new model).
+        """Adds the next version of ``model`` (1 for a new model); ``also`` runs in the
+        same transaction (given the connection, after the version is inserted).
 
         Raises:
             InvalidArgumentError: a bad model name, artifact kind or empty artifact URI.
@@ -241,7 +272,7 @@ class ModelRegistry:
             raise InvalidArgumentError("artifact_uri", "is required")
         clean_metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             (last,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE model = ?", (model,)
             ).fetchone()
@@ -265,7 +296,9 @@ class ModelRegistry:
                 ),
             )
             details = {"artifact_uri": artifact_uri, "source_run": source_run, **clean_metrics}
-            self._event(db, model, version, "registered", principal, reason, details)
+            self.add_event(db, model, version, "registered", principal, reason, details)
+            if also is not None:
+                also(db)
         return self.version(model, version)
 
     def version(self, model: str, version: int) -> ModelVersion:
@@ -324,20 +357,23 @@ class ModelRegistry:
         *,
         principal: str = "",
         reason: str = "",
+        also: Also | None = None,
     ) -> ModelVersion:
         """Marks a version ``passed`` or ``failed`` with the evaluation's numbers."""
         self.version(model, version)
         clean = {str(k): float(v) for k, v in metrics.items()}
         outcome = "passed" if passed else "failed"
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE model_versions SET evaluation = ?, evaluation_metrics = ? "
                 "WHERE model = ? AND version = ?",
                 (outcome, json.dumps(clean), model, version),
             )
-            self._event(
+            self.add_event(
                 db, model, version, "evaluated", principal, reason, {"outcome": outcome, **clean}
             )
+            if also is not None:
+                also(db)
         return self.version(model, version)
 
     # ------------------------------------------------------------------ deployments
@@ -367,8 +403,13 @@ class ModelRegistry:
         reason: str = "",
         external_base_url: str | None = None,
         event_type: str = "traffic",
+        event_version: int | None = None,
+        also: Also | None = None,
     ) -> Deployment:
         """Replaces the model's split (the old one goes on the roll-back history).
+
+        The event names ``event_version`` (default: the version with the largest share);
+        ``also`` runs in the same transaction.
 
         Raises:
             InvalidArgumentError: shares that do not sum to 1 (``traffic``), or an
@@ -384,19 +425,16 @@ class ModelRegistry:
                 raise InvalidArgumentError(
                     f"traffic[{version}]", f"model {model} has no version {version}"
                 )
-        with self._transaction() as db:
+        with self.transaction() as db:
             self._replace(db, model, split, external_base_url)
             before = self._history_top(db, model)
             details = {"before": before, "after": {str(v): s for v, s in split.items()}}
-            self._event(
-                db,
-                model,
-                max(split, key=lambda v: split[v]),
-                event_type,
-                principal,
-                reason,
-                details,
+            named = (
+                event_version if event_version is not None else max(split, key=split.__getitem__)
             )
+            self.add_event(db, model, named, event_type, principal, reason, details)
+            if also is not None:
+                also(db)
         deployment = self.deployment(model)
         assert deployment is not None
         return deployment
@@ -440,8 +478,10 @@ class ModelRegistry:
         force: bool = False,
         principal: str = "",
         reason: str = "",
+        also: Also | None = None,
     ) -> Deployment:
-        """Gives ``version`` ``fraction`` of the traffic; the rest keeps its proportions.
+        """Gives ``version`` ``fraction`` of the traffic; the rest keeps its proportions
+        (``also`` runs in the same transaction).
 
         Raises:
             InvalidArgumentError: ``fraction`` outside (0, 1].
@@ -464,17 +504,26 @@ class ModelRegistry:
             fraction = 1.0  # nothing else to keep serving
         split[version] = fraction
         return self.set_traffic(
-            model, split, principal=principal, reason=reason, event_type="promoted"
+            model,
+            split,
+            principal=principal,
+            reason=reason,
+            event_type="promoted",
+            event_version=version,
+            also=also,
         )
 
-    def rollback(self, model: str, *, principal: str = "", reason: str = "") -> Deployment:
-        """Restores the split before the last change of the model's deployment.
+    def rollback(
+        self, model: str, *, principal: str = "", reason: str = "", also: Also | None = None
+    ) -> Deployment:
+        """Restores the split before the last change of the model's deployment (``also``
+        runs in the same transaction).
 
         Raises:
             FailedPreconditionError: nothing to roll back to (never deployed, or no
                 earlier split).
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT sequence, traffic FROM deployment_history WHERE model = ? "
                 "ORDER BY sequence DESC LIMIT 1",
@@ -497,8 +546,11 @@ class ModelRegistry:
                 "before": {str(v): s for v, s in before.items()},
                 "after": {str(v): s for v, s in after.items()},
             }
-            demoted = max(before, key=lambda v: before[v])
-            self._event(db, model, demoted, "rolled_back", principal, reason, details)
+            # the version that loses the most traffic is the one rolled back
+            demoted = max(before, key=lambda v: before[v] - after.get(v, 0.0))
+            self.add_event(db, model, demoted, "rolled_back", principal, reason, details)
+            if also is not None:
+                also(db)
         deployment = self.deployment(model)
         assert deployment is not None
         return deployment
@@ -514,9 +566,57 @@ class ModelRegistry:
             args.append(model)
         rows = self._db.execute(query + " ORDER BY sequence", args).fetchall()
         return [
-            ModelEvent(int(r[0]), r[1], int(r[2]), r[3], float(r[4]), r[5], r[6], json.loads(r[7]))
+            ModelEvent(
+                int(r[0]), r[1], int(r[2]), r[3], float(r[4]), r[5], r[6], json.loads(r[7]), r[8]
+            )
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ automations
+
+    @staticmethod
+    def latest_version(db: sqlite3.Connection, model: str) -> int:
+        """The newest version of ``model`` as ``db``'s open transaction sees it (0: none)."""
+        (last,) = db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE model = ?", (model,)
+        ).fetchone()
+        return int(last)
+
+    def automation(self, model: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A model's automation policy and state (as stored JSON), or None."""
+        row = self._db.execute(
+            "SELECT policy, state FROM automations WHERE model = ?", (model,)
+        ).fetchone()
+        return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    def automations(self) -> list[str]:
+        """The models with an automation policy."""
+        rows = self._db.execute("SELECT model FROM automations ORDER BY model").fetchall()
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def put_automation(
+        db: sqlite3.Connection,
+        model: str,
+        *,
+        policy: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Writes a model's automation policy and/or state inside ``db``'s transaction."""
+        row = db.execute(
+            "SELECT policy, state FROM automations WHERE model = ?", (model,)
+        ).fetchone()
+        old_policy, old_state = (row[0], row[1]) if row else ("{}", "{}")
+        db.execute(
+            "INSERT OR REPLACE INTO automations (model, policy, state, update_time) "
+            "VALUES (?, ?, ?, ?)",
+            (
+                model,
+                old_policy if policy is None else json.dumps(policy, sort_keys=True),
+                old_state if state is None else json.dumps(state, sort_keys=True),
+                time.time(),
+            ),
+        )
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainsvc._artifacts import ArtifactStore
+from trainsvc._automation import Automation, Runs
 from trainsvc._metrics import Metrics
 from trainsvc._model_registry import ModelRegistry
 from trainsvc._models_servicer import ModelServicer, RunCheckpoints
@@ -24,6 +25,9 @@ from trainsvc._paths import InputRoots
 from trainsvc._rpc import Context
 
 log = logging.getLogger("trainsvc.models")
+
+AUTOMATION_DIR = "automation"
+"""Under the data directory: the automation's exported groups and fetched versions."""
 
 
 class EndpointUnavailableError(RuntimeError):
@@ -59,6 +63,7 @@ class ModelStack:
     _endpoint: Any = None
     _engines: Any = None
     _recorder: Any = None
+    automation: Automation | None = None
     endpoint_url: str = ""
     _closed: bool = field(default=False, repr=False)
 
@@ -117,12 +122,32 @@ class ModelStack:
         self.endpoint_url = self._endpoint.url
         return self.endpoint_url
 
+    def start_automation(
+        self, runs: Runs, trajectory_db: str, work_dir: Path, poll_s: float
+    ) -> Automation:
+        """Starts the model automation (its loop checks every ``poll_s`` seconds)."""
+        if poll_s <= 0:
+            raise ValueError(f"--automation-poll must be > 0, got {poll_s}")
+        self.automation = Automation(
+            self.registry,
+            self.store,
+            runs,
+            self.servicer.register_run,
+            self.servicer.metrics,
+            trajectory_db=trajectory_db,
+            work_dir=work_dir,
+            base_model_dir=lambda v: self.inputs.resolve(v.base_model, "base_model", expect="dir"),
+        )
+        self.servicer.automation = self.automation
+        self.automation.start(poll_s)
+        return self.automation
+
     def close(self) -> None:
-        """Stops the endpoint, its engines and recorder, and closes the registry."""
+        """Stops the automation, the endpoint, its engines and recorder; closes the registry."""
         if self._closed:
             return
         self._closed = True
-        for part in (self._endpoint, self._engines, self._recorder):
+        for part in (self.automation, self._endpoint, self._engines, self._recorder):
             if part is not None:
                 try:
                     part.close()
@@ -131,4 +156,4 @@ class ModelStack:
         self.registry.close()
 
 
-__all__ = ["EndpointUnavailableError", "ModelStack", "principal_resolver"]
+__all__ = ["AUTOMATION_DIR", "EndpointUnavailableError", "ModelStack", "principal_resolver"]

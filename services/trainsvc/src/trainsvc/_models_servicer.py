@@ -12,15 +12,18 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from trainsvc_api.v1 import models_pb2 as mpb
 from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 
 from trainsvc._artifacts import ArtifactStore
+from trainsvc._automation import Automation, Decision
+from trainsvc._automation_policy import AutomationPolicy
 from trainsvc._domain import (
     CheckpointRecord,
     FailedPreconditionError,
@@ -31,6 +34,7 @@ from trainsvc._domain import (
 )
 from trainsvc._metrics import Metrics
 from trainsvc._model_registry import (
+    Also,
     Deployment,
     ModelEvent,
     ModelRegistry,
@@ -143,7 +147,48 @@ def event_to_proto(e: ModelEvent) -> mpb.ModelEvent:
         principal=e.principal,
         reason=e.reason,
         details_json=json.dumps(e.details, sort_keys=True),
+        severity=e.severity,
     )
+
+
+def automation_to_proto(
+    model: str, policy: AutomationPolicy, state: Mapping[str, Any]
+) -> mpb.Automation:
+    """The wire form of a model's automation."""
+    p = policy.to_dict()
+    out = mpb.Automation(
+        name=f"models/{model}/automation",
+        policy=mpb.AutomationPolicy(**p),
+        phase=str(state.get("phase", "idle")),
+        run=f"runs/{state['run_id']}" if state.get("run_id") else "",
+        candidate_version=int(state.get("candidate", 0)),
+        baseline_version=int(state.get("baseline", 0)),
+        last_decision=str(state.get("last_decision", "")),
+    )
+    if state.get("next_run_time"):
+        out.next_run_time.CopyFrom(_time(float(state["next_run_time"])))
+    if state.get("last_training_time"):
+        out.last_training_time.CopyFrom(_time(float(state["last_training_time"])))
+    return out
+
+
+def decision_to_proto(d: Decision) -> mpb.AutomationDecision:
+    """The wire form of an automation decision."""
+    return mpb.AutomationDecision(
+        action=d.action,
+        reason=d.reason,
+        details_json=json.dumps(d.details, sort_keys=True),
+        severity=d.severity,
+        dry_run=d.dry_run,
+    )
+
+
+def parse_automation_name(name: str, field: str = "name") -> str:
+    """``trader`` from ``models/trader/automation``."""
+    head, slash, tail = (name or "").rpartition("/")
+    if not slash or tail != "automation":
+        raise InvalidArgumentError(field, f"must be models/{{model}}/automation, got {echo(name)}")
+    return parse_model_name(head, field)
 
 
 class ModelServicer(mpb_grpc.ModelServiceServicer):
@@ -164,6 +209,16 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         self.metrics = metrics
         self.principal_of = principal_of
         self.run_checkpoints = run_checkpoints
+        self.automation: Automation | None = None
+        """Set by the service when it runs the automation (it needs --trajectory-db)."""
+
+    def _automation(self) -> Automation:
+        if self.automation is None:
+            raise FailedPreconditionError(
+                "model automation needs the trajectory store and the lm extra: start the "
+                "service with --trajectory-db URL (pip install 'trainsvc[lm]')"
+            )
+        return self.automation
 
     def _source_checkpoint(self, request: mpb.RegisterModelVersionRequest) -> CheckpointRecord:
         """The checkpoint of ``source_run`` to export: ``source_checkpoint``, else the newest."""
@@ -184,14 +239,39 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             raise InvalidArgumentError("source_run", f"{request.source_run} has no checkpoint")
         return max(found, key=lambda c: (c.step, c.create_time))
 
-    def _register(self, request: mpb.RegisterModelVersionRequest, principal: str) -> ModelVersion:
+    def register_run(
+        self,
+        model: str,
+        run_id: str,
+        windows: Sequence[str],
+        metrics: Mapping[str, float],
+        reason: str,
+        also: Also,
+    ) -> ModelVersion:
+        """Registers the newest checkpoint of run ``run_id`` (the automation's way in);
+        ``also`` is committed with the version."""
+        request = mpb.RegisterModelVersionRequest(
+            model=model,
+            source_run=f"runs/{run_id}",
+            metrics=dict(metrics),
+            windows=list(windows),
+            reason=reason,
+        )
+        return self._register(request, "automation", also)
+
+    def _register(
+        self,
+        request: mpb.RegisterModelVersionRequest,
+        principal: str,
+        also: Also | None = None,
+    ) -> ModelVersion:
         model = parse_model_name(request.model)
         if request.artifact_dir:
             source = self.inputs.resolve(request.artifact_dir, "artifact_dir", expect="dir")
             artifact = _Artifact(
                 source, request.artifact_kind, request.base_model, request.source_checkpoint
             )
-            return self._put_and_register(model, artifact, request, principal)
+            return self._put_and_register(model, artifact, request, principal, also)
         if not request.source_run:
             raise InvalidArgumentError(
                 "artifact_dir", "give an artifact directory, or a source_run to export"
@@ -199,7 +279,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         record = self._source_checkpoint(request)
         with tempfile.TemporaryDirectory(prefix="trainsvc-export-") as tmp:
             artifact = export_run_checkpoint(record, Path(tmp) / "artifact")
-            return self._put_and_register(model, artifact, request, principal)
+            return self._put_and_register(model, artifact, request, principal, also)
 
     def _put_and_register(
         self,
@@ -207,6 +287,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         artifact: _Artifact,
         request: mpb.RegisterModelVersionRequest,
         principal: str,
+        also: Also | None,
     ) -> ModelVersion:
         stored = self.store.put(model, artifact.path)
         return self.registry.register(
@@ -221,6 +302,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             windows=list(request.windows),
             principal=principal,
             reason=request.reason,
+            also=also,
         )
 
     async def ListModels(  # noqa: N802
@@ -325,6 +407,47 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             return mpb.ListModelEventsResponse(events=[event_to_proto(e) for e in events])
 
         return await unary_call(self.metrics, "ListModelEvents", context, fn)
+
+    async def SetAutomation(  # noqa: N802
+        self, request: mpb.SetAutomationRequest, context: Context
+    ) -> mpb.Automation:
+        principal = self.principal_of(context)
+
+        def fn(_t: float | None) -> mpb.Automation:
+            model = parse_model_name(request.model)
+            if not request.HasField("policy"):
+                raise InvalidArgumentError("policy", "is required")
+            policy = AutomationPolicy.from_wire(request.policy)
+            automation = self._automation()
+            state = automation.set_policy(model, policy, principal=principal, reason=request.reason)
+            return automation_to_proto(model, policy, state)
+
+        return await unary_call(self.metrics, "SetAutomation", context, fn)
+
+    async def GetAutomation(  # noqa: N802
+        self, request: mpb.GetAutomationRequest, context: Context
+    ) -> mpb.Automation:
+        def fn(_t: float | None) -> mpb.Automation:
+            model = parse_automation_name(request.name)
+            policy, state = self._automation().status(model)
+            return automation_to_proto(model, policy, state)
+
+        return await unary_call(self.metrics, "GetAutomation", context, fn)
+
+    async def RunAutomation(  # noqa: N802
+        self, request: mpb.RunAutomationRequest, context: Context
+    ) -> mpb.RunAutomationResponse:
+        def fn(_t: float | None) -> mpb.RunAutomationResponse:
+            model = parse_automation_name(request.name)
+            automation = self._automation()
+            decisions = automation.run_once(model, dry_run=request.dry_run)
+            policy, state = automation.status(model)
+            return mpb.RunAutomationResponse(
+                decisions=[decision_to_proto(d) for d in decisions],
+                automation=automation_to_proto(model, policy, state),
+            )
+
+        return await unary_call(self.metrics, "RunAutomation", context, fn, inline=False)
 
 
 __all__ = [

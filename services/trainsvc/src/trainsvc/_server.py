@@ -32,7 +32,7 @@ from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_thi
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
 from trainsvc._metrics import Metrics, start_metrics_server
-from trainsvc._model_stack import EndpointUnavailableError, ModelStack
+from trainsvc._model_stack import AUTOMATION_DIR, EndpointUnavailableError, ModelStack
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._servicer import TrainServicer, add_to_server
@@ -82,7 +82,10 @@ class ServerOptions:
     openai_listen: str = ""
     """HOST:PORT of the OpenAI-compatible endpoint for deployed models; empty: none."""
     trajectory_db: str = ""
-    """Where the endpoint records calls that carry X-Trajectory-Id; empty: not recorded."""
+    """The trajectory store: the endpoint records calls that carry X-Trajectory-Id into it
+    and the model automation trains on it; empty: neither."""
+    automation_poll_s: float = 5.0
+    """How often the model automation checks schedules and cycles (with trajectory_db)."""
     models_storage: str = ""
     """Where model artifacts live (a directory or an fsspec URL); empty: <data-dir>/artifacts."""
     token_principal: str = "admin"
@@ -177,7 +180,10 @@ class TrainsvcServer:
             on_run_end=self.hub.close_topic,
             worker_nice=opts.worker_nice,
             worker_cpus=opts.worker_cpus,
-            input_roots=InputRoots.of(opts.input_dirs or (Path.cwd(),)),
+            # the automation's exports and fetched versions are inputs of its grpo runs
+            input_roots=InputRoots.of(
+                (*(opts.input_dirs or (Path.cwd(),)), opts.data_dir / AUTOMATION_DIR)
+            ),
         )
         interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
         server = grpc.aio.server(
@@ -206,6 +212,11 @@ class TrainsvcServer:
             principal=opts.token_principal,
             run_checkpoints=self.manager.list_checkpoints,
         )
+        if opts.trajectory_db:
+            self.models.start_automation(
+                self.manager, opts.trajectory_db, opts.data_dir / AUTOMATION_DIR,
+                opts.automation_poll_s,
+            )  # fmt: skip
         mpb_grpc.add_ModelServiceServicer_to_server(self.models.servicer, server)
         # Without --trajectory-db its calls say so (FAILED_PRECONDITION).
         self.trajectories = TrajectoryServicer(opts.trajectory_db, self.metrics)

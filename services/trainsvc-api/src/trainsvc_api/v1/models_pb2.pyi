@@ -248,17 +248,24 @@ class ModelEvent(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     model: _builtins.str
     """"models/{model}"."""
     version: _builtins.int
     type: _builtins.str
-    """"registered", "evaluated", "traffic", "promoted" or "rolled_back"."""
+    """"registered", "evaluated", "traffic", "promoted", "rolled_back" or
+    "automation" (a decision of the automation; its action in details_json).
+    """
     principal: _builtins.str
     """The bearer token's principal ("" without auth)."""
     reason: _builtins.str
     details_json: _builtins.str
     """The numbers as JSON (splits before and after, metrics)."""
+    severity: _builtins.str
+    """"info", "warning" (a regression, a refused candidate) or "error" (a failed
+    training or evaluation).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -272,14 +279,346 @@ class ModelEvent(_message.Message):
         principal: _builtins.str = ...,
         reason: _builtins.str = ...,
         details_json: _builtins.str = ...,
+        severity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details_json", b"details_json", "model", b"model", "principal", b"principal", "reason", b"reason", "sequence", b"sequence", "time", b"time", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details_json", b"details_json", "model", b"model", "principal", b"principal", "reason", b"reason", "sequence", b"sequence", "severity", b"severity", "time", b"time", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelEvent: _TypeAlias = ModelEvent  # noqa: Y015
+
+@_typing.final
+class AutomationPolicy(_message.Message):
+    """When and how the service retrains, evaluates and rolls out a model by itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class QualityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GrpoOverridesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    MIN_NEW_TRAJECTORIES_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    STEP_BUDGET_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    GRPO_OVERRIDES_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SCENARIOS_FIELD_NUMBER: _builtins.int
+    EVAL_SAMPLES_FIELD_NUMBER: _builtins.int
+    JUDGE_FIELD_NUMBER: _builtins.int
+    JUDGE_BASE_URL_FIELD_NUMBER: _builtins.int
+    JUDGE_MODEL_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    INITIAL_FRACTION_FIELD_NUMBER: _builtins.int
+    SOAK_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_SOAK_TRAJECTORIES_FIELD_NUMBER: _builtins.int
+    REGRESSION_MARGIN_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Off: the schedule does not fire (RunAutomation still can)."""
+    interval_seconds: _builtins.int
+    """The schedule: every interval_seconds, or a cron expression (5 fields, UTC);
+    exactly one of them.
+    """
+    cron: _builtins.str
+    min_new_trajectories: _builtins.int
+    """Readiness: at least this many new complete trajectories since the last
+    training, in windows whose data quality passes (the trajectory store's
+    thresholds, overridable by name in quality, e.g. min_reward_coverage).
+    """
+    step_budget: _builtins.int
+    """The grpo run: its step budget, seed and config overrides (GrpoConfig's
+    dotted keys, e.g. "grpo.group_size"). The run starts from the deployed
+    version's weights and trains on the new windows' groups.
+    """
+    seed: _builtins.int
+    eval_samples: _builtins.int
+    """Completions sampled per held-out prompt per version (default 4)."""
+    judge: _builtins.str
+    """The judge of the evaluation (the same judge as the training data's
+    rewards): "task:<name>" (a shipped task's verifiable reward), or "llm"
+    (judge_base_url and judge_model, RULER-style, both versions in one group).
+    """
+    judge_base_url: _builtins.str
+    judge_model: _builtins.str
+    margin: _builtins.float
+    """Promote the new version to initial_fraction (default 0.2) of the traffic
+    when its evaluation score beats the current one's by at least margin.
+    """
+    initial_fraction: _builtins.float
+    soak_seconds: _builtins.int
+    """Soak: at least soak_seconds and min_soak_trajectories rewarded trajectories
+    per version; then promote fully unless the new version's mean live reward
+    is below the current one's by more than regression_margin (roll back).
+    """
+    min_soak_trajectories: _builtins.int
+    regression_margin: _builtins.float
+    dry_run: _builtins.bool
+    """Decide and record decisions (as events), never act."""
+    @_builtins.property
+    def quality(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def grpo_overrides(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def holdout_scenarios(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Evaluation on held-out scenarios (never trained on): scenario ids; empty:
+        none is held out and evaluation uses the scenarios of the new windows.
+        """
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        interval_seconds: _builtins.int = ...,
+        cron: _builtins.str = ...,
+        min_new_trajectories: _builtins.int = ...,
+        quality: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        step_budget: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        grpo_overrides: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        holdout_scenarios: _abc.Iterable[_builtins.str] | None = ...,
+        eval_samples: _builtins.int = ...,
+        judge: _builtins.str = ...,
+        judge_base_url: _builtins.str = ...,
+        judge_model: _builtins.str = ...,
+        margin: _builtins.float = ...,
+        initial_fraction: _builtins.float = ...,
+        soak_seconds: _builtins.int = ...,
+        min_soak_trajectories: _builtins.int = ...,
+        regression_margin: _builtins.float = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "dry_run", b"dry_run", "enabled", b"enabled", "eval_samples", b"eval_samples", "grpo_overrides", b"grpo_overrides", "holdout_scenarios", b"holdout_scenarios", "initial_fraction", b"initial_fraction", "interval_seconds", b"interval_seconds", "judge", b"judge", "judge_base_url", b"judge_base_url", "judge_model", b"judge_model", "margin", b"margin", "min_new_trajectories", b"min_new_trajectories", "min_soak_trajectories", b"min_soak_trajectories", "quality", b"quality", "regression_margin", b"regression_margin", "seed", b"seed", "soak_seconds", b"soak_seconds", "step_budget", b"step_budget"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutomationPolicy: _TypeAlias = AutomationPolicy  # noqa: Y015
+
+@_typing.final
+class Automation(_message.Message):
+    """A model's automation: its policy and where its current cycle stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VERSION_FIELD_NUMBER: _builtins.int
+    BASELINE_VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_TRAINING_TIME_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"models/{model}/automation"."""
+    phase: _builtins.str
+    """"idle", "training", "soaking"."""
+    run: _builtins.str
+    """The grpo run being trained ("runs/{id}"), while training."""
+    candidate_version: _builtins.int
+    """The candidate version and the version it is compared with, while soaking."""
+    baseline_version: _builtins.int
+    last_decision: _builtins.str
+    """The latest decision, as recorded in its event."""
+    @_builtins.property
+    def policy(self) -> Global___AutomationPolicy: ...
+    @_builtins.property
+    def next_run_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_training_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        policy: Global___AutomationPolicy | None = ...,
+        phase: _builtins.str = ...,
+        run: _builtins.str = ...,
+        candidate_version: _builtins.int = ...,
+        baseline_version: _builtins.int = ...,
+        next_run_time: _timestamp_pb2.Timestamp | None = ...,
+        last_training_time: _timestamp_pb2.Timestamp | None = ...,
+        last_decision: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_training_time", b"last_training_time", "next_run_time", b"next_run_time", "policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_version", b"baseline_version", "candidate_version", b"candidate_version", "last_decision", b"last_decision", "last_training_time", b"last_training_time", "name", b"name", "next_run_time", b"next_run_time", "phase", b"phase", "policy", b"policy", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Automation: _TypeAlias = Automation  # noqa: Y015
+
+@_typing.final
+class AutomationDecision(_message.Message):
+    """One decision of an automation cycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """"wait", "skip", "train", "register", "evaluate", "promote", "promote_full",
+    "reject", "rollback", "fail".
+    """
+    reason: _builtins.str
+    details_json: _builtins.str
+    severity: _builtins.str
+    dry_run: _builtins.bool
+    """Decided but not acted on (a dry run)."""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "details_json", b"details_json", "dry_run", b"dry_run", "reason", b"reason", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutomationDecision: _TypeAlias = AutomationDecision  # noqa: Y015
+
+@_typing.final
+class SetAutomationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"models/{model}"."""
+    reason: _builtins.str
+    @_builtins.property
+    def policy(self) -> Global___AutomationPolicy: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        policy: Global___AutomationPolicy | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "policy", b"policy", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAutomationRequest: _TypeAlias = SetAutomationRequest  # noqa: Y015
+
+@_typing.final
+class GetAutomationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"models/{model}/automation"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAutomationRequest: _TypeAlias = GetAutomationRequest  # noqa: Y015
+
+@_typing.final
+class RunAutomationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"models/{model}/automation"."""
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAutomationRequest: _TypeAlias = RunAutomationRequest  # noqa: Y015
+
+@_typing.final
+class RunAutomationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    AUTOMATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutomationDecision]: ...
+    @_builtins.property
+    def automation(self) -> Global___Automation: ...
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___AutomationDecision] | None = ...,
+        automation: Global___Automation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automation", b"automation", "decisions", b"decisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAutomationResponse: _TypeAlias = RunAutomationResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

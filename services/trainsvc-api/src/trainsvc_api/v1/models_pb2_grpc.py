@@ -75,6 +75,21 @@ class ModelServiceStub:
                 request_serializer=trainsvc_dot_v1_dot_models__pb2.ListModelEventsRequest.SerializeToString,
                 response_deserializer=trainsvc_dot_v1_dot_models__pb2.ListModelEventsResponse.FromString,
                 _registered_method=True)
+        self.SetAutomation = channel.unary_unary(
+                '/trainsvc.v1.ModelService/SetAutomation',
+                request_serializer=trainsvc_dot_v1_dot_models__pb2.SetAutomationRequest.SerializeToString,
+                response_deserializer=trainsvc_dot_v1_dot_models__pb2.Automation.FromString,
+                _registered_method=True)
+        self.GetAutomation = channel.unary_unary(
+                '/trainsvc.v1.ModelService/GetAutomation',
+                request_serializer=trainsvc_dot_v1_dot_models__pb2.GetAutomationRequest.SerializeToString,
+                response_deserializer=trainsvc_dot_v1_dot_models__pb2.Automation.FromString,
+                _registered_method=True)
+        self.RunAutomation = channel.unary_unary(
+                '/trainsvc.v1.ModelService/RunAutomation',
+                request_serializer=trainsvc_dot_v1_dot_models__pb2.RunAutomationRequest.SerializeToString,
+                response_deserializer=trainsvc_dot_v1_dot_models__pb2.RunAutomationResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -144,6 +159,30 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAutomation(self, request, context):
+        """Creates or replaces a model's automation policy: a schedule on which the
+        service checks for new trajectories, trains a grpo run on them, evaluates,
+        promotes, soaks and rolls back (see AutomationPolicy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAutomation(self, request, context):
+        """Returns a model's automation policy and where its current cycle stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunAutomation(self, request, context):
+        """Runs a model's automation once now, whether due or not; with dry_run the
+        decisions are computed and returned but nothing is trained or changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +225,21 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.ListModelEvents,
                     request_deserializer=trainsvc_dot_v1_dot_models__pb2.ListModelEventsRequest.FromString,
                     response_serializer=trainsvc_dot_v1_dot_models__pb2.ListModelEventsResponse.SerializeToString,
+            ),
+            'SetAutomation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutomation,
+                    request_deserializer=trainsvc_dot_v1_dot_models__pb2.SetAutomationRequest.FromString,
+                    response_serializer=trainsvc_dot_v1_dot_models__pb2.Automation.SerializeToString,
+            ),
+            'GetAutomation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutomation,
+                    request_deserializer=trainsvc_dot_v1_dot_models__pb2.GetAutomationRequest.FromString,
+                    response_serializer=trainsvc_dot_v1_dot_models__pb2.Automation.SerializeToString,
+            ),
+            'RunAutomation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunAutomation,
+                    request_deserializer=trainsvc_dot_v1_dot_models__pb2.RunAutomationRequest.FromString,
+                    response_serializer=trainsvc_dot_v1_dot_models__pb2.RunAutomationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +459,87 @@ class ModelService:
             '/trainsvc.v1.ModelService/ListModelEvents',
             trainsvc_dot_v1_dot_models__pb2.ListModelEventsRequest.SerializeToString,
             trainsvc_dot_v1_dot_models__pb2.ListModelEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutomation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainsvc.v1.ModelService/SetAutomation',
+            trainsvc_dot_v1_dot_models__pb2.SetAutomationRequest.SerializeToString,
+            trainsvc_dot_v1_dot_models__pb2.Automation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutomation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainsvc.v1.ModelService/GetAutomation',
+            trainsvc_dot_v1_dot_models__pb2.GetAutomationRequest.SerializeToString,
+            trainsvc_dot_v1_dot_models__pb2.Automation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunAutomation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainsvc.v1.ModelService/RunAutomation',
+            trainsvc_dot_v1_dot_models__pb2.RunAutomationRequest.SerializeToString,
+            trainsvc_dot_v1_dot_models__pb2.RunAutomationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,17 @@ class ModelServiceStub:
     """Lists every deployment."""
     ListModelEvents: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelEventsRequest, _models_pb2.ListModelEventsResponse]
     """Lists a model's (or every model's) events, oldest first, after a sequence."""
+    SetAutomation: _grpc.UnaryUnaryMultiCallable[_models_pb2.SetAutomationRequest, _models_pb2.Automation]
+    """Creates or replaces a model's automation policy: a schedule on which the
+    service checks for new trajectories, trains a grpo run on them, evaluates,
+    promotes, soaks and rolls back (see AutomationPolicy).
+    """
+    GetAutomation: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetAutomationRequest, _models_pb2.Automation]
+    """Returns a model's automation policy and where its current cycle stands."""
+    RunAutomation: _grpc.UnaryUnaryMultiCallable[_models_pb2.RunAutomationRequest, _models_pb2.RunAutomationResponse]
+    """Runs a model's automation once now, whether due or not; with dry_run the
+    decisions are computed and returned but nothing is trained or changed.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -101,6 +112,17 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Lists every deployment."""
     ListModelEvents: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelEventsRequest, _models_pb2.ListModelEventsResponse]  # type: ignore[assignment]
     """Lists a model's (or every model's) events, oldest first, after a sequence."""
+    SetAutomation: _aio.UnaryUnaryMultiCallable[_models_pb2.SetAutomationRequest, _models_pb2.Automation]  # type: ignore[assignment]
+    """Creates or replaces a model's automation policy: a schedule on which the
+    service checks for new trajectories, trains a grpo run on them, evaluates,
+    promotes, soaks and rolls back (see AutomationPolicy).
+    """
+    GetAutomation: _aio.UnaryUnaryMultiCallable[_models_pb2.GetAutomationRequest, _models_pb2.Automation]  # type: ignore[assignment]
+    """Returns a model's automation policy and where its current cycle stands."""
+    RunAutomation: _aio.UnaryUnaryMultiCallable[_models_pb2.RunAutomationRequest, _models_pb2.RunAutomationResponse]  # type: ignore[assignment]
+    """Runs a model's automation once now, whether due or not; with dry_run the
+    decisions are computed and returned but nothing is trained or changed.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers trained models and routes their traffic."""
@@ -178,5 +200,34 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ListModelEventsResponse, _abc.Awaitable[_models_pb2.ListModelEventsResponse]]:
         """Lists a model's (or every model's) events, oldest first, after a sequence."""
+
+    @_abc_1.abstractmethod
+    def SetAutomation(
+        self,
+        request: _models_pb2.SetAutomationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.Automation, _abc.Awaitable[_models_pb2.Automation]]:
+        """Creates or replaces a model's automation policy: a schedule on which the
+        service checks for new trajectories, trains a grpo run on them, evaluates,
+        promotes, soaks and rolls back (see AutomationPolicy).
+        """
+
+    @_abc_1.abstractmethod
+    def GetAutomation(
+        self,
+        request: _models_pb2.GetAutomationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.Automation, _abc.Awaitable[_models_pb2.Automation]]:
+        """Returns a model's automation policy and where its current cycle stands."""
+
+    @_abc_1.abstractmethod
+    def RunAutomation(
+        self,
+        request: _models_pb2.RunAutomationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.RunAutomationResponse, _abc.Awaitable[_models_pb2.RunAutomationResponse]]:
+        """Runs a model's automation once now, whether due or not; with dry_run the
+        decisions are computed and returned but nothing is trained or changed.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
