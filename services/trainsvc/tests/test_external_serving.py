@@ -116,6 +116,9 @@ async def _chat(state: FakeServer, http: Request, missing: Callable[[str], Respo
 
     async def events() -> Any:
         yield chunk({"role": "assistant", "content": ""})
+        if user == "break":  # the engine dies mid-stream
+            yield b'data: {"error": {"message": "engine died", "code": 500}}\n\n'
+            return
         if call:
             head = {**call, "function": {"name": "place_order", "arguments": ""}}
             yield chunk({"tool_calls": [{"index": 0, **head}]})
@@ -413,6 +416,8 @@ def test_upstream_failures_are_openai_errors(service: dict[str, Any], vllm: Fake
 
     with pytest.raises(openai.BadRequestError, match="temperature is too high"):
         _ask(client, "refuse")
+    with pytest.raises(openai.APIError, match=r"error mid-stream.*engine died"):
+        list(_ask(client, "break", stream=True))
 
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
