@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from trainsvc_api.v1 import models_pb2 as mpb
 from trainsvc_api.v1 import trainsvc_pb2 as pb
+from trainsvc_api.v1 import trajectories_pb2 as tpb
 
 
 def _time(ts: Timestamp) -> float | None:
@@ -89,3 +91,92 @@ def most_active(runs: list[pb.Run]) -> str | None:
     if active:
         return max(active, key=started).name
     return max(runs, key=touched).name
+
+
+# ---------------------------------------------------------------- the admin view
+
+
+def window_json(w: tpb.TrajectoryWindow) -> dict[str, Any]:
+    """A trajectory window with its data-quality report, as the `admin` message lists it."""
+    return {
+        "id": w.window_id,
+        "start_time": _time(w.start_time),
+        "end_time": _time(w.end_time),
+        "first_start_time": _time(w.first_start_time),
+        "last_start_time": _time(w.last_start_time),
+        "trajectories": w.trajectories,
+        "by_status": dict(w.trajectories_by_status),
+        "completed": w.completed,
+        "complete_fraction": w.complete_fraction,
+        "steps": w.steps,
+        "steps_with_llm_calls": w.steps_with_llm_calls,
+        "llm_step_fraction": w.llm_step_fraction,
+        "reward_coverage": w.reward_coverage,
+        "duplicates": w.duplicates,
+        "duplicate_fraction": w.duplicate_fraction,
+        "mean_reward": w.mean_reward if w.HasField("mean_reward") else None,
+        "scenarios": [
+            {"id": s.scenario_id, "trajectories": s.trajectories, "completed": s.completed}
+            for s in w.scenario_counts
+        ],
+        "complete_groups": w.complete_groups,
+        "quality_score": w.quality_score,
+        "passed": w.passed,
+        "failures": list(w.failures),
+    }
+
+
+def trajectories_json(reply: tpb.ListWindowsResponse) -> dict[str, Any]:
+    """The windows and the collection series of a ListWindows reply."""
+    return {
+        "total": reply.total_trajectories,
+        "bucket_seconds": reply.bucket_seconds,
+        "collection": [
+            {"time": _time(b.start_time), "trajectories": b.trajectories, "completed": b.completed}
+            for b in reply.collection
+        ],
+        "windows": [window_json(w) for w in reply.windows],
+    }
+
+
+def model_json(m: mpb.Model) -> dict[str, Any]:
+    """A registered model with its versions and traffic split."""
+    traffic = {int(v): share for v, share in m.deployment.traffic.items()}
+    return {
+        "name": m.name,
+        "model": m.name.removeprefix("models/"),
+        "deployed": m.HasField("deployment"),
+        "traffic": {str(v): s for v, s in sorted(traffic.items())},
+        "update_time": _time(m.deployment.update_time),
+        "versions": [
+            {
+                "version": v.version,
+                "artifact_kind": v.artifact_kind,
+                "base_model": v.base_model,
+                "source_run": v.source_run,
+                "metrics": dict(v.metrics),
+                "windows": list(v.windows),
+                "evaluation": v.evaluation or "none",
+                "evaluation_metrics": dict(v.evaluation_metrics),
+                "create_time": _time(v.create_time),
+                "share": traffic.get(v.version, 0.0),
+            }
+            for v in m.versions
+        ],
+    }
+
+
+def model_event_json(e: mpb.ModelEvent) -> dict[str, Any]:
+    """A model event; ``severity`` is null for a service whose events have none."""
+    has_severity = "severity" in e.DESCRIPTOR.fields_by_name
+    return {
+        "sequence": e.sequence,
+        "model": e.model.removeprefix("models/"),
+        "version": e.version,
+        "type": e.type,
+        "time": _time(e.time),
+        "principal": e.principal,
+        "reason": e.reason,
+        "details": e.details_json,
+        "severity": (getattr(e, "severity", "") or None) if has_severity else None,
+    }

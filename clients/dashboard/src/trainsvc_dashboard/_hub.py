@@ -25,6 +25,7 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_client import TrainsvcError, run_name
 from trainsvc_client.aio import AsyncClient, is_unavailable
 
+from trainsvc_dashboard._admin import ADMIN_CONTROLS, AdminFeed
 from trainsvc_dashboard._convert import checkpoint_json, event_json, most_active, run_json
 from trainsvc_dashboard._frames import encode_frame
 from trainsvc_dashboard._history import MetricHistory
@@ -58,8 +59,8 @@ MAX_MESSAGE_DEPTH = 16
 MAX_REQ_CHARS = 100
 MAX_RUN_CHARS = 200
 
-CONTROLS = ("create", "pause", "resume", "stop", "checkpoint")
-MESSAGE_TYPES = ("select", "rate", *CONTROLS)
+CONTROLS = ("create", "pause", "resume", "stop", "checkpoint", *ADMIN_CONTROLS)
+MESSAGE_TYPES = ("select", "rate", "admin", *CONTROLS)
 
 
 class Sink(Protocol):
@@ -336,6 +337,8 @@ class BridgeHub:
         self._refresh = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self.admin = AdminFeed(service, self.service_down)
+        """The admin view's data, polled while a page shows it."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -353,6 +356,7 @@ class BridgeHub:
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
         self.feeds.clear()
+        await self.admin.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -483,6 +487,7 @@ class BridgeHub:
     def remove(self, client: BrowserSession) -> None:
         """Forget a client that disconnected."""
         self._detach(client)
+        self.admin.unsubscribe(client)
         self.clients.discard(client)
 
     def _detach(self, client: BrowserSession) -> None:
@@ -593,6 +598,17 @@ class BridgeHub:
                 return
             client.rate_hz = float(hz)
             client.wake.set()
+        elif kind == "admin":
+            on = msg.get("on")
+            if not isinstance(on, bool):
+                client.push(
+                    {"type": "error", "message": f"on: true or false expected, got {_short(on)}"}
+                )
+                return
+            if on:
+                self.admin.subscribe(client)
+            else:
+                self.admin.unsubscribe(client)
         else:
             if not _valid_req(msg.get("req")):
                 client.push(
@@ -639,6 +655,8 @@ class BridgeHub:
                 args = preset.create_args(seed=secrets.randbelow(2**31))
                 run = await service.create_run(**args, timeout=CONTROL_TIMEOUT_S)
                 reply: dict[str, Any] = {"run": run_json(run)}
+            elif kind in ADMIN_CONTROLS:
+                reply = await self.admin.control(kind, msg, CONTROL_TIMEOUT_S)
             else:
                 target = msg.get("run")
                 if not isinstance(target, str) or not target:
@@ -693,4 +711,5 @@ class BridgeHub:
                 run: {"clients": len(f.clients), "frames_received": f.frames_received}
                 for run, f in self.feeds.items()
             },
+            "admin": {"subscribers": len(self.admin.subscribers), "polls": self.admin.polls},
         }

@@ -1,7 +1,9 @@
 // The trainsvc dashboard page: one WebSocket to the bridge, a run list,
-// the live view of the selected run, its charts, events and checkpoints.
+// the live view of the selected run, its charts, events and checkpoints; and
+// the admin view (#/admin, `admin.ts`).
 import "uplot/dist/uPlot.min.css";
 import "./style.css";
+import { AdminView } from "./admin";
 import { ChartGrid, MetricStore } from "./charts";
 import { FieldView } from "./field";
 import { BoardView, discCounts } from "./othello";
@@ -51,6 +53,7 @@ const state = {
   token: sessionStorage.getItem("trainsvc.token") ?? "",
   authRequired: false,
   everOpened: false,
+  admin: false,
 };
 
 const store = new MetricStore();
@@ -60,6 +63,12 @@ league.filter = (n) => /league|elo|score/i.test(n);
 const fieldView = new FieldView($<HTMLCanvasElement>("field"));
 const boardView = new BoardView($<HTMLCanvasElement>("board"));
 boardView.draw(null);
+const admin = new AdminView({
+  send,
+  nextReq: () => state.nextReq++,
+  select: (run) => select(run),
+  toast,
+});
 const SAMPLES_SHOWN = 20;
 const PROMPT_CHARS = 600;
 
@@ -300,6 +309,7 @@ function scheduleCharts(): void {
     chartsDirty = false;
     charts.update(store);
     league.update(store);
+    if (state.admin) admin.updateCurves(store);
   }, 200);
 }
 
@@ -344,6 +354,7 @@ function onMessage(m: ServerMessage): void {
       state.presets = m.presets;
       renderPresets();
       send({ type: "rate", hz: state.rate });
+      if (state.admin) send({ type: "admin", on: true });
       setService(m.service);
       break;
     case "service":
@@ -354,6 +365,7 @@ function onMessage(m: ServerMessage): void {
       state.active = m.active;
       renderRuns();
       renderRunHeader();
+      admin.setRuns(state.runs, state.selected);
       break;
     case "selected":
       state.selected = m.run;
@@ -370,6 +382,8 @@ function onMessage(m: ServerMessage): void {
       store.clear();
       charts.reset();
       league.reset();
+      admin.resetCurves();
+      admin.setRuns(state.runs, state.selected);
       fieldView.clear();
       boardView.draw(null);
       renderRuns();
@@ -405,7 +419,10 @@ function onMessage(m: ServerMessage): void {
       renderCheckpoints();
       break;
     case "reply":
-      onReply(m);
+      if (!admin.onReply(m)) onReply(m);
+      break;
+    case "admin":
+      admin.update(m);
       break;
     case "dropped":
       toast(`${m.count} older messages were dropped (this page fell behind)`);
@@ -480,6 +497,7 @@ async function start(): Promise<void> {
     sessionStorage.setItem("trainsvc.token", fromHash);
     history.replaceState(null, "", location.pathname + location.search);
   }
+  applyRoute();
   try {
     const info = (await (await fetch("api/info")).json()) as { auth_required: boolean };
     state.authRequired = info.auth_required;
@@ -493,6 +511,27 @@ async function start(): Promise<void> {
   }
   connect();
 }
+
+// ---------------------------------------------------------------- routes
+
+/** `#/admin` shows the admin view (the bridge polls its data only while one does). */
+function applyRoute(): void {
+  const on = location.hash.startsWith("#/admin");
+  const changed = on !== state.admin;
+  state.admin = on;
+  $("runs-view").hidden = on;
+  $("admin-view").hidden = !on;
+  $("nav-runs").classList.toggle("current", !on);
+  $("nav-admin").classList.toggle("current", on);
+  if (changed) send({ type: "admin", on });
+  if (on) {
+    admin.resize();
+    admin.updateCurves(store);
+  } else {
+    charts.resize();
+  }
+}
+window.addEventListener("hashchange", applyRoute);
 
 // ---------------------------------------------------------------- controls
 
@@ -563,6 +602,7 @@ $("login").onsubmit = (ev) => {
 window.addEventListener("resize", () => {
   charts.resize();
   league.resize();
+  if (state.admin) admin.resize();
 });
 setInterval(renderStats, 250);
 

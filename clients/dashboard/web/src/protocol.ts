@@ -47,6 +47,91 @@ export interface SampleInfo {
   completion: string;
 }
 
+/** A trajectory window with its data-quality report (TrajectoryService.ListWindows). */
+export interface WindowInfo {
+  id: string;
+  start_time: number | null;
+  end_time: number | null;
+  first_start_time: number | null;
+  last_start_time: number | null;
+  trajectories: number;
+  by_status: Record<string, number>;
+  completed: number;
+  complete_fraction: number;
+  steps: number;
+  steps_with_llm_calls: number;
+  llm_step_fraction: number;
+  reward_coverage: number;
+  duplicates: number;
+  duplicate_fraction: number;
+  mean_reward: number | null;
+  scenarios: { id: string; trajectories: number; completed: number }[];
+  complete_groups: number;
+  quality_score: number;
+  passed: boolean;
+  failures: string[];
+}
+
+export interface TrajectoryStats {
+  total: number;
+  bucket_seconds: number;
+  /** Trajectories started per bucket, oldest first (empty buckets included). */
+  collection: { time: number | null; trajectories: number; completed: number }[];
+  /** Newest first. */
+  windows: WindowInfo[];
+}
+
+export interface ModelVersionInfo {
+  version: number;
+  artifact_kind: string;
+  base_model: string;
+  source_run: string;
+  metrics: Record<string, number>;
+  windows: string[];
+  evaluation: string;
+  evaluation_metrics: Record<string, number>;
+  create_time: number | null;
+  /** Its share of the model's traffic (0 when not deployed). */
+  share: number;
+}
+
+export interface ModelInfo {
+  name: string;
+  model: string;
+  deployed: boolean;
+  traffic: Record<string, number>;
+  update_time: number | null;
+  versions: ModelVersionInfo[];
+}
+
+export interface ModelEventInfo {
+  sequence: number;
+  model: string;
+  version: number;
+  type: string;
+  time: number | null;
+  principal: string;
+  reason: string;
+  details: string;
+  /** "info", "warning" or "error"; null from a service whose events have none. */
+  severity: string | null;
+}
+
+export interface RpcError {
+  code: string;
+  message: string;
+}
+
+export interface AdminMessage {
+  type: "admin";
+  trajectories: TrajectoryStats | null;
+  trajectories_error: RpcError | null;
+  models: ModelInfo[];
+  models_error: RpcError | null;
+  /** Newest first. */
+  events: ModelEventInfo[];
+}
+
 export interface Preset {
   id: string;
   label: string;
@@ -63,7 +148,16 @@ export type ServerMessage =
   | { type: "events"; run: string; events: EventInfo[] }
   | { type: "event"; event: EventInfo }
   | { type: "checkpoints"; run: string; checkpoints: CheckpointInfo[] }
-  | { type: "reply"; req: number; ok: boolean; run?: RunInfo; error?: { code: string; message: string } }
+  | AdminMessage
+  | {
+      type: "reply";
+      req: number;
+      ok: boolean;
+      run?: RunInfo;
+      model?: string;
+      traffic?: Record<string, number>;
+      error?: RpcError;
+    }
   | { type: "dropped"; count: number }
   | { type: "error"; message: string };
 
@@ -78,7 +172,10 @@ export type ClientMessage =
   | { type: "select"; run: string | null }
   | { type: "rate"; hz: number }
   | { type: "create"; preset: string; req: number }
-  | { type: "pause" | "resume" | "stop" | "checkpoint"; run: string; req: number };
+  | { type: "pause" | "resume" | "stop" | "checkpoint"; run: string; req: number }
+  | { type: "admin"; on: boolean }
+  | { type: "promote"; model: string; version: number; fraction: number; reason?: string; req: number }
+  | { type: "rollback"; model: string; reason?: string; req: number };
 
 export const FRAME_MAGIC = 0x31465354; // "TSF1" read as a little-endian u32
 export const PAYLOAD_NONE = 0;
