@@ -8,6 +8,7 @@ before; a refusal of the service shows on the page."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,48 @@ def test_admin_protocol_checks_its_messages(
         reply = _next(ws, "reply")
         assert reply["req"] == 9 and reply["error"]["code"] == "NOT_FOUND"
     assert _traffic(admin_service) == before
+
+
+# A GRPO run on the smallest shipped task (as tests/service/test_grpo.py runs it).
+GRPO_SMALL = {
+    "task": "increment4",
+    "group_size": 4,
+    "prompts_per_step": 4,
+    "sample_interval": 2,
+    "eval_interval": 3,
+    "data.eval_prompts": 16,
+    "model.hidden_size": 32,
+    "model.num_layers": 1,
+    "model.num_heads": 2,
+}
+
+
+def test_a_grpo_run_shows_its_reward_curve(
+    admin_bridge: BridgeProc, admin_service: Service
+) -> None:
+    with admin_service.client() as client:
+        run = client.create_run(
+            "grpo", step_budget=1_000_000, seed=3, config=GRPO_SMALL, display_name="admin grpo"
+        )
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1440, "height": 1400})
+                    page.set_default_timeout(120_000)
+                    page.goto(admin_bridge.url + "#/admin")
+                    row = f'#training-runs tr[data-run="{run.name}"]'
+                    page.click(f"{row} button")
+                    page.wait_for_selector(f"{row}.selected")
+                    # The run's reward curve, from the frames the bridge streams.
+                    page.wait_for_selector('#reward-charts .chart[data-metric="reward_mean"]')
+                    assert "admin grpo" in (page.text_content("#curves-title") or "")
+                    # Only the training curves: no throughput or learning-rate charts.
+                    shown = page.eval_on_selector_all(
+                        "#reward-charts .chart", "(cs) => cs.map((c) => c.dataset.metric)"
+                    )
+                    assert all(re.search("reward|loss|kl|clip", m) for m in shown), shown
+                finally:
+                    browser.close()
+        finally:
+            client.stop_run(run.name)
