@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from trainsvc_dashboard._convert import model_event_json, model_json, trajectori
 
 if TYPE_CHECKING:
     from trainsvc_dashboard._hub import BrowserSession
+
+log = logging.getLogger("trainsvc_dashboard")
 
 ADMIN_POLL_S = 2.0
 """How often the admin data is read while a page shows the admin view."""
@@ -141,7 +144,10 @@ class AdminFeed:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a bug here must not end the polling for good
+                log.exception("admin poll failed")
             try:
                 async with asyncio.timeout(self.poll_s):
                     await self._wake.wait()
