@@ -158,15 +158,20 @@ def test_pages_and_buckets(stub: tpb_grpc.TrajectoryServiceStub) -> None:
 def test_the_report_follows_new_trajectories(
     stub: tpb_grpc.TrajectoryServiceStub, store_url: str
 ) -> None:
-    before = stub.ListWindows(tpb.ListWindowsRequest()).windows[0]
+    first = stub.ListWindows(tpb.ListWindowsRequest())
+    before = first.windows[0]
     with (  # a third completed one in BAD
         tt.TrajectoryRecorder(store_url) as rec,
         rec.trajectory("agent-5", window_id=BAD, scenario_id="s1") as t,
     ):
         rec.start_step(t, {"price": 7})
         rec.complete_step(t, "sell", 0.0)
-    after = stub.ListWindows(tpb.ListWindowsRequest()).windows[0]
+    second = stub.ListWindows(tpb.ListWindowsRequest())
+    after = second.windows[0]
     assert (before.completed, after.completed) == (2, 3)
+    # the cached collection series follows too
+    assert (first.total_trajectories, second.total_trajectories) == (10, 11)
+    assert sum(b.completed for b in second.collection) == 9
     assert after.complete_fraction == pytest.approx(0.6)
 
 

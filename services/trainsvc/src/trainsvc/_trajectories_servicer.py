@@ -86,25 +86,33 @@ def _parse_page_token(token: str) -> str:
     return text[3:]
 
 
+def _summary_key(w: WindowSummary) -> tuple[Any, ...]:
+    """What a window's report (and its share of the collection) depends on."""
+    return (w.window_id, tuple(sorted(w.counts.items())), w.last_started_at)
+
+
 class WindowStats:
     """Reads a store's windows with their quality reports (cached while a window is unchanged).
 
     A window's report depends only on its trajectories, and a trajectory changes what
     the report counts only when it ends (completed trajectories are written whole), so
     a window whose per-status counts and latest start are unchanged has the same
-    report; the cache key is exactly that.
+    report; the cache key is exactly that (and the collection series is kept while no
+    window changed).
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._reports: dict[str, tuple[tuple[Any, ...], QualityReport]] = {}
+        self._collection: tuple[tuple[Any, ...], tuple[list[tpb.CollectionBucket], int]] | None
+        self._collection = None
         self._lock = threading.Lock()
 
     def report(self, summary: WindowSummary) -> QualityReport:
         """The window's quality report under the default thresholds."""
         from trainsvc_trajectories import quality_report
 
-        key = (tuple(sorted(summary.counts.items())), summary.last_started_at)
+        key = _summary_key(summary)
         with self._lock:
             cached = self._reports.get(summary.window_id)
         if cached is not None and cached[0] == key:
@@ -150,9 +158,23 @@ class WindowStats:
         }
         return rewards, per_scenario
 
-    def collection(self, bucket_s: int) -> tuple[list[tpb.CollectionBucket], int]:
+    def collection(
+        self, bucket_s: int, summaries: list[WindowSummary]
+    ) -> tuple[list[tpb.CollectionBucket], int]:
         """Trajectories started per bucket (empty buckets included, the newest
-        `MAX_BUCKETS`), and the store's total."""
+        `MAX_BUCKETS`), and the store's total; kept while ``summaries`` (every window's
+        counts by status and latest start) are unchanged."""
+        key = (bucket_s, tuple(_summary_key(w) for w in summaries))
+        with self._lock:
+            cached = self._collection
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        result = self._count_collection(bucket_s)
+        with self._lock:
+            self._collection = (key, result)
+        return result
+
+    def _count_collection(self, bucket_s: int) -> tuple[list[tpb.CollectionBucket], int]:
         counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         total = 0
         for r in self.store.db.query("SELECT started_at, status FROM trajectories"):
@@ -280,7 +302,8 @@ class TrajectoryServicer(tpb_grpc.TrajectoryServiceServicer):
         after = _parse_page_token(request.page_token) if request.page_token else None
         size = request.page_size or DEFAULT_PAGE_SIZE
         stats = self.stats()
-        newest_first = list(reversed(stats.store.windows()))
+        summaries = stats.store.windows()
+        newest_first = list(reversed(summaries))
         start = 0
         if after is not None:
             ids = [w.window_id for w in newest_first]
@@ -300,7 +323,7 @@ class TrajectoryServicer(tpb_grpc.TrajectoryServiceServicer):
             )
             for w in page
         ]
-        collection, total = stats.collection(bucket_s)
+        collection, total = stats.collection(bucket_s, summaries)
         more = start + size < len(newest_first)
         return tpb.ListWindowsResponse(
             windows=windows,
