@@ -292,3 +292,26 @@ def test_a_grpo_run_shows_its_reward_curve(
                     browser.close()
         finally:
             client.stop_run(run.name)
+
+
+def test_without_a_trajectory_store_the_view_says_so(tmp_path: Path, logs_dir: Path) -> None:
+    svc = Service(
+        address=f"127.0.0.1:{free_port()}",
+        data_dir=tmp_path / "data",
+        log=logs_dir / "admin-nostore-service.log",
+    )
+    svc.start()
+    try:
+        bridge = start_bridge(svc.address, logs_dir / "admin-nostore-bridge.log")
+        try:
+            with ws_connect(bridge.ws_url) as ws:
+                ws.send(json.dumps({"type": "admin", "on": True}))
+                data = _next(ws, "admin")
+        finally:
+            _stop(bridge.proc)
+    finally:
+        svc.stop()
+    assert data["trajectories"] is None
+    assert data["trajectories_error"]["code"] == "FAILED_PRECONDITION"
+    assert "--trajectory-db" in data["trajectories_error"]["message"]
+    assert data["models"] == [] and data["models_error"] is None and data["events"] == []
