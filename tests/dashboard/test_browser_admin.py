@@ -264,7 +264,7 @@ GRPO_SMALL = {
 
 
 def test_a_grpo_run_shows_its_reward_curve(
-    admin_bridge: BridgeProc, admin_service: Service
+    admin_bridge: BridgeProc, admin_service: Service, artifacts_dir: Path
 ) -> None:
     with admin_service.client() as client:
         run = client.create_run(
@@ -288,6 +288,8 @@ def test_a_grpo_run_shows_its_reward_curve(
                         "#reward-charts .chart", "(cs) => cs.map((c) => c.dataset.metric)"
                     )
                     assert all(re.search("reward|loss|kl|clip", m) for m in shown), shown
+                    page.wait_for_timeout(1500)  # a few more points on the curves
+                    page.screenshot(path=str(artifacts_dir / "dashboard-admin-grpo.png"))
                 finally:
                     browser.close()
         finally:
