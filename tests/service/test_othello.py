@@ -56,6 +56,48 @@ def test_othello_bad_config(shared_service: Any) -> None:
     assert info.value.field == "run.othello.learning_rate"
 
 
+# The evolution strategy on the 288-weight 2-tuple network: a generation is
+# (1 + 3) candidates x 16 games against the heuristic = 64 games (steps).
+ES_CONFIG = {
+    "threads": 1,
+    "frame_interval": 64,
+    "learner": "es",
+    "pattern_set": "straight2",
+    "n_phases": 1,
+    "es_parents": 1,
+    "es_offspring": 3,
+    "es_fitness_pairs": 8,
+}
+
+
+def test_othello_learner_is_selectable(shared_service: Any, wait_for: Any) -> None:
+    with shared_service.client() as c:
+        run = c.create_run("othello", step_budget=256, seed=6, config=ES_CONFIG)
+        done = wait_for(
+            c, run.name, lambda r: r.state in {pb.Run.COMPLETED, pb.Run.FAILED}, what="completion"
+        )
+        assert done.state == pb.Run.COMPLETED, done.state_message
+        assert done.step == 256
+        final = c.list_checkpoints(run.name)[-1]
+        assert final.step == 256
+    import trainsvc_checkpoint
+
+    tree, info = trainsvc_checkpoint.load_with_info(final.path)
+    assert info.metadata["config"]["learner"] == "es"
+    assert tree["population"]["generation"] == 4
+
+
+def test_othello_bad_learner_names_the_field(shared_service: Any) -> None:
+    with shared_service.client() as c:
+        with pytest.raises(InvalidArgumentError) as info:
+            c.create_run("othello", step_budget=10, config={"learner": "ga"})
+        assert info.value.field == "run.othello.overrides[learner]"
+        assert "'td', 'ctdl' or 'es'" in str(info.value)
+        with pytest.raises(InvalidArgumentError) as info:
+            c.create_run("othello", step_budget=10, config={"learner": "es", "es_sigma": 0})
+        assert info.value.field == "run.othello.overrides[es_sigma]"
+
+
 def test_othello_resume_from_its_checkpoint_continues_the_game_count(
     shared_service: Any, wait_for: Any
 ) -> None:

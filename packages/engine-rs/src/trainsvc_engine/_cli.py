@@ -34,6 +34,19 @@ DEFAULT_DIR = Path(".trainsvc") / "othello"
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
+# Learner settings of `train`: engine field, type, help (the flag is --field-with-dashes).
+_LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("es_parents", int, "es: parents kept per generation (mu)"),
+    ("es_offspring", int, "es: offspring per generation (lambda)"),
+    ("es_sigma", float, "es: standard deviation of the Gaussian mutation"),
+    ("es_sigma_decay", int, "es: the mutation shrinks as d / (d + generation) (0 = constant)"),
+    ("es_fitness_pairs", int, "es: pairs of games against the heuristic per fitness evaluation"),
+    ("ctdl_population", int, "ctdl: individuals (even)"),
+    ("ctdl_td_games", int, "ctdl: self-play TD games per individual per generation"),
+    ("ctdl_match_pairs", int, "ctdl: pairs of games each two individuals play per generation"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trainsvc-othello",
@@ -41,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="self-play TD(lambda) training with checkpoints")
+    t = sub.add_parser(
+        "train", help="train the weights (TD, coevolutionary TD or evolution) with checkpoints"
+    )
     t.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="checkpoint directory")
     t.add_argument("--games", type=int, default=100_000, help="target number of games")
     t.add_argument(
@@ -75,6 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--lambda", dest="lambda_", type=float, default=None, help="TD(lambda) trace decay"
     )
+    t.add_argument(
+        "--learner",
+        choices=("td", "ctdl", "es"),
+        default=None,
+        help="td: self-play TD (the default); ctdl: coevolutionary TD (a population of TD"
+        " learners ranked by round robin); es: (mu+lambda) evolution strategy against the"
+        " League heuristic",
+    )
+    t.add_argument(
+        "--pattern-set",
+        default=None,
+        help="pattern set (default, small, straight2 = all straight 2-tuples, rect2x2, ...)",
+    )
+    t.add_argument("--phases", type=int, default=None, help="phases with their own tables")
+    for flag, kind, what in _LEARNER_FLAGS:
+        t.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=what)
     t.add_argument("--threads", type=int, default=0, help="worker threads (0 = all cores)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument(
@@ -84,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--log-file", type=Path, default=None, help="log file (default: DIR/train.log)")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    e = sub.add_parser("evaluate", help="League score against random and heuristic players")
+    e = sub.add_parser(
+        "evaluate", help="League score against random, heuristic and fixed engine players"
+    )
     e.add_argument("checkpoint", type=Path, help="a checkpoint file or a checkpoint directory")
     e.add_argument("--pairs", type=int, default=500, help="pairs of games per opponent")
     e.add_argument(
@@ -96,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="solve the rest of each game exactly from this many empty squares"
         " (0 = never, as in the League; at most 16)",
+    )
+    e.add_argument(
+        "--against",
+        type=Path,
+        action="append",
+        default=[],
+        help="also play this engine checkpoint (file or directory), greedy at 1 ply unless"
+        " --against-depth: a stronger fixed opponent than the heuristic (repeatable)",
+    )
+    e.add_argument(
+        "--against-depth", type=int, default=1, help="search depth of the --against engines"
     )
     e.add_argument("--seed", type=int, default=0, help="random seed")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -144,6 +188,14 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         config["target_depth"] = args.target_depth
     if args.epsilon_end is not None:
         config["epsilon_end"] = args.epsilon_end
+    for field, value in (
+        ("learner", args.learner),
+        ("pattern_set", args.pattern_set),
+        ("n_phases", args.phases),
+        *((f, getattr(args, f)) for f, _, _ in _LEARNER_FLAGS),
+    ):
+        if value is not None:
+            config[field] = value
     log = _logger(args.log_file or args.dir / "train.log", console=not args.json)
     manager = TrainingManager(args.dir, compress=args.compress)
     progress_path = args.dir / PROGRESS_FILE
@@ -251,15 +303,22 @@ def _evaluate(args: argparse.Namespace, out: Console) -> int:
         console=Console(stderr=True),
         disable=args.json,
     ) as bar:
-        task = bar.add_task("playing League games", total=2)
-        for opponent in ("random", "heuristic"):
+        opponents: list[tuple[str, str | Evaluator]] = [
+            ("random", "random"),
+            ("heuristic", "heuristic"),
+            *((str(p), _evaluator_for(p)) for p in args.against),
+        ]
+        task = bar.add_task("playing League games", total=len(opponents))
+        for label, opponent in opponents:
             result = ev.league(
                 opponent,
                 pairs=args.pairs,
                 depth=args.depth,
                 seed=args.seed,
                 exact_empties=args.exact_empties,
+                opponent_depth=args.against_depth,
             )
+            result["opponent"] = label
             results.append(result)
             bar.advance(task)
     if args.json:

@@ -98,12 +98,13 @@ class Evaluator:
     def save(self, path: str | PathLike[str], compress: bool = False) -> int: ...
     def league(
         self,
-        opponent: str,
+        opponent: str | Evaluator,
         pairs: int = 500,
         depth: int = 1,
         random_rate: float = 0.1,
         seed: int = 0,
         exact_empties: int = 0,
+        opponent_depth: int = 1,
     ) -> dict[str, Any]: ...
     def replay(
         self, seed: int = 0, epsilon: float = 0.0, lambda_: float = 0.5

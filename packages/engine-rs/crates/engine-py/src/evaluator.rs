@@ -309,37 +309,59 @@ impl Evaluator {
         })
     }
 
-    /// League match against "random" or "heuristic": returns a dict with the score and its 95% interval.
+    /// League match against "random", "heuristic" or another `Evaluator`
+    /// (a fixed engine opponent, searched to `opponent_depth`, 1 = greedy):
+    /// returns a dict with the score and its 95% interval.
     ///
     /// The engine plays at `depth` (1 = greedy, the League's rule) and, with
     /// `exact_empties` > 0, solves the rest of the game exactly once that few
     /// squares are empty (0, the League's rule, never does).
-    #[pyo3(signature = (opponent, pairs = 500, depth = 1, random_rate = 0.1, seed = 0, exact_empties = 0))]
+    #[pyo3(signature = (opponent, pairs = 500, depth = 1, random_rate = 0.1, seed = 0, exact_empties = 0, opponent_depth = 1))]
     #[allow(clippy::too_many_arguments)]
     fn league(
         &self,
         py: Python<'_>,
-        opponent: &str,
+        opponent: &Bound<'_, PyAny>,
         pairs: u64,
         depth: u32,
         random_rate: f64,
         seed: u64,
         exact_empties: u32,
+        opponent_depth: u32,
     ) -> PyResult<Py<PyAny>> {
-        let opp = match opponent {
-            "random" => Player::Random,
-            "heuristic" => Player::Heuristic,
-            other => {
+        let engine_opponent = opponent
+            .cast::<Evaluator>()
+            .ok()
+            .map(|e| Arc::clone(&e.get().weights));
+        let (opp, opponent_name) = match (&engine_opponent, opponent.extract::<String>()) {
+            (Some(w), _) => (
+                Player::Engine {
+                    weights: w,
+                    depth: opponent_depth,
+                    exact_empties: 0,
+                },
+                "engine".to_owned(),
+            ),
+            (None, Ok(name)) if name == "random" => (Player::Random, name),
+            (None, Ok(name)) if name == "heuristic" => (Player::Heuristic, name),
+            (None, other) => {
+                let got = other.unwrap_or_else(|_| opponent.to_string());
                 return Err(errors::config(
                     "opponent",
-                    format!("got {other:?}; allowed: 'random' or 'heuristic'"),
-                ))
+                    format!("got {got:?}; allowed: 'random', 'heuristic' or an Evaluator"),
+                ));
             }
         };
         let out_of_range = if !(1..=100_000).contains(&pairs) {
             Some(("pairs", pairs.to_string(), "1 to 100000".to_owned()))
         } else if !(1..=8).contains(&depth) {
             Some(("depth", depth.to_string(), "1 to 8".to_owned()))
+        } else if !(1..=8).contains(&opponent_depth) {
+            Some((
+                "opponent_depth",
+                opponent_depth.to_string(),
+                "1 to 8".to_owned(),
+            ))
         } else if !(0.0..=1.0).contains(&random_rate) {
             Some((
                 "random_rate",
@@ -367,7 +389,7 @@ impl Evaluator {
             Ok(league_match(&engine, &opp, pairs, random_rate, seed))
         })?;
         let d = PyDict::new(py);
-        d.set_item("opponent", opponent)?;
+        d.set_item("opponent", opponent_name)?;
         d.set_item("games", r.games)?;
         d.set_item("wins", r.wins)?;
         d.set_item("draws", r.draws)?;

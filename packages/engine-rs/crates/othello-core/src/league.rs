@@ -75,7 +75,9 @@ impl<'a> Player<'a> {
         }
     }
 
-    fn choose(&self, b: &Board, rng: &mut Rng, tt: &mut TranspositionTable) -> u32 {
+    /// The move this player picks; `tt` is created on the first search (a
+    /// greedy player never needs one, and a 1-ply game then allocates nothing).
+    fn choose(&self, b: &Board, rng: &mut Rng, tt: &mut Option<TranspositionTable>) -> u32 {
         let moves = b.moves();
         match *self {
             Player::Random => rng.pick_bit(moves),
@@ -97,7 +99,7 @@ impl<'a> Player<'a> {
             } => search(
                 b,
                 weights,
-                tt,
+                tt.get_or_insert_with(|| TranspositionTable::with_bytes(1 << 16)),
                 &Limits {
                     depth,
                     time: None,
@@ -112,7 +114,7 @@ impl<'a> Player<'a> {
 
 /// Plays one game; returns the disc difference from `first`'s (black's) view.
 pub fn play(black: &Player<'_>, white: &Player<'_>, random_rate: f64, rng: &mut Rng) -> i32 {
-    let mut tt = TranspositionTable::with_bytes(1 << 16);
+    let mut tt = None;
     let mut b = Board::initial();
     let mut black_to_move = true;
     while let Some((moves, passed)) = b.next_turn() {
@@ -223,7 +225,7 @@ mod tests {
             depth: 1,
             exact_empties: 10,
         };
-        let mut tt = TranspositionTable::with_bytes(1 << 16);
+        let mut tt = None;
         let mut rng = Rng::new(3, 0);
         let (mut checked, mut greedy_blunders) = (0, 0);
         while checked < 40 {

@@ -22,8 +22,9 @@ pub struct Shape {
 /// The most squares a shape may have (3^12 entries per table).
 pub const MAX_SHAPE_SQUARES: usize = 12;
 
-/// Most instances in a pattern set (shapes x 8 symmetries).
-pub const MAX_INSTANCES: usize = 128;
+/// Most instances in a pattern set (shapes x 8 symmetries; the systematic
+/// `straight2` set has 210). An instance's number must fit a `u8`.
+pub const MAX_INSTANCES: usize = 256;
 
 /// A pattern set expanded into instances and per-square update lists.
 #[derive(Clone, Debug)]
@@ -125,6 +126,26 @@ pub fn rectangle_shapes(rows: u8, cols: u8) -> Vec<Shape> {
         }
     }
     classes(&format!("rect{rows}x{cols}"), placements)
+}
+
+/// Every straight 2-tuple: each pair of horizontally, vertically or
+/// diagonally adjacent squares (210 placements), one shape per symmetry class
+/// (32 classes of 9 entries: the 288 weights of Jaśkowski's "all 2-tuples"
+/// network, 2014).
+#[must_use]
+pub fn straight2_shapes() -> Vec<Shape> {
+    let mut placements = Vec::new();
+    for r in 0..8i8 {
+        for c in 0..8i8 {
+            for (dr, dc) in [(0, 1), (1, 0), (1, 1), (1, -1)] {
+                let (r2, c2) = (r + dr, c + dc);
+                if (0..8).contains(&r2) && (0..8).contains(&c2) {
+                    placements.push(vec![(r * 8 + c) as u8, (r2 * 8 + c2) as u8]);
+                }
+            }
+        }
+    }
+    classes("pair", placements)
 }
 
 /// One shape per symmetry class of `placements` (the first placement of each).
@@ -261,7 +282,8 @@ impl PatternSet {
         PatternSet::new(default_shapes()).expect("the default shapes are valid")
     }
 
-    /// A named built-in set: `default`, `small`, the systematic sets `rect2x2`,
+    /// A named built-in set: `default`, `small`, the systematic sets
+    /// `straight2` (every straight 2-tuple: 32 shapes, 288 entries), `rect2x2`,
     /// `rect2x3`, `rect3x3` (every placement of the rectangle), or the mixes
     /// `default+rect2x2` and `rect2x3+edge` (with the 3×3 corner and edge + 2X).
     ///
@@ -274,6 +296,7 @@ impl PatternSet {
             "rect2x3" => PatternSet::new(rectangle_shapes(2, 3)),
             "rect2x2" => PatternSet::new(rectangle_shapes(2, 2)),
             "rect3x3" => PatternSet::new(rectangle_shapes(3, 3)),
+            "straight2" => PatternSet::new(straight2_shapes()),
             "default+rect2x2" => {
                 let mut s = default_shapes();
                 s.extend(rectangle_shapes(2, 2));
@@ -290,7 +313,7 @@ impl PatternSet {
             }
             other => Err(EngineError::config(
                 "pattern_set",
-                "'default', 'small', 'rect2x2', 'rect2x3', 'rect3x3', 'default+rect2x2' or 'rect2x3+edge'",
+                "'default', 'small', 'straight2', 'rect2x2', 'rect2x3', 'rect3x3', 'default+rect2x2' or 'rect2x3+edge'",
                 other,
             )),
         }
@@ -452,6 +475,19 @@ mod tests {
             keys.sort();
             keys.dedup();
             assert_eq!(keys.len(), placements, "{name}");
+        }
+    }
+
+    #[test]
+    fn straight2_is_the_288_weight_network_of_all_adjacent_pairs() {
+        let set = PatternSet::named("straight2").unwrap();
+        assert_eq!(set.shapes.len(), 32);
+        assert_eq!(set.phase_len - 1, 288);
+        // 2 * 7 * 8 horizontal and vertical pairs + 2 * 7 * 7 diagonal ones.
+        assert_eq!(set.n_instances(), 210);
+        for (_, sq) in &set.instances {
+            let (a, b) = (i32::from(sq[0]), i32::from(sq[1]));
+            assert!((a / 8 - b / 8).abs() <= 1 && (a % 8 - b % 8).abs() <= 1);
         }
     }
 

@@ -32,11 +32,15 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
         "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
         "inject_nan_at_game": c.inject_nan_at_game,
+        "learner": c.learner.name(), "es_parents": c.es_parents, "es_offspring": c.es_offspring,
+        "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_fitness_pairs": c.es_fitness_pairs,
+        "ctdl_population": c.ctdl_population, "ctdl_td_games": c.ctdl_td_games,
+        "ctdl_match_pairs": c.ctdl_match_pairs,
     })
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 23] = [
+pub const CONFIG_FIELDS: [&str; 32] = [
     "seed",
     "threads",
     "batch_games",
@@ -60,6 +64,15 @@ pub const CONFIG_FIELDS: [&str; 23] = [
     "max_error_rate",
     "inject_panic_every",
     "inject_nan_at_game",
+    "learner",
+    "es_parents",
+    "es_offspring",
+    "es_sigma",
+    "es_sigma_decay",
+    "es_fitness_pairs",
+    "ctdl_population",
+    "ctdl_td_games",
+    "ctdl_match_pairs",
 ];
 
 /// Applies the fields of a JSON object to `base`, then validates.
@@ -115,6 +128,20 @@ pub fn config_update(
             "max_error_rate" => c.max_error_rate = float()?,
             "inject_panic_every" => c.inject_panic_every = uint()?,
             "inject_nan_at_game" => c.inject_nan_at_game = uint()?,
+            "learner" => {
+                c.learner = v
+                    .as_str()
+                    .ok_or_else(|| EngineError::config(k, "a string: 'td', 'ctdl' or 'es'", v))?
+                    .parse()?;
+            }
+            "es_parents" => c.es_parents = uint()? as usize,
+            "es_offspring" => c.es_offspring = uint()? as usize,
+            "es_sigma" => c.es_sigma = float()? as f32,
+            "es_sigma_decay" => c.es_sigma_decay = uint()?,
+            "es_fitness_pairs" => c.es_fitness_pairs = uint()?,
+            "ctdl_population" => c.ctdl_population = uint()? as usize,
+            "ctdl_td_games" => c.ctdl_td_games = uint()?,
+            "ctdl_match_pairs" => c.ctdl_match_pairs = uint()?,
             other => {
                 return Err(EngineError::config(
                     other,
@@ -184,7 +211,51 @@ pub fn trainer_to_checkpoint(t: &Trainer) -> (Node, Value) {
             ]),
         ),
     ]);
+    let mut tree = tree;
+    if let (Node::Dict(items), Some(pop)) = (&mut tree, population_node(t)) {
+        items.insert("population".into(), pop);
+    }
     (tree, weights_metadata(&t.weights, &t.config))
+}
+
+/// The `population` node of an evolving learner (`ctdl`, `es`): every
+/// individual's weights (F32 `[individuals, weights]`) and the generation count.
+fn population_node(t: &Trainer) -> Option<Node> {
+    if t.population.individuals.is_empty() {
+        return None;
+    }
+    let flat: Vec<f32> = t.population.individuals.concat();
+    Some(Node::dict([
+        (
+            "weights",
+            Node::Tensor(Tensor::f32(
+                vec![t.population.individuals.len(), t.weights.w.len()],
+                &flat,
+            )),
+        ),
+        ("generation", Node::Int(t.population.generation as i64)),
+    ]))
+}
+
+/// Restores the `population` node written by [`population_node`], if any.
+fn population_from(d: &Decoded, t: &mut Trainer) -> Result<(), EngineError> {
+    let Ok(pop) = d.tree.get("population") else {
+        return Ok(());
+    };
+    let n = t.weights.w.len();
+    let w = pop
+        .get("weights")?
+        .as_tensor("population/weights")?
+        .as_f32("population/weights")?;
+    if n == 0 || w.len() % n != 0 {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "population/weights: expected a multiple of {n} values, found {}",
+            w.len()
+        )));
+    }
+    t.population.individuals = w.chunks_exact(n).map(<[f32]>::to_vec).collect();
+    t.population.generation = pop.get("generation")?.as_int("population/generation")? as u64;
+    Ok(())
 }
 
 /// Metadata describing weights trained under `config`.
@@ -307,6 +378,7 @@ pub fn trainer_from_checkpoint(d: &Decoded) -> Result<Trainer, EngineError> {
         .iter()
         .map(|&b| b != 0)
         .collect();
+    population_from(d, &mut t)?;
     Ok(t)
 }
 

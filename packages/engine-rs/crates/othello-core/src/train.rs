@@ -32,10 +32,14 @@ use crate::pattern::{PatternSet, MAX_INSTANCES};
 use crate::search::{TranspositionTable, TT_ENTRY_BYTES};
 
 mod config;
+mod ctdl;
+mod es;
+pub mod evolve;
 mod game;
 mod stats;
 
-pub use config::{Optimizer, TrainConfig};
+pub use config::{Learner, Optimizer, TrainConfig};
+pub use evolve::Population;
 pub use game::td_lambda_folds;
 use game::{play_game_on, GameRecord};
 pub use stats::{MemoryReport, Stats, RECENT_WINDOW};
@@ -94,6 +98,8 @@ pub struct Trainer {
     pub adam_t: Vec<u32>,
     /// Statistics.
     pub stats: Stats,
+    /// The population of the evolving learners (`ctdl`, `es`; empty for `td`).
+    pub population: Population,
     grad: Vec<f32>,
     touched: Vec<u32>,
     bias_corr: Vec<(f32, f32)>,
@@ -148,6 +154,7 @@ impl Trainer {
             adam_step: 0,
             adam_t: vec![0; n],
             stats: Stats::default(),
+            population: Population::default(),
             grad: vec![0.0; n],
             touched: Vec::new(),
             bias_corr: Vec::new(),
@@ -243,6 +250,9 @@ impl Trainer {
     /// Plays and learns from games until `target_games`, `stop` or the error limit.
     ///
     /// `on_batch` runs after every batch with the trainer (for progress and checkpoints).
+    /// With the evolving learners (`ctdl`, `es`) a batch is a whole generation,
+    /// which may end past `target_games`: the stop flag and the target are
+    /// checked between generations.
     pub fn train(
         &mut self,
         target_games: u64,
@@ -257,11 +267,17 @@ impl Trainer {
             if stop.load(Ordering::Relaxed) {
                 return StopReason::Stopped;
             }
-            let start = self.stats.games;
-            let b = self.config.batch_games as u64;
-            let end = ((start / b + 1) * b).min(target_games);
-            if !self.run_batch(start, end, stop) {
-                return StopReason::Stopped;
+            match self.config.learner {
+                Learner::Td => {
+                    let start = self.stats.games;
+                    let b = self.config.batch_games as u64;
+                    let end = ((start / b + 1) * b).min(target_games);
+                    if !self.run_batch(start, end, stop) {
+                        return StopReason::Stopped;
+                    }
+                }
+                Learner::Es => self.es_generation(),
+                Learner::Ctdl => self.ctdl_generation(),
             }
             on_batch(self);
             if let Some(why) = self.check_error_rate() {
@@ -382,7 +398,14 @@ impl Trainer {
         if self.config.optimizer == Optimizer::Td && self.config.lr_decay_visits > 0 {
             return self.config.learning_rate / n_active;
         }
-        self.learning_rate_at(self.stats.games) / n_active
+        // A `ctdl` individual's rate follows its own experience: the TD games
+        // each individual has played before this generation.
+        let games = if self.config.learner == Learner::Ctdl {
+            self.population.generation * self.config.ctdl_td_games
+        } else {
+            self.stats.games
+        };
+        self.learning_rate_at(games) / n_active
     }
 
     /// Plain TD (with `lr_decay_visits` > 0) whose rate decays per weight with the

@@ -1,6 +1,13 @@
-"""The `othello` kind: self-play TD(lambda) training of the Rust engine (trainsvc_engine).
+"""The `othello` kind: training of the Rust engine (trainsvc_engine).
 
-One step is one self-play game. The engine trains on its own threads; this
+The engine's `learner` override picks how the weights learn: `td` (self-play
+TD, the default), `ctdl` (coevolutionary TD) or `es` (an evolution strategy
+against the League heuristic); like every other engine field it passes through
+`overrides` and is validated by the engine, whose `ConfigError` names the field.
+
+One step is one game the engine plays (self-play, or a ranking game of `ctdl`
+and `es`, which learn a generation at a time: a run's budget is best a multiple
+of a generation's games). The engine trains on its own threads; this
 adapter starts, pauses and resumes its `TrainingManager` at the worker's pause
 points. Pausing drops the engine's in-flight batch and checkpoints the games
 completed, so pause/resume continues from exactly the checkpointed state.

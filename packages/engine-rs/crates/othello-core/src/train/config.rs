@@ -49,6 +49,57 @@ impl std::fmt::Display for Optimizer {
     }
 }
 
+/// How the weights are learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Learner {
+    /// Self-play temporal-difference learning (the default; `optimizer` and
+    /// `target_depth` choose the rule).
+    Td,
+    /// Coevolutionary TD learning (Szubert, Jaśkowski, Krawiec): a population
+    /// of TD learners, each improved by `ctdl_td_games` self-play games per
+    /// generation, then ranked by a round-robin tournament; the better half
+    /// replaces the worse (`train/ctdl.rs`).
+    Ctdl,
+    /// A (mu + lambda) evolution strategy on the weights: Gaussian mutation,
+    /// fitness = League score against the WPC heuristic (`train/es.rs`).
+    Es,
+}
+
+impl Learner {
+    /// The name used in configurations and checkpoints (`td`, `ctdl`, `es`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Learner::Td => "td",
+            Learner::Ctdl => "ctdl",
+            Learner::Es => "es",
+        }
+    }
+}
+
+impl std::str::FromStr for Learner {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Learner, EngineError> {
+        match s {
+            "td" => Ok(Learner::Td),
+            "ctdl" => Ok(Learner::Ctdl),
+            "es" => Ok(Learner::Es),
+            other => Err(EngineError::config(
+                "learner",
+                "'td', 'ctdl' or 'es'",
+                other,
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Training configuration. Every field is checked by [`TrainConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -102,6 +153,29 @@ pub struct TrainConfig {
     pub error_window: u64,
     /// Error rate in the window above which training pauses itself.
     pub max_error_rate: f64,
+    /// How the weights are learnt: `td` (self-play TD, the default), `ctdl`
+    /// (coevolutionary TD) or `es` (evolution strategy); see [`Learner`].
+    pub learner: Learner,
+    /// `es`: parents kept each generation (mu).
+    pub es_parents: usize,
+    /// `es`: offspring per generation (lambda), each a mutated copy of a parent.
+    pub es_offspring: usize,
+    /// `es`: standard deviation of the Gaussian mutation of every weight.
+    pub es_sigma: f32,
+    /// `es`: mutation decay by generations: generation `g` mutates with
+    /// `es_sigma * d / (d + g)` for `d = es_sigma_decay` (0 = constant).
+    pub es_sigma_decay: u64,
+    /// `es`: pairs of League games (colours swapped) against the WPC heuristic
+    /// per fitness evaluation; every candidate of a generation plays the same
+    /// random streams (common random numbers), parents are re-evaluated.
+    pub es_fitness_pairs: u64,
+    /// `ctdl`: individuals in the population (even: the better half survives).
+    pub ctdl_population: usize,
+    /// `ctdl`: self-play TD games each individual plays per generation.
+    pub ctdl_td_games: u64,
+    /// `ctdl`: pairs of games (colours swapped, 10% random moves) each two
+    /// individuals play in the round-robin tournament.
+    pub ctdl_match_pairs: u64,
     /// Fault injection for tests: a game whose index is a multiple of this panics (0 = off).
     pub inject_panic_every: u64,
     /// Fault injection for tests: poison one weight with NaN before this game (0 = off).
@@ -134,6 +208,15 @@ impl Default for TrainConfig {
             max_error_rate: 0.01,
             inject_panic_every: 0,
             inject_nan_at_game: 0,
+            learner: Learner::Td,
+            es_parents: 2,
+            es_offspring: 8,
+            es_sigma: 0.1,
+            es_sigma_decay: 0,
+            es_fitness_pairs: 100,
+            ctdl_population: 8,
+            ctdl_td_games: 512,
+            ctdl_match_pairs: 8,
         }
     }
 }
@@ -210,8 +293,71 @@ impl TrainConfig {
             1.0,
             "0.0 to 1.0",
         )?;
+        check("es_parents", self.es_parents, 1, 64, "1 to 64")?;
+        check("es_offspring", self.es_offspring, 1, 256, "1 to 256")?;
+        check("es_sigma", self.es_sigma, 1e-6, 10.0, "1e-6 to 10.0")?;
+        check(
+            "es_sigma_decay",
+            self.es_sigma_decay,
+            0,
+            1 << 40,
+            "0 (constant) to 1099511627776",
+        )?;
+        check(
+            "es_fitness_pairs",
+            self.es_fitness_pairs,
+            1,
+            100_000,
+            "1 to 100000",
+        )?;
+        check("ctdl_population", self.ctdl_population, 2, 64, "2 to 64")?;
+        if self.ctdl_population % 2 != 0 {
+            return Err(EngineError::config(
+                "ctdl_population",
+                "an even number from 2 to 64 (the better half replaces the worse)",
+                self.ctdl_population,
+            ));
+        }
+        check(
+            "ctdl_td_games",
+            self.ctdl_td_games,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )?;
+        check(
+            "ctdl_match_pairs",
+            self.ctdl_match_pairs,
+            1,
+            10_000,
+            "1 to 10000",
+        )?;
+        if self.learner == Learner::Ctdl
+            && (self.optimizer != Optimizer::Td || self.lr_decay_visits != 0)
+        {
+            // Per-weight optimizer state (Adam, TC, visit counts) is not kept per individual.
+            return Err(EngineError::config(
+                "optimizer",
+                "'td' with lr_decay_visits 0 when learner is 'ctdl'",
+                format!(
+                    "{} (lr_decay_visits {})",
+                    self.optimizer, self.lr_decay_visits
+                ),
+            ));
+        }
         PatternSet::named(&self.pattern_set)?;
         Ok(())
+    }
+
+    /// The `es` mutation's standard deviation in generation `g`.
+    #[must_use]
+    pub fn es_sigma_at(&self, g: u64) -> f64 {
+        let s = f64::from(self.es_sigma);
+        if self.es_sigma_decay == 0 {
+            return s;
+        }
+        let d = self.es_sigma_decay as f64;
+        s * d / (d + g as f64)
     }
 
     /// Exploration rate for the game with this index.

@@ -1,0 +1,309 @@
+//! What the evolving learners (`ctdl`, `es`) share: the population they keep
+//! between generations (checkpointed as the `population` node) and the games
+//! they play to rank it, on the trainer's thread pool.
+//!
+//! Every game has its own random stream, given by the caller, and the results
+//! come back in job order, so a generation's outcome depends on the seed and
+//! the configuration only, never on the thread count.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::eval::Weights;
+use crate::league::{play, Player};
+use crate::pattern::PatternSet;
+use crate::rng::Rng;
+
+/// The League's rate of random moves, for both sides of every ranking game.
+pub const RANKING_RANDOM_RATE: f64 = 0.1;
+
+/// The individuals of an evolving learner.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Population {
+    /// Each individual's weights, best first after every generation.
+    pub individuals: Vec<Vec<f32>>,
+    /// Generations completed.
+    pub generation: u64,
+    /// The ranking scores of the last generation, best first (not checkpointed).
+    pub last_fitness: Vec<f64>,
+}
+
+impl Population {
+    /// Makes the population hold `n` individuals: a new one starts as a copy
+    /// of `seed_weights` (the trainer's weights), extra ones are dropped.
+    pub fn resize(&mut self, n: usize, seed_weights: &[f32]) {
+        self.individuals.truncate(n);
+        while self.individuals.len() < n {
+            self.individuals.push(seed_weights.to_vec());
+        }
+    }
+}
+
+/// One side of a ranking game.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Candidate `i`, greedy at 1 ply.
+    Candidate(usize),
+    /// The League's WPC heuristic.
+    Heuristic,
+}
+
+/// A ranking game: who plays black and white, and its random stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    /// Black.
+    pub black: Side,
+    /// White.
+    pub white: Side,
+    /// The game's random stream (with the caller's seed).
+    pub stream: u64,
+}
+
+/// Weights for each candidate vector (moved in; [`into_vectors`] gives them back).
+pub fn as_weights(set: &Arc<PatternSet>, n_phases: usize, vectors: Vec<Vec<f32>>) -> Vec<Weights> {
+    vectors
+        .into_iter()
+        .map(|w| Weights {
+            set: Arc::clone(set),
+            n_phases,
+            w,
+        })
+        .collect()
+}
+
+/// The vectors of [`as_weights`] back.
+#[must_use]
+pub fn into_vectors(weights: Vec<Weights>) -> Vec<Vec<f32>> {
+    weights.into_iter().map(|w| w.w).collect()
+}
+
+/// Plays every job on `pool` (1-ply greedy players, 10% random moves on both
+/// sides, as in the League); returns each game's disc difference for black,
+/// in job order.
+#[must_use]
+pub fn play_jobs(pool: &rayon::ThreadPool, cands: &[Weights], jobs: &[Job], seed: u64) -> Vec<i32> {
+    let player = |s: Side| match s {
+        Side::Candidate(i) => Player::greedy(&cands[i]),
+        Side::Heuristic => Player::Heuristic,
+    };
+    pool.install(|| {
+        jobs.par_iter()
+            .map(|j| {
+                let mut rng = Rng::new(seed, j.stream);
+                play(
+                    &player(j.black),
+                    &player(j.white),
+                    RANKING_RANDOM_RATE,
+                    &mut rng,
+                )
+            })
+            .collect()
+    })
+}
+
+/// A game's score for black: 1 a win, 0.5 a draw, 0 a loss.
+#[must_use]
+pub fn black_score(diff: i32) -> f64 {
+    match diff.signum() {
+        1 => 1.0,
+        0 => 0.5,
+        _ => 0.0,
+    }
+}
+
+/// Indices ordered by `fitness`, best first; ties keep the lower index first.
+#[must_use]
+pub fn ranking(fitness: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..fitness.len()).collect();
+    order.sort_by(|&a, &b| fitness[b].total_cmp(&fitness[a]).then(a.cmp(&b)));
+    order
+}
+
+/// A standard normal sample (Box-Muller).
+pub fn gaussian(rng: &mut Rng) -> f64 {
+    let u1 = 1.0 - rng.next_f64();
+    let u2 = rng.next_f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// For every weight of one phase: whether the evaluation ever reads it (a
+/// table entry that is its symmetry class's representative, or the bias).
+#[must_use]
+pub fn live_entries(set: &PatternSet) -> Vec<bool> {
+    (0..set.phase_len)
+        .map(|i| i + 1 == set.phase_len || set.canonical(i as u32) as usize == i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::checkpoint::{decode, encode};
+    use crate::league::league_match;
+    use crate::state::{config_update, trainer_from_checkpoint, trainer_to_checkpoint};
+    use crate::train::{Learner, Optimizer, TrainConfig, Trainer};
+
+    fn cfg(learner: Learner, threads: usize) -> TrainConfig {
+        TrainConfig {
+            learner,
+            threads,
+            seed: 3,
+            pattern_set: "straight2".into(),
+            n_phases: 1,
+            batch_games: 8,
+            es_parents: 2,
+            es_offspring: 4,
+            es_fitness_pairs: 6,
+            ctdl_population: 4,
+            ctdl_td_games: 16,
+            ctdl_match_pairs: 2,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// A trainer after `generations` generations (one `train` call per generation).
+    fn evolved(config: TrainConfig, generations: u64) -> Trainer {
+        let mut t = Trainer::new(config).unwrap();
+        let stop = AtomicBool::new(false);
+        while t.population.generation < generations {
+            t.train(t.stats.games + 1, &stop, |_| {});
+        }
+        t
+    }
+
+    #[test]
+    fn each_learner_is_reproducible_for_a_seed_on_any_thread_count() {
+        for learner in [Learner::Es, Learner::Ctdl] {
+            let one = evolved(cfg(learner, 1), 3);
+            let two = evolved(cfg(learner, 2), 3);
+            assert_eq!(one.weights.w, two.weights.w, "{learner}");
+            assert_eq!(one.population, two.population, "{learner}");
+            assert_eq!(one.stats, two.stats, "{learner}");
+            assert!(
+                one.weights.w.iter().any(|&v| v != 0.0),
+                "{learner}: weights must move"
+            );
+            let other = evolved(
+                TrainConfig {
+                    seed: 4,
+                    ..cfg(learner, 1)
+                },
+                3,
+            );
+            assert_ne!(one.weights.w, other.weights.w, "{learner}");
+        }
+    }
+
+    #[test]
+    fn a_generation_plays_and_counts_the_games_its_settings_say() {
+        let es = evolved(cfg(Learner::Es, 1), 1);
+        // (mu + lambda) candidates x 2 games per pair x 6 pairs.
+        assert_eq!(es.stats.games, 6 * 2 * 6);
+        assert_eq!(es.population.individuals.len(), 2);
+        assert_eq!(es.population.individuals[0], es.weights.w);
+        let f = &es.population.last_fitness;
+        assert!(f.windows(2).all(|p| p[0] >= p[1]), "{f:?}");
+        let ctdl = evolved(cfg(Learner::Ctdl, 1), 1);
+        // 4 x 16 TD games, then 6 pairings x 2 pairs x 2 games.
+        assert_eq!(ctdl.stats.games, 4 * 16 + 6 * 4);
+        // The better half is copied over the worse one.
+        let pop = &ctdl.population.individuals;
+        assert_eq!(
+            (pop[0].clone(), pop[1].clone()),
+            (pop[2].clone(), pop[3].clone())
+        );
+        assert_ne!(pop[0], pop[1]);
+    }
+
+    #[test]
+    fn resuming_from_a_checkpoint_equals_never_stopping() {
+        for learner in [Learner::Es, Learner::Ctdl] {
+            let straight = evolved(cfg(learner, 2), 4);
+            let first = evolved(cfg(learner, 2), 2);
+            let (tree, md) = trainer_to_checkpoint(&first);
+            let bytes = encode(&tree, &md).unwrap();
+            let mut resumed = trainer_from_checkpoint(&decode(&bytes).unwrap()).unwrap();
+            assert_eq!(resumed.config.learner, learner);
+            assert_eq!(resumed.population.individuals, first.population.individuals);
+            let stop = AtomicBool::new(false);
+            while resumed.population.generation < 4 {
+                resumed.train(resumed.stats.games + 1, &stop, |_| {});
+            }
+            assert_eq!(resumed.weights.w, straight.weights.w, "{learner}");
+            assert_eq!(
+                resumed.population.individuals, straight.population.individuals,
+                "{learner}"
+            );
+            assert_eq!(resumed.stats, straight.stats, "{learner}");
+        }
+    }
+
+    #[test]
+    fn evolution_beats_the_untrained_network_against_the_heuristic() {
+        let config = TrainConfig {
+            es_fitness_pairs: 20,
+            es_offspring: 6,
+            ..cfg(Learner::Es, 2)
+        };
+        let zero = Trainer::new(config.clone()).unwrap();
+        let t = evolved(config, 12);
+        let score = |w| league_match(&Player::greedy(w), &Player::Heuristic, 150, 0.1, 11).score;
+        let (before, after) = (score(&zero.weights), score(&t.weights));
+        assert!(
+            after > before + 0.15,
+            "untrained {before:.3}, evolved {after:.3}"
+        );
+    }
+
+    #[test]
+    fn learner_settings_are_validated_naming_the_field_and_range() {
+        let base = TrainConfig::default();
+        let err = |v: serde_json::Value| {
+            config_update(&base, v.as_object().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(serde_json::json!({"learner": "ga"})),
+            "learner: got ga; allowed: 'td', 'ctdl' or 'es'"
+        );
+        assert!(err(serde_json::json!({"learner": 1})).starts_with("learner: got 1"));
+        assert_eq!(
+            err(serde_json::json!({"es_sigma": 0.0})),
+            "es_sigma: got 0; allowed: 1e-6 to 10.0"
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_parents": 0})),
+            "es_parents: got 0; allowed: 1 to 64"
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_offspring": 300})),
+            "es_offspring: got 300; allowed: 1 to 256"
+        );
+        assert!(
+            err(serde_json::json!({"es_fitness_pairs": 0})).starts_with("es_fitness_pairs: got 0")
+        );
+        assert!(err(serde_json::json!({"ctdl_population": 5}))
+            .starts_with("ctdl_population: got 5; allowed: an even number"));
+        assert!(err(serde_json::json!({"ctdl_td_games": 0})).starts_with("ctdl_td_games: got 0"));
+        assert!(
+            err(serde_json::json!({"ctdl_match_pairs": 0})).starts_with("ctdl_match_pairs: got 0")
+        );
+        let adam = TrainConfig {
+            learner: Learner::Ctdl,
+            optimizer: Optimizer::Adam,
+            ..base.clone()
+        };
+        assert!(adam
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("optimizer: got adam"));
+        for l in [Learner::Td, Learner::Ctdl, Learner::Es] {
+            assert_eq!(l.name().parse::<Learner>().unwrap(), l);
+        }
+    }
+}

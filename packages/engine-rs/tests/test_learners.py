@@ -1,0 +1,124 @@
+"""The evolving learners (`learner="es"`, `"ctdl"`) through TrainingManager and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trainsvc_checkpoint as ckpt
+import trainsvc_engine as te
+
+# The 288-weight network of every straight 2-tuple, one phase, small generations.
+TINY = {
+    "pattern_set": "straight2",
+    "n_phases": 1,
+    "threads": 2,
+    "seed": 5,
+    "es_parents": 2,
+    "es_offspring": 6,
+    "es_fitness_pairs": 20,
+    "ctdl_population": 4,
+    "ctdl_td_games": 64,
+    "ctdl_match_pairs": 4,
+    "batch_games": 16,
+}
+
+
+def _heuristic_score(ev: te.Evaluator) -> float:
+    return float(ev.league("heuristic", pairs=200, seed=3)["score"])
+
+
+def test_es_is_selectable_and_beats_the_untrained_network(tmp_path: Path) -> None:
+    m = te.TrainingManager(tmp_path / "es", learner="es", **TINY)
+    assert m.config()["learner"] == "es"
+    untrained = _heuristic_score(te.Evaluator(pattern_set="straight2", n_phases=1))
+    # A generation is (2 + 6) candidates x 40 games = 320 games.
+    m.start(320 * 15, checkpoint_interval=320 * 5, callback_interval=320)
+    result = m.wait(timeout=300)
+    assert result is not None and result.reason == "target"
+    assert result.games == 320 * 15
+    steps = [c.step for c in te.CheckpointManager(tmp_path / "es").list()]
+    assert steps[-1] == 320 * 15
+    trained = _heuristic_score(m.evaluator())
+    assert trained > untrained + 0.15, (untrained, trained)
+    # The checkpoint keeps the population (2 parents) and the learner.
+    tree, info = ckpt.load_with_info(te.CheckpointManager(tmp_path / "es").list()[-1].path)
+    assert info.metadata["config"]["learner"] == "es"
+    assert tree["population"]["weights"].shape[0] == 2
+
+
+def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
+    # A generation: 4 x 64 TD games + 6 pairings x 8 games = 304 games.
+    gen = 4 * 64 + 6 * 8
+    straight = te.TrainingManager(tmp_path / "a", learner="ctdl", **TINY)
+    straight.start(gen * 4, checkpoint_interval=0)
+    assert straight.wait(timeout=300) is not None
+    first = te.TrainingManager(tmp_path / "b", learner="ctdl", **TINY)
+    first.start(gen * 2, checkpoint_interval=0)
+    assert first.wait(timeout=300) is not None
+    again = te.TrainingManager(tmp_path / "b", learner="ctdl", **TINY)
+    again.start(gen * 4, checkpoint_interval=0, resume=True)
+    result = again.wait(timeout=300)
+    assert result is not None and result.games == gen * 4
+    a, b = straight.evaluator(), again.evaluator()
+    assert a.weights("pair_0", 0) == b.weights("pair_0", 0)
+    assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("learner", "ga", "'td', 'ctdl' or 'es'"),
+        ("es_sigma", 0.0, "1e-6 to 10.0"),
+        ("es_offspring", 0, "1 to 256"),
+        ("ctdl_population", 3, "an even number from 2 to 64"),
+    ],
+)
+def test_bad_learner_settings_raise_config_error_naming_the_field(
+    tmp_path: Path, field: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(te.ConfigError, match=allowed) as info:
+        te.TrainingManager(tmp_path, **{field: value})
+    assert info.value.field == field
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainsvc_engine._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_trains_each_learner_and_evaluates_against_a_fixed_engine(tmp_path: Path) -> None:
+    common = ["--pattern-set", "straight2", "--phases", "1", "--threads", "2", "--json"]
+    es_dir, ctdl_dir = tmp_path / "es", tmp_path / "ctdl"
+    proc = _cli(
+        "train", "--dir", str(es_dir), "--games", "3000", "--learner", "es",
+        "--es-offspring", "6", "--es-fitness-pairs", "20", "--callback-interval", "320",
+        *common,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["games"] >= 3000
+    proc = _cli(
+        "train", "--dir", str(ctdl_dir), "--games", "600", "--learner", "ctdl",
+        "--ctdl-population", "4", "--ctdl-td-games", "64", "--ctdl-match-pairs", "4",
+        *common,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    info = ckpt.load_with_info(te.CheckpointManager(ctdl_dir).list()[-1].path)[1]
+    assert info.metadata["config"]["learner"] == "ctdl"
+    assert info.metadata["config"]["ctdl_population"] == 4
+    proc = _cli("evaluate", str(es_dir), "--pairs", "50", "--against", str(ctdl_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = {r["opponent"]: r for r in json.loads(proc.stdout)["results"]}
+    assert set(results) == {"random", "heuristic", str(ctdl_dir)}
+    assert results[str(ctdl_dir)]["games"] == 100
+    proc = _cli(
+        "train", "--dir", str(tmp_path / "x"), "--learner", "es", "--es-sigma", "0", "--json"
+    )
+    assert proc.returncode == 1 and "es_sigma" in proc.stdout
