@@ -32,7 +32,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from trainsvc._artifacts import ArtifactStore
 from trainsvc._domain import InvalidArgumentError
-from trainsvc._external_backend import Timeouts, parse_external_url
+from trainsvc._external_backend import Timeouts
+from trainsvc._external_urls import parse_external_url
 from trainsvc._metrics import Metrics
 from trainsvc._model_registry import ModelRegistry
 from trainsvc._models_servicer import ModelServicer
@@ -432,7 +433,13 @@ def test_upstream_failures_are_openai_errors(service: dict[str, Any], vllm: Fake
             body["code"] == "upstream_unavailable" and dead.removeprefix("vllm+") in body["message"]
         )
 
-    registry.set_traffic("trader", {1: 1.0}, external_base_url="vllm://127.0.0.1:1")
+    with pytest.raises(InvalidArgumentError) as refused:  # refused when set, nothing saved
+        registry.set_traffic("trader", {1: 1.0}, external_base_url="vllm://127.0.0.1:1")
+    assert refused.value.field == "external_base_url"
+    kept = registry.deployment("trader")
+    assert kept is not None and kept.external_base_url.startswith("vllm+http://")
+    with registry.transaction() as db:  # a URL stored by an older trainsvc, say
+        db.execute("UPDATE deployments SET external_base_url = 'vllm://127.0.0.1:1'")
     with pytest.raises(openai.InternalServerError, match=r"external_base_url.*vllm\+http"):
         _ask(client)
 

@@ -131,3 +131,59 @@ def test_bad_requests_name_the_field(stub: mpb_grpc.ModelServiceStub, tmp_path: 
     with pytest.raises(grpc.RpcError) as info:
         stub.Rollback(mpb.RollbackRequest(model="models/nobody"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+
+
+def test_an_external_server_is_checked_when_set_and_local_routes_back(
+    stub: mpb_grpc.ModelServiceStub, tmp_path: Path
+) -> None:
+    request = mpb.RegisterModelVersionRequest(
+        model="models/big",
+        artifact_dir=str(_adapter(tmp_path / "inputs" / "a", 4)),
+        artifact_kind="adapter",
+        base_model="llama-70b",
+    )
+    stub.RegisterModelVersion(request)
+    for url in ("ftp://gpu-box:8000", "vllm+http://", "http://box:8000/v1?key=1"):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SetTraffic(
+                mpb.SetTrafficRequest(model="big", traffic={1: 1.0}, external_base_url=url)
+            )
+        assert _field(info.value) == "external_base_url", url
+    assert stub.ListDeployments(mpb.ListDeploymentsRequest()).deployments == []  # nothing saved
+
+    on_vllm = stub.SetTraffic(
+        mpb.SetTrafficRequest(
+            model="big", traffic={1: 1.0}, external_base_url="vllm+http://gpu-box:8000"
+        )
+    )
+    assert on_vllm.external_base_url == "vllm+http://gpu-box:8000"
+    kept = stub.SetTraffic(mpb.SetTrafficRequest(model="big", traffic={1: 1.0}))
+    assert kept.external_base_url == "vllm+http://gpu-box:8000"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SetTraffic(
+            mpb.SetTrafficRequest(
+                model="big", traffic={1: 1.0}, local=True, external_base_url="http://x:1"
+            )
+        )
+    assert _field(info.value) == "local"
+    local = stub.SetTraffic(mpb.SetTrafficRequest(model="big", traffic={1: 1.0}, local=True))
+    assert local.external_base_url == ""
+
+
+def test_automation_without_a_trajectory_store_says_how_to_get_one(
+    stub: mpb_grpc.ModelServiceStub,
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetAutomation(mpb.GetAutomationRequest(name="models/trader/automation"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "--trajectory-db" in info.value.details()  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RunAutomation(mpb.RunAutomationRequest(name="models/trader"))
+    assert _field(info.value) == "name"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SetAutomation(mpb.SetAutomationRequest(model="models/trader"))
+    assert _field(info.value) == "policy"
+    bad = mpb.AutomationPolicy(interval_seconds=60, cron="* * * * *", judge="task:sort4")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SetAutomation(mpb.SetAutomationRequest(model="models/trader", policy=bad))
+    assert _field(info.value) == "policy.interval_seconds"

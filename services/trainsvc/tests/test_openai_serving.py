@@ -109,6 +109,21 @@ def test_traffic_split_is_sticky_per_user_and_calls_are_recorded(endpoint: dict[
     answers = {u: [ask(u), ask(u)] for u in (f"agent-{i}" for i in range(12))}
     assert all(a == b for a, b in answers.values())  # sticky and deterministic
     assert len({a for a, _ in answers.values()}) == 2  # the two versions answer differently
+    served = {}  # each reply names the version that wrote it, for streams too
+    for user in answers:
+        for stream in (False, True):
+            raw = client.chat.completions.with_raw_response.create(
+                model="trader",
+                messages=[{"role": "user", "content": "buy or sell?"}],
+                max_tokens=6,
+                temperature=0,
+                user=user,
+                stream=stream,
+            )
+            served.setdefault(user, set()).add(raw.headers["x-trainsvc-version"])
+    assert all(len(v) == 1 for v in served.values())
+    by_version = {next(iter(v)): answers[u][0] for u, v in served.items()}
+    assert sorted(by_version) == ["1", "2"] and len(set(by_version.values())) == 2
 
     headers = {"X-Trajectory-Id": "t-1", "X-Agent-Id": "agent-0", "X-Scenario-Id": "s1"}
     for turn in ("price 10?", "price 12?"):

@@ -649,7 +649,10 @@ def _print_deployment(deployment: mpb.Deployment, as_json: bool) -> None:
     if as_json:
         _print_json(_to_dict(deployment))
     else:
-        out.print(f"{deployment.model}: {_traffic_text(deployment.traffic)}", highlight=False)
+        where = f" on {deployment.external_base_url}" if deployment.external_base_url else ""
+        out.print(
+            f"{deployment.model}: {_traffic_text(deployment.traffic)}{where}", highlight=False
+        )
 
 
 @models_app.command("list")
@@ -747,6 +750,16 @@ def models_traffic(
     model: ModelArg,
     split: Annotated[list[str], typer.Argument(help="VERSION=SHARE pairs summing to 1.")],
     reason: ReasonOpt = "",
+    external: Annotated[
+        str,
+        typer.Option(
+            "--external-base-url",
+            help="Generate on this server: vllm+http://H:P, ollama+http://H:P or http://H:P.",
+        ),
+    ] = "",
+    local: Annotated[
+        bool, typer.Option("--local", help="Generate on trainsvc's own engines again.")
+    ] = False,
     server: ServerOpt = DEFAULT_ADDRESS,
     token: TokenOpt = None,
     tls: TlsOpt = False,
@@ -764,7 +777,14 @@ def models_traffic(
         if not sep:
             _fail(f"split: expected VERSION=SHARE (e.g. 2=0.2), got {item!r}")
     with _client(server, token, tls, ca_cert) as client:
-        deployment = _call(client.models.set_traffic, model, traffic, reason=reason)
+        deployment = _call(
+            client.models.set_traffic,
+            model,
+            traffic,
+            reason=reason,
+            external_base_url=external,
+            local=local,
+        )
     _print_deployment(deployment, as_json)
 
 

@@ -87,14 +87,17 @@ class ModelsApi:
         *,
         reason: str = "",
         external_base_url: str = "",
+        local: bool = False,
         timeout: float | None = None,
     ) -> mpb.Deployment:
-        """Replace the model's split (version -> share, summing to 1)."""
+        """Replace the model's split (version -> share, summing to 1); optionally route it
+        to an external server (``external_base_url``) or back to trainsvc's own (``local``)."""
         request = mpb.SetTrafficRequest(
             model=model_name(model),
             traffic=dict(traffic),
             reason=reason,
             external_base_url=external_base_url,
+            local=local,
         )
         result: mpb.Deployment = self._unary(self._stub.SetTraffic, request, timeout)
         return result

@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
@@ -126,6 +126,7 @@ def openai_app(
     *,
     on_completion: OnCompletion | None = None,
     select: Select | None = None,
+    expose_headers: Sequence[str] = (),
 ) -> Starlette:
     """The ASGI app of the OpenAI chat-completions API for these engines.
 
@@ -138,6 +139,8 @@ def openai_app(
             never sent to the client.
         select: picks the engine of a request from the parsed request and its
             headers (for traffic splits); default: ``engines_by_model_name[model]``.
+        expose_headers: names (lower-case) of entries that ``select`` adds to the headers
+            dict and that the response carries as headers too (e.g. which version served).
     """
 
     def pick(request: ChatRequest, headers: dict[str, str]) -> Engine | ChatBackend:
@@ -159,12 +162,19 @@ def openai_app(
             log.exception("on_completion failed")
 
     async def chat_completions(http: Request) -> Response:
+        headers = {k.lower(): v for k, v in http.headers.items()}
+        response = await answer(http, headers)
+        for name in expose_headers:
+            if name in headers:
+                response.headers[name] = headers[name]
+        return response
+
+    async def answer(http: Request, headers: dict[str, str]) -> Response:
         start = time.perf_counter()
         try:
             body = json.loads(await http.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(f"the request body is not valid JSON: {exc}") from None
-        headers = {k.lower(): v for k, v in http.headers.items()}
         request = proto.parse_chat_request(body)
         engine = pick(request, headers)
         if isinstance(engine, ChatBackend):

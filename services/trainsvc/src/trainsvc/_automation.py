@@ -127,6 +127,19 @@ def _prompt_messages(art: Any) -> list[dict[str, Any]]:
     return out
 
 
+_CYCLE_KEYS = (
+    "run_id", "windows", "pending_cutoff", "config", "candidate", "baseline", "soak_start",
+)  # fmt: skip
+"""State that lives only as long as one cycle."""
+
+
+def _end_cycle(state: dict[str, Any]) -> None:
+    """Back to idle, without the finished cycle's run, candidate and soak."""
+    for key in _CYCLE_KEYS:
+        state.pop(key, None)
+    state["phase"] = "idle"
+
+
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
@@ -160,12 +173,21 @@ class Automation:
     def set_policy(
         self, model: str, policy: AutomationPolicy, *, principal: str, reason: str
     ) -> dict[str, Any]:
-        """Stores ``model``'s policy (its cycle state is kept); returns the state."""
+        """Stores ``model``'s policy (its cycle state is kept); returns the state.
+
+        Waits for a cycle step in progress (an evaluation can take a minute) to finish.
+        """
         if not self.trajectory_db:
             raise FailedPreconditionError(
                 "automation needs the trajectory store: start the service with --trajectory-db"
             )
         self.registry.version(model, 1)  # NotFound for an unregistered model
+        with self._lock:
+            return self._put_policy(model, policy, principal, reason)
+
+    def _put_policy(
+        self, model: str, policy: AutomationPolicy, principal: str, reason: str
+    ) -> dict[str, Any]:
         found = self.registry.automation(model)
         state = found[1] if found else {"phase": "idle", "cycle": 0, "cutoff": 0.0}
         state["next_run_time"] = policy.next_run_time(self.clock())
@@ -399,6 +421,15 @@ class Automation:
                 ]
         if not groups:
             raise FailedPreconditionError(f"windows {', '.join(windows)} hold no complete group")
+        if policy.judge == "llm":  # the rewards the run trains on come from the same judge
+            judged = tt.judge_groups(
+                tt.LLMJudge(policy.judge_base_url, policy.judge_model), groups, keep_judged=True
+            )
+            if not judged.groups:
+                raise FailedPreconditionError(
+                    f"the LLM judge scored no group ({judged.report.skips[:3]})"
+                )
+            groups = judged.groups
         data = folder / "groups.jsonl"
         tt.write_jsonl(groups, data)
         config: dict[str, Any] = {
@@ -442,9 +473,7 @@ class Automation:
     def _fail(self, step: _Step, what: str, exc: Exception) -> None:
         """Ends the cycle with an error decision (the same data is tried again next time)."""
         self.metrics.automation_training_failures.labels(step.model).inc()
-        for key in ("run_id", "windows", "pending_cutoff", "config", "candidate", "baseline"):
-            step.state.pop(key, None)
-        step.state["phase"] = "idle"
+        _end_cycle(step.state)
         self._commit(step, Decision("fail", f"{what}: {exc}", {"error": str(exc)}, "error"))
 
     # -- training: register, evaluate, promote ---------------------------------
@@ -509,8 +538,7 @@ class Automation:
             state.pop(key, None)
         state.update(cutoff=cutoff, last_training_time=self.clock())
         if not passed:
-            state.update(phase="idle")
-            state.pop("candidate", None)
+            _end_cycle(state)
             decision = Decision(
                 "reject",
                 f"version {candidate} scored {new:.4f} on held-out scenarios, version "
@@ -640,7 +668,7 @@ class Automation:
         candidate, baseline = int(state["candidate"]), int(state["baseline"])
         deployment = self.registry.deployment(model)
         if deployment is None or candidate not in deployment.traffic:
-            state.update(phase="idle")
+            _end_cycle(state)
             why = f"version {candidate} left the traffic by another change; the soak ends"
             return self._commit(step, Decision("abandon", why, version=candidate))
         start = float(state["soak_start"])
@@ -662,7 +690,7 @@ class Automation:
         if enough and _mean(new) < _mean(old) - policy.regression_margin:
             if step.act:
                 self.metrics.automation_regressions.labels(model).inc()
-                state.update(phase="idle")
+                _end_cycle(state)
             decision = Decision(
                 "rollback",
                 f"version {candidate}'s live reward {_mean(new):.4f} ({len(new)} trajectories) "
@@ -683,7 +711,7 @@ class Automation:
             )
             return self._commit(step, Decision("wait", why, numbers))
         if step.act:
-            state.update(phase="idle")
+            _end_cycle(state)
         decision = Decision(
             "promote_full",
             f"version {candidate}'s live reward {_mean(new):.4f} held against version "

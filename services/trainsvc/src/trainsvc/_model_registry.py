@@ -16,6 +16,7 @@ deployment or event. The file is its own (``models.db`` beside the run registry)
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -33,7 +34,10 @@ from trainsvc._domain import (
     RegistryUnwritableError,
     echo,
 )
+from trainsvc._external_urls import parse_external_url
 from trainsvc._traffic import validate_split
+
+log = logging.getLogger("trainsvc.models")
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -171,6 +175,7 @@ class ModelRegistry:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._watchers: list[Callable[[str], None]] = []
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -189,6 +194,18 @@ class ModelRegistry:
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def watch_deployments(self, callback: Callable[[str], None]) -> None:
+        """Calls ``callback(model)`` after every committed change of a deployment (on the
+        changing thread; its exceptions are logged, never raised)."""
+        self._watchers.append(callback)
+
+    def _changed(self, model: str) -> None:
+        for callback in self._watchers:
+            try:
+                callback(model)
+            except Exception:
+                log.exception("a deployment watcher failed for %s", model)
 
     def close(self) -> None:
         """Closes the database."""
@@ -420,6 +437,8 @@ class ModelRegistry:
         if not known:
             raise NotFoundError(f"model {echo(model)} is not registered")
         split = validate_split(traffic)
+        if external_base_url:
+            parse_external_url(external_base_url)
         for version in split:
             if version not in known:
                 raise InvalidArgumentError(
@@ -435,6 +454,7 @@ class ModelRegistry:
             self.add_event(db, model, named, event_type, principal, reason, details)
             if also is not None:
                 also(db)
+        self._changed(model)
         deployment = self.deployment(model)
         assert deployment is not None
         return deployment
@@ -551,6 +571,7 @@ class ModelRegistry:
             self.add_event(db, model, demoted, "rolled_back", principal, reason, details)
             if also is not None:
                 also(db)
+        self._changed(model)
         deployment = self.deployment(model)
         assert deployment is not None
         return deployment

@@ -117,6 +117,9 @@ class ModelStack:
 
             self._recorder = tt.TrajectoryRecorder(trajectory_db)
             calls = CallRecorder(self._recorder)
+        # engines (and vLLM adapters) of versions that leave the traffic are let go
+        engines = self._engines
+        self.registry.watch_deployments(lambda _model: engines.unload_undeployed())
         app = serving_app(self._engines, calls, token=self.token)
         self._endpoint = ServerThread(app, host.strip("[]"), int(port))
         self.endpoint_url = self._endpoint.url

@@ -83,6 +83,15 @@ def export_run_checkpoint(record: CheckpointRecord, out: Path) -> _Artifact:
     return _Artifact(out, str(result["kind"]), str(result["base_model"]), record.name)
 
 
+def _external_url(request: mpb.SetTrafficRequest) -> str | None:
+    """The deployment's new external server: "" (local) with ``local``, None to keep it."""
+    if request.local:
+        if request.external_base_url:
+            raise InvalidArgumentError("local", "give either local or external_base_url, not both")
+        return ""
+    return request.external_base_url or None
+
+
 def parse_model_name(name: str, field: str = "model") -> str:
     """``trader`` from ``models/trader`` (or from a bare ``trader``)."""
     bare = name.removeprefix("models/")
@@ -354,7 +363,7 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
                 {int(v): float(s) for v, s in request.traffic.items()},
                 principal=principal,
                 reason=request.reason,
-                external_base_url=request.external_base_url or None,
+                external_base_url=_external_url(request),
             )
             return deployment_to_proto(deployment)
 

@@ -6,7 +6,8 @@
 - **Routing.** A request for model ``trader`` goes to a version of its deployment's
   traffic split (`trainsvc._traffic.route`), sticky per routing key: the request's
   ``user``, else its ``X-Agent-Id`` header; a request with neither is routed at
-  random. Each version's engine is loaded on first use from its artifact (fetched
+  random. The response's ``X-Trainsvc-Version`` header names the version that
+  answered. Each version's engine is loaded on first use from its artifact (fetched
   into the cache and verified against the registered SHA-256): a ``full`` artifact
   is a model directory, an ``adapter`` one a PEFT adapter on its ``base_model``
   directory (which must lie in one of the service's ``--input-dir`` roots).
@@ -52,7 +53,8 @@ from trainsvc._paths import InputRoots
 from trainsvc._traffic import route
 
 VERSION_HEADER = "x-trainsvc-version"
-"""Set by `DeployedEngines.select` in the request's header dict for `on_completion`."""
+"""Set by `DeployedEngines.select` in the request's header dict for `on_completion`, and
+sent back as a response header: the version that answered (for agents' own A/B books)."""
 
 
 class DeployedEngines:
@@ -333,6 +335,7 @@ def serving_app(
         _DeployedModels(engines.registry),
         select=engines.select,
         on_completion=calls.on_completion if calls is not None else None,
+        expose_headers=(VERSION_HEADER,),
     )
 
     async def json_body(http: Request) -> dict[str, Any]:

@@ -777,11 +777,17 @@ class SetTrafficRequest(_message.Message):
     TRAFFIC_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     EXTERNAL_BASE_URL_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"models/{model}"."""
     reason: _builtins.str
     external_base_url: _builtins.str
-    """Optional: route this model to an external OpenAI-compatible server."""
+    """Optional: route this model to an external OpenAI-compatible server
+    (vllm+http://, ollama+http:// or http:// — see docs/serving.md); empty:
+    keep the deployment's current server.
+    """
+    local: _builtins.bool
+    """Generate on trainsvc's own engines again (clears external_base_url)."""
     @_builtins.property
     def traffic(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]: ...
     def __init__(
@@ -791,10 +797,11 @@ class SetTrafficRequest(_message.Message):
         traffic: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
         reason: _builtins.str = ...,
         external_base_url: _builtins.str = ...,
+        local: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_base_url", b"external_base_url", "model", b"model", "reason", b"reason", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_base_url", b"external_base_url", "local", b"local", "model", b"model", "reason", b"reason", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
