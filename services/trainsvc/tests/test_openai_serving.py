@@ -121,6 +121,10 @@ def test_traffic_split_is_sticky_per_user_and_calls_are_recorded(endpoint: dict[
                 stream=stream,
             )
             served.setdefault(user, set()).add(raw.headers["x-trainsvc-version"])
+            reply = raw.parse()
+            if stream:
+                with reply:  # read to the end (and release the connection)
+                    assert [c for c in reply if c.choices]
     assert all(len(v) == 1 for v in served.values())
     by_version = {next(iter(v)): answers[u][0] for u, v in served.items()}
     assert sorted(by_version) == ["1", "2"] and len(set(by_version.values())) == 2

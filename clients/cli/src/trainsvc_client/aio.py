@@ -16,15 +16,12 @@ subclasses, with the rich details of the call's status.
 from __future__ import annotations
 
 import asyncio
-import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar, Unpack
 
 import grpc
 from google.protobuf.message import Message
 from grpc import aio as grpc_aio
-from trainsvc_api.v1 import models_pb2 as mpb
-from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
@@ -38,8 +35,8 @@ from trainsvc_client._channel import (
     run_name,
 )
 from trainsvc_client._errors import TrainsvcError, from_rpc_error
-from trainsvc_client._models import model_name, version_name
-from trainsvc_client._trajectories import AsyncTrajectoriesApi, AsyncUnary
+from trainsvc_client._models import AsyncModelsApi
+from trainsvc_client._trajectories import AsyncTrajectoriesApi
 
 __all__ = [
     "AsyncClient",
@@ -91,115 +88,6 @@ class AsyncStream(Generic[T]):
         """End the stream (the iterator stops)."""
         self._cancelled = True
         self._call.cancel()
-
-
-class AsyncModelsApi:
-    """`trainsvc_client.Client.models` for asyncio (`AsyncClient.models`): the same calls,
-    arguments and errors, awaited."""
-
-    def __init__(self, channel: grpc_aio.Channel, unary: AsyncUnary) -> None:
-        self._stub = mpb_grpc.ModelServiceStub(channel)
-        self._unary = unary
-
-    async def list(self, *, timeout: float | None = None) -> builtins.list[mpb.Model]:
-        """Every registered model with its versions and deployment."""
-        reply = await self._unary(self._stub.ListModels, mpb.ListModelsRequest(), timeout)
-        return builtins.list(reply.models)
-
-    async def get(
-        self, model: str, version: int | None = None, *, timeout: float | None = None
-    ) -> mpb.ModelVersion:
-        """One version: ``get("trader", 2)`` or ``get("models/trader/versions/2")``."""
-        request = mpb.GetModelVersionRequest(name=version_name(model, version))
-        result: mpb.ModelVersion = await self._unary(self._stub.GetModelVersion, request, timeout)
-        return result
-
-    async def register(
-        self,
-        model: str,
-        artifact_dir: str,
-        *,
-        artifact_kind: str = "adapter",
-        base_model: str = "",
-        source_run: str = "",
-        source_checkpoint: str = "",
-        metrics: Mapping[str, float] | None = None,
-        windows: Sequence[str] = (),
-        reason: str = "",
-        timeout: float | None = None,
-    ) -> mpb.ModelVersion:
-        """Register the next version from a directory on the service's machine."""
-        request = mpb.RegisterModelVersionRequest(
-            model=model_name(model),
-            artifact_dir=artifact_dir,
-            artifact_kind=artifact_kind,
-            base_model=base_model,
-            source_run=source_run,
-            source_checkpoint=source_checkpoint,
-            metrics=dict(metrics or {}),
-            windows=builtins.list(windows),
-            reason=reason,
-        )
-        result: mpb.ModelVersion = await self._unary(
-            self._stub.RegisterModelVersion, request, timeout
-        )
-        return result
-
-    async def set_traffic(
-        self,
-        model: str,
-        traffic: Mapping[int, float],
-        *,
-        reason: str = "",
-        timeout: float | None = None,
-    ) -> mpb.Deployment:
-        """Replace the model's split (version -> share, summing to 1)."""
-        request = mpb.SetTrafficRequest(
-            model=model_name(model), traffic=dict(traffic), reason=reason
-        )
-        result: mpb.Deployment = await self._unary(self._stub.SetTraffic, request, timeout)
-        return result
-
-    async def promote(
-        self,
-        model: str,
-        version: int,
-        fraction: float = 1.0,
-        *,
-        force: bool = False,
-        reason: str = "",
-        timeout: float | None = None,
-    ) -> mpb.Deployment:
-        """Give ``version`` ``fraction`` of the traffic (failed evaluations need ``force``)."""
-        request = mpb.PromoteRequest(
-            name=version_name(model, version), fraction=fraction, force=force, reason=reason
-        )
-        result: mpb.Deployment = await self._unary(self._stub.Promote, request, timeout)
-        return result
-
-    async def rollback(
-        self, model: str, *, reason: str = "", timeout: float | None = None
-    ) -> mpb.Deployment:
-        """Restore the split before the last change."""
-        request = mpb.RollbackRequest(model=model_name(model), reason=reason)
-        result: mpb.Deployment = await self._unary(self._stub.Rollback, request, timeout)
-        return result
-
-    async def deployments(self, *, timeout: float | None = None) -> builtins.list[mpb.Deployment]:
-        """Every deployment."""
-        request = mpb.ListDeploymentsRequest()
-        reply = await self._unary(self._stub.ListDeployments, request, timeout)
-        return builtins.list(reply.deployments)
-
-    async def events(
-        self, model: str = "", *, after: int = 0, timeout: float | None = None
-    ) -> builtins.list[mpb.ModelEvent]:
-        """The events of ``model`` (or of every model), oldest first, after a sequence number."""
-        request = mpb.ListModelEventsRequest(
-            model=model_name(model) if model else "", after_sequence=after
-        )
-        reply = await self._unary(self._stub.ListModelEvents, request, timeout)
-        return builtins.list(reply.events)
 
 
 class AsyncClient(BaseClient):
