@@ -15,14 +15,12 @@ import asyncio
 import hashlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import openai
 import pytest
 import trainsvc_trajectories as tt
@@ -538,50 +536,36 @@ def test_a_restarted_service_finds_its_adapter_already_loaded(
     restarted.close()
 
 
-def test_set_over_grpc_then_served(tmp_path: Path, vllm: FakeServer) -> None:
+def test_set_over_grpc_then_served(tmp_path: Path, vllm: FakeServer, serve_grpc: Any) -> None:
     """The URL travels the real path: ModelService.SetTraffic over a gRPC socket into
     the registry the endpoint reads."""
     registry = ModelRegistry(tmp_path / "models.db")
     store = ArtifactStore(tmp_path / "artifacts")
     inputs = InputRoots.of([tmp_path / "inputs"])
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        servicer = ModelServicer(registry, store, inputs, Metrics(), lambda _ctx: "alice")
-        mpb_grpc.add_ModelServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    grpc_server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    servicer = ModelServicer(registry, store, inputs, Metrics(), lambda _ctx: "alice")
+    channel = serve_grpc(
+        lambda server: mpb_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    )
     engines = DeployedEngines(registry, store, tmp_path / "cache", inputs)
     endpoint = ServerThread(serving_app(engines, None))
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = mpb_grpc.ModelServiceStub(channel)
-            adapter = _adapter(tmp_path / "inputs" / "v1", 1)
-            stub.RegisterModelVersion(
-                mpb.RegisterModelVersionRequest(
-                    model="models/trader", artifact_dir=str(adapter), artifact_kind="adapter"
-                )
+        stub = mpb_grpc.ModelServiceStub(channel)
+        adapter = _adapter(tmp_path / "inputs" / "v1", 1)
+        stub.RegisterModelVersion(
+            mpb.RegisterModelVersionRequest(
+                model="models/trader", artifact_dir=str(adapter), artifact_kind="adapter"
             )
-            deployment = stub.SetTraffic(
-                mpb.SetTrafficRequest(
-                    model="models/trader", traffic={1: 1.0}, external_base_url=f"vllm+{vllm.url}"
-                )
+        )
+        deployment = stub.SetTraffic(
+            mpb.SetTrafficRequest(
+                model="models/trader", traffic={1: 1.0}, external_base_url=f"vllm+{vllm.url}"
             )
-            assert deployment.external_base_url == f"vllm+{vllm.url}"
+        )
+        assert deployment.external_base_url == f"vllm+{vllm.url}"
         client = openai.OpenAI(base_url=endpoint.url + "/v1", api_key="x", max_retries=0)
         assert _ask(client).choices[0].message.content == "trader@v1 says: buy or sell?"
         assert vllm.loads == [("trader@v1", str(tmp_path / "cache" / "trader" / "1"))]
     finally:
         endpoint.close()
         engines.close()
-        asyncio.run_coroutine_threadsafe(grpc_server.stop(None), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
         registry.close()

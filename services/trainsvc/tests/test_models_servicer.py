@@ -4,11 +4,9 @@ google.rpc.BadRequest details that a raw client reads."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,35 +21,18 @@ from trainsvc_api.v1.errors import read_details
 
 
 @pytest.fixture
-def stub(tmp_path: Path) -> Iterator[mpb_grpc.ModelServiceStub]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        servicer = ModelServicer(
-            ModelRegistry(tmp_path / "models.db"),
-            ArtifactStore(tmp_path / "artifacts"),
-            InputRoots.of([tmp_path / "inputs"]),
-            Metrics(),
-            lambda _ctx: "alice",
-        )
-        mpb_grpc.add_ModelServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield mpb_grpc.ModelServiceStub(channel)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
+def stub(tmp_path: Path, serve_grpc: Any) -> mpb_grpc.ModelServiceStub:
+    servicer = ModelServicer(
+        ModelRegistry(tmp_path / "models.db"),
+        ArtifactStore(tmp_path / "artifacts"),
+        InputRoots.of([tmp_path / "inputs"]),
+        Metrics(),
+        lambda _ctx: "alice",
+    )
+    channel = serve_grpc(
+        lambda server: mpb_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    )
+    return mpb_grpc.ModelServiceStub(channel)
 
 
 def _adapter(root: Path, rank: int) -> Path:

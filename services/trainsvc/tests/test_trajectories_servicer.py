@@ -5,12 +5,10 @@ follow, and bad requests (or no store at all) get statuses that name the field."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,31 +45,12 @@ def record_windows(url: str) -> None:
                 raise RuntimeError("the agent crashed")
 
 
-@contextlib.contextmanager
-def serve(servicer: TrajectoryServicer) -> Iterator[tpb_grpc.TrajectoryServiceStub]:
-    """A real gRPC server on loopback with ``servicer``, and a stub to it."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        tpb_grpc.add_TrajectoryServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield tpb_grpc.TrajectoryServiceStub(channel)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(30)
-        servicer.close()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
+def serve(serve_grpc: Any, servicer: TrajectoryServicer) -> tpb_grpc.TrajectoryServiceStub:
+    """A stub to a real gRPC server on loopback with ``servicer``."""
+    channel = serve_grpc(
+        lambda server: tpb_grpc.add_TrajectoryServiceServicer_to_server(servicer, server)
+    )
+    return tpb_grpc.TrajectoryServiceStub(channel)
 
 
 @pytest.fixture
@@ -82,9 +61,10 @@ def store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def stub(store_url: str) -> Iterator[tpb_grpc.TrajectoryServiceStub]:
-    with serve(TrajectoryServicer(store_url, Metrics())) as stub:
-        yield stub
+def stub(store_url: str, serve_grpc: Any) -> Iterator[tpb_grpc.TrajectoryServiceStub]:
+    servicer = TrajectoryServicer(store_url, Metrics())
+    yield serve(serve_grpc, servicer)
+    servicer.close()
 
 
 def _error(call: Callable[[], object]) -> grpc.RpcError:
@@ -189,8 +169,8 @@ def test_bad_requests_name_the_field(stub: tpb_grpc.TrajectoryServiceStub) -> No
         assert field in (err.details() or "")
 
 
-def test_without_a_store_calls_fail_with_a_clear_message() -> None:
-    with serve(TrajectoryServicer("", Metrics())) as stub:
-        err = _error(lambda: stub.ListWindows(tpb.ListWindowsRequest()))
-        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "--trajectory-db" in (err.details() or "")
+def test_without_a_store_calls_fail_with_a_clear_message(serve_grpc: Any) -> None:
+    stub = serve(serve_grpc, TrajectoryServicer("", Metrics()))
+    err = _error(lambda: stub.ListWindows(tpb.ListWindowsRequest()))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--trajectory-db" in (err.details() or "")
