@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trainsvc_client import pb
 from trainsvc_dashboard import PAYLOAD_EMERGENCE, decode_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .conftest import BridgeProc, Service, _stop, start_bridge, wait_for
+from .conftest import TINY_CONFIG, BridgeProc, Service, _stop, start_bridge, wait_for
 
 READERS = 20
 READER_RATE_HZ = 5.0
@@ -261,3 +262,28 @@ async def _hostile_messages(bridge: BridgeProc, live_run: str) -> None:
 
 def test_hostile_messages_get_an_error_and_open_no_feeds(bridge: BridgeProc, live_run: str) -> None:
     asyncio.run(_hostile_messages(bridge, live_run))
+
+
+async def _finished_history(bridge: BridgeProc, run: str, last_step: int) -> None:
+    async with connect(bridge.ws_url) as ws:
+        await ws.send(json.dumps({"type": "select", "run": run}))
+        while True:
+            history = await _text(ws, "history")
+            if history["run"] == run and history["steps"]:
+                break
+        assert history["steps"][0] <= 2 and history["steps"][-1] == last_step
+        assert history["steps"] == sorted(history["steps"])
+        assert all(len(v) == len(history["steps"]) for v in history["metrics"].values())
+
+
+def test_a_run_that_finished_before_anyone_watched_has_its_curves(
+    bridge: BridgeProc, service: Service
+) -> None:
+    with service.client() as client:
+        run = client.create_run("emergence", step_budget=30, seed=3, config=TINY_CONFIG)
+        wait_for(
+            "the run to complete",
+            lambda: client.get_run(run.name).state == pb.Run.COMPLETED,
+            timeout=180,
+        )
+    asyncio.run(_finished_history(bridge, run.name, 30))

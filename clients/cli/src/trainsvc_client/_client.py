@@ -183,6 +183,15 @@ class Client(BaseClient):
         request = pb.ListCheckpointsRequest(parent=run_name(run))
         return list(self._unary(self._stub.ListCheckpoints, request, timeout).checkpoints)
 
+    def get_run_metrics(
+        self, run: str, *, timeout: float | None = None
+    ) -> list[tuple[int, dict[str, float]]]:
+        """A run's metric history, ``(step, metrics)`` oldest first: every frame's until
+        the service's history is full, then evenly thinned over the whole run."""
+        request = pb.GetRunMetricsRequest(name=run_name(run))
+        reply = self._unary(self._stub.GetRunMetrics, request, timeout)
+        return [(p.step, dict(p.metrics)) for p in reply.points]
+
     def stream_frames(
         self, run: str, *, max_rate_hz: float = 0.0, timeout: float | None = None
     ) -> Stream[pb.Frame]:

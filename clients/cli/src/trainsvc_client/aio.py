@@ -211,6 +211,14 @@ class AsyncClient(BaseClient):
         request = pb.ListCheckpointsRequest(parent=run_name(run))
         return list((await self._unary(self._stub.ListCheckpoints, request, timeout)).checkpoints)
 
+    async def get_run_metrics(
+        self, run: str, *, timeout: float | None = None
+    ) -> list[tuple[int, dict[str, float]]]:
+        """A run's metric history, ``(step, metrics)`` oldest first (see `Client`)."""
+        request = pb.GetRunMetricsRequest(name=run_name(run))
+        reply = await self._unary(self._stub.GetRunMetrics, request, timeout)
+        return [(p.step, dict(p.metrics)) for p in reply.points]
+
     def stream_frames(
         self, run: str, *, max_rate_hz: float = 0.0, timeout: float | None = None
     ) -> AsyncStream[pb.Frame]:

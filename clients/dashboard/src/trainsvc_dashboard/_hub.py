@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import grpc
+from trainsvc_api.history import MetricHistory
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_client import TrainsvcError, run_name
 from trainsvc_client.aio import AsyncClient, is_unavailable
@@ -28,7 +29,6 @@ from trainsvc_client.aio import AsyncClient, is_unavailable
 from trainsvc_dashboard._admin import ADMIN_CONTROLS, AdminFeed
 from trainsvc_dashboard._convert import checkpoint_json, event_json, most_active, run_json
 from trainsvc_dashboard._frames import encode_frame
-from trainsvc_dashboard._history import MetricHistory
 from trainsvc_dashboard._presets import PRESETS
 
 log = logging.getLogger("trainsvc_dashboard")
@@ -285,9 +285,24 @@ class RunFeed:
             "metrics": metrics,
         }
 
+    async def _seed_history(self) -> None:
+        """Start the history from the service's record of the run (its frames from
+        before this feed, or before the bridge started), then show it to the watchers."""
+        try:
+            points = await self.hub.service.get_run_metrics(self.run)
+        except TrainsvcError as err:  # an older service, or a run gone: live frames only
+            log.info("no metric history for %s: %s", self.run, err)
+            return
+        for step, metrics in points:
+            self.history.add(step, metrics)
+        if points:
+            for client in self.clients:
+                client.push(self.history_json())
+
     async def _pump(self) -> None:
         service = self.hub.service
         backoff = 0.2
+        await self._seed_history()
         while True:
             try:
                 async for frame in service.stream_frames(self.run, max_rate_hz=UPSTREAM_RATE_HZ):

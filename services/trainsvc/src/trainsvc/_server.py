@@ -31,6 +31,7 @@ from trainsvc._auth import TokenAuthInterceptor
 from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_this_process
 from trainsvc._fanout import Hub, Notifier
 from trainsvc._manager import RunManager
+from trainsvc._metric_history import RunMetricHistories
 from trainsvc._metrics import Metrics, start_metrics_server
 from trainsvc._model_stack import AUTOMATION_DIR, EndpointUnavailableError, ModelStack
 from trainsvc._paths import InputRoots
@@ -163,13 +164,19 @@ class TrainsvcServer:
         self.notifier = Notifier()
         sequences: dict[str, int] = {}
         seq_lock = threading.Lock()
+        histories = RunMetricHistories(lambda run_id: self.manager.run_dir(run_id))
 
         def frame_sink(run_id: str, frame: FrameData) -> None:
             with seq_lock:
                 sequences[run_id] = sequences.get(run_id, 0) + 1
                 seq = sequences[run_id]
+            histories.add(run_id, frame.step, frame.metrics)
             # Serialized once here; every subscriber is sent these same bytes.
             self.hub.publish(run_id, conv.frame_to_proto(run_id, frame, seq).SerializeToString())
+
+        def run_ended(run_id: str) -> None:
+            histories.end(run_id)
+            self.hub.close_topic(run_id)
 
         self.manager = RunManager(
             self.registry,
@@ -177,7 +184,7 @@ class TrainsvcServer:
             self.metrics,
             frame_sink=frame_sink,
             on_event=lambda _e: self.notifier.notify(),
-            on_run_end=self.hub.close_topic,
+            on_run_end=run_ended,
             worker_nice=opts.worker_nice,
             worker_cpus=opts.worker_cpus,
             # the automation's exports and fetched versions are inputs of its grpo runs
@@ -199,7 +206,12 @@ class TrainsvcServer:
             ],
         )
         servicer = TrainServicer(
-            self.manager, self.hub, self.notifier, self.metrics, max_streams=opts.max_streams
+            self.manager,
+            self.hub,
+            self.notifier,
+            self.metrics,
+            max_streams=opts.max_streams,
+            histories=histories,
         )
         self._servicer = servicer
         add_to_server(servicer, server)

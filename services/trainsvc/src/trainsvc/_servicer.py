@@ -32,6 +32,7 @@ from trainsvc._domain import (
 from trainsvc._errors import status_of
 from trainsvc._fanout import FrameStreams, Hub, Notifier, send_or_cut
 from trainsvc._manager import RunManager
+from trainsvc._metric_history import RunMetricHistories
 from trainsvc._metrics import Metrics
 from trainsvc._rpc import unary_call
 
@@ -83,8 +84,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         metrics: Metrics,
         *,
         max_streams: int,
+        histories: RunMetricHistories | None = None,
     ) -> None:
         self.m = manager
+        self.histories = histories or RunMetricHistories(manager.run_dir)
         self.hub = hub
         self.notifier = notifier
         self.metrics = metrics
@@ -208,6 +211,21 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
             )
 
         return await self._call("ListCheckpoints", context, fn, inline=True)
+
+    async def GetRunMetrics(  # noqa: N802
+        self, request: pb.GetRunMetricsRequest, context: Context
+    ) -> pb.RunMetrics:
+        def fn(timeout: float | None) -> pb.RunMetrics:
+            run = self.m.get_run(parse_run_name(request.name))  # NOT_FOUND for no such run
+            return pb.RunMetrics(
+                name=run.name,
+                points=[
+                    pb.MetricPoint(step=step, metrics=metrics)
+                    for step, metrics in self.histories.points(run.id)
+                ],
+            )
+
+        return await self._call("GetRunMetrics", context, fn)
 
     # -- streams --------------------------------------------------------------
 

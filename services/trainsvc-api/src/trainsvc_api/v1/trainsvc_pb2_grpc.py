@@ -85,6 +85,11 @@ class TrainServiceStub:
                 request_serializer=trainsvc_dot_v1_dot_trainsvc__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=trainsvc_dot_v1_dot_trainsvc__pb2.Event.FromString,
                 _registered_method=True)
+        self.GetRunMetrics = channel.unary_unary(
+                '/trainsvc.v1.TrainService/GetRunMetrics',
+                request_serializer=trainsvc_dot_v1_dot_trainsvc__pb2.GetRunMetricsRequest.SerializeToString,
+                response_deserializer=trainsvc_dot_v1_dot_trainsvc__pb2.RunMetrics.FromString,
+                _registered_method=True)
 
 
 class TrainServiceServicer:
@@ -163,6 +168,17 @@ class TrainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunMetrics(self, request, context):
+        """Returns a run's metric history: every frame's metrics until the history
+        holds max points, then evenly thinned (one in 2, 4, ...) so that it always
+        spans the run from its first frame to its newest. Kept on the service's
+        disk with the run, so a finished run (or one from before a restart) has
+        its curves too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +231,11 @@ def add_TrainServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=trainsvc_dot_v1_dot_trainsvc__pb2.StreamEventsRequest.FromString,
                     response_serializer=trainsvc_dot_v1_dot_trainsvc__pb2.Event.SerializeToString,
+            ),
+            'GetRunMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunMetrics,
+                    request_deserializer=trainsvc_dot_v1_dot_trainsvc__pb2.GetRunMetricsRequest.FromString,
+                    response_serializer=trainsvc_dot_v1_dot_trainsvc__pb2.RunMetrics.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +509,33 @@ class TrainService:
             '/trainsvc.v1.TrainService/StreamEvents',
             trainsvc_dot_v1_dot_trainsvc__pb2.StreamEventsRequest.SerializeToString,
             trainsvc_dot_v1_dot_trainsvc__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainsvc.v1.TrainService/GetRunMetrics',
+            trainsvc_dot_v1_dot_trainsvc__pb2.GetRunMetricsRequest.SerializeToString,
+            trainsvc_dot_v1_dot_trainsvc__pb2.RunMetrics.FromString,
             options,
             channel_credentials,
             insecure,

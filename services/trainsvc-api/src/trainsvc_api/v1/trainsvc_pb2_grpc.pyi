@@ -75,6 +75,13 @@ class TrainServiceStub:
     """Streams a run's events from a sequence number (catch-up after a
     reconnect), then follows new ones if asked to.
     """
+    GetRunMetrics: _grpc.UnaryUnaryMultiCallable[_trainsvc_pb2.GetRunMetricsRequest, _trainsvc_pb2.RunMetrics]
+    """Returns a run's metric history: every frame's metrics until the history
+    holds max points, then evenly thinned (one in 2, 4, ...) so that it always
+    spans the run from its first frame to its newest. Kept on the service's
+    disk with the run, so a finished run (or one from before a restart) has
+    its curves too.
+    """
 
 @_typing.type_check_only
 class TrainServiceAsyncStub(TrainServiceStub):
@@ -104,6 +111,13 @@ class TrainServiceAsyncStub(TrainServiceStub):
     StreamEvents: _aio.UnaryStreamMultiCallable[_trainsvc_pb2.StreamEventsRequest, _trainsvc_pb2.Event]  # type: ignore[assignment]
     """Streams a run's events from a sequence number (catch-up after a
     reconnect), then follows new ones if asked to.
+    """
+    GetRunMetrics: _aio.UnaryUnaryMultiCallable[_trainsvc_pb2.GetRunMetricsRequest, _trainsvc_pb2.RunMetrics]  # type: ignore[assignment]
+    """Returns a run's metric history: every frame's metrics until the history
+    holds max points, then evenly thinned (one in 2, 4, ...) so that it always
+    spans the run from its first frame to its newest. Kept on the service's
+    disk with the run, so a finished run (or one from before a restart) has
+    its curves too.
     """
 
 class TrainServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -191,6 +205,19 @@ class TrainServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_trainsvc_pb2.Event], _abc.AsyncIterator[_trainsvc_pb2.Event]]:
         """Streams a run's events from a sequence number (catch-up after a
         reconnect), then follows new ones if asked to.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunMetrics(
+        self,
+        request: _trainsvc_pb2.GetRunMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainsvc_pb2.RunMetrics, _abc.Awaitable[_trainsvc_pb2.RunMetrics]]:
+        """Returns a run's metric history: every frame's metrics until the history
+        holds max points, then evenly thinned (one in 2, 4, ...) so that it always
+        spans the run from its first frame to its newest. Kept on the service's
+        disk with the run, so a finished run (or one from before a restart) has
+        its curves too.
         """
 
 def add_TrainServiceServicer_to_server(servicer: TrainServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

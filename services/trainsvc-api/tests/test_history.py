@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from trainsvc_dashboard._history import MetricHistory
+
+from trainsvc_api.history import MetricHistory
 
 
 def test_a_long_run_is_kept_from_its_first_step_to_its_newest_in_bounded_memory() -> None:

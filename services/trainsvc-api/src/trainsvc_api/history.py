@@ -1,5 +1,8 @@
 """A run's metric history in bounded memory that still spans the whole run.
 
+Shared by the service (which keeps each run's history and serves it with
+``GetRunMetrics``) and the dashboard (which extends it with live frames).
+
 A fixed-size window (the last N points) shows only the end of a long run, and
 its curves look flat. `MetricHistory` keeps every point until it is full, then
 drops every other point and from then on keeps one point in two (then four,
@@ -60,3 +63,6 @@ class MetricHistory:
 
     def __len__(self) -> int:
         return len(self.points())
+
+
+__all__ = ["MetricHistory", "Point"]
