@@ -18,6 +18,12 @@ Quick start::
     manager.wait()
     state = manager.restore()          # newest valid checkpoint
 
+    # Remote storage (pip install 'trainsvc-checkpoint[s3]'): any fsspec URL
+    opts = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    ckpt.save("s3://bucket/run/state.safetensors", state, storage_options=opts)
+    w = ckpt.read_tensor("s3://bucket/run/state.safetensors", "params/w", storage_options=opts)
+    remote = ckpt.RemoteCheckpointManager("s3://bucket/run", storage_options=opts)
+
     ckpt.checkpoint_file_name(12, emergency=True)     # "emergency_step_12.safetensors"
     ckpt.parse_checkpoint_file_name("runs/demo/step_12.safetensors.zst")
     # CheckpointName(step=12, emergency=False, compression='zstd')
@@ -29,9 +35,10 @@ from ._errors import (
     CorruptCheckpointError,
     IncompatibleCheckpointError,
     InvalidTreeError,
+    RemoteStorageError,
 )
 from ._format import FORMAT_NAME, FORMAT_VERSION, MAX_DIMS, MAX_HEADER_BYTES, MAX_TREE_DEPTH
-from ._io import CheckpointInfo, load, load_with_info, read_info, save, verify
+from ._io import CheckpointInfo, load, load_with_info, read_info, read_tensor, save, verify
 from ._manager import (
     CheckpointFallbackWarning,
     CheckpointFile,
@@ -52,6 +59,7 @@ from ._names import (
     checkpoint_file_name,
     parse_checkpoint_file_name,
 )
+from ._remote_manager import RemoteCheckpointManager
 
 __all__ = [
     "FORMAT_NAME",
@@ -72,6 +80,8 @@ __all__ = [
     "IncompatibleCheckpointError",
     "InvalidTreeError",
     "Reconciliation",
+    "RemoteCheckpointManager",
+    "RemoteStorageError",
     "Restored",
     "RetentionPolicy",
     "UnusableCheckpoint",
@@ -82,6 +92,7 @@ __all__ = [
     "load_with_info",
     "parse_checkpoint_file_name",
     "read_info",
+    "read_tensor",
     "reconcile",
     "save",
     "scan",

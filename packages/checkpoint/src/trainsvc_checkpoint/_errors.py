@@ -8,6 +8,7 @@ __all__ = [
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
     "InvalidTreeError",
+    "RemoteStorageError",
 ]
 
 
@@ -41,4 +42,15 @@ class InvalidTreeError(CheckpointError, ValueError):
     The message names the tree path and says what is allowed: dicts with str
     keys, lists, tuples, NamedTuples, None, arrays of a supported dtype, bool,
     int in the signed 64-bit range, finite float, str.
+    """
+
+
+class RemoteStorageError(CheckpointError):
+    """Remote storage (an fsspec URL: S3...) could not be used.
+
+    The message says what failed and names the setting to check: an
+    unreachable endpoint (``storage_options`` ``endpoint_url`` or
+    ``AWS_ENDPOINT_URL``), refused credentials (``key``/``secret`` or
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), a missing package. It
+    never contains a secret.
     """

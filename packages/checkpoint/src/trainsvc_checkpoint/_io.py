@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import io
 import os
 import queue
 import sys
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import Any, BinaryIO, Literal, Protocol, cast
 
 import numpy as np
 import zstandard
@@ -228,6 +229,48 @@ def _crc_all(
     return {e.name: crc32c(_byte_view(leaves[e.name])) for e in entries}
 
 
+def _prepare(
+    flat: FlatTree, metadata: Mapping[str, Any] | None, compression: Compression
+) -> tuple[list[TensorEntry], str, str, list[memoryview]]:
+    """The layout, tree and metadata JSON, and the data views (file order) of a flat tree."""
+    if compression not in (None, "zstd"):
+        raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
+    specs = []
+    for name, arr in flat.leaves.items():
+        code = dtype_code(arr.dtype)
+        assert code is not None  # flatten() converted every leaf
+        specs.append((name, code, tuple(arr.shape)))
+    entries = layout(specs)
+    views = [_byte_view(flat.leaves[e.name]) for e in entries]
+    return entries, canonical_json(flat.desc), _metadata_json(metadata), views
+
+
+def encode_flat(
+    flat: FlatTree,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    compression: Compression = None,
+) -> list[memoryview]:
+    """The bytes of the file :func:`write_flat` writes, as consecutive pieces.
+
+    Uncompressed: the header, then views of the arrays (no copies). With
+    zstd: one piece, the compressed frame (built in memory).
+    """
+    entries, tree_json, md_json, views = _prepare(flat, metadata, compression)
+    crcs = _crc_all(entries, flat.leaves)
+    header = build_header(entries, tree_json=tree_json, metadata_json=md_json, crcs=crcs)
+    if compression != "zstd":
+        return [memoryview(header), *views]
+    total = entries[-1].end if entries else 0
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    out = io.BytesIO()
+    with cctx.stream_writer(out, size=len(header) + total, closefd=False) as writer:
+        writer.write(header)
+        for view in views:
+            writer.write(view)
+    return [out.getbuffer()]
+
+
 def write_flat(
     path: PathLike,
     flat: FlatTree,
@@ -236,20 +279,10 @@ def write_flat(
     compression: Compression = None,
 ) -> Path:
     """Write an already flattened tree to ``path`` atomically. See :func:`save`."""
-    if compression not in (None, "zstd"):
-        raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
     path = Path(path)
+    entries, tree_json, md_json, views = _prepare(flat, metadata, compression)
     leaves = flat.leaves
-    specs = []
-    for name, arr in leaves.items():
-        code = dtype_code(arr.dtype)
-        assert code is not None  # flatten() converted every leaf
-        specs.append((name, code, tuple(arr.shape)))
-    entries = layout(specs)
-    tree_json = canonical_json(flat.desc)
-    md_json = _metadata_json(metadata)
     total = entries[-1].end if entries else 0
-    views = [_byte_view(leaves[e.name]) for e in entries]
 
     with atomic_file(path) as fd:
         if compression == "zstd":
@@ -293,28 +326,45 @@ def save(
     *,
     metadata: Mapping[str, Any] | None = None,
     compression: Compression = None,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> PathLike:
     """Save ``tree`` to one checkpoint file, atomically.
 
     Args:
         path: the file to write (conventionally ``*.safetensors``, or
             ``*.safetensors.zst`` when compressed). Its directory must exist.
+            A URL (``s3://bucket/run/step_1.safetensors``, any fsspec URL) saves
+            to remote storage: the object appears only once complete (format
+            section 11); ``file://`` is a local path.
         tree: a nest of dicts (str keys), lists, tuples, NamedTuples and None,
             with arrays (anything with ``__array__``: NumPy, JAX on any device,
             bfloat16) and Python bool/int/float/str leaves.
         metadata: a JSON-serializable dict stored beside the tree (config, step...).
         compression: None, or ``"zstd"`` for an outer zstd frame.
+        storage_options: for a URL, options of its fsspec filesystem (for s3fs:
+            ``key``, ``secret``, ``client_kwargs={"endpoint_url": ...}``).
 
     Returns:
-        The path written.
+        The path written (a URL as given).
 
     Raises:
         InvalidTreeError: something in ``tree`` or ``metadata`` cannot be stored;
             the message names the path. Nothing is written then.
     """
+    if _is_url(path):
+        from ._remote import save_remote
+
+        save_remote(
+            str(path),
+            tree,
+            metadata=metadata,
+            compression=compression,
+            storage_options=storage_options,
+        )
+        return path
     flat = flatten(tree)
     _metadata_json(metadata)
-    return write_flat(path, flat, metadata=metadata, compression=compression)
+    return write_flat(_local(path), flat, metadata=metadata, compression=compression)
 
 
 # --------------------------------------------------------------------------- reading
@@ -580,6 +630,27 @@ _Source = _FileSource | _ZstdSource
 """An open checkpoint file: plain, or the content of its zstd frame."""
 
 
+class ByteSource(Protocol):
+    """What reading a header needs of an open checkpoint: its size and sequential reads.
+
+    Implemented by plain and zstd files here, and by remote objects (``_remote``).
+    """
+
+    size: int
+
+    def read_exact(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` with the next bytes; a source that ends first is truncated."""
+
+
+class DataSource(ByteSource, Protocol):
+    """A source that reads the whole data section itself, returning every tensor's CRC."""
+
+    def read_data(
+        self, header: Header, dests: Mapping[str, np.ndarray[Any, Any]] | None
+    ) -> dict[str, int]:
+        """Read the data section into ``dests`` (or scratch buffers when None); return the CRCs."""
+
+
 @contextlib.contextmanager
 def _open_source(path: Path, max_decompressed_bytes: int | None) -> Iterator[_Source]:
     try:
@@ -598,7 +669,7 @@ def _open_source(path: Path, max_decompressed_bytes: int | None) -> Iterator[_So
             yield _FileSource(f.fileno(), size)
 
 
-def _read_header(src: _Source) -> Header:
+def _read_header(src: ByteSource) -> Header:
     prefix = bytearray(8)
     if src.size < 8:
         raise CorruptCheckpointError(
@@ -662,7 +733,7 @@ def _batches(
 
 
 def _read_data(
-    src: _Source, header: Header, dests: Mapping[str, np.ndarray[Any, Any]] | None
+    src: _Source | DataSource, header: Header, dests: Mapping[str, np.ndarray[Any, Any]] | None
 ) -> dict[str, int]:
     """Read the data section into per-tensor byte buffers (or scratch buffers when None).
 
@@ -670,7 +741,7 @@ def _read_data(
     is read. With scratch buffers, three rotate: one being checked, one
     queued, one being read.
     """
-    if isinstance(src, _FileSource):
+    if not isinstance(src, _ZstdSource):
         return src.read_data(header, dests)
     size = header.data_size
     tracker = _CrcTracker(header.entries)
@@ -710,19 +781,27 @@ def _read_data(
 
 def _check_crcs(header: Header, actual: Mapping[str, int]) -> None:
     for e in header.entries:
-        if actual[e.name] != header.crcs[e.name]:
-            raise CorruptCheckpointError(
-                f"tensor {e.name!r}: CRC32C expected {crc_hex(header.crcs[e.name])}, "
-                f"found {crc_hex(actual[e.name])} (the data was modified)"
-            )
+        _check_crc(e.name, header.crcs[e.name], actual[e.name])
+
+
+def _check_crc(name: str, expected: int, actual: int) -> None:
+    if actual != expected:
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: CRC32C expected {crc_hex(expected)}, "
+            f"found {crc_hex(actual)} (the data was modified)"
+        )
 
 
 def _check_bools(header: Header, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
     for e in header.entries:
-        if e.dtype == "BOOL" and np.any(arrays[e.name].view(np.uint8) > 1):
-            raise CorruptCheckpointError(
-                f"tensor {e.name!r}: BOOL data must be 0 or 1, found other bytes"
-            )
+        _check_bool(e, arrays[e.name])
+
+
+def _check_bool(e: TensorEntry, arr: np.ndarray[Any, Any]) -> None:
+    if e.dtype == "BOOL" and np.any(arr.view(np.uint8) > 1):
+        raise CorruptCheckpointError(
+            f"tensor {e.name!r}: BOOL data must be 0 or 1, found other bytes"
+        )
 
 
 @dataclass(frozen=True)
@@ -736,6 +815,9 @@ class CheckpointInfo:
         metadata: the caller's metadata (a foreign file's raw ``__metadata__``).
         tensors: tensor name → (dtype code, shape), in file order.
         nbytes: bytes of tensor data.
+        url: for a checkpoint in remote storage, its URL (``path`` is then the
+            object's path inside the storage, ``bucket/run/step_1.safetensors``);
+            None for a local file.
     """
 
     path: Path
@@ -744,9 +826,10 @@ class CheckpointInfo:
     metadata: dict[str, Any]
     tensors: dict[str, tuple[str, tuple[int, ...]]]
     nbytes: int
+    url: str | None = None
 
 
-def _info(path: Path, header: Header, compressed: bool) -> CheckpointInfo:
+def _info(path: Path, header: Header, compressed: bool, url: str | None = None) -> CheckpointInfo:
     return CheckpointInfo(
         path=path,
         foreign=header.foreign,
@@ -754,6 +837,7 @@ def _info(path: Path, header: Header, compressed: bool) -> CheckpointInfo:
         metadata=header.metadata,
         tensors={e.name: (e.dtype, e.shape) for e in header.entries},
         nbytes=header.data_size,
+        url=url,
     )
 
 
@@ -772,17 +856,24 @@ def _load(
 ) -> tuple[Any, CheckpointInfo]:
     path = Path(path)
     with _open_source(path, max_decompressed_bytes) as src:
-        header = _read_header(src)
-        # One array per tensor (so that each can be freed on its own), read into
-        # directly through flat byte views: no copies after the read.
-        arrays = {e.name: _empty(e) for e in header.entries}
-        dests = {name: a.reshape(-1).view(np.uint8) for name, a in arrays.items()}
-        actual = _read_data(src, header, dests)
         compressed = isinstance(src, _ZstdSource)
+        return load_from(src, target, lambda header: _info(path, header, compressed))
+
+
+def load_from(
+    src: _Source | DataSource, target: Any, make_info: Callable[[Header], CheckpointInfo]
+) -> tuple[Any, CheckpointInfo]:
+    """Load the tree from an open source (local or remote), checking every CRC."""
+    header = _read_header(src)
+    # One array per tensor (so that each can be freed on its own), read into
+    # directly through flat byte views: no copies after the read.
+    arrays = {e.name: _empty(e) for e in header.entries}
+    dests = {name: a.reshape(-1).view(np.uint8) for name, a in arrays.items()}
+    actual = _read_data(src, header, dests)
     if not header.foreign:
         _check_crcs(header, actual)
     _check_bools(header, arrays)
-    info = _info(path, header, compressed)
+    info = make_info(header)
     if header.foreign:
         # A foreign file is a flat dict keyed by its raw tensor names.
         if target is _NO_TARGET:
@@ -796,12 +887,15 @@ def load(
     *,
     target: Any = None,
     max_decompressed_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load a checkpoint file, checking every CRC as it is read.
 
     Args:
         path: a trainsvc checkpoint (plain or zstd-compressed), or any
             safetensors file, which loads as a flat ``{name: array}`` dict.
+            A URL (any fsspec URL, ``s3://...``) loads from remote storage with
+            parallel ranged requests; ``storage_options`` go to its filesystem.
         target: optional tree giving the structure to return; every leaf's
             kind, shape and dtype is checked against the file. Leaves may be
             arrays, JAX arrays or anything with ``shape`` and ``dtype``.
@@ -819,18 +913,41 @@ def load(
         IncompatibleCheckpointError: an unknown format version, or a file that
             does not match ``target`` (naming the path).
     """
-    tree, _ = _load(path, _NO_TARGET if target is None else target, max_decompressed_bytes)
+    tree, _ = load_with_info(
+        path,
+        target=target,
+        max_decompressed_bytes=max_decompressed_bytes,
+        storage_options=storage_options,
+    )
     return tree
 
 
 def load_with_info(
-    path: PathLike, *, target: Any = None, max_decompressed_bytes: int | None = None
+    path: PathLike,
+    *,
+    target: Any = None,
+    max_decompressed_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, CheckpointInfo]:
     """Like :func:`load`, also returning the file's :class:`CheckpointInfo` (metadata included)."""
-    return _load(path, _NO_TARGET if target is None else target, max_decompressed_bytes)
+    if _is_url(path):
+        from ._remote import load_remote_with_info
+
+        return load_remote_with_info(
+            str(path),
+            target=target,
+            max_decompressed_bytes=max_decompressed_bytes,
+            storage_options=storage_options,
+        )
+    return _load(_local(path), _NO_TARGET if target is None else target, max_decompressed_bytes)
 
 
-def verify(path: PathLike, *, max_decompressed_bytes: int | None = None) -> CheckpointInfo:
+def verify(
+    path: PathLike,
+    *,
+    max_decompressed_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
     """Check a checkpoint file completely without keeping its data in memory.
 
     Runs every check of :func:`load` (header, bounds, tree, every CRC) while
@@ -843,7 +960,15 @@ def verify(path: PathLike, *, max_decompressed_bytes: int | None = None) -> Chec
         CheckpointNotFoundError, CorruptCheckpointError, IncompatibleCheckpointError:
             as :func:`load`.
     """
-    path = Path(path)
+    if _is_url(path):
+        from ._remote import verify_remote
+
+        return verify_remote(
+            str(path),
+            max_decompressed_bytes=max_decompressed_bytes,
+            storage_options=storage_options,
+        )
+    path = Path(_local(path))
     with _open_source(path, max_decompressed_bytes) as src:
         header = _read_header(src)
         actual = _read_data(src, header, None)
@@ -853,10 +978,105 @@ def verify(path: PathLike, *, max_decompressed_bytes: int | None = None) -> Chec
     return _info(path, header, compressed)
 
 
-def read_info(path: PathLike, *, max_decompressed_bytes: int | None = None) -> CheckpointInfo:
-    """Read and check only the header (its CRC, bounds and tree), not the tensor data."""
-    path = Path(path)
+def read_info(
+    path: PathLike,
+    *,
+    max_decompressed_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckpointInfo:
+    """Read and check only the header (its CRC, bounds and tree), not the tensor data.
+
+    For a URL, one ranged request of the object's first 64 KiB (plus one for a
+    longer header); a compressed object is fetched whole.
+    """
+    if _is_url(path):
+        from ._remote import read_info_remote
+
+        return read_info_remote(
+            str(path),
+            max_decompressed_bytes=max_decompressed_bytes,
+            storage_options=storage_options,
+        )
+    path = Path(_local(path))
     with _open_source(path, max_decompressed_bytes) as src:
         header = _read_header(src)
         compressed = isinstance(src, _ZstdSource)
     return _info(path, header, compressed)
+
+
+def tensor_entry(header: Header, name: str) -> TensorEntry:
+    """The entry of tensor ``name``, or a KeyError naming the tensors there are."""
+    for e in header.entries:
+        if e.name == name:
+            return e
+    names = [e.name for e in header.entries]
+    raise KeyError(
+        f"name: no tensor {name!r} in this checkpoint; it has {len(names)}: {names[:20]!r}"
+    )
+
+
+def tensor_from_bytes(header: Header, entry: TensorEntry, data: Any) -> np.ndarray[Any, Any]:
+    """A writable array of one tensor from its bytes, after checking its CRC (and BOOL values)."""
+    arr = np.empty(entry.shape, entry.np_dtype)
+    flat = arr.reshape(-1).view(np.uint8)
+    flat[:] = np.frombuffer(data, np.uint8)
+    if not header.foreign:
+        _check_crc(entry.name, header.crcs[entry.name], crc32c(flat.data))
+    _check_bool(entry, arr)
+    return arr
+
+
+def read_tensor(
+    path: PathLike,
+    name: str,
+    *,
+    max_decompressed_bytes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> np.ndarray[Any, Any]:
+    """Read one tensor (by its flattened tree path, e.g. ``params/w``), checking its CRC.
+
+    Reads the header and that tensor's bytes only (for a URL: ranged requests);
+    a compressed file is decompressed from its start up to the tensor.
+
+    Raises:
+        KeyError: no tensor of that name (the message lists the names there are).
+        CheckpointNotFoundError, CorruptCheckpointError: as :func:`load`.
+    """
+    if _is_url(path):
+        from ._remote import read_tensor_remote
+
+        return read_tensor_remote(
+            str(path),
+            name,
+            max_decompressed_bytes=max_decompressed_bytes,
+            storage_options=storage_options,
+        )
+    path = Path(_local(path))
+    with _open_source(path, max_decompressed_bytes) as src:
+        header = _read_header(src)
+        entry = tensor_entry(header, name)
+        if isinstance(src, _FileSource):
+            data = bytearray(entry.end - entry.begin)
+            _pread_exact(src._fd, memoryview(data), 8 + header.header_len + entry.begin, src.size)
+        else:
+            skip = bytearray(min(_CHUNK, max(1, entry.begin)))
+            pos = 0
+            while pos < entry.begin:
+                n = min(len(skip), entry.begin - pos)
+                src.read_exact(memoryview(skip)[:n], f"data at byte {pos}")
+                pos += n
+            data = bytearray(entry.end - entry.begin)
+            src.read_exact(memoryview(data), f"tensor {name!r}")
+    return tensor_from_bytes(header, entry, data)
+
+
+def _is_url(path: object) -> bool:
+    """Whether ``path`` names remote storage (``scheme://``, not ``file://``)."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _local(path: PathLike) -> PathLike:
+    """A ``file://`` URL as a plain path; anything else unchanged."""
+    if isinstance(path, str) and path.startswith("file://"):
+        return path.removeprefix("file://")
+    return path

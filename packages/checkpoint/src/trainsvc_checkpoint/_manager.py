@@ -12,12 +12,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from ._errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from ._io import TMP_PREFIX, Compression, PathLike, atomic_file, load_with_info, verify, write_flat
+from ._io import (
+    TMP_PREFIX,
+    CheckpointInfo,
+    Compression,
+    PathLike,
+    atomic_file,
+    load_with_info,
+    verify,
+    write_flat,
+)
 from ._names import RetentionPolicy, _check_step, checkpoint_file_name, parse_checkpoint_file_name
 from ._signals import SignalHandlers
 from ._tree import FlatTree, flatten, to_host_array
@@ -131,6 +140,7 @@ class Restored:
     metadata: dict[str, Any]
     path: Path
     skipped: tuple[UnusableCheckpoint, ...] = ()
+    url: str | None = None
 
 
 def scan(directory: PathLike) -> list[CheckpointFile]:
@@ -260,44 +270,19 @@ def _immutable(leaf: Any, arr: np.ndarray[Any, Any]) -> bool:
     return base is None or isinstance(base, bytes)
 
 
-class CheckpointManager:
-    """Periodic, asynchronous, atomic checkpoints of one run in one directory.
+class _ManagerBase:
+    """What every checkpoint manager shares: async snapshots, emergency saves, signals,
+    restoring with fallback. Subclasses own the storage (a directory, remote storage)."""
 
-    Files are ``step_<N>.safetensors`` (``.safetensors.zst`` when compressed),
-    ``emergency_step_<N>.safetensors`` and a ``latest`` pointer. Opening a
-    directory deletes ``.tmp-`` leftovers of a crashed save.
-
-    Args:
-        directory: the run's checkpoint directory (created if missing).
-        keep_last: how many of the newest periodic checkpoints retention keeps (>= 1).
-        keep_every: also keep every checkpoint whose step is a multiple of this.
-        compression: None, or ``"zstd"`` for an outer zstd frame.
-
-    Names come from :func:`checkpoint_file_name` and retention is
-    :class:`RetentionPolicy` (``manager.retention``).
-    """
-
-    def __init__(
-        self,
-        directory: PathLike,
-        *,
-        keep_last: int = 5,
-        keep_every: int | None = None,
-        compression: Compression = None,
-    ) -> None:
+    def __init__(self, *, keep_last: int, keep_every: int | None, compression: Compression) -> None:
         self.retention = RetentionPolicy(keep_last, keep_every)
         if compression not in (None, "zstd"):
             raise ValueError(f"compression: expected None or 'zstd', found {compression!r}")
-        self.directory = Path(directory)
         self.compression: Compression = compression
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._remove_leftovers()
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._buffers: dict[str, np.ndarray[Any, Any]] = {}
-        self._trusted: set[Path] = set()
-        self._verified: dict[Path, tuple[_Signature, dict[str, Any]]] = {}
         self._signals: SignalHandlers | None = None
         self._copy_pool: ThreadPoolExecutor | None = None
         # Two threads at least (np.copyto releases the GIL, and the caller is
@@ -322,30 +307,25 @@ class CheckpointManager:
     def keep_every(self, value: int | None) -> None:
         self.retention = RetentionPolicy(self.retention.keep_last, value)
 
-    # ------------------------------------------------------------------ listing
-
-    def _remove_leftovers(self) -> None:
-        for entry in self.directory.iterdir():
-            if entry.name.startswith(TMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+    # ------------------------------------------------------------------ storage (per subclass)
 
     def checkpoints(self) -> list[CheckpointFile]:
-        """Every checkpoint file in the directory, oldest first (not verified)."""
-        return scan(self.directory)
+        """Every checkpoint in the storage, oldest first (not verified)."""
+        raise NotImplementedError
 
-    def reconcile(self, indexed: Iterable[PathLike] = ()) -> Reconciliation:
-        """Verify every checkpoint file and compare them with an index; see :func:`reconcile`.
+    def _where(self) -> str:
+        """The storage, as messages name it."""
+        raise NotImplementedError
 
-        Waits for a pending save first. Files this manager wrote or verified
-        before and that have not changed since (same inode, size and mtime) are
-        not read again.
-        """
-        try:
-            self.wait()
-        except CheckpointError as exc:
-            warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
-        return reconcile(self.directory, indexed, _cache=self._verified)
+    def _load_file(
+        self, ckpt: CheckpointFile, target: Any
+    ) -> tuple[Any, CheckpointInfo, str | None]:
+        """Load one checkpoint: its tree, info and URL (None for a local file)."""
+        raise NotImplementedError
+
+    def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
+        """Write one checkpoint (under the lock), update ``latest``, apply retention."""
+        raise NotImplementedError
 
     def steps(self) -> list[int]:
         """The steps that have a checkpoint file on disk, ascending.
@@ -453,22 +433,6 @@ class CheckpointManager:
                 flush=True,
             )
 
-    def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
-        with self._lock:
-            path = self.directory / checkpoint_file_name(
-                step, emergency=emergency, compression=self.compression
-            )
-            self._trusted.discard(path)
-            write_flat(path, flat, metadata=md, compression=self.compression)
-            self._trusted.add(path)
-            with contextlib.suppress(OSError):
-                self._verified[path] = (_signature(path.stat()), dict(md))
-            with atomic_file(self.directory / LATEST) as fd:
-                os.write(fd, f"{path.name}\n".encode())
-            if not emergency:
-                self._apply_retention()
-            return path
-
     def wait(self) -> None:
         """Block until the pending asynchronous save (if any) is on disk.
 
@@ -502,24 +466,6 @@ class CheckpointManager:
                 warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
             return self._write(step, flatten(tree), self._metadata(step, metadata), emergency=True)
 
-    # ------------------------------------------------------------------ retention
-
-    def _is_valid(self, path: Path) -> bool:
-        if path in self._trusted:
-            return True
-        try:
-            verify(path)
-        except CheckpointError:
-            return False
-        return True
-
-    def _apply_retention(self) -> None:
-        paths = [c.path for c in self.checkpoints()]
-        for path in self.retention.select_for_deletion(paths, self._is_valid):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._trusted.discard(path)
-
     # ------------------------------------------------------------------ restoring
 
     def restore_checkpoint(self, step: int | None = None, *, target: Any = None) -> Restored:
@@ -550,13 +496,13 @@ class CheckpointManager:
         if not candidates:
             what = f"step {step}" if step is not None else "any step"
             raise CheckpointNotFoundError(
-                f"no checkpoint for {what} in {self.directory}; steps on disk: {self.steps()}"
+                f"no checkpoint for {what} in {self._where()}; steps on disk: {self.steps()}"
             )
         problems = []
         skipped: list[UnusableCheckpoint] = []
         for i, ckpt in enumerate(candidates):
             try:
-                tree, info = load_with_info(ckpt.path, target=target)
+                tree, info, url = self._load_file(ckpt, target)
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
                 problems.append(f"{ckpt.path.name}: {exc}")
                 skipped.append(UnusableCheckpoint(ckpt, str(exc)))
@@ -568,9 +514,9 @@ class CheckpointManager:
                         stacklevel=3,
                     )
                 continue
-            return Restored(ckpt.step, tree, info.metadata, ckpt.path, tuple(skipped))
+            return Restored(ckpt.step, tree, info.metadata, ckpt.path, tuple(skipped), url)
         raise CorruptCheckpointError(
-            f"no valid checkpoint in {self.directory}: " + "; ".join(problems)
+            f"no valid checkpoint in {self._where()}: " + "; ".join(problems)
         )
 
     def restore(self, step: int | None = None, *, target: Any = None) -> Any:
@@ -632,7 +578,7 @@ class CheckpointManager:
                 self._signals.uninstall()
                 self._signals = None
 
-    def __enter__(self) -> CheckpointManager:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -642,3 +588,104 @@ class CheckpointManager:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class CheckpointManager(_ManagerBase):
+    """Periodic, asynchronous, atomic checkpoints of one run in one directory.
+
+    Files are ``step_<N>.safetensors`` (``.safetensors.zst`` when compressed),
+    ``emergency_step_<N>.safetensors`` and a ``latest`` pointer. Opening a
+    directory deletes ``.tmp-`` leftovers of a crashed save.
+
+    Args:
+        directory: the run's checkpoint directory (created if missing).
+        keep_last: how many of the newest periodic checkpoints retention keeps (>= 1).
+        keep_every: also keep every checkpoint whose step is a multiple of this.
+        compression: None, or ``"zstd"`` for an outer zstd frame.
+
+    Names come from :func:`checkpoint_file_name` and retention is
+    :class:`RetentionPolicy` (``manager.retention``).
+    """
+
+    def __init__(
+        self,
+        directory: PathLike,
+        *,
+        keep_last: int = 5,
+        keep_every: int | None = None,
+        compression: Compression = None,
+    ) -> None:
+        super().__init__(keep_last=keep_last, keep_every=keep_every, compression=compression)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+        self._trusted: set[Path] = set()
+        self._verified: dict[Path, tuple[_Signature, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ listing
+
+    def _remove_leftovers(self) -> None:
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def checkpoints(self) -> list[CheckpointFile]:
+        """Every checkpoint file in the directory, oldest first (not verified)."""
+        return scan(self.directory)
+
+    def reconcile(self, indexed: Iterable[PathLike] = ()) -> Reconciliation:
+        """Verify every checkpoint file and compare them with an index; see :func:`reconcile`.
+
+        Waits for a pending save first. Files this manager wrote or verified
+        before and that have not changed since (same inode, size and mtime) are
+        not read again.
+        """
+        try:
+            self.wait()
+        except CheckpointError as exc:
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+        return reconcile(self.directory, indexed, _cache=self._verified)
+
+    def _where(self) -> str:
+        return str(self.directory)
+
+    def _load_file(
+        self, ckpt: CheckpointFile, target: Any
+    ) -> tuple[Any, CheckpointInfo, str | None]:
+        tree, info = load_with_info(ckpt.path, target=target)
+        return tree, info, None
+
+    def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
+        with self._lock:
+            path = self.directory / checkpoint_file_name(
+                step, emergency=emergency, compression=self.compression
+            )
+            self._trusted.discard(path)
+            write_flat(path, flat, metadata=md, compression=self.compression)
+            self._trusted.add(path)
+            with contextlib.suppress(OSError):
+                self._verified[path] = (_signature(path.stat()), dict(md))
+            with atomic_file(self.directory / LATEST) as fd:
+                os.write(fd, f"{path.name}\n".encode())
+            if not emergency:
+                self._apply_retention()
+            return path
+
+    # ------------------------------------------------------------------ retention
+
+    def _is_valid(self, path: Path) -> bool:
+        if path in self._trusted:
+            return True
+        try:
+            verify(path)
+        except CheckpointError:
+            return False
+        return True
+
+    def _apply_retention(self) -> None:
+        paths = [c.path for c in self.checkpoints()]
+        for path in self.retention.select_for_deletion(paths, self._is_valid):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._trusted.discard(path)

@@ -1,0 +1,205 @@
+"""RemoteCheckpointManager: a run's checkpoints under a remote prefix (format section 11)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._errors import CheckpointError, CheckpointNotFoundError
+from ._io import TMP_PREFIX, CheckpointInfo, Compression, encode_flat
+from ._manager import LATEST, CheckpointFile, _ManagerBase
+from ._names import checkpoint_file_name, parse_checkpoint_file_name
+from ._remote import (
+    CONCURRENCY,
+    PART_SIZE,
+    Location,
+    _check_tuning,
+    _redact_url,
+    load_remote_with_info,
+    open_location,
+    put_object,
+    verify_remote,
+)
+from ._tree import FlatTree
+
+
+class RemoteCheckpointManager(_ManagerBase):
+    """Periodic, asynchronous checkpoints of one run under a remote prefix (any fsspec URL).
+
+    The same API and names as :class:`CheckpointManager` (``step_<N>.safetensors``,
+    ``emergency_step_<N>``, ``latest``, :class:`RetentionPolicy` over the
+    listing, fallback on restore), with remote publication: each checkpoint
+    object appears only once it is complete (a single PUT or a completed
+    multipart upload on S3; a ``.tmp-`` object moved into place elsewhere).
+    Opening the prefix aborts the incomplete multipart uploads and deletes the
+    ``.tmp-`` objects that a killed save left under it.
+
+    ``CheckpointFile.path`` and ``Restored.path`` are the objects' paths inside
+    the storage (``bucket/run/step_1.safetensors``); :meth:`url_of` and
+    ``Restored.url`` give their URLs.
+
+    Args:
+        url: the run's prefix, e.g. ``s3://bucket/runs/demo`` (``memory://runs/demo``).
+        keep_last, keep_every, compression: as :class:`CheckpointManager`.
+        storage_options: options of the fsspec filesystem (for s3fs: ``key``,
+            ``secret``, ``client_kwargs={"endpoint_url": ...}``); never logged.
+        part_size: bytes per part of a multipart upload (>= 5 MiB).
+        concurrency: parallel requests of one upload or load.
+
+    Raises:
+        RemoteStorageError: the storage cannot be reached or refuses the
+            credentials (the message names the setting), or fsspec/s3fs is missing.
+        CheckpointNotFoundError: the bucket does not exist.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keep_last: int = 5,
+        keep_every: int | None = None,
+        compression: Compression = None,
+        storage_options: Mapping[str, Any] | None = None,
+        part_size: int = PART_SIZE,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        super().__init__(keep_last=keep_last, keep_every=keep_every, compression=compression)
+        _check_tuning(part_size, concurrency)
+        self.url = url.rstrip("/")
+        self._options = dict(storage_options or {})
+        self._part_size = part_size
+        self._concurrency = concurrency
+        self.location: Location = open_location(self.url, self._options)
+        self._trusted: set[str] = set()
+        self._check_bucket()
+        self._remove_leftovers()
+
+    # ------------------------------------------------------------------ storage
+
+    def _check_bucket(self) -> None:
+        loc = self.location
+        if not loc.is_s3:
+            return
+        bucket = loc.fs.split_path(loc.path)[0]
+        with loc.errors("opening"):
+            try:
+                loc.fs.call_s3("head_bucket", Bucket=bucket)
+            except FileNotFoundError:
+                raise CheckpointNotFoundError(
+                    f"opening {_redact_url(self.url)}: the bucket {bucket!r} does not exist"
+                ) from None
+
+    def _entries(self) -> list[str]:
+        """The names of the objects directly under the prefix (fresh listing)."""
+        loc = self.location
+        with loc.errors("listing"):
+            loc.fs.invalidate_cache(loc.path)
+            try:
+                found = loc.fs.ls(loc.path, detail=True)
+            except FileNotFoundError:
+                return []
+        return [
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in found
+            if e.get("type") != "directory"
+        ]
+
+    def _remove_leftovers(self) -> None:
+        loc = self.location
+        for name in self._entries():
+            if name.startswith(TMP_PREFIX):
+                with loc.errors("deleting a leftover of"), contextlib.suppress(FileNotFoundError):
+                    loc.fs.rm_file(loc.child(name).path)
+        if loc.is_s3:
+            self._abort_incomplete_uploads()
+
+    def _abort_incomplete_uploads(self) -> None:
+        """Abort the multipart uploads under the prefix that a killed save left."""
+        loc = self.location
+        bucket, key, _ = loc.fs.split_path(loc.path)
+        prefix = f"{key.rstrip('/')}/" if key else ""
+        with loc.errors("aborting incomplete uploads under"):
+            markers: dict[str, str] = {}
+            while True:
+                reply = loc.fs.call_s3(
+                    "list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers
+                )
+                for upload in reply.get("Uploads", []):
+                    if "/" in upload["Key"][len(prefix) :]:
+                        continue  # a deeper prefix: another run's
+                    with contextlib.suppress(FileNotFoundError):
+                        loc.fs.call_s3(
+                            "abort_multipart_upload",
+                            Bucket=bucket,
+                            Key=upload["Key"],
+                            UploadId=upload["UploadId"],
+                        )
+                if not reply.get("IsTruncated"):
+                    return
+                markers = {
+                    "KeyMarker": reply["NextKeyMarker"],
+                    "UploadIdMarker": reply["NextUploadIdMarker"],
+                }
+
+    def url_of(self, ckpt: CheckpointFile | str) -> str:
+        """The URL of a checkpoint of this manager (a :class:`CheckpointFile` or a file name)."""
+        name = ckpt if isinstance(ckpt, str) else ckpt.path.name
+        return f"{self.url}/{name}"
+
+    def checkpoints(self) -> list[CheckpointFile]:
+        """Every checkpoint object under the prefix, oldest first (not verified)."""
+        found = []
+        for name in self._entries():
+            parsed = parse_checkpoint_file_name(name)
+            if parsed is not None:
+                path = Path(self.location.child(name).path)
+                found.append(CheckpointFile(parsed.step, parsed.emergency, path))
+        return sorted(found)
+
+    def _where(self) -> str:
+        return _redact_url(self.url)
+
+    def _load_file(
+        self, ckpt: CheckpointFile, target: Any
+    ) -> tuple[Any, CheckpointInfo, str | None]:
+        url = self.url_of(ckpt)
+        tree, info = load_remote_with_info(
+            url, target=target, storage_options=self._options, concurrency=self._concurrency
+        )
+        return tree, info, url
+
+    def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
+        with self._lock:
+            name = checkpoint_file_name(step, emergency=emergency, compression=self.compression)
+            loc = self.location.child(name)
+            self._trusted.discard(name)
+            pieces = encode_flat(flat, metadata=md, compression=self.compression)
+            put_object(loc, pieces, part_size=self._part_size, concurrency=self._concurrency)
+            self._trusted.add(name)
+            put_object(self.location.child(LATEST), [memoryview(f"{name}\n".encode())])
+            if not emergency:
+                self._apply_retention()
+            return Path(loc.path)
+
+    # ------------------------------------------------------------------ retention
+
+    def _is_valid(self, name: str) -> bool:
+        if name in self._trusted:
+            return True
+        try:
+            verify_remote(
+                self.url_of(name), storage_options=self._options, concurrency=self._concurrency
+            )
+        except CheckpointError:
+            return False
+        return True
+
+    def _apply_retention(self) -> None:
+        names = [c.path.name for c in self.checkpoints()]
+        for name in self.retention.select_for_deletion(names, self._is_valid):
+            loc = self.location.child(name)
+            with loc.errors("deleting"), contextlib.suppress(FileNotFoundError):
+                loc.fs.rm_file(loc.path)
+            self._trusted.discard(name)

@@ -1,0 +1,177 @@
+"""Remote checkpoints through fsspec's in-memory filesystem: the logic, without a server.
+
+The S3 behaviour (multipart publication, ranged requests, kill -9 mid-upload)
+is tested against a real S3-compatible server in ``test_remote_s3.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trainsvc_checkpoint as ckpt
+
+fsspec = pytest.importorskip("fsspec")
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    """A fresh prefix in fsspec's process-wide memory filesystem."""
+    prefix = f"/ckpt-{uuid.uuid4().hex[:8]}"
+    yield f"memory://{prefix}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(prefix):
+        fs.rm(prefix, recursive=True)
+
+
+def state(step: int) -> dict[str, Any]:
+    return {
+        "params": {
+            "w": np.full((64, 32), step, np.float32),
+            "mask": np.arange(10) % 2 == 0,
+            "h": np.arange(7, dtype=np.int16) * step,
+        },
+        "step": step,
+        "name": "run",
+    }
+
+
+def memfs() -> Any:
+    return fsspec.filesystem("memory")
+
+
+def path_of(url: str) -> str:
+    return url.removeprefix("memory://")
+
+
+def test_round_trip_info_tensor_and_verify(root: str, tmp_path: Path) -> None:
+    url = f"{root}/a.safetensors"
+    assert ckpt.save(url, state(3), metadata={"lr": 0.1}) == url
+    tree, info = ckpt.load_with_info(url)
+    np.testing.assert_array_equal(tree["params"]["w"], state(3)["params"]["w"])
+    assert tree["step"] == 3 and info.metadata == {"lr": 0.1} and info.url == url
+    header = ckpt.read_info(url)
+    assert header.tensors["params/w"] == ("F32", (64, 32)) and not header.compressed
+    np.testing.assert_array_equal(ckpt.read_tensor(url, "params/h"), np.arange(7) * 3)
+    assert ckpt.verify(url).nbytes == info.nbytes
+    # The object's bytes are exactly the local file's.
+    ckpt.save(tmp_path / "a.safetensors", state(3), metadata={"lr": 0.1})
+    assert memfs().cat_file(path_of(url)) == (tmp_path / "a.safetensors").read_bytes()
+    with pytest.raises(KeyError, match="no tensor 'params/nope'"):
+        ckpt.read_tensor(url, "params/nope")
+
+
+def test_compressed_object(root: str) -> None:
+    url = f"{root}/a.safetensors.zst"
+    ckpt.save(url, state(5), compression="zstd")
+    assert memfs().cat_file(path_of(url))[:4] == b"\x28\xb5\x2f\xfd"
+    assert ckpt.read_info(url).compressed
+    np.testing.assert_array_equal(ckpt.load(url)["params"]["mask"], state(5)["params"]["mask"])
+    np.testing.assert_array_equal(ckpt.read_tensor(url, "params/w"), state(5)["params"]["w"])
+
+
+def test_file_url_is_a_local_path(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/x.safetensors"
+    written = ckpt.save(url, state(1))
+    assert Path(written) == tmp_path / "x.safetensors"
+    assert ckpt.load(url)["step"] == 1 and ckpt.read_info(url).url is None
+
+
+def test_every_crc_is_checked(root: str) -> None:
+    url = f"{root}/a.safetensors"
+    ckpt.save(url, state(2))
+    data = bytearray(memfs().cat_file(path_of(url)))
+    info = ckpt.read_info(url)
+    data[-3] ^= 0x01  # inside the last tensor of the data section
+    memfs().pipe_file(path_of(url), bytes(data))
+    last = list(info.tensors)[-1]
+    with pytest.raises(ckpt.CorruptCheckpointError, match=f"tensor '{last}': CRC32C"):
+        ckpt.load(url)
+    with pytest.raises(ckpt.CorruptCheckpointError, match="CRC32C"):
+        ckpt.verify(url)
+    with pytest.raises(ckpt.CorruptCheckpointError, match=f"tensor '{last}'"):
+        ckpt.read_tensor(url, last)
+    # A truncated object is refused before any allocation.
+    memfs().pipe_file(path_of(url), bytes(data[:-100]))
+    with pytest.raises(ckpt.CorruptCheckpointError):
+        ckpt.load(url)
+    with pytest.raises(ckpt.CheckpointNotFoundError, match="not found"):
+        ckpt.load(f"{root}/missing.safetensors")
+
+
+def test_generic_store_publishes_by_move(root: str) -> None:
+    """Without multipart uploads the object is written as .tmp- and moved into place."""
+    fs = memfs()
+    seen: list[str] = []
+    original = fs.mv
+
+    def spy(src: str, dst: str, **kw: Any) -> Any:
+        seen.extend([src, dst])
+        assert not fs.exists(dst)  # the final name appears only through the move
+        return original(src, dst, **kw)
+
+    fs.mv = spy
+    try:
+        ckpt.save(f"{root}/b.safetensors", state(1))
+    finally:
+        del fs.mv
+    assert Path(seen[0]).name.startswith(".tmp-b.safetensors-")
+    assert seen[1].endswith("/b.safetensors")
+    assert [Path(p).name for p in fs.ls(path_of(root), detail=False)] == ["b.safetensors"]
+
+
+def test_manager_retention_latest_and_leftovers(root: str) -> None:
+    fs = memfs()
+    fs.pipe_file(f"{path_of(root)}/.tmp-step_9.safetensors-abc", b"partial")
+    with ckpt.RemoteCheckpointManager(root, keep_last=2, keep_every=10) as manager:
+        assert not fs.exists(f"{path_of(root)}/.tmp-step_9.safetensors-abc")
+        for step in (5, 10, 15, 20, 25):
+            manager.save(step, state(step))
+        manager.save_emergency(26, state(26))
+        manager.wait()
+        assert manager.steps() == [10, 20, 25, 26]
+        assert fs.cat_file(f"{path_of(root)}/latest") == b"emergency_step_26.safetensors\n"
+        restored = manager.restore_checkpoint()
+        assert (restored.step, restored.url) == (26, f"{root}/emergency_step_26.safetensors")
+        assert restored.tree["params"]["h"].tolist() == (np.arange(7) * 26).tolist()
+        assert manager.restore(step=10)["step"] == 10
+
+
+def test_manager_falls_back_and_never_deletes_the_only_valid(root: str) -> None:
+    fs = memfs()
+    with ckpt.RemoteCheckpointManager(root, keep_last=1) as manager:
+        manager.save(1, state(1), blocking=True)
+    # Damage step 1, then write step 2 from a new manager: step 1 is invalid, so
+    # retention deletes it; a damaged step 3 written by hand is then the newest.
+    one = f"{path_of(root)}/step_1.safetensors"
+    good = fs.cat_file(one)
+    fs.pipe_file(one, good[:-1] + bytes([good[-1] ^ 1]))
+    manager = ckpt.RemoteCheckpointManager(root, keep_last=1)
+    manager.save(2, state(2), blocking=True)
+    assert manager.steps() == [2]
+    fs.pipe_file(f"{path_of(root)}/step_3.safetensors", b"\0" * 64)
+    with pytest.warns(ckpt.CheckpointFallbackWarning, match="step_3"):
+        restored = manager.restore_checkpoint()
+    assert restored.step == 2 and [u.file.step for u in restored.skipped] == [3]
+    # Step 3 is corrupt and step 2 the only valid one: saving 4 (kept) may delete 2 and 3.
+    manager.save(4, state(4), blocking=True)
+    assert manager.steps() == [4]
+    # With only corrupt checkpoints kept, the newest valid older one is spared.
+    fs.pipe_file(f"{path_of(root)}/step_9.safetensors", b"\0" * 64)
+    manager._apply_retention()
+    assert manager.steps() == [4, 9]
+
+
+def test_bad_settings_are_named(root: str) -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        ckpt.RemoteCheckpointManager(root, part_size=1024)
+    with pytest.raises(ValueError, match="concurrency"):
+        ckpt.RemoteCheckpointManager(root, concurrency=0)
+    with pytest.raises(ValueError, match="keep_last"):
+        ckpt.RemoteCheckpointManager(root, keep_last=0)
+    with pytest.raises(ckpt.RemoteStorageError, match=r"unknown storage scheme .nosuchscheme."):
+        ckpt.load("nosuchscheme://x/y.safetensors")
