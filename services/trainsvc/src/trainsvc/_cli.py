@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainsvc._cpus import affinity_supported, format_cpu_list, parse_cpu_list
+from trainsvc._lease import DEFAULT_TTL_S
 from trainsvc._server import DEFAULT_WORKER_NICE, ConfigurationError, ServerOptions, serve
 
 TOKEN_ENV = "TRAINSVC_TOKEN"
@@ -115,6 +116,23 @@ def _parser() -> argparse.ArgumentParser:
         default="admin",
         help="the name model events record for callers with the token (default %(default)s)",
     )
+    s.add_argument(
+        "--registry",
+        default="",
+        metavar="URL",
+        help="the run registry: a SQLite file (path or sqlite:///path.db; default "
+        "DATA_DIR/registry.sqlite3) or postgresql://user:password@host:port/db, which several "
+        "instances share: the one holding its lease acts, the others stand by and take over "
+        "when it expires (needs trainsvc[postgresql]; see docs/scaling-out.md)",
+    )
+    s.add_argument(
+        "--registry-lease-ttl",
+        type=_positive_seconds,
+        default=DEFAULT_TTL_S,
+        metavar="SECONDS",
+        help="how long a shared registry's lease lasts unrenewed: a standby takes over at "
+        "most this long after the active instance stopped renewing (default %(default)s)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -132,6 +150,16 @@ def _niceness(text: str) -> int:
         value = -1
     if not 0 <= value <= 19:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 19, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1.0 <= value <= 3600.0:
+        raise argparse.ArgumentTypeError(f"expected seconds from 1 to 3600, got {text!r}")
     return value
 
 
@@ -251,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             automation_poll_s=args.automation_poll,
             models_storage=args.models_storage,
             token_principal=args.token_principal,
+            registry=args.registry,
+            registry_lease_ttl=args.registry_lease_ttl,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

@@ -1,20 +1,22 @@
-"""The run registry: runs, events and the checkpoint index in SQLite.
+"""The run registry: runs, events and the checkpoint index, in SQLite or PostgreSQL.
 
-Opened in WAL mode with ``synchronous=FULL``; every change is one transaction,
-committed before the RPC that caused it is acknowledged, so a SIGKILL of the
-service at any instant loses no acknowledged run, event or checkpoint.
+The embedded default is a SQLite file opened in WAL mode with ``synchronous=FULL``;
+``postgresql://...`` puts it in a PostgreSQL database that several service
+instances share (one of them, the lease holder, acts on it: `_lease`). The SQL
+and the schema are the same for both (`_registry_db`, `_registry_schema`).
+Every change is one transaction, committed before the RPC that caused it is
+acknowledged, so a SIGKILL of the service at any instant loses no acknowledged
+run, event or checkpoint.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,58 +33,28 @@ from trainsvc._domain import (
     RunSpec,
     State,
 )
+from trainsvc._registry_db import (
+    Connection,
+    RegistryConfigError,
+    RegistryLocation,
+    migrate,
+    parse_location,
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    resolved_config TEXT NOT NULL,
-    state TEXT NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0,
-    steps_per_second REAL NOT NULL DEFAULT 0,
-    state_message TEXT NOT NULL DEFAULT '',
-    restarts INTEGER NOT NULL DEFAULT 0,
-    latest_checkpoint TEXT NOT NULL DEFAULT '',
-    metrics TEXT NOT NULL DEFAULT '{}',
-    create_time REAL NOT NULL,
-    start_time REAL NOT NULL DEFAULT 0,
-    update_time REAL NOT NULL,
-    end_time REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, create_time);
-CREATE TABLE IF NOT EXISTS events (
-    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    time REAL NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    state TEXT,
-    previous_state TEXT,
-    checkpoint TEXT NOT NULL DEFAULT '',
-    step INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, sequence);
-CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, time REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    run_id TEXT NOT NULL,
-    checkpoint_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    create_time REAL NOT NULL,
-    emergency INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, checkpoint_id)
-);
-"""
+LEASE_NAME = "control"
+"""The row of ``registry_lease`` that names the instance acting on the registry."""
 
 
-def _is_write_failure(exc: sqlite3.OperationalError) -> bool:
-    """A failure of the disk under the database (full, I/O error, read-only), not of a query."""
-    text = str(exc).lower()
-    return any(
-        what in text for what in ("full", "disk i/o", "readonly", "read-only", "unable to open")
-    )
+class NotLeaseHolderError(RegistryUnwritableError):
+    """This instance does not hold the registry's lease: it may not write (a standby)."""
+
+
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (run_id, checkpoint_id, step, path, size_bytes, create_time, emergency)"
+    " VALUES (?,?,?,?,?,?,?) ON CONFLICT (run_id, checkpoint_id) DO UPDATE SET"
+    " step=excluded.step, path=excluded.path, size_bytes=excluded.size_bytes,"
+    " create_time=excluded.create_time, emergency=excluded.emergency"
+)
 
 
 def _spec_to_json(spec: RunSpec) -> str:
@@ -96,30 +68,49 @@ def _spec_from_json(text: str) -> RunSpec:
 
 
 class Registry:
-    """Thread-safe access to the registry database (one connection, one lock)."""
+    """Thread-safe access to the registry database (a write connection and a read one,
+    each with its own lock)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    def __init__(self, location: Path | str | RegistryLocation) -> None:
+        """Open (creating or migrating) the registry: a SQLite file's path, or a URL
+        (``sqlite:///...``, ``postgresql://...``: `_registry_db.parse_location`).
+
+        Raises:
+            RegistryConfigError: a malformed URL, a database that cannot be reached or
+                logged into, or one with a newer schema (the message hides any password).
+        """
+        if not isinstance(location, RegistryLocation):
+            location = parse_location(location)
+        self.location = location
+        self._conn = Connection(location)
         self._lock = threading.RLock()
         self._write_error: str | None = None
+        self._fence: tuple[str, int] | None = None
+        self._fenced = False
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
+            try:
+                migrate(self._conn)
+            except RegistryConfigError:
+                self._conn.close()
+                raise
         # Reads use their own connection: with WAL they never wait for a writer's fsync.
-        self._rconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._rconn.execute("PRAGMA busy_timeout=5000")
+        self._rconn = Connection(location)
         self._rlock = threading.Lock()
         # Every run's row, parsed, kept equal to the database: refreshed from it after each
-        # committed write to the run, so reads (GetRun, ListRuns) touch no SQLite and parse
+        # committed write to the run, so reads (GetRun, ListRuns) touch no database and parse
         # no JSON. `_order` is sorted by (create_time, id).
         self._clock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._order: list[tuple[float, str]] = []
-        for row in self._read(f"SELECT {self._RUN_COLUMNS} FROM runs"):
-            self._cache(self._row_to_run(row))
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read every run into the in-memory copy (another instance may have written
+        them: a standby does this when it takes over)."""
+        records = [self._row_to_run(r) for r in self._read(f"SELECT {self._RUN_COLUMNS} FROM runs")]
+        with self._clock:
+            self._runs = {r.id: r for r in records}
+            self._order = sorted((r.create_time, r.id) for r in records)
 
     def _cache(self, record: RunRecord) -> None:
         with self._clock:
@@ -135,7 +126,53 @@ class Registry:
 
     def _read(self, sql: str, args: Any = ()) -> list[Any]:
         with self._rlock:
-            return self._rconn.execute(sql, args).fetchall()
+            try:
+                return list(self._rconn.execute(sql, args).fetchall())
+            except Exception as exc:
+                if not self._rconn.is_unavailable(exc):
+                    raise
+                self._rconn.reconnect_if_broken()  # one retry on a fresh connection
+                try:
+                    return list(self._rconn.execute(sql, args).fetchall())
+                except Exception as again:
+                    if not self._rconn.is_unavailable(again):
+                        raise
+                    raise RegistryUnwritableError(
+                        f"the registry cannot be read ({' '.join(str(again).split())})"
+                    ) from None
+
+    @property
+    def shared(self) -> bool:
+        """The registry is a database that several instances may open (PostgreSQL)."""
+        return self.location.shared
+
+    def describe(self) -> str:
+        """Where the registry is, for logs (no password)."""
+        return self.location.redacted()
+
+    def require_lease(self, holder: str | None, generation: int = 0) -> None:
+        """Fence every later write: it commits only while ``holder`` holds the registry's
+        lease at ``generation`` (checked inside the write's own transaction, so a write
+        can never follow another instance's takeover). ``None``: refuse every write (a
+        standby). Without a call, writes are not fenced (the embedded registry)."""
+        with self._lock:
+            self._fenced = True
+            self._fence = None if holder is None else (holder, generation)
+
+    def _check_fence(self, db: Connection) -> None:
+        if not self._fenced:
+            return
+        row = db.execute(
+            "SELECT holder, generation FROM registry_lease WHERE name=?" + db.dialect.lock_row,
+            (LEASE_NAME,),
+        ).fetchone()
+        held = (row[0], int(row[1])) if row else None
+        if self._fence is None or held != self._fence:
+            who = f"held by {held[0]}" if held else "held by no instance"
+            raise NotLeaseHolderError(
+                f"this instance does not hold the registry's lease ({who}); it acts as a "
+                "standby and changes nothing"
+            )
 
     @property
     def write_error(self) -> str | None:
@@ -146,39 +183,41 @@ class Registry:
         """Try a tiny write (to learn whether writes work again); True when it committed."""
         try:
             with self._tx() as db:
-                db.execute("INSERT OR REPLACE INTO write_probe VALUES (1, ?)", (time.time(),))
+                db.execute(
+                    "INSERT INTO write_probe (id, time) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET time=excluded.time",
+                    (time.time(),),
+                )
         except RegistryUnwritableError:
             return False
         return True
 
     @contextmanager
-    def _tx(self, run_id: str | None = None) -> Iterator[sqlite3.Connection]:
+    def _tx(self, run_id: str | None = None) -> Iterator[Connection]:
         """One transaction; after it commits, re-read run `run_id`'s row into the cache.
 
         Raises:
-            RegistryUnwritableError: SQLite could not write (a full disk, an I/O error);
-                the transaction was rolled back and ``write_error`` says why.
+            RegistryUnwritableError: the database could not write (a full disk, an I/O
+                error, a lost connection); the transaction was rolled back and
+                ``write_error`` says why.
+            NotLeaseHolderError: writes are fenced (`require_lease`) and this instance
+                does not hold the lease; nothing was changed.
         """
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                except BaseException:
-                    if self._conn.in_transaction:  # SQLite may have rolled back already
-                        with contextlib.suppress(sqlite3.Error):
-                            self._conn.execute("ROLLBACK")
+                self._conn.reconnect_if_broken()
+                with self._conn.transaction() as db:
+                    self._check_fence(db)
+                    yield db
+            except NotLeaseHolderError:
+                raise
+            except Exception as exc:
+                self._conn.rollback()
+                if not self._conn.is_unavailable(exc):
                     raise
-                self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if self._conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("ROLLBACK")
-                if not _is_write_failure(exc):
-                    raise
-                self._write_error = str(exc)
+                self._write_error = " ".join(str(exc).split())
                 raise RegistryUnwritableError(
-                    f"the registry cannot write ({exc}); nothing was changed"
+                    f"the registry cannot write ({self._write_error}); nothing was changed"
                 ) from None
             self._write_error = None
             if run_id is not None:
@@ -216,7 +255,7 @@ class Registry:
                 db, record.id, EventType.STATE_CHANGED, event_message, state=record.state
             )
 
-    def _row_to_run(self, row: sqlite3.Row | tuple[Any, ...]) -> RunRecord:
+    def _row_to_run(self, row: Sequence[Any]) -> RunRecord:
         (
             run_id,
             _kind,
@@ -343,7 +382,7 @@ class Registry:
         """Index a saved checkpoint, make it the run's latest, and record the event."""
         with self._tx(ckpt.run_id) as db:
             db.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
+                _UPSERT_CHECKPOINT,
                 (
                     ckpt.run_id,
                     ckpt.checkpoint_id,
@@ -355,8 +394,9 @@ class Registry:
                 ),
             )
             db.execute(
-                "UPDATE runs SET latest_checkpoint=?, step=MAX(step, ?), update_time=? WHERE id=?",
-                (ckpt.name, ckpt.step, time.time(), ckpt.run_id),
+                "UPDATE runs SET latest_checkpoint=?, step=CASE WHEN step > ? THEN step ELSE ? END,"
+                " update_time=? WHERE id=?",
+                (ckpt.name, ckpt.step, ckpt.step, time.time(), ckpt.run_id),
             )
             return self._add_event(
                 db,
@@ -394,7 +434,7 @@ class Registry:
                 [(run_id, c) for c in removed],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
+                _UPSERT_CHECKPOINT,
                 [
                     (
                         c.run_id,
@@ -414,9 +454,11 @@ class Registry:
                 (run_id,),
             ).fetchone()
             latest = f"runs/{run_id}/checkpoints/{newest[0]}" if newest else ""
+            floor = newest[1] if newest else 0
             db.execute(
-                "UPDATE runs SET latest_checkpoint=?, step=MAX(step, ?), update_time=? WHERE id=?",
-                (latest, newest[1] if newest else 0, time.time(), run_id),
+                "UPDATE runs SET latest_checkpoint=?, step=CASE WHEN step > ? THEN step ELSE ? END,"
+                " update_time=? WHERE id=?",
+                (latest, floor, floor, time.time(), run_id),
             )
             return self._add_event(db, run_id, type_, message)
 
@@ -444,7 +486,7 @@ class Registry:
 
     def _add_event(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         run_id: str,
         type_: EventType,
         message: str,
@@ -458,9 +500,9 @@ class Registry:
         if step is None:
             row = db.execute("SELECT step FROM runs WHERE id=?", (run_id,)).fetchone()
             step = row[0] if row else 0
-        cur = db.execute(
+        row = db.execute(
             "INSERT INTO events (run_id, type, time, message, state, previous_state, checkpoint, step)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?) RETURNING sequence",
             (
                 run_id,
                 type_.value,
@@ -471,9 +513,8 @@ class Registry:
                 checkpoint,
                 step,
             ),
-        )
-        seq = cur.lastrowid
-        assert seq is not None
+        ).fetchone()
+        seq = int(row[0])
         return Event(seq, run_id, type_, now, message, state, previous, checkpoint, step)
 
     def add_event(

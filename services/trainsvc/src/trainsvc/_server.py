@@ -28,14 +28,17 @@ from trainsvc_api.v1 import trajectories_pb2_grpc as tpb_grpc
 
 from trainsvc import _convert as conv
 from trainsvc._auth import TokenAuthInterceptor
+from trainsvc._control_plane import ControlPlane, StandbyGate
 from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_this_process
 from trainsvc._fanout import Hub, Notifier
+from trainsvc._lease import DEFAULT_TTL_S
 from trainsvc._manager import RunManager
 from trainsvc._metric_history import RunMetricHistories
 from trainsvc._metrics import Metrics, start_metrics_server
 from trainsvc._model_stack import AUTOMATION_DIR, EndpointUnavailableError, ModelStack
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
+from trainsvc._registry_db import RegistryConfigError, parse_location
 from trainsvc._servicer import TrainServicer, add_to_server
 from trainsvc._trajectories_servicer import TrajectoryServicer
 from trainsvc.kinds import FrameData
@@ -91,6 +94,11 @@ class ServerOptions:
     """Where model artifacts live (a directory or an fsspec URL); empty: <data-dir>/artifacts."""
     token_principal: str = "admin"
     """The principal that model events record for callers with the service's token."""
+    registry: str = ""
+    """The run registry: empty (<data-dir>/registry.sqlite3), a SQLite path or URL, or
+    postgresql://... shared by several instances, one of which holds its lease."""
+    registry_lease_ttl: float = DEFAULT_TTL_S
+    """Seconds a shared registry's lease lasts without renewal (a standby's takeover delay)."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -158,7 +166,10 @@ class TrainsvcServer:
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
         )
         opts.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(opts.data_dir / "registry.sqlite3")
+        try:
+            self.registry = Registry(parse_location(opts.registry, opts.data_dir))
+        except RegistryConfigError as exc:
+            raise ConfigurationError(f"--registry: {exc}") from None
         self.metrics = Metrics()
         self.hub: Hub[bytes] = Hub(max_subscribers=1 << 30)
         self.notifier = Notifier()
@@ -192,7 +203,18 @@ class TrainsvcServer:
                 (*(opts.input_dirs or (Path.cwd(),)), opts.data_dir / AUTOMATION_DIR)
             ),
         )
-        interceptors = [TokenAuthInterceptor(opts.token)] if opts.token else []
+        self.control = ControlPlane(
+            self.registry,
+            self.manager,
+            auto_resume=opts.auto_resume,
+            name=opts.listen,
+            ttl_s=opts.registry_lease_ttl,
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(opts.token)] if opts.token else []
+        )
+        if self.registry.shared:  # a standby refuses calls until it holds the lease
+            interceptors.append(StandbyGate(self.control))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -264,7 +286,7 @@ class TrainsvcServer:
                 self.models.start_endpoint(opts.openai_listen, opts.trajectory_db)
             except (EndpointUnavailableError, OSError) as exc:
                 raise ConfigurationError(f"--openai-listen {opts.openai_listen}: {exc}") from None
-        recovered = self.manager.recover(auto_resume=opts.auto_resume)
+        recovered = self.control.start()  # a shared registry: once the lease is won
         await server.start()
         # Everything imported and built so far lives as long as the service: keep it out of
         # the garbage collector's full collections, which otherwise scan it all and stall the
@@ -276,8 +298,13 @@ class TrainsvcServer:
         # that arrives while a reader holds the GIL waits about 1 ms for it, not 5.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._server = server
+        first = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.control.active
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(name, first)
         self._registry_watch = asyncio.get_running_loop().create_task(self._watch_registry())
         if opts.metrics_listen:
             mhost, mport = split_host_port(opts.metrics_listen)
@@ -300,21 +327,27 @@ class TrainsvcServer:
                 "interrupted_runs": recovered,
                 "input_dirs": self.manager.input_roots.describe(),
                 "openai_endpoint": self.models.endpoint_url,
+                "registry": self.registry.describe(),
+                "role": "active" if self.control.active else "standby",
             },
         )
 
     async def _watch_registry(self) -> None:
-        """Health is NOT_SERVING while the registry cannot write (say, the disk is full).
+        """Health is NOT_SERVING while the registry cannot write (say, the disk is full),
+        and on a standby until it holds the shared registry's lease.
 
         Checked once a second; while writes fail, a tiny probe write finds out when they
         work again, and health goes back to SERVING.
         """
-        serving = True
+        serving = self.control.active
         while True:
             await asyncio.sleep(REGISTRY_WATCH_S)
-            ok = self.registry.write_error is None or await asyncio.to_thread(
-                self.registry.probe_write
-            )
+            if not self.control.active:
+                ok = False
+            else:
+                ok = self.registry.write_error is None or await asyncio.to_thread(
+                    self.registry.probe_write
+                )
             if ok == serving:
                 continue
             serving = ok
@@ -325,8 +358,12 @@ class TrainsvcServer:
             )
             for name in ("", SERVICE_NAME):
                 await self._health.set(name, status)
-            if ok:
+            if ok and self.registry.shared:
+                log.warning("acting on the registry, and it writes: health SERVING")
+            elif ok:
                 log.warning("the registry writes again: health SERVING")
+            elif not self.control.active:
+                log.warning("a standby for the registry's lease: health NOT_SERVING")
             else:
                 log.error(
                     "the registry cannot write: health NOT_SERVING",
@@ -373,6 +410,7 @@ class TrainsvcServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await asyncio.to_thread(self.manager.shutdown, self.options.shutdown_timeout)
+        await asyncio.to_thread(self.control.stop)  # a standby may take over now
         if self._servicer is not None:
             self._servicer.end_streams()  # the run's final events are sent first
         if self._server is not None:
