@@ -14,6 +14,8 @@ Rows (median of ``--reps`` runs, default 3, unless noted):
   src/Egaroucid_for_Console.cpp -march=native -pthread -std=c++20``): its
   ``-perft D 1`` at depths 11 and 12, runs interleaved with ours, and the ratio
   (its own timer, which covers the perft alone);
+- games/s of the evolving learners (``learner="es"`` and ``"ctdl"``) on 1 and
+  2 threads;
 - self-play training games/s at 1-ply, default configuration (moves played
   greedily, each position learning towards its own 2-ply value), on 1 and 2
   threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the median of
@@ -250,6 +252,36 @@ def main() -> int:
                 f"training {label}: games per CPU second",
                 f"{per_cpu[key]:,.0f} games/cpu-s",
                 f"{variant}, all threads' CPU time",
+            )
+        )
+
+    # The evolving learners (docs/othello-engine.md, "Evolving learners"), in the
+    # settings measured there: one generation per run, interleaved.
+    learners: dict[str, tuple[int, dict[str, Any]]] = {
+        "es": (
+            20 * 2 * 250,
+            {"learner": "es", "pattern_set": "straight2", "n_phases": 1, "es_parents": 4,
+             "es_offspring": 16, "es_recombine": True, "es_fitness_pairs": 250},
+        ),
+        "ctdl": (
+            4 * 4096 + 12 * 25,
+            {"learner": "ctdl", "ctdl_population": 4, "ctdl_td_games": 4096,
+             "ctdl_match_pairs": 25},
+        ),
+    }  # fmt: skip
+    lruns: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(max(args.reps, 3)):
+        for name, (gen, config) in learners.items():
+            for threads in (1, 2):
+                lruns.setdefault((name, threads), []).append(train_rate(threads, gen, **config))
+    for (name, threads), v in lruns.items():
+        rate = statistics.median(r[0] for r in v)
+        cpu_rate = statistics.median(r[1] for r in v)
+        rows.append(
+            (
+                f"training learner={name}, {threads} thread{'s' if threads > 1 else ''}",
+                f"{rate:,.0f} games/s",
+                f"{cpu_rate:,.0f} games/cpu-s",
             )
         )
 

@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--phases", type=int, default=None, help="phases with their own tables")
     for flag, kind, what in _LEARNER_FLAGS:
         t.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=what)
+    t.add_argument(
+        "--es-recombine",
+        action="store_true",
+        default=None,
+        help="es: offspring mutate the mean of the parents, (mu/mu + lambda)",
+    )
     t.add_argument("--threads", type=int, default=0, help="worker threads (0 = all cores)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument(
@@ -192,6 +198,7 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         ("learner", args.learner),
         ("pattern_set", args.pattern_set),
         ("n_phases", args.phases),
+        ("es_recombine", args.es_recombine),
         *((f, getattr(args, f)) for f, _, _ in _LEARNER_FLAGS),
     ):
         if value is not None:

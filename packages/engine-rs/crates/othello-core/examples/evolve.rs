@@ -7,7 +7,7 @@
 //! (training budget), `EVERY` (seconds between evaluations), `PAIRS` (League
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
 //! `SAVE` (write the final weights as an engine checkpoint here), and the
-//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `FIT_PAIRS`, `POP`, `TD_GAMES`,
+//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
 //!
 //! `cargo run --release --example evolve`
@@ -40,6 +40,7 @@ fn main() {
         es_offspring: env("LAMBDA_ES", d.es_offspring),
         es_sigma: env("SIGMA", d.es_sigma),
         es_sigma_decay: env("SIGMA_DECAY", d.es_sigma_decay),
+        es_recombine: env("RECOMBINE", d.es_recombine),
         es_fitness_pairs: env("FIT_PAIRS", d.es_fitness_pairs),
         ctdl_population: env("POP", d.ctdl_population),
         ctdl_td_games: env("TD_GAMES", d.ctdl_td_games),

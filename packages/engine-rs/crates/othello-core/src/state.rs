@@ -33,14 +33,14 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
         "inject_nan_at_game": c.inject_nan_at_game,
         "learner": c.learner.name(), "es_parents": c.es_parents, "es_offspring": c.es_offspring,
-        "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_fitness_pairs": c.es_fitness_pairs,
+        "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
         "ctdl_population": c.ctdl_population, "ctdl_td_games": c.ctdl_td_games,
         "ctdl_match_pairs": c.ctdl_match_pairs,
     })
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 32] = [
+pub const CONFIG_FIELDS: [&str; 33] = [
     "seed",
     "threads",
     "batch_games",
@@ -69,6 +69,7 @@ pub const CONFIG_FIELDS: [&str; 32] = [
     "es_offspring",
     "es_sigma",
     "es_sigma_decay",
+    "es_recombine",
     "es_fitness_pairs",
     "ctdl_population",
     "ctdl_td_games",
@@ -138,6 +139,11 @@ pub fn config_update(
             "es_offspring" => c.es_offspring = uint()? as usize,
             "es_sigma" => c.es_sigma = float()? as f32,
             "es_sigma_decay" => c.es_sigma_decay = uint()?,
+            "es_recombine" => {
+                c.es_recombine = v
+                    .as_bool()
+                    .ok_or_else(|| EngineError::config(k, "true or false", v))?;
+            }
             "es_fitness_pairs" => c.es_fitness_pairs = uint()?,
             "ctdl_population" => c.ctdl_population = uint()? as usize,
             "ctdl_td_games" => c.ctdl_td_games = uint()?,

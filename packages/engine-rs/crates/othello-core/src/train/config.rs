@@ -162,6 +162,12 @@ pub struct TrainConfig {
     pub es_offspring: usize,
     /// `es`: standard deviation of the Gaussian mutation of every weight.
     pub es_sigma: f32,
+    /// `es`: intermediate recombination, (mu/mu + lambda): every offspring
+    /// mutates the mean of the parents, and the trainer's weights are the
+    /// mean of the selected parents (averaging cancels noise in the
+    /// selection); false: offspring `k` mutates parent `k mod mu`, and the
+    /// weights are the best parent.
+    pub es_recombine: bool,
     /// `es`: mutation decay by generations: generation `g` mutates with
     /// `es_sigma * d / (d + g)` for `d = es_sigma_decay` (0 = constant).
     pub es_sigma_decay: u64,
@@ -213,6 +219,7 @@ impl Default for TrainConfig {
             es_offspring: 8,
             es_sigma: 0.1,
             es_sigma_decay: 0,
+            es_recombine: false,
             es_fitness_pairs: 100,
             ctdl_population: 8,
             ctdl_td_games: 512,

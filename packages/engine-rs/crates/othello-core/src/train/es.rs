@@ -12,7 +12,9 @@
 //! random numbers: candidates are compared on the same games), and the best
 //! mu of the mu + lambda become the next parents. Parents are re-evaluated on
 //! each generation's new games, so a parent that was lucky once does not
-//! stay on top. The trainer's weights are the best parent.
+//! stay on top. The trainer's weights are the best parent; with
+//! `es_recombine` every offspring mutates the parents' mean instead, and the
+//! weights are the mean of the selected parents ((mu/mu + lambda)).
 //!
 //! Every game counts as a game of the run (`stats.games`). The mutation and
 //! the games draw from streams of `(seed, generation, index)`, so the run
@@ -28,6 +30,19 @@ use crate::rng::Rng;
 const MUTATION_SALT: u64 = 0x6573_5F6D_7574_6174;
 const FITNESS_SALT: u64 = 0x6573_5F66_6974_6E73;
 
+/// The mean of equally long vectors.
+fn mean(vectors: &[Vec<f32>]) -> Vec<f32> {
+    let mut m = vec![0.0f32; vectors[0].len()];
+    for v in vectors {
+        for (a, b) in m.iter_mut().zip(v) {
+            *a += b;
+        }
+    }
+    let n = vectors.len() as f32;
+    m.iter_mut().for_each(|a| *a /= n);
+    m
+}
+
 impl Trainer {
     /// Runs one generation of the evolution strategy (see the module docs).
     pub(super) fn es_generation(&mut self) {
@@ -41,8 +56,9 @@ impl Trainer {
         let plen = set.phase_len;
         let live = live_entries(set);
         let mut cands = std::mem::take(&mut self.population.individuals);
+        let centroid = c.es_recombine.then(|| mean(&cands));
         for k in 0..lambda {
-            let mut child = cands[k % mu].clone();
+            let mut child = centroid.clone().unwrap_or_else(|| cands[k % mu].clone());
             let mut rng = Rng::new(seed ^ MUTATION_SALT, (g << 16) | k as u64);
             for (i, w) in child.iter_mut().enumerate() {
                 if live[i % plen] {
@@ -97,7 +113,11 @@ impl Trainer {
             .iter()
             .map(|&i| std::mem::take(&mut all[i]))
             .collect();
-        self.weights.w.clone_from(&parents[0]);
+        if self.config.es_recombine {
+            self.weights.w = mean(&parents);
+        } else {
+            self.weights.w.clone_from(&parents[0]);
+        }
         self.population.individuals = parents;
         self.population.last_fitness = order.iter().map(|&i| fitness[i] / games as f64).collect();
         self.population.generation += 1;

@@ -195,6 +195,17 @@ mod tests {
             );
             assert_ne!(one.weights.w, other.weights.w, "{learner}");
         }
+        // With recombination the weights are the mean of the selected parents.
+        let rec = |threads| TrainConfig {
+            es_recombine: true,
+            ..cfg(Learner::Es, threads)
+        };
+        let (one, two) = (evolved(rec(1), 3), evolved(rec(2), 3));
+        assert_eq!(one.weights.w, two.weights.w);
+        let p = &one.population.individuals;
+        let mean: Vec<f32> = p[0].iter().zip(&p[1]).map(|(a, b)| (a + b) / 2.0).collect();
+        assert_eq!(one.weights.w, mean);
+        assert_ne!(p[0], p[1]);
     }
 
     #[test]

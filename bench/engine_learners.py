@@ -1,0 +1,193 @@
+"""League learning curves of the engine's learners (`td`, `ctdl`, `es`) over seeds.
+
+Trains each learner from zero through the installed `trainsvc_engine`
+(`TrainingManager`, 2 threads) to a budget of games, and `--points` times
+along the way plays the League protocol against the WPC heuristic
+(1-ply, both sides 10% random moves, colours swapped, `--pairs` pairs; the
+evaluation's own time is not counted). Prints a table and the load average,
+writes the points as JSON and the curves as a PNG (score against training
+CPU seconds: grey grid every 0.1 and every 60 CPU seconds, red dashes at 0.90 and 0.96, one
+line per seed: blue `es`, green `ctdl`, orange `td`).
+
+    uv run --no-sync python bench/engine_learners.py --learners es,ctdl --seeds 0,1,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import struct
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trainsvc_engine as te
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The settings measured (docs/othello-engine.md, "Evolving learners").
+CONFIGS: dict[str, dict[str, Any]] = {
+    "es": {
+        "learner": "es",
+        "pattern_set": "straight2",
+        "n_phases": 1,
+        "es_parents": 4,
+        "es_offspring": 16,
+        "es_recombine": True,
+        "es_sigma": 0.06,
+        "es_sigma_decay": 300,
+        "es_fitness_pairs": 250,
+    },
+    "ctdl": {
+        "learner": "ctdl",
+        "ctdl_population": 4,
+        "ctdl_td_games": 4096,
+        "ctdl_match_pairs": 25,
+    },
+    "td": {"learner": "td"},
+}
+COLOURS = {"es": (30, 80, 200), "ctdl": (30, 150, 60), "td": (230, 130, 20)}
+
+
+def generation_games(cfg: dict[str, Any]) -> int:
+    """Games of one generation (one batch for `td`)."""
+    if cfg["learner"] == "es":
+        return int((cfg["es_parents"] + cfg["es_offspring"]) * 2 * cfg["es_fitness_pairs"])
+    if cfg["learner"] == "ctdl":
+        n = cfg["ctdl_population"]
+        return int(n * cfg["ctdl_td_games"] + n * (n - 1) * cfg["ctdl_match_pairs"])
+    return 32
+
+
+def run(learner: str, seed: int, budget: int, points: int, pairs: int):
+    """One learner and seed, trained to `budget` games with `points` League evaluations.
+
+    Returns [(cpu_s, wall_s, games, score, ci95)] and the final evaluator. `cpu_s`
+    is the process's CPU time spent training (all threads; the evaluations
+    excluded): on a shared machine wall-clock seconds measure the neighbours,
+    CPU seconds much less (30 minutes on 2 cores = 3,600 CPU seconds).
+    """
+    cfg = {**CONFIGS[learner], "seed": seed, "threads": 2}
+    gen = generation_games(cfg)
+    curve: list[tuple[float, float, int, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        m = te.TrainingManager(tmp, **cfg)
+        cpu, wall, games = 0.0, 0.0, 0
+        for k in range(1, points + 1):
+            target = max(gen, budget * k // points // gen * gen)
+            c0, t0 = time.process_time(), time.perf_counter()
+            m.start(target, checkpoint_interval=0, callback_interval=gen, resume=bool(games))
+            result = m.wait()
+            cpu += time.process_time() - c0
+            wall += time.perf_counter() - t0
+            assert result is not None and result.reason == "target", result
+            games = result.games
+            r = m.evaluator().league("heuristic", pairs=pairs, seed=7)
+            curve.append((cpu, wall, games, r["score"], r["ci95"]))
+            print(f"  {learner} seed {seed}: {games:>11,} games {cpu:7.1f} cpu-s {wall:7.1f} s "
+                  f"score {r['score']:.3f} ± {r['ci95']:.3f}  ({games / cpu:,.0f} games/cpu-s, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+        return curve, m.evaluator()
+
+
+def _png(path: Path, rgb: np.ndarray) -> None:
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(np.uint8).tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def plot(
+    path: Path, curves: list[tuple[str, list[tuple[float, float, int, float, float]]]]
+) -> None:
+    """Score (0.5..1) against training CPU seconds; see the module docstring for the colours."""
+    w, h, m = 720, 360, 20
+    x_max = max(p[0] for _, c in curves for p in c)
+    y_lo = 0.5
+    img = np.full((h, w, 3), 255, np.uint8)
+
+    def xy(x: float, y: float) -> tuple[int, int]:
+        fy = (max(y, y_lo) - y_lo) / (1 - y_lo)
+        return int(m + (w - 2 * m) * min(x / x_max, 1.0)), int(h - m - (h - 2 * m) * fy)
+
+    for k in range(6):
+        _, yy = xy(0, y_lo + k / 10)
+        img[yy, m : w - m] = 225 if k else 0
+    for s in range(0, int(x_max) + 1, 60):
+        xx, _ = xy(s, y_lo)
+        img[m : h - m, xx] = 225 if s else 0
+    for target in (0.90, 0.96):
+        _, ty = xy(0, target)
+        for xx in range(m, w - m, 8):
+            img[ty - 1 : ty + 1, xx : xx + 4] = (220, 40, 40)
+    for learner, curve in curves:
+        pts = [xy(0, 0.5)] + [xy(t, s) for t, _, _, s, _ in curve]
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+            n = max(abs(x1 - x0), abs(y1 - y0), 1)
+            for i in range(n + 1):
+                x = round(x0 + (x1 - x0) * i / n)
+                y = round(y0 + (y1 - y0) * i / n)
+                img[y - 1 : y + 2, x - 1 : x + 2] = COLOURS[learner]
+    _png(path, img)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--learners", default="es,ctdl")
+    p.add_argument("--seeds", default="0,1,2,3")
+    p.add_argument(
+        "--games",
+        default="es=3000000,ctdl=400000,td=400000",
+        help="training games per run, per learner",
+    )
+    p.add_argument("--points", type=int, default=5, help="League evaluations per run")
+    p.add_argument("--pairs", type=int, default=1000, help="League pairs per point")
+    p.add_argument("--json", type=Path, default=Path("/tmp/engine_learners.json"))
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "othello-learners.png")
+    p.add_argument("--save-best", type=Path, default=None, help="write the best final network")
+    args = p.parse_args()
+    results: list[dict[str, Any]] = []
+    best: tuple[float, Any] | None = None
+    budget = {k: int(v) for k, v in (kv.split("=") for kv in args.games.split(","))}
+    for learner in args.learners.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            load0 = os.getloadavg()[0]
+            curve, ev = run(learner, seed, budget[learner], args.points, args.pairs)
+            results.append({"learner": learner, "seed": seed, "curve": curve,
+                            "load_start": load0, "load_end": os.getloadavg()[0]})  # fmt: skip
+            if best is None or curve[-1][3] > best[0]:
+                best = (curve[-1][3], ev)
+            args.json.write_text(json.dumps(results))
+    if args.save_best is not None and best is not None:
+        best[1].save(args.save_best)
+    print("\n| learner | seed | games | training CPU s | wall s | score vs heuristic | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        for cpu, wall, g, s, ci in r["curve"]:
+            print(f"| {r['learner']} | {r['seed']} | {g:,} | {cpu:.0f} | {wall:.0f} "
+                  f"| {s:.3f} ± {ci:.3f} | {r['load_start']:.1f}–{r['load_end']:.1f} |")  # fmt: skip
+    for learner in args.learners.split(","):
+        finals = [r["curve"][-1][3] for r in results if r["learner"] == learner]
+        print(f"{learner}: final mean {np.mean(finals):.3f} over {len(finals)} seeds "
+              f"(min {min(finals):.3f}, max {max(finals):.3f})")  # fmt: skip
+    plot(args.png, [(r["learner"], r["curve"]) for r in results])
+    print(f"curves: {args.png}")
+
+
+if __name__ == "__main__":
+    main()
