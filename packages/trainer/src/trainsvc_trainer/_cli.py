@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -17,12 +18,17 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from trainsvc_trainer._config import Config, ConfigError, field_specs
+from trainsvc_trainer._distributed import DistributedConfig, DistributedError
 
 EPILOG = """\
 Every config field is a flag: --SECTION.FIELD-NAME VALUE (dashes or underscores),
 e.g. --train.total-steps 1000 --log.save-interval 200. Flags override --config,
 which overrides the defaults. When resuming, fields you do not set come from the
 checkpoint. Use 'none' for an optional field's null. See docs/trainer.md.
+
+Data-parallel across processes (one per host, or several on one host): start the
+same command in every process with --coordinator HOST:PORT (process 0's address)
+--num-processes N --process-id I; env.n_envs environments are split among them.
 """
 
 
@@ -50,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="log to Weights & Biases (offline unless --log.wandb-mode online)",
+    )
+    dist = parser.add_argument_group("data-parallel (every process runs the same command)")
+    dist.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="process 0's coordination address (process 0 listens on PORT)",
+    )
+    dist.add_argument("--num-processes", metavar="N", help="processes in the run")
+    dist.add_argument("--process-id", metavar="I", help="this process's index, 0 to N-1")
+    dist.add_argument(
+        "--distributed-timeout",
+        metavar="SECONDS",
+        default="60",
+        help="wait this long for every process to join; a process silent this long is dead "
+        "(default 60)",
     )
     for dotted, (type_name, default, spec) in field_specs().items():
         if dotted == "log.wandb":
@@ -125,6 +146,35 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def resolve_distributed(args: argparse.Namespace) -> DistributedConfig | None:
+    """The data-parallel settings of the flags, or None for a single process."""
+    given = {
+        "coordinator": args.coordinator,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    if all(v is None for v in given.values()):
+        return None
+    for name, value in given.items():
+        if value is None:
+            others = ", ".join(f"--{n.replace('_', '-')}" for n in given if n != name)
+            raise ConfigError(
+                f"distributed.{name}",
+                f"missing: --{name.replace('_', '-')} is required with {others}",
+            )
+    numbers: dict[str, int] = {}
+    for name, text in (
+        ("num_processes", args.num_processes),
+        ("process_id", args.process_id),
+        ("timeout_s", args.distributed_timeout),
+    ):
+        try:
+            numbers[name] = int(text)
+        except ValueError:
+            raise ConfigError(f"distributed.{name}", f"must be an integer, got {text!r}") from None
+    return DistributedConfig(args.coordinator, **numbers)
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
     """The run's config from defaults, ``--config`` and flags; also the explicit settings."""
     file_data = _load_toml(args.config) if args.config else {}
@@ -163,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, stopper)
     except ConfigError as exc:
         _fail(args, f"error: {exc}", field=exc.field)
+    except DistributedError as exc:
+        # the run is lost: leave at once, without jax.distributed's shutdown barrier
+        # (it would wait for the dead process)
+        if args.json:
+            print(json.dumps({"status": "error", "error": str(exc), "field": None}), flush=True)
+        print(f"trainsvc-train: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
     except Exception as exc:
         from trainsvc_trainer._logging import WandbUnavailableError
 
@@ -180,6 +237,7 @@ def _fail(args: argparse.Namespace, message: str, field: str | None = None) -> N
 
 def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
     config, explicit = resolve_config(args)  # before importing JAX: bad input fails fast
+    distributed = resolve_distributed(args)
 
     from trainsvc_trainer._logging import ConsoleLogger, JsonlLogger, MultiLogger, WandbLogger
     from trainsvc_trainer._trainer import Trainer, find_checkpoint
@@ -190,20 +248,27 @@ def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
         if found is not None:
             source, saved = found
             config = saved.replace(explicit)
+    # process 0 writes the checkpoints, metrics and W&B; the others only talk
+    writer = distributed is None or distributed.process_id == 0
+    if distributed is not None:
+        from trainsvc_trainer._distributed import initialize
+
+        distributed.check_envs(config.env.n_envs)
+        initialize(distributed)
     console = ConsoleLogger(
-        stream=sys.stderr if args.json else sys.stdout,
-        progress=config.log.progress and not args.json,
+        stream=sys.stderr if args.json or not writer else sys.stdout,
+        progress=config.log.progress and not args.json and writer,
     )
     checkpoint_dir = Path(config.log.checkpoint_dir)
     metrics_file = config.log.metrics_file or str(checkpoint_dir / "metrics.jsonl")
-    trainer = Trainer(config, logger=console)
+    trainer = Trainer(config, logger=console, data_parallel=distributed is not None)
     if source is not None:
         trainer.restore(source)
         console.message(f"Resumed from {source} at step {trainer.step_count}")
     elif config.train.resume_from is not None:
         console.message(f"No checkpoint in {checkpoint_dir}; starting from step 0")
-    loggers: list[Any] = [console, JsonlLogger(metrics_file)]
-    if config.log.wandb:
+    loggers: list[Any] = [console, JsonlLogger(metrics_file)] if writer else [console]
+    if config.log.wandb and writer:
         loggers.append(
             WandbLogger(
                 config.log.wandb_project,
@@ -217,12 +282,22 @@ def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
     try:
         trainer.run(should_stop=stopper)
         status = "completed"
-        if stopper.signal is not None:
+        # data-parallel: a signal to any process stops them all after the same step
+        if stopper.signal is not None or (distributed is not None and trainer.remaining_steps):
             status = "interrupted"
             path = trainer.save_checkpoint(emergency=True)
-            console.message(
-                f"Stopped by {signal.Signals(stopper.signal).name} at step {trainer.step_count}"
-            )
+            name = signal.Signals(stopper.signal).name if stopper.signal else "another process"
+            console.message(f"Stopped by {name} at step {trainer.step_count}")
+    except (DistributedError, ConfigError):
+        raise
+    except Exception as exc:
+        if distributed is None:
+            raise
+        raise DistributedError(
+            f"process {distributed.process_id} of {distributed.num_processes} failed at step "
+            f"{trainer.step_count} ({type(exc).__name__}: {exc}); another process probably died. "
+            "Relaunch every process with --train.resume-from latest"
+        ) from exc
     finally:
         trainer.close()
     summary = {

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from trainsvc_trackers import (
 from trainsvc_trainer import _env, _learner
 from trainsvc_trainer._cache import enable_compilation_cache
 from trainsvc_trainer._config import Config, ConfigError
+from trainsvc_trainer._distributed import DataParallel, DistributedError
 from trainsvc_trainer._frames import Frame, FramePublisher, make_frame
 from trainsvc_trainer._logging import MetricsLogger, NullLogger
 
@@ -38,6 +39,11 @@ class Trainer:
             steps, on a background thread; it may be slow (frames it is too slow
             for are skipped, newest wins) and never blocks training.
         logger: where :meth:`run` sends metrics and messages.
+        data_parallel: train data-parallel across the processes of a
+            ``jax.distributed`` run (see ``_distributed``); None (the default):
+            when there is more than one process. Every process then makes the same
+            calls in the same order (steps, ``state_dict``, checkpoints, restores);
+            process 0 writes the checkpoints.
 
     The trainer is not thread-safe: call it from one thread. :meth:`run` checks
     ``should_stop`` between steps, which is the cooperative pause/stop point.
@@ -49,13 +55,21 @@ class Trainer:
         *,
         frame_callback: Callable[[Frame], None] | None = None,
         logger: MetricsLogger | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         self.config = config
         self.cache_dir = enable_compilation_cache(config.train.compile_cache_dir)
         self.logger: MetricsLogger = logger or NullLogger()
         self._spec = _learner.LearnerSpec.of(config.env, config.policy, config.train)
-        self._train_step = _learner.make_train_step(self._spec)
-        self._state = _learner.init_state(config.train.seed, self._spec)
+        if data_parallel is None:
+            data_parallel = jax.process_count() > 1
+        self.data_parallel = DataParallel(config.env.n_envs) if data_parallel else None
+        dp = self.data_parallel
+        shardings = dp.state_shardings() if dp else None
+        self._train_step = _learner.make_train_step(
+            self._spec, shardings, dp.replicated if dp else None
+        )
+        self._state = _learner.init_state(config.train.seed, self._spec, shardings)
         self._step = 0
         self.run_id = uuid.uuid4().hex[:16]
         env = config.env
@@ -80,9 +94,25 @@ class Trainer:
         return max(0, self.config.train.total_steps - self._step)
 
     def step(self) -> dict[str, float]:
-        """Runs one policy update and returns its metrics (learner + trackers)."""
-        state, metrics, inputs = self._train_step(self._state)
-        host = jax.device_get((metrics, inputs))
+        """Runs one policy update and returns its metrics (learner + trackers).
+
+        Raises:
+            DistributedError: data-parallel, when the update's collectives failed
+                (another process died or became unreachable).
+        """
+        try:
+            state, metrics, inputs = self._train_step(self._state)
+            host = jax.device_get((metrics, inputs))
+        except Exception as exc:
+            if self.data_parallel is None:
+                raise
+            dp = self.data_parallel
+            raise DistributedError(
+                f"process {dp.process_index} of {dp.process_count}: step {self._step + 1} "
+                f"failed across processes ({type(exc).__name__}: {exc}); another process "
+                "probably died. Relaunch every process with --train.resume-from latest "
+                "to continue from the newest checkpoint"
+            ) from exc
         values = {k: float(v) for k, v in host[0].items()}
         tracked = host[1]
         self.divergence.update(self._step + 1, values)
@@ -118,9 +148,13 @@ class Trainer:
             total_steps=max(target, self.config.train.total_steps), initial_step=self._step
         )
         done = 0
+        dp = self.data_parallel
         try:
             while done < todo:
-                if should_stop is not None and should_stop():
+                stop = should_stop is not None and should_stop()
+                if dp is not None:  # every process stops after the same step
+                    stop = dp.any(stop)
+                if stop:
                     break
                 metrics = self.step()
                 done += 1
@@ -143,8 +177,10 @@ class Trainer:
         ``prng_key`` (raw uint32 key data) and ``env`` (the batched environment
         state). ``meta`` is a JSON string: format, step, config, run id and the
         trackers' state.
+        In a data-parallel run this is a collective (every process calls it) and
+        every process gets the whole state as NumPy arrays.
         """
-        st = self._state
+        st = self._state if self.data_parallel is None else self.data_parallel.to_host(self._state)
         meta = {
             "format": STATE_FORMAT,
             "step": self._step,
@@ -200,14 +236,20 @@ class Trainer:
             raise ValueError(
                 f"the state tree's structure does not match this trainer: {got} != {struct}"
             )
-        restored = jax.tree.unflatten(struct, [jnp.asarray(np.asarray(x)) for x in leaves])
-        self._state = _learner.TrainState(
+        dp = self.data_parallel
+        to_array = np.asarray if dp is not None else (lambda x: jnp.asarray(np.asarray(x)))
+        restored = jax.tree.unflatten(struct, [to_array(x) for x in leaves])
+        state = _learner.TrainState(
             restored["params"],
             restored["agent_params"],
             restored["opt_state"],
             restored["prng_key"],
             _env.env_state_from_tree(restored["env"], self.config.env),
         )
+        if dp is not None:
+            dp.check_same(int(meta["step"]), "the step of the checkpoint restored")
+            state = dp.place(state)
+        self._state = state
         self._step = int(meta["step"])
         self.run_id = str(meta["run_id"])
         trackers = meta["trackers"]
@@ -246,22 +288,38 @@ class Trainer:
         every multiple of ``log.keep_every``); an emergency one is
         ``emergency_step_<N>.safetensors`` and is never deleted. Says
         ``Checkpoint saved: step N → path`` through the logger.
+
+        In a data-parallel run every process calls it: the state is gathered,
+        process 0 writes the file, and the others wait for it at a barrier (and
+        return the same path).
         """
-        manager = self.checkpoint_manager
         tree = self.state_dict()
+        dp = self.data_parallel
+        if dp is not None and not dp.is_writer:
+            dp.barrier(f"checkpoint-{self._step}-{emergency}")
+            return self._checkpoint_path(emergency)
+        manager = self.checkpoint_manager
         metadata = self._checkpoint_metadata()
-        if emergency:
-            saved = Path(manager.save_emergency(self._step, tree, metadata=metadata))
-            self.logger.message(f"Emergency checkpoint saved: step {self._step} → {saved}")
-            return saved
+        try:
+            if emergency:
+                saved = Path(manager.save_emergency(self._step, tree, metadata=metadata))
+                self.logger.message(f"Emergency checkpoint saved: step {self._step} → {saved}")
+                return saved
+            manager.save(self._step, tree, metadata=metadata, blocking=True)
+            path = self._checkpoint_path(emergency)
+            self.logger.message(f"Checkpoint saved: step {self._step} → {path}")
+            return path
+        finally:
+            if dp is not None:
+                dp.barrier(f"checkpoint-{self._step}-{emergency}")
+
+    def _checkpoint_path(self, emergency: bool) -> Path:
         from trainsvc_checkpoint import checkpoint_file_name
 
-        manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path: Path = manager.directory / checkpoint_file_name(
-            self._step, compression=manager.compression
-        )
-        self.logger.message(f"Checkpoint saved: step {self._step} → {path}")
-        return path
+        log = self.config.log
+        compression: Literal["zstd"] | None = "zstd" if log.compression == "zstd" else None
+        name = checkpoint_file_name(self._step, emergency=emergency, compression=compression)
+        return Path(log.checkpoint_dir) / name
 
     def restore(self, source: str | Path = "latest") -> Path | None:
         """Restores the whole state from a checkpoint; returns the file restored.
