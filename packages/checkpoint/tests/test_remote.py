@@ -175,3 +175,24 @@ def test_bad_settings_are_named(root: str) -> None:
         ckpt.RemoteCheckpointManager(root, keep_last=0)
     with pytest.raises(ckpt.RemoteStorageError, match=r"unknown storage scheme .nosuchscheme."):
         ckpt.load("nosuchscheme://x/y.safetensors")
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_read_tensor_of_a_local_file(tmp_path: Path, compression: str | None) -> None:
+    path = tmp_path / ("a.safetensors" + (".zst" if compression else ""))
+    ckpt.save(path, state(4), compression=compression)  # type: ignore[arg-type]
+    for name in ("params/w", "params/mask", "params/h"):
+        want = ckpt.load(path)["params"][name.split("/")[1]]
+        got = ckpt.read_tensor(path, name)
+        assert got.dtype == want.dtype and got.flags.writeable
+        np.testing.assert_array_equal(got, want)
+    if compression is None:
+        data = bytearray(path.read_bytes())
+        info = ckpt.read_info(path)
+        data[-1] ^= 0x02  # the last byte belongs to the last tensor in file order
+        path.write_bytes(bytes(data))
+        last = list(info.tensors)[-1]
+        with pytest.raises(ckpt.CorruptCheckpointError, match=f"tensor '{last}'"):
+            ckpt.read_tensor(path, last)
+        first = next(iter(info.tensors))
+        assert ckpt.read_tensor(path, first).shape == info.tensors[first][1]

@@ -64,7 +64,7 @@ from ._io import read_info as _read_info_local
 from ._io import verify as _verify_local
 from ._tree import _NO_TARGET, flatten
 
-PART_SIZE = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
 """Default bytes per part of a multipart upload (S3 allows 5 MiB to 5 GiB)."""
 READ_CHUNK = 8 * 1024 * 1024
 """Bytes per ranged request when reading a data section."""
@@ -452,6 +452,8 @@ def _open_remote(
     temporary copy (a zstd frame is read from its start; the copy is removed after)."""
     loc = open_location(url, storage_options)
     with loc.errors("reading"):
+        # A listing cached by this process may predate a newer object under the same key.
+        loc.fs.invalidate_cache(loc.path)
         try:
             size = int(loc.fs.size(loc.path))
         except IsADirectoryError:
