@@ -196,3 +196,26 @@ def test_read_tensor_of_a_local_file(tmp_path: Path, compression: str | None) ->
             ckpt.read_tensor(path, last)
         first = next(iter(info.tensors))
         assert ckpt.read_tensor(path, first).shape == info.tensors[first][1]
+
+
+def test_a_storage_failure_never_makes_retention_delete(
+    root: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt.save(f"{root}/step_5.safetensors", state(5), metadata={"step": 5})
+    manager = ckpt.RemoteCheckpointManager(root, keep_last=1)
+    fs = memfs()
+    real = fs.cat_file
+
+    def failing(path: str, *args: Any, **kw: Any) -> Any:
+        if "step_5" in path:
+            raise ConnectionResetError("connection reset by peer")
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(fs, "cat_file", failing)
+    # Step 5 stays (newest) and must be verified before step 3 may go: it cannot be read.
+    manager.save(3, state(3), blocking=True)
+    assert manager.steps() == [3, 5]
+    assert "retention skipped this time" in capsys.readouterr().err
+    monkeypatch.undo()
+    manager.save(4, state(4), blocking=True)
+    assert manager.steps() == [5]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._errors import CheckpointError, CheckpointNotFoundError
+from ._errors import CheckpointError, CheckpointNotFoundError, RemoteStorageError
 from ._io import TMP_PREFIX, CheckpointInfo, Compression, encode_flat
 from ._manager import LATEST, CheckpointFile, _ManagerBase
 from ._names import checkpoint_file_name, parse_checkpoint_file_name
@@ -186,19 +187,32 @@ class RemoteCheckpointManager(_ManagerBase):
     # ------------------------------------------------------------------ retention
 
     def _is_valid(self, name: str) -> bool:
+        """Whether a checkpoint verifies. A storage error is raised, not taken for
+        invalidity: a network failure must never make retention delete a valid one."""
         if name in self._trusted:
             return True
         try:
             verify_remote(
                 self.url_of(name), storage_options=self._options, concurrency=self._concurrency
             )
+        except RemoteStorageError:
+            raise
         except CheckpointError:
             return False
         return True
 
     def _apply_retention(self) -> None:
-        names = [c.path.name for c in self.checkpoints()]
-        for name in self.retention.select_for_deletion(names, self._is_valid):
+        try:
+            names = [c.path.name for c in self.checkpoints()]
+            doomed = self.retention.select_for_deletion(names, self._is_valid)
+        except RemoteStorageError as exc:
+            print(
+                f"trainsvc-checkpoint: retention skipped this time, the storage failed: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        for name in doomed:
             loc = self.location.child(name)
             with loc.errors("deleting"), contextlib.suppress(FileNotFoundError):
                 loc.fs.rm_file(loc.path)
