@@ -152,8 +152,9 @@ def _control_process(
 
 def _control_round(
     address: str, run: str, clients: int, seconds: float, rate_hz: float
-) -> list[float]:
-    """GetRun latencies (ms) of ``clients`` concurrent clients over ``seconds``."""
+) -> tuple[list[float], float, float]:
+    """GetRun latencies (ms) of ``clients`` concurrent clients over ``seconds``, and the
+    CPU seconds the service and the client processes spent meanwhile."""
     ctx = multiprocessing.get_context("spawn")
     per = 10
     procs, conns = [], []
@@ -169,14 +170,18 @@ def _control_round(
         conns.append(parent)
     for conn in conns:
         conn.recv()  # every client connected
+    service0 = _cpu_seconds(_SERVICE_PID[0])
+    clients0 = sum(_cpu_seconds(p.pid) for p in procs if p.pid)
     for conn in conns:
         conn.send("go")
     out: list[float] = []
     for conn in conns:
         out += conn.recv()
+    service_cpu = _cpu_seconds(_SERVICE_PID[0]) - service0
+    clients_cpu = sum(_cpu_seconds(p.pid) for p in procs if p.pid) - clients0
     for proc in procs:
         proc.join(30)
-    return out
+    return out, service_cpu, clients_cpu
 
 
 class _Subscribers:
@@ -376,7 +381,8 @@ def main() -> None:
             lat_get: dict[int, list[float]] = {0: [], max(levels): []}
             lat_list: dict[int, list[float]] = {0: [], max(levels): []}
             p99_rounds: list[tuple[float, float]] = []  # GetRun, ListRuns at the top level
-            control: list[tuple[float, float, int]] = []  # p50, p99, calls per round
+            # p50, p99, calls, service and clients CPU per call (us), per round
+            control: list[tuple[float, float, int, float, float]] = []
             for _ in range(args.rounds):
                 # One round: no subscribers, then each level; the machine's load drifts,
                 # so each level is compared with the same round's no-subscriber rate.
@@ -411,10 +417,19 @@ def main() -> None:
                 if args.control_clients:
                     subs.open(run, args.control_streams)
                     time.sleep(args.settle)
-                    lat = _control_round(
+                    control_lat, service_cpu, clients_cpu = _control_round(
                         address, run, args.control_clients, args.window, args.control_rate
                     )
-                    control.append((_pct(lat, 0.5), _pct(lat, 0.99), len(lat)))
+                    calls = max(len(control_lat), 1)
+                    control.append(
+                        (
+                            _pct(control_lat, 0.5),
+                            _pct(control_lat, 0.99),
+                            len(control_lat),
+                            service_cpu / calls * 1e6,
+                            clients_cpu / calls * 1e6,
+                        )
+                    )
                     subs.close_streams()
             subs.close()
             med = statistics.median
@@ -492,11 +507,15 @@ def main() -> None:
         print()
         print(
             f"| {args.control_clients} concurrent GetRun clients at {args.control_rate:g}/s each, "
-            f"{args.control_streams} streams open, run training | p50 ms | p99 ms | calls |"
+            f"{args.control_streams} streams open, run training | p50 ms | p99 ms | calls "
+            "| service CPU per call | clients' CPU per call |"
         )
-        print("| --- | ---: | ---: | ---: |")
-        for k, (p50, p99, calls) in enumerate(control, 1):
-            print(f"| round {k} | {p50:.2f} | {p99:.2f} | {calls} |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for k, (p50, p99, calls, service_us, clients_us) in enumerate(control, 1):
+            print(
+                f"| round {k} | {p50:.2f} | {p99:.2f} | {calls} | {service_us:.0f} us "
+                f"| {clients_us:.0f} us |"
+            )
         p50s, p99s = [c[0] for c in control], [c[1] for c in control]
         print(
             f"| median (min-max) | {statistics.median(p50s):.2f} ({min(p50s):.2f}-{max(p50s):.2f}) "
