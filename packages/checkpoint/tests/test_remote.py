@@ -219,3 +219,14 @@ def test_a_storage_failure_never_makes_retention_delete(
     monkeypatch.undo()
     manager.save(4, state(4), blocking=True)
     assert manager.steps() == [5]
+
+
+def test_parts_cut_consecutive_pieces_exactly() -> None:
+    from trainsvc_checkpoint._remote import _parts
+
+    pieces = [memoryview(bytes(range(37))), memoryview(np.arange(100, dtype=np.uint8).data)]
+    parts = _parts([*pieces, pieces[0]], 40)
+    assert [sum(len(v) for v in p) for p in parts] == [40, 40, 40, 40, 14]
+    joined = b"".join(b"".join(p) for p in parts)
+    assert joined == b"".join(bytes(p) for p in [*pieces, pieces[0]])
+    assert _parts([memoryview(b"")], 40) == []

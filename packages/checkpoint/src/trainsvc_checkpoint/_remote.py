@@ -73,6 +73,7 @@ CONCURRENCY = 8
 _HEAD = 64 * 1024
 """Bytes of the first request of a read: the length prefix and most headers."""
 _MIN_PART = 5 * 1024 * 1024
+_MAX_PARTS = 10_000
 _SECRET_OPTIONS = ("secret", "key", "token", "password", "session_token")
 
 
@@ -263,11 +264,13 @@ def _put_s3(loc: Location, pieces: list[memoryview], part_size: int, concurrency
     """Publish ``pieces`` as one object: a PutObject, or a parallel multipart upload.
 
     The object is visible only once the single PUT or ``CompleteMultipartUpload``
-    succeeds; an upload that fails is aborted (one that is killed is left for
-    :func:`abort_incomplete_uploads`).
+    succeeds; an upload that fails is aborted (one whose process is killed is
+    aborted by the next ``RemoteCheckpointManager`` opening its prefix). Parts
+    grow beyond ``part_size`` when the object needs more than S3's 10,000.
     """
     bucket, key, _ = loc.fs.split_path(loc.path)
-    parts = _parts(pieces, part_size)
+    total = sum(len(p) for p in pieces)
+    parts = _parts(pieces, max(part_size, -(-total // _MAX_PARTS)))
     if len(parts) <= 1:
         body = _join(parts[0]) if parts else b""
         loc.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body)
