@@ -234,3 +234,10 @@ def test_locations_and_redaction(tmp_path: Path) -> None:
         "postgresql://u:***@h:5/db?password=***&sslmode=require"
     )
     assert parse_location("postgresql://u:s3cret@h/db").redacted() == "postgresql://u:***@h/db"
+
+
+def test_a_registry_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RegistryConfigError, match=r"cannot open the SQLite registry .*file/r\.db"):
+        Registry(blocker / "r.db")

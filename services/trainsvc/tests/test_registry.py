@@ -196,3 +196,30 @@ def test_a_registry_from_before_versioned_migrations_is_adopted(
     lease_table = check.execute("SELECT count(*) FROM registry_lease").fetchone()
     check.close()
     assert versions == list(range(1, SCHEMA_VERSION + 1)) and lease_table == (0,)
+
+
+def test_a_dropped_postgresql_connection_fails_one_write_then_reconnects(
+    postgres: str, open_registry: Callable[[Path | str], Registry]
+) -> None:
+    """The server ends the registry's connections (a restart, a proxy's idle timeout): the
+    write that finds its connection dead is UNAVAILABLE naming the cause, changes nothing,
+    and the registry reconnects for the next one (the health probe's, or any other)."""
+    import psycopg
+    from trainsvc._domain import RegistryUnwritableError
+
+    url = create_database(postgres)
+    reg = open_registry(url)
+    reg.insert_run(_record("a"), "created")
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(RegistryUnwritableError, match="cannot write"):
+        reg.set_state("a", State.RUNNING, "started")
+    assert reg.write_error
+    assert reg.get_run("a").state == State.PENDING
+    assert reg.probe_write() and reg.write_error is None
+    reg.set_state("a", State.RUNNING, "started")
+    assert [e.message for e in reg.events("a", 0)] == ["created", "started"]  # reads reconnect
+    assert reg.runs_in_states((State.RUNNING,))[0].id == "a"

@@ -160,11 +160,16 @@ class Connection:
     def _connect(self) -> None:
         if self.dialect is SQLITE:
             path = Path(self.location.target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=5000")
+            except (OSError, sqlite3.Error) as exc:
+                raise RegistryConfigError(
+                    f"cannot open the SQLite registry {path}: {exc}"
+                ) from None
             self._conn = conn
             return
         import psycopg
@@ -265,6 +270,18 @@ def migrate(conn: Connection) -> list[int]:
     Raises:
         RegistryConfigError: the database has a newer schema than this trainsvc knows.
     """
+    try:
+        return _migrate(conn)
+    except RegistryConfigError:
+        raise
+    except Exception as exc:  # no right to create tables, a read-only file, ...
+        reason = " ".join(str(exc).split())
+        raise RegistryConfigError(
+            f"cannot prepare the registry's tables in {conn.location.redacted()}: {reason}"
+        ) from None
+
+
+def _migrate(conn: Connection) -> list[int]:
     applied: list[int] = []
     with conn.transaction():
         if conn.dialect is POSTGRESQL:
