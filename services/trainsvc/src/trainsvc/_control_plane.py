@@ -122,16 +122,18 @@ class ControlPlane:
     def _lost(self, reason: str) -> None:
         """Stop acting now: kill the workers, exit (a supervisor restarts us as a standby)."""
         self._active.clear()
-        self.registry.require_lease(None)
-        with self.manager.lock:
-            controllers = list(self.manager.controllers.values())
+        # Without the manager's or the controllers' locks: a thread holding one may wait
+        # on the registry, whose connection may hang (the partition that cost the lease).
+        controllers = list(self.manager.controllers.values())
         for ctl in controllers:
-            proc = ctl.end_worker()
+            ctl.expect_exit = True  # an expected exit: the worker is not restarted
+            proc = ctl.process
             if proc is not None:
                 try:
                     proc.kill()
                 except Exception as exc:  # already gone
                     log.warning("killing a worker failed: %s", exc, extra={"run": ctl.run_id})
+        self.registry.require_lease(None)
         log.critical(
             "lost the registry's lease: workers killed, exiting",
             extra={"reason": reason, "killed_workers": [c.run_id for c in controllers]},

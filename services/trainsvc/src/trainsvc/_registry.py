@@ -155,9 +155,10 @@ class Registry:
         lease at ``generation`` (checked inside the write's own transaction, so a write
         can never follow another instance's takeover). ``None``: refuse every write (a
         standby). Without a call, writes are not fenced (the embedded registry)."""
-        with self._lock:
-            self._fenced = True
-            self._fence = None if holder is None else (holder, generation)
+        # No lock: an instance that lost its lease fences at once, even while a write
+        # hangs on a dead connection (each assignment is atomic; the fence goes first).
+        self._fence = None if holder is None else (holder, generation)
+        self._fenced = True
 
     def _check_fence(self, db: Connection) -> None:
         if not self._fenced:
