@@ -8,8 +8,8 @@ calls UNAVAILABLE naming the holder); SIGKILL of the first's whole process group
 and one standby takes over once the lease expires, marks the run INTERRUPTED and
 auto-resumes it from its newest checkpoint; SIGTERM of that one releases the lease
 and the last takes over; the run completes with the same final tensors as an
-uninterrupted run. Also: an active instance whose lease is taken from it kills its
-workers and exits 1; a wrong password is a clear start-up error naming --registry,
+uninterrupted run. Also: an active instance whose lease is taken from it, or whose
+renewals hang, kills its workers and exits 1; a wrong password is a clear start-up error naming --registry,
 without the password.
 """
 
@@ -203,6 +203,28 @@ def test_an_instance_that_loses_its_lease_kills_its_workers_and_exits(
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT state FROM runs WHERE id=%s", (run.name[5:],)).fetchone()
     assert row is not None and row[0] == "RUNNING"  # the old holder wrote nothing more
+
+
+def test_an_instance_cut_off_from_the_registry_stops_acting(
+    postgres: str, start_service: Any, tiny: dict[str, Any], wait_for: Any, tmp_path: Path
+) -> None:
+    """Its renewals and registry writes hang (the lease row locked elsewhere, as a
+    partition leaves them): it kills its workers and exits 1 by itself, before its
+    lease runs out, with no lock it holds in the way."""
+    url = _registry_url(postgres, SECRET)
+    svc = start_service(tmp_path / "data", extra=["--registry", url, "--registry-lease-ttl", "4"])
+    with svc.client() as c:
+        run = c.create_run("emergence", step_budget=1_000_000, seed=1, config=tiny)
+        wait_for(c, run.name, lambda r: r.step >= 5, what="training")
+    workers = worker_pids(svc.proc.pid)
+    assert workers
+    with psycopg.connect(url) as conn:  # a transaction, open until the block ends
+        conn.execute("SELECT 1 FROM registry_lease WHERE name='control' FOR UPDATE")
+        assert svc.proc.wait(60) == 1
+        conn.rollback()
+    assert "lost the registry's lease" in svc.log() and "was not renewed" in svc.log()
+    for pid in workers:
+        _wait(lambda pid=pid: not _alive(pid), 30, f"worker {pid} to end")
 
 
 def _alive(pid: int) -> bool:
