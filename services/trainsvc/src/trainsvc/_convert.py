@@ -21,6 +21,7 @@ from trainsvc._domain import (
     State,
     echo,
 )
+from trainsvc._resources import ResourceRequest
 from trainsvc.kinds import FrameData
 
 _KIND_NAMES = {
@@ -195,8 +196,15 @@ def spec_from_request(req: pb.CreateRunRequest) -> tuple[RunSpec, str]:
         max_restarts=max_restarts,
         display_name=run.display_name,
         resume_from=req.resume_from,
+        resources=_resources(run).to_spec(),
     )
     return spec, req.run_id
+
+
+def _resources(run: pb.Run) -> ResourceRequest:
+    """The run's validated ``run.resources`` (nothing requested when unset)."""
+    r = run.resources
+    return ResourceRequest.validated(r.cpus, r.gpus, r.memory_bytes, dict(r.custom))
 
 
 def state_filter(value: int) -> State | None:
@@ -264,6 +272,13 @@ def run_to_proto(r: RunRecord) -> pb.Run:
         update_time=_ts(r.update_time),
         end_time=_ts(r.end_time),
     )
+    if s.resources:
+        req = ResourceRequest.from_spec(s.resources)
+        msg.resources.CopyFrom(
+            pb.Resources(
+                cpus=req.cpus, gpus=req.gpus, memory_bytes=req.memory_bytes, custom=req.custom
+            )
+        )
     config = getattr(msg, s.kind)
     for key, value in s.config.items():
         if key in config.DESCRIPTOR.fields_by_name and key != "overrides":

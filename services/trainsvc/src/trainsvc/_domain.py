@@ -146,6 +146,9 @@ class RunSpec:
     max_restarts: int = 3
     display_name: str = ""
     resume_from: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """What the worker needs of its machine (``run.resources``; see
+    `trainsvc._backends.ResourceRequest`); empty: nothing requested."""
 
 
 @dataclass

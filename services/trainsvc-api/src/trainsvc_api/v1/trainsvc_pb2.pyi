@@ -160,6 +160,7 @@ class Run(_message.Message):
     STEP_BUDGET_FIELD_NUMBER: _builtins.int
     CHECKPOINT_POLICY_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     STEPS_PER_SECOND_FIELD_NUMBER: _builtins.int
@@ -213,6 +214,15 @@ class Run(_message.Message):
         """When checkpoints are saved and how many are kept."""
 
     @_builtins.property
+    def resources(self) -> Global___Resources:
+        """What the run's worker needs of the machine it runs on. The service's
+        `--backend ray` places the worker on a Ray node that has it (the run
+        stays PENDING, with the reason in state_message, while no node does);
+        the local backend runs every worker on the service's machine and
+        ignores it. Unset: one CPU.
+        """
+
+    @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Output only. Latest metrics (same keys as Frame.metrics)."""
 
@@ -238,6 +248,7 @@ class Run(_message.Message):
         step_budget: _builtins.int = ...,
         checkpoint_policy: Global___CheckpointPolicy | None = ...,
         max_restarts: _builtins.int | None = ...,
+        resources: Global___Resources | None = ...,
         state: Global___Run.State.ValueType = ...,
         step: _builtins.int = ...,
         steps_per_second: _builtins.float = ...,
@@ -250,9 +261,9 @@ class Run(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "lora", b"lora", "max_restarts", b"max_restarts", "othello", b"othello", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "lora", b"lora", "max_restarts", b"max_restarts", "othello", b"othello", "resources", b"resources", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "lora", b"lora", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "checkpoint_policy", b"checkpoint_policy", "config", b"config", "create_time", b"create_time", "display_name", b"display_name", "emergence", b"emergence", "end_time", b"end_time", "grpo", b"grpo", "kind", b"kind", "latest_checkpoint", b"latest_checkpoint", "lora", b"lora", "max_restarts", b"max_restarts", "metrics", b"metrics", "name", b"name", "othello", b"othello", "resources", b"resources", "restarts", b"restarts", "seed", b"seed", "start_time", b"start_time", "state", b"state", "state_message", b"state_message", "step", b"step", "step_budget", b"step_budget", "steps_per_second", b"steps_per_second", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
@@ -734,6 +745,66 @@ class LoraConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_interval) -> _WhichOneofReturnType__sample_interval | None: ...
 
 Global___LoraConfig: _TypeAlias = LoraConfig  # noqa: Y015
+
+@_typing.final
+class Resources(_message.Message):
+    """What a run's worker needs of the machine it runs on (Run.resources).
+    Zero: not requested.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CustomEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    cpus: _builtins.float
+    """Logical CPUs, >= 0 (fractions only below 1)."""
+    gpus: _builtins.float
+    """GPUs, >= 0 (fractions only below 1)."""
+    memory_bytes: _builtins.int
+    """Memory in bytes, >= 0."""
+    @_builtins.property
+    def custom(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Custom resources of the cluster's nodes (e.g. {"node_a": 1} for a
+        node started with `ray start --resources '{"node_a": 1}'`), each > 0.
+        """
+
+    def __init__(
+        self,
+        *,
+        cpus: _builtins.float = ...,
+        gpus: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        custom: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "custom", b"custom", "gpus", b"gpus", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
 class CheckpointPolicy(_message.Message):
