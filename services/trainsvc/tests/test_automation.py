@@ -307,3 +307,20 @@ def test_a_version_1_registry_gains_severity_and_automations(tmp_path: Path) -> 
         assert reg.automations() == []
     finally:
         reg.close()
+
+
+def test_a_standby_leaves_the_schedules_to_the_active_instance(
+    registry: ModelRegistry, db_url: str, tmp_path: Path
+) -> None:
+    active, clock = [False], _Clock()
+    auto = _automation(registry, db_url, tmp_path, clock)
+    auto.is_active = lambda: active[0]
+    auto.set_policy("trader", _policy(), principal="", reason="")
+    record(db_url, [0.5, 0.6], version=1)
+    clock.now += 61  # the schedule is due
+    auto.tick_all()  # a standby: nothing is decided
+    assert not [e for e in registry.events("trader") if e.details.get("action") == "skip"]
+    active[0] = True
+    auto.tick_all()
+    skips = [e for e in registry.events("trader") if e.details.get("action") == "skip"]
+    assert len(skips) == 1 and "2 new complete trajectories" in skips[0].reason

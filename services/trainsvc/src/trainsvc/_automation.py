@@ -159,11 +159,14 @@ class Automation:
         work_dir: Path,
         base_model_dir: Callable[[ModelVersion], Path],
         clock: Callable[[], float] = time.time,
+        is_active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry, self.artifacts, self.runs = registry, artifacts, runs
         self.register_run, self.metrics = register_run, metrics
         self.trajectory_db, self.work_dir = trajectory_db, work_dir
         self.base_model_dir, self.clock = base_model_dir, clock
+        self.is_active = is_active
+        """False on a standby of a shared registry: its schedules do not fire."""
         self._lock = threading.Lock()  # one cycle step at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -229,7 +232,10 @@ class Automation:
             self._thread.join(timeout=EVAL_TIMEOUT_S)
 
     def tick_all(self) -> None:
-        """One scheduled step of every enabled policy (errors are logged, never raised)."""
+        """One scheduled step of every enabled policy (errors are logged, never raised);
+        nothing while the service is a standby (another instance is the control plane)."""
+        if not self.is_active():
+            return
         for model in self.registry.automations():
             try:
                 policy, _ = self.status(model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,15 @@ class ModelStack:
         return self.endpoint_url
 
     def start_automation(
-        self, runs: Runs, trajectory_db: str, work_dir: Path, poll_s: float
+        self,
+        runs: Runs,
+        trajectory_db: str,
+        work_dir: Path,
+        poll_s: float,
+        is_active: Callable[[], bool] = lambda: True,
     ) -> Automation:
-        """Starts the model automation (its loop checks every ``poll_s`` seconds)."""
+        """Starts the model automation (its loop checks every ``poll_s`` seconds while
+        ``is_active()``: a standby of a shared registry leaves it to the active one)."""
         if poll_s <= 0:
             raise ValueError(f"--automation-poll must be > 0, got {poll_s}")
         self.automation = Automation(
@@ -140,6 +147,7 @@ class ModelStack:
             trajectory_db=trajectory_db,
             work_dir=work_dir,
             base_model_dir=lambda v: self.inputs.resolve(v.base_model, "base_model", expect="dir"),
+            is_active=is_active,
         )
         self.servicer.automation = self.automation
         self.automation.start(poll_s)

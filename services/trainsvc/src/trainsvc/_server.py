@@ -249,7 +249,7 @@ class TrainsvcServer:
         if opts.trajectory_db:
             self.models.start_automation(
                 self.manager, opts.trajectory_db, opts.data_dir / AUTOMATION_DIR,
-                opts.automation_poll_s,
+                opts.automation_poll_s, is_active=lambda: self.control.active,
             )  # fmt: skip
         mpb_grpc.add_ModelServiceServicer_to_server(self.models.servicer, server)
         # Without --trajectory-db its calls say so (FAILED_PRECONDITION).
