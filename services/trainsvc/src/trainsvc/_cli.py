@@ -133,6 +133,20 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a shared registry's lease lasts unrenewed: a standby takes over at "
         "most this long after the active instance stopped renewing (default %(default)s)",
     )
+    s.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where run workers start: local processes (default) or Ray actors placed by each "
+        "run's resources on the nodes of an existing Ray cluster (needs trainsvc[ray]; "
+        "see docs/scaling-out.md)",
+    )
+    s.add_argument(
+        "--ray-address",
+        default="",
+        metavar="HOST:PORT",
+        help="--backend ray: the Ray cluster's head node (default $RAY_ADDRESS)",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -281,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
             token_principal=args.token_principal,
             registry=args.registry,
             registry_lease_ttl=args.registry_lease_ttl,
+            backend=args.backend,
+            ray_address=args.ray_address,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

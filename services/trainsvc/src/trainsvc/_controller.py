@@ -18,10 +18,16 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol, assert_never
 
+from trainsvc._backends import (
+    LocalBackend,
+    ResourceRequest,
+    WorkerBackend,
+    WorkerConnection,
+    WorkerHandle,
+)
 from trainsvc._domain import (
     DeadlineExceededError,
     EventType,
@@ -47,7 +53,7 @@ from trainsvc._protocol import (
     Reply,
     WorkerMessage,
 )
-from trainsvc._worker import FAULT_EXIT_CODE, WorkerJob, worker_main
+from trainsvc._worker import FAULT_EXIT_CODE, WorkerJob
 from trainsvc.kinds import FrameData
 
 log = logging.getLogger("trainsvc.manager")
@@ -91,6 +97,11 @@ class WorkerSettings:
     """The multiprocessing context (``spawn``)."""
     nice: int = 0
     cpus: frozenset[int] | None = None
+    backend: WorkerBackend | None = None
+    """Where workers run (``serve --backend``); None: processes here (`LocalBackend`)."""
+    resume_lost: bool = False
+    """A worker whose machine was lost (a Ray node died) restarts elsewhere at once
+    (``serve --auto-resume``); otherwise its run becomes INTERRUPTED."""
 
 
 def _disk_full_reason(fatal: str) -> str:
@@ -132,8 +143,8 @@ class RunController:
         self.lock = threading.RLock()
         self.command_lock = threading.Lock()
         self.pending: dict[str, Future[tuple[bool, str]]] = {}
-        self.process: Any = None
-        self.conn: Connection | None = None
+        self.process: WorkerHandle | None = None
+        self.conn: WorkerConnection | None = None
         self.expect_exit = False
         self.no_progress_crashes = 0
         self.last_persist = 0.0
@@ -162,21 +173,21 @@ class RunController:
             cpus=self.settings.cpus,
             restore_fallback=fallback and restore_path is not None,
         )
-        parent, child = self.settings.mp.Pipe(duplex=True)
-        process = self.settings.mp.Process(
-            target=worker_main,
-            args=(child, job),
-            name=f"trainsvc-worker-{self.run_id}",
-            daemon=False,
+        launch = self.backend.launch(
+            job, ResourceRequest.from_spec(self.spec.resources), f"trainsvc-worker-{self.run_id}"
         )
+        parent, process = launch.conn, launch.handle
         with self.lock:
             self.expect_exit = False
             self.ready.clear()
             self.conn = parent
             self.process = process
             self.attempt_start_ckpt = self.journal.latest_checkpoint_step()
-        process.start()
-        child.close()
+        launch.start()
+        if launch.note:  # e.g. no node has the resources (yet): the run waits, PENDING
+            with self.lock:
+                if self.state == State.PENDING:
+                    self.set_state(State.PENDING, launch.note)
         threading.Thread(
             target=self._reader, args=(parent, process), name=f"reader-{self.run_id}", daemon=True
         ).start()
@@ -184,6 +195,11 @@ class RunController:
             "worker started",
             extra={"run": self.run_id, "pid": process.pid, "restore": restore_path},
         )
+
+    @property
+    def backend(self) -> WorkerBackend:
+        """Where this run's workers start."""
+        return self.settings.backend or LocalBackend(self.settings.mp)
 
     def end_worker(self) -> Any:
         """Say that the worker's exit is expected; return its process (None when gone)."""
@@ -213,7 +229,7 @@ class RunController:
             if proc.is_alive():
                 proc.kill()
 
-    def _reader(self, conn: Connection, process: Any) -> None:
+    def _reader(self, conn: WorkerConnection, process: WorkerHandle) -> None:
         while True:
             try:
                 msg = conn.recv()
@@ -229,7 +245,7 @@ class RunController:
         process.join()
         conn.close()
         try:
-            self._exited(process.exitcode)
+            self._exited(process.exitcode, self.backend.lost(process))
         except RegistryUnwritableError as exc:  # the disk under the registry is full
             self._pause_for_disk(str(exc))
 
@@ -297,7 +313,8 @@ class RunController:
             extra={"run": self.run_id, "step": self.step, "reason": message},
         )
 
-    def _exited(self, exitcode: int | None) -> None:
+    def _exited(self, exitcode: int | None, lost: str = "") -> None:
+        """The worker ended; ``lost``: why its machine was lost (not a crash of its own)."""
         for fut in list(self.pending.values()):
             fut.set_result((False, f"the worker exited (code {exitcode})"))
         self.pending.clear()
@@ -319,7 +336,28 @@ class RunController:
         if disk:  # a restart would fail the same way until space returns: not a crash
             self._pause_for_disk(disk)
             return
-        self._crashed(exitcode)
+        if not lost:
+            self._crashed(exitcode)
+            return
+        # The worker's machine was lost (a Ray node died): the run is INTERRUPTED, and
+        # with --auto-resume restarts at once elsewhere, counted like a crash (so a run
+        # whose nodes keep dying without checkpoint progress still ends FAILED).
+        paused = state == State.PAUSED
+        self.last_fatal = ""
+        with self.lock:
+            self.set_state(
+                State.INTERRUPTED,
+                f"interrupted: {lost}; "
+                + (
+                    "restarting from the newest checkpoint (--auto-resume)"
+                    if self.settings.resume_lost
+                    else "ResumeRun continues from the newest checkpoint"
+                ),
+            )
+        if self.settings.resume_lost:
+            self._crashed(exitcode, lost, paused=paused)
+        else:
+            self.host.controller_done(self.run_id, self)
 
     def _pause_for_disk(self, reason: str) -> None:
         """The worker died for want of disk space: record the run PAUSED with the reason.
@@ -345,8 +383,8 @@ class RunController:
             except RegistryUnwritableError:
                 time.sleep(DISK_RETRY_S)
 
-    def _crashed(self, exitcode: int | None) -> None:
-        reason = self.last_fatal or f"exit code {exitcode}"
+    def _crashed(self, exitcode: int | None, lost: str = "", *, paused: bool = False) -> None:
+        reason = lost or self.last_fatal or f"exit code {exitcode}"
         if exitcode == FAULT_EXIT_CODE:
             reason += " (fault injection hook)"
         latest = self.journal.latest_checkpoint_step()
@@ -383,7 +421,7 @@ class RunController:
             f"from {restore or 'the start'}"
         )
         self.journal.event(EventType.WARNING, warn, step=self.step)
-        paused = self.state == State.PAUSED  # a paused run comes back paused
+        paused = paused or self.state == State.PAUSED  # a paused run comes back paused
         if not paused:
             with self.lock:
                 self.set_state(State.PENDING, warn, restarts=self.restarts)

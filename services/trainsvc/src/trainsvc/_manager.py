@@ -21,6 +21,7 @@ from pathlib import Path
 from trainsvc_checkpoint import checkpoint_id, parse_checkpoint_file_name
 
 from trainsvc import _checkpoints
+from trainsvc._backends import WorkerBackend
 from trainsvc._controller import DEFAULT_WAIT_S, RunController, WorkerSettings
 from trainsvc._domain import (
     CheckpointRecord,
@@ -59,6 +60,8 @@ class RunManager:
         worker_nice: int = 0,
         worker_cpus: frozenset[int] | None = None,
         input_roots: InputRoots | None = None,
+        worker_backend: WorkerBackend | None = None,
+        resume_lost_workers: bool = False,
     ) -> None:
         self.registry = registry
         self.input_roots = input_roots or InputRoots.of([Path.cwd()])
@@ -68,7 +71,11 @@ class RunManager:
         self.on_event = on_event
         self.on_run_end = on_run_end
         self.workers = WorkerSettings(
-            multiprocessing.get_context("spawn"), nice=worker_nice, cpus=worker_cpus
+            multiprocessing.get_context("spawn"),
+            nice=worker_nice,
+            cpus=worker_cpus,
+            backend=worker_backend,
+            resume_lost=resume_lost_workers,
         )
         self.controllers: dict[str, RunController] = {}
         self.lock = threading.RLock()

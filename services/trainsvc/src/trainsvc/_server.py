@@ -9,6 +9,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from trainsvc_api.v1 import trajectories_pb2_grpc as tpb_grpc
 
 from trainsvc import _convert as conv
 from trainsvc._auth import TokenAuthInterceptor
+from trainsvc._backends import WorkerBackend
 from trainsvc._control_plane import ControlPlane, StandbyGate
 from trainsvc._cpus import available_cpus, format_cpu_list, pin_process, pin_this_process
 from trainsvc._fanout import Hub, Notifier
@@ -99,6 +101,37 @@ class ServerOptions:
     postgresql://... shared by several instances, one of which holds its lease."""
     registry_lease_ttl: float = DEFAULT_TTL_S
     """Seconds a shared registry's lease lasts without renewal (a standby's takeover delay)."""
+    backend: str = "local"
+    """Where run workers start: ``local`` (processes here) or ``ray`` (actors on a Ray cluster)."""
+    ray_address: str = ""
+    """``--backend ray``: the Ray cluster's head ``HOST:PORT`` (empty: ``$RAY_ADDRESS``)."""
+
+
+def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
+    """The backend ``--backend`` names; None for ``local`` (the manager's default).
+
+    Raises:
+        ConfigurationError: naming ``--backend`` or ``--ray-address``.
+    """
+    if opts.backend == "local":
+        return None
+    if opts.backend != "ray":
+        raise ConfigurationError(f"--backend {opts.backend!r}: expected local or ray")
+    try:
+        from trainsvc._ray_backend import RayBackend, RayBackendError
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--backend ray needs the ray package (install trainsvc[ray]): {exc}"
+        ) from None
+    address = opts.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if not address:
+        raise ConfigurationError(
+            "--backend ray needs --ray-address HOST:PORT of the Ray cluster's head (or RAY_ADDRESS)"
+        )
+    try:
+        return RayBackend(address)
+    except RayBackendError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -152,6 +185,7 @@ class TrainsvcServer:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
+        self.worker_backend: WorkerBackend | None = None
         self._registry_watch: asyncio.Task[None] | None = None
         self._servicer: TrainServicer | None = None
         self._metrics_http: Any = None
@@ -166,6 +200,7 @@ class TrainsvcServer:
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
         )
         opts.data_dir.mkdir(parents=True, exist_ok=True)
+        self.worker_backend = _worker_backend(opts)
         try:
             self.registry = Registry(parse_location(opts.registry, opts.data_dir))
         except RegistryConfigError as exc:
@@ -198,6 +233,8 @@ class TrainsvcServer:
             on_run_end=run_ended,
             worker_nice=opts.worker_nice,
             worker_cpus=opts.worker_cpus,
+            worker_backend=self.worker_backend,
+            resume_lost_workers=opts.auto_resume,
             # the automation's exports and fetched versions are inputs of its grpo runs
             input_roots=InputRoots.of(
                 (*(opts.input_dirs or (Path.cwd(),)), opts.data_dir / AUTOMATION_DIR)
@@ -410,6 +447,8 @@ class TrainsvcServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await asyncio.to_thread(self.manager.shutdown, self.options.shutdown_timeout)
+        if self.worker_backend is not None:
+            self.worker_backend.close()
         await asyncio.to_thread(self.control.stop)  # a standby may take over now
         if self._servicer is not None:
             self._servicer.end_streams()  # the run's final events are sent first

@@ -1,0 +1,350 @@
+"""Workers as Ray actors on the nodes of an existing Ray cluster (``serve --backend ray``).
+
+Each run's worker is a Ray actor placed by the run's `ResourceRequest`. The
+actor starts the very same worker loop (`trainsvc._worker.worker_main`) in a
+child process on its node, and that child connects back to the service over
+TCP (`multiprocessing.connection`, one listener per service, a random key per
+worker, checked both ways before anything is unpickled). The connection carries
+the typed messages of `trainsvc._protocol`, exactly as the local pipe does, so
+pause, resume, checkpoint, stop, frames and events take the controller's usual
+paths.
+
+When the node dies its actor dies (the raylet takes its workers along, and the
+child dies with the actor: ``PR_SET_PDEATHSIG``), the connection drops, and the
+controller hears from `RayBackend.lost` that the machine was lost rather than
+the worker crashing: the run becomes INTERRUPTED, or with ``--auto-resume``
+restarts on another node from the newest checkpoint (which must be in storage
+every node reaches: the service's data directory, at the same path).
+
+The nodes run what is installed on them: trainsvc and the run's kind must be
+installed in the Python environment that ``ray start`` was run from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import pickle
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
+from typing import Any
+
+import ray
+
+from trainsvc import _protocol as proto
+from trainsvc._backends import Launch, ResourceRequest, WorkerHandle
+from trainsvc._worker import WorkerJob
+
+ACTOR_JOIN_S = 10.0
+"""After a worker's connection ended, how long Ray is given to report its actor's end;
+past it the actor is killed and its machine counted as lost."""
+CONNECT_CHECK_S = 5.0
+"""How long ``--ray-address`` may take to accept a TCP connection at start-up."""
+HANDSHAKE_S = 30.0
+"""How long a connecting worker may take to say which run it is."""
+_TOKEN_BYTES = 64
+_PR_SET_PDEATHSIG = 1
+
+
+class RayBackendError(Exception):
+    """The Ray backend cannot start (the message names the flag to fix)."""
+
+
+def _ray_request(r: ResourceRequest) -> dict[str, float]:
+    """The request in Ray's resource names; unset CPUs are one CPU."""
+    need = {"CPU": r.cpus or 1.0, "GPU": r.gpus, "memory": float(r.memory_bytes)}
+    need.update(r.custom)
+    return {k: v for k, v in need.items() if v}
+
+
+def _node_summary(resources: dict[str, float]) -> str:
+    shown = {
+        k: v
+        for k, v in resources.items()
+        if not k.startswith("node:") and k != "object_store_memory"
+    }
+    return (
+        ", ".join(
+            f"{k} {v / 2**30:.1f} GiB" if k == "memory" else f"{k} {v:g}"
+            for k, v in sorted(shown.items())
+        )
+        or "nothing"
+    )
+
+
+def unplaceable_reason(r: ResourceRequest, nodes: list[dict[str, Any]]) -> str:
+    """Why no alive node of ``nodes`` (``ray.nodes()``) can hold ``r``; "" when one can."""
+    need = _ray_request(r)
+    alive = [n for n in nodes if n.get("Alive")]
+    for node in alive:
+        have = node.get("Resources", {})
+        if all(have.get(k, 0.0) >= v for k, v in need.items()):
+            return ""
+    listing = "; ".join(
+        f"node {n.get('NodeID', '?')[:8]}: {_node_summary(n.get('Resources', {}))}" for n in alive
+    )
+    return (
+        f"waiting for a Ray node with {r.describe()} (CPU 1 when cpus is unset): no node of the "
+        f"cluster has it now ({listing or 'no node alive'}); the run starts when such a node "
+        "joins, or StopRun ends it"
+    )
+
+
+def _lost_reason(exc: BaseException) -> str:
+    """Why a worker's actor ended without its worker exiting (one line)."""
+    text = " ".join(str(exc).split())
+    node = text.split("Node Id: ", 1)[1].split()[0][:12] if "Node Id: " in text else ""
+    if "node has died" in text:
+        return f"its Ray node {node} died".replace("  ", " ")
+    return f"its Ray actor died ({type(exc).__name__}: {text[:300]})"
+
+
+class _PendingConnection:
+    """The service's end of a worker's TCP connection, before and after it connects.
+
+    ``recv`` waits for the worker to connect (a run whose resources no node has waits
+    here, PENDING) and ends with EOFError when its actor ended without connecting.
+    """
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self._settled = threading.Event()
+        self._closed = False
+        self.handle: _RayHandle | None = None
+
+    def connected(self, conn: Connection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        self._conn = conn
+        self._settled.set()
+
+    def recv(self) -> Any:
+        while not self._settled.wait(0.5):
+            if self._closed or (self.handle is not None and self.handle.ended()):
+                raise EOFError("the worker ended before it connected")
+        if self._conn is None:
+            raise EOFError("the worker ended before it connected")
+        return self._conn.recv()
+
+    def send(self, obj: Any) -> None:
+        if self._conn is None:
+            raise OSError("the worker has not connected yet")
+        self._conn.send(obj)
+
+    def close(self) -> None:
+        self._closed = True
+        self._settled.set()
+        if self._conn is not None:
+            self._conn.close()
+
+
+class _RayHandle:
+    """A worker's Ray actor, as the controller waits for and ends it."""
+
+    def __init__(self) -> None:
+        self.actor: Any = None
+        self.ref: Any = None
+        self.lost_reason = ""
+        self._exitcode: int | None = None
+        self._done = False
+        self._killed = False
+
+    @property
+    def pid(self) -> str:
+        return f"ray-actor:{self.actor._actor_id.hex()[:12]}" if self.actor is not None else "-"
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._exitcode
+
+    def ended(self) -> bool:
+        """The actor's call returned or failed (without waiting)."""
+        if self._killed or self.ref is None:
+            return self._killed
+        ready, _ = ray.wait([self.ref], timeout=0)
+        return bool(ready)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._done or self.ref is None:
+            return
+        ready, _ = ray.wait([self.ref], timeout=ACTOR_JOIN_S if timeout is None else timeout)
+        if ready:
+            try:
+                self._exitcode = int(ray.get(self.ref))
+            except ray.exceptions.RayError as exc:  # the actor (or its node) died
+                if not self._killed:
+                    self.lost_reason = _lost_reason(exc)
+            self._done = True
+        elif timeout is None:  # the connection ended but Ray still holds the actor
+            if not self._killed:
+                self.lost_reason = (
+                    f"its connection ended and Ray did not report the actor's end in "
+                    f"{ACTOR_JOIN_S:g} s (node unreachable)"
+                )
+            self.kill()
+            self._done = True
+
+    def is_alive(self) -> bool:
+        return not self._done and not self.ended()
+
+    def kill(self) -> None:
+        self._killed = True
+        if self.actor is not None:
+            with contextlib.suppress(Exception):  # already gone with its node
+                ray.kill(self.actor, no_restart=True)
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class _WorkerActor:
+    """Runs one worker process on its node and returns its exit status."""
+
+    def run(self, job: WorkerJob, address: tuple[str, int], token: str, key: bytes) -> int:
+        node = ray.get_runtime_context().get_node_id()
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from trainsvc._ray_backend import child_main; child_main()"],
+            stdin=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        assert child.stdin is not None
+        child.stdin.write(pickle.dumps((job, address, token, key, node)))
+        child.stdin.close()
+        return child.wait()
+
+
+def _die_with_parent() -> None:
+    """In the worker's child process: be killed when the actor's process dies."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: its parent check ends it
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def child_main() -> None:
+    """The worker's process on a Ray node: connect back to the service, run the worker loop."""
+    from trainsvc._worker import worker_main
+
+    job, address, token, key, node = pickle.load(sys.stdin.buffer)
+    conn = Client(tuple(address), family="AF_INET")
+    conn.send_bytes(token.encode())
+    answer_challenge(conn, key)
+    deliver_challenge(conn, key)
+    conn.send(proto.Log("INFO", f"worker on Ray node {node} ({socket.gethostname()})"))
+    worker_main(conn, job)
+
+
+class RayBackend:
+    """Starts each run's worker as a Ray actor on a node that has its resources."""
+
+    def __init__(self, address: str) -> None:
+        """Connect to the Ray cluster at ``address`` (``host:port`` of its GCS).
+
+        Raises:
+            RayBackendError: the address is malformed or nothing answers there.
+        """
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise RayBackendError(
+                f"--ray-address {address!r}: expected HOST:PORT of a Ray cluster's head node"
+            )
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_CHECK_S).close()
+        except OSError as exc:
+            raise RayBackendError(
+                f"--ray-address {address}: no Ray cluster answers there ({exc}); start one "
+                "with `ray start --head` or pass the head node's address"
+            ) from None
+        try:
+            ray.init(address=address, namespace="trainsvc", log_to_driver=False)
+        except Exception as exc:
+            raise RayBackendError(
+                f"--ray-address {address}: cannot join the cluster: {exc}"
+            ) from None
+        ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.listener = Listener((ip, 0), family="AF_INET")  # keys: per worker, below
+        self.address: tuple[str, int] = self.listener.address
+        self._pending: dict[str, tuple[bytes, _PendingConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="ray-workers", daemon=True).start()
+
+    def launch(self, job: WorkerJob, resources: ResourceRequest, name: str) -> Launch:
+        """An actor with the run's resources whose worker connects back to this service."""
+        job = dataclasses.replace(job, cpus=None)  # --worker-cpus pins this machine's CPUs
+        token, key = secrets.token_hex(16), secrets.token_bytes(32)
+        conn = _PendingConnection()
+        handle = _RayHandle()
+        conn.handle = handle
+        with self._lock:
+            self._pending[token] = (key, conn)
+        need = _ray_request(resources)
+        options: dict[str, Any] = {
+            "num_cpus": need.pop("CPU", 0.0),
+            "num_gpus": need.pop("GPU", 0.0),
+            "name": None,
+        }
+        if "memory" in need:
+            options["memory"] = int(need.pop("memory"))
+        options["resources"] = need
+
+        def start() -> None:
+            handle.actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
+            handle.ref = handle.actor.run.remote(job, self.address, token, key)
+
+        note = unplaceable_reason(resources, ray.nodes())  # type: ignore[no-untyped-call]
+        return Launch(conn, handle, start, note)
+
+    def lost(self, handle: WorkerHandle) -> str:
+        """Why a worker's Ray node (or actor) was lost; "" when the worker itself exited."""
+        return handle.lost_reason if isinstance(handle, _RayHandle) else ""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except OSError:  # a connection that failed before it was accepted
+                conn = None
+            if self._closed:
+                if conn is not None:
+                    conn.close()
+                return
+            if conn is None:
+                continue
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, conn: Connection) -> None:
+        """Match a connecting worker to its launch by token, then check its key both ways."""
+        try:
+            if not conn.poll(HANDSHAKE_S):
+                raise EOFError("no token")
+            token = conn.recv_bytes(_TOKEN_BYTES).decode("ascii", "replace")
+            with self._lock:
+                entry = self._pending.pop(token, None)
+            if entry is None:
+                raise AuthenticationError("unknown worker token")
+            key, pending = entry
+            deliver_challenge(conn, key)
+            answer_challenge(conn, key)
+        except (OSError, EOFError, AuthenticationError):
+            conn.close()
+            return
+        pending.connected(conn)
+
+    def close(self) -> None:
+        """Stop accepting workers and leave the cluster (the runs' actors were ended)."""
+        self._closed = True
+        with contextlib.suppress(OSError):  # wake the accepting thread
+            Client(self.address, family="AF_INET").close()
+        self.listener.close()
+        ray.shutdown()
