@@ -36,8 +36,10 @@ class ResourceRequest:
     def describe(self) -> str:
         """``cpus=1, gpus=0.5, memory_bytes=..., node_a=1`` (what was requested)."""
         parts = [
-            f"{name}={getattr(self, name):g}" for name in RESOURCE_FIELDS if getattr(self, name)
+            f"{name}={getattr(self, name):g}" for name in ("cpus", "gpus") if getattr(self, name)
         ]
+        if self.memory_bytes:
+            parts.append(f"memory_bytes={self.memory_bytes}")
         parts += [f"{k}={v:g}" for k, v in sorted(self.custom.items())]
         return ", ".join(parts) or "nothing"
 
