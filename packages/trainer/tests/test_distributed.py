@@ -130,6 +130,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     lines = (tmp_path / "dp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, steps + 1))
 
+    # one process restores the data-parallel checkpoint and trains on
+    from trainsvc_trainer import Config, Trainer
+
+    path = tmp_path / "dp" / f"step_{steps}.safetensors"
+    config = Config.from_dict(json.loads(load(path)["meta"])["config"])
+    trainer = Trainer(config.replace({"log.checkpoint_dir": str(tmp_path / "one")}))
+    assert trainer.data_parallel is None
+    assert trainer.restore(path) == path
+    assert trainer.step_count == steps
+    np.testing.assert_array_equal(trainer.state_dict()["env"]["field"], dp["/env/field"])
+    trainer.run(2)
+    assert trainer.step_count == steps + 2
+    trainer.close()
+
 
 def test_kill_one_process_then_relaunch_resumes_from_the_newest_checkpoint(
     make_toml: Callable[..., str], tmp_path: Path
@@ -211,3 +225,35 @@ def test_envs_must_split_evenly(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["field"] == "env.n_envs"
     assert "divisible by distributed.num_processes (2)" in out["error"]
     assert DistributedConfig("[::1]:80", 3, 2).port == 80
+
+
+def test_sigterm_to_one_process_stops_both_after_the_same_step(
+    make_toml: Callable[..., str], tmp_path: Path
+) -> None:
+    ck = tmp_path / "ck"
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        make_toml(
+            env={"n_envs": 4},
+            train={"total_steps": 1_000_000},
+            log={"checkpoint_dir": str(ck), "save_interval": 5},
+        )
+    )
+    procs = _spawn(toml, _free_port(), ["--json"], tmp_path, "sig")
+    deadline = time.monotonic() + TIMEOUT
+    while not (ck / "step_5.safetensors").exists():
+        assert all(p.poll() is None for p in procs), "a process ended before step 5"
+        assert time.monotonic() < deadline, "no checkpoint at step 5"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    assert _wait(procs, timeout=40) == [1, 1]
+    summaries = []
+    for i in range(2):
+        text = (tmp_path / f"sig-{i}.log").read_text()
+        summaries.append(json.loads(next(li for li in text.splitlines() if li.startswith("{"))))
+    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]
+    step = summaries[0]["step"]
+    assert summaries[1]["step"] == step
+    emergency = ck / f"emergency_step_{step}.safetensors"
+    assert summaries[0]["emergency_checkpoint"] == str(emergency)
+    assert json.loads(load(emergency)["meta"])["step"] == step

@@ -255,6 +255,9 @@ def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
 
         distributed.check_envs(config.env.n_envs)
         initialize(distributed)
+        # jax.distributed installs its own SIGTERM handler (a preemption notice that
+        # nothing here polls): take SIGTERM back, so that it stops every process
+        stopper.install()
     console = ConsoleLogger(
         stream=sys.stderr if args.json or not writer else sys.stdout,
         progress=config.log.progress and not args.json and writer,
