@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import (
     Client,
@@ -124,6 +125,8 @@ class _PendingConnection:
         self._settled = threading.Event()
         self._closed = False
         self.handle: _RayHandle | None = None
+        self.forget: Callable[[], None] = lambda: None
+        """Drop the backend's record of this worker's key (it will not connect now)."""
 
     def connected(self, conn: Connection) -> None:
         if self._closed:
@@ -147,6 +150,7 @@ class _PendingConnection:
 
     def close(self) -> None:
         self._closed = True
+        self.forget()
         self._settled.set()
         if self._conn is not None:
             self._conn.close()
@@ -286,6 +290,12 @@ class RayBackend:
         conn = _PendingConnection()
         handle = _RayHandle()
         conn.handle = handle
+
+        def forget() -> None:
+            with self._lock:
+                self._pending.pop(token, None)
+
+        conn.forget = forget
         with self._lock:
             self._pending[token] = (key, conn)
         need = _ray_request(resources)
