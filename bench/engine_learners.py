@@ -6,7 +6,7 @@ along the way plays the League protocol against the WPC heuristic
 (1-ply, both sides 10% random moves, colours swapped, `--pairs` pairs; the
 evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
-CPU seconds: grey grid every 0.1 and every 60 CPU seconds, red dashes at 0.90 and 0.96, one
+CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
 line per seed: blue `es`, green `ctdl`, orange `td`).
 
     uv run --no-sync python bench/engine_learners.py --learners es,ctdl --seeds 0,1,2,3
@@ -115,20 +115,20 @@ def _png(path: Path, rgb: np.ndarray) -> None:
 def plot(
     path: Path, curves: list[tuple[str, list[tuple[float, float, int, float, float]]]]
 ) -> None:
-    """Score (0.5..1) against training CPU seconds; see the module docstring for the colours."""
+    """Score (0.3..1) against training CPU seconds; see the module docstring for the colours."""
     w, h, m = 720, 360, 20
     x_max = max(p[0] for _, c in curves for p in c)
-    y_lo = 0.5
+    y_lo = 0.3
     img = np.full((h, w, 3), 255, np.uint8)
 
     def xy(x: float, y: float) -> tuple[int, int]:
         fy = (max(y, y_lo) - y_lo) / (1 - y_lo)
         return int(m + (w - 2 * m) * min(x / x_max, 1.0)), int(h - m - (h - 2 * m) * fy)
 
-    for k in range(6):
+    for k in range(8):
         _, yy = xy(0, y_lo + k / 10)
         img[yy, m : w - m] = 225 if k else 0
-    for s in range(0, int(x_max) + 1, 60):
+    for s in range(0, int(x_max) + 1, 10):
         xx, _ = xy(s, y_lo)
         img[m : h - m, xx] = 225 if s else 0
     for target in (0.90, 0.96):
@@ -136,7 +136,7 @@ def plot(
         for xx in range(m, w - m, 8):
             img[ty - 1 : ty + 1, xx : xx + 4] = (220, 40, 40)
     for learner, curve in curves:
-        pts = [xy(0, 0.5)] + [xy(t, s) for t, _, _, s, _ in curve]
+        pts = [xy(t, s) for t, _, _, s, _ in curve]
         for (x0, y0), (x1, y1) in itertools.pairwise(pts):
             n = max(abs(x1 - x0), abs(y1 - y0), 1)
             for i in range(n + 1):
@@ -160,7 +160,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("/tmp/engine_learners.json"))
     p.add_argument("--png", type=Path, default=ROOT / "docs" / "othello-learners.png")
     p.add_argument("--save-best", type=Path, default=None, help="write the best final network")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from --json")
     args = p.parse_args()
+    if args.replot:
+        saved = json.loads(args.json.read_text())
+        plot(args.png, [(r["learner"], r["curve"]) for r in saved])
+        return
     results: list[dict[str, Any]] = []
     best: tuple[float, Any] | None = None
     budget = {k: int(v) for k, v in (kv.split("=") for kv in args.games.split(","))}
