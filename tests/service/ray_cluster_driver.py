@@ -2,7 +2,8 @@
 
 Run by `test_ray_backend.py` inside a network namespace that has only ``lo``
 (Ray binds the machine's own address): ``ip netns exec NS python
-ray_cluster_driver.py WORK_DIR CONFIG_JSON`` (the run's emergence config). It prints one JSON object (the last line of
+ray_cluster_driver.py WORK_DIR CONFIG_JSON [manual]`` (the run's emergence config;
+``manual``: the service without ``--auto-resume``). It prints one JSON object (the last line of
 its output) that the test asserts on; it stops Ray and the service whatever
 happens.
 
@@ -109,7 +110,9 @@ def create(stub: pb_grpc.TrainServiceStub, run_id: str, **resources: Any) -> pb.
     return stub.CreateRun(pb.CreateRunRequest(run=run, run_id=run_id), timeout=60)
 
 
-def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
+def scenario(work: Path, ray_tmp: Path, auto: bool, result: dict[str, Any]) -> None:
+    """``auto``: the service runs with ``--auto-resume`` (and the control calls are checked);
+    otherwise the run must stay INTERRUPTED until ResumeRun."""
     t0 = time.monotonic()
     port = free_port()
     head = ray_start(
@@ -128,7 +131,7 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
         [sys.executable, "-c", "from trainsvc import main; main()", "serve",
          "--listen", f"127.0.0.1:{svc_port}", "--data-dir", str(work / "data"),
          "--metrics-listen", "", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}",
-         "--auto-resume"],
+         *(["--auto-resume"] if auto else [])],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     result["service_pid"] = service.pid
@@ -137,10 +140,10 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
         grpc.channel_ready_future(channel).result(timeout=90)
         stub = pb_grpc.TrainServiceStub(channel)
 
-        # A request no node can satisfy: PENDING with the reason, not FAILED.
-        big = create(stub, "too-big", cpus=64)
-        result["too_big_state"] = pb.Run.State.Name(big.state)
-        result["too_big_message"] = big.state_message
+        if auto:  # A request no node can satisfy: PENDING with the reason, not FAILED.
+            big = create(stub, "too-big", cpus=64)
+            result["too_big_state"] = pb.Run.State.Name(big.state)
+            result["too_big_message"] = big.state_message
 
         run = create(stub, "on-ray", cpus=1)
         name = run.name
@@ -151,16 +154,8 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
         first_nodes = nodes_of(stub, name)
         result["first_node"] = first_nodes[0] if first_nodes else ""
 
-        # The control plane over the TCP connection: frames, pause, checkpoint, resume.
-        frames = stub.StreamFrames(pb.StreamFramesRequest(name=name), timeout=30)
-        result["frame_step"] = next(iter(frames)).step
-        frames.cancel()
-        paused = stub.PauseRun(pb.PauseRunRequest(name=name), timeout=60)
-        result["paused_state"] = pb.Run.State.Name(paused.state)
-        ckpt = stub.SaveCheckpoint(pb.SaveCheckpointRequest(name=name), timeout=60)
-        result["checkpoint_while_paused"] = ckpt.name
-        resumed = stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60)
-        result["resumed_state"] = pb.Run.State.Name(resumed.state)
+        if auto:  # The control plane over the TCP connection: frames, pause, checkpoint.
+            control(stub, name, result)
 
         node_b = ray_start(work / "ray-node_b.log", "--address", f"127.0.0.1:{port}",
                            "--num-cpus", "1", "--resources", '{"node_b": 1}')  # fmt: skip
@@ -174,8 +169,18 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
         killed_at = time.monotonic()
         result["step_at_kill"] = stub.GetRun(pb.GetRunRequest(name=name)).step
 
-        wait(stub, name, lambda r: r.restarts >= 1, "the restart after the node's death", 90)
-        result["restart_detected_s"] = round(time.monotonic() - killed_at, 1)
+        if auto:
+            wait(stub, name, lambda r: r.restarts >= 1, "the restart after the node's death", 90)
+            result["restart_detected_s"] = round(time.monotonic() - killed_at, 1)
+        else:
+            lost = wait(stub, name, lambda r: r.state == pb.Run.INTERRUPTED, "INTERRUPTED", 90)
+            result["interrupted_s"] = round(time.monotonic() - killed_at, 1)
+            result["interrupted_message"] = lost.state_message
+            time.sleep(3)
+            later = stub.GetRun(pb.GetRunRequest(name=name))
+            result["state_3s_later"] = pb.Run.State.Name(later.state)
+            resumed = stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60)
+            result["resume_run_state"] = pb.Run.State.Name(resumed.state)
         back = wait(stub, name, lambda r: r.state == pb.Run.RUNNING, "RUNNING again", 150)
         again = wait(stub, name, lambda r: r.step >= back.step + 10, "training on", 120)
         result["resumed_running_s"] = round(time.monotonic() - killed_at, 1)
@@ -188,10 +193,11 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
 
         stopped = stub.StopRun(pb.StopRunRequest(name=name), timeout=60)
         result["stopped_state"] = pb.Run.State.Name(stopped.state)
-        big = stub.GetRun(pb.GetRunRequest(name="runs/too-big"))
-        result["too_big_state_later"] = pb.Run.State.Name(big.state)
-        big = stub.StopRun(pb.StopRunRequest(name="runs/too-big"), timeout=60)
-        result["too_big_stopped"] = pb.Run.State.Name(big.state)
+        if auto:
+            big = stub.GetRun(pb.GetRunRequest(name="runs/too-big"))
+            result["too_big_state_later"] = pb.Run.State.Name(big.state)
+            big = stub.StopRun(pb.StopRunRequest(name="runs/too-big"), timeout=60)
+            result["too_big_stopped"] = pb.Run.State.Name(big.state)
         channel.close()
         service.send_signal(signal.SIGTERM)
         result["service_exit"] = service.wait(60)
@@ -201,6 +207,19 @@ def scenario(work: Path, ray_tmp: Path, result: dict[str, Any]) -> None:
             service.wait(30)
         log.close()
         result["total_s"] = round(time.monotonic() - t0, 1)
+
+
+def control(stub: pb_grpc.TrainServiceStub, name: str, result: dict[str, Any]) -> None:
+    """A frame, then pause, checkpoint and resume: the same calls as with a local worker."""
+    frames = stub.StreamFrames(pb.StreamFramesRequest(name=name), timeout=30)
+    result["frame_step"] = next(iter(frames)).step
+    frames.cancel()
+    paused = stub.PauseRun(pb.PauseRunRequest(name=name), timeout=60)
+    result["paused_state"] = pb.Run.State.Name(paused.state)
+    ckpt = stub.SaveCheckpoint(pb.SaveCheckpointRequest(name=name), timeout=60)
+    result["checkpoint_while_paused"] = ckpt.name
+    resumed = stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60)
+    result["resumed_state"] = pb.Run.State.Name(resumed.state)
 
 
 def end_namespace() -> None:
@@ -223,7 +242,7 @@ def main() -> None:
     # Ray's sockets live under its temp dir: keep the path short (108-byte socket paths).
     ray_tmp = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
     try:
-        scenario(work, ray_tmp, result)
+        scenario(work, ray_tmp, sys.argv[3:4] != ["manual"], result)
         result["ok"] = True
     except Exception:
         result["ok"] = False

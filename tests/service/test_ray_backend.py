@@ -105,9 +105,8 @@ def _netns_available() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("ip") is not None
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
-def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
-    """Placed by its resources on node_a; node_a's raylet killed; continues on node_b."""
+def _drive(tmp_path: Path, *mode: str) -> dict[str, Any]:
+    """Run `ray_cluster_driver.py` in a fresh network namespace; its JSON result."""
     ns = f"trainsvc-ray-{os.getpid()}"
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
         pytest.skip("`ip netns add` is not permitted here")
@@ -115,7 +114,7 @@ def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         out = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, str(HERE / "ray_cluster_driver.py"),
-             str(tmp_path), json.dumps(TINY)],
+             str(tmp_path), json.dumps(TINY), *mode],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
     finally:
@@ -127,6 +126,43 @@ def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
     assert lines, out.stderr[-3000:]
     r: dict[str, Any] = json.loads(lines[-1])
     assert r["ok"], "\n".join(f"{k}: {v}" for k, v in r.items())
+    return r
+
+
+def _continued_on_another_node(r: dict[str, Any]) -> int:
+    """Placed on node_a, then on node_b from the newest checkpoint, steps continuous;
+    returns the step it restarted from."""
+    first, second = r["nodes"]
+    assert first == r["first_node"] and second != first
+    messages: list[str] = r["messages"]
+    assert any(m.startswith(f"interrupted: its Ray node {first[:12]} died") for m in messages), (
+        messages
+    )
+    started = [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("worker started at")]
+    restored = started[-1]
+    lost_at = next(i for i, m in enumerate(messages) if m.startswith("interrupted: "))
+
+    def saved(part: list[str]) -> list[int]:
+        return [int(m.split("step ", 1)[1].split(" ", 1)[0]) for m in part
+                if m.startswith("checkpoint saved")]  # fmt: skip
+
+    before, after = saved(messages[:lost_at]), saved(messages[lost_at:])
+    # The newest checkpoint: at least the newest the dead worker reported (ResumeRun also
+    # indexes one it wrote but could not report before its node died).
+    assert restored >= max(before) >= r["newest_checkpoint_before_kill"] > 0
+    assert f"restored step {restored} from" in " ".join(messages)
+    assert r["step_after"] > restored
+    assert before == sorted(before) and after == sorted(after), messages
+    assert all(step > restored for step in after), (restored, after)  # none went back
+    assert r["stopped_state"] == "STOPPED" and r["service_exit"] == 0
+    return restored
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
+    """--auto-resume: placed by its resources on node_a; node_a's raylet killed; the run
+    goes INTERRUPTED and continues on node_b at once."""
+    r = _drive(tmp_path)
 
     # No node has 64 CPUs: the run waits, PENDING, saying why; StopRun ends it.
     assert r["too_big_state"] == "PENDING" and r["too_big_state_later"] == "PENDING"
@@ -140,24 +176,19 @@ def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
     assert r["checkpoint_while_paused"].startswith("runs/on-ray/checkpoints/")
 
     # Placed on node_a (the only node with a CPU), then on node_b after node_a died.
-    first, second = r["nodes"]
-    assert first == r["first_node"] and second != first
-    messages: list[str] = r["messages"]
-    assert any(m.startswith(f"interrupted: its Ray node {first[:12]} died") for m in messages), (
-        messages
-    )
+    _continued_on_another_node(r)
     assert r["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], r["states"]
     assert r["restarts"] == 1
 
-    # Continuous steps: the new worker starts at the newest checkpoint, which is at or past
-    # the newest one before the kill, and trains on from it.
-    started = [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("worker started at")]
-    restored = started[-1]
-    saved = [int(m.split("step ", 1)[1].split(" ", 1)[0]) for m in messages
-             if m.startswith("checkpoint saved")]  # fmt: skip
-    assert restored >= r["newest_checkpoint_before_kill"] > 0
-    assert restored == max(s for s in saved if s <= restored)
-    assert f"restored step {restored} from" in " ".join(messages)
-    assert r["step_after"] > restored
-    assert saved == sorted(saved), saved  # no worker ever went back
-    assert r["service_exit"] == 0
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_run_waits_interrupted_without_auto_resume(tmp_path: Path) -> None:
+    """Without --auto-resume the run of a dead node stays INTERRUPTED until ResumeRun,
+    which places it on the node that is left."""
+    r = _drive(tmp_path, "manual")
+    assert r["interrupted_message"].startswith("interrupted: its Ray node ")
+    assert "ResumeRun continues from the newest checkpoint" in r["interrupted_message"]
+    assert r["state_3s_later"] == "INTERRUPTED"
+    _continued_on_another_node(r)
+    assert r["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], r["states"]
+    assert r["restarts"] == 0  # not a crash of the worker
