@@ -20,6 +20,13 @@ The targets are checked on paired ratios: the median over repetitions of our
 rate over the baseline's in the same repetition. Our loads check every CRC. Also measured: how long ``CheckpointManager.save(blocking=False)``
 blocks the caller, as a fraction of a blocking save, and CRC32C throughput.
 
+Remote rows: the same state saved to and loaded from a local S3 server
+(``moto_server`` on 127.0.0.1, in its own process) with ``s3://`` URLs, against
+boto3's plain ``upload_file`` / ``download_file`` of the same bytes in the same
+repetitions (``CKPT_BENCH_REMOTE_REPS``, default 3; ``CKPT_BENCH_REMOTE=0``
+skips them; they need s3fs, boto3 and moto[server], in the workspace's dev
+dependencies).
+
 Run: ``uv run --no-sync python bench/checkpoint.py`` (``CKPT_BENCH_REPS`` sets
 the repetitions, default 5; ``CKPT_BENCH_DIR`` the scratch directory).
 """
@@ -349,6 +356,153 @@ def crc_throughput() -> list[tuple[str, float, str]]:
     return rows
 
 
+REMOTE_REPS = int(os.environ.get("CKPT_BENCH_REMOTE_REPS", "3"))
+REMOTE_BUCKET = "ckpt-bench"
+
+
+@dataclass
+class RemoteResult:
+    """Seconds per repetition of each remote operation, in the same repetitions."""
+
+    ours_save: list[float] = field(default_factory=list)
+    ours_load: list[float] = field(default_factory=list)
+    boto_up: list[float] = field(default_factory=list)
+    boto_down: list[float] = field(default_factory=list)
+    object_bytes: int = 0
+
+
+@contextlib.contextmanager
+def local_s3() -> Iterator[tuple[str, dict[str, Any]]]:
+    """moto's S3 server in its own process on 127.0.0.1 (not a thread of this one, so
+    that the server does not share the client's GIL); yields its endpoint and options."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        yield (
+            endpoint,
+            {
+                "key": "bench",
+                "secret": "bench",
+                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            },
+        )
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def remote_bench(state: dict[str, Any], scratch: Path) -> RemoteResult | None:
+    """Save and load the state to a local S3 server, against boto3's ``upload_file`` and
+    ``download_file`` of the same bytes (the checkpoint file, from the page cache, to a
+    file in the page cache), in the same repetitions, alternating which goes first."""
+    try:
+        import boto3
+        import s3fs  # noqa: F401  (the remote path needs it)
+    except ImportError as exc:
+        print(f"remote rows skipped: {exc} (uv sync --all-packages)", file=sys.stderr)
+        return None
+    if not Path(sys.executable).with_name("moto_server").exists():
+        print("remote rows skipped: no moto_server (moto[server])", file=sys.stderr)
+        return None
+    result = RemoteResult()
+    local = scratch / "remote.safetensors"
+    ckpt.save(local, state)
+    result.object_bytes = local.stat().st_size
+    with local_s3() as (endpoint, options):
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=REMOTE_BUCKET)
+        url = f"s3://{REMOTE_BUCKET}/ours/step_1.safetensors"
+
+        def ours() -> None:
+            with timer(result.ours_save):
+                ckpt.save(url, state, storage_options=options)
+            with timer(result.ours_load):
+                ckpt.load(url, storage_options=options)
+
+        def baseline() -> None:
+            with timer(result.boto_up):
+                client.upload_file(str(local), REMOTE_BUCKET, "boto/step_1.safetensors")
+            back = scratch / "downloaded.safetensors"
+            with timer(result.boto_down):
+                client.download_file(REMOTE_BUCKET, "boto/step_1.safetensors", str(back))
+            remove(back)
+
+        ours()  # warm-up: connections, the server's first allocations
+        baseline()
+        for rs in (result.ours_save, result.ours_load, result.boto_up, result.boto_down):
+            rs.clear()
+        for rep in range(REMOTE_REPS):
+            for run in (ours, baseline) if rep % 2 == 0 else (baseline, ours):
+                run()
+            print(f"  remote repetition {rep + 1}/{REMOTE_REPS} done", file=sys.stderr, flush=True)
+    remove(local)
+    return result
+
+
+def print_remote(result: RemoteResult | None) -> None:
+    if result is None:
+        return
+
+    def rate(samples: list[float]) -> float:
+        return result.object_bytes / statistics.median(samples) / MB
+
+    up, down = rate(result.boto_up), rate(result.boto_down)
+    print(
+        f"\nRemote storage: a local S3 server (moto_server on 127.0.0.1), "
+        f"{result.object_bytes / MB:.0f} MB object, {REMOTE_REPS} repetitions, medians (MB/s)"
+    )
+    header = f"| {'method':<40} | {'save':>6} | {'vs boto3':>8} | {'load':>6} | {'vs boto3':>8} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    rows = [
+        (
+            "trainsvc-checkpoint s3:// (CRCs checked)",
+            rate(result.ours_save),
+            rate(result.ours_load),
+        ),
+        ("boto3 upload_file / download_file", up, down),
+    ]
+    for name, save_rate, load_rate in rows:
+        print(
+            f"| {name:<40} | {save_rate:6.0f} | {fmt_ratio(save_rate / up):>8} "
+            f"| {load_rate:6.0f} | {fmt_ratio(load_rate / down):>8} |"
+        )
+    print(
+        "  paired: save vs upload_file "
+        f"{paired_ratio(result.ours_save, result.boto_up):.2f}x, load vs download_file "
+        f"{paired_ratio(result.ours_load, result.boto_down):.2f}x"
+    )
+    print(
+        "  (ours: from the arrays to a published object, parallel 8 MiB parts, 8 at a time;"
+        " back into fresh arrays by parallel 16 MiB ranged GETs, 8 at a time, every CRC checked;"
+        " boto3: a file already in the page cache, 8 MiB parts, 10 threads, to a file)"
+    )
+
+
 def fmt_ratio(x: float | None) -> str:
     return "" if x is None or x != x else f"{x:.2f}x"
 
@@ -371,6 +525,9 @@ def main() -> int:
         ro_blocked, ro_blocking, _ = async_fraction(frozen, scratch)
         del frozen
         orbax_async = orbax_async_fraction(state, scratch)
+        remote = (
+            remote_bench(state, scratch) if os.environ.get("CKPT_BENCH_REMOTE") != "0" else None
+        )
     floor = copy_floor(state)
     crc_rows = crc_throughput()
 
@@ -422,6 +579,8 @@ def main() -> int:
     print("\nCRC32C on a 400 MB NumPy buffer:")
     for name, gbs, note in crc_rows:
         print(f"  {name:<32} {gbs:6.1f} GB/s  ({note})")
+
+    print_remote(remote)
 
     ours = by_name["trainsvc-checkpoint"]
     print(

@@ -7,6 +7,7 @@ that name the setting, and kill -9 of a saving process mid-upload.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import random
 import signal
@@ -141,9 +142,15 @@ def test_multipart_upload_parallel_parts_and_ranged_reads(
     start, end = ranges[1]
     assert start is not None and end is not None and end - start == b.nbytes
     ranges.clear()
+    from trainsvc_checkpoint import _remote
+
+    # 5 MiB ranges: params/w is cut across three, read in parallel, CRCs combined.
+    monkeypatch.setattr(_remote, "READ_CHUNK", 5 * 1024 * 1024)
     restored = manager.restore_checkpoint()
     np.testing.assert_array_equal(restored.tree["params"]["w"], big_state(7)["params"]["w"])
-    assert len(ranges) > 2  # header + the data in parallel ranged requests
+    data = sorted(r for r in ranges[1:] if r[0] is not None and r[1] is not None)
+    assert ranges[0] == (0, 64 * 1024) and len(data) == 3  # the header, then 3 data ranges
+    assert all(b[1] == a[0] for b, a in itertools.pairwise(data))  # contiguous
 
 
 def test_every_crc_checked_on_load(s3: S3, prefix: str) -> None:

@@ -17,8 +17,8 @@ Either way a reader trusts a checkpoint only when its final name exists and
 its header CRC and every tensor CRC verify. Reads are ranged: the header
 comes with one request of its first 64 KiB (plus one more when it is
 longer), a single tensor with one more, and a full load or verify reads the
-data section in parallel ranged requests straight into the arrays, each
-chunk's CRC taken as it arrives.
+data section in parallel ranged requests, copying each response into the
+arrays and taking each chunk's CRC as it arrives.
 
 fsspec (and s3fs for ``s3://``) are imported on first use: install
 ``trainsvc-checkpoint[s3]``.
@@ -67,7 +67,7 @@ from ._tree import _NO_TARGET, flatten
 
 PART_SIZE = 8 * 1024 * 1024
 """Default bytes per part of a multipart upload (S3 allows 5 MiB to 5 GiB)."""
-READ_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 16 * 1024 * 1024
 """Bytes per ranged request when reading a data section."""
 CONCURRENCY = 8
 """Default parallel requests of one upload or read."""
@@ -263,8 +263,8 @@ def _join(views: list[memoryview]) -> bytes:
 
 def _body(views: list[memoryview]) -> io.BytesIO:
     """A request body of consecutive views. A file object rather than bytes: botocore
-    then streams it with a trailing checksum instead of hashing it first (measured
-    1.3x faster to a local S3 server, as fast as boto3's ``upload_file``)."""
+    then streams it with a trailing checksum instead of hashing it first (1.3x faster
+    for a 100 MB state to a local S3 server in a side test)."""
     return io.BytesIO(_join(views))
 
 
