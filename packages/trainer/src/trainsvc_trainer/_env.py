@@ -260,12 +260,14 @@ def step_batch(
 
 
 def step_batch_seen(
-    states: EnvState, actions: Array, key: Array, cfg: EnvConfig
+    states: EnvState, actions: Array, key: Array, cfg: EnvConfig, done_any: Array | None = None
 ) -> tuple[EnvState, Array, EnvState]:
     """:func:`step_batch`, also returning the stepped states before any episode reset.
 
     The third value is what the step showed: an episode's last state rather than the
-    fresh, empty one that replaces it (what live frames should draw).
+    fresh, empty one that replaces it (what live frames should draw). ``done_any``:
+    whether the episodes end at this step, when the caller knows it (the batch's
+    environments share the episode clock); computed from the states otherwise.
     """
     nxt, reward = jax.vmap(lambda s, a: step(s, a, cfg))(states, actions)
 
@@ -274,7 +276,8 @@ def step_batch_seen(
         out: EnvState = jax.vmap(lambda s1, k: reset_done(s1, k, cfg))(s, keys)
         return out
 
-    done_any = jnp.any(nxt.t >= cfg.episode_length)
+    if done_any is None:
+        done_any = jnp.any(nxt.t >= cfg.episode_length)
     return jax.lax.cond(done_any, with_resets, lambda s: s, nxt), reward, nxt
 
 

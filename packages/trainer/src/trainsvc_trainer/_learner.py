@@ -47,9 +47,18 @@ class LearnerSpec(NamedTuple):
     entropy_coef: float
     value_coef: float
     max_grad_norm: float
+    data_parallel: bool = False
+    """The rollout avoids cross-process collectives per environment step (see :func:`_rollout`)."""
 
     @classmethod
-    def of(cls, env: EnvConfig, policy: PolicyConfig, train: TrainConfig) -> LearnerSpec:
+    def of(
+        cls,
+        env: EnvConfig,
+        policy: PolicyConfig,
+        train: TrainConfig,
+        *,
+        data_parallel: bool = False,
+    ) -> LearnerSpec:
         """The spec of a config."""
         return cls(
             env,
@@ -60,6 +69,7 @@ class LearnerSpec(NamedTuple):
             train.entropy_coef,
             train.value_coef,
             train.max_grad_norm,
+            data_parallel,
         )
 
 
@@ -262,7 +272,15 @@ def _rollout(
     random_policy: bool = False,
 ) -> tuple[_env.EnvState, dict[str, Array], tuple[Array, Array]]:
     """Runs ``length`` steps; returns the final states, the trajectory and what environment 0
-    last showed: its positions and field after the last step, before any episode reset."""
+    last showed: its positions and field after the last step, before any episode reset.
+
+    With ``spec.data_parallel`` (the environments sharded across processes) a step
+    needs no collective: the episode clock, shared by every environment, is carried
+    as one number instead of reduced over the batch, and every environment's last
+    view is carried (sharded) and environment 0's taken once after the scan. Taking
+    environment 0's at every step, or reducing the clocks, cost three collectives
+    per environment step.
+    """
     cfg = spec.env
     # all the rollout's random numbers in two calls: on CPU, jax.random's threefry runs
     # as a loop whose cost per call dwarfs a step's few thousand uniforms
@@ -271,23 +289,36 @@ def _rollout(
     uniforms = jax.random.uniform(k_act, (length, n_envs, n_agents), jnp.float32)
     env_keys = jax.random.split(k_env, length)
 
+    dp = spec.data_parallel
+
     def body(
-        carry: tuple[_env.EnvState, Array, Array], xs: tuple[Array, Array]
-    ) -> tuple[tuple[_env.EnvState, Array, Array], dict[str, Array]]:
-        state = carry[0]
+        carry: tuple[_env.EnvState, Array, Array, Array], xs: tuple[Array, Array]
+    ) -> tuple[tuple[_env.EnvState, Array, Array, Array], dict[str, Array]]:
+        state, clock = carry[0], carry[3]
         u, k_step = xs
         obs = _observe_batch(state, cfg)
         moves, tools, _ = _policy(params, agent_params, obs, spec)
         if random_policy:
             moves, tools = jnp.zeros_like(moves), jnp.zeros_like(tools)
         actions = actions_from_heads(u, moves, tools)
-        nxt, reward, seen = _env.step_batch_seen(state, actions, k_step, cfg)
+        if dp:
+            ends = clock + 1 >= cfg.episode_length
+            nxt, reward, seen = _env.step_batch_seen(state, actions, k_step, cfg, ends)
+            carry = (nxt, seen.positions, seen.field, jnp.where(ends, 0, clock + 1))
+        else:
+            nxt, reward, seen = _env.step_batch_seen(state, actions, k_step, cfg)
+            carry = (nxt, seen.positions[0], seen.field[0], clock)
         done = nxt.t == 0
         out = {"obs": obs, "actions": actions, "rewards": reward, "dones": done}
-        return (nxt, seen.positions[0], seen.field[0]), out
+        return carry, out
 
-    start = (env_state, env_state.positions[0], env_state.field[0])
-    (final, seen_pos, seen_field), traj = jax.lax.scan(body, start, (uniforms, env_keys))
+    if dp:
+        start = (env_state, env_state.positions, env_state.field, env_state.t[0])
+    else:
+        start = (env_state, env_state.positions[0], env_state.field[0], jnp.int32(0))
+    (final, seen_pos, seen_field, _), traj = jax.lax.scan(body, start, (uniforms, env_keys))
+    if dp:
+        seen_pos, seen_field = seen_pos[0], seen_field[0]
     return final, traj, (seen_pos, seen_field)
 
 

@@ -60,9 +60,11 @@ class Trainer:
         self.config = config
         self.cache_dir = enable_compilation_cache(config.train.compile_cache_dir)
         self.logger: MetricsLogger = logger or NullLogger()
-        self._spec = _learner.LearnerSpec.of(config.env, config.policy, config.train)
         if data_parallel is None:
             data_parallel = jax.process_count() > 1
+        self._spec = _learner.LearnerSpec.of(
+            config.env, config.policy, config.train, data_parallel=data_parallel
+        )
         self.data_parallel = DataParallel(config.env.n_envs) if data_parallel else None
         dp = self.data_parallel
         shardings = dp.state_shardings() if dp else None
