@@ -3,7 +3,7 @@
 Run by `test_ray_backend.py` inside a network namespace that has only ``lo``
 (Ray binds the machine's own address): ``ip netns exec NS python
 ray_cluster_driver.py WORK_DIR CONFIG_JSON [manual]`` (the run's emergence config;
-``manual``: the service without ``--auto-resume``). It prints one JSON object (the last line of
+``manual``: the service without ``--auto-resume``, then a crash loop on a Ray node). It prints one JSON object (the last line of
 its output) that the test asserts on; it stops Ray and the service whatever
 happens.
 
@@ -128,10 +128,7 @@ def scenario(work: Path, ray_tmp: Path, auto: bool, result: dict[str, Any]) -> N
     svc_port = free_port()
     log = (work / "service.log").open("wb")
     service = subprocess.Popen(
-        [sys.executable, "-c", "from trainsvc import main; main()", "serve",
-         "--listen", f"127.0.0.1:{svc_port}", "--data-dir", str(work / "data"),
-         "--metrics-listen", "", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}",
-         *(["--auto-resume"] if auto else [])],
+        serve_cmd(work, svc_port, port, *(["--auto-resume"] if auto else [])),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     result["service_pid"] = service.pid
@@ -201,12 +198,48 @@ def scenario(work: Path, ray_tmp: Path, auto: bool, result: dict[str, Any]) -> N
         channel.close()
         service.send_signal(signal.SIGTERM)
         result["service_exit"] = service.wait(60)
+        if not auto:
+            crash_loop(work, port, result)
     finally:
         if service.poll() is None:
             os.killpg(service.pid, signal.SIGKILL)
             service.wait(30)
         log.close()
         result["total_s"] = round(time.monotonic() - t0, 1)
+
+
+def serve_cmd(work: Path, svc_port: int, ray_port: int, *extra: str) -> list[str]:
+    """``trainsvc serve --backend ray`` on ``svc_port`` with the cluster at ``ray_port``."""
+    return [sys.executable, "-c", "from trainsvc import main; main()", "serve",
+            "--listen", f"127.0.0.1:{svc_port}", "--data-dir", str(work / "data"),
+            "--metrics-listen", "", "--backend", "ray", "--ray-address",
+            f"127.0.0.1:{ray_port}", *extra]  # fmt: skip
+
+
+def crash_loop(work: Path, ray_port: int, result: dict[str, Any]) -> None:
+    """A service whose workers crash at step 5 (the worker's fault-injection hook) on a
+    healthy Ray node: the run must end FAILED as a crash loop, as with local workers."""
+    svc_port = free_port()
+    env = {**os.environ, "TRAINSVC_FAULT_CRASH_AT_STEP": "5"}
+    with (work / "service-crash.log").open("wb") as log:
+        service = subprocess.Popen(
+            serve_cmd(work, svc_port, ray_port), env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{svc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=90)
+            stub = pb_grpc.TrainServiceStub(channel)
+            name = create(stub, "crashy", cpus=1).name
+            failed = wait(stub, name, lambda r: r.state == pb.Run.FAILED, "FAILED", 180)
+            result["crash_state_message"] = failed.state_message
+            result["crash_nodes"] = nodes_of(stub, name)
+        service.send_signal(signal.SIGTERM)
+        result["crash_service_exit"] = service.wait(60)
+    finally:
+        if service.poll() is None:
+            os.killpg(service.pid, signal.SIGKILL)
+            service.wait(30)
 
 
 def control(stub: pb_grpc.TrainServiceStub, name: str, result: dict[str, Any]) -> None:

@@ -184,7 +184,7 @@ def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
 @pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
 def test_run_waits_interrupted_without_auto_resume(tmp_path: Path) -> None:
     """Without --auto-resume the run of a dead node stays INTERRUPTED until ResumeRun,
-    which places it on the node that is left."""
+    which places it on the node that is left; a crash loop on a Ray node still FAILS."""
     r = _drive(tmp_path, "manual")
     assert r["interrupted_message"].startswith("interrupted: its Ray node ")
     assert "ResumeRun continues from the newest checkpoint" in r["interrupted_message"]
@@ -192,3 +192,10 @@ def test_run_waits_interrupted_without_auto_resume(tmp_path: Path) -> None:
     _continued_on_another_node(r)
     assert r["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], r["states"]
     assert r["restarts"] == 0  # not a crash of the worker
+
+    # A worker that keeps crashing on a healthy node (the fault hook at step 5, before any
+    # checkpoint): a crash loop, FAILED, exactly as with local workers.
+    message = r["crash_state_message"]
+    assert message.startswith("crash loop: the worker crashed 3 times without step progress")
+    assert "(fault injection hook)" in message, message
+    assert len(r["crash_nodes"]) == 3 and r["crash_service_exit"] == 0

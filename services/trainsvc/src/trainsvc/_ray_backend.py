@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import os
 import pickle
 import secrets
 import signal
@@ -47,7 +48,7 @@ import ray
 
 from trainsvc import _protocol as proto
 from trainsvc._backends import Launch, ResourceRequest, WorkerHandle
-from trainsvc._worker import WorkerJob
+from trainsvc._worker import FAULT_ENV, WorkerJob
 
 ACTOR_JOIN_S = 10.0
 """After a worker's connection ended, how long Ray is given to report its actor's end;
@@ -216,11 +217,19 @@ class _RayHandle:
 class _WorkerActor:
     """Runs one worker process on its node and returns its exit status."""
 
-    def run(self, job: WorkerJob, address: tuple[str, int], token: str, key: bytes) -> int:
+    def run(
+        self,
+        job: WorkerJob,
+        address: tuple[str, int],
+        token: str,
+        key: bytes,
+        env: dict[str, str],
+    ) -> int:
         node = ray.get_runtime_context().get_node_id()
         child = subprocess.Popen(
             [sys.executable, "-c", "from trainsvc._ray_backend import child_main; child_main()"],
             stdin=subprocess.PIPE,
+            env={**os.environ, **env},
             preexec_fn=_die_with_parent,
         )
         assert child.stdin is not None
@@ -287,6 +296,9 @@ class RayBackend:
         """An actor with the run's resources whose worker connects back to this service."""
         job = dataclasses.replace(job, cpus=None)  # --worker-cpus pins this machine's CPUs
         token, key = secrets.token_hex(16), secrets.token_bytes(32)
+        # The worker's fault-injection test hook follows the service's environment, as
+        # a local worker's does (the node's own environment is the raylet's).
+        env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
         conn = _PendingConnection()
         handle = _RayHandle()
         conn.handle = handle
@@ -310,7 +322,7 @@ class RayBackend:
 
         def start() -> None:
             handle.actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
-            handle.ref = handle.actor.run.remote(job, self.address, token, key)
+            handle.ref = handle.actor.run.remote(job, self.address, token, key, env)
 
         note = unplaceable_reason(resources, ray.nodes())  # type: ignore[no-untyped-call]
         return Launch(conn, handle, start, note)
