@@ -2,7 +2,8 @@
 
 It builds the run's trainer through its kind adapter and trains in chunks,
 checking between steps for commands from the service (the pause point). It
-talks to the service over a multiprocessing pipe in the typed messages of
+talks to the service over a multiprocessing connection (a pipe; a TCP socket for
+a worker on a Ray node, ``trainsvc._ray_backend``) in the typed messages of
 `trainsvc._protocol`: it receives `Command` and sends `Ready`, `Progress`,
 `FrameReady`, `CheckpointSaved`, `CheckpointsDeleted`, `CheckpointSkipped`,
 `Reply`, `Completed`, `Log` and `Fatal`.
@@ -10,6 +11,7 @@ talks to the service over a multiprocessing pipe in the typed messages of
 Test hook (fault injection): when the environment variable
 ``TRAINSVC_FAULT_CRASH_AT_STEP`` is set to k, the worker calls ``os._exit(86)``
 as soon as its run reaches step k; the service sees a real crashed process.
+The Ray backend passes the service's value on to its workers' processes.
 """
 
 from __future__ import annotations
