@@ -230,3 +230,13 @@ def test_parts_cut_consecutive_pieces_exactly() -> None:
     joined = b"".join(b"".join(p) for p in parts)
     assert joined == b"".join(bytes(p) for p in [*pieces, pieces[0]])
     assert _parts([memoryview(b"")], 40) == []
+
+
+def test_async_remote_save_holds_the_values_at_the_call(root: str) -> None:
+    tree = state(1)
+    with ckpt.RemoteCheckpointManager(root, keep_last=3) as manager:
+        manager.save(1, tree)  # returns once the arrays are copied
+        tree["params"]["w"][:] = -1  # the caller changes its arrays right away
+        manager.wait()
+        restored = manager.restore_checkpoint(1)
+    np.testing.assert_array_equal(restored.tree["params"]["w"], state(1)["params"]["w"])
