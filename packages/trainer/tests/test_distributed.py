@@ -3,8 +3,10 @@
 - 2 processes with ``env.n_envs = 4`` (2 each) train like 1 process with 4
   environments: parameters and optimizer state allclose (tolerance below), the
   environments identical;
+- a single process restores the data-parallel checkpoint;
 - kill -9 one process mid-run: the other fails fast with a clear error (no hang);
-  relaunching both resumes from the newest checkpoint, steps continuous.
+  relaunching both resumes from the newest checkpoint, steps continuous; SIGTERM to
+  one process stops both after the same step, with one emergency checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from trainsvc_checkpoint import CheckpointManager, load
-from trainsvc_trainer import ConfigError
+from trainsvc_trainer import Config, ConfigError, Trainer
 from trainsvc_trainer._cli import build_parser, main, resolve_distributed
 from trainsvc_trainer._distributed import DistributedConfig
 
@@ -41,10 +43,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _command(toml: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trainsvc_trainer._cli", "--config", str(toml), *extra]
-
-
 def _start(command: list[str], log: Path) -> subprocess.Popen[str]:
     """Starts ``command`` with its stdout and stderr going to ``log``."""
     with log.open("w") as out:
@@ -59,7 +57,8 @@ def _spawn(
     for i in range(2):
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
         flags += ["--process-id", str(i), "--distributed-timeout", "20", *extra]
-        procs.append(_start(_command(toml, *flags), logs / f"{tag}-{i}.log"))
+        command = [sys.executable, "-m", "trainsvc_trainer._cli", "--config", str(toml)]
+        procs.append(_start([*command, *flags], logs / f"{tag}-{i}.log"))
     return procs
 
 
@@ -74,6 +73,15 @@ def _wait(procs: Sequence[subprocess.Popen[str]], timeout: float = TIMEOUT) -> l
                 q.kill()
             raise AssertionError(f"a process hung past {timeout} s") from None
     return codes
+
+
+def _wait_for(path: Path, procs: Sequence[subprocess.Popen[str]]) -> None:
+    """Waits until ``path`` exists while every process runs."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        assert all(p.poll() is None for p in procs), f"a process ended before {path.name}"
+        assert time.monotonic() < deadline, f"no {path.name} after {TIMEOUT} s"
+        time.sleep(0.05)
 
 
 def _tree(path: Path) -> dict[str, np.ndarray]:
@@ -95,30 +103,24 @@ def _tree(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(
-    make_toml: Callable[..., str], tmp_path: Path
+    make_toml: Callable[..., str], make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     steps = 6
-    runs = {}
-    procs = []
-    for name in ("single", "dp"):
-        toml = tmp_path / f"{name}.toml"
-        toml.write_text(
-            make_toml(
-                env={"n_envs": 4},
-                train={"total_steps": steps},
-                log={"checkpoint_dir": str(tmp_path / name)},
-            )
-        )
-        runs[name] = toml
-    logs = tmp_path
-    procs.append(_start(_command(runs["single"]), logs / "single.log"))
-    procs += _spawn(runs["dp"], _free_port(), [], logs, "dp")
+    sections = {"env": {"n_envs": 4}, "train": {"total_steps": steps}}
+    toml = tmp_path / "dp.toml"
+    toml.write_text(make_toml(**sections, log={"checkpoint_dir": str(tmp_path / "dp")}))
+    procs = _spawn(toml, _free_port(), [], tmp_path, "dp")
+    # meanwhile, the single-process run of the same global batch, in this process
+    one = Trainer(make_config(**sections, log={"checkpoint_dir": str(tmp_path / "single")}))
+    assert one.data_parallel is None
+    one.run()
+    one.close()
     codes = _wait(procs)
-    outputs = {p.name: p.read_text() for p in logs.glob("*.log")}
-    assert codes == [0, 0, 0], outputs
+    assert codes == [0, 0], [(tmp_path / f"dp-{i}.log").read_text() for i in range(2)]
 
     single = _tree(tmp_path / "single" / f"step_{steps}.safetensors")
-    dp = _tree(tmp_path / "dp" / f"step_{steps}.safetensors")
+    path = tmp_path / "dp" / f"step_{steps}.safetensors"
+    dp = _tree(path)
     assert single.keys() == dp.keys()
     for name, value in single.items():
         if name.startswith(("/env", "/prng_key", "/opt_state/1/0/count")):
@@ -131,12 +133,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     assert [json.loads(line)["step"] for line in lines] == list(range(1, steps + 1))
 
     # one process restores the data-parallel checkpoint and trains on
-    from trainsvc_trainer import Config, Trainer
-
-    path = tmp_path / "dp" / f"step_{steps}.safetensors"
     config = Config.from_dict(json.loads(load(path)["meta"])["config"])
     trainer = Trainer(config.replace({"log.checkpoint_dir": str(tmp_path / "one")}))
-    assert trainer.data_parallel is None
     assert trainer.restore(path) == path
     assert trainer.step_count == steps
     np.testing.assert_array_equal(trainer.state_dict()["env"]["field"], dp["/env/field"])
@@ -157,38 +155,46 @@ def test_kill_one_process_then_relaunch_resumes_from_the_newest_checkpoint(
             log={"checkpoint_dir": str(ck), "save_interval": 5, "keep_last": 100},
         )
     )
-    resume = ["--train.resume-from", "latest"]
+    resume = ["--train.resume-from", "latest", "--json"]
+    started = time.monotonic()
     procs = _spawn(toml, _free_port(), resume, tmp_path, "first")
-    deadline = time.monotonic() + TIMEOUT
-    while not (ck / "step_10.safetensors").exists():
-        assert all(p.poll() is None for p in procs), "a process ended before step 10"
-        assert time.monotonic() < deadline, "no checkpoint at step 10"
-        time.sleep(0.05)
+    _wait_for(ck / "step_10.safetensors", procs)
+    print(f"step 10 saved {time.monotonic() - started:.1f} s after the start")
     os.kill(procs[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     code = _wait(procs[:1], timeout=40)[0]
+    failed_after = time.monotonic() - killed_at
     _wait(procs[1:])
     survivor = (tmp_path / "first-0.log").read_text()
     assert code != 0, survivor
-    assert time.monotonic() - killed_at < 40
+    assert failed_after < 40
+    print(f"the survivor failed {failed_after:.1f} s after the kill")
     assert "another process probably died" in survivor or "another task died" in survivor, survivor
 
+    # relaunch both: they resume from the newest checkpoint; then SIGTERM to one of them
+    # stops both after the same step, with one emergency checkpoint
     newest = max(CheckpointManager(ck).steps())
     assert newest >= 10
-    total = newest + 5
-    procs = _spawn(
-        toml, _free_port(), [*resume, "--train.total-steps", str(total)], tmp_path, "again"
-    )
-    codes = _wait(procs)
+    procs = _spawn(toml, _free_port(), resume, tmp_path, "again")
+    _wait_for(ck / f"step_{newest + 5}.safetensors", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert _wait(procs, timeout=40) == [1, 1]
+    print(f"both stopped {time.monotonic() - signalled:.1f} s after SIGTERM")
     logs = [(tmp_path / f"again-{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
     for log in logs:
         assert f"at step {newest}" in log, log
-    assert (ck / f"step_{total}.safetensors").exists()
+    summaries = [
+        json.loads(next(line for line in log.splitlines() if line.startswith("{"))) for log in logs
+    ]
+    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]
+    stopped = summaries[0]["step"]
+    assert summaries[1]["step"] == stopped > newest + 5 - 1
+    emergency = ck / f"emergency_step_{stopped}.safetensors"
+    assert summaries[0]["emergency_checkpoint"] == str(emergency)
+    assert json.loads(load(emergency)["meta"])["step"] == stopped
     steps = [json.loads(line)["step"] for line in (ck / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-5:] == list(range(newest + 1, total + 1))
-    meta = json.loads(load(ck / f"step_{total}.safetensors")["meta"])
-    assert meta["step"] == total
+    assert steps[-(stopped - newest) :] == list(range(newest + 1, stopped + 1))
 
 
 @pytest.mark.parametrize(
@@ -225,35 +231,3 @@ def test_envs_must_split_evenly(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["field"] == "env.n_envs"
     assert "divisible by distributed.num_processes (2)" in out["error"]
     assert DistributedConfig("[::1]:80", 3, 2).port == 80
-
-
-def test_sigterm_to_one_process_stops_both_after_the_same_step(
-    make_toml: Callable[..., str], tmp_path: Path
-) -> None:
-    ck = tmp_path / "ck"
-    toml = tmp_path / "run.toml"
-    toml.write_text(
-        make_toml(
-            env={"n_envs": 4},
-            train={"total_steps": 1_000_000},
-            log={"checkpoint_dir": str(ck), "save_interval": 5},
-        )
-    )
-    procs = _spawn(toml, _free_port(), ["--json"], tmp_path, "sig")
-    deadline = time.monotonic() + TIMEOUT
-    while not (ck / "step_5.safetensors").exists():
-        assert all(p.poll() is None for p in procs), "a process ended before step 5"
-        assert time.monotonic() < deadline, "no checkpoint at step 5"
-        time.sleep(0.05)
-    procs[1].send_signal(signal.SIGTERM)
-    assert _wait(procs, timeout=40) == [1, 1]
-    summaries = []
-    for i in range(2):
-        text = (tmp_path / f"sig-{i}.log").read_text()
-        summaries.append(json.loads(next(li for li in text.splitlines() if li.startswith("{"))))
-    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]
-    step = summaries[0]["step"]
-    assert summaries[1]["step"] == step
-    emergency = ck / f"emergency_step_{step}.safetensors"
-    assert summaries[0]["emergency_checkpoint"] == str(emergency)
-    assert json.loads(load(emergency)["meta"])["step"] == step
