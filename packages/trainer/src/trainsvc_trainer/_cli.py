@@ -269,6 +269,8 @@ def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
         trainer.restore(source)
         console.message(f"Resumed from {source} at step {trainer.step_count}")
     elif config.train.resume_from is not None:
+        if distributed is not None:  # every process restores (or not) together
+            trainer.restore("latest")
         console.message(f"No checkpoint in {checkpoint_dir}; starting from step 0")
     loggers: list[Any] = [console, JsonlLogger(metrics_file)] if writer else [console]
     if config.log.wandb and writer:

@@ -332,22 +332,33 @@ class Trainer:
                 when it is corrupt; returns None (and changes nothing) when the
                 directory has none. Otherwise the path of a checkpoint file.
 
+        Data-parallel: every process calls it; they must all find a checkpoint (the
+        same step) or all find none, else DistributedError.
+
         Raises:
             ConfigError: the checkpoint's config differs in a trajectory field.
             trainsvc_checkpoint.CheckpointError: missing, corrupt or incompatible file.
         """
         template = self.state_dict()
+        tree: Mapping[str, Any] | None = None
         if str(source) == "latest":
             manager = self.checkpoint_manager
-            if not manager.checkpoints():
-                return None
-            restored = manager.restore_checkpoint(target=template)
-            tree, path = restored.tree, Path(restored.path)
+            if manager.checkpoints():
+                restored = manager.restore_checkpoint(target=template)
+                tree, path = restored.tree, Path(restored.path)
         else:
             from trainsvc_checkpoint import load
 
             path = Path(source)
             tree = load(path, target=template)
+        if self.data_parallel is not None:
+            self.data_parallel.check_same(
+                int(tree is not None),
+                "whether log.checkpoint_dir has a checkpoint (1) or not (0); every process "
+                "must read the same directory",
+            )
+        if tree is None:
+            return None
         self.load_state_dict(tree)
         return path
 
