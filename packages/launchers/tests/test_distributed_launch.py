@@ -146,3 +146,19 @@ def test_a_killed_process_relaunches_all_and_resumes(tmp_path: Path) -> None:
     assert json.loads(load(ck / "step_40.safetensors")["meta"])["step"] == 40
     steps = [json.loads(line)["step"] for line in (ck / "metrics.jsonl").read_text().splitlines()]
     assert steps[-(40 - resumed_at) :] == list(range(resumed_at + 1, 41))
+
+
+def test_trainsvc_launch_has_the_distributed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainsvc_launchers._cli import main as launch_main
+
+    argv = ["distributed", "--hosts", "gpu1,gpu2", "--dry-run", "--", "--steps", "5"]
+    assert launch_main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["process"] for r in records] == [0, 1]
+    assert records[0]["command"][:2] == ["ssh", "gpu1"]
+    assert records[0]["command"][-1].endswith(
+        "trainsvc-train --steps 5 --coordinator gpu1:8476 --num-processes 2 --process-id 0"
+    )
+    with pytest.raises(SystemExit):
+        launch_main(["distributed", "--help"])
+    assert "trainsvc-launch distributed" in capsys.readouterr().out

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Apple Silicon, or Kaggle. Exit codes: 0 ok, 1 error, 2 crash loop.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # Parsed by trainsvc_launchers.distributed itself (`trainsvc-launch distributed --help`).
+    sub.add_parser(
+        "distributed",
+        help="start a data-parallel trainsvc-train run, process i on host i (ssh), "
+        "relaunching all of them on a failure",
+        add_help=False,
+    )
 
     pre = sub.add_parser("preflight", help="check Python, accelerator, disk, RAM and the config")
     _common(pre)
@@ -346,6 +353,10 @@ def _datasets(args: argparse.Namespace, out: Reporter, creds: object) -> ExitCod
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``trainsvc-launch``; returns the exit code."""
     argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["distributed"]:
+        from trainsvc_launchers.distributed import main as distributed_main
+
+        return distributed_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv
     out = Reporter(json_mode=args.json)

@@ -1,6 +1,6 @@
 """Start a data-parallel ``trainsvc-train`` run on a fixed list of hosts.
 
-``python -m trainsvc_launchers.distributed --hosts h1,h2 [options] -- TRAIN ARGS``
+``trainsvc-launch distributed --hosts h1,h2 [options] -- TRAIN ARGS``
 starts process ``i`` of the run on host ``i`` (the same host may appear several
 times): locally when the host is this machine, else over ``ssh``. Process 0's host
 is the coordinator (``--coordinator h1:PORT``). Every process gets the same
@@ -192,9 +192,9 @@ def launch_run(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m trainsvc_launchers.distributed``."""
+    """The argument parser of ``trainsvc-launch distributed``."""
     parser = argparse.ArgumentParser(
-        prog="python -m trainsvc_launchers.distributed",
+        prog="trainsvc-launch distributed",
         description="Start a data-parallel trainsvc-train run: process i on host i "
         "(locally for this machine, else over ssh). Put the trainer's arguments after --.",
     )
