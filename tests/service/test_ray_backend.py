@@ -149,8 +149,10 @@ def _continued_on_another_node(r: dict[str, Any]) -> int:
     before, after = saved(messages[:lost_at]), saved(messages[lost_at:])
     # The newest checkpoint: at least the newest the dead worker reported (ResumeRun also
     # indexes one it wrote but could not report before its node died).
-    assert restored >= max(before) >= r["newest_checkpoint_before_kill"] > 0
-    assert f"restored step {restored} from" in " ".join(messages)
+    assert restored >= max(before) >= r["newest_checkpoint_before_kill"] > 0, [
+        m for m in messages if not m.startswith("checkpoint saved")
+    ]
+    assert f"restored step {restored} from" in " ".join(messages), messages
     assert r["step_after"] > restored
     assert before == sorted(before) and after == sorted(after), messages
     assert all(step > restored for step in after), (restored, after)  # none went back

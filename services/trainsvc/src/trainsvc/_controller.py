@@ -88,6 +88,10 @@ class RunHost(Protocol):
         """The run's worker is gone for good: forget this controller (unless replaced)."""
         ...
 
+    def reconcile_checkpoints(self, run_id: str, *, verify_all: bool) -> None:
+        """Index the checkpoint files of the run's directory a dead worker did not report."""
+        ...
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -384,6 +388,13 @@ class RunController:
                 time.sleep(DISK_RETRY_S)
 
     def _crashed(self, exitcode: int | None, lost: str = "", *, paused: bool = False) -> None:
+        if lost:
+            # A worker whose node died may have trained on for a moment, saving (and, by
+            # retention, deleting) checkpoints it could not report: index the directory.
+            try:
+                self.host.reconcile_checkpoints(self.run_id, verify_all=False)
+            except Exception:
+                log.exception("reconciling the checkpoint index failed", extra={"run": self.run_id})
         reason = lost or self.last_fatal or f"exit code {exitcode}"
         if exitcode == FAULT_EXIT_CODE:
             reason += " (fault injection hook)"

@@ -170,7 +170,8 @@ class _RayHandle:
 
     @property
     def pid(self) -> str:
-        return f"ray-actor:{self.actor._actor_id.hex()[:12]}" if self.actor is not None else "-"
+        actor_id = getattr(self.actor, "_actor_id", None)  # for logs only
+        return f"ray-actor:{actor_id.hex()[:12]}" if actor_id is not None else "ray-actor"
 
     @property
     def exitcode(self) -> int | None:
@@ -190,9 +191,11 @@ class _RayHandle:
         if ready:
             try:
                 self._exitcode = int(ray.get(self.ref))
-            except ray.exceptions.RayError as exc:  # the actor (or its node) died
+            except ray.exceptions.RayActorError as exc:  # the actor (or its node) died
                 if not self._killed:
                     self.lost_reason = _lost_reason(exc)
+            except ray.exceptions.RayError:  # the actor's call failed: a crash (no exit code)
+                pass
             self._done = True
         elif timeout is None:  # the connection ended but Ray still holds the actor
             if not self._killed:
