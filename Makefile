@@ -43,9 +43,10 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 browser: ## Install Debian's Chromium for the browser tests when missing (or say what to run)
 	@.ci/ensure-chromium
 
-# trainsvc-trajectories' tests start a throwaway PostgreSQL server from Debian's binaries
-# (they skip without them, so a box that cannot install them still runs the rest).
-postgresql: ## Install Debian's PostgreSQL server for the trajectory-store tests when missing
+# The trajectory-store and shared-registry tests start a throwaway PostgreSQL server from
+# Debian's binaries (they skip without them, so a box that cannot install them still runs
+# the rest).
+postgresql: ## Install Debian's PostgreSQL server for the trajectory-store and registry tests when missing
 	@.ci/ensure-postgresql || echo "make test: continuing without PostgreSQL; its tests will skip"
 
 pytest: ## Run the Python tests of every member and the cross-package tests
