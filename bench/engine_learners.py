@@ -18,15 +18,14 @@ import argparse
 import itertools
 import json
 import os
-import struct
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trainsvc_engine as te
+from pngwriter import write_png  # bench/pngwriter.py (this directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,23 +94,6 @@ def run(learner: str, seed: int, budget: int, points: int, pairs: int):
         return curve, m.evaluator()
 
 
-def _png(path: Path, rgb: np.ndarray) -> None:
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].astype(np.uint8).tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 def plot(
     path: Path, curves: list[tuple[str, list[tuple[float, float, int, float, float]]]]
 ) -> None:
@@ -143,7 +125,7 @@ def plot(
                 x = round(x0 + (x1 - x0) * i / n)
                 y = round(y0 + (y1 - y0) * i / n)
                 img[y - 1 : y + 2, x - 1 : x + 2] = COLOURS[learner]
-    _png(path, img)
+    write_png(path, img)
 
 
 def main() -> None:

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import struct
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pngwriter import write_png  # bench/pngwriter.py (this directory is on sys.path)
 from trainsvc_lm import GRPOConfig, GRPOTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,26 +129,6 @@ def learn(task: str, spec: dict[str, Any], limit_s: float, seed: int) -> dict[st
         }
 
 
-# ---------------------------------------------------------------- a tiny PNG writer
-
-
-def _png(path: Path, rgb: np.ndarray) -> None:
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].astype(np.uint8).tobytes() for y in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
 def plot(
     path: Path, curves: list[list[tuple[float, int, float]]], x_max: float, target: float
 ) -> None:
@@ -180,7 +159,7 @@ def plot(
                 x = round(x0 + (x1 - x0) * i / n)
                 y = round(y0 + (y1 - y0) * i / n)
                 img[y - 1 : y + 2, x - 1 : x + 2] = (30, 80, 200)
-    _png(path, img)
+    write_png(path, img)
 
 
 def main() -> None:
