@@ -388,13 +388,13 @@ class RunController:
                 time.sleep(DISK_RETRY_S)
 
     def _crashed(self, exitcode: int | None, lost: str = "", *, paused: bool = False) -> None:
-        if lost:
-            # A worker whose node died may have trained on for a moment, saving (and, by
-            # retention, deleting) checkpoints it could not report: index the directory.
-            try:
-                self.host.reconcile_checkpoints(self.run_id, verify_all=False)
-            except Exception:
-                log.exception("reconciling the checkpoint index failed", extra={"run": self.run_id})
+        # A worker that died (its process, or its node) may have saved — and, by retention,
+        # deleted — checkpoints it never reported: index the directory before restarting,
+        # or the restart could find only deleted files on record and begin at step 0.
+        try:
+            self.host.reconcile_checkpoints(self.run_id, verify_all=False)
+        except Exception:
+            log.exception("reconciling the checkpoint index failed", extra={"run": self.run_id})
         reason = lost or self.last_fatal or f"exit code {exitcode}"
         if exitcode == FAULT_EXIT_CODE:
             reason += " (fault injection hook)"
