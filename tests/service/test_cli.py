@@ -41,10 +41,17 @@ def test_cli_json(shared_service: Any, tmp_path: Path) -> None:
         "3",
         "--config",
         str(config),
+        *("--cpus", "1", "--memory", "512M", "--resource", "node_a=1"),
         "--json",
     )
     assert out.returncode == 0, out.stderr
     run = json.loads(out.stdout)
+    assert run["resources"] == {  # kept with the run (the Ray backend places by it)
+        "cpus": 1.0,
+        "gpus": 0.0,
+        "memory_bytes": str(512 * 2**20),
+        "custom": {"node_a": 1.0},
+    }
     assert run["name"].startswith("runs/") and run["kind"] == "EMERGENCE"
     assert run["step_budget"] == "1000000" and run["emergence"]["num_agents"] == 4
     assert run["emergence"]["overrides"] == {"policy.hidden": "8"}
@@ -71,6 +78,11 @@ def test_cli_errors_exit_1(shared_service: Any) -> None:
     assert bad.returncode == 1 and "run.step_budget" in bad.stderr
     kind = cli(shared_service, "runs", "create", "--kind", "chess", "--steps", "3")
     assert kind.returncode == 1 and "kind" in kind.stderr
+    create = ("runs", "create", "--kind", "emergence", "--steps", "3")
+    resource = cli(shared_service, *create, "--resource", "node_a")
+    assert resource.returncode == 1 and "--resource: expected NAME=AMOUNT" in resource.stderr
+    cpus = cli(shared_service, *create, "--cpus", "-1")
+    assert cpus.returncode == 1 and "run.resources.cpus" in cpus.stderr
 
 
 def test_serve_rejects_a_bad_worker_niceness(tmp_path: Path) -> None:

@@ -290,6 +290,19 @@ def runs_create(
             "optim.warmup_steps=10; repeatable; wins over --config.",
         ),
     ] = None,
+    cpus: Annotated[
+        float, typer.Option("--cpus", help="CPUs the worker needs (Ray backend placement).")
+    ] = 0.0,
+    gpus: Annotated[
+        float, typer.Option("--gpus", help="GPUs the worker needs (Ray backend placement).")
+    ] = 0.0,
+    memory: Annotated[
+        str, typer.Option("--memory", help="Memory the worker needs: bytes, or 512M, 16G.")
+    ] = "",
+    custom: Annotated[
+        list[str] | None,
+        typer.Option("--resource", help="A custom cluster resource as NAME=AMOUNT (repeatable)."),
+    ] = None,
     server: ServerOpt = DEFAULT_ADDRESS,
     token: TokenOpt = None,
     tls: TlsOpt = False,
@@ -326,12 +339,38 @@ def runs_create(
                 display_name=name,
                 run_id=run_id,
                 resume_from=resume_from,
+                resources=_resources(cpus, gpus, memory, custom or []),
             )
         except (TrainsvcError, ValueError) as exc:
             _fail(str(exc))
     _show_run(run, as_json)
     if not as_json:
         out.print(f"watch it: trainsvc-cli runs watch {run.name}")
+
+
+_MEMORY_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _resources(cpus: float, gpus: float, memory: str, custom: list[str]) -> pb.Resources | None:
+    """The run's resource request from the flags (None when none is given)."""
+    if not (cpus or gpus or memory or custom):
+        return None
+    unit = _MEMORY_UNITS.get(memory[-1:].upper(), 1) if memory else 1
+    number = memory[:-1] if memory and unit > 1 else memory
+    try:
+        memory_bytes = int(float(number) * unit) if memory else 0
+    except ValueError:
+        _fail(f"--memory: expected bytes or a size like 512M or 16G, got {memory!r}")
+    amounts: dict[str, float] = {}
+    for item in custom:
+        key, sep, amount = item.partition("=")
+        try:
+            amounts[key] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            _fail(f"--resource: expected NAME=AMOUNT (e.g. node_a=1), got {item!r}")
+    return pb.Resources(cpus=cpus, gpus=gpus, memory_bytes=memory_bytes, custom=amounts)
 
 
 @runs_app.command("list")

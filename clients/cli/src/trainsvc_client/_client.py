@@ -124,6 +124,9 @@ class Client(BaseClient):
             display_name: optional label.
             run_id: optional id (``[a-z][a-z0-9-]{0,62}``).
             resume_from: optional "runs/ID/checkpoints/CKPT" to start from.
+            resources: what the run's worker needs of its machine (a `Resources` or
+                ``{"cpus": 1, "gpus": 1, "memory_bytes": ..., "custom": {...}}``); the
+                service's Ray backend places the worker by it, the local one ignores it.
             timeout: deadline in seconds (default: the client's).
 
         Returns:

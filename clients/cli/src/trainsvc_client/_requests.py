@@ -22,6 +22,7 @@ class RunFields(TypedDict, total=False):
     display_name: str
     run_id: str
     resume_from: str
+    resources: pb.Resources | Mapping[str, Any] | None
 
 
 def create_run(
@@ -38,6 +39,10 @@ def create_run(
         run.max_restarts = max_restarts
     if (policy := fields.get("checkpoint_policy")) is not None:
         run.checkpoint_policy.CopyFrom(policy)
+    if (resources := fields.get("resources")) is not None:
+        run.resources.CopyFrom(
+            resources if isinstance(resources, pb.Resources) else pb.Resources(**resources)
+        )
     if (config := fields.get("config")) is not None:
         msg = config if isinstance(config, Message) else config_message(kind, config)
         getattr(run, config_field(msg)).CopyFrom(msg)
