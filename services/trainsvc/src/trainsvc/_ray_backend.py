@@ -44,6 +44,13 @@ from multiprocessing.connection import (
 )
 from typing import Any
 
+# Workers run with the packages installed on the nodes. Ray's `uv run` hook (on by
+# default) would instead package the service's working directory and start every worker
+# under `uv run`, which needs the project and the network on each node: a worker then
+# never starts when the service itself was launched through `uv run` (`make test` does).
+# Read when ray is imported, so set first.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 import ray
 
 from trainsvc import _protocol as proto
