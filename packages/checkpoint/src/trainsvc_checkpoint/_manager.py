@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -270,7 +271,7 @@ def _immutable(leaf: Any, arr: np.ndarray[Any, Any]) -> bool:
     return base is None or isinstance(base, bytes)
 
 
-class _ManagerBase:
+class _ManagerBase(ABC):
     """What every checkpoint manager shares: async snapshots, emergency saves, signals,
     restoring with fallback. Subclasses own the storage (a directory, remote storage)."""
 
@@ -309,23 +310,23 @@ class _ManagerBase:
 
     # ------------------------------------------------------------------ storage (per subclass)
 
+    @abstractmethod
     def checkpoints(self) -> list[CheckpointFile]:
         """Every checkpoint in the storage, oldest first (not verified)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _where(self) -> str:
         """The storage, as messages name it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _load_file(
         self, ckpt: CheckpointFile, target: Any
     ) -> tuple[Any, CheckpointInfo, str | None]:
         """Load one checkpoint: its tree, info and URL (None for a local file)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _write(self, step: int, flat: FlatTree, md: dict[str, Any], *, emergency: bool) -> Path:
         """Write one checkpoint (under the lock), update ``latest``, apply retention."""
-        raise NotImplementedError
 
     def steps(self) -> list[int]:
         """The steps that have a checkpoint file on disk, ascending.
