@@ -147,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="--backend ray: the Ray cluster's head node (default $RAY_ADDRESS)",
     )
+    s.add_argument(
+        "--ray-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="--backend ray: where the runs' workers on the Ray nodes connect back to; the "
+        "service listens there (HOST 0.0.0.0: every interface, the workers told the address "
+        "Ray has for this machine; PORT 0: a free port). Default: the address Ray has for "
+        "this machine, a free port",
+    )
     s.add_argument("--log-format", choices=("auto", "json", "text"), default="auto")
     s.add_argument("--log-level", default="INFO")
     s.add_argument(
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             registry_lease_ttl=args.registry_lease_ttl,
             backend=args.backend,
             ray_address=args.ray_address,
+            ray_listen=args.ray_listen,
         )
         serve(options, _demo if args.demo else None)
     except ConfigurationError as exc:

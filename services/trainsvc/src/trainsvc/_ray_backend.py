@@ -16,6 +16,12 @@ the worker crashing: the run becomes INTERRUPTED, or with ``--auto-resume``
 restarts on another node from the newest checkpoint (which must be in storage
 every node reaches: the service's data directory, at the same path).
 
+A connection cut while the node lives (a network partition, a reset) ends the
+worker with `LINK_LOST_EXIT`; the service counts that, too, as the machine being
+lost rather than a crash. The workers connect to ``--ray-listen HOST:PORT`` when
+it is given, else to the address Ray has for the service's machine (any free
+port).
+
 The nodes run what is installed on them: trainsvc and the run's kind must be
 installed in the Python environment that ``ray start`` was run from.
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import ipaddress
+import logging
 import os
 import pickle
 import secrets
@@ -64,12 +72,39 @@ CONNECT_CHECK_S = 5.0
 """How long ``--ray-address`` may take to accept a TCP connection at start-up."""
 HANDSHAKE_S = 30.0
 """How long a connecting worker may take to say which run it is."""
+LINK_LOST_EXIT = 75
+"""The exit status of a Ray worker whose connection to the service failed."""
 _TOKEN_BYTES = 64
 _PR_SET_PDEATHSIG = 1
 
 
+log = logging.getLogger("trainsvc.ray")
+
+
 class RayBackendError(Exception):
     """The Ray backend cannot start (the message names the flag to fix)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``--ray-listen HOST:PORT``: an IPv4 address or a host name, and a port (0: any).
+
+    Raises:
+        RayBackendError: naming ``--ray-listen`` and what is wrong.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise RayBackendError(
+            f"--ray-listen {text!r}: expected HOST:PORT (PORT 0-65535; 0 picks a free port)"
+        )
+    if host.startswith("[") or ":" in host:
+        raise RayBackendError(f"--ray-listen {text!r}: only IPv4 addresses and host names")
+    return host, int(port)
+
+
+def _is_wildcard(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_unspecified
+    return False
 
 
 def _ray_request(r: ResourceRequest) -> dict[str, float]:
@@ -203,7 +238,13 @@ class _RayHandle:
                     self.lost_reason = _lost_reason(exc)
             except ray.exceptions.RayError:  # the actor's call failed: a crash (no exit code)
                 pass
+            if self._exitcode == LINK_LOST_EXIT and not self._killed:
+                self.lost_reason = (
+                    "its connection to the service was cut while its Ray node lived "
+                    "(the worker exited)"
+                )
             self._done = True
+            self._release()
         elif timeout is None:  # the connection ended but Ray still holds the actor
             if not self._killed:
                 self.lost_reason = (
@@ -218,6 +259,10 @@ class _RayHandle:
 
     def kill(self) -> None:
         self._killed = True
+        self._release()
+
+    def _release(self) -> None:
+        """End the actor (its worker ended or is to end), freeing its resources now."""
         if self.actor is not None:
             with contextlib.suppress(Exception):  # already gone with its node
                 ray.kill(self.actor, no_restart=True)
@@ -254,6 +299,49 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _ServiceLink:
+    """The worker's end of its TCP connection to the service.
+
+    A failure of the connection (reset, aborted, timed out) ends the worker's process
+    at once with `LINK_LOST_EXIT`, which the service reads as "the machine was lost",
+    not as a crash of the worker (a local worker exits 0 instead: its service is gone).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def send(self, obj: Any) -> None:
+        try:
+            self._conn.send(obj)
+        except (OSError, EOFError):
+            os._exit(LINK_LOST_EXIT)
+
+    def recv(self) -> Any:
+        try:
+            return self._conn.recv()
+        except (OSError, EOFError):
+            os._exit(LINK_LOST_EXIT)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        try:
+            return self._conn.poll(timeout)
+        except (OSError, EOFError):
+            os._exit(LINK_LOST_EXIT)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _devices() -> str:
+    """The accelerators this process may use, as Ray assigned them (empty: none set)."""
+    shown = [
+        f"{name}={os.environ[name]}"
+        for name in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "NEURON_RT_VISIBLE_CORES")
+        if os.environ.get(name)
+    ]
+    return f", devices {' '.join(shown)}" if shown else ""
+
+
 def child_main() -> None:
     """The worker's process on a Ray node: connect back to the service, run the worker loop."""
     from trainsvc._worker import worker_main
@@ -263,19 +351,33 @@ def child_main() -> None:
     conn.send_bytes(token.encode())
     answer_challenge(conn, key)
     deliver_challenge(conn, key)
-    conn.send(proto.Log("INFO", f"worker on Ray node {node} ({socket.gethostname()})"))
-    worker_main(conn, job)
+    where = f"{address[0]}:{address[1]}"
+    conn.send(
+        proto.Log(
+            "INFO",
+            f"worker on Ray node {node} ({socket.gethostname()}), connected to {where}"
+            + _devices(),
+        )
+    )
+    worker_main(_ServiceLink(conn), job)  # type: ignore[arg-type]  # a Connection's subset
 
 
 class RayBackend:
     """Starts each run's worker as a Ray actor on a node that has its resources."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, listen: str = "") -> None:
         """Connect to the Ray cluster at ``address`` (``host:port`` of its GCS).
 
+        ``listen`` (``--ray-listen HOST:PORT``) is where the workers connect back to: the
+        service listens there. HOST 0.0.0.0 listens on every interface, and workers are
+        told the address Ray has for this machine; PORT 0 picks a free port. Empty: the
+        address Ray has for this machine, a free port.
+
         Raises:
-            RayBackendError: the address is malformed or nothing answers there.
+            RayBackendError: an address is malformed, nothing answers at ``address``, or
+                ``listen`` cannot be listened on.
         """
+        bind = parse_listen(listen) if listen else None
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise RayBackendError(
@@ -295,8 +397,23 @@ class RayBackend:
                 f"--ray-address {address}: cannot join the cluster: {exc}"
             ) from None
         ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.listener = Listener((ip, 0), family="AF_INET")  # keys: per worker, below
-        self.address: tuple[str, int] = self.listener.address
+        bind = bind or (ip, 0)
+        try:
+            self.listener = Listener(bind, family="AF_INET")  # keys: per worker, below
+        except OSError as exc:
+            ray.shutdown()
+            raise RayBackendError(
+                f"--ray-listen {bind[0]}:{bind[1]}: cannot listen there ({exc}); give an "
+                "address of this machine that the Ray nodes reach, and a free port"
+            ) from None
+        port_bound = int(self.listener.address[1])
+        self.address: tuple[str, int] = (ip if _is_wildcard(bind[0]) else bind[0], port_bound)
+        """Where workers connect to (``--ray-listen``, or Ray's address for this machine)."""
+        log.info(
+            "Ray workers connect back to %s:%d",
+            *self.address,
+            extra={"ray_address": address, "listen": f"{bind[0]}:{port_bound}"},
+        )
         self._pending: dict[str, tuple[bytes, _PendingConnection]] = {}
         self._lock = threading.Lock()
         self._closed = False

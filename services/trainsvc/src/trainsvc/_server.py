@@ -105,6 +105,9 @@ class ServerOptions:
     """Where run workers start: ``local`` (processes here) or ``ray`` (actors on a Ray cluster)."""
     ray_address: str = ""
     """``--backend ray``: the Ray cluster's head ``HOST:PORT`` (empty: ``$RAY_ADDRESS``)."""
+    ray_listen: str = ""
+    """``--backend ray``: ``HOST:PORT`` the workers connect back to (empty: Ray's address
+    for this machine, a free port)."""
 
 
 def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
@@ -114,6 +117,8 @@ def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
         ConfigurationError: naming ``--backend`` or ``--ray-address``.
     """
     if opts.backend == "local":
+        if opts.ray_listen:
+            raise ConfigurationError("--ray-listen is for --backend ray")
         return None
     if opts.backend != "ray":
         raise ConfigurationError(f"--backend {opts.backend!r}: expected local or ray")
@@ -129,7 +134,7 @@ def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
             "--backend ray needs --ray-address HOST:PORT of the Ray cluster's head (or RAY_ADDRESS)"
         )
     try:
-        return RayBackend(address)
+        return RayBackend(address, opts.ray_listen)
     except RayBackendError as exc:
         raise ConfigurationError(str(exc)) from None
 
