@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from trainsvc._cpus import affinity_supported, format_cpu_list, parse_cpu_list
 from trainsvc._lease import DEFAULT_TTL_S
+from trainsvc._remote_store import default_state_dir, is_url
 from trainsvc._server import DEFAULT_WORKER_NICE, ConfigurationError, ServerOptions, serve
 
 TOKEN_ENV = "TRAINSVC_TOKEN"
@@ -22,9 +24,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
     s.add_argument(
         "--data-dir",
+        default=".trainsvc",
+        metavar="DIR|URL",
+        help="registry and checkpoints (default ./.trainsvc/); or an fsspec URL such as "
+        "s3://bucket/prefix (needs trainsvc[s3]): runs' checkpoints then live there, under "
+        "runs/<id>/checkpoints/, so a run resumes on any machine that reaches it, and the "
+        "rest stays in --state-dir (see docs/scaling-out.md)",
+    )
+    s.add_argument(
+        "--state-dir",
         type=Path,
-        default=Path(".trainsvc"),
-        help="registry and checkpoints (default ./.trainsvc/)",
+        metavar="DIR",
+        help="with a URL --data-dir: the local directory for the SQLite registry (unless "
+        "--registry), the model registry, artifacts and each run's checkpoint staging "
+        "(default ~/.cache/trainsvc/<hash of the URL>)",
+    )
+    s.add_argument(
+        "--storage-option",
+        type=_storage_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of a URL --data-dir's fsspec filesystem, repeatable (s3fs: "
+        "endpoint_url=http://host:9000, region_name=..., profile=...; a JSON value is parsed: "
+        'client_kwargs={"verify":false}); credentials are better left to AWS_ACCESS_KEY_ID / '
+        "AWS_SECRET_ACCESS_KEY or ~/.aws; never logged",
     )
     s.add_argument(
         "--token-file",
@@ -209,6 +233,45 @@ def _input_dir(text: str) -> Path:
     return path
 
 
+def _storage_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError("expected KEY=VALUE (a non-empty KEY)")
+    parsed: Any = value
+    if value[:1] in "{[" or value in ("true", "false", "null") or _is_number(value):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: not valid JSON") from None
+    return key.strip(), parsed
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return bool(text)
+
+
+def _data_location(args: argparse.Namespace) -> tuple[Path, str, dict[str, Any]]:
+    """``(local data or state directory, data URL or "", storage options)`` from the flags.
+
+    Raises:
+        ConfigurationError: naming the flag that does not fit.
+    """
+    data: str = args.data_dir
+    options = dict(args.storage_option)
+    if not is_url(data):
+        if args.state_dir is not None:
+            raise ConfigurationError("--state-dir: only with a URL --data-dir (s3://...)")
+        if options:
+            raise ConfigurationError("--storage-option: only with a URL --data-dir (s3://...)")
+        return Path(data.removeprefix("file://")).expanduser(), "", {}
+    state = args.state_dir.expanduser() if args.state_dir else default_state_dir(data)
+    return state, data.rstrip("/"), options
+
+
 def _token(args: argparse.Namespace) -> str | None:
     if args.token_file is not None:
         try:
@@ -283,9 +346,12 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging(args.log_format, args.log_level)
     try:
+        data_dir, data_url, storage_options = _data_location(args)
         options = ServerOptions(
             listen=args.listen,
-            data_dir=args.data_dir,
+            data_dir=data_dir,
+            data_url=data_url,
+            storage_options=storage_options,
             token=_token(args),
             insecure=args.insecure,
             tls_cert=args.tls_cert,

@@ -53,6 +53,7 @@ from trainsvc._protocol import (
     Reply,
     WorkerMessage,
 )
+from trainsvc._remote_store import RemoteStore
 from trainsvc._worker import FAULT_EXIT_CODE, WorkerJob
 from trainsvc.kinds import FrameData
 
@@ -106,6 +107,8 @@ class WorkerSettings:
     resume_lost: bool = False
     """A worker whose machine was lost (a Ray node died) restarts elsewhere at once
     (``serve --auto-resume``); otherwise its run becomes INTERRUPTED."""
+    remote: RemoteStore | None = None
+    """``serve --data-dir URL``: runs' checkpoints are published there (`_remote_store`)."""
 
 
 def _disk_full_reason(fatal: str) -> str:
@@ -176,6 +179,9 @@ class RunController:
             nice=self.settings.nice,
             cpus=self.settings.cpus,
             restore_fallback=fallback and restore_path is not None,
+            remote=self.settings.remote,
+            keep_last=self.spec.policy.keep_last,
+            keep_every=self.spec.policy.keep_every,
         )
         launch = self.backend.launch(
             job, ResourceRequest.from_spec(self.spec.resources), f"trainsvc-worker-{self.run_id}"

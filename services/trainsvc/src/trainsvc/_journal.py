@@ -18,6 +18,7 @@ from trainsvc_checkpoint import checkpoint_id
 from trainsvc._domain import CheckpointRecord, Event, EventType, State
 from trainsvc._metrics import Metrics
 from trainsvc._registry import Registry
+from trainsvc._remote_store import is_url
 
 
 class RunJournal:
@@ -113,8 +114,11 @@ def latest_checkpoint_step(registry: Registry, run_id: str) -> int:
 
 
 def latest_checkpoint_path(registry: Registry, run_id: str) -> str | None:
-    """Path of a run's newest indexed checkpoint that still exists."""
-    ckpts = [c for c in registry.list_checkpoints(run_id) if Path(c.path).exists()]
+    """Path of a run's newest indexed checkpoint that still exists (a remote one's URL: the
+    worker that restores it falls back to an older one when it is gone)."""
+    ckpts = [
+        c for c in registry.list_checkpoints(run_id) if is_url(c.path) or Path(c.path).exists()
+    ]
     if not ckpts:
         return None
     return max(ckpts, key=lambda c: (c.step, c.create_time)).path

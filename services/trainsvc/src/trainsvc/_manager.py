@@ -40,6 +40,7 @@ from trainsvc._journal import RunJournal, latest_checkpoint_path, latest_checkpo
 from trainsvc._metrics import Metrics
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
+from trainsvc._remote_store import RemoteStore
 from trainsvc.kinds import FrameData, get_kind
 
 log = logging.getLogger("trainsvc.manager")
@@ -62,6 +63,7 @@ class RunManager:
         input_roots: InputRoots | None = None,
         worker_backend: WorkerBackend | None = None,
         resume_lost_workers: bool = False,
+        remote_checkpoints: RemoteStore | None = None,
     ) -> None:
         self.registry = registry
         self.input_roots = input_roots or InputRoots.of([Path.cwd()])
@@ -76,7 +78,10 @@ class RunManager:
             cpus=worker_cpus,
             backend=worker_backend,
             resume_lost=resume_lost_workers,
+            remote=remote_checkpoints,
         )
+        self.remote = remote_checkpoints
+        """``serve --data-dir URL``: where runs' checkpoints live (None: ``run_dir``)."""
         self.controllers: dict[str, RunController] = {}
         self.lock = threading.RLock()
         self._shutting_down = False
@@ -116,7 +121,7 @@ class RunManager:
         return ctl
 
     def _verified(self, record: CheckpointRecord, field: str = "checkpoint") -> CheckpointRecord:
-        return _checkpoints.verified(record, self.run_dir(record.run_id), field)
+        return _checkpoints.verified(record, self.run_dir(record.run_id), field, self.remote)
 
     def resolve_resume_from(self, name: str) -> CheckpointRecord:
         """Resolve ``runs/{id}/checkpoints/{ckpt}`` to an indexed file inside that run's directory."""
@@ -181,7 +186,9 @@ class RunManager:
     def reconcile_checkpoints(self, run_id: str, *, verify_all: bool) -> None:
         """Make a run's checkpoint index match its directory (see `_checkpoints.reconcile`)."""
         ckpt_dir = self.run_dir(run_id) / "checkpoints"
-        event = _checkpoints.reconcile(self.registry, run_id, ckpt_dir, verify_all=verify_all)
+        event = _checkpoints.reconcile(
+            self.registry, run_id, ckpt_dir, verify_all=verify_all, remote=self.remote
+        )
         if event is not None:
             self.emit(event)
 

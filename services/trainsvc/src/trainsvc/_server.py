@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from trainsvc._model_stack import AUTOMATION_DIR, EndpointUnavailableError, Mode
 from trainsvc._paths import InputRoots
 from trainsvc._registry import Registry
 from trainsvc._registry_db import RegistryConfigError, parse_location
+from trainsvc._remote_store import RemoteStore
 from trainsvc._servicer import TrainServicer, add_to_server
 from trainsvc._trajectories_servicer import TrajectoryServicer
 from trainsvc.kinds import FrameData
@@ -108,6 +109,12 @@ class ServerOptions:
     ray_listen: str = ""
     """``--backend ray``: ``HOST:PORT`` the workers connect back to (empty: Ray's address
     for this machine, a free port)."""
+    data_url: str = ""
+    """``--data-dir URL`` (``s3://bucket/prefix``): runs' checkpoints live there, and
+    ``data_dir`` is the local state directory (``--state-dir``); empty: all in ``data_dir``."""
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Options of the URL data directory's fsspec filesystem (``--storage-option``); never
+    logged."""
 
 
 def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
@@ -137,6 +144,25 @@ def _worker_backend(opts: ServerOptions) -> WorkerBackend | None:
         return RayBackend(address, opts.ray_listen)
     except RayBackendError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def _remote_store(opts: ServerOptions) -> RemoteStore | None:
+    """The URL data directory's store, once it answers; None for a local data directory.
+
+    Raises:
+        ConfigurationError: naming ``--data-dir`` (unreachable endpoint, credentials
+            refused, missing bucket, fsspec/s3fs missing), never a secret.
+    """
+    if not opts.data_url:
+        return None
+    from trainsvc_checkpoint import CheckpointError
+
+    store = RemoteStore(opts.data_url, dict(opts.storage_options))
+    try:
+        store.check()
+    except CheckpointError as exc:  # RemoteStorageError, CheckpointNotFoundError
+        raise ConfigurationError(f"--data-dir {store.describe()}: {exc}") from None
+    return store
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -191,6 +217,7 @@ class TrainsvcServer:
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self.worker_backend: WorkerBackend | None = None
+        self.remote: RemoteStore | None = None
         self._registry_watch: asyncio.Task[None] | None = None
         self._servicer: TrainServicer | None = None
         self._metrics_http: Any = None
@@ -205,6 +232,7 @@ class TrainsvcServer:
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc")
         )
         opts.data_dir.mkdir(parents=True, exist_ok=True)
+        self.remote = _remote_store(opts)
         self.worker_backend = _worker_backend(opts)
         try:
             self.registry = Registry(parse_location(opts.registry, opts.data_dir))
@@ -240,6 +268,7 @@ class TrainsvcServer:
             worker_cpus=opts.worker_cpus,
             worker_backend=self.worker_backend,
             resume_lost_workers=opts.auto_resume,
+            remote_checkpoints=self.remote,
             # the automation's exports and fetched versions are inputs of its grpo runs
             input_roots=InputRoots.of(
                 (*(opts.input_dirs or (Path.cwd(),)), opts.data_dir / AUTOMATION_DIR)
@@ -364,7 +393,8 @@ class TrainsvcServer:
                 "port": self.port,
                 "tls": opts.tls_cert is not None,
                 "auth": bool(opts.token),
-                "data_dir": str(opts.data_dir),
+                "data_dir": self.remote.describe() if self.remote else str(opts.data_dir),
+                "state_dir": str(opts.data_dir),
                 "metrics_port": self.metrics_port,
                 "interrupted_runs": recovered,
                 "input_dirs": self.manager.input_roots.describe(),

@@ -12,6 +12,11 @@ Test hook (fault injection): when the environment variable
 ``TRAINSVC_FAULT_CRASH_AT_STEP`` is set to k, the worker calls ``os._exit(86)``
 as soon as its run reaches step k; the service sees a real crashed process.
 The Ray backend passes the service's value on to its workers' processes.
+
+With a URL data directory (``serve --data-dir s3://...``, `trainsvc._remote_store`)
+the run's trainer still writes into ``checkpoint_dir``, now a local staging
+directory: the worker publishes each new file to the run's remote prefix, applies
+retention there, and reports URLs; to resume it fetches the checkpoint first.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from trainsvc_checkpoint import parse_checkpoint_file_name
 
 from trainsvc import _protocol as proto
 from trainsvc._cpus import pin_process
+from trainsvc._remote_store import RemoteRunCheckpoints, RemoteStore, clear_staging, is_url
 from trainsvc.kinds import RunInputError
 
 FAULT_ENV = "TRAINSVC_FAULT_CRASH_AT_STEP"
@@ -55,6 +61,12 @@ class WorkerJob:
     restore_fallback: bool = False
     """``restore_path`` is the run's newest checkpoint (not one the client chose): when it is
     corrupt or gone, restore the newest valid older one of the run's directory instead."""
+    remote: RemoteStore | None = None
+    """The service's URL data directory: checkpoints are published there (``checkpoint_dir``
+    only stages them), and ``restore_path`` may be a URL."""
+    keep_last: int = 5
+    """The run's retention, applied to the remote prefix (``remote``)."""
+    keep_every: int = 0
 
 
 def _step(path: Path, default: int) -> int:
@@ -73,6 +85,9 @@ class _Worker:
         fault = os.environ.get(FAULT_ENV, "")
         self.fault_step = int(fault) if fault.isdigit() else None
         self.known: set[Path] = set()
+        self.remote: RemoteRunCheckpoints | None = None
+        self.published: set[str] = set()
+        """Names of the staged files already published (``remote``)."""
 
     def send(self, msg: proto.WorkerMessage) -> None:
         try:
@@ -87,6 +102,9 @@ class _Worker:
 
     def report_checkpoints(self, adapter: Any) -> None:
         files = set(adapter.checkpoint_files())
+        if self.remote is not None:
+            self.publish_checkpoints(files)
+            return
         for path in sorted(files - self.known, key=lambda p: _step(p, 0)):
             parsed = parse_checkpoint_file_name(path)
             if parsed is not None:
@@ -96,10 +114,31 @@ class _Worker:
             self.send(proto.CheckpointsDeleted(tuple(sorted(str(p) for p in gone))))
         self.known = files
 
+    def publish_checkpoints(self, files: set[Path]) -> None:
+        """Publish the staged files not yet published (oldest first), report their URLs,
+        then apply retention remotely and report what it deleted."""
+        assert self.remote is not None
+        fresh = sorted(
+            (p for p in files if p.name not in self.published), key=lambda p: _step(p, 0)
+        )
+        for path in fresh:
+            parsed = parse_checkpoint_file_name(path)
+            if parsed is None:
+                continue
+            url = self.remote.publish(path)
+            self.published.add(path.name)
+            self.send(proto.CheckpointSaved(url, parsed.step, parsed.emergency))
+        if fresh:
+            gone = self.remote.apply_retention()
+            if gone:
+                self.send(proto.CheckpointsDeleted(tuple(gone)))
+        self.published &= {p.name for p in files}
+        self.known = files
+
     def save(self, adapter: Any, *, emergency: bool = False) -> str:
         path = adapter.save_checkpoint(emergency=emergency)
         self.report_checkpoints(adapter)
-        return str(path)
+        return str(path) if self.remote is None else self.remote.url_of(Path(path).name)
 
     def main(self) -> None:
         from trainsvc.kinds import get_kind
@@ -108,11 +147,17 @@ class _Worker:
         kind = get_kind(job.kind)
         ckpt_dir = Path(job.checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if job.remote is not None:  # the staging directory starts empty: the prefix is the truth
+            clear_staging(ckpt_dir)
+            self.remote = RemoteRunCheckpoints(
+                job.remote, job.run_id, ckpt_dir, keep_last=job.keep_last, keep_every=job.keep_every
+            )
         adapter = kind.create(job.config, ckpt_dir, lambda f: self.send(proto.FrameReady(f)))
         if job.restore_path:
-            path, step = self.restore(adapter, Path(job.restore_path), ckpt_dir)
+            path, step = self.restore(adapter, job.restore_path, ckpt_dir)
             self.send(proto.Log("INFO", f"restored step {step} from {path}"))
         self.known = set(adapter.checkpoint_files())
+        self.published = {p.name for p in self.known}  # the fetched one is published already
         self.send(proto.Ready(adapter.step))
         paused = job.start_paused
         try:
@@ -120,10 +165,11 @@ class _Worker:
         finally:
             adapter.close()
 
-    def restore(self, adapter: Any, path: Path, ckpt_dir: Path) -> tuple[Path, int]:
+    def restore(self, adapter: Any, path: str, ckpt_dir: Path) -> tuple[str, int]:
         """Restore ``path``; with ``restore_fallback``, the newest valid checkpoint at or before it.
 
-        A corrupt or missing file is reported (``skipped``) and never crashes the
+        A remote checkpoint (a URL) is fetched into the staging directory and verified
+        first. A corrupt or missing file is reported (``skipped``) and never crashes the
         worker: a restart could only fail the same way.
 
         Raises:
@@ -133,25 +179,37 @@ class _Worker:
 
         candidates = [path]
         if self.job.restore_fallback:
-            limit = _step(path, -1)
-            older = sorted(
-                (c for c in scan(ckpt_dir) if c.step <= limit and c.path != path),
-                key=lambda c: (c.step, c.emergency),
-                reverse=True,
-            )
-            candidates += [c.path for c in older]
+            limit = _step(Path(path), -1)
+            if self.remote is not None and is_url(path):
+                candidates += self.remote.older(limit, path)
+            else:
+                older = sorted(
+                    (c for c in scan(ckpt_dir) if c.step <= limit and c.path != Path(path)),
+                    key=lambda c: (c.step, c.emergency),
+                    reverse=True,
+                )
+                candidates += [str(c.path) for c in older]
         reasons = []
         for candidate in candidates:
+            local: Path | None = None
             try:
-                return candidate, int(adapter.restore(candidate))
+                if self.remote is not None and is_url(candidate):
+                    from trainsvc_checkpoint import verify
+
+                    local = self.remote.fetch(candidate)
+                    verify(local)  # before a trainer that loads it lazily (the engine) starts
+                    return candidate, int(adapter.restore(local))
+                return candidate, int(adapter.restore(Path(candidate)))
             except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+                if local is not None:
+                    local.unlink(missing_ok=True)
                 reason = f"{type(exc).__name__}: {str(exc)[:500]}"
-                reasons.append(f"{candidate.name}: {reason}")
-                self.send(proto.CheckpointSkipped(str(candidate), reason))
+                reasons.append(f"{Path(candidate).name}: {reason}")
+                self.send(proto.CheckpointSkipped(candidate, reason))
         raise RunInputError(
             "no usable checkpoint to resume from: " + "; ".join(reasons)
             if self.job.restore_fallback
-            else f"the checkpoint {path.name} is unusable: {reasons[0]}"
+            else f"the checkpoint {Path(path).name} is unusable: {reasons[0]}"
         )
 
     def loop(self, adapter: Any, paused: bool) -> None:

@@ -1,0 +1,376 @@
+"""Run checkpoints in object storage: ``trainsvc serve --data-dir s3://bucket/prefix``.
+
+With a URL data directory each run's checkpoints live under
+``<url>/runs/<id>/checkpoints/`` (any fsspec URL; S3 through s3fs). Everything
+else the service keeps stays in a local state directory (``--state-dir``): the
+SQLite registry (unless ``--registry`` names another), the model registry,
+artifacts, metric histories, and each run's *staging* directory, where the
+run's trainer writes its checkpoints as it always does (every kind, the Rust
+engine included). The worker then publishes each new file to the run's remote
+prefix with trainsvc-checkpoint's publish-when-complete upload (one PUT, or a
+multipart upload visible only once completed), applies the run's retention to
+the remote listing (never deleting the only valid checkpoint), and reports the
+object's URL: the registry indexes URLs. A restarting worker (here or on
+another machine) empties its staging directory, fetches the checkpoint to
+resume from, checks every CRC and restores it; a corrupt or missing one falls
+back to the newest valid older object.
+
+`RemoteStore` is the service's view (reachability at start-up, listing and
+verifying a run's objects); `RemoteRunCheckpoints` is the worker's (publish,
+retention, fetch). Credentials come from the environment (``AWS_*``, fsspec's
+configuration) or ``--storage-option``; they are never logged, never written
+to the registry, and redacted from every error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mmap
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from trainsvc_checkpoint import parse_checkpoint_file_name
+
+log = logging.getLogger("trainsvc.remote")
+
+_LOCAL_SCHEMES = ("file://", "local://")
+
+
+def is_url(location: str) -> bool:
+    """Whether a data directory or checkpoint path names remote storage (``s3://...``).
+
+    ``file://`` URLs and plain paths are local.
+    """
+    return "://" in location and not location.startswith(_LOCAL_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part (for logs and messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}://{netloc}{slash}{path}"
+
+
+def default_state_dir(url: str) -> Path:
+    """Where a service with the data directory ``url`` keeps its local state by default:
+    ``$XDG_CACHE_HOME/trainsvc/<hash of the URL>`` (``~/.cache/trainsvc/...``)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    return cache / "trainsvc" / digest
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """A checkpoint object under a run's remote prefix."""
+
+    url: str
+    step: int
+    emergency: bool
+    size_bytes: int
+    mtime: float
+
+    @property
+    def checkpoint_id(self) -> str:
+        """``step_<N>`` or ``emergency_step_<N>``."""
+        return self.url.rsplit("/", 1)[-1].split(".safetensors")[0]
+
+
+@dataclass(frozen=True)
+class RemoteReconciliation:
+    """A run's remote checkpoints against its index (see `RemoteStore.reconcile`)."""
+
+    added: tuple[RemoteObject, ...]
+    removed: tuple[str, ...]
+    unusable: dict[str, str]
+
+
+def _mtime(entry: Mapping[str, Any]) -> float:
+    value = entry.get("LastModified", entry.get("mtime", entry.get("created", 0.0)))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+@dataclass(frozen=True)
+class RemoteStore:
+    """The runs' checkpoints under a data directory URL (picklable: workers get it).
+
+    Attributes:
+        url: the data directory (``s3://bucket/prefix``), without a trailing slash.
+        storage_options: options of its fsspec filesystem (``endpoint_url``, ``key``,
+            ``secret``...); kept out of ``repr`` and of every message.
+    """
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    def describe(self) -> str:
+        """The URL for logs and messages (credentials redacted)."""
+        return redact_url(self.url)
+
+    def check(self) -> None:
+        """Make sure the storage answers and accepts the credentials (start-up).
+
+        Opens the ``runs`` prefix as a checkpoint manager would: the bucket must exist,
+        listing must work (and leftovers of killed uploads directly under it go).
+
+        Raises:
+            RemoteStorageError: unreachable, credentials refused, fsspec/s3fs missing.
+            CheckpointNotFoundError: the bucket does not exist.
+        """
+        from trainsvc_checkpoint import RemoteCheckpointManager
+
+        RemoteCheckpointManager(f"{self.url}/runs", storage_options=self.storage_options)
+
+    def run_url(self, run_id: str) -> str:
+        """The run's checkpoint prefix: ``<url>/runs/<id>/checkpoints``."""
+        return f"{self.url}/runs/{run_id}/checkpoints"
+
+    def owns(self, run_id: str, url: str) -> bool:
+        """Whether ``url`` is an object directly under the run's checkpoint prefix."""
+        prefix = self.run_url(run_id) + "/"
+        return url.startswith(prefix) and "/" not in url[len(prefix) :]
+
+    def list(self, run_id: str) -> list[RemoteObject]:
+        """The run's checkpoint objects, oldest first (a fresh listing; not verified).
+
+        Raises:
+            RemoteStorageError: the storage failed (named, without credentials).
+        """
+        from trainsvc_checkpoint._remote import open_location
+
+        loc = open_location(self.run_url(run_id), self.storage_options)
+        with loc.errors("listing"):
+            loc.fs.invalidate_cache(loc.path)
+            try:
+                entries = loc.fs.ls(loc.path, detail=True)
+            except FileNotFoundError:
+                return []
+        found = []
+        for entry in entries:
+            if entry.get("type") == "directory":
+                continue
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            parsed = parse_checkpoint_file_name(name)
+            if parsed is not None:
+                found.append(
+                    RemoteObject(
+                        f"{self.run_url(run_id)}/{name}",
+                        parsed.step,
+                        parsed.emergency,
+                        int(entry.get("size") or 0),
+                        _mtime(entry),
+                    )
+                )
+        return sorted(found, key=lambda o: (o.step, o.emergency))
+
+    def verify(self, url: str, step: int | None = None) -> None:
+        """Every check of a load on the object at ``url`` (ranged reads, every CRC).
+
+        Raises:
+            CorruptCheckpointError: a check failed, or its metadata's step is not ``step``.
+            CheckpointNotFoundError: the object is gone.
+            RemoteStorageError: the storage failed.
+        """
+        from trainsvc_checkpoint import CorruptCheckpointError, verify
+
+        info = verify(url, storage_options=self.storage_options)
+        if info.foreign:
+            raise CorruptCheckpointError("not a trainsvc checkpoint (a plain safetensors file)")
+        found = info.metadata.get("step", step)
+        if step is not None and (found != step or isinstance(found, bool)):
+            raise CorruptCheckpointError(
+                f"metadata step: expected {step} (the object name's step), found {found!r:.40}"
+            )
+
+    def reconcile(
+        self, run_id: str, indexed: set[str], *, trust_indexed: bool
+    ) -> RemoteReconciliation:
+        """Verify the run's objects and compare them with the ids an index lists.
+
+        Read-only. ``trust_indexed``: objects the index lists count as valid unread.
+
+        Raises:
+            RemoteStorageError: the storage failed (nothing is concluded from a failure).
+        """
+        from trainsvc_checkpoint import CheckpointError, RemoteStorageError
+
+        valid: list[RemoteObject] = []
+        unusable: dict[str, str] = {}
+        for obj in self.list(run_id):
+            if not (trust_indexed and obj.checkpoint_id in indexed):
+                try:
+                    self.verify(obj.url, obj.step)
+                except RemoteStorageError:
+                    raise
+                except CheckpointError as exc:
+                    unusable[obj.checkpoint_id] = str(exc)
+                    continue
+            valid.append(obj)
+        present = {o.checkpoint_id for o in valid}
+        return RemoteReconciliation(
+            added=tuple(o for o in valid if o.checkpoint_id not in indexed),
+            removed=tuple(sorted(indexed - present)),
+            unusable=unusable,
+        )
+
+
+def clear_staging(staging: Path) -> None:
+    """Empty a run's staging directory of checkpoints, ``latest`` and temporaries: the
+    remote prefix is the truth, and a trainer that resumes from the newest file of its
+    directory (the Rust engine) must find only the one fetched to resume from."""
+    if not staging.is_dir():
+        return
+    for entry in staging.iterdir():
+        if entry.is_file() and (
+            entry.name == "latest"
+            or entry.name.startswith(".tmp-")
+            or parse_checkpoint_file_name(entry) is not None
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
+class RemoteRunCheckpoints:
+    """A worker's side of its run's remote prefix: publish, retention, fetch.
+
+    Opening it aborts incomplete multipart uploads and removes ``.tmp-`` objects a
+    killed worker left under the prefix (one writer per prefix: the run's worker).
+
+    Raises:
+        RemoteStorageError, CheckpointNotFoundError: as `RemoteStore.check`.
+    """
+
+    def __init__(
+        self, store: RemoteStore, run_id: str, staging: Path, *, keep_last: int, keep_every: int
+    ) -> None:
+        from trainsvc_checkpoint import RemoteCheckpointManager
+
+        self.store = store
+        self.staging = staging
+        self.url = store.run_url(run_id)
+        self.manager = RemoteCheckpointManager(
+            self.url,
+            keep_last=max(1, keep_last),
+            keep_every=keep_every or None,
+            storage_options=store.storage_options,
+        )
+        self._trusted: set[str] = set()
+
+    def url_of(self, name: str) -> str:
+        """The URL of the checkpoint named ``name`` (a file name)."""
+        return f"{self.url}/{name}"
+
+    def publish(self, path: Path) -> str:
+        """Upload a checkpoint file the trainer wrote; visible only once complete.
+
+        The file's bytes go up unchanged (the CRCs in it are the ones a reader checks);
+        ``latest`` is updated after. Returns the object's URL.
+
+        Raises:
+            RemoteStorageError: the upload failed (nothing partial is visible).
+        """
+        # The library's publication primitive (format section 11): one PutObject or a
+        # parallel multipart upload published by its completion; elsewhere a .tmp- move.
+        from trainsvc_checkpoint._remote import put_object
+
+        loc = self.manager.location
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                pieces: list[memoryview] = []
+                put_object(loc.child(path.name), pieces)
+            else:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    view = memoryview(mapped)
+                    try:
+                        put_object(loc.child(path.name), [view])
+                    finally:
+                        view.release()
+        self._trusted.add(path.name)
+        put_object(loc.child("latest"), [memoryview(f"{path.name}\n".encode())])
+        return self.url_of(path.name)
+
+    def _is_valid(self, name: str) -> bool:
+        from trainsvc_checkpoint import CheckpointError, RemoteStorageError
+
+        if name in self._trusted:
+            return True
+        try:
+            self.store.verify(self.url_of(name))
+        except RemoteStorageError:
+            raise  # a failing network must never make retention delete a valid checkpoint
+        except CheckpointError:
+            return False
+        return True
+
+    def apply_retention(self) -> list[str]:
+        """Apply the run's retention (`RetentionPolicy`) to the remote listing; return the
+        URLs deleted. Never deletes the only valid checkpoint; skipped (with a warning)
+        when the storage fails."""
+        from trainsvc_checkpoint import RemoteStorageError
+
+        try:
+            names = [c.path.name for c in self.manager.checkpoints()]
+            doomed = self.manager.retention.select_for_deletion(names, self._is_valid)
+            loc = self.manager.location
+            deleted = []
+            for name in doomed:
+                with loc.errors("deleting"), contextlib.suppress(FileNotFoundError):
+                    loc.fs.rm_file(loc.child(name).path)
+                self._trusted.discard(name)
+                deleted.append(self.url_of(name))
+        except RemoteStorageError as exc:
+            log.warning("remote retention skipped this time: %s", exc)
+            return []
+        return deleted
+
+    def fetch(self, url: str) -> Path:
+        """Download the checkpoint at ``url`` into the staging directory (same name),
+        atomically; return the local file. Not verified here.
+
+        Raises:
+            CheckpointNotFoundError: the object is gone.
+            RemoteStorageError: the storage failed.
+        """
+        from trainsvc_checkpoint._remote import open_location
+
+        name = url.rsplit("/", 1)[-1]
+        loc = open_location(url, self.store.storage_options)
+        dest = self.staging / name
+        tmp = self.staging / f".tmp-fetch-{name}"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            with loc.errors("fetching"):
+                loc.fs.invalidate_cache(loc.path)
+                loc.fs.get_file(loc.path, str(tmp))
+            tmp.replace(dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return dest
+
+    def older(self, limit: int, exclude: str) -> list[str]:
+        """URLs of the run's checkpoints at or before step ``limit`` but ``exclude``,
+        newest first (restore fallbacks)."""
+        return [
+            self.url_of(c.path.name)
+            for c in sorted(self.manager.checkpoints(), key=lambda c: (c.step, c.emergency))[::-1]
+            if c.step <= limit and self.url_of(c.path.name) != exclude
+        ]

@@ -1,0 +1,303 @@
+"""`trainsvc serve --data-dir s3://...`: runs' checkpoints in object storage.
+
+Against a real S3-compatible server (moto in server mode on 127.0.0.1, one per
+module) and real `trainsvc serve` processes: checkpoints published remotely
+(verified with trainsvc_checkpoint on their URLs), retention applied to the
+remote listing, SIGKILL of the whole service and a new one with a fresh local
+state directory (another machine) resuming from the newest remote checkpoint,
+and start-up errors that name --data-dir without the secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trainsvc_checkpoint as ckpt
+from trainsvc_client import pb
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+BUCKET = "trainsvc-data"
+SECRET = "very-secret-value-42"
+KEEP_LAST = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    client: Any
+    env: dict[str, str]
+    """The credentials a service gets from its environment (moto accepts any)."""
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "key": self.env["AWS_ACCESS_KEY_ID"],
+            "secret": self.env["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+    def keys(self, prefix: str) -> list[str]:
+        reply = self.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
+        return sorted(o["Key"].removeprefix(f"{prefix}/") for o in reply.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing-key",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=BUCKET)
+        yield S3(endpoint, client, env)
+    finally:
+        server.stop()
+
+
+def _serve_args(url: str, state: Path, registry: Path, endpoint: str) -> list[str]:
+    return [
+        "--data-dir",
+        url,
+        "--state-dir",
+        str(state),
+        "--registry",
+        str(registry),
+        "--storage-option",
+        f"endpoint_url={endpoint}",
+    ]
+
+
+def _checkpoint_steps(s3: S3, prefix: str) -> list[int]:
+    steps = []
+    for key in s3.keys(prefix):
+        parsed = ckpt.parse_checkpoint_file_name(key)
+        if parsed is not None and not parsed.emergency:
+            steps.append(parsed.step)
+    return sorted(steps)
+
+
+def _log_records(svc: Any, message: str) -> list[dict[str, Any]]:
+    """The service's JSON log records with this message."""
+    found = []
+    for line in svc.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("message") == message:
+                found.append(record)
+    return found
+
+
+def test_checkpoints_in_s3_resume_on_another_machine_with_retention(
+    s3: S3, start_service: Any, tiny: dict[str, Any], wait_for: Any, tmp_path: Path
+) -> None:
+    url = f"s3://{BUCKET}/svc-a"
+    registry = tmp_path / "registry.sqlite3"  # shared, as a PostgreSQL registry would be
+    policy = pb.CheckpointPolicy(interval_steps=20, keep_last=KEEP_LAST)
+    first = start_service(
+        tmp_path / "a",
+        extra=_serve_args(url, tmp_path / "state-a", registry, s3.endpoint),
+        env=s3.env,
+    )
+    with first.client() as c:
+        run = c.create_run(
+            "emergence", step_budget=1_000_000, seed=3, config=tiny, checkpoint_policy=policy
+        )
+        run_id = run.name.split("/")[1]
+        prefix = f"svc-a/runs/{run_id}/checkpoints"
+        wait_for(
+            c,
+            run.name,
+            lambda r: r.step >= 120 and r.latest_checkpoint,
+            what="checkpoints past step 100",
+        )
+        paused = c.pause_run(run.name)  # its checkpoint published before the reply
+        listed = c.list_checkpoints(run.name)
+        assert listed[-1].step == paused.step, (listed, paused.step)
+        # Published objects: every CRC verifies on the URL; retention kept keep_last remotely.
+        assert all(ck.path.startswith(f"s3://{BUCKET}/{prefix}/") for ck in listed), listed
+        for ck in listed:
+            info = ckpt.verify(ck.path, storage_options=s3.options())
+            assert info.metadata["step"] == ck.step
+        assert _checkpoint_steps(s3, prefix) == [ck.step for ck in listed][-KEEP_LAST:]
+        assert len(listed) <= KEEP_LAST and "latest" in s3.keys(prefix)
+        c.resume_run(run.name)
+        wait_for(c, run.name, lambda r: r.step >= paused.step + 60, what="training on")
+    first.kill_all()  # SIGKILL of service and worker: this machine is gone
+
+    newest = _checkpoint_steps(s3, prefix)[-1]  # what the killed worker had published
+    assert not (tmp_path / "state-b").exists()
+    second = start_service(
+        tmp_path / "b",
+        extra=[
+            *_serve_args(url, tmp_path / "state-b", registry, s3.endpoint),
+            "--auto-resume",
+        ],
+        env=s3.env,
+    )
+    with second.client() as c:
+        resumed = wait_for(
+            c,
+            run.name,
+            lambda r: r.state == pb.Run.RUNNING and r.step > newest + 40,
+            what="the run training again on the second service",
+        )
+        assert resumed.state == pb.Run.RUNNING
+        # The new worker fetched the newest remote checkpoint and started at its step.
+        started = _log_records(second, "worker started")
+        assert started[0]["restore"] == f"s3://{BUCKET}/{prefix}/step_{newest}.safetensors"
+        running = _log_records(second, "state PENDING -> RUNNING")
+        assert running[0]["step"] == newest, second.log()
+        later = wait_for(
+            c,
+            run.name,
+            lambda r: r.latest_checkpoint and int(r.latest_checkpoint.rsplit("_", 1)[1]) > newest,
+            what="a checkpoint newer than the restored one",
+        )
+        stopped = c.stop_run(run.name)
+        assert stopped.state == pb.Run.STOPPED, stopped.state_message
+    # Continuous steps: every checkpoint of the second service is past the restored one.
+    after = _checkpoint_steps(s3, prefix)
+    assert after and min(after) > newest and len(after) <= KEEP_LAST, (newest, after)
+    assert int(later.latest_checkpoint.rsplit("_", 1)[1]) > newest
+    # The fetched checkpoint was staged in the new state directory, nothing of it in the old one.
+    staged = list((tmp_path / "state-b" / "runs" / run_id / "checkpoints").iterdir())
+    assert staged, "the second service staged the run's checkpoints locally"
+    for line in (first.log() + second.log()).splitlines():
+        assert SECRET not in line
+
+
+def _serve_exit(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-c",
+        "from trainsvc import main; main()",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{_free_port()}",
+        "--metrics-listen",
+        "",
+        "--log-format",
+        "json",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+
+
+def test_unreachable_endpoint_and_missing_bucket_fail_startup(s3: S3, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{_free_port()}"
+    url = f"s3://{BUCKET}/svc"
+    started = time.monotonic()
+    done = _serve_exit(
+        [
+            "--data-dir",
+            url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--storage-option",
+            f"endpoint_url={closed}",
+        ],
+        s3.env,
+        tmp_path,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"trainsvc: error: --data-dir {url}: " in done.stderr, done.stderr
+    assert f"cannot reach the storage at {closed}" in done.stderr, done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    print(f"unreachable endpoint: exit 1 after {elapsed:.1f} s")
+
+    done = _serve_exit(
+        ["--data-dir", "s3://no-such-bucket/x", "--storage-option", f"endpoint_url={s3.endpoint}"],
+        {**s3.env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "--data-dir s3://no-such-bucket/x: " in done.stderr
+    assert "bucket 'no-such-bucket' does not exist" in done.stderr, done.stderr
+    # the default state directory: under XDG_CACHE_HOME, by a hash of the URL
+    assert list((tmp_path / "cache" / "trainsvc").iterdir())
+
+    done = _serve_exit(["--state-dir", str(tmp_path / "s")], {}, tmp_path)
+    assert done.returncode == 1 and "--state-dir: only with a URL --data-dir" in done.stderr
+
+
+def test_refused_credentials_fail_startup_without_the_secret(tmp_path: Path) -> None:
+    """A moto server that checks signatures (its IAM emulation on from the first call)."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+        env = {
+            "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        done = _serve_exit(
+            [
+                "--data-dir",
+                "s3://bkt/svc",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--storage-option",
+                f"endpoint_url=http://127.0.0.1:{port}",
+            ],
+            env,
+            tmp_path,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert done.returncode == 1, done.stderr
+    assert "trainsvc: error: --data-dir s3://bkt/svc: " in done.stderr, done.stderr
+    assert "credentials" in done.stderr and "AWS_SECRET_ACCESS_KEY" in done.stderr, done.stderr
+    assert SECRET not in done.stdout + done.stderr
