@@ -301,3 +301,50 @@ def test_refused_credentials_fail_startup_without_the_secret(tmp_path: Path) -> 
     assert "trainsvc: error: --data-dir s3://bkt/svc: " in done.stderr, done.stderr
     assert "credentials" in done.stderr and "AWS_SECRET_ACCESS_KEY" in done.stderr, done.stderr
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_othello_engine_checkpoints_published_and_resumed_from_s3(
+    s3: S3, start_service: Any, wait_for: Any, tmp_path: Path
+) -> None:
+    """The Rust engine writes its own checkpoints into the staging directory: the same
+    publication, retention and fetch-to-resume apply to it."""
+    pytest.importorskip("trainsvc_engine")
+    url = f"s3://{BUCKET}/svc-othello"
+    svc = start_service(
+        tmp_path / "o",
+        extra=_serve_args(url, tmp_path / "state", tmp_path / "registry.sqlite3", s3.endpoint),
+        env=s3.env,
+    )
+    with svc.client() as c:
+        run = c.create_run(
+            "othello",
+            step_budget=1_000_000,
+            seed=5,
+            config={"search_depth": 1, "threads": 1, "frame_interval": 64},
+            checkpoint_policy=pb.CheckpointPolicy(interval_steps=64, keep_last=KEEP_LAST),
+        )
+        prefix = f"svc-othello/runs/{run.name.split('/')[1]}/checkpoints"
+        wait_for(c, run.name, lambda r: r.step >= 200, what="games")
+        paused = c.pause_run(run.name)
+        ckpts = c.list_checkpoints(run.name)
+        assert ckpts[-1].step == paused.step and len(ckpts) <= KEEP_LAST, ckpts
+        assert _checkpoint_steps(s3, prefix) == [ck.step for ck in ckpts]
+        for ck in ckpts:
+            assert ck.path.startswith(f"s3://{BUCKET}/{prefix}/")
+            ckpt.verify(ck.path, storage_options=s3.options())
+        # A new worker from the newest checkpoint: its staging directory is emptied, the
+        # object fetched into it, and the engine continues from it.
+        resumed = c.resume_run(run.name, checkpoint=ckpts[-1].name.rsplit("/", 1)[1])
+        assert resumed.step >= paused.step
+        seen: list[int] = []
+
+        def progressed(r: pb.Run) -> bool:
+            seen.append(r.step)
+            return r.state == pb.Run.RUNNING and r.step > paused.step + 64
+
+        wait_for(c, run.name, progressed, what="games after resume")
+        assert min(seen) >= paused.step, seen  # counted on from the checkpoint, not from 0
+        c.stop_run(run.name)
+        final = c.list_checkpoints(run.name)
+    assert final[-1].step > paused.step and len(final) <= KEEP_LAST, final
+    assert _checkpoint_steps(s3, prefix) == [ck.step for ck in final]

@@ -40,6 +40,10 @@ from trainsvc_checkpoint import parse_checkpoint_file_name
 log = logging.getLogger("trainsvc.remote")
 
 _LOCAL_SCHEMES = ("file://", "local://")
+STARTUP_ATTEMPTS = 2
+"""Attempts of each request of the start-up check (unless ``--storage-option
+config_kwargs=...`` says otherwise): an unreachable endpoint fails start-up in about a
+second instead of botocore's default five attempts with back-off."""
 
 
 def is_url(location: str) -> bool:
@@ -136,7 +140,10 @@ class RemoteStore:
         """
         from trainsvc_checkpoint import RemoteCheckpointManager
 
-        RemoteCheckpointManager(f"{self.url}/runs", storage_options=self.storage_options)
+        options = dict(self.storage_options)
+        if "config_kwargs" not in options:  # botocore's 5 attempts take ~8 s to give up
+            options["config_kwargs"] = {"retries": {"max_attempts": STARTUP_ATTEMPTS}}
+        RemoteCheckpointManager(f"{self.url}/runs", storage_options=options)
 
     def run_url(self, run_id: str) -> str:
         """The run's checkpoint prefix: ``<url>/runs/<id>/checkpoints``."""
