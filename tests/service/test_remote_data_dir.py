@@ -153,6 +153,8 @@ def test_checkpoints_in_s3_resume_on_another_machine_with_retention(
         for ck in listed:
             info = ckpt.verify(ck.path, storage_options=s3.options())
             assert info.metadata["step"] == ck.step
+            key = ck.path.removeprefix(f"s3://{BUCKET}/")
+            assert ck.size_bytes == s3.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
         assert _checkpoint_steps(s3, prefix) == [ck.step for ck in listed][-KEEP_LAST:]
         assert len(listed) <= KEEP_LAST and "latest" in s3.keys(prefix)
         c.resume_run(run.name)

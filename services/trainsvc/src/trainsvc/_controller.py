@@ -272,8 +272,8 @@ class RunController:
                 if persist:
                     self.last_persist = now
                 self.journal.progress(step, sps, metrics, persist=persist)
-            case CheckpointSaved(path, step, emergency):
-                self.journal.checkpoint_saved(path, step, emergency)
+            case CheckpointSaved(path, step, emergency, size_bytes):
+                self.journal.checkpoint_saved(path, step, emergency, size_bytes)
             case CheckpointsDeleted(paths):
                 self.journal.checkpoints_gone(paths)
             case CheckpointSkipped(path, reason):

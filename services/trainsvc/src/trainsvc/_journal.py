@@ -86,10 +86,11 @@ class RunJournal:
         """Add an event to the run's stream."""
         self._emit(self._registry.add_event(self.run_id, type_, message, step=step))
 
-    def checkpoint_saved(self, path: str, step: int, emergency: bool) -> None:
-        """Index a checkpoint the worker saved (a CHECKPOINT_SAVED event)."""
+    def checkpoint_saved(self, path: str, step: int, emergency: bool, size_bytes: int = 0) -> None:
+        """Index a checkpoint the worker saved (a CHECKPOINT_SAVED event); ``size_bytes``
+        0: the size of the file at ``path``."""
         p = Path(path)
-        size = p.stat().st_size if p.exists() else 0
+        size = size_bytes or (p.stat().st_size if p.exists() else 0)
         record = CheckpointRecord(
             self.run_id, checkpoint_id(p), step, path, size, time.time(), emergency
         )

@@ -59,6 +59,8 @@ class CheckpointSaved:
     path: str
     step: int
     emergency: bool
+    size_bytes: int = 0
+    """The file's size; 0: the service takes it from ``path`` (a local file)."""
 
 
 @dataclass(frozen=True)

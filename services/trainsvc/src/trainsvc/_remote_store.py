@@ -284,14 +284,15 @@ class RemoteRunCheckpoints:
         """The URL of the checkpoint named ``name`` (a file name)."""
         return f"{self.url}/{name}"
 
-    def publish(self, path: Path) -> str:
+    def publish(self, path: Path) -> tuple[str, int]:
         """Upload a checkpoint file the trainer wrote; visible only once complete.
 
         The file's bytes go up unchanged (the CRCs in it are the ones a reader checks);
-        ``latest`` is updated after. Returns the object's URL.
+        ``latest`` is updated after. Returns the object's URL and size.
 
         Raises:
             RemoteStorageError: the upload failed (nothing partial is visible).
+            FileNotFoundError: the file is gone (nothing was uploaded).
         """
         # The library's publication primitive (format section 11): one PutObject or a
         # parallel multipart upload published by its completion; elsewhere a .tmp- move.
@@ -312,7 +313,7 @@ class RemoteRunCheckpoints:
                         view.release()
         self._trusted.add(path.name)
         put_object(loc.child("latest"), [memoryview(f"{path.name}\n".encode())])
-        return self.url_of(path.name)
+        return self.url_of(path.name), size
 
     def _is_valid(self, name: str) -> bool:
         from trainsvc_checkpoint import CheckpointError, RemoteStorageError

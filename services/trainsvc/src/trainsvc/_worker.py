@@ -125,9 +125,12 @@ class _Worker:
             parsed = parse_checkpoint_file_name(path)
             if parsed is None:
                 continue
-            url = self.remote.publish(path)
+            try:
+                url, size = self.remote.publish(path)
+            except FileNotFoundError:
+                continue  # the trainer's own retention removed it meanwhile (a newer one exists)
             self.published.add(path.name)
-            self.send(proto.CheckpointSaved(url, parsed.step, parsed.emergency))
+            self.send(proto.CheckpointSaved(url, parsed.step, parsed.emergency, size))
         if fresh:
             gone = self.remote.apply_retention()
             if gone:
