@@ -1,4 +1,11 @@
-"""Fixtures for the service's end-to-end tests: real `trainsvc serve` processes on loopback."""
+"""Fixtures for the service's end-to-end tests: real `trainsvc serve` processes on loopback.
+
+The services run their workers on the backend ``TRAINSVC_TEST_BACKEND`` names:
+``local`` (the default: processes of the service) or ``ray``, the Ray cluster at
+``TRAINSVC_TEST_RAY_ADDRESS`` (``HOST:PORT`` of its head; default ``$RAY_ADDRESS``).
+`test_ray_backend.py` runs the lifecycle tests that way on a real cluster; tests that
+cannot apply to Ray workers (those looking at the workers' local processes) skip there.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,27 @@ TINY: dict[str, Any] = {
     "policy.hidden": 8,
 }
 TERMINAL = {pb.Run.COMPLETED, pb.Run.STOPPED, pb.Run.FAILED}
+BACKEND_ENV = "TRAINSVC_TEST_BACKEND"
+RAY_ADDRESS_ENV = "TRAINSVC_TEST_RAY_ADDRESS"
+ON_RAY = os.environ.get(BACKEND_ENV, "local") == "ray"
+"""The tests' services start their workers as Ray actors (``TRAINSVC_TEST_BACKEND=ray``)."""
+
+
+def backend_args() -> list[str]:
+    """The `serve` flags of the backend the tests run on (``TRAINSVC_TEST_BACKEND``)."""
+    backend = os.environ.get(BACKEND_ENV, "local")
+    if backend == "local":
+        return []
+    if backend != "ray":
+        raise pytest.UsageError(f"{BACKEND_ENV}={backend!r}: expected local or ray")
+    address = os.environ.get(RAY_ADDRESS_ENV) or os.environ.get("RAY_ADDRESS", "")
+    if not address:
+        raise pytest.UsageError(f"{BACKEND_ENV}=ray needs {RAY_ADDRESS_ENV}=HOST:PORT")
+    return ["--backend", "ray", "--ray-address", address]
+
+
+def pytest_report_header() -> str:
+    return f"trainsvc workers: {' '.join(backend_args()) or '--backend local'}"
 
 
 def free_port() -> int:
@@ -74,6 +102,7 @@ class Service:
             "",
             "--log-format",
             "json",
+            *backend_args(),  # before `extra`: a test's own --backend wins
             *(extra or []),
         ]
         full_env = {**os.environ, **(env or {})}
@@ -171,6 +200,10 @@ def wait_for(
 @pytest.fixture(name="worker_pids")
 def worker_pids_fixture() -> Callable[[int], list[int]]:
     """`worker_pids(service_pid)`: the service's run worker processes."""
+    if ON_RAY:
+        pytest.skip(
+            "on the Ray backend, workers are actors on the cluster's nodes, not processes of the service"
+        )
     return worker_pids
 
 

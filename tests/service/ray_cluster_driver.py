@@ -1,18 +1,36 @@
-"""A real two-node Ray cluster on this host, a `trainsvc serve --backend ray`, and a node's death.
+"""One real multi-node Ray cluster on this host, shared by every Ray backend scenario.
 
 Run by `test_ray_backend.py` inside a network namespace that has only ``lo``
 (Ray binds the machine's own address): ``ip netns exec NS python
-ray_cluster_driver.py WORK_DIR CONFIG_JSON [manual]`` (the run's emergence config;
-``manual``: the service without ``--auto-resume``, then a crash loop on a Ray node). It prints one JSON object (the last line of
-its output) that the test asserts on; it stops Ray and the service whatever
+ray_cluster_driver.py WORK_DIR CONFIG_JSON [SUITE_TEST ...]`` (the runs' emergence
+config; the service tests to run on the Ray backend). It prints one JSON object
+(the last line of its output) that the tests assert on, a section per scenario
+with its error if it failed; it ends every process of the namespace whatever
 happens.
 
-The cluster: a head node with no CPUs (the service's Ray driver attaches to it,
-so killing a worker node never takes the service along), ``node_a`` (1 CPU)
-and, once the run trains on node_a, ``node_b`` (1 CPU). The run requests
-``cpus=1``: only node_a has it at first. Then node_a's raylet is SIGKILLed; with
-``--auto-resume`` the run must go INTERRUPTED and continue on node_b from its
-newest checkpoint.
+The cluster, started once (2 CPUs' worth of real work at most; the CPU counts are
+Ray's logical ones):
+
+- ``head``: no CPUs (the services' Ray drivers attach to it, so killing a worker
+  node never takes a service along);
+- ``node_a``: 3 CPUs and ``spot: 2``, a custom resource only it has at first;
+- ``node_b``: 3 CPUs and a GPU (``--num-gpus 1``; no real GPU needed: Ray hands
+  out the device number and sets ``CUDA_VISIBLE_DEVICES`` for the actor);
+- ``node_c`` (``spot: 2``) joins later, as node_a's replacement.
+
+Scenarios, in order:
+
+1. ``suite``: the service tests named on the command line, with
+   ``TRAINSVC_TEST_BACKEND=ray`` (every `trainsvc serve` they start places its
+   workers on this cluster); their JUnit report, summarised.
+2. Two services: ``auto`` (``--auto-resume``, ``--ray-listen 127.0.0.1:PORT``) and
+   ``manual`` (``--ray-listen 0.0.0.0:0``), and a third that must fail to listen.
+   On ``auto``: requests no node has (64 CPUs, 2 GPUs) wait PENDING with the reason;
+   a 1-GPU run lands on node_b and its worker sees the device; a ``spot`` run
+   streams frames, pauses, checkpoints and resumes; its TCP connection is cut
+   (``ss -K``) while node_a lives: INTERRUPTED, restarted. On ``manual``: a
+   ``spot`` run. node_c joins; node_a's raylet is SIGKILLed: the auto run continues
+   on node_c at once, the manual one waits INTERRUPTED until ResumeRun.
 """
 
 from __future__ import annotations
@@ -27,6 +45,10 @@ import sys
 import tempfile
 import time
 import traceback
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +56,8 @@ import grpc
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 RAY_ENV = {
     **os.environ,
@@ -41,8 +65,11 @@ RAY_ENV = {
     "RAY_health_check_period_ms": "500",
     "RAY_health_check_failure_threshold": "3",
     "RAY_health_check_initial_delay_ms": "0",
+    # No idle Python workers started ahead of need (one per logical CPU otherwise).
+    "RAY_prestart_worker_first_driver": "0",
 }
 COMMON = ["--object-store-memory", "100000000", "--disable-usage-stats"]
+MARKER = "worker on Ray node "
 
 
 def free_port() -> int:
@@ -51,27 +78,96 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ray_start(log: Path, *args: str, temp_dir: Path | None = None) -> subprocess.Popen[bytes]:
-    """``ray start ARGS`` with its output in ``log``."""
-    extra = ["--temp-dir", str(temp_dir)] if temp_dir else []
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [RAY, "start", *args, *COMMON, *extra], env=RAY_ENV, stdout=out, stderr=out
-        )
+@dataclass
+class Node:
+    """A Ray node to start: its name and Ray resources."""
+
+    name: str
+    cpus: int
+    gpus: int = 0
+    custom: dict[str, float] = field(default_factory=dict)
 
 
-def raylet_pid(node_id: str) -> int:
-    """The raylet process of the node ``node_id`` (its command line names it)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+class Cluster:
+    """``ray start`` nodes on this host, by name."""
+
+    def __init__(self, work: Path, temp_dir: Path) -> None:
+        self.work, self.temp_dir = work, temp_dir
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self, node: Node) -> None:
+        """Start a node; ``head`` is the head node (start it first).
+
+        A node has the custom resource of its name (``{"node_a": 1}``) beside its own.
+        Nodes start one at a time: two ``ray start`` at once on one host can time out.
+        """
+        if node.name == "head":
+            where = ["--head", "--port", str(self.port), "--include-dashboard=false",
+                     "--temp-dir", str(self.temp_dir)]  # fmt: skip
+        else:
+            where = ["--address", self.address,
+                     "--resources", json.dumps({node.name: 1, **node.custom})]  # fmt: skip
+        args = [*where, "--num-cpus", str(node.cpus), "--num-gpus", str(node.gpus), *COMMON]
+        with (self.work / f"ray-{node.name}.log").open("ab") as out:
+            proc = subprocess.Popen([RAY, "start", *args], env=RAY_ENV, stdout=out, stderr=out)
+        assert proc.wait(120) == 0, f"ray start ({node.name}) failed"
+
+    def node_id(self, name: str) -> str:
+        """The node id of the named node (its raylet's command line names both)."""
+        return self._raylet(name)[1]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the named node's raylet."""
+        os.kill(self._raylet(name)[0], signal.SIGKILL)
+
+    def _raylet(self, name: str) -> tuple[int, str]:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\x00")
+            except OSError:
+                continue
+            if not args or not args[0].endswith(b"/raylet"):
+                continue
+            flags = dict(a.decode(errors="replace").partition("=")[::2] for a in args[1:])
+            listed = flags.get("--static_resource_list", "").split(",")[::2]  # name,value,...
+            if name in listed:
+                return int(proc.name), flags["--node_id"]
+        raise LookupError(f"no raylet of node {name}")
+
+
+class Service:
+    """A `trainsvc serve --backend ray` on the cluster, in its own session."""
+
+    def __init__(self, work: Path, name: str, cluster: Cluster, *extra: str) -> None:
+        self.port = free_port()
+        self.log_path = work / f"service-{name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from trainsvc import main; main()", "serve",
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(work / f"data-{name}"),
+             "--metrics-listen", "", "--backend", "ray", "--ray-address", cluster.address,
+             *extra],
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.TrainServiceStub(self.channel)
+
+    def ready(self) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=90)
+
+    def stop(self) -> int | None:
+        """SIGTERM (it checkpoints and exits); SIGKILL of its session if that fails."""
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"/raylet\x00" in cmd and f"--node_id={node_id}".encode() in cmd:
-            return int(proc.name)
-    raise LookupError(f"no raylet of node {node_id}")
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+            return None
 
 
 def events(stub: pb_grpc.TrainServiceStub, name: str) -> list[pb.Event]:
@@ -81,10 +177,17 @@ def events(stub: pb_grpc.TrainServiceStub, name: str) -> list[pb.Event]:
 
 def nodes_of(stub: pb_grpc.TrainServiceStub, name: str) -> list[str]:
     """The Ray nodes the run's workers reported, in order."""
-    marker = "worker on Ray node "
-    return [
-        e.message.split(marker, 1)[1].split()[0] for e in events(stub, name) if marker in e.message
-    ]
+    return [e.message.split(MARKER, 1)[1].split()[0] for e in events(stub, name)
+            if MARKER in e.message]  # fmt: skip
+
+
+def story(stub: pb_grpc.TrainServiceStub, name: str, into: dict[str, Any]) -> None:
+    """The run's nodes, states, messages and restarts, for the test to assert on."""
+    evs = events(stub, name)
+    into["nodes"] = nodes_of(stub, name)
+    into["states"] = [pb.Run.State.Name(e.state) for e in evs if e.state]
+    into["messages"] = [e.message[:300] for e in evs]
+    into["restarts"] = stub.GetRun(pb.GetRunRequest(name=name)).restarts
 
 
 def wait(stub: pb_grpc.TrainServiceStub, name: str, pred: Any, what: str, timeout: float) -> pb.Run:
@@ -98,166 +201,212 @@ def wait(stub: pb_grpc.TrainServiceStub, name: str, pred: Any, what: str, timeou
         time.sleep(0.2)
 
 
-def create(stub: pb_grpc.TrainServiceStub, run_id: str, **resources: Any) -> pb.Run:
+def create(stub: pb_grpc.TrainServiceStub, run_id: str, custom: dict[str, float] | None = None,
+           **resources: Any) -> pb.Run:  # fmt: skip
     run = pb.Run(
         kind=pb.Run.EMERGENCE,
         step_budget=1_000_000,
         checkpoint_policy=pb.CheckpointPolicy(interval_steps=20, keep_last=3),
-        resources=pb.Resources(**resources),
+        resources=pb.Resources(custom=custom or {}, **resources),
     )
     for key, value in json.loads(sys.argv[2]).items():
         run.emergence.overrides[key] = json.dumps(value)
     return stub.CreateRun(pb.CreateRunRequest(run=run, run_id=run_id), timeout=60)
 
 
-def scenario(work: Path, ray_tmp: Path, auto: bool, result: dict[str, Any]) -> None:
-    """``auto``: the service runs with ``--auto-resume`` (and the control calls are checked);
-    otherwise the run must stay INTERRUPTED until ResumeRun."""
+def state(stub: pb_grpc.TrainServiceStub, name: str) -> str:
+    return pb.Run.State.Name(stub.GetRun(pb.GetRunRequest(name=name), timeout=10).state)
+
+
+def newest_checkpoint(stub: pb_grpc.TrainServiceStub, name: str) -> int:
+    ckpts = stub.ListCheckpoints(pb.ListCheckpointsRequest(parent=name), timeout=10).checkpoints
+    return max(c.step for c in ckpts)
+
+
+@contextmanager
+def section(result: dict[str, Any], name: str) -> Iterator[dict[str, Any]]:
+    """Record a scenario's findings under ``name``, its failure as ``name``'s ``error``."""
+    part: dict[str, Any] = result.setdefault(name, {})
     t0 = time.monotonic()
-    port = free_port()
-    head = ray_start(
-        work / "ray-head.log", "--head", "--port", str(port), "--num-cpus", "0",
-        "--include-dashboard=false", temp_dir=ray_tmp,
-    )  # fmt: skip
-    assert head.wait(120) == 0, "ray start --head failed"
-    node_a = ray_start(work / "ray-node_a.log", "--address", f"127.0.0.1:{port}",
-                       "--num-cpus", "1", "--resources", '{"node_a": 1}')  # fmt: skip
-    assert node_a.wait(120) == 0, "ray start (node_a) failed"
-    result["cluster_up_s"] = round(time.monotonic() - t0, 1)
-
-    svc_port = free_port()
-    log = (work / "service.log").open("wb")
-    service = subprocess.Popen(
-        serve_cmd(work, svc_port, port, *(["--auto-resume"] if auto else [])),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    result["service_pid"] = service.pid
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{svc_port}")
-        grpc.channel_ready_future(channel).result(timeout=90)
-        stub = pb_grpc.TrainServiceStub(channel)
-
-        if auto:  # A request no node can satisfy: PENDING with the reason, not FAILED.
-            big = create(stub, "too-big", cpus=64)
-            result["too_big_state"] = pb.Run.State.Name(big.state)
-            result["too_big_message"] = big.state_message
-
-        run = create(stub, "on-ray", cpus=1)
-        name = run.name
-        running = wait(
-            stub, name, lambda r: r.state == pb.Run.RUNNING and r.step > 0, "RUNNING", 120
-        )
-        result["first_running_step"] = running.step
-        first_nodes = nodes_of(stub, name)
-        result["first_node"] = first_nodes[0] if first_nodes else ""
-
-        if auto:  # The control plane over the TCP connection: frames, pause, checkpoint.
-            control(stub, name, result)
-
-        node_b = ray_start(work / "ray-node_b.log", "--address", f"127.0.0.1:{port}",
-                           "--num-cpus", "1", "--resources", '{"node_b": 1}')  # fmt: skip
-        assert node_b.wait(120) == 0, "ray start (node_b) failed"
-        # Train past a periodic checkpoint after the pause one, then kill node_a's raylet.
-        base = stub.GetRun(pb.GetRunRequest(name=name)).step
-        wait(stub, name, lambda r: r.step >= base + 45, "steps past a checkpoint", 120)
-        ckpts = stub.ListCheckpoints(pb.ListCheckpointsRequest(parent=name), timeout=10).checkpoints
-        result["newest_checkpoint_before_kill"] = max(c.step for c in ckpts)
-        os.kill(raylet_pid(result["first_node"]), signal.SIGKILL)
-        killed_at = time.monotonic()
-        result["step_at_kill"] = stub.GetRun(pb.GetRunRequest(name=name)).step
-
-        if auto:
-            wait(stub, name, lambda r: r.restarts >= 1, "the restart after the node's death", 90)
-            result["restart_detected_s"] = round(time.monotonic() - killed_at, 1)
-        else:
-            lost = wait(stub, name, lambda r: r.state == pb.Run.INTERRUPTED, "INTERRUPTED", 90)
-            result["interrupted_s"] = round(time.monotonic() - killed_at, 1)
-            result["interrupted_message"] = lost.state_message
-            time.sleep(3)
-            later = stub.GetRun(pb.GetRunRequest(name=name))
-            result["state_3s_later"] = pb.Run.State.Name(later.state)
-            resumed = stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60)
-            result["resume_run_state"] = pb.Run.State.Name(resumed.state)
-        back = wait(stub, name, lambda r: r.state == pb.Run.RUNNING, "RUNNING again", 150)
-        again = wait(stub, name, lambda r: r.step >= back.step + 10, "training on", 120)
-        result["resumed_running_s"] = round(time.monotonic() - killed_at, 1)
-        result["step_after"] = again.step
-        result["nodes"] = nodes_of(stub, name)
-        evs = events(stub, name)
-        result["states"] = [pb.Run.State.Name(e.state) for e in evs if e.state]
-        result["messages"] = [e.message[:300] for e in evs]
-        result["restarts"] = again.restarts
-
-        stopped = stub.StopRun(pb.StopRunRequest(name=name), timeout=60)
-        result["stopped_state"] = pb.Run.State.Name(stopped.state)
-        if auto:
-            big = stub.GetRun(pb.GetRunRequest(name="runs/too-big"))
-            result["too_big_state_later"] = pb.Run.State.Name(big.state)
-            big = stub.StopRun(pb.StopRunRequest(name="runs/too-big"), timeout=60)
-            result["too_big_stopped"] = pb.Run.State.Name(big.state)
-        channel.close()
-        service.send_signal(signal.SIGTERM)
-        result["service_exit"] = service.wait(60)
-        if not auto:
-            crash_loop(work, port, result)
+        yield part
+    except Exception:
+        part["error"] = traceback.format_exc()[-3000:]
     finally:
-        if service.poll() is None:
-            os.killpg(service.pid, signal.SIGKILL)
-            service.wait(30)
-        log.close()
-        result["total_s"] = round(time.monotonic() - t0, 1)
+        part["wall_s"] = round(time.monotonic() - t0, 1)
 
 
-def serve_cmd(work: Path, svc_port: int, ray_port: int, *extra: str) -> list[str]:
-    """``trainsvc serve --backend ray`` on ``svc_port`` with the cluster at ``ray_port``."""
-    return [sys.executable, "-c", "from trainsvc import main; main()", "serve",
-            "--listen", f"127.0.0.1:{svc_port}", "--data-dir", str(work / "data"),
-            "--metrics-listen", "", "--backend", "ray", "--ray-address",
-            f"127.0.0.1:{ray_port}", *extra]  # fmt: skip
+def run_suite(cluster: Cluster, work: Path, tests: list[str], part: dict[str, Any]) -> None:
+    """The service tests on the Ray backend: each test's outcome from the JUnit report."""
+    report = work / "suite.xml"
+    env = {**os.environ, "TRAINSVC_TEST_BACKEND": "ray",
+           "TRAINSVC_TEST_RAY_ADDRESS": cluster.address}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0",
+         "--basetemp", str(work / "suite-tmp"), "--junitxml", str(report), *tests],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    part["exit"] = out.returncode
+    part["output_tail"] = out.stdout[-4000:] + out.stderr[-2000:]
+    cases = []
+    for case in ET.parse(report).iter("testcase"):
+        outcome, detail = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = "skipped" if child.tag == "skipped" else "failed"
+                detail = (child.get("message") or "")[:500]
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}.py::{case.get('name')}"
+        cases.append({"test": name, "outcome": outcome, "s": float(case.get("time", 0)),
+                      "detail": detail})  # fmt: skip
+    part["cases"] = cases
 
 
-def crash_loop(work: Path, ray_port: int, result: dict[str, Any]) -> None:
-    """A service whose workers crash at step 5 (the worker's fault-injection hook) on a
-    healthy Ray node: the run must end FAILED as a crash loop, as with local workers."""
-    svc_port = free_port()
-    env = {**os.environ, "TRAINSVC_FAULT_CRASH_AT_STEP": "5"}
-    with (work / "service-crash.log").open("wb") as log:
-        service = subprocess.Popen(
-            serve_cmd(work, svc_port, ray_port), env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{svc_port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=90)
-            stub = pb_grpc.TrainServiceStub(channel)
-            name = create(stub, "crashy", cpus=1).name
-            failed = wait(stub, name, lambda r: r.state == pb.Run.FAILED, "FAILED", 180)
-            result["crash_state_message"] = failed.state_message
-            result["crash_nodes"] = nodes_of(stub, name)
-        service.send_signal(signal.SIGTERM)
-        result["crash_service_exit"] = service.wait(60)
-    finally:
-        if service.poll() is None:
-            os.killpg(service.pid, signal.SIGKILL)
-            service.wait(30)
+def gpu_runs(svc: Service, cluster: Cluster, part: dict[str, Any]) -> None:
+    """A 1-GPU run lands on node_b, the only GPU node; 2 GPUs: PENDING with the reason."""
+    stub = svc.stub
+    big = create(stub, "two-gpus", gpus=2)
+    part["two_gpus_state"] = pb.Run.State.Name(big.state)
+    part["two_gpus_message"] = big.state_message
+    run = create(stub, "one-gpu", gpus=1)
+    wait(stub, run.name, lambda r: r.state == pb.Run.RUNNING and r.step > 0, "one-gpu RUNNING", 120)
+    part["gpu_node"] = cluster.node_id("node_b")
+    story(stub, run.name, part)
+    part["stopped"] = pb.Run.State.Name(stub.StopRun(pb.StopRunRequest(name=run.name)).state)
+    part["two_gpus_state_later"] = state(stub, big.name)
+    part["two_gpus_stopped"] = pb.Run.State.Name(
+        stub.StopRun(pb.StopRunRequest(name=big.name)).state
+    )
 
 
-def control(stub: pb_grpc.TrainServiceStub, name: str, result: dict[str, Any]) -> None:
+def control(stub: pb_grpc.TrainServiceStub, name: str, part: dict[str, Any]) -> None:
     """A frame, then pause, checkpoint and resume: the same calls as with a local worker."""
     frames = stub.StreamFrames(pb.StreamFramesRequest(name=name), timeout=30)
-    result["frame_step"] = next(iter(frames)).step
+    part["frame_step"] = next(iter(frames)).step
     frames.cancel()
-    paused = stub.PauseRun(pb.PauseRunRequest(name=name), timeout=60)
-    result["paused_state"] = pb.Run.State.Name(paused.state)
-    ckpt = stub.SaveCheckpoint(pb.SaveCheckpointRequest(name=name), timeout=60)
-    result["checkpoint_while_paused"] = ckpt.name
-    resumed = stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60)
-    result["resumed_state"] = pb.Run.State.Name(resumed.state)
+    part["paused_state"] = pb.Run.State.Name(
+        stub.PauseRun(pb.PauseRunRequest(name=name), timeout=60).state
+    )
+    part["checkpoint_while_paused"] = stub.SaveCheckpoint(
+        pb.SaveCheckpointRequest(name=name), timeout=60
+    ).name
+    part["resumed_state"] = pb.Run.State.Name(
+        stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60).state
+    )
+
+
+def partition(svc: Service, name: str, port: int, part: dict[str, Any]) -> None:
+    """Cut the run's worker connection (both ends, ``ss -K``) while node_a lives."""
+    base = svc.stub.GetRun(pb.GetRunRequest(name=name)).step
+    wait(svc.stub, name, lambda r: r.step >= base + 25, "steps past a checkpoint", 120)
+    part["newest_checkpoint_before_cut"] = newest_checkpoint(svc.stub, name)
+    both_ends = f"( sport = :{port} or dport = :{port} )"
+    cut = subprocess.run(
+        ["ss", "-K", "state", "established", both_ends], capture_output=True, text=True, check=False
+    )
+    cut_at = time.monotonic()
+    part["ss_exit"], part["ss_output"] = cut.returncode, (cut.stdout + cut.stderr)[-1000:]
+    wait(svc.stub, name, lambda r: r.restarts >= 1, "the restart after the cut", 60)
+    part["detected_s"] = round(time.monotonic() - cut_at, 1)
+    back = wait(svc.stub, name, lambda r: r.state == pb.Run.RUNNING, "RUNNING after the cut", 120)
+    wait(svc.stub, name, lambda r: r.step >= back.step + 5, "training after the cut", 120)
+    part["running_again_s"] = round(time.monotonic() - cut_at, 1)
+
+
+def node_death(cluster: Cluster, auto: Service, manual: Service, names: dict[str, str],
+               result: dict[str, Any]) -> None:  # fmt: skip
+    """node_c joins; node_a dies; the auto run moves on at once, the manual one on ResumeRun."""
+    cluster.start(Node("node_c", cpus=2, custom={"spot": 2}))
+    for svc, key in ((auto, "auto"), (manual, "manual")):
+        run = svc.stub.GetRun(pb.GetRunRequest(name=names[key]))
+        wait(svc.stub, names[key], lambda r, s=run.step: r.step >= s + 25, "a new checkpoint", 120)
+        result[key]["newest_checkpoint_before_kill"] = newest_checkpoint(svc.stub, names[key])
+    result["node_a_id"] = cluster.node_id("node_a")
+    cluster.kill("node_a")
+    killed_at = time.monotonic()
+    with section(result, "manual") as part:
+        stub, name = manual.stub, names["manual"]
+        lost = wait(stub, name, lambda r: r.state == pb.Run.INTERRUPTED, "INTERRUPTED", 90)
+        part["interrupted_s"] = round(time.monotonic() - killed_at, 1)
+        part["interrupted_message"] = lost.state_message
+        time.sleep(3)
+        part["state_3s_later"] = state(stub, name)
+        part["resume_run_state"] = pb.Run.State.Name(
+            stub.ResumeRun(pb.ResumeRunRequest(name=name), timeout=60).state
+        )
+    for svc, key in ((auto, "auto"), (manual, "manual")):
+        with section(result, key) as part:
+            stub, name = svc.stub, names[key]
+            gone = result["node_a_id"]
+
+            def moved(r: pb.Run, stub: Any = stub, name: str = name, gone: str = gone) -> bool:
+                return r.state == pb.Run.RUNNING and nodes_of(stub, name)[-1:] != [gone]
+
+            back = wait(stub, name, moved, "RUNNING on another node", 150)
+            again = wait(stub, name, lambda r, s=back.step: r.step >= s + 10, "training on", 120)
+            part["resumed_running_s"] = round(time.monotonic() - killed_at, 1)
+            part["step_after"] = again.step
+            story(stub, name, part)
+            part["stopped_state"] = pb.Run.State.Name(
+                stub.StopRun(pb.StopRunRequest(name=name), timeout=60).state
+            )
+
+
+def scenarios(cluster: Cluster, work: Path, result: dict[str, Any]) -> None:
+    """Scenario 2 of the module docstring."""
+    listen_port = free_port()
+    auto = Service(
+        work, "auto", cluster, "--auto-resume", "--ray-listen", f"127.0.0.1:{listen_port}"
+    )
+    manual = Service(work, "manual", cluster, "--ray-listen", "0.0.0.0:0")
+    # An address of no interface here: the service must refuse to start, naming the flag.
+    bad = subprocess.Popen(
+        [sys.executable, "-c", "from trainsvc import main; main()", "serve", "--listen",
+         f"127.0.0.1:{free_port()}", "--data-dir", str(work / "data-bad"), "--metrics-listen", "",
+         "--backend", "ray", "--ray-address", cluster.address, "--ray-listen", "192.0.2.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    names: dict[str, str] = {}
+    try:
+        auto.ready()
+        manual.ready()
+        with section(result, "bad_listen") as part:
+            part["output"] = bad.communicate(timeout=120)[0][-2000:]
+            part["exit"] = bad.returncode
+        with section(result, "auto") as part:
+            big = create(auto.stub, "too-big", cpus=64)
+            part["too_big_state"] = pb.Run.State.Name(big.state)
+            part["too_big_message"] = big.state_message
+            part["listen_port"] = listen_port
+        with section(result, "gpu") as part:
+            gpu_runs(auto, cluster, part)
+        with section(result, "auto") as part:
+            names["auto"] = create(auto.stub, "on-ray", {"spot": 1}).name
+            names["manual"] = create(manual.stub, "on-ray", {"spot": 1}).name
+            for key, svc in (("auto", auto), ("manual", manual)):
+                run = wait(svc.stub, names[key], lambda r: r.state == pb.Run.RUNNING and r.step > 0,
+                           "RUNNING", 120)  # fmt: skip
+                result.setdefault(key, {})["first_node"] = nodes_of(svc.stub, names[key])[0]
+                result[key]["first_running_step"] = run.step
+            control(auto.stub, names["auto"], part)
+        with section(result, "partition") as part:
+            partition(auto, names["auto"], listen_port, part)
+        with section(result, "node_death") as part:
+            node_death(cluster, auto, manual, names, result)
+        with section(result, "auto") as part:
+            part["too_big_state_later"] = state(auto.stub, "runs/too-big")
+            part["too_big_stopped"] = pb.Run.State.Name(
+                auto.stub.StopRun(pb.StopRunRequest(name="runs/too-big")).state
+            )
+    finally:
+        if bad.poll() is None:
+            bad.kill()
+        result.setdefault("auto", {})["service_exit"] = auto.stop()
+        result.setdefault("manual", {})["service_exit"] = manual.stop()
 
 
 def end_namespace() -> None:
     """SIGKILL every other process of this network namespace: the Ray cluster and the
-    service (unlike ``ray stop``, this never touches Ray processes outside it)."""
+    services (unlike ``ray stop``, this never touches Ray processes outside it)."""
     mine = Path("/proc/self/ns/net").readlink()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -271,20 +420,34 @@ def end_namespace() -> None:
 
 def main() -> None:
     work = Path(sys.argv[1])
+    tests = sys.argv[3:]
     result: dict[str, Any] = {}
+    t0 = time.monotonic()
     # Ray's sockets live under its temp dir: keep the path short (108-byte socket paths).
     ray_tmp = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
     try:
-        scenario(work, ray_tmp, sys.argv[3:4] != ["manual"], result)
+        cluster = Cluster(work, ray_tmp)
+        cluster.start(Node("head", cpus=0))
+        cluster.start(Node("node_a", cpus=3, custom={"spot": 2}))
+        cluster.start(Node("node_b", cpus=3, gpus=1))
+        result["cluster_up_s"] = round(time.monotonic() - t0, 1)
+        if tests:
+            with section(result, "suite") as part:
+                run_suite(cluster, work, tests, part)
+        scenarios(cluster, work, result)
         result["ok"] = True
     except Exception:
         result["ok"] = False
         result["error"] = traceback.format_exc()[-3000:]
-        for log in sorted(work.glob("*.log")):
-            result[log.name] = log.read_text(errors="replace")[-3000:]
     finally:
+        if not result.get("ok") or any(
+            "error" in v for v in result.values() if isinstance(v, dict)
+        ):
+            for log in sorted(work.glob("*.log")):
+                result[log.name] = log.read_text(errors="replace")[-3000:]
         end_namespace()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        result["total_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(result))
 
 

@@ -1,9 +1,12 @@
 """`trainsvc serve --backend ray`: runs' workers as Ray actors on a real multi-node cluster.
 
-The cluster test runs `ray_cluster_driver.py` in a network namespace with only
-``lo`` (Ray binds the machine's own address, and the namespace keeps the
-cluster, the service and its client off the host's network); it needs root
-and ``ip netns``. The resource checks and the start-up error need neither.
+The cluster tests share one run of `ray_cluster_driver.py` (one Ray cluster: a
+head, node_a, node_b with a GPU, node_c joining later) in a network namespace
+with only ``lo`` (Ray binds the machine's own address, and the namespace keeps
+the cluster, the services and their clients off the host's network); they need
+root and ``ip netns``. The driver also runs the service's lifecycle tests (`SUITE`)
+on that cluster, with ``TRAINSVC_TEST_BACKEND=ray``. The resource checks and the
+start-up errors need neither.
 """
 
 from __future__ import annotations
@@ -101,11 +104,21 @@ def test_ray_backend_start_up_errors_name_the_flag(tmp_path: Path, address: str)
     assert "--ray-address" in out.stderr, out.stderr[-2000:]
 
 
+SUITE = (
+    "tests/service/test_e2e.py",
+    "tests/service/test_streams.py",
+    "tests/service/test_restart_and_faults.py",
+)
+"""The service tests run again on the Ray backend: lifecycle, completion with a final
+checkpoint, listing, frame streams, SIGKILL/SIGTERM of the service and resuming, and a
+crash loop."""
+
+
 def _netns_available() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("ip") is not None
 
 
-def _drive(tmp_path: Path, *mode: str) -> dict[str, Any]:
+def _drive(work: Path, *tests: str) -> dict[str, Any]:
     """Run `ray_cluster_driver.py` in a fresh network namespace; its JSON result."""
     ns = f"trainsvc-ray-{os.getpid()}"
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=False).returncode:
@@ -114,8 +127,8 @@ def _drive(tmp_path: Path, *mode: str) -> dict[str, Any]:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         out = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, str(HERE / "ray_cluster_driver.py"),
-             str(tmp_path), json.dumps(TINY), *mode],
-            capture_output=True, text=True, timeout=300, check=False,
+             str(work), json.dumps(TINY), *tests],
+            capture_output=True, text=True, timeout=840, check=False,
         )  # fmt: skip
     finally:
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
@@ -129,75 +142,160 @@ def _drive(tmp_path: Path, *mode: str) -> dict[str, Any]:
     return r
 
 
-def _continued_on_another_node(r: dict[str, Any]) -> int:
-    """Placed on node_a, then on node_b from the newest checkpoint, steps continuous;
-    returns the step it restarted from."""
-    first, second = r["nodes"]
-    assert first == r["first_node"] and second != first
-    messages: list[str] = r["messages"]
-    assert any(m.startswith(f"interrupted: its Ray node {first[:12]} died") for m in messages), (
-        messages
-    )
-    started = [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("worker started at")]
-    restored = started[-1]
-    lost_at = next(i for i, m in enumerate(messages) if m.startswith("interrupted: "))
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The driver's findings: one cluster for every scenario below (and the suite)."""
+    if not _netns_available():
+        pytest.skip("needs root and `ip netns`")
+    return _drive(tmp_path_factory.mktemp("ray"), *SUITE)
 
-    def saved(part: list[str]) -> list[int]:
-        return [int(m.split("step ", 1)[1].split(" ", 1)[0]) for m in part
-                if m.startswith("checkpoint saved")]  # fmt: skip
 
-    before, after = saved(messages[:lost_at]), saved(messages[lost_at:])
-    # The newest checkpoint: at least the newest the dead worker reported (ResumeRun also
-    # indexes one it wrote but could not report before its node died).
-    assert restored >= max(before) >= r["newest_checkpoint_before_kill"] > 0, [
+def _part(r: dict[str, Any], name: str) -> dict[str, Any]:
+    """A scenario's findings; fails with its error (and the logs) if it failed."""
+    part: dict[str, Any] = r.get(name, {})
+    logs = {k: v for k, v in r.items() if k.endswith(".log")}
+    assert "error" not in part, "\n".join([part["error"], *(f"{k}:\n{v}" for k, v in logs.items())])
+    return part
+
+
+def _saved(messages: list[str]) -> list[int]:
+    return [int(m.split("step ", 1)[1].split(" ", 1)[0]) for m in messages
+            if m.startswith("checkpoint saved")]  # fmt: skip
+
+
+def _restored(messages: list[str]) -> list[int]:
+    return [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("worker started at")]
+
+
+def _continued_after(part: dict[str, Any], why: str, newest_before: int) -> int:
+    """The run was interrupted (``why``) and continued from its newest checkpoint, steps
+    never going back; returns the step it restarted from."""
+    messages: list[str] = part["messages"]
+    lost_at = next((i for i, m in enumerate(messages) if m.startswith(f"interrupted: {why}")), -1)
+    assert lost_at >= 0, messages
+    restored = _restored(messages[lost_at:])[0]
+    before, after = _saved(messages[:lost_at]), _saved(messages[lost_at:])
+    # The newest checkpoint: at least the newest the worker reported (the restart also
+    # indexes one it wrote but could not report before it was cut off).
+    assert restored >= max(before) >= newest_before > 0, [
         m for m in messages if not m.startswith("checkpoint saved")
     ]
-    assert f"restored step {restored} from" in " ".join(messages), messages
-    assert r["step_after"] > restored
+    assert f"restored step {restored} from" in " ".join(messages[lost_at:]), messages
     assert before == sorted(before) and after == sorted(after), messages
-    assert all(step > restored for step in after), (restored, after)  # none went back
-    assert r["stopped_state"] == "STOPPED" and r["service_exit"] == 0
+    assert all(step > restored for step in after if step), (restored, after)  # none went back
     return restored
 
 
 @pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
-def test_run_survives_its_ray_node_dying(tmp_path: Path) -> None:
-    """--auto-resume: placed by its resources on node_a; node_a's raylet killed; the run
-    goes INTERRUPTED and continues on node_b at once."""
-    r = _drive(tmp_path)
-
-    # No node has 64 CPUs: the run waits, PENDING, saying why; StopRun ends it.
-    assert r["too_big_state"] == "PENDING" and r["too_big_state_later"] == "PENDING"
-    assert "no node of the cluster has it" in r["too_big_message"], r["too_big_message"]
-    assert "cpus=64" in r["too_big_message"]
-    assert r["too_big_stopped"] == "STOPPED"
-
-    # The control plane over the worker's TCP connection, as with local workers.
-    assert r["frame_step"] > 0
-    assert r["paused_state"] == "PAUSED" and r["resumed_state"] == "RUNNING"
-    assert r["checkpoint_while_paused"].startswith("runs/on-ray/checkpoints/")
-
-    # Placed on node_a (the only node with a CPU), then on node_b after node_a died.
-    _continued_on_another_node(r)
-    assert r["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], r["states"]
-    assert r["restarts"] == 1
+def test_lifecycle_suite_passes_on_the_ray_backend(cluster: dict[str, Any]) -> None:
+    """`SUITE` with every worker a Ray actor: all pass but the tests of local processes."""
+    suite = _part(cluster, "suite")
+    cases = suite["cases"]
+    failed = [c for c in cases if c["outcome"] == "failed"]
+    assert not failed and suite["exit"] == 0, (failed, suite["output_tail"])
+    skipped = {c["test"]: c["detail"] for c in cases if c["outcome"] == "skipped"}
+    assert skipped == {
+        "test_e2e.py::test_workers_run_nicer_than_the_service": skipped.get(
+            "test_e2e.py::test_workers_run_nicer_than_the_service", "missing"
+        )
+    }, skipped
+    assert all("not processes of the service" in why for why in skipped.values()), skipped
+    passed = {c["test"] for c in cases if c["outcome"] == "passed"}
+    assert {
+        "test_e2e.py::test_lifecycle",
+        "test_e2e.py::test_run_completes_with_a_final_checkpoint",
+        "test_e2e.py::test_list_pages",
+        "test_restart_and_faults.py::test_sigkill_of_the_whole_service_then_resume_matches_uninterrupted",
+        "test_restart_and_faults.py::test_sigterm_checkpoints_and_auto_resume_continues",
+        "test_restart_and_faults.py::test_crash_loop_ends_failed",
+    } <= passed, passed
+    assert len(passed) >= 10, passed
 
 
 @pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
-def test_run_waits_interrupted_without_auto_resume(tmp_path: Path) -> None:
-    """Without --auto-resume the run of a dead node stays INTERRUPTED until ResumeRun,
-    which places it on the node that is left; a crash loop on a Ray node still FAILS."""
-    r = _drive(tmp_path, "manual")
-    assert r["interrupted_message"].startswith("interrupted: its Ray node ")
-    assert "ResumeRun continues from the newest checkpoint" in r["interrupted_message"]
-    assert r["state_3s_later"] == "INTERRUPTED"
-    _continued_on_another_node(r)
-    assert r["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], r["states"]
-    assert r["restarts"] == 0  # not a crash of the worker
+def test_gpu_request_lands_on_the_gpu_node(cluster: dict[str, Any]) -> None:
+    """gpus=1: placed on node_b (``--num-gpus 1``), whose device its worker sees;
+    gpus=2: no node has them, PENDING with the reason until stopped."""
+    gpu = _part(cluster, "gpu")
+    assert gpu["nodes"] == [gpu["gpu_node"]], gpu
+    started = next(m for m in gpu["messages"] if "worker on Ray node" in m)
+    assert "devices CUDA_VISIBLE_DEVICES=0" in started, started
+    assert gpu["stopped"] == "STOPPED"
+    assert gpu["two_gpus_state"] == gpu["two_gpus_state_later"] == "PENDING"
+    assert "gpus=2" in gpu["two_gpus_message"], gpu["two_gpus_message"]
+    assert "no node of the cluster has it" in gpu["two_gpus_message"]
+    assert gpu["two_gpus_stopped"] == "STOPPED"
 
-    # A worker that keeps crashing on a healthy node (the fault hook at step 5, before any
-    # checkpoint): a crash loop, FAILED, exactly as with local workers.
-    message = r["crash_state_message"]
-    assert message.startswith("crash loop: the worker crashed 3 times without step progress")
-    assert "(fault injection hook)" in message, message
-    assert len(r["crash_nodes"]) == 3 and r["crash_service_exit"] == 0
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_workers_connect_to_the_ray_listen_address(cluster: dict[str, Any]) -> None:
+    """--ray-listen HOST:PORT is where workers connect; 0.0.0.0 gives them Ray's address
+    for the machine; an address not on this machine fails start-up naming the flag."""
+    auto, manual = _part(cluster, "auto"), _part(cluster, "manual")
+    first = next(m for m in auto["messages"] if "worker on Ray node" in m)
+    assert first.endswith(f"connected to 127.0.0.1:{auto['listen_port']}"), first
+    first = next(m for m in manual["messages"] if "worker on Ray node" in m)
+    assert "connected to 0.0.0.0" not in first and "connected to " in first, first
+    bad = _part(cluster, "bad_listen")
+    assert bad["exit"] == 1, bad
+    assert "--ray-listen 192.0.2.1:0: cannot listen there" in bad["output"], bad["output"]
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_cut_connection_interrupts_and_auto_resumes(cluster: dict[str, Any]) -> None:
+    """The worker's TCP connection cut (``ss -K``, both ends) while its node lives: the
+    run is INTERRUPTED (not a crash), its actor ended, and --auto-resume restarts it."""
+    cut, auto = _part(cluster, "partition"), _part(cluster, "auto")
+    assert cut["ss_exit"] == 0, cut
+    why = "its connection to the service was cut while its Ray node lived"
+    _continued_after(auto, why, cut["newest_checkpoint_before_cut"])
+    assert auto["nodes"][:2] == [auto["first_node"]] * 2  # spot: node_a only, until node_c
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_run_survives_its_ray_node_dying(cluster: dict[str, Any]) -> None:
+    """--auto-resume: placed by its resources on node_a; node_a's raylet killed; the run
+    goes INTERRUPTED and continues on node_c at once."""
+    auto = _part(cluster, "auto")
+    _part(cluster, "node_death")
+    # No node has 64 CPUs: the run waits, PENDING, saying why; StopRun ends it.
+    assert auto["too_big_state"] == "PENDING" and auto["too_big_state_later"] == "PENDING"
+    assert "no node of the cluster has it" in auto["too_big_message"], auto["too_big_message"]
+    assert "cpus=64" in auto["too_big_message"]
+    assert auto["too_big_stopped"] == "STOPPED"
+
+    # The control plane over the worker's TCP connection, as with local workers.
+    assert auto["frame_step"] > 0
+    assert auto["paused_state"] == "PAUSED" and auto["resumed_state"] == "RUNNING"
+    assert auto["checkpoint_while_paused"].startswith("runs/on-ray/checkpoints/")
+
+    node_a = cluster["node_a_id"]
+    assert auto["first_node"] == node_a and auto["nodes"][-1] not in ("", node_a), auto["nodes"]
+    restored = _continued_after(
+        auto, f"its Ray node {node_a[:12]} died", auto["newest_checkpoint_before_kill"]
+    )
+    assert auto["step_after"] > restored
+    assert auto["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], auto["states"]
+    assert auto["restarts"] == 2  # the cut connection, then the dead node
+    assert auto["stopped_state"] == "STOPPED"
+    assert auto["service_exit"] == 0
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+def test_run_waits_interrupted_without_auto_resume(cluster: dict[str, Any]) -> None:
+    """Without --auto-resume the run of a dead node stays INTERRUPTED until ResumeRun,
+    which places it on the node that is left (not counted as a restart)."""
+    manual = _part(cluster, "manual")
+    node_a = cluster["node_a_id"]
+    assert manual["interrupted_message"].startswith(f"interrupted: its Ray node {node_a[:12]} ")
+    assert "ResumeRun continues from the newest checkpoint" in manual["interrupted_message"]
+    assert manual["state_3s_later"] == "INTERRUPTED"
+    assert manual["nodes"][0] == node_a and manual["nodes"][-1] != node_a, manual["nodes"]
+    restored = _continued_after(
+        manual, f"its Ray node {node_a[:12]} died", manual["newest_checkpoint_before_kill"]
+    )
+    assert manual["step_after"] > restored
+    assert manual["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], manual["states"]
+    assert manual["stopped_state"] == "STOPPED"
+    assert manual["restarts"] == 0  # not a crash of the worker
+    assert manual["service_exit"] == 0
