@@ -258,6 +258,23 @@ def test_unreachable_endpoint_and_missing_bucket_fail_startup(s3: S3, tmp_path: 
     # the default state directory: under XDG_CACHE_HOME, by a hash of the URL
     assert list((tmp_path / "cache" / "trainsvc").iterdir())
 
+    done = _serve_exit(
+        [
+            "--data-dir",
+            url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--storage-option",
+            f"endpoint_url={s3.endpoint}",
+            "--storage-option",
+            "no_such_option=1",
+        ],
+        s3.env,
+        tmp_path,
+    )
+    assert done.returncode == 1 and "--storage-option: refused by the filesystem" in done.stderr
+    assert "no_such_option" in done.stderr, done.stderr
+
     done = _serve_exit(["--state-dir", str(tmp_path / "s")], {}, tmp_path)
     assert done.returncode == 1 and "--state-dir: only with a URL --data-dir" in done.stderr
 

@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="an option of a URL --data-dir's fsspec filesystem, repeatable (s3fs: "
-        "endpoint_url=http://host:9000, region_name=..., profile=...; a JSON value is parsed: "
-        'client_kwargs={"verify":false}); credentials are better left to AWS_ACCESS_KEY_ID / '
+        "endpoint_url=http://host:9000, profile=...; a JSON value is parsed: "
+        'client_kwargs={"region_name":"eu-west-1"}); credentials are better left to AWS_ACCESS_KEY_ID / '
         "AWS_SECRET_ACCESS_KEY or ~/.aws; never logged",
     )
     s.add_argument(

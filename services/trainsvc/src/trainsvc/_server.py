@@ -162,6 +162,11 @@ def _remote_store(opts: ServerOptions) -> RemoteStore | None:
         store.check()
     except CheckpointError as exc:  # RemoteStorageError, CheckpointNotFoundError
         raise ConfigurationError(f"--data-dir {store.describe()}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # an option the filesystem's client does not take
+        raise ConfigurationError(
+            f"--storage-option: refused by the filesystem of {store.describe()}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     return store
 
 
