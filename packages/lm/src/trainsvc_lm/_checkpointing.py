@@ -5,6 +5,10 @@ the same way: the state tree with the trainer kind, backend, run id and config
 in the header metadata (read before a resume matches the state), periodic
 ``step_N`` files under keep-last-N retention, and ``emergency_step_N`` files kept
 forever.
+
+In a data-parallel run (``_dp`` set) every process calls ``save_checkpoint``:
+``state_dict()`` then gives whole host copies, process 0 writes the file, and the
+others wait for it at a barrier and return the same path.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class CheckpointFiles(ABC):
     sinks: Sinks
     _step: int
     _manager: Any
+    _dp: Any = None
+    """The run's `DataParallel` when it is data-parallel, else None."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -51,7 +57,24 @@ class CheckpointFiles(ABC):
         return self._manager
 
     def save_checkpoint(self, *, emergency: bool = False) -> Path:
-        """Saves the state and returns the file (``step_N`` or, kept forever, ``emergency_step_N``)."""
+        """Saves the state and returns the file (``step_N`` or, kept forever, ``emergency_step_N``).
+
+        Data-parallel: every process calls it; process 0 writes, the others wait.
+        """
+        tree = self.state_dict()
+        dp = self._dp
+        if dp is None:
+            return self._write(tree, emergency)
+        barrier = f"checkpoint-{self._step}-{emergency}"
+        if not dp.is_writer:
+            dp.barrier(barrier)
+            return self._checkpoint_path(emergency)
+        try:
+            return self._write(tree, emergency)
+        finally:
+            dp.barrier(barrier)
+
+    def _write(self, tree: dict[str, Any], emergency: bool) -> Path:
         manager = self.checkpoint_manager
         metadata = {
             "trainer": self.trainer_kind,
@@ -59,19 +82,21 @@ class CheckpointFiles(ABC):
             "run_id": self.run_id,
             "config": self.run_config().to_dict(),
         }
-        tree = self.state_dict()
         if emergency:
             path = Path(manager.save_emergency(self._step, tree, metadata=metadata))
             self.sinks.message(f"checkpoint step={self._step} emergency=true path={path}")
             return path
-        from trainsvc_checkpoint import checkpoint_file_name
-
         manager.save(self._step, tree, metadata=metadata, blocking=True)
-        path = Path(manager.directory) / checkpoint_file_name(
-            self._step, compression=manager.compression
-        )
+        path = self._checkpoint_path(emergency)
         self.sinks.message(f"checkpoint step={self._step} path={path}")
         return path
+
+    def _checkpoint_path(self, emergency: bool) -> Path:
+        from trainsvc_checkpoint import checkpoint_file_name
+
+        return Path(self.run_config().log.checkpoint_dir) / checkpoint_file_name(
+            self._step, emergency=emergency
+        )
 
     def close_checkpoints(self) -> None:
         """Waits for pending checkpoint writes and releases the manager."""

@@ -4,6 +4,9 @@ Subcommands::
 
     trainsvc-lm train --model DIR --train FILE [--validation FILE] --out DIR [--steps N]
                       [--config FILE.toml] [--resume] [--SECTION.FIELD VALUE ...]
+                      [--coordinator HOST:PORT --num-processes N --process-id I]
+    trainsvc-lm grpo [--config FILE.toml] --out DIR [--steps N] [--resume]
+                     [--SECTION.FIELD VALUE ...] [--coordinator ... (as train)]
     trainsvc-lm export-peft CHECKPOINT_OR_RUN_DIR OUT_DIR [--merged]
     trainsvc-lm generate --model DIR [--adapter DIR] --prompt TEXT
     trainsvc-lm init-tiny DIR [--family llama|mistral|qwen2|qwen3] [--pretrain-steps N]
@@ -14,12 +17,19 @@ Exit codes: 0 done; 1 an error (bad input, named; nothing trained) or a run stop
 SIGTERM/SIGINT after its emergency checkpoint; 2 is reserved for crash loops (the
 service's), never returned here. ``--json`` prints one JSON object on stdout; progress
 lines then go to stderr.
+
+Data-parallel (``train`` and ``grpo``): every process runs the same command plus
+``--coordinator HOST:PORT --num-processes N --process-id I``; process 0 writes the
+checkpoints, metrics and the adapter (or model). A signal to any process stops every
+process after the same step with one emergency checkpoint; a process that loses
+another exits 1 at once, saying to relaunch every process with ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +37,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
+from trainsvc_lm import _distributed
 from trainsvc_lm._config import FAMILIES
+from trainsvc_lm._distributed import DistributedConfig, DistributedError
 from trainsvc_lm._errors import ConfigError, LMError
 from trainsvc_lm._lora import TARGETS
 from trainsvc_lm._serving_cli import add_serve_parser, run_serve
@@ -62,6 +74,25 @@ def _all_rules() -> dict[str, Rule]:
     rules = {dotted: rule for dotted, (_, rule) in field_rules().items()}
     rules.update(LORA_RULES)
     return rules
+
+
+def _grpo_rules() -> dict[str, Rule]:
+    from trainsvc_lm._grpo_config import grpo_field_rules
+
+    rules: dict[str, Rule] = {dotted: rule for dotted, (_, rule) in grpo_field_rules().items()}
+    rules.update(LORA_RULES)
+    return rules
+
+
+GRPO_EPILOG = """\
+Every config field is also a flag, --SECTION.FIELD VALUE, e.g. --data.task increment4
+--grpo.group-size 8 --grpo.prompts-per-step 16 --train.steps 100. The CLI trains on a
+shipped task (data.task); recorded groups go through the service or GRPOTrainer. At the
+end the policy is written as a model directory to OUT/model. See docs/grpo.md.
+"""
+
+# Fields the grpo subcommand sets from its own named flags.
+_GRPO_NAMED = {"out": "log.checkpoint_dir", "steps": "train.steps"}
 
 
 # Fields the train subcommand sets from its own named flags.
@@ -108,14 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="log to Weights & Biases (offline unless --log.wandb-mode online)",
     )
     _json_flag(train)
-    for dotted, rule in _all_rules().items():
-        if dotted in _NAMED.values() or dotted == "log.wandb":
-            continue
-        section, name = dotted.split(".")
-        flags = [f"--{section}.{name.replace('_', '-')}"] + ([f"--{dotted}"] if "_" in name else [])
-        train.add_argument(
-            *flags, dest=dotted, default=None, metavar=rule.kind.upper(), help=rule.help
-        )
+    _distributed.add_arguments(train)
+    _field_flags(train, _all_rules(), set(_NAMED.values()))
+
+    grpo = sub.add_parser(
+        "grpo",
+        help="GRPO reinforcement learning on a shipped task",
+        description="GRPO: sample groups of completions of a task's prompts, score them with "
+        "the task's verifiable reward and train on group-relative advantages.",
+        epilog=GRPO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    grpo.add_argument("--config", metavar="FILE.toml", help="TOML with [model] [data] [grpo] ...")
+    grpo.add_argument("--out", metavar="DIR", help="run directory: checkpoints, metrics, model")
+    grpo.add_argument("--steps", metavar="N", help="optimizer steps (sampled batches)")
+    grpo.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    _json_flag(grpo)
+    _distributed.add_arguments(grpo)
+    _field_flags(grpo, _grpo_rules(), set(_GRPO_NAMED.values()) | {"log.wandb"})
 
     export = sub.add_parser(
         "export-peft",
@@ -187,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _field_flags(parser: argparse.ArgumentParser, rules: dict[str, Rule], skip: set[str]) -> None:
+    """One ``--SECTION.FIELD`` flag per rule (dashes or underscores), but those in ``skip``."""
+    for dotted, rule in rules.items():
+        if dotted in skip or dotted == "log.wandb":
+            continue
+        section, name = dotted.split(".")
+        flags = [f"--{section}.{name.replace('_', '-')}"] + ([f"--{dotted}"] if "_" in name else [])
+        parser.add_argument(
+            *flags, dest=dotted, default=None, metavar=rule.kind.upper(), help=rule.help
+        )
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -194,11 +249,12 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- config
 
 
-def parse_value(dotted: str, text: Any) -> Any:
-    """A flag's text as its field's type; ConfigError names the field on failure."""
+def parse_value(dotted: str, text: Any, rules: dict[str, Rule] | None = None) -> Any:
+    """A flag's text as its field's type (``rules``: default the ``train`` command's);
+    ConfigError names the field on failure."""
     if not isinstance(text, str):
         return text
-    rule = _all_rules()[dotted]
+    rule = (rules or _all_rules())[dotted]
     if rule.optional and text.lower() in ("none", "null"):
         return None
     if dotted == "lora.target_modules":
@@ -237,6 +293,30 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, dotted, None)
         if value is not None and dotted not in _NAMED.values():
             explicit[dotted] = parse_value(dotted, value)
+    if args.resume:
+        explicit["train.resume_from"] = "latest"
+    return explicit
+
+
+def grpo_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``grpo`` command's dotted settings of ``--config`` and the flags (flags win)."""
+    from trainsvc_lm._grpo_config import GRPOConfig
+
+    explicit: dict[str, Any] = {}
+    if args.config:
+        tables = load_toml(args.config)
+        GRPOConfig.from_dict(tables)  # names the file's own bad fields
+        for section, table in tables.items():
+            explicit.update({f"{section}.{k}": v for k, v in table.items()})
+    rules = _grpo_rules()
+    for dest, dotted in _GRPO_NAMED.items():
+        value = getattr(args, dest)
+        if value is not None:
+            explicit[dotted] = parse_value(dotted, value, rules)
+    for dotted in rules:
+        value = getattr(args, dotted, None)
+        if value is not None and dotted not in _GRPO_NAMED.values():
+            explicit[dotted] = parse_value(dotted, value, rules)
     if args.resume:
         explicit["train.resume_from"] = "latest"
     return explicit
@@ -288,36 +368,101 @@ class _StopFlag:
 # ---------------------------------------------------------------------- commands
 
 
+def _join(distributed: DistributedConfig | None, stop: _StopFlag) -> bool:
+    """Joins the data-parallel run (if any); returns whether this process is the writer."""
+    if distributed is None:
+        return True
+    _distributed.initialize(distributed)
+    # jax.distributed installs its own SIGTERM handler (a preemption notice nothing here
+    # polls): take SIGTERM back, so that it stops every process
+    stop.install()
+    return distributed.is_writer
+
+
+def _resume_source(config: Any, run_dir: Path, out: _Output) -> Path | None:
+    """The checkpoint file to resume from (``train.resume_from``), or None."""
+    from trainsvc_lm._train import find_checkpoint_file
+
+    resume_from = config.train.resume_from
+    if resume_from is None:
+        return None
+    try:
+        return find_checkpoint_file(run_dir if resume_from == "latest" else resume_from)
+    except ConfigError:
+        if resume_from != "latest":
+            raise
+        out.say(f"no checkpoint in {run_dir}; starting at step 0")
+        return None
+
+
+def _drive(
+    trainer: Any,
+    distributed: DistributedConfig | None,
+    stop: _StopFlag,
+    source: Path | None,
+    out: _Output,
+) -> dict[str, Any]:
+    """Restores, trains until ``train.steps`` or a stop, and saves an emergency checkpoint
+    when stopped; returns the summary's ``status`` (and ``emergency_checkpoint``).
+
+    Data-parallel: every process restores (or not) together; any failure of a step or a
+    collective becomes a DistributedError (another process probably died).
+    """
+    summary: dict[str, Any] = {}
+    try:
+        if source is not None:
+            trainer.restore(source)
+            out.say(f"resumed from {source} at step {trainer.step_count}")
+        elif distributed is not None and trainer.config.train.resume_from is not None:
+            trainer.restore("latest")  # every process restores (or not) together
+        trainer.run(should_stop=stop)
+        # data-parallel: a signal to any process stops them all after the same step
+        if stop.signum is not None or (distributed is not None and trainer.remaining_steps):
+            path = trainer.save_checkpoint(emergency=True)
+            summary.update(status="interrupted", emergency_checkpoint=str(path))
+            name = signal.Signals(stop.signum).name if stop.signum else "another process"
+            out.say(f"stopped by {name} at step {trainer.step_count}")
+        else:
+            summary["status"] = "completed"
+    except (DistributedError, LMError):
+        raise
+    except Exception as exc:
+        if distributed is None:
+            raise
+        raise DistributedError(
+            f"process {distributed.process_id} of {distributed.num_processes} failed at step "
+            f"{trainer.step_count} ({type(exc).__name__}: {exc}); "
+            f"{_distributed.RELAUNCH_HINT}"
+        ) from exc
+    finally:
+        trainer.close()
+    return summary
+
+
 def _train(args: argparse.Namespace, out: _Output) -> int:
     explicit = explicit_settings(args)
     config = LMTrainConfig().replace(explicit)  # before JAX: bad flags fail fast
     config.require_inputs()
+    distributed = _distributed.from_arguments(args)
+    if distributed is not None:
+        distributed.check_divides("data.batch_size", config.data.batch_size, "rows")
     stop = _StopFlag()
     stop.install()
 
     from trainsvc_lm._peft import export_peft
-    from trainsvc_lm._train import LoRATrainer, find_checkpoint_file, read_checkpoint
+    from trainsvc_lm._train import LoRATrainer, read_checkpoint
     from trainsvc_lm._train_log import ConsoleLines, JsonlMetrics, Sink, WandbSink
 
     run_dir = Path(config.log.checkpoint_dir)
-    source: Path | None = None
-    if config.train.resume_from is not None:
-        try:
-            source = find_checkpoint_file(
-                run_dir if config.train.resume_from == "latest" else config.train.resume_from
-            )
-        except ConfigError:
-            if config.train.resume_from != "latest":
-                raise
-            out.say(f"no checkpoint in {run_dir}; starting at step 0")
-        if source is not None:
-            config = read_checkpoint(source).config.replace(explicit)
-    sinks: list[Sink] = [
-        ConsoleLines(config.train.steps, stream=out.lines),
-        JsonlMetrics(run_dir / "metrics.jsonl"),
-    ]
-    trainer = LoRATrainer(config, sinks=sinks)
-    if config.log.wandb:
+    source = _resume_source(config, run_dir, out)
+    if source is not None:
+        config = read_checkpoint(source).config.replace(explicit)
+    writer = _join(distributed, stop)
+    sinks: list[Sink] = [ConsoleLines(config.train.steps, stream=out.lines)]
+    if writer:
+        sinks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
+    trainer = LoRATrainer(config, sinks=sinks, data_parallel=distributed is not None)
+    if config.log.wandb and writer:
         trainer.sinks.sinks.append(
             WandbSink(
                 config.log.wandb_project,
@@ -334,25 +479,12 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
         f"batches_per_epoch={trainer.loader.batches_per_epoch()}"
     )
     out.say(f"{trainer.memory.describe()} platform={trainer.platform}")
-    if source is not None:
-        trainer.restore(source)
-        out.say(f"resumed from {source} at step {trainer.step_count}")
     summary: dict[str, Any] = {"run_name": trainer.run_name, "run_dir": str(run_dir)}
-    try:
-        trainer.run(should_stop=stop)
-        if stop.signum is not None:
-            path = trainer.save_checkpoint(emergency=True)
-            summary.update(status="interrupted", emergency_checkpoint=str(path))
-            out.say(f"stopped by {signal.Signals(stop.signum).name} at step {trainer.step_count}")
-        else:
-            summary["status"] = "completed"
-    finally:
-        trainer.close()
-    if summary["status"] == "completed":
+    summary.update(_drive(trainer, distributed, stop, source, out))
+    if summary["status"] == "completed" and writer:
         base = str(Path(config.model.dir or "").resolve())
-        adapter = export_peft(
-            run_dir / "adapter", trainer.lora, config.lora, base_model_name_or_path=base
-        )
+        lora = trainer.state_dict()["lora"]
+        adapter = export_peft(run_dir / "adapter", lora, config.lora, base_model_name_or_path=base)
         summary["adapter"] = str(adapter)
     summary.update(step=trainer.step_count, steps=config.train.steps, metrics=trainer.last_metrics)
     loss = trainer.last_metrics.get("loss", float("nan"))
@@ -361,6 +493,56 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
         f"training {summary['status']}: step {trainer.step_count}/{config.train.steps} "
         f"loss {loss:.4f}; run {run_dir}"
         + (f"; adapter {summary['adapter']}" if "adapter" in summary else ""),
+    )
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _grpo(args: argparse.Namespace, out: _Output) -> int:
+    from trainsvc_lm._grpo_config import GRPOConfig
+
+    explicit = grpo_settings(args)
+    config = GRPOConfig().replace(explicit)  # before JAX: bad flags fail fast
+    if config.data.offline_file is not None:
+        raise ConfigError(
+            "data.offline_file",
+            "the CLI trains on a shipped task (data.task); recorded groups go through the "
+            "service (run.grpo.data_file) or GRPOTrainer(offline_groups=...)",
+        )
+    distributed = _distributed.from_arguments(args)
+    if distributed is not None:
+        distributed.check_divides("grpo.prompts_per_step", config.grpo.prompts_per_step, "groups")
+    stop = _StopFlag()
+    stop.install()
+
+    from trainsvc_checkpoint import read_info
+
+    from trainsvc_lm._grpo import GRPOTrainer
+    from trainsvc_lm._train_log import ConsoleLines, JsonlMetrics, Sink
+
+    run_dir = Path(config.log.checkpoint_dir)
+    source = _resume_source(config, run_dir, out)
+    if source is not None:
+        saved = read_info(source).metadata.get("config")
+        if not isinstance(saved, dict) or read_info(source).metadata.get("trainer") != "grpo":
+            raise ConfigError("train.resume_from", f"{source} is not a GRPO trainer checkpoint")
+        config = GRPOConfig.from_dict(saved).replace(explicit)
+    writer = _join(distributed, stop)
+    keys = ("reward_mean", "groups_kept", "loss", "kl", "eval_reward", "tok_s")
+    sinks: list[Sink] = [ConsoleLines(config.train.steps, stream=out.lines, keys=keys)]
+    if writer:
+        sinks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
+    trainer = GRPOTrainer(config, sinks=sinks, data_parallel=distributed is not None)
+    summary: dict[str, Any] = {"run_name": trainer.run_name, "run_dir": str(run_dir)}
+    summary.update(_drive(trainer, distributed, stop, source, out))
+    if summary["status"] == "completed" and writer:
+        summary["model"] = str(trainer.save_pretrained(run_dir / "model"))
+    summary.update(step=trainer.step_count, steps=config.train.steps, metrics=trainer.last_metrics)
+    reward = trainer.last_metrics.get("reward_mean", float("nan"))
+    out.done(
+        summary,
+        f"training {summary['status']}: step {trainer.step_count}/{config.train.steps} "
+        f"reward {reward:.4f}; run {run_dir}"
+        + (f"; model {summary['model']}" if "model" in summary else ""),
     )
     return 0 if summary["status"] == "completed" else 1
 
@@ -475,6 +657,7 @@ def _data_report(args: argparse.Namespace, out: _Output) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, _Output], int]] = {
     "train": _train,
+    "grpo": _grpo,
     "export-peft": _export,
     "generate": _generate,
     "init-tiny": _init_tiny,
@@ -489,6 +672,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = _Output(args.json)
     try:
         return COMMANDS[args.command](args, out)
+    except DistributedError as exc:
+        # the run is lost: leave at once, without jax.distributed's shutdown barrier
+        # (it would wait for the dead process)
+        _fail(out, exc)
+        os._exit(1)
     except (LMError, OSError) as exc:
         return _fail(out, exc)
     except Exception as exc:

@@ -23,7 +23,15 @@ The trainer has the LoRA trainer's surface (``step_count``, ``last_metrics``,
 ``run(n, should_stop)``, ``save_checkpoint(emergency)``, ``restore``,
 ``close``). Prompts and sampling seeds are functions of ``(train.seed, step)``,
 so a run resumed from a checkpoint repeats the uninterrupted run bitwise (same
-machine and library versions).
+machine and library versions). Each completion's random draws are keyed by its
+global row in the step's batch (``sample(row_ids=...)``), so they do not depend on
+which process samples it.
+
+Data-parallel (``data_parallel``, see ``_distributed``): every process draws the
+same ``grpo.prompts_per_step`` prompts and samples and scores its own share of the
+groups; the rewards are gathered so every process computes the same advantages, and
+the jitted update, partitioned by XLA over the global mesh, averages the loss and
+gradients over every group's tokens.
 """
 
 from __future__ import annotations
@@ -45,13 +53,22 @@ import optax  # type: ignore[import-untyped]
 from trainsvc_lm import _model
 from trainsvc_lm._checkpointing import CheckpointFiles
 from trainsvc_lm._config import ModelConfig
+from trainsvc_lm._distributed import DataParallel
 from trainsvc_lm._errors import ConfigError, DataError
 from trainsvc_lm._grpo_config import GRPOConfig
 from trainsvc_lm._lora import check_targets, init_lora
 from trainsvc_lm._loss import LOSS_CHUNK_BYTES
 from trainsvc_lm._sampler import SamplingConfig, sample
 from trainsvc_lm._tasks import DigitVocab, Task, digit_model_config, get_task
-from trainsvc_lm._train import LMFrame, _due, _replicated, make_optimizer, run_name
+from trainsvc_lm._train import (
+    LMFrame,
+    _due,
+    _replicated,
+    check_found,
+    make_optimizer,
+    run_name,
+    stop_requested,
+)
 from trainsvc_lm._train_log import Sink, Sinks
 
 STATE_FORMAT = "trainsvc-lm-grpo/1"
@@ -324,6 +341,11 @@ class GRPOTrainer(CheckpointFiles):
             ``trainsvc_trajectories`` judge); the task's verifiable reward otherwise.
         offline_groups: the recorded groups when ``data.offline_file`` is set (read
             and judged by the caller, e.g. with `groups_from_art`).
+        data_parallel: train data-parallel across the processes of a
+            ``jax.distributed`` run (``grpo.prompts_per_step`` groups split evenly);
+            None (the default): when there is more than one process. Every process
+            then makes the same calls in the same order; process 0 writes the
+            checkpoints and is the only one that evaluates, samples and logs.
 
     Raises:
         ConfigError, DataError, ModelLoadError: bad input, named.
@@ -341,8 +363,16 @@ class GRPOTrainer(CheckpointFiles):
         sinks: Sequence[Sink] | None = None,
         reward_fn: GroupReward | None = None,
         offline_groups: Sequence[Sequence[OfflineSample]] | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         self.config = config
+        if data_parallel is None:
+            data_parallel = jax.process_count() > 1
+        self._dp = (
+            DataParallel(config.grpo.prompts_per_step, "grpo.prompts_per_step")
+            if data_parallel
+            else None
+        )
         self.frame_callback = frame_callback
         self.sinks = Sinks(sinks or ())
         data = config.data
@@ -373,7 +403,8 @@ class GRPOTrainer(CheckpointFiles):
             from trainsvc_lm._weights import load_model
 
             dtype = None if config.model.dtype == "auto" else config.model.dtype
-            self.model_config, params = load_model(config.model.dir, dtype=dtype)
+            devices = None if self._dp is None else jax.local_devices()[:1]
+            self.model_config, params = load_model(config.model.dir, dtype=dtype, devices=devices)
             self.vocab = _TokenizerVocab(Tokenizer.from_dir(config.model.dir))
             self._stop = None
         self.offline = [list(g) for g in offline_groups or []]
@@ -385,9 +416,9 @@ class GRPOTrainer(CheckpointFiles):
         else:
             check_targets(config.lora, self.model_config)
             trainable = init_lora(config.lora, self.model_config, lora_key)
-            self.frozen = _replicated(params)
-        self.reference = _replicated(params)  # the initial policy (KL, recomputed behaviour)
-        self.trainable, self.opt_state = _replicated((trainable, self.optimizer.init(trainable)))
+            self.frozen = self._place(params)
+        self.reference = self._place(params)  # the initial policy (KL, recomputed behaviour)
+        self.trainable, self.opt_state = self._place((trainable, self.optimizer.init(trainable)))
         self._update = self._make_update()
         self._logps = jax.jit(self._policy_logp)
         self.offline_behaviour = self._recompute_behaviour()
@@ -470,9 +501,26 @@ class GRPOTrainer(CheckpointFiles):
             metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
             return trainable, opt_state, metrics
 
-        return jax.jit(update)
+        if self._dp is None:
+            return jax.jit(update)
+        rep = self._dp.replicated
+        return jax.jit(update, out_shardings=(rep, rep, rep))
 
-    def _sample_policy(self, prompts: list[list[int]], seed: int, greedy: bool) -> list[Any]:
+    def _place(self, tree: Any) -> Any:
+        """Host arrays of replicated state as the jitted update takes them (on every device)."""
+        return _replicated(tree) if self._dp is None else self._dp.replicate(tree)
+
+    def _local(self, tree: Any) -> Any:
+        """Replicated state as this process alone computes with it (sampling, evaluation)."""
+        return tree if self._dp is None else self._dp.local(tree)
+
+    def _sample_policy(
+        self,
+        prompts: list[list[int]],
+        seed: int,
+        greedy: bool,
+        row_ids: Sequence[int] | None = None,
+    ) -> list[Any]:
         sampling = SamplingConfig(
             max_new_tokens=self.max_new_tokens,
             temperature=0.0 if greedy else self.config.grpo.temperature,
@@ -480,6 +528,7 @@ class GRPOTrainer(CheckpointFiles):
             seed=seed,
         )
         params, lora = (self.trainable, None) if self.full else (self.frozen, self.trainable)
+        params, lora = self._local((params, lora))
         return sample(
             params,
             self.model_config,
@@ -488,6 +537,7 @@ class GRPOTrainer(CheckpointFiles):
             lora=lora,
             lora_scale=self.config.lora.scale,
             compute_dtype=self._compute_dtype(),
+            row_ids=row_ids,
         )
 
     # ------------------------------------------------------------------ batches
@@ -496,11 +546,14 @@ class GRPOTrainer(CheckpointFiles):
         self,
         prompt_tokens: Sequence[list[int]],
         completion_tokens: Sequence[list[int]],
+        width: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Right-padded ``tokens``, ``positions`` and the completion ``mask`` (target-aligned)."""
-        lengths = [len(p) + len(c) for p, c in zip(prompt_tokens, completion_tokens, strict=True)]
-        width = max(8, -(-max(lengths) // 8) * 8)
-        n = len(lengths)
+        """Right-padded ``tokens``, ``positions`` and the completion ``mask`` (target-aligned).
+
+        ``width``: the padded length (default: :func:`pack_width` of the rows').
+        """
+        width = width or pack_width(prompt_tokens, completion_tokens)
+        n = len(prompt_tokens)
         tokens = np.zeros((n, width), np.int32)
         mask = np.zeros((n, width - 1), np.float32)
         for i, (p, c) in enumerate(zip(prompt_tokens, completion_tokens, strict=True)):
@@ -517,6 +570,7 @@ class GRPOTrainer(CheckpointFiles):
         """
         out: list[list[list[float]]] = []
         ref_trainable = self.reference if self.full else self.trainable
+        ref_trainable, frozen = self._local((ref_trainable, self.frozen))
         for group in self.offline:
             prompts = [self._offline_prompt_tokens(s) for s in group]
             comps = [self._offline_completion_tokens(s) for s in group]
@@ -533,7 +587,7 @@ class GRPOTrainer(CheckpointFiles):
                         "logprobs",
                     )
             tokens, positions, mask = self._pack(prompts, comps)
-            logp = np.asarray(self._logps(ref_trainable, self.frozen, tokens, positions))
+            logp = np.asarray(self._logps(ref_trainable, frozen, tokens, positions))
             rows = []
             for i, s in enumerate(group):
                 recomputed = logp[i][mask[i] > 0].tolist()
@@ -571,14 +625,25 @@ class GRPOTrainer(CheckpointFiles):
     def _sampling_seed(self, step: int, salt: int = 0) -> int:
         return (self.config.train.seed * 1_000_003 + step * 7919 + salt) % (2**31 - 1)
 
+    def _groups(self) -> slice:
+        """This process's share of a step's ``grpo.prompts_per_step`` groups (all of them
+        in a single-process run)."""
+        p = self.config.grpo.prompts_per_step
+        return slice(0, p) if self._dp is None else self._dp.local_rows(p)
+
     def _online_rollout(self, step: int) -> _Rollout:
         assert self.task is not None
-        g, p = self.config.grpo.group_size, self.config.grpo.prompts_per_step
+        g = self.config.grpo.group_size
         rng = np.random.default_rng([self.config.train.seed, step])
-        unique = self.task.train_prompts(rng, p)
+        share = self._groups()
+        unique = self.task.train_prompts(rng, self.config.grpo.prompts_per_step)[share]
+        p = len(unique)
         prompts = [text for text in unique for _ in range(g)]
         prompt_tokens = [self.vocab.encode(text) for text in prompts]
-        results = self._sample_policy(prompt_tokens, self._sampling_seed(step), greedy=False)
+        global_rows = range(share.start * g, share.stop * g)  # per-row draws
+        results = self._sample_policy(
+            prompt_tokens, self._sampling_seed(step), greedy=False, row_ids=global_rows
+        )
         completions = [self.vocab.decode(r.tokens) for r in results]
         rewards = np.zeros((p, g), np.float64)
         for gi in range(p):
@@ -610,13 +675,14 @@ class GRPOTrainer(CheckpointFiles):
         n = len(self.offline)
         start = step * p
         chosen = []
-        for k in range(start, start + p):
+        share = self._groups()
+        for k in range(start + share.start, start + share.stop):
             epoch, index = divmod(k, n)
             order = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
             chosen.append(int(order[index]))
         prompts, completions, prompt_tokens, completion_tokens, behaviour = [], [], [], [], []
-        rewards = np.zeros((p, g), np.float64)
-        valid = np.zeros((p, g), bool)
+        rewards = np.zeros((len(chosen), g), np.float64)
+        valid = np.zeros((len(chosen), g), bool)
         for gi, index in enumerate(chosen):
             group = self.offline[index]
             for j in range(g):
@@ -663,38 +729,61 @@ class GRPOTrainer(CheckpointFiles):
             self._offline_rollout(self._step) if self.offline else self._online_rollout(self._step)
         )
         sampled = time.perf_counter()
-        adv, kept = group_advantages(rollout.rewards, rollout.valid, self.config.grpo.std_eps)
-        tokens, positions, mask = self._pack(rollout.prompt_tokens, rollout.completion_tokens)
-        behaviour = np.zeros_like(mask)
-        for i, row in enumerate(rollout.behaviour):
-            assert row is not None
-            behaviour[i][mask[i] > 0] = row
-        keep_rows = np.repeat(kept, rollout.rewards.shape[1]) & rollout.valid.reshape(-1)
-        mask = mask * keep_rows[:, None]
-        lr = float(make_schedule_value(self.config, self._step))
-        metrics: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
-        if kept.any():
-            batch = {
-                "tokens": tokens,
-                "positions": positions,
-                "mask": mask,
-                "behaviour": behaviour,
-                "advantages": adv.reshape(-1),
-            }
-            for _ in range(self.config.grpo.updates_per_batch):
-                self.trainable, self.opt_state, out = self._update(
-                    self.trainable, self.opt_state, self.frozen, self.reference, batch
-                )
-            metrics = {k: float(v) for k, v in jax.device_get(out).items()}
-        done = time.perf_counter()
+        width = pack_width(rollout.prompt_tokens, rollout.completion_tokens)
         completion_tokens = sum(len(c) for c in rollout.completion_tokens)
+        dp = self._dp
+        try:
+            rewards, valid = rollout.rewards, rollout.valid
+            if dp is not None:  # every process: the whole batch's rewards, the widest row
+                rewards, valid = dp.gather_rows(rewards), dp.gather_rows(valid)
+                widths, counts = dp.gather_ints([width, completion_tokens]).T
+                width, completion_tokens = int(widths.max()), int(counts.sum())
+            adv, kept = group_advantages(rewards, valid, self.config.grpo.std_eps)
+            share = self._groups()
+            tokens, positions, mask = self._pack(
+                rollout.prompt_tokens, rollout.completion_tokens, width
+            )
+            behaviour = np.zeros_like(mask)
+            for i, row in enumerate(rollout.behaviour):
+                assert row is not None
+                behaviour[i][mask[i] > 0] = row
+            g = rewards.shape[1]
+            keep_rows = np.repeat(kept[share], g) & valid[share].reshape(-1)
+            mask = mask * keep_rows[:, None]
+            lr = float(make_schedule_value(self.config, self._step))
+            metrics: dict[str, float] = {
+                "loss": 0.0,
+                "kl": 0.0,
+                "clip_fraction": 0.0,
+                "grad_norm": 0.0,
+            }
+            if kept.any():
+                batch: Any = {
+                    "tokens": tokens,
+                    "positions": positions,
+                    "mask": mask,
+                    "behaviour": behaviour,
+                    "advantages": adv[share].reshape(-1),
+                }
+                if dp is not None:
+                    batch = dp.shard_local(batch)
+                for _ in range(self.config.grpo.updates_per_batch):
+                    self.trainable, self.opt_state, out = self._update(
+                        self.trainable, self.opt_state, self.frozen, self.reference, batch
+                    )
+                metrics = {k: float(v) for k, v in jax.device_get(out).items()}
+        except Exception as exc:
+            if dp is None:
+                raise
+            raise dp.failed(self._step + 1, exc) from exc
+        done = time.perf_counter()
         self.tokens_sampled += completion_tokens
         self._step += 1
-        valid_rewards = rollout.rewards[rollout.valid]
+        valid_rewards = rewards[valid]
         metrics.update(
             reward_mean=float(valid_rewards.mean()),
             reward_std=float(valid_rewards.std()),
-            groups_kept=float(kept.mean()),
+            groups_kept=float(np.mean(kept)),
             lr=lr,
             tok_s=2 * completion_tokens / max(done - start, 1e-9),
             sample_s=sampled - start,
@@ -739,12 +828,16 @@ class GRPOTrainer(CheckpointFiles):
         done = 0
         try:
             while done < todo:
-                if should_stop is not None and should_stop():
+                if stop_requested(self._dp, should_stop, self._step):
                     break
                 metrics = self.step()
                 done += 1
                 step = self._step
                 final = step == self.config.train.steps
+                if self._dp is not None and not self._dp.is_writer:
+                    if final or _due(step, log.save_interval, final):
+                        self.save_checkpoint()
+                    continue
                 if _due(step, log.eval_interval, final):
                     value = self.evaluate()
                     if value is not None:
@@ -796,7 +889,8 @@ class GRPOTrainer(CheckpointFiles):
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays ``trainable`` (the full params or the adapters) and ``opt_state``, and
-        ``meta`` (JSON: format, step, config, run id and name, tokens sampled)."""
+        ``meta`` (JSON: format, step, config, run id and name, tokens sampled).
+        Data-parallel: this process's whole copies of the arrays, as NumPy arrays."""
         meta = {
             "format": STATE_FORMAT,
             "backend": self.backend,
@@ -806,11 +900,10 @@ class GRPOTrainer(CheckpointFiles):
             "run_name": self.run_name,
             "tokens_sampled": self.tokens_sampled,
         }
-        return {
-            "trainable": self.trainable,
-            "opt_state": self.opt_state,
-            "meta": json.dumps(meta, sort_keys=True),
-        }
+        arrays = {"trainable": self.trainable, "opt_state": self.opt_state}
+        if self._dp is not None:
+            arrays = jax.tree.map(np.asarray, self._dp.local(arrays))
+        return {**arrays, "meta": json.dumps(meta, sort_keys=True)}
 
     def load_state_dict(self, tree: Mapping[str, Any]) -> None:
         """Restores a tree made by :meth:`state_dict`.
@@ -841,7 +934,9 @@ class GRPOTrainer(CheckpointFiles):
             raise ConfigError(
                 "train.resume_from", f"the checkpoint's state does not match this run: {got}"
             )
-        restored = _replicated(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
+        if self._dp is not None:
+            self._dp.check_same(int(meta["step"]), "the step of the checkpoint restored")
+        restored = self._place(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
         self.trainable, self.opt_state = restored["trainable"], restored["opt_state"]
         self._step = int(meta["step"])
         self.tokens_sampled = int(meta["tokens_sampled"])
@@ -860,7 +955,9 @@ class GRPOTrainer(CheckpointFiles):
         """
         template = self.state_dict()
         if str(source) == "latest":
-            if not self.checkpoint_manager.checkpoints():
+            found = bool(self.checkpoint_manager.checkpoints())
+            check_found(self._dp, found)
+            if not found:
                 return None
             restored = self.checkpoint_manager.restore_checkpoint(target=template)
             tree, path = restored.tree, Path(restored.path)
@@ -868,6 +965,7 @@ class GRPOTrainer(CheckpointFiles):
             from trainsvc_checkpoint import load
 
             path = Path(source)
+            check_found(self._dp, True)
             tree = load(path, target=template)
         self.load_state_dict(tree)
         return path
@@ -886,12 +984,13 @@ class GRPOTrainer(CheckpointFiles):
         from trainsvc_lm._weights import save_model
 
         out = Path(model_dir)
+        trainable, frozen = self._local((self.trainable, self.frozen))
         if self.full:
-            params = self.trainable
+            params = trainable
         else:
             from trainsvc_lm._lora import merge_lora
 
-            params = merge_lora(self.frozen, self.trainable, self.config.lora.scale)
+            params = merge_lora(frozen, trainable, self.config.lora.scale)
         save_model(out, self.model_config, params)
         if self.config.model.dir is None:
             write_digit_tokenizer(out)
@@ -906,6 +1005,12 @@ class GRPOTrainer(CheckpointFiles):
         """Waits for pending checkpoint writes and closes the sinks."""
         self.sinks.close()
         self.close_checkpoints()
+
+
+def pack_width(prompt_tokens: Sequence[list[int]], completion_tokens: Sequence[list[int]]) -> int:
+    """The padded length of a batch's rows: the longest prompt + completion, rounded up to 8."""
+    lengths = [len(p) + len(c) for p, c in zip(prompt_tokens, completion_tokens, strict=True)]
+    return max(8, -(-max(lengths) // 8) * 8)
 
 
 def make_schedule_value(config: GRPOConfig, step: int) -> float:

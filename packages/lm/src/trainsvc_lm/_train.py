@@ -9,6 +9,12 @@ One step is one AdamW update of the adapters from ``optim.grad_accum`` micro-bat
 assistant tokens only, computed in chunks of positions so that ``[B, T, V]`` logits
 never exist at once. The base weights are an argument of the jitted step, never
 differentiated nor updated.
+
+Data-parallel (``data_parallel``, see ``_distributed``): every process reads the whole
+data set and builds the same global batch of ``data.batch_size`` rows at the same
+`DataPosition`; each puts only its share of the rows on its devices, and the jitted
+step, partitioned by XLA over the global mesh, sums the loss and gradients over all
+of them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from trainsvc_lm._data import (
     load_chat_data,
     read_chat_jsonl,
 )
+from trainsvc_lm._distributed import DataParallel
 from trainsvc_lm._errors import ConfigError
 from trainsvc_lm._lora import (
     MemoryEstimate,
@@ -176,6 +183,11 @@ class LoRATrainer(CheckpointFiles):
             on the training thread (keep it quick; an exception in it is reported and
             ignored).
         sinks: where metrics and messages go (console lines, JSONL, W&B).
+        data_parallel: train data-parallel across the processes of a
+            ``jax.distributed`` run (``data.batch_size`` rows split evenly); None (the
+            default): when there is more than one process. Every process then makes the
+            same calls in the same order (steps, checkpoints, restores); process 0 writes
+            the checkpoints and is the only one that evaluates, samples and logs.
 
     Raises:
         ConfigError, DataError, ModelLoadError, TemplateError: bad input, named.
@@ -192,12 +204,20 @@ class LoRATrainer(CheckpointFiles):
         frame_callback: Callable[[LMFrame], None] | None = None,
         *,
         sinks: Sequence[Sink] | None = None,
+        data_parallel: bool | None = None,
     ) -> None:
         config.require_inputs()
         assert config.model.dir is not None and config.data.train is not None
         self.config = config
         self.sinks = Sinks(sinks or ())
         self.frame_callback = frame_callback
+        if data_parallel is None:
+            data_parallel = jax.process_count() > 1
+        if data_parallel and self.backend != "jax":
+            raise ConfigError("train.backend", "data-parallel runs need the jax backend")
+        self._dp = (
+            DataParallel(config.data.batch_size, "data.batch_size") if data_parallel else None
+        )
         # The weights' headers are checked now (a missing shard in milliseconds), not
         # after the data has been tokenized.
         self.model_config = check_model_dir(config.model.dir)
@@ -246,9 +266,12 @@ class LoRATrainer(CheckpointFiles):
 
         assert self.config.model.dir is not None
         dtype = None if self.config.model.dtype == "auto" else self.config.model.dtype
-        self.model_config, self.params = load_model(self.config.model.dir, dtype=dtype)
+        # data-parallel: whole weights on this process's first device, then replicated
+        devices = None if self._dp is None else jax.local_devices()[:1]
+        self.model_config, params = load_model(self.config.model.dir, dtype=dtype, devices=devices)
+        self.params = params if self._dp is None else self._dp.replicate(params)
         self.optimizer = make_optimizer(self.config.optim, self.config.train.steps)
-        self.lora, self.opt_state, self._key = _replicated((lora, self.optimizer.init(lora), key))
+        self.lora, self.opt_state, self._key = self._place((lora, self.optimizer.init(lora), key))
         self._train_step = self._make_train_step()
         self._eval_step: Any = jax.jit(self._eval_sums)
 
@@ -369,7 +392,18 @@ class LoRATrainer(CheckpointFiles):
             return lora, opt_state, key, metrics
 
         donate = () if jax.default_backend() == "cpu" else (0, 1)
-        return jax.jit(train_step, donate_argnums=donate)
+        if self._dp is None:
+            return jax.jit(train_step, donate_argnums=donate)
+        rep = self._dp.replicated
+        return jax.jit(train_step, donate_argnums=donate, out_shardings=(rep, rep, rep, rep))
+
+    def _place(self, tree: Any) -> Any:
+        """Host arrays of replicated state as the jitted step takes them (on every device)."""
+        return _replicated(tree) if self._dp is None else self._dp.replicate(tree)
+
+    def _local(self, tree: Any) -> Any:
+        """Replicated state as this process alone computes with it (sampling, evaluation)."""
+        return tree if self._dp is None else self._dp.local(tree)
 
     # ------------------------------------------------------------------ training
 
@@ -400,10 +434,17 @@ class LoRATrainer(CheckpointFiles):
         start = time.perf_counter()
         batches = self._next_batches()
         lr = float(self.schedule(self._step))
-        self.lora, self.opt_state, self._key, metrics = self._train_step(
-            self.lora, self.opt_state, self._key, self.params, batches
-        )
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        dp = self._dp
+        placed: Any = batches if dp is None else dp.shard_global(batches, axis=1)
+        try:
+            self.lora, self.opt_state, self._key, metrics = self._train_step(
+                self.lora, self.opt_state, self._key, self.params, placed
+            )
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        except Exception as exc:
+            if dp is None:
+                raise
+            raise dp.failed(self._step + 1, exc) from exc
         elapsed = max(time.perf_counter() - start, 1e-9)
         self._step += 1
         positions = int(batches["tokens"].size)
@@ -417,8 +458,9 @@ class LoRATrainer(CheckpointFiles):
         if not self._eval_batches:
             return None
         nll = count = 0.0
+        lora, params = self._local((self.lora, self.params))
         for batch in self._eval_batches:
-            n, c = self._eval_step(self.lora, self.params, batch)
+            n, c = self._eval_step(lora, params, batch)
             nll, count = nll + float(n), count + float(c)
         return nll / max(count, 1.0)
 
@@ -436,13 +478,9 @@ class LoRATrainer(CheckpointFiles):
             temperature=0.0,
             stop_token_ids=tuple(tok.eos_token_ids),
         )
+        params, lora = self._local((self.params, self.lora))
         out = generate(
-            self.params,
-            self.model_config,
-            [ids],
-            sampling,
-            lora=self.lora,
-            lora_scale=self.config.lora.scale,
+            params, self.model_config, [ids], sampling, lora=lora, lora_scale=self.config.lora.scale
         )[0]
         users = [m for m in self._sample_messages if m["role"] == "user"]
         prompt = str(users[-1].get("content", "")) if users else text
@@ -456,17 +494,24 @@ class LoRATrainer(CheckpointFiles):
         steps a line goes to the sinks; validation loss, sample completions and
         frames follow their own intervals; a checkpoint is saved every
         ``log.save_interval`` steps and when ``train.steps`` is reached.
+
+        Data-parallel: a stop asked on any process stops every process after the same
+        step; only process 0 evaluates, samples, logs and publishes frames.
         """
         todo = self.remaining_steps if n is None else n
         log = self.config.log
         done = 0
         while done < todo:
-            if should_stop is not None and should_stop():
+            if stop_requested(self._dp, should_stop, self._step):
                 break
             metrics = self.step()
             done += 1
             step = self._step
             final = step == self.config.train.steps
+            if self._dp is not None and not self._dp.is_writer:
+                if final or _due(step, log.save_interval, final):
+                    self.save_checkpoint()
+                continue
             if _due(step, log.eval_interval, final):
                 val = self.evaluate()
                 if val is not None:
@@ -526,14 +571,13 @@ class LoRATrainer(CheckpointFiles):
 
         Arrays: ``lora`` (the adapters), ``opt_state`` (optax's), ``prng_key``.
         ``meta`` is a JSON string: format, backend, step, config, run id and name,
-        the data position and the tokens seen.
+        the data position and the tokens seen. Data-parallel: this process's whole
+        copies of the (replicated) arrays, as NumPy arrays.
         """
-        return {
-            "lora": self.lora,
-            "opt_state": self.opt_state,
-            "prng_key": self._key,
-            "meta": json.dumps(self._meta(), sort_keys=True),
-        }
+        arrays = {"lora": self.lora, "opt_state": self.opt_state, "prng_key": self._key}
+        if self._dp is not None:
+            arrays = jax.tree.map(np.asarray, self._dp.local(arrays))
+        return {**arrays, "meta": json.dumps(self._meta(), sort_keys=True)}
 
     def _check_resumable(self, meta: Mapping[str, Any]) -> None:
         """Raises ConfigError unless ``meta`` is this backend's LoRA state with the same trajectory."""
@@ -604,7 +648,9 @@ class LoRATrainer(CheckpointFiles):
             raise ConfigError(
                 "train.resume_from", f"the checkpoint's state does not match this run: {got}"
             )
-        restored = _replicated(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
+        if self._dp is not None:
+            self._dp.check_same(int(meta["step"]), "the step of the checkpoint restored")
+        restored = self._place(jax.tree.unflatten(struct, [np.asarray(x) for x in leaves]))
         self.lora, self.opt_state = restored["lora"], restored["opt_state"]
         self._key = restored["prng_key"]
         self._restore_meta(meta)
@@ -621,6 +667,9 @@ class LoRATrainer(CheckpointFiles):
         Returns:
             The file restored, or None when ``"latest"`` found no checkpoint (nothing changes).
 
+        Data-parallel: every process calls it; they must all find a checkpoint (the
+        same step) or all find none, else DistributedError.
+
         Raises:
             ConfigError: a trajectory field differs from the checkpoint's (named).
             trainsvc_checkpoint.CheckpointError: a missing, corrupt or incompatible file.
@@ -628,6 +677,7 @@ class LoRATrainer(CheckpointFiles):
         template = self.state_dict()
         if str(source) == "latest":
             files = self.checkpoint_manager.checkpoints()
+            check_found(self._dp, bool(files))
             if not files:
                 return None
             self._check_header(max(files, key=lambda c: c.step).path)
@@ -637,6 +687,7 @@ class LoRATrainer(CheckpointFiles):
             from trainsvc_checkpoint import load
 
             path = Path(source)
+            check_found(self._dp, True)
             self._check_header(path)
             tree = load(path, target=template)
         self.load_state_dict(tree)
@@ -646,6 +697,30 @@ class LoRATrainer(CheckpointFiles):
         """Waits for pending checkpoint writes and closes the sinks."""
         self.sinks.close()
         self.close_checkpoints()
+
+
+def stop_requested(
+    dp: DataParallel | None, should_stop: Callable[[], bool] | None, step: int
+) -> bool:
+    """Whether to stop before the next step; data-parallel: whether any process asks to
+    (a collective, so every process stops after the same step)."""
+    stop = should_stop is not None and should_stop()
+    if dp is None:
+        return stop
+    try:
+        return dp.any(stop)
+    except Exception as exc:
+        raise dp.failed(step + 1, exc) from exc
+
+
+def check_found(dp: DataParallel | None, found: bool) -> None:
+    """Data-parallel: raises DistributedError unless every process found a checkpoint or none."""
+    if dp is not None:
+        dp.check_same(
+            int(found),
+            "whether log.checkpoint_dir has a checkpoint (1) or not (0); every process must "
+            "read the same directory",
+        )
 
 
 def _due(step: int, interval: int, final: bool) -> bool:
