@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from multiprocessing import Pipe
@@ -204,6 +205,20 @@ def test_flags_and_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for bad in ("novalue", "=x", 'k={"a":'):
         with pytest.raises(argparse.ArgumentTypeError):
             _cli._storage_option(bad)
+
+    # Workers elsewhere (Ray nodes) get the service's AWS_* variables, never over their own.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "service-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    store = RemoteStore.from_environment("s3://bkt/p", {"endpoint_url": "http://h:1"})
+    assert store.env["AWS_SECRET_ACCESS_KEY"] == "service-secret"
+    assert "UNRELATED_SECRET" not in store.env and "service-secret" not in repr(store)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # the node's own setting
+    store.export_env()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "service-secret"
+    assert os.environ["AWS_DEFAULT_REGION"] == "us-west-2"
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
 
     assert is_url("s3://b/p") and is_url("gs://b") and not is_url("/data")
     assert not is_url("file:///data") and not is_url("relative/dir")

@@ -40,6 +40,8 @@ from trainsvc_checkpoint import parse_checkpoint_file_name
 log = logging.getLogger("trainsvc.remote")
 
 _LOCAL_SCHEMES = ("file://", "local://")
+ENV_PREFIXES = ("AWS_",)
+"""Environment variables a worker gets from the service (credentials, region, endpoint)."""
 STARTUP_ATTEMPTS = 2
 """Attempts of each request of the start-up check (unless ``--storage-option
 config_kwargs=...`` says otherwise): an unreachable endpoint fails start-up in about a
@@ -120,9 +122,24 @@ class RemoteStore:
 
     url: str
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The service's ``AWS_*`` environment variables (`from_environment`): a worker on
+    another machine (a Ray node) gets the credentials the service was given."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    @classmethod
+    def from_environment(cls, url: str, storage_options: Mapping[str, Any]) -> RemoteStore:
+        """The store of ``url`` carrying this process's ``AWS_*`` variables for workers."""
+        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+        return cls(url, dict(storage_options), env)
+
+    def export_env(self) -> None:
+        """In a worker: set the service's ``AWS_*`` variables this machine's environment
+        lacks (its own settings win), before any client of the storage is made."""
+        for key, value in self.env.items():
+            os.environ.setdefault(key, value)
 
     def describe(self) -> str:
         """The URL for logs and messages (credentials redacted)."""
@@ -269,6 +286,7 @@ class RemoteRunCheckpoints:
     ) -> None:
         from trainsvc_checkpoint import RemoteCheckpointManager
 
+        store.export_env()
         self.store = store
         self.staging = staging
         self.url = store.run_url(run_id)

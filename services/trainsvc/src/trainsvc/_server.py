@@ -157,7 +157,7 @@ def _remote_store(opts: ServerOptions) -> RemoteStore | None:
         return None
     from trainsvc_checkpoint import CheckpointError
 
-    store = RemoteStore(opts.data_url, dict(opts.storage_options))
+    store = RemoteStore.from_environment(opts.data_url, opts.storage_options)
     try:
         store.check()
     except CheckpointError as exc:  # RemoteStorageError, CheckpointNotFoundError
