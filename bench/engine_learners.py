@@ -7,7 +7,9 @@ along the way plays the League protocol against the WPC heuristic
 evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
 CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
-line per seed: blue `es`, green `ctdl`, orange `td`).
+line per seed: blue `es` (separable CMA-ES), light blue `es-plus` (the isotropic
+(mu/mu + lambda) strategy), green `ctdl`, orange `td`). Each run's final
+network also plays the random player (the table's last column).
 
     uv run --no-sync python bench/engine_learners.py --learners es,ctdl --seeds 0,1,2,3
 """
@@ -33,6 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS: dict[str, dict[str, Any]] = {
     "es": {
         "learner": "es",
+        "es_strategy": "sep-cma",
+        "pattern_set": "straight2",
+        "n_phases": 1,
+        "es_parents": 10,
+        "es_offspring": 20,
+        "es_sigma": 0.1,
+        "es_fitness_pairs": 100,
+        "es_fitness_pairs_max": 1000,
+        "es_fitness_margin": 1.0,
+    },
+    "es-plus": {
+        "learner": "es",
         "pattern_set": "straight2",
         "n_phases": 1,
         "es_parents": 4,
@@ -50,11 +64,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "td": {"learner": "td"},
 }
-COLOURS = {"es": (30, 80, 200), "ctdl": (30, 150, 60), "td": (230, 130, 20)}
+COLOURS = {
+    "es": (30, 80, 200),
+    "es-plus": (140, 170, 230),
+    "ctdl": (30, 150, 60),
+    "td": (230, 130, 20),
+}
 
 
 def generation_games(cfg: dict[str, Any]) -> int:
-    """Games of one generation (one batch for `td`)."""
+    """Games of one generation (one batch for `td`; `sep-cma`: its smallest one)."""
+    if cfg.get("es_strategy") == "sep-cma":
+        return int(cfg["es_offspring"] * 2 * cfg["es_fitness_pairs"])
     if cfg["learner"] == "es":
         return int((cfg["es_parents"] + cfg["es_offspring"]) * 2 * cfg["es_fitness_pairs"])
     if cfg["learner"] == "ctdl":
@@ -66,7 +87,8 @@ def generation_games(cfg: dict[str, Any]) -> int:
 def run(learner: str, seed: int, budget: int, points: int, pairs: int):
     """One learner and seed, trained to `budget` games with `points` League evaluations.
 
-    Returns [(cpu_s, wall_s, games, score, ci95)] and the final evaluator. `cpu_s`
+    Returns [(cpu_s, wall_s, games, score, ci95)], the final evaluator and its
+    League score against the random player (`pairs` pairs, seed 7). `cpu_s`
     is the process's CPU time spent training (all threads; the evaluations
     excluded): on a shared machine wall-clock seconds measure the neighbours,
     CPU seconds much less (30 minutes on 2 cores = 3,600 CPU seconds).
@@ -91,7 +113,9 @@ def run(learner: str, seed: int, budget: int, points: int, pairs: int):
             print(f"  {learner} seed {seed}: {games:>11,} games {cpu:7.1f} cpu-s {wall:7.1f} s "
                   f"score {r['score']:.3f} ± {r['ci95']:.3f}  ({games / cpu:,.0f} games/cpu-s, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
-        return curve, m.evaluator()
+        ev = m.evaluator()
+        vs_random = float(ev.league("random", pairs=pairs, seed=7)["score"])
+        return curve, ev, vs_random
 
 
 def plot(
@@ -154,8 +178,8 @@ def main() -> None:
     for learner in args.learners.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             load0 = os.getloadavg()[0]
-            curve, ev = run(learner, seed, budget[learner], args.points, args.pairs)
-            results.append({"learner": learner, "seed": seed, "curve": curve,
+            curve, ev, vs_random = run(learner, seed, budget[learner], args.points, args.pairs)
+            results.append({"learner": learner, "seed": seed, "curve": curve, "random": vs_random,
                             "load_start": load0, "load_end": os.getloadavg()[0]})  # fmt: skip
             if best is None or curve[-1][3] > best[0]:
                 best = (curve[-1][3], ev)
@@ -168,10 +192,22 @@ def main() -> None:
         for cpu, wall, g, s, ci in r["curve"]:
             print(f"| {r['learner']} | {r['seed']} | {g:,} | {cpu:.0f} | {wall:.0f} "
                   f"| {s:.3f} ± {ci:.3f} | {r['load_start']:.1f}–{r['load_end']:.1f} |")  # fmt: skip
+    print(
+        "\n| learner | games | training CPU s | mean vs heuristic (min–max) | mean vs random (min–max) |"
+    )
+    print("|---|---:|---:|---|---|")
     for learner in args.learners.split(","):
-        finals = [r["curve"][-1][3] for r in results if r["learner"] == learner]
-        print(f"{learner}: final mean {np.mean(finals):.3f} over {len(finals)} seeds "
-              f"(min {min(finals):.3f}, max {max(finals):.3f})")  # fmt: skip
+        runs = [r for r in results if r["learner"] == learner]
+        games = int(np.mean([r["curve"][-1][2] for r in runs]))
+        cpu = np.mean([r["curve"][-1][0] for r in runs])
+        span = {
+            k: f"{np.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})"
+            for k, v in (
+                ("heuristic", [r["curve"][-1][3] for r in runs]),
+                ("random", [r.get("random", float("nan")) for r in runs]),
+            )
+        }
+        print(f"| {learner} | {games:,} | {cpu:.0f} | {span['heuristic']} | {span['random']} |")
     plot(args.png, [(r["learner"], r["curve"]) for r in results])
     print(f"curves: {args.png}")
 

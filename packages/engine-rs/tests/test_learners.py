@@ -68,6 +68,30 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
 
 
+def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Path) -> None:
+    cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
+    cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40}
+    gen = 6 * 2 * 10  # the first generations play the smallest sample
+    straight = te.TrainingManager(tmp_path / "a", **cma)
+    straight.start(gen * 4, checkpoint_interval=0)
+    done = straight.wait(timeout=300)
+    assert done is not None
+    first = te.TrainingManager(tmp_path / "b", **cma)
+    first.start(gen * 2, checkpoint_interval=0)
+    assert first.wait(timeout=300) is not None
+    tree, info = ckpt.load_with_info(te.CheckpointManager(tmp_path / "b").list()[-1].path)
+    assert info.metadata["config"]["es_strategy"] == "sep-cma"
+    assert tree["population"]["cma"]["mean"].dtype == "float64"
+    again = te.TrainingManager(tmp_path / "b", **cma)
+    again.start(gen * 4, checkpoint_interval=0, resume=True)
+    result = again.wait(timeout=300)
+    assert result is not None
+    a, b = straight.evaluator(), again.evaluator()
+    assert (result.games, result.final_stone_diff) == (done.games, done.final_stone_diff)
+    assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
+    assert any(v != 0 for v in a.weights("pair_0", 0))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
@@ -75,6 +99,9 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
         ("es_sigma", 0.0, "1e-6 to 10.0"),
         ("es_offspring", 0, "1 to 256"),
         ("ctdl_population", 3, "an even number from 2 to 64"),
+        ("es_strategy", "cma", "'plus' or 'sep-cma'"),
+        ("es_fitness_margin", -1.0, "0.0 \\(points only\\) to 100.0"),
+        ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
     ],
 )
 def test_bad_learner_settings_raise_config_error_naming_the_field(
@@ -100,10 +127,14 @@ def test_cli_trains_each_learner_and_evaluates_against_a_fixed_engine(tmp_path: 
     proc = _cli(
         "train", "--dir", str(es_dir), "--games", "3000", "--learner", "es",
         "--es-offspring", "6", "--es-fitness-pairs", "20", "--callback-interval", "320",
+        "--es-strategy", "sep-cma", "--es-parents", "3", "--es-fitness-margin", "0.5",
         *common,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["games"] >= 3000
+    es_info = ckpt.load_with_info(te.CheckpointManager(es_dir).list()[-1].path)[1]
+    es_config = es_info.metadata["config"]
+    assert (es_config["es_strategy"], es_config["es_fitness_margin"]) == ("sep-cma", 0.5)
     proc = _cli(
         "train", "--dir", str(ctdl_dir), "--games", "600", "--learner", "ctdl",
         "--ctdl-population", "4", "--ctdl-td-games", "64", "--ctdl-match-pairs", "4",

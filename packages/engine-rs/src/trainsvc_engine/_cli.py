@@ -41,6 +41,21 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("es_sigma", float, "es: standard deviation of the Gaussian mutation"),
     ("es_sigma_decay", int, "es: the mutation shrinks as d / (d + generation) (0 = constant)"),
     ("es_fitness_pairs", int, "es: pairs of games against the heuristic per fitness evaluation"),
+    (
+        "es_fitness_pairs_max",
+        int,
+        "es: the fitness sample grows as the search step shrinks, up to this (0 = fixed)",
+    ),
+    (
+        "es_fitness_margin",
+        float,
+        "es: weight of the mean disc difference / 64 in the fitness (0 = points only)",
+    ),
+    (
+        "es_strategy",
+        str,
+        "es: plus (isotropic mutation, the default) or sep-cma (separable CMA-ES)",
+    ),
     ("ctdl_population", int, "ctdl: individuals (even)"),
     ("ctdl_td_games", int, "ctdl: self-play TD games per individual per generation"),
     ("ctdl_match_pairs", int, "ctdl: pairs of games each two individuals play per generation"),

@@ -1,13 +1,15 @@
 //! Trains one learner (`td`, `ctdl` or `es`) for a wall-clock budget and
 //! prints its League score against the WPC heuristic at fixed training times
 //! (the evaluation's own time is not counted), one CSV line per point:
-//! `learner,seed,train_s,games,generation,score,ci95,best_fitness`.
+//! `learner,seed,train_s,games,generation,score,ci95,best_fitness,sigma,rms_mean`
+//! (the last two for `sep-cma`).
 //!
 //! Settings from the environment: `LEARNER`, `SEED`, `THREADS`, `SECONDS`
-//! (training budget), `EVERY` (seconds between evaluations), `PAIRS` (League
+//! (training budget; with `CPU=1` in CPU seconds), `EVERY` (seconds between evaluations), `PAIRS` (League
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
 //! `SAVE` (write the final weights as an engine checkpoint here), and the
-//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `POP`, `TD_GAMES`,
+//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`,
+//! `STRATEGY`, `MARGIN`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
 //!
 //! `cargo run --release --example evolve`
@@ -26,6 +28,16 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     })
 }
 
+/// This process's CPU seconds (user + system, all threads; Linux), or
+/// `None` where /proc is not there.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn main() {
     let d = TrainConfig::default();
     let learner: Learner = env("LEARNER", Learner::Es);
@@ -42,6 +54,9 @@ fn main() {
         es_sigma_decay: env("SIGMA_DECAY", d.es_sigma_decay),
         es_recombine: env("RECOMBINE", d.es_recombine),
         es_fitness_pairs: env("FIT_PAIRS", d.es_fitness_pairs),
+        es_fitness_pairs_max: env("FIT_MAX", d.es_fitness_pairs_max),
+        es_strategy: env("STRATEGY", d.es_strategy),
+        es_fitness_margin: env("MARGIN", d.es_fitness_margin),
         ctdl_population: env("POP", d.ctdl_population),
         ctdl_td_games: env("TD_GAMES", d.ctdl_td_games),
         ctdl_match_pairs: env("MATCH_PAIRS", d.ctdl_match_pairs),
@@ -55,16 +70,22 @@ fn main() {
         ..d
     };
     let seconds: f64 = env("SECONDS", 60.0);
+    // CPU=1: SECONDS and EVERY count this process's CPU seconds (training
+    // only), which the neighbours of a shared machine disturb much less.
+    let cpu_budget = env("CPU", 0u8) == 1 && cpu_seconds().is_some();
     let every: f64 = env("EVERY", 15.0);
     let pairs: u64 = env("PAIRS", 1000);
     let mut t = Trainer::new(cfg.clone()).expect("valid configuration");
     let stop = AtomicBool::new(false);
     let (mut trained, mut next_eval) = (0.0, every);
     loop {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         let next = t.stats.games + if learner == Learner::Td { 2048 } else { 1 };
         t.train(next, &stop, |_| {});
-        trained += t0.elapsed().as_secs_f64();
+        trained += match (c0, cpu_seconds()) {
+            (Some(a), Some(b)) if cpu_budget => b - a,
+            _ => t0.elapsed().as_secs_f64(),
+        };
         if trained >= next_eval || trained >= seconds {
             next_eval += every;
             let r = league_match(
@@ -80,8 +101,12 @@ fn main() {
                 .first()
                 .copied()
                 .unwrap_or(f64::NAN);
+            let (sigma, rms) = t.population.cma.as_ref().map_or((f64::NAN, f64::NAN), |c| {
+                let ms = c.mean.iter().map(|v| v * v).sum::<f64>() / c.mean.len() as f64;
+                (c.sigma, ms.sqrt())
+            });
             println!(
-                "{},{},{:.1},{},{},{:.4},{:.4},{:.4}",
+                "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
                 learner,
                 cfg.seed,
                 trained,
@@ -89,7 +114,9 @@ fn main() {
                 t.population.generation,
                 r.score,
                 r.ci95,
-                best
+                best,
+                sigma,
+                rms
             );
         }
         if trained >= seconds {

@@ -12,6 +12,7 @@ use crate::checkpoint::{DType, Decoded, Node, Tensor};
 use crate::error::EngineError;
 use crate::eval::Weights;
 use crate::pattern::PatternSet;
+use crate::train::cma::SepCma;
 use crate::train::{TrainConfig, Trainer};
 
 /// The `trainer` value in engine checkpoint metadata.
@@ -34,13 +35,14 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "inject_nan_at_game": c.inject_nan_at_game,
         "learner": c.learner.name(), "es_parents": c.es_parents, "es_offspring": c.es_offspring,
         "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
+        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_margin": c.es_fitness_margin, "es_strategy": c.es_strategy.name(),
         "ctdl_population": c.ctdl_population, "ctdl_td_games": c.ctdl_td_games,
         "ctdl_match_pairs": c.ctdl_match_pairs,
     })
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 33] = [
+pub const CONFIG_FIELDS: [&str; 36] = [
     "seed",
     "threads",
     "batch_games",
@@ -71,6 +73,9 @@ pub const CONFIG_FIELDS: [&str; 33] = [
     "es_sigma_decay",
     "es_recombine",
     "es_fitness_pairs",
+    "es_fitness_pairs_max",
+    "es_fitness_margin",
+    "es_strategy",
     "ctdl_population",
     "ctdl_td_games",
     "ctdl_match_pairs",
@@ -145,6 +150,14 @@ pub fn config_update(
                     .ok_or_else(|| EngineError::config(k, "true or false", v))?;
             }
             "es_fitness_pairs" => c.es_fitness_pairs = uint()?,
+            "es_fitness_pairs_max" => c.es_fitness_pairs_max = uint()?,
+            "es_fitness_margin" => c.es_fitness_margin = float()?,
+            "es_strategy" => {
+                c.es_strategy = v
+                    .as_str()
+                    .ok_or_else(|| EngineError::config(k, "a string: 'plus' or 'sep-cma'", v))?
+                    .parse()?;
+            }
             "ctdl_population" => c.ctdl_population = uint()? as usize,
             "ctdl_td_games" => c.ctdl_td_games = uint()?,
             "ctdl_match_pairs" => c.ctdl_match_pairs = uint()?,
@@ -241,6 +254,55 @@ fn population_node(t: &Trainer) -> Option<Node> {
         ),
         ("generation", Node::Int(t.population.generation as i64)),
     ]))
+    .map(|mut node| {
+        if let (Node::Dict(items), Some(cma)) = (&mut node, &t.population.cma) {
+            items.insert("cma".into(), cma_node(cma));
+        }
+        node
+    })
+}
+
+/// The `population/cma` node: the separable CMA-ES state, exact (F64).
+fn cma_node(c: &SepCma) -> Node {
+    let v = |x: &[f64]| Node::Tensor(Tensor::f64(vec![x.len()], x));
+    Node::dict([
+        ("mean", v(&c.mean)),
+        ("diag", v(&c.diag)),
+        ("p_sigma", v(&c.p_sigma)),
+        ("p_c", v(&c.p_c)),
+        ("sigma", Node::Float(c.sigma)),
+        ("updates", Node::Int(c.updates as i64)),
+    ])
+}
+
+/// Restores [`cma_node`].
+fn cma_from(node: &Node) -> Result<SepCma, EngineError> {
+    let v = |k: &str| {
+        let what = format!("population/cma/{k}");
+        node.get(k)?.as_tensor(&what)?.as_f64(&what)
+    };
+    let c = SepCma {
+        mean: v("mean")?,
+        diag: v("diag")?,
+        p_sigma: v("p_sigma")?,
+        p_c: v("p_c")?,
+        sigma: match node.get("sigma")? {
+            Node::Float(x) => *x,
+            _ => {
+                return Err(EngineError::CorruptCheckpoint(
+                    "population/cma/sigma: expected a float".into(),
+                ))
+            }
+        },
+        updates: node.get("updates")?.as_int("population/cma/updates")? as u64,
+    };
+    let n = c.mean.len();
+    if [c.diag.len(), c.p_sigma.len(), c.p_c.len()] != [n; 3] {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "population/cma: expected {n} values in diag, p_sigma and p_c"
+        )));
+    }
+    Ok(c)
 }
 
 /// Restores the `population` node written by [`population_node`], if any.
@@ -261,6 +323,10 @@ fn population_from(d: &Decoded, t: &mut Trainer) -> Result<(), EngineError> {
     }
     t.population.individuals = w.chunks_exact(n).map(<[f32]>::to_vec).collect();
     t.population.generation = pop.get("generation")?.as_int("population/generation")? as u64;
+    t.population.cma = match pop.get("cma") {
+        Ok(node) => Some(cma_from(node)?),
+        Err(_) => None,
+    };
     Ok(())
 }
 

@@ -31,6 +31,7 @@ use crate::isa::Variant;
 use crate::pattern::{PatternSet, MAX_INSTANCES};
 use crate::search::{TranspositionTable, TT_ENTRY_BYTES};
 
+pub mod cma;
 mod config;
 mod ctdl;
 mod es;
@@ -38,7 +39,7 @@ pub mod evolve;
 mod game;
 mod stats;
 
-pub use config::{Learner, Optimizer, TrainConfig};
+pub use config::{EsStrategy, Learner, Optimizer, TrainConfig};
 pub use evolve::Population;
 pub use game::td_lambda_folds;
 use game::{play_game_on, GameRecord};

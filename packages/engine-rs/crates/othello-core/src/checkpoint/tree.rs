@@ -93,6 +93,16 @@ impl Tensor {
         }
     }
 
+    /// An F64 tensor.
+    #[must_use]
+    pub fn f64(shape: Vec<usize>, values: &[f64]) -> Tensor {
+        Tensor {
+            dtype: DType::F64,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
     /// An I8 tensor.
     #[must_use]
     pub fn i8(shape: Vec<usize>, values: &[i8]) -> Tensor {
@@ -118,6 +128,26 @@ impl Tensor {
             .data
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+impl Tensor {
+    /// The values of an F64 tensor.
+    ///
+    /// # Errors
+    /// [`EngineError::CorruptCheckpoint`] naming `what` when it is not F64.
+    pub fn as_f64(&self, what: &str) -> Result<Vec<f64>, EngineError> {
+        if self.dtype != DType::F64 {
+            return Err(EngineError::CorruptCheckpoint(format!(
+                "{what}: expected F64, found {}",
+                self.dtype.code()
+            )));
+        }
+        Ok(self
+            .data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect())
     }
 }

@@ -100,6 +100,52 @@ impl std::fmt::Display for Learner {
     }
 }
 
+/// How the `es` learner searches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EsStrategy {
+    /// (mu + lambda), or (mu/mu + lambda) with `es_recombine`: isotropic
+    /// Gaussian mutation of `es_sigma` (decaying with `es_sigma_decay`),
+    /// parents re-evaluated every generation (the default).
+    Plus,
+    /// Separable CMA-ES (Ros and Hansen): lambda candidates from `N(mean,
+    /// sigma² diag(c))`, the best `es_parents` recombined with log weights;
+    /// step size and per-weight variances adapt (`train/cma.rs`).
+    SepCma,
+}
+
+impl EsStrategy {
+    /// The name used in configurations and checkpoints (`plus`, `sep-cma`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            EsStrategy::Plus => "plus",
+            EsStrategy::SepCma => "sep-cma",
+        }
+    }
+}
+
+impl std::str::FromStr for EsStrategy {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<EsStrategy, EngineError> {
+        match s {
+            "plus" => Ok(EsStrategy::Plus),
+            "sep-cma" => Ok(EsStrategy::SepCma),
+            other => Err(EngineError::config(
+                "es_strategy",
+                "'plus' or 'sep-cma'",
+                other,
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EsStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Training configuration. Every field is checked by [`TrainConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -175,6 +221,19 @@ pub struct TrainConfig {
     /// per fitness evaluation; every candidate of a generation plays the same
     /// random streams (common random numbers), parents are re-evaluated.
     pub es_fitness_pairs: u64,
+    /// `es`: the fitness sample grows as the search narrows: with a step
+    /// `s` times the initial one, `es_fitness_pairs / s²` pairs, at most this
+    /// many (0 = always `es_fitness_pairs`). The step is `es_sigma_at(g)`
+    /// for `plus`, sigma times the root mean variance for `sep-cma`.
+    pub es_fitness_pairs_max: u64,
+    /// `es`: weight of the disc margin in the fitness: a candidate's fitness
+    /// is its League points per game plus this times its mean disc
+    /// difference / 64 (0 = points only, the League's own measure; the
+    /// margin is a less noisy signal of the same skill).
+    pub es_fitness_margin: f64,
+    /// `es`: the search, `plus` (isotropic mutation, the default) or
+    /// `sep-cma` (separable CMA-ES); see [`EsStrategy`].
+    pub es_strategy: EsStrategy,
     /// `ctdl`: individuals in the population (even: the better half survives).
     pub ctdl_population: usize,
     /// `ctdl`: self-play TD games each individual plays per generation.
@@ -221,6 +280,9 @@ impl Default for TrainConfig {
             es_sigma_decay: 0,
             es_recombine: false,
             es_fitness_pairs: 100,
+            es_fitness_pairs_max: 0,
+            es_fitness_margin: 0.0,
+            es_strategy: EsStrategy::Plus,
             ctdl_population: 8,
             ctdl_td_games: 512,
             ctdl_match_pairs: 8,
@@ -317,6 +379,35 @@ impl TrainConfig {
             100_000,
             "1 to 100000",
         )?;
+        if self.es_fitness_pairs_max != 0 {
+            check(
+                "es_fitness_pairs_max",
+                self.es_fitness_pairs_max,
+                self.es_fitness_pairs,
+                100_000,
+                &format!(
+                    "0 (a fixed sample) or es_fitness_pairs ({}) to 100000",
+                    self.es_fitness_pairs
+                ),
+            )?;
+        }
+        check(
+            "es_fitness_margin",
+            self.es_fitness_margin,
+            0.0,
+            100.0,
+            "0.0 (points only) to 100.0",
+        )?;
+        if self.es_strategy == EsStrategy::SepCma && self.es_parents > self.es_offspring {
+            return Err(EngineError::config(
+                "es_parents",
+                &format!(
+                    "1 to es_offspring ({}) when es_strategy is 'sep-cma' (the best mu of lambda are recombined)",
+                    self.es_offspring
+                ),
+                self.es_parents,
+            ));
+        }
         check("ctdl_population", self.ctdl_population, 2, 64, "2 to 64")?;
         if self.ctdl_population % 2 != 0 {
             return Err(EngineError::config(
@@ -365,6 +456,17 @@ impl TrainConfig {
         }
         let d = self.es_sigma_decay as f64;
         s * d / (d + g as f64)
+    }
+
+    /// The `es` fitness pairs when the search step is `ratio` times the
+    /// initial one (see `es_fitness_pairs_max`).
+    #[must_use]
+    pub fn es_pairs_at(&self, ratio: f64) -> u64 {
+        if self.es_fitness_pairs_max == 0 || ratio.is_nan() || ratio <= 0.0 {
+            return self.es_fitness_pairs;
+        }
+        let grown = (self.es_fitness_pairs as f64 / (ratio * ratio)).ceil();
+        (grown as u64).clamp(self.es_fitness_pairs, self.es_fitness_pairs_max)
     }
 
     /// Exploration rate for the game with this index.

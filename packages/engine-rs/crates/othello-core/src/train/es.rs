@@ -20,11 +20,15 @@
 //! the games draw from streams of `(seed, generation, index)`, so the run
 //! depends only on the seed and the configuration, not on the threads.
 
+use super::cma::SepCma;
+use super::config::EsStrategy;
 use super::evolve::{
     as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking, Job, Side,
 };
 use super::Trainer;
+use crate::eval::Weights;
 use crate::rng::Rng;
+use std::sync::Arc;
 
 /// Stream salts, so that mutation and fitness draws never share a stream.
 const MUTATION_SALT: u64 = 0x6573_5F6D_7574_6174;
@@ -43,32 +47,25 @@ fn mean(vectors: &[Vec<f32>]) -> Vec<f32> {
     m
 }
 
+/// A candidate's fitness from its points and summed disc difference (see
+/// `es_fitness_margin`), summed over its games like the points.
+fn fitness_of((points, diff): (f64, i64), margin: f64) -> f64 {
+    points + margin * diff as f64 / 64.0
+}
+
 impl Trainer {
-    /// Runs one generation of the evolution strategy (see the module docs).
-    pub(super) fn es_generation(&mut self) {
-        let c = &self.config;
-        let (mu, lambda) = (c.es_parents, c.es_offspring);
-        self.population.resize(mu, &self.weights.w);
-        let g = self.population.generation;
-        let (sigma, pairs) = (c.es_sigma_at(g), c.es_fitness_pairs);
-        let seed = c.seed;
-        let set = &self.weights.set;
-        let plen = set.phase_len;
-        let live = live_entries(set);
-        let mut cands = std::mem::take(&mut self.population.individuals);
-        let centroid = c.es_recombine.then(|| mean(&cands));
-        for k in 0..lambda {
-            let mut child = centroid.clone().unwrap_or_else(|| cands[k % mu].clone());
-            let mut rng = Rng::new(seed ^ MUTATION_SALT, (g << 16) | k as u64);
-            for (i, w) in child.iter_mut().enumerate() {
-                if live[i % plen] {
-                    *w += (sigma * gaussian(&mut rng)) as f32;
-                }
-            }
-            cands.push(child);
-        }
-        // Every candidate plays the same games: game j of a generation has
-        // stream (g, j) whoever plays it; even games the candidate is black.
+    /// Plays every candidate against the WPC heuristic on `pairs` pairs of
+    /// League games (1-ply, 10% random moves on both sides, colours swapped),
+    /// every candidate on the same random streams: game `j` of generation `g`
+    /// has stream `(g, j)` whoever plays it, and in even games the candidate
+    /// is black. Counts the games; returns each candidate's points (wins plus
+    /// half the draws) and disc difference summed over its games.
+    fn score_against_heuristic(
+        &mut self,
+        cands: &[Weights],
+        pairs: u64,
+        g: u64,
+    ) -> Vec<(f64, i64)> {
         let games = 2 * pairs;
         let jobs: Vec<Job> = (0..cands.len())
             .flat_map(|ci| {
@@ -87,26 +84,62 @@ impl Trainer {
                 })
             })
             .collect();
-        let weights = as_weights(set, self.weights.n_phases, cands);
         let pool = self.pool.as_ref().expect("pool built in apply_config");
-        let diffs = play_jobs(pool, &weights, &jobs, seed ^ FITNESS_SALT);
-        let mut fitness = vec![0.0; weights.len()];
+        let diffs = play_jobs(pool, cands, &jobs, self.config.seed ^ FITNESS_SALT);
+        let mut score = vec![(0.0, 0i64); cands.len()];
         for (job, &d) in jobs.iter().zip(&diffs) {
-            let Side::Candidate(ci) = (if job.black == Side::Heuristic {
-                job.white
-            } else {
-                job.black
-            }) else {
-                unreachable!("every job has one candidate")
+            let (ci, mine) = match (job.black, job.white) {
+                (Side::Candidate(ci), _) => (ci, d),
+                (_, Side::Candidate(ci)) => (ci, -d),
+                _ => unreachable!("every job has one candidate"),
             };
-            let s = black_score(d);
-            fitness[ci] += if job.black == Side::Heuristic {
-                1.0 - s
-            } else {
-                s
-            };
+            score[ci].0 += black_score(mine);
+            score[ci].1 += i64::from(mine);
             self.record_game(Some(d));
         }
+        score
+    }
+
+    /// Runs one generation of the evolution strategy (see the module docs).
+    pub(super) fn es_generation(&mut self) {
+        match self.config.es_strategy {
+            EsStrategy::Plus => self.plus_generation(),
+            EsStrategy::SepCma => self.sep_cma_generation(),
+        }
+    }
+
+    /// A generation of the (mu + lambda) strategy with isotropic mutation.
+    fn plus_generation(&mut self) {
+        let c = &self.config;
+        let (mu, lambda) = (c.es_parents, c.es_offspring);
+        self.population.resize(mu, &self.weights.w);
+        let g = self.population.generation;
+        let sigma = c.es_sigma_at(g);
+        let pairs = c.es_pairs_at(sigma / f64::from(c.es_sigma));
+        let seed = c.seed;
+        let set = &self.weights.set;
+        let plen = set.phase_len;
+        let live = live_entries(set);
+        let mut cands = std::mem::take(&mut self.population.individuals);
+        let centroid = c.es_recombine.then(|| mean(&cands));
+        for k in 0..lambda {
+            let mut child = centroid.clone().unwrap_or_else(|| cands[k % mu].clone());
+            let mut rng = Rng::new(seed ^ MUTATION_SALT, (g << 16) | k as u64);
+            for (i, w) in child.iter_mut().enumerate() {
+                if live[i % plen] {
+                    *w += (sigma * gaussian(&mut rng)) as f32;
+                }
+            }
+            cands.push(child);
+        }
+        let weights = as_weights(set, self.weights.n_phases, cands);
+        let margin = self.config.es_fitness_margin;
+        let fitness: Vec<f64> = self
+            .score_against_heuristic(&weights, pairs, g)
+            .iter()
+            .map(|s| fitness_of(*s, margin))
+            .collect();
+        let games = 2 * pairs;
         let order = ranking(&fitness);
         let mut all = into_vectors(weights);
         let parents: Vec<Vec<f32>> = order[..mu]
@@ -120,6 +153,65 @@ impl Trainer {
         }
         self.population.individuals = parents;
         self.population.last_fitness = order.iter().map(|&i| fitness[i] / games as f64).collect();
+        self.population.generation += 1;
+    }
+
+    /// A generation of separable CMA-ES: lambda candidates drawn from the
+    /// search distribution, ranked by points (ties: by disc difference), the
+    /// distribution updated from the best mu; the weights are its mean.
+    fn sep_cma_generation(&mut self) {
+        let set = Arc::clone(&self.weights.set);
+        let live = live_entries(&set);
+        let plen = set.phase_len;
+        let dims: Vec<usize> = (0..self.weights.w.len())
+            .filter(|i| live[i % plen])
+            .collect();
+        let c = &self.config;
+        let cma = self.population.cma.get_or_insert_with(|| {
+            let mean = dims.iter().map(|&i| f64::from(self.weights.w[i])).collect();
+            SepCma::new(mean, f64::from(c.es_sigma))
+        });
+        let g = self.population.generation;
+        let zs: Vec<Vec<f64>> = (0..c.es_offspring)
+            .map(|k| {
+                let mut rng = Rng::new(c.seed ^ MUTATION_SALT, (g << 16) | k as u64);
+                dims.iter().map(|_| gaussian(&mut rng)).collect()
+            })
+            .collect();
+        let spread = (cma.diag.iter().sum::<f64>() / dims.len() as f64).sqrt();
+        let pairs = c.es_pairs_at(cma.sigma * spread / f64::from(c.es_sigma));
+        let cands: Vec<Vec<f32>> = zs
+            .iter()
+            .map(|z| {
+                let mut w = self.weights.w.clone();
+                for (&i, v) in dims.iter().zip(cma.candidate(z)) {
+                    w[i] = v as f32;
+                }
+                w
+            })
+            .collect();
+        let weights = as_weights(&set, self.weights.n_phases, cands);
+        let scores = self.score_against_heuristic(&weights, pairs, g);
+        let margin = self.config.es_fitness_margin;
+        let fitness: Vec<f64> = scores.iter().map(|s| fitness_of(*s, margin)).collect();
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (sa, sb) = (scores[a], scores[b]);
+            fitness[b]
+                .total_cmp(&fitness[a])
+                .then(sb.1.cmp(&sa.1))
+                .then(a.cmp(&b))
+        });
+        let mu = self.config.es_parents.min(order.len());
+        let selected: Vec<&[f64]> = order[..mu].iter().map(|&i| zs[i].as_slice()).collect();
+        let cma = self.population.cma.as_mut().expect("created above");
+        cma.update(&selected);
+        for (&i, &v) in dims.iter().zip(&cma.mean) {
+            self.weights.w[i] = v as f32;
+        }
+        self.population.individuals = vec![self.weights.w.clone()];
+        let games = (2 * pairs) as f64;
+        self.population.last_fitness = order.iter().map(|&i| fitness[i] / games).collect();
         self.population.generation += 1;
     }
 }

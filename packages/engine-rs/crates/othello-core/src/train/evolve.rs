@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::cma::SepCma;
 use crate::eval::Weights;
 use crate::league::{play, Player};
 use crate::pattern::PatternSet;
@@ -27,6 +28,9 @@ pub struct Population {
     pub generation: u64,
     /// The ranking scores of the last generation, best first (not checkpointed).
     pub last_fitness: Vec<f64>,
+    /// The search distribution of `es_strategy = "sep-cma"` (its mean is the
+    /// trainer's weights; `individuals` then holds only that).
+    pub cma: Option<SepCma>,
 }
 
 impl Population {
@@ -144,7 +148,7 @@ mod tests {
     use crate::checkpoint::{decode, encode};
     use crate::league::league_match;
     use crate::state::{config_update, trainer_from_checkpoint, trainer_to_checkpoint};
-    use crate::train::{Learner, Optimizer, TrainConfig, Trainer};
+    use crate::train::{EsStrategy, Learner, Optimizer, TrainConfig, Trainer};
 
     fn cfg(learner: Learner, threads: usize) -> TrainConfig {
         TrainConfig {
@@ -161,6 +165,17 @@ mod tests {
             ctdl_td_games: 16,
             ctdl_match_pairs: 2,
             ..TrainConfig::default()
+        }
+    }
+
+    /// The `es` learner with separable CMA-ES and a growing fitness sample.
+    fn sep_cma(threads: usize) -> TrainConfig {
+        TrainConfig {
+            es_strategy: EsStrategy::SepCma,
+            es_parents: 3,
+            es_offspring: 6,
+            es_fitness_pairs_max: 12,
+            ..cfg(Learner::Es, threads)
         }
     }
 
@@ -195,6 +210,31 @@ mod tests {
             );
             assert_ne!(one.weights.w, other.weights.w, "{learner}");
         }
+        let (one, two) = (evolved(sep_cma(1), 3), evolved(sep_cma(2), 3));
+        assert_eq!(one.weights.w, two.weights.w);
+        assert_eq!(one.population, two.population);
+        assert_eq!(one.stats, two.stats);
+        let cma = one
+            .population
+            .cma
+            .as_ref()
+            .expect("sep-cma keeps its distribution");
+        assert_eq!(cma.updates, 3);
+        // The weights are the distribution's mean; dead entries stay zero.
+        let moved = one.weights.w.iter().filter(|&&v| v != 0.0).count();
+        assert_eq!(moved, cma.mean.len());
+        assert_ne!(
+            one.weights.w,
+            evolved(
+                TrainConfig {
+                    seed: 4,
+                    ..sep_cma(1)
+                },
+                3
+            )
+            .weights
+            .w
+        );
         // With recombination the weights are the mean of the selected parents.
         let rec = |threads| TrainConfig {
             es_recombine: true,
@@ -231,14 +271,16 @@ mod tests {
 
     #[test]
     fn resuming_from_a_checkpoint_equals_never_stopping() {
-        for learner in [Learner::Es, Learner::Ctdl] {
-            let straight = evolved(cfg(learner, 2), 4);
-            let first = evolved(cfg(learner, 2), 2);
+        for config in [cfg(Learner::Es, 2), cfg(Learner::Ctdl, 2), sep_cma(2)] {
+            let learner = config.learner;
+            let straight = evolved(config.clone(), 4);
+            let first = evolved(config.clone(), 2);
             let (tree, md) = trainer_to_checkpoint(&first);
             let bytes = encode(&tree, &md).unwrap();
             let mut resumed = trainer_from_checkpoint(&decode(&bytes).unwrap()).unwrap();
-            assert_eq!(resumed.config.learner, learner);
+            assert_eq!(resumed.config, first.config);
             assert_eq!(resumed.population.individuals, first.population.individuals);
+            assert_eq!(resumed.population.cma, first.population.cma);
             let stop = AtomicBool::new(false);
             while resumed.population.generation < 4 {
                 resumed.train(resumed.stats.games + 1, &stop, |_| {});
@@ -249,6 +291,7 @@ mod tests {
                 "{learner}"
             );
             assert_eq!(resumed.stats, straight.stats, "{learner}");
+            assert_eq!(resumed.population.cma, straight.population.cma);
         }
     }
 
@@ -267,6 +310,35 @@ mod tests {
             after > before + 0.15,
             "untrained {before:.3}, evolved {after:.3}"
         );
+    }
+
+    #[test]
+    fn sep_cma_beats_the_untrained_network_and_its_sample_grows() {
+        let config = TrainConfig {
+            es_fitness_pairs: 20,
+            es_fitness_pairs_max: 80,
+            es_parents: 6,
+            es_offspring: 12,
+            ..sep_cma(2)
+        };
+        let zero = Trainer::new(config.clone()).unwrap();
+        let t = evolved(config.clone(), 12);
+        let score = |w| league_match(&Player::greedy(w), &Player::Heuristic, 150, 0.1, 11).score;
+        let (before, after) = (score(&zero.weights), score(&t.weights));
+        assert!(
+            after > before + 0.15,
+            "untrained {before:.3}, evolved {after:.3}"
+        );
+        // A narrower search plays more games per candidate, up to the cap.
+        assert_eq!(config.es_pairs_at(1.0), 20);
+        assert_eq!(config.es_pairs_at(0.5), 80);
+        assert_eq!(config.es_pairs_at(0.8), 32);
+        assert_eq!(config.es_pairs_at(2.0), 20);
+        let fixed = TrainConfig {
+            es_fitness_pairs_max: 0,
+            ..config
+        };
+        assert_eq!(fixed.es_pairs_at(0.1), 20);
     }
 
     #[test]
@@ -297,6 +369,18 @@ mod tests {
         assert!(
             err(serde_json::json!({"es_fitness_pairs": 0})).starts_with("es_fitness_pairs: got 0")
         );
+        assert_eq!(
+            err(serde_json::json!({"es_strategy": "cma"})),
+            "es_strategy: got cma; allowed: 'plus' or 'sep-cma'"
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_fitness_pairs_max": 50})),
+            "es_fitness_pairs_max: got 50; allowed: 0 (a fixed sample) or es_fitness_pairs (100) to 100000"
+        );
+        assert!(
+            err(serde_json::json!({"es_strategy": "sep-cma", "es_parents": 9}))
+                .starts_with("es_parents: got 9; allowed: 1 to es_offspring (8)")
+        );
         assert!(err(serde_json::json!({"ctdl_population": 5}))
             .starts_with("ctdl_population: got 5; allowed: an even number"));
         assert!(err(serde_json::json!({"ctdl_td_games": 0})).starts_with("ctdl_td_games: got 0"));
@@ -313,6 +397,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("optimizer: got adam"));
+        for s in [EsStrategy::Plus, EsStrategy::SepCma] {
+            assert_eq!(s.name().parse::<EsStrategy>().unwrap(), s);
+        }
         for l in [Learner::Td, Learner::Ctdl, Learner::Es] {
             assert_eq!(l.name().parse::<Learner>().unwrap(), l);
         }
