@@ -114,6 +114,32 @@ checkpoint, listing, frame streams, SIGKILL/SIGTERM of the service and resuming,
 crash loop."""
 
 
+def test_worker_connections_probe_for_a_silent_partition() -> None:
+    """A partition that drops packets (no reset) must still end a worker's connection:
+    keepalive probes while idle, and a bound on unacknowledged data."""
+    from multiprocessing.connection import Client, Listener
+
+    from trainsvc._ray_backend import LINK_TIMEOUT_S, watch_link
+
+    with Listener(("127.0.0.1", 0), family="AF_INET") as listener:
+        client = Client(listener.address, family="AF_INET")
+        server = listener.accept()
+        for conn in (client, server):
+            watch_link(conn)
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                count = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+                interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+                assert idle + count * interval <= LINK_TIMEOUT_S + idle
+                user = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert user == LINK_TIMEOUT_S * 1000
+        client.send("still works")
+        assert server.recv() == "still works"
+        client.close()
+        server.close()
+
+
 def _netns_available() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("ip") is not None
 
@@ -140,6 +166,13 @@ def _drive(work: Path, *tests: str) -> dict[str, Any]:
     r: dict[str, Any] = json.loads(lines[-1])
     assert r["ok"], "\n".join(f"{k}: {v}" for k, v in r.items())
     return r
+
+
+ON_CLUSTER = pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+"""The tests of the shared cluster below."""
+CLUSTER_TIMEOUT_S = 900
+"""The first cluster test waits for the whole driver run (about 4–6 minutes on 2 CPUs,
+longer when the machine is shared); pytest's 600 s would cut it short."""
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +219,8 @@ def _continued_after(part: dict[str, Any], why: str, newest_before: int) -> int:
     return restored
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_lifecycle_suite_passes_on_the_ray_backend(cluster: dict[str, Any]) -> None:
     """`SUITE` with every worker a Ray actor: all pass but the tests of local processes."""
     suite = _part(cluster, "suite")
@@ -212,7 +246,8 @@ def test_lifecycle_suite_passes_on_the_ray_backend(cluster: dict[str, Any]) -> N
     assert len(passed) >= 10, passed
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_gpu_request_lands_on_the_gpu_node(cluster: dict[str, Any]) -> None:
     """gpus=1: placed on node_b (``--num-gpus 1``), whose device its worker sees;
     gpus=2: no node has them, PENDING with the reason until stopped."""
@@ -227,7 +262,8 @@ def test_gpu_request_lands_on_the_gpu_node(cluster: dict[str, Any]) -> None:
     assert gpu["two_gpus_stopped"] == "STOPPED"
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_workers_connect_to_the_ray_listen_address(cluster: dict[str, Any]) -> None:
     """--ray-listen HOST:PORT is where workers connect; 0.0.0.0 gives them Ray's address
     for the machine; an address not on this machine fails start-up naming the flag."""
@@ -241,18 +277,22 @@ def test_workers_connect_to_the_ray_listen_address(cluster: dict[str, Any]) -> N
     assert "--ray-listen 192.0.2.1:0: cannot listen there" in bad["output"], bad["output"]
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_cut_connection_interrupts_and_auto_resumes(cluster: dict[str, Any]) -> None:
     """The worker's TCP connection cut (``ss -K``, both ends) while its node lives: the
     run is INTERRUPTED (not a crash), its actor ended, and --auto-resume restarts it."""
     cut, auto = _part(cluster, "partition"), _part(cluster, "auto")
     assert cut["ss_exit"] == 0, cut
+    # Both ends probe the connection (a silent partition ends it in LINK_TIMEOUT_S).
+    assert len(cut["timers"]) == 2 and all("keepalive" in t for t in cut["timers"]), cut
     why = "its connection to the service was cut while its Ray node lived"
     _continued_after(auto, why, cut["newest_checkpoint_before_cut"])
     assert auto["nodes"][:2] == [auto["first_node"]] * 2  # spot: node_a only, until node_c
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_run_survives_its_ray_node_dying(cluster: dict[str, Any]) -> None:
     """--auto-resume: placed by its resources on node_a; node_a's raylet killed; the run
     goes INTERRUPTED and continues on node_c at once."""
@@ -281,7 +321,8 @@ def test_run_survives_its_ray_node_dying(cluster: dict[str, Any]) -> None:
     assert auto["service_exit"] == 0
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns`")
+@ON_CLUSTER
+@pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_run_waits_interrupted_without_auto_resume(cluster: dict[str, Any]) -> None:
     """Without --auto-resume the run of a dead node stays INTERRUPTED until ResumeRun,
     which places it on the node that is left (not counted as a restart)."""

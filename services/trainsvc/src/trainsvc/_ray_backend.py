@@ -74,6 +74,10 @@ HANDSHAKE_S = 30.0
 """How long a connecting worker may take to say which run it is."""
 LINK_LOST_EXIT = 75
 """The exit status of a Ray worker whose connection to the service failed."""
+LINK_TIMEOUT_S = 30
+"""How long a worker's connection may go without the peer acknowledging anything (a
+partition that drops packets silently) before either end treats it as cut."""
+_KEEPALIVE_S = 5
 _TOKEN_BYTES = 64
 _PR_SET_PDEATHSIG = 1
 
@@ -99,6 +103,25 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host.startswith("[") or ":" in host:
         raise RayBackendError(f"--ray-listen {text!r}: only IPv4 addresses and host names")
     return host, int(port)
+
+
+def watch_link(conn: Connection) -> None:
+    """Make a silent partition end ``conn`` within about `LINK_TIMEOUT_S`.
+
+    TCP keepalive probes an idle connection every few seconds, and TCP_USER_TIMEOUT
+    bounds how long sent data (or probes) may stay unacknowledged; past it the kernel
+    fails the connection (ETIMEDOUT), as it does at once for a reset.
+    """
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # the same socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", _KEEPALIVE_S),
+            ("TCP_KEEPINTVL", _KEEPALIVE_S),
+            ("TCP_KEEPCNT", LINK_TIMEOUT_S // _KEEPALIVE_S),
+            ("TCP_USER_TIMEOUT", LINK_TIMEOUT_S * 1000),
+        ):
+            if hasattr(socket, name):  # Linux has them all
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -348,6 +371,7 @@ def child_main() -> None:
 
     job, address, token, key, node = pickle.load(sys.stdin.buffer)
     conn = Client(tuple(address), family="AF_INET")
+    watch_link(conn)
     conn.send_bytes(token.encode())
     answer_challenge(conn, key)
     deliver_challenge(conn, key)
@@ -475,6 +499,7 @@ class RayBackend:
     def _handshake(self, conn: Connection) -> None:
         """Match a connecting worker to its launch by token, then check its key both ways."""
         try:
+            watch_link(conn)
             if not conn.poll(HANDSHAKE_S):
                 raise EOFError("no token")
             token = conn.recv_bytes(_TOKEN_BYTES).decode("ascii", "replace")
