@@ -162,3 +162,18 @@ def test_bad_prompts_are_named() -> None:
         generate(model_params(), CONFIG, [[1], []], sampling)
     with pytest.raises(ConfigError, match="outside the vocabulary"):
         generate(model_params(), CONFIG, [[1, 97]], sampling)
+
+
+def test_a_slice_of_a_batch_samples_what_the_whole_batch_does() -> None:
+    """``rows=(offset, total)``: each process of a data-parallel run samples its share."""
+    config, params = CONFIG, model_params()
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12], [13, 14, 15, 16], [2, 3]]
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.5, stop_token_ids=(), seed=3)
+    whole = sample(params, config, prompts, sampling)
+    halves = [sample(params, config, prompts[i : i + 3], sampling, rows=(i, 6)) for i in (0, 3)]
+    assert [c.tokens for c in halves[0] + halves[1]] == [c.tokens for c in whole]
+    # without rows, a half is a batch of its own: other draws
+    alone = sample(params, config, prompts[3:], sampling)
+    assert [c.tokens for c in alone] != [c.tokens for c in whole[3:]]
+    with pytest.raises(ConfigError, match="rows"):
+        sample(params, config, prompts[:3], sampling, rows=(4, 6))

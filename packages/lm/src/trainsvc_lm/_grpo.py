@@ -23,13 +23,12 @@ The trainer has the LoRA trainer's surface (``step_count``, ``last_metrics``,
 ``run(n, should_stop)``, ``save_checkpoint(emergency)``, ``restore``,
 ``close``). Prompts and sampling seeds are functions of ``(train.seed, step)``,
 so a run resumed from a checkpoint repeats the uninterrupted run bitwise (same
-machine and library versions). Each completion's random draws are keyed by its
-global row in the step's batch (``sample(row_ids=...)``), so they do not depend on
-which process samples it.
+machine and library versions).
 
 Data-parallel (``data_parallel``, see ``_distributed``): every process draws the
 same ``grpo.prompts_per_step`` prompts and samples and scores its own share of the
-groups; the rewards are gathered so every process computes the same advantages, and
+groups, drawing what the whole batch would draw for those rows (``sample(rows=...)``);
+the rewards are gathered so every process computes the same advantages, and
 the jitted update, partitioned by XLA over the global mesh, averages the loss and
 gradients over every group's tokens.
 """
@@ -519,7 +518,7 @@ class GRPOTrainer(CheckpointFiles):
         prompts: list[list[int]],
         seed: int,
         greedy: bool,
-        row_ids: Sequence[int] | None = None,
+        rows: tuple[int, int] | None = None,
     ) -> list[Any]:
         sampling = SamplingConfig(
             max_new_tokens=self.max_new_tokens,
@@ -537,7 +536,7 @@ class GRPOTrainer(CheckpointFiles):
             lora=lora,
             lora_scale=self.config.lora.scale,
             compute_dtype=self._compute_dtype(),
-            row_ids=row_ids,
+            rows=rows,
         )
 
     # ------------------------------------------------------------------ batches
@@ -640,15 +639,15 @@ class GRPOTrainer(CheckpointFiles):
         p = len(unique)
         prompts = [text for text in unique for _ in range(g)]
         prompt_tokens = [self.vocab.encode(text) for text in prompts]
-        global_rows = range(share.start * g, share.stop * g)  # per-row draws
-        results = self._sample_policy(
-            prompt_tokens, self._sampling_seed(step), greedy=False, row_ids=global_rows
-        )
+        # data-parallel: this process's rows of the whole batch, drawn as the whole would
+        total = self.config.grpo.prompts_per_step * g
+        rows = None if self._dp is None else (share.start * g, total)
+        results = self._sample_policy(prompt_tokens, self._sampling_seed(step), False, rows)
         completions = [self.vocab.decode(r.tokens) for r in results]
         rewards = np.zeros((p, g), np.float64)
         for gi in range(p):
-            rows = slice(gi * g, (gi + 1) * g)
-            rewards[gi] = self._score(prompts[rows], completions[rows])
+            group = slice(gi * g, (gi + 1) * g)
+            rewards[gi] = self._score(prompts[group], completions[group])
         return _Rollout(
             prompts,
             completions,

@@ -5,16 +5,15 @@ length bucket (so a few compiled shapes serve every prompt), prefilled in one
 call, then decoded one token per step in a jitted ``lax.while_loop`` that stops
 when every row has emitted a stop token or ``max_new_tokens`` tokens. Each row
 keeps its own positions, so a prompt's completion does not depend on the other
-prompts in the batch (under greedy decoding, exactly; when sampling, with
-``row_ids``, whose per-row random draws make a row's tokens independent of the
-batch it is in). The same entry point
+prompts in the batch (under greedy decoding, exactly). With ``rows`` a batch is a
+slice of a larger one and samples exactly what that slice of the larger batch
+would (each process of a data-parallel run samples its share). The same entry point
 serves the CLI's ``generate``, sample completions during training, GRPO
 rollouts (``Completion.logprobs``) and a serving endpoint (``finish_reason``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -104,10 +103,19 @@ def bucket_length(n: int) -> int:
 
 
 def _pick(
-    logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array, greedy: bool
+    logits: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    greedy: bool,
+    rows: tuple[int, int] | None = None,
 ) -> jax.Array:
-    """One token per row of float32 ``logits [B, V]``; ``key`` is one key, or one per row
-    (``[B, 2]``)."""
+    """One token per row of float32 ``logits [B, V]``.
+
+    ``rows = (offset, total)``: the batch is rows ``offset .. offset + B`` of a batch of
+    ``total`` rows; the Gumbel noise is the whole batch's, sliced (``categorical`` is
+    ``argmax(logits + gumbel(key, logits.shape))``), so each row draws what it would there.
+    """
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / temperature
@@ -116,15 +124,16 @@ def _pick(
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     cutoff = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
     kept = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
-    drawn: jax.Array
-    if key.ndim == 2:
-        drawn = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, kept)
-    else:
-        drawn = jax.random.categorical(key, kept, axis=-1)
-    return drawn.astype(jnp.int32)
+    if rows is None:
+        drawn: jax.Array = jax.random.categorical(key, kept, axis=-1)
+        return drawn.astype(jnp.int32)
+    offset, total = rows
+    noise = jax.random.gumbel(key, (total, kept.shape[1]), kept.dtype)
+    noise = jax.lax.slice_in_dim(noise, offset, offset + kept.shape[0])
+    return jnp.argmax(noise + kept, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("config", "max_new", "greedy", "compute_dtype"))
+@partial(jax.jit, static_argnames=("config", "max_new", "greedy", "compute_dtype", "rows"))
 def _generate(
     params: Params,
     lora: LoraParams | None,
@@ -141,10 +150,9 @@ def _generate(
     max_new: int,
     greedy: bool,
     compute_dtype: Any,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Prefill left-padded ``tokens [B, T]`` and decode up to ``max_new`` tokens per row.
-
-    ``key``: one key for the batch, or one per row (``[B, 2]``).
 
     Returns:
         ``(tokens [B, max_new], logprobs [B, max_new], stopped [B], steps)``: a
@@ -165,11 +173,7 @@ def _generate(
 
     def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
         step, cache, logits, out, logps, done = state
-        if key.ndim == 2:
-            step_key = jax.vmap(jax.random.fold_in, (0, None))(key, step)
-        else:
-            step_key = jax.random.fold_in(key, step)
-        tok = _pick(logits, step_key, temperature, top_p, greedy)
+        tok = _pick(logits, jax.random.fold_in(key, step), temperature, top_p, greedy, rows)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=-1)[:, 0]
         out = out.at[:, step].set(jnp.where(done, 0, tok))
         logps = logps.at[:, step].set(jnp.where(done, 0.0, logp))
@@ -198,7 +202,7 @@ def sample(
     lora: LoraParams | None = None,
     lora_scale: float = 1.0,
     compute_dtype: Any = None,
-    row_ids: Sequence[int] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> list[Completion]:
     """Generate a completion for each prompt (one batch).
 
@@ -209,15 +213,16 @@ def sample(
         sampling: how to pick tokens.
         lora: optional LoRA adapters; lora_scale their multiplier.
         compute_dtype: as in `trainsvc_lm.forward` (default: the params' dtype).
-        row_ids: one integer per prompt: row ``i`` then draws its tokens from its own key,
-            ``fold_in(PRNGKey(seed), row_ids[i])``, so a prompt sampled as row ``r`` of
-            any batch gets the same tokens (e.g. each process of a data-parallel run
-            samples its share of a batch with the rows' global indices). None: one key
-            for the whole batch.
+        rows: ``(offset, total)``: these prompts are rows ``offset`` to
+            ``offset + len(prompts)`` of a batch of ``total`` rows sampled with the same
+            seed, and each gets the tokens it would get there (the random draws are the
+            whole batch's; the model's outputs per row do not depend on the batch, up to
+            the compiled shapes' rounding). Each process of a data-parallel run samples
+            its share of a batch this way. None: the prompts are the whole batch.
 
     Raises:
         ConfigError: an empty prompt list or prompt, a token outside the vocabulary, or
-            ``row_ids`` of another length than ``prompts``.
+            ``rows`` that do not hold the prompts (field ``rows``).
     """
     if not prompts:
         raise ConfigError("prompts", "at least one prompt is needed")
@@ -230,14 +235,15 @@ def sample(
                 f"prompts[{i}]",
                 f"token {bad[0]} is outside the vocabulary [0, {config.vocab_size})",
             )
-    key = jax.random.PRNGKey(sampling.seed)
-    if row_ids is not None:
-        ids = [int(r) for r in row_ids]
-        if len(ids) != len(prompts):
+    if rows is not None:
+        offset, total = (int(r) for r in rows)
+        if not 0 <= offset <= total - len(prompts):
             raise ConfigError(
-                "row_ids", f"needs one id per prompt ({len(prompts)}), got {len(ids)}"
+                "rows",
+                f"(offset, total) = {tuple(rows)!r} does not hold {len(prompts)} prompts: "
+                "need 0 <= offset <= total - len(prompts)",
             )
-        key = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(ids, jnp.uint32))
+        rows = (offset, total)
     stop = sampling.stop_token_ids if sampling.stop_token_ids is not None else config.eos_token_ids
     t = bucket_length(max(len(p) for p in prompts))
     tokens = np.zeros((len(prompts), t), np.int32)
@@ -252,7 +258,7 @@ def sample(
         jnp.asarray(valid),
         jnp.asarray([len(p) for p in prompts], jnp.int32),
         jnp.asarray(stop, jnp.int32).reshape(-1),
-        key,
+        jax.random.PRNGKey(sampling.seed),
         jnp.float32(max(sampling.temperature, 1e-6)),
         jnp.float32(sampling.top_p),
         jnp.float32(lora_scale),
@@ -260,6 +266,7 @@ def sample(
         max_new=sampling.max_new_tokens,
         greedy=sampling.temperature == 0.0,
         compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype).name,
+        rows=rows,
     )
     out_np, logps_np, done_np = np.asarray(out), np.asarray(logps), np.asarray(done)
     n = int(steps)
