@@ -109,8 +109,19 @@ class Cluster:
         Nodes start one at a time: two ``ray start`` at once on one host can time out.
         ``ray start`` gives up when its raylet has not registered within 30 s (fixed in
         Ray), which a loaded 2-CPU machine can exceed: a start that gave up while its
-        raylet runs is let be (it registers late; the scenarios wait for their runs).
+        raylet runs is let be (it registers late; the scenarios wait for their runs),
+        and one whose raylet is gone is tried once more (the head on a new port).
         """
+        for attempt in (1, 2):
+            if self._start(node):
+                return
+            if attempt == 1 and node.name == "head":
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+        raise AssertionError(f"ray start ({node.name}) failed twice")
+
+    def _start(self, node: Node) -> bool:
+        """One ``ray start``; whether the node runs (see `start`)."""
         where = ["--resources", json.dumps({node.name: 1, **node.custom})]
         if node.name == "head":
             where += ["--head", "--port", str(self.port), "--include-dashboard=false",
@@ -120,12 +131,15 @@ class Cluster:
         args = [*where, "--num-cpus", str(node.cpus), "--num-gpus", str(node.gpus), *COMMON]
         with (self.work / f"ray-{node.name}.log").open("ab") as out:
             proc = subprocess.Popen([RAY, "start", *args], env=RAY_ENV, stdout=out, stderr=out)
-        if proc.wait(120) != 0:
-            try:
-                self._raylet(node.name)
-            except LookupError:
-                raise AssertionError(f"ray start ({node.name}) failed") from None
-            self.slow_starts.append(node.name)
+        if proc.wait(120) == 0:
+            return True
+        try:
+            self._raylet(node.name)
+        except LookupError:
+            self.slow_starts.append(f"{node.name}: failed")
+            return False
+        self.slow_starts.append(node.name)
+        return True
 
     def node_id(self, name: str) -> str:
         """The node id of the named node (its raylet's command line names both)."""
