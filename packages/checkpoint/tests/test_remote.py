@@ -141,6 +141,50 @@ def test_manager_retention_latest_and_leftovers(root: str) -> None:
         assert manager.restore(step=10)["step"] == 10
 
 
+def test_publish_file_download_and_read_only_listing(root: str, tmp_path: Path) -> None:
+    """A file a trainer wrote elsewhere goes up byte for byte under its own name, with
+    ``latest`` and retention after it (not after an emergency one); it comes back down
+    atomically; the listing sees sizes without touching leftovers."""
+    fs = memfs()
+    local = tmp_path / "staging"
+    local.mkdir()
+    manager = ckpt.RemoteCheckpointManager(root, keep_last=2)
+    deleted: list[str] = []
+    for step in (1, 2, 3):
+        path = local / ckpt.checkpoint_file_name(step)
+        ckpt.save(path, state(step))
+        published = manager.publish_file(path)
+        assert published.url == f"{root}/step_{step}.safetensors"
+        assert published.size_bytes == path.stat().st_size
+        assert fs.cat_file(path_of(published.url)) == path.read_bytes()
+        deleted += published.deleted
+    assert deleted == [f"{root}/step_1.safetensors"]
+    emergency = local / ckpt.checkpoint_file_name(4, emergency=True)
+    ckpt.save(emergency, state(4))
+    assert manager.publish_file(emergency).deleted == ()
+    assert fs.cat_file(f"{path_of(root)}/latest") == b"emergency_step_4.safetensors\n"
+
+    fs.pipe_file(f"{path_of(root)}/.tmp-step_9.safetensors-x", b"partial")  # a writer's
+    listed = ckpt.list_remote_checkpoints(root)
+    assert [(c.checkpoint_id, c.size_bytes) for c in listed] == [
+        ("step_2", (local / "step_2.safetensors").stat().st_size),
+        ("step_3", (local / "step_3.safetensors").stat().st_size),
+        ("emergency_step_4", emergency.stat().st_size),
+    ]
+    assert fs.exists(f"{path_of(root)}/.tmp-step_9.safetensors-x")  # listing is read-only
+    assert ckpt.list_remote_checkpoints(f"{root}/nothing-here") == []
+
+    down = manager.download("step_3.safetensors", tmp_path / "down")
+    assert down == tmp_path / "down" / "step_3.safetensors"
+    assert down.read_bytes() == (local / "step_3.safetensors").read_bytes()
+    assert sorted(p.name for p in down.parent.iterdir()) == ["step_3.safetensors"]
+    with pytest.raises(ckpt.CheckpointNotFoundError):
+        manager.download("step_99.safetensors", tmp_path / "down")
+    assert sorted(p.name for p in down.parent.iterdir()) == ["step_3.safetensors"]
+    with pytest.raises(ValueError, match=r"path: 'notes.txt' is not a checkpoint file name"):
+        manager.publish_file(tmp_path / "notes.txt")
+
+
 def test_manager_falls_back_and_never_deletes_the_only_valid(root: str) -> None:
     fs = memfs()
     with ckpt.RemoteCheckpointManager(root, keep_last=1) as manager:

@@ -59,7 +59,12 @@ from ._names import (
     checkpoint_file_name,
     parse_checkpoint_file_name,
 )
-from ._remote_manager import RemoteCheckpointManager
+from ._remote_manager import (
+    Published,
+    RemoteCheckpoint,
+    RemoteCheckpointManager,
+    list_remote_checkpoints,
+)
 
 __all__ = [
     "FORMAT_NAME",
@@ -79,7 +84,9 @@ __all__ = [
     "GetState",
     "IncompatibleCheckpointError",
     "InvalidTreeError",
+    "Published",
     "Reconciliation",
+    "RemoteCheckpoint",
     "RemoteCheckpointManager",
     "RemoteStorageError",
     "Restored",
@@ -88,6 +95,7 @@ __all__ = [
     "VerifiedCheckpoint",
     "checkpoint_file_name",
     "checkpoint_id",
+    "list_remote_checkpoints",
     "load",
     "load_with_info",
     "parse_checkpoint_file_name",

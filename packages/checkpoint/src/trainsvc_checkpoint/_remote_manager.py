@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ._errors import CheckpointError, CheckpointNotFoundError, RemoteStorageError
 from ._io import TMP_PREFIX, CheckpointInfo, Compression, encode_flat
-from ._manager import LATEST, CheckpointFile, _ManagerBase
+from ._manager import LATEST, CheckpointFile, _ManagerBase, checkpoint_id
 from ._names import checkpoint_file_name, parse_checkpoint_file_name
 from ._remote import (
     CONCURRENCY,
@@ -24,6 +28,89 @@ from ._remote import (
     verify_remote,
 )
 from ._tree import FlatTree
+
+
+@dataclass(frozen=True)
+class RemoteCheckpoint:
+    """A checkpoint object under a remote prefix, as a listing shows it (not verified)."""
+
+    url: str
+    step: int
+    emergency: bool
+    size_bytes: int
+    mtime: float
+    """Last-modified time (seconds since the epoch; 0.0 when the storage does not say)."""
+
+    @property
+    def name(self) -> str:
+        """The object's file name (``step_<N>.safetensors``...)."""
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The name without its extensions: ``step_<N>`` or ``emergency_step_<N>``."""
+        return checkpoint_id(self.name)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :meth:`RemoteCheckpointManager.publish_file` did."""
+
+    url: str
+    size_bytes: int
+    deleted: tuple[str, ...]
+    """URLs retention deleted after the publication (oldest first)."""
+
+
+def list_remote_checkpoints(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> list[RemoteCheckpoint]:
+    """The checkpoint objects directly under the prefix ``url``, oldest first.
+
+    Read-only (unlike opening a :class:`RemoteCheckpointManager`, which cleans up
+    after killed saves): safe while another process writes to the prefix. A missing
+    prefix lists nothing.
+
+    Raises:
+        RemoteStorageError: the storage failed (named, without credentials).
+    """
+    prefix = url.rstrip("/")
+    found = []
+    for name, entry in _listing(open_location(prefix, storage_options)):
+        parsed = parse_checkpoint_file_name(name)
+        if parsed is not None:
+            size = int(entry.get("size") or 0)
+            found.append(
+                RemoteCheckpoint(
+                    f"{prefix}/{name}", parsed.step, parsed.emergency, size, _mtime(entry)
+                )
+            )
+    return sorted(found, key=lambda c: (c.step, c.emergency))
+
+
+def _listing(loc: Location) -> list[tuple[str, Mapping[str, Any]]]:
+    """(name, entry) of each object directly under ``loc`` (a fresh listing)."""
+    with loc.errors("listing"):
+        loc.fs.invalidate_cache(loc.path)
+        try:
+            found = loc.fs.ls(loc.path, detail=True)
+        except FileNotFoundError:
+            return []
+    return [
+        (str(e["name"]).rstrip("/").rsplit("/", 1)[-1], e)
+        for e in found
+        if e.get("type") != "directory"
+    ]
+
+
+def _mtime(entry: Mapping[str, Any]) -> float:
+    value = entry.get("LastModified", entry.get("mtime", entry.get("created", 0.0)))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 class RemoteCheckpointManager(_ManagerBase):
@@ -94,18 +181,7 @@ class RemoteCheckpointManager(_ManagerBase):
 
     def _entries(self) -> list[str]:
         """The names of the objects directly under the prefix (fresh listing)."""
-        loc = self.location
-        with loc.errors("listing"):
-            loc.fs.invalidate_cache(loc.path)
-            try:
-                found = loc.fs.ls(loc.path, detail=True)
-            except FileNotFoundError:
-                return []
-        return [
-            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
-            for e in found
-            if e.get("type") != "directory"
-        ]
+        return [name for name, _ in _listing(self.location)]
 
     def _remove_leftovers(self) -> None:
         loc = self.location
@@ -184,6 +260,65 @@ class RemoteCheckpointManager(_ManagerBase):
                 self._apply_retention()
             return Path(loc.path)
 
+    def publish_file(self, path: str | os.PathLike[str]) -> Published:
+        """Upload a checkpoint file written elsewhere (a trainer's local directory)
+        under its own name, byte for byte, as :meth:`save` publishes: visible only once
+        complete; then ``latest``, then retention (not after an emergency checkpoint).
+
+        Raises:
+            ValueError: ``path``'s name is not a checkpoint file name.
+            FileNotFoundError: the file is gone (nothing was uploaded).
+            RemoteStorageError: the upload failed (nothing partial is visible).
+        """
+        src = Path(path)
+        parsed = parse_checkpoint_file_name(src.name)
+        if parsed is None:
+            raise ValueError(
+                f"path: {src.name!r} is not a checkpoint file name (step_<N>.safetensors, "
+                "emergency_step_<N>.safetensors, optionally .zst)"
+            )
+        with self._lock, src.open("rb") as f:
+            loc = self.location.child(src.name)
+            self._trusted.discard(src.name)
+            size = os.fstat(f.fileno()).st_size
+            tuning = {"part_size": self._part_size, "concurrency": self._concurrency}
+            if size == 0:
+                put_object(loc, [], **tuning)
+            else:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    view = memoryview(mapped)
+                    try:
+                        put_object(loc, [view], **tuning)
+                    finally:
+                        view.release()
+            self._trusted.add(src.name)
+            put_object(self.location.child(LATEST), [memoryview(f"{src.name}\n".encode())])
+            deleted = () if parsed.emergency else self._apply_retention()
+        return Published(self.url_of(src.name), size, deleted)
+
+    def download(self, ckpt: CheckpointFile | str, directory: str | os.PathLike[str]) -> Path:
+        """Copy a checkpoint object into ``directory`` under its name, atomically (a
+        ``.tmp-`` file renamed into place); not verified here.
+
+        Raises:
+            CheckpointNotFoundError: the object is gone.
+            RemoteStorageError: the storage failed.
+        """
+        name = ckpt if isinstance(ckpt, str) else ckpt.path.name
+        loc = self.location.child(name)
+        dest_dir = Path(directory)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest, tmp = dest_dir / name, dest_dir / f"{TMP_PREFIX}download-{name}"
+        try:
+            with loc.errors("downloading"):
+                loc.fs.invalidate_cache(loc.path)
+                loc.fs.get_file(loc.path, str(tmp))
+            tmp.replace(dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return dest
+
     # ------------------------------------------------------------------ retention
 
     def _is_valid(self, name: str) -> bool:
@@ -201,7 +336,8 @@ class RemoteCheckpointManager(_ManagerBase):
             return False
         return True
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self) -> tuple[str, ...]:
+        """Delete what the retention policy selects; the URLs deleted."""
         try:
             names = [c.path.name for c in self.checkpoints()]
             doomed = self.retention.select_for_deletion(names, self._is_valid)
@@ -211,9 +347,10 @@ class RemoteCheckpointManager(_ManagerBase):
                 file=sys.stderr,
                 flush=True,
             )
-            return
+            return ()
         for name in doomed:
             loc = self.location.child(name)
             with loc.errors("deleting"), contextlib.suppress(FileNotFoundError):
                 loc.fs.rm_file(loc.path)
             self._trusted.discard(name)
+        return tuple(self.url_of(name) for name in doomed)

@@ -27,15 +27,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from trainsvc_checkpoint import parse_checkpoint_file_name
+from trainsvc_checkpoint import Published, parse_checkpoint_file_name
+from trainsvc_checkpoint import RemoteCheckpoint as RemoteObject
 
 log = logging.getLogger("trainsvc.remote")
 
@@ -76,38 +75,12 @@ def default_state_dir(url: str) -> Path:
 
 
 @dataclass(frozen=True)
-class RemoteObject:
-    """A checkpoint object under a run's remote prefix."""
-
-    url: str
-    step: int
-    emergency: bool
-    size_bytes: int
-    mtime: float
-
-    @property
-    def checkpoint_id(self) -> str:
-        """``step_<N>`` or ``emergency_step_<N>``."""
-        return self.url.rsplit("/", 1)[-1].split(".safetensors")[0]
-
-
-@dataclass(frozen=True)
 class RemoteReconciliation:
     """A run's remote checkpoints against its index (see `RemoteStore.reconcile`)."""
 
     added: tuple[RemoteObject, ...]
     removed: tuple[str, ...]
     unusable: dict[str, str]
-
-
-def _mtime(entry: Mapping[str, Any]) -> float:
-    value = entry.get("LastModified", entry.get("mtime", entry.get("created", 0.0)))
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 @dataclass(frozen=True)
@@ -172,37 +145,15 @@ class RemoteStore:
         return url.startswith(prefix) and "/" not in url[len(prefix) :]
 
     def list(self, run_id: str) -> list[RemoteObject]:
-        """The run's checkpoint objects, oldest first (a fresh listing; not verified).
+        """The run's checkpoint objects, oldest first (a fresh, read-only listing; not
+        verified).
 
         Raises:
             RemoteStorageError: the storage failed (named, without credentials).
         """
-        from trainsvc_checkpoint._remote import open_location
+        from trainsvc_checkpoint import list_remote_checkpoints
 
-        loc = open_location(self.run_url(run_id), self.storage_options)
-        with loc.errors("listing"):
-            loc.fs.invalidate_cache(loc.path)
-            try:
-                entries = loc.fs.ls(loc.path, detail=True)
-            except FileNotFoundError:
-                return []
-        found = []
-        for entry in entries:
-            if entry.get("type") == "directory":
-                continue
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            parsed = parse_checkpoint_file_name(name)
-            if parsed is not None:
-                found.append(
-                    RemoteObject(
-                        f"{self.run_url(run_id)}/{name}",
-                        parsed.step,
-                        parsed.emergency,
-                        int(entry.get("size") or 0),
-                        _mtime(entry),
-                    )
-                )
-        return sorted(found, key=lambda o: (o.step, o.emergency))
+        return list_remote_checkpoints(self.run_url(run_id), storage_options=self.storage_options)
 
     def verify(self, url: str, step: int | None = None) -> None:
         """Every check of a load on the object at ``url`` (ranged reads, every CRC).
@@ -272,7 +223,7 @@ def clear_staging(staging: Path) -> None:
 
 
 class RemoteRunCheckpoints:
-    """A worker's side of its run's remote prefix: publish, retention, fetch.
+    """A worker's side of its run's remote prefix: publish (with retention), fetch.
 
     Opening it aborts incomplete multipart uploads and removes ``.tmp-`` objects a
     killed worker left under the prefix (one writer per prefix: the run's worker).
@@ -296,101 +247,32 @@ class RemoteRunCheckpoints:
             keep_every=keep_every or None,
             storage_options=store.storage_options,
         )
-        self._trusted: set[str] = set()
 
     def url_of(self, name: str) -> str:
         """The URL of the checkpoint named ``name`` (a file name)."""
         return f"{self.url}/{name}"
 
-    def publish(self, path: Path) -> tuple[str, int]:
-        """Upload a checkpoint file the trainer wrote; visible only once complete.
-
-        The file's bytes go up unchanged (the CRCs in it are the ones a reader checks);
-        ``latest`` is updated after. Returns the object's URL and size.
+    def publish(self, path: Path) -> Published:
+        """Upload a checkpoint file the trainer wrote, unchanged (the CRCs in it are the
+        ones a reader checks), visible only once complete; then ``latest``, then the
+        run's retention on the remote listing (never the only valid checkpoint; skipped
+        with a warning when the storage fails). Returns the URL, size and deletions.
 
         Raises:
             RemoteStorageError: the upload failed (nothing partial is visible).
             FileNotFoundError: the file is gone (nothing was uploaded).
         """
-        # The library's publication primitive (format section 11): one PutObject or a
-        # parallel multipart upload published by its completion; elsewhere a .tmp- move.
-        from trainsvc_checkpoint._remote import put_object
-
-        loc = self.manager.location
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                pieces: list[memoryview] = []
-                put_object(loc.child(path.name), pieces)
-            else:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    view = memoryview(mapped)
-                    try:
-                        put_object(loc.child(path.name), [view])
-                    finally:
-                        view.release()
-        self._trusted.add(path.name)
-        put_object(loc.child("latest"), [memoryview(f"{path.name}\n".encode())])
-        return self.url_of(path.name), size
-
-    def _is_valid(self, name: str) -> bool:
-        from trainsvc_checkpoint import CheckpointError, RemoteStorageError
-
-        if name in self._trusted:
-            return True
-        try:
-            self.store.verify(self.url_of(name))
-        except RemoteStorageError:
-            raise  # a failing network must never make retention delete a valid checkpoint
-        except CheckpointError:
-            return False
-        return True
-
-    def apply_retention(self) -> list[str]:
-        """Apply the run's retention (`RetentionPolicy`) to the remote listing; return the
-        URLs deleted. Never deletes the only valid checkpoint; skipped (with a warning)
-        when the storage fails."""
-        from trainsvc_checkpoint import RemoteStorageError
-
-        try:
-            names = [c.path.name for c in self.manager.checkpoints()]
-            doomed = self.manager.retention.select_for_deletion(names, self._is_valid)
-            loc = self.manager.location
-            deleted = []
-            for name in doomed:
-                with loc.errors("deleting"), contextlib.suppress(FileNotFoundError):
-                    loc.fs.rm_file(loc.child(name).path)
-                self._trusted.discard(name)
-                deleted.append(self.url_of(name))
-        except RemoteStorageError as exc:
-            log.warning("remote retention skipped this time: %s", exc)
-            return []
-        return deleted
+        return self.manager.publish_file(path)
 
     def fetch(self, url: str) -> Path:
-        """Download the checkpoint at ``url`` into the staging directory (same name),
-        atomically; return the local file. Not verified here.
+        """Download the checkpoint at ``url`` (under the run's prefix) into the staging
+        directory, atomically; return the local file. Not verified here.
 
         Raises:
             CheckpointNotFoundError: the object is gone.
             RemoteStorageError: the storage failed.
         """
-        from trainsvc_checkpoint._remote import open_location
-
-        name = url.rsplit("/", 1)[-1]
-        loc = open_location(url, self.store.storage_options)
-        dest = self.staging / name
-        tmp = self.staging / f".tmp-fetch-{name}"
-        self.staging.mkdir(parents=True, exist_ok=True)
-        try:
-            with loc.errors("fetching"):
-                loc.fs.invalidate_cache(loc.path)
-                loc.fs.get_file(loc.path, str(tmp))
-            tmp.replace(dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return dest
+        return self.manager.download(url.rsplit("/", 1)[-1], self.staging)
 
     def older(self, limit: int, exclude: str) -> list[str]:
         """URLs of the run's checkpoints at or before step ``limit`` but ``exclude``,

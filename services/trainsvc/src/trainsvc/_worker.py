@@ -115,8 +115,8 @@ class _Worker:
         self.known = files
 
     def publish_checkpoints(self, files: set[Path]) -> None:
-        """Publish the staged files not yet published (oldest first), report their URLs,
-        then apply retention remotely and report what it deleted."""
+        """Publish the staged files not yet published (oldest first), report their URLs
+        and what the remote retention deleted after each."""
         assert self.remote is not None
         fresh = sorted(
             (p for p in files if p.name not in self.published), key=lambda p: _step(p, 0)
@@ -126,15 +126,17 @@ class _Worker:
             if parsed is None:
                 continue
             try:
-                url, size = self.remote.publish(path)
+                published = self.remote.publish(path)
             except FileNotFoundError:
                 continue  # the trainer's own retention removed it meanwhile (a newer one exists)
             self.published.add(path.name)
-            self.send(proto.CheckpointSaved(url, parsed.step, parsed.emergency, size))
-        if fresh:
-            gone = self.remote.apply_retention()
-            if gone:
-                self.send(proto.CheckpointsDeleted(tuple(gone)))
+            self.send(
+                proto.CheckpointSaved(
+                    published.url, parsed.step, parsed.emergency, published.size_bytes
+                )
+            )
+            if published.deleted:
+                self.send(proto.CheckpointsDeleted(published.deleted))
         self.published &= {p.name for p in files}
         self.known = files
 
