@@ -15,7 +15,8 @@ DIST_DIR ?= dist
 # The engine's wheels: maturin links with zig against glibc 2.17, so the abi3 wheel is
 # manylinux2014 on any Linux host (no manylinux container needed).
 MATURIN := $(UV) tool run --from 'maturin>=1.7,<2' --with 'ziglang>=0.13' maturin
-PYTEST_ARGS ?=
+# The slowest tests are listed after every run, so a growing suite shows where its time goes.
+PYTEST_ARGS ?= --durations=30
 FUZZ_SECONDS ?= 60
 
 .PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck tscheck dist proto
