@@ -45,6 +45,14 @@ def test_it_names_each_broken_rule(tmp_path: Path) -> None:
     )
     _module(tmp_path, "trainsvc_client", "clients/cli", "_x", "import trainsvc._server\n")
     _module(tmp_path, "trainsvc", "services/trainsvc", "_server", "import trainsvc_client\n")
+    # Another package's private module, even inside a function; its public names are fine.
+    _module(
+        tmp_path,
+        "trainsvc_trainer",
+        "packages/trainer",
+        "_y",
+        "from trainsvc_checkpoint import save\ndef f():\n    from trainsvc_checkpoint._a import g\n",
+    )
     result = _run("--root", str(tmp_path), "--graph")
     assert result.returncode == 1
     errors = result.stderr.splitlines()
@@ -61,4 +69,9 @@ def test_it_names_each_broken_rule(tmp_path: Path) -> None:
         "which is not below it" in e
         for e in errors
     )
-    assert len(errors) == 4, errors
+    assert any(
+        "packages/trainer/src/trainsvc_trainer/_y.py:3: trainsvc_trainer._y imports "
+        "trainsvc_checkpoint._a, a private module of trainsvc_checkpoint" in e
+        for e in errors
+    )
+    assert len(errors) == 5, errors

@@ -9,6 +9,8 @@ anything), without importing any of them, and checks:
   the wire API -> the service -> the clients); so libraries never import the
   service or a client; and clients never import the service (only its wire API);
 - grpc: only the wire API, the service and the clients import grpc;
+- public API: a package imports another's public names only, never one of its
+  private modules (``pkg._module``): what a library exports is its contract;
 - cycles: no cycle among one package's modules, counting the imports that run
   when a module is imported (top level, not under ``if TYPE_CHECKING``); imports
   inside functions run later and cannot deadlock an import.
@@ -160,6 +162,7 @@ def check(root: Path = REPO) -> tuple[list[str], dict[str, set[str]], dict[str, 
             continue
         if dst_pkg != src_pkg:
             packages.setdefault(src_pkg, set()).add(dst_pkg)
+            private = _private_part(imp.target)
             if WIRE_ONLY.get(src_pkg) == dst_pkg:
                 problems.append(
                     f"{where}: client {imp.source} imports the service ({imp.target}); "
@@ -170,11 +173,24 @@ def check(root: Path = REPO) -> tuple[list[str], dict[str, set[str]], dict[str, 
                     f"{where}: {imp.source} imports {imp.target}, which is not below it "
                     f"(layer {LAYERS[src_pkg]} -> {LAYERS[dst_pkg]})"
                 )
+            elif private:
+                problems.append(
+                    f"{where}: {imp.source} imports {imp.target}, a private module of "
+                    f"{dst_pkg} ({private}); import the name from {dst_pkg}'s public API"
+                )
         elif imp.eager and imp.target in modules and imp.target != imp.source:
             eager[imp.source].add(imp.target)
     for cycle in cycles(eager):
         problems.append("import cycle among " + ", ".join(cycle))
     return list(dict.fromkeys(problems)), packages, eager
+
+
+def _private_part(module: str) -> str | None:
+    """The first private component of a dotted module name (``_x``, not ``__x__``)."""
+    for part in module.split(".")[1:]:
+        if part.startswith("_") and not part.startswith("__"):
+            return part
+    return None
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -234,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if not problems:
         print(
             "ok: no import runs up the layers, no client imports the service, "
-            "no library imports grpc, no import cycle"
+            "no library imports grpc, no package imports another's private module, "
+            "no import cycle"
         )
     return 1 if problems else 0
 

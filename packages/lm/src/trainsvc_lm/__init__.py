@@ -57,7 +57,12 @@ if TYPE_CHECKING:
         prefill,
     )
     from trainsvc_lm._openai_app import ServerThread, openai_app
-    from trainsvc_lm._openai_protocol import APIError, ChatRequest, parse_chat_request
+    from trainsvc_lm._openai_protocol import (
+        APIError,
+        ChatRequest,
+        model_not_found,
+        parse_chat_request,
+    )
     from trainsvc_lm._peft import export_merged, export_peft, load_peft
     from trainsvc_lm._pretrain import cached_tiny_model, pretrain_tiny
     from trainsvc_lm._sampler import Completion, SamplingConfig, generate, sample
@@ -86,6 +91,7 @@ _LAZY = {
     "Usage": "_serving",
     "openai_app": "_openai_app",
     "parse_chat_request": "_openai_protocol",
+    "model_not_found": "_openai_protocol",
     "Batch": "_data",
     "BatchLoader": "_data",
     "ChatExample": "_data",
@@ -214,6 +220,7 @@ __all__ = [
     "load_peft",
     "logits_from_hidden",
     "merge_lora",
+    "model_not_found",
     "openai_app",
     "params_to_hf",
     "parse_chat_request",

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from trainsvc_lm._openai_protocol import APIError, ChatRequest
+from trainsvc_lm import APIError, ChatRequest
 
 from trainsvc._external_urls import ExternalServer, parse_external_url
 

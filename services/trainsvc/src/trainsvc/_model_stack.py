@@ -100,7 +100,7 @@ class ModelStack:
             EndpointUnavailableError: the ``serve`` extra is missing.
         """
         try:
-            from trainsvc_lm._openai_app import ServerThread
+            from trainsvc_lm import ServerThread
 
             from trainsvc._openai_serving import CallRecorder, DeployedEngines, serving_app
         except ImportError as exc:

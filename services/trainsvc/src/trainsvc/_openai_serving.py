@@ -41,9 +41,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from trainsvc_lm import Engine
-from trainsvc_lm._openai_app import openai_app
-from trainsvc_lm._openai_protocol import APIError, ChatRequest, model_not_found
+from trainsvc_lm import APIError, ChatRequest, Engine, model_not_found, openai_app
 
 from trainsvc._artifacts import ArtifactStore
 from trainsvc._domain import InvalidArgumentError
