@@ -311,8 +311,9 @@ def test_run_survives_its_ray_node_dying(cluster: dict[str, Any]) -> None:
 
     node_a = cluster["node_a_id"]
     assert auto["first_node"] == node_a and auto["nodes"][-1] not in ("", node_a), auto["nodes"]
+    # "died", or "stopped answering" when its actor's end is seen before the node's death
     restored = _continued_after(
-        auto, f"its Ray node {node_a[:12]} died", auto["newest_checkpoint_before_kill"]
+        auto, f"its Ray node {node_a[:12]} ", auto["newest_checkpoint_before_kill"]
     )
     assert auto["step_after"] > restored
     assert auto["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], auto["states"]
@@ -333,7 +334,7 @@ def test_run_waits_interrupted_without_auto_resume(cluster: dict[str, Any]) -> N
     assert manual["state_3s_later"] == "INTERRUPTED"
     assert manual["nodes"][0] == node_a and manual["nodes"][-1] != node_a, manual["nodes"]
     restored = _continued_after(
-        manual, f"its Ray node {node_a[:12]} died", manual["newest_checkpoint_before_kill"]
+        manual, f"its Ray node {node_a[:12]} ", manual["newest_checkpoint_before_kill"]
     )
     assert manual["step_after"] > restored
     assert manual["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], manual["states"]

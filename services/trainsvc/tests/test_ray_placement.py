@@ -62,3 +62,17 @@ def test_a_dead_node_is_named_in_the_lost_reason() -> None:
     assert _lost_reason(other) == (
         "its Ray actor died (RuntimeError: The actor was killed by the memory monitor)"
     )
+
+
+def test_an_unanswering_node_is_named_by_the_node_its_worker_reported() -> None:
+    """A raylet that stops answering is often seen (the actor unavailable) before the
+    cluster declares its node dead: the reason still names the node."""
+    import ray
+
+    unavailable = ray.exceptions.ActorUnavailableError("RpcError: Socket closed", b"\0" * 16)
+    node = "8a23f4a693f4cf14be43771b0458dccc3e32a8fd103c94497201c686"
+    assert _lost_reason(unavailable, node) == (
+        "its Ray node 8a23f4a693f4 stopped answering (the actor is unavailable)"
+    )
+    other = RuntimeError("killed by the memory monitor")
+    assert _lost_reason(other, node).startswith("its Ray actor on node 8a23f4a693f4 died (")

@@ -78,7 +78,8 @@ LINK_TIMEOUT_S = 30
 """How long a worker's connection may go without the peer acknowledging anything (a
 partition that drops packets silently) before either end treats it as cut."""
 _KEEPALIVE_S = 5
-_TOKEN_BYTES = 64
+_TOKEN_BYTES = 128
+"""The most a connecting worker's first message may hold: its token and its node's id."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -170,13 +171,19 @@ def unplaceable_reason(r: ResourceRequest, nodes: list[dict[str, Any]]) -> str:
     )
 
 
-def _lost_reason(exc: BaseException) -> str:
-    """Why a worker's actor ended without its worker exiting (one line)."""
+def _lost_reason(exc: BaseException, node: str = "") -> str:
+    """Why a worker's actor ended without its worker exiting (one line); ``node``: the
+    id of the node its worker reported from ("" if it never connected)."""
     text = " ".join(str(exc).split())
-    node = text.split("Node Id: ", 1)[1].split()[0][:12] if "Node Id: " in text else ""
+    if "Node Id: " in text:
+        node = text.split("Node Id: ", 1)[1].split()[0]
     if "node has died" in text:
-        return f"its Ray node {node} died".replace("  ", " ")
-    return f"its Ray actor died ({type(exc).__name__}: {text[:300]})"
+        return f"its Ray node {node[:12]} died".replace("  ", " ")
+    if isinstance(exc, ray.exceptions.ActorUnavailableError) and node:
+        # The node's raylet stopped answering before the cluster declared the node dead.
+        return f"its Ray node {node[:12]} stopped answering (the actor is unavailable)"
+    where = f" on node {node[:12]}" if node else ""
+    return f"its Ray actor{where} died ({type(exc).__name__}: {text[:300]})"
 
 
 class _PendingConnection:
@@ -229,6 +236,8 @@ class _RayHandle:
         self.actor: Any = None
         self.ref: Any = None
         self.lost_reason = ""
+        self.node = ""
+        """The Ray node the worker reported from when it connected ("" until then)."""
         self._exitcode: int | None = None
         self._done = False
         self._killed = False
@@ -258,7 +267,7 @@ class _RayHandle:
                 self._exitcode = int(ray.get(self.ref))
             except ray.exceptions.RayActorError as exc:  # the actor (or its node) died
                 if not self._killed:
-                    self.lost_reason = _lost_reason(exc)
+                    self.lost_reason = _lost_reason(exc, self.node)
             except ray.exceptions.RayError:  # the actor's call failed: a crash (no exit code)
                 pass
             if self._exitcode == LINK_LOST_EXIT and not self._killed:
@@ -372,7 +381,7 @@ def child_main() -> None:
     job, address, token, key, node = pickle.load(sys.stdin.buffer)
     conn = Client(tuple(address), family="AF_INET")
     watch_link(conn)
-    conn.send_bytes(token.encode())
+    conn.send_bytes(f"{token} {node}".encode())
     answer_challenge(conn, key)
     deliver_challenge(conn, key)
     where = f"{address[0]}:{address[1]}"
@@ -502,7 +511,7 @@ class RayBackend:
             watch_link(conn)
             if not conn.poll(HANDSHAKE_S):
                 raise EOFError("no token")
-            token = conn.recv_bytes(_TOKEN_BYTES).decode("ascii", "replace")
+            token, _, node = conn.recv_bytes(_TOKEN_BYTES).decode("ascii", "replace").partition(" ")
             with self._lock:
                 entry = self._pending.pop(token, None)
             if entry is None:
@@ -513,6 +522,8 @@ class RayBackend:
         except (OSError, EOFError, AuthenticationError):
             conn.close()
             return
+        if pending.handle is not None:
+            pending.handle.node = node
         pending.connected(conn)
 
     def close(self) -> None:
