@@ -508,6 +508,8 @@ def _grpo(args: argparse.Namespace, out: _Output) -> int:
             "the CLI trains on a shipped task (data.task); recorded groups go through the "
             "service (run.grpo.data_file) or GRPOTrainer(offline_groups=...)",
         )
+    if config.log.wandb:
+        raise ConfigError("log.wandb", "trainsvc-lm grpo does not log to W&B (metrics.jsonl)")
     distributed = _distributed.from_arguments(args)
     if distributed is not None:
         distributed.check_divides("grpo.prompts_per_step", config.grpo.prompts_per_step, "groups")
