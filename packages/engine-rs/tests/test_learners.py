@@ -70,8 +70,9 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
 
 def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Path) -> None:
     cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
-    cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40}
-    gen = 6 * 2 * 10  # the first generations play the smallest sample
+    cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40, "es_fitness_margin": 1.0}
+    cma |= {"es_random_pairs": 2, "es_mean_rate": 0.5}
+    gen = 6 * 2 * (10 + 2)  # the first generations play the smallest sample
     straight = te.TrainingManager(tmp_path / "a", **cma)
     straight.start(gen * 4, checkpoint_interval=0)
     done = straight.wait(timeout=300)
@@ -101,6 +102,8 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Pat
         ("ctdl_population", 3, "an even number from 2 to 64"),
         ("es_strategy", "cma", "'plus' or 'sep-cma'"),
         ("es_fitness_margin", -1.0, "0.0 \\(points only\\) to 100.0"),
+        ("es_mean_rate", 2.0, "0.01 to 1.0"),
+        ("es_random_pairs", 10**6, "0 \\(the heuristic only\\) to 100000"),
         ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
     ],
 )

@@ -52,6 +52,16 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         "es: weight of the mean disc difference / 64 in the fitness (0 = points only)",
     ),
     (
+        "es_random_pairs",
+        int,
+        "es: pairs of games against the random player per fitness evaluation (0 = none)",
+    ),
+    (
+        "es_mean_rate",
+        float,
+        "es sep-cma: the mean moves this fraction of the way to the recombined candidates",
+    ),
+    (
         "es_strategy",
         str,
         "es: plus (isotropic mutation, the default) or sep-cma (separable CMA-ES)",

@@ -9,7 +9,7 @@
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
 //! `SAVE` (write the final weights as an engine checkpoint here), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`,
-//! `STRATEGY`, `MARGIN`, `POP`, `TD_GAMES`,
+//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
 //!
 //! `cargo run --release --example evolve`
@@ -57,6 +57,8 @@ fn main() {
         es_fitness_pairs_max: env("FIT_MAX", d.es_fitness_pairs_max),
         es_strategy: env("STRATEGY", d.es_strategy),
         es_fitness_margin: env("MARGIN", d.es_fitness_margin),
+        es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
+        es_random_pairs: env("RANDOM_PAIRS", d.es_random_pairs),
         ctdl_population: env("POP", d.ctdl_population),
         ctdl_td_games: env("TD_GAMES", d.ctdl_td_games),
         ctdl_match_pairs: env("MATCH_PAIRS", d.ctdl_match_pairs),

@@ -95,8 +95,10 @@ impl SepCma {
     }
 
     /// One update from the standard normal samples of the selected
-    /// candidates, best first (at most `mu` of them are used).
-    pub fn update(&mut self, selected_z: &[&[f64]]) {
+    /// candidates, best first; the mean moves `mean_rate` (c_m, 1 in the
+    /// standard algorithm) of the way to the recombined candidate, which
+    /// averages the selection noise of a noisy fitness over generations.
+    pub fn update(&mut self, selected_z: &[&[f64]], mean_rate: f64) {
         let n = self.mean.len();
         let p = Params::new(n, selected_z.len());
         // z_w = sum w_i z_i; y_w = sqrt(c) z_w.
@@ -109,7 +111,7 @@ impl SepCma {
         let sd: Vec<f64> = self.diag.iter().map(|c| c.sqrt()).collect();
         let y_w: Vec<f64> = z_w.iter().zip(&sd).map(|(z, s)| z * s).collect();
         for (m, y) in self.mean.iter_mut().zip(&y_w) {
-            *m += self.sigma * y;
+            *m += mean_rate * self.sigma * y;
         }
         let ps_gain = (p.c_sigma * (2.0 - p.c_sigma) * p.mu_eff).sqrt();
         for (ps, z) in self.p_sigma.iter_mut().zip(&z_w) {
@@ -170,7 +172,7 @@ mod tests {
             let mut order: Vec<usize> = (0..lambda as usize).collect();
             order.sort_by(|&a, &b| fit[a].total_cmp(&fit[b]));
             let sel: Vec<&[f64]> = order[..mu].iter().map(|&i| zs[i].as_slice()).collect();
-            es.update(&sel);
+            es.update(&sel, 1.0);
         }
         es
     }

@@ -226,11 +226,21 @@ pub struct TrainConfig {
     /// many (0 = always `es_fitness_pairs`). The step is `es_sigma_at(g)`
     /// for `plus`, sigma times the root mean variance for `sep-cma`.
     pub es_fitness_pairs_max: u64,
+    /// `es`: pairs of games (colours swapped, 10% random moves on both
+    /// sides) each candidate also plays against the uniformly random player
+    /// per fitness evaluation, counted in its fitness like the heuristic's
+    /// games (0 = the heuristic only), so that the player cannot win by
+    /// learning only the heuristic's habits.
+    pub es_random_pairs: u64,
     /// `es`: weight of the disc margin in the fitness: a candidate's fitness
     /// is its League points per game plus this times its mean disc
     /// difference / 64 (0 = points only, the League's own measure; the
     /// margin is a less noisy signal of the same skill).
     pub es_fitness_margin: f64,
+    /// `es` with `sep-cma`: the mean's learning rate c_m: the mean moves this
+    /// fraction of the way to the recombined candidates (1 = standard
+    /// CMA-ES; below 1 averages the selection noise of a noisy fitness).
+    pub es_mean_rate: f64,
     /// `es`: the search, `plus` (isotropic mutation, the default) or
     /// `sep-cma` (separable CMA-ES); see [`EsStrategy`].
     pub es_strategy: EsStrategy,
@@ -282,6 +292,8 @@ impl Default for TrainConfig {
             es_fitness_pairs: 100,
             es_fitness_pairs_max: 0,
             es_fitness_margin: 0.0,
+            es_random_pairs: 0,
+            es_mean_rate: 1.0,
             es_strategy: EsStrategy::Plus,
             ctdl_population: 8,
             ctdl_td_games: 512,
@@ -398,6 +410,14 @@ impl TrainConfig {
             100.0,
             "0.0 (points only) to 100.0",
         )?;
+        check(
+            "es_random_pairs",
+            self.es_random_pairs,
+            0,
+            100_000,
+            "0 (the heuristic only) to 100000",
+        )?;
+        check("es_mean_rate", self.es_mean_rate, 0.01, 1.0, "0.01 to 1.0")?;
         if self.es_strategy == EsStrategy::SepCma && self.es_parents > self.es_offspring {
             return Err(EngineError::config(
                 "es_parents",

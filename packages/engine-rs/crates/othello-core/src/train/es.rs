@@ -55,32 +55,30 @@ fn fitness_of((points, diff): (f64, i64), margin: f64) -> f64 {
 
 impl Trainer {
     /// Plays every candidate against the WPC heuristic on `pairs` pairs of
-    /// League games (1-ply, 10% random moves on both sides, colours swapped),
-    /// every candidate on the same random streams: game `j` of generation `g`
-    /// has stream `(g, j)` whoever plays it, and in even games the candidate
-    /// is black. Counts the games; returns each candidate's points (wins plus
-    /// half the draws) and disc difference summed over its games.
-    fn score_against_heuristic(
-        &mut self,
-        cands: &[Weights],
-        pairs: u64,
-        g: u64,
-    ) -> Vec<(f64, i64)> {
-        let games = 2 * pairs;
+    /// League games (1-ply, 10% random moves on both sides, colours swapped)
+    /// and against the random player on `es_random_pairs` pairs, every
+    /// candidate on the same random streams: game `j` against an opponent in
+    /// generation `g` has stream `(g, j)` whoever plays it, and in even games
+    /// the candidate is black. Counts the games; returns each candidate's
+    /// points (wins plus half the draws) and disc difference summed over all
+    /// its games.
+    fn score_candidates(&mut self, cands: &[Weights], pairs: u64, g: u64) -> Vec<(f64, i64)> {
+        let opponents = [
+            (Side::Heuristic, 2 * pairs, 0),
+            (Side::Random, 2 * self.config.es_random_pairs, 1 << 63),
+        ];
         let jobs: Vec<Job> = (0..cands.len())
             .flat_map(|ci| {
-                (0..games).map(move |j| {
-                    let me = Side::Candidate(ci);
-                    let (black, white) = if j % 2 == 0 {
-                        (me, Side::Heuristic)
-                    } else {
-                        (Side::Heuristic, me)
-                    };
-                    Job {
-                        black,
-                        white,
-                        stream: g.wrapping_mul(games) + j,
-                    }
+                opponents.into_iter().flat_map(move |(opp, games, tag)| {
+                    (0..games).map(move |j| {
+                        let me = Side::Candidate(ci);
+                        let (black, white) = if j % 2 == 0 { (me, opp) } else { (opp, me) };
+                        Job {
+                            black,
+                            white,
+                            stream: tag | (g.wrapping_mul(games) + j),
+                        }
+                    })
                 })
             })
             .collect();
@@ -135,11 +133,11 @@ impl Trainer {
         let weights = as_weights(set, self.weights.n_phases, cands);
         let margin = self.config.es_fitness_margin;
         let fitness: Vec<f64> = self
-            .score_against_heuristic(&weights, pairs, g)
+            .score_candidates(&weights, pairs, g)
             .iter()
             .map(|s| fitness_of(*s, margin))
             .collect();
-        let games = 2 * pairs;
+        let games = 2 * (pairs + self.config.es_random_pairs);
         let order = ranking(&fitness);
         let mut all = into_vectors(weights);
         let parents: Vec<Vec<f32>> = order[..mu]
@@ -191,7 +189,7 @@ impl Trainer {
             })
             .collect();
         let weights = as_weights(&set, self.weights.n_phases, cands);
-        let scores = self.score_against_heuristic(&weights, pairs, g);
+        let scores = self.score_candidates(&weights, pairs, g);
         let margin = self.config.es_fitness_margin;
         let fitness: Vec<f64> = scores.iter().map(|s| fitness_of(*s, margin)).collect();
         let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -205,12 +203,12 @@ impl Trainer {
         let mu = self.config.es_parents.min(order.len());
         let selected: Vec<&[f64]> = order[..mu].iter().map(|&i| zs[i].as_slice()).collect();
         let cma = self.population.cma.as_mut().expect("created above");
-        cma.update(&selected);
+        cma.update(&selected, self.config.es_mean_rate);
         for (&i, &v) in dims.iter().zip(&cma.mean) {
             self.weights.w[i] = v as f32;
         }
         self.population.individuals = vec![self.weights.w.clone()];
-        let games = (2 * pairs) as f64;
+        let games = (2 * (pairs + self.config.es_random_pairs)) as f64;
         self.population.last_fitness = order.iter().map(|&i| fitness[i] / games).collect();
         self.population.generation += 1;
     }

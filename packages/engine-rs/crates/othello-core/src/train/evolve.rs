@@ -51,6 +51,8 @@ pub enum Side {
     Candidate(usize),
     /// The League's WPC heuristic.
     Heuristic,
+    /// Uniformly random moves.
+    Random,
 }
 
 /// A ranking game: who plays black and white, and its random stream.
@@ -90,6 +92,7 @@ pub fn play_jobs(pool: &rayon::ThreadPool, cands: &[Weights], jobs: &[Job], seed
     let player = |s: Side| match s {
         Side::Candidate(i) => Player::greedy(&cands[i]),
         Side::Heuristic => Player::Heuristic,
+        Side::Random => Player::Random,
     };
     pool.install(|| {
         jobs.par_iter()
@@ -175,6 +178,9 @@ mod tests {
             es_parents: 3,
             es_offspring: 6,
             es_fitness_pairs_max: 12,
+            es_fitness_margin: 0.5,
+            es_mean_rate: 0.5,
+            es_random_pairs: 2,
             ..cfg(Learner::Es, threads)
         }
     }
@@ -257,6 +263,10 @@ mod tests {
         assert_eq!(es.population.individuals[0], es.weights.w);
         let f = &es.population.last_fitness;
         assert!(f.windows(2).all(|p| p[0] >= p[1]), "{f:?}");
+        // sep-cma: lambda candidates x 2 games x (6 heuristic + 2 random pairs).
+        let cma = evolved(sep_cma(1), 1);
+        assert_eq!(cma.stats.games, 6 * 2 * (6 + 2));
+        assert_eq!(cma.population.last_fitness.len(), 6);
         let ctdl = evolved(cfg(Learner::Ctdl, 1), 1);
         // 4 x 16 TD games, then 6 pairings x 2 pairs x 2 games.
         assert_eq!(ctdl.stats.games, 4 * 16 + 6 * 4);
