@@ -15,8 +15,12 @@ DIST_DIR ?= dist
 # The engine's wheels: maturin links with zig against glibc 2.17, so the abi3 wheel is
 # manylinux2014 on any Linux host (no manylinux container needed).
 MATURIN := $(UV) tool run --from 'maturin>=1.7,<2' --with 'ziglang>=0.13' maturin
-# The slowest tests are listed after every run, so a growing suite shows where its time goes.
-PYTEST_ARGS ?= --durations=30
+# Two pytest workers (pytest-xdist), each taking whole files so a module's servers and
+# clusters start once: most tests wait on real servers and processes, so two files at a
+# time fit 2 cores. PYTEST_WORKERS=0 runs in one process. The slowest tests are listed
+# after every run, so a growing suite shows where its time goes.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 FUZZ_SECONDS ?= 60
 
 .PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck tscheck dist proto
