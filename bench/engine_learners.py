@@ -7,7 +7,8 @@ along the way plays the League protocol against the WPC heuristic
 evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
 CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
-line per seed: blue `es` (separable CMA-ES), light blue `es-plus` (the isotropic
+line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
+slower mean and fitness games against the random player), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`). Each run's final
 network also plays the random player (the table's last column).
 
@@ -45,6 +46,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "es_fitness_pairs_max": 1000,
         "es_fitness_margin": 1.0,
     },
+    # The separable CMA-ES with a slower mean and fitness games against the random
+    # player as well (docs/othello-engine.md: measured with the `evolve` example).
+    "es-mix": {
+        "learner": "es",
+        "es_strategy": "sep-cma",
+        "pattern_set": "straight2",
+        "n_phases": 1,
+        "es_parents": 10,
+        "es_offspring": 20,
+        "es_sigma": 0.1,
+        "es_fitness_pairs": 100,
+        "es_fitness_pairs_max": 1000,
+        "es_fitness_margin": 1.0,
+        "es_mean_rate": 0.3,
+        "es_random_pairs": 25,
+    },
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",
@@ -67,6 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 COLOURS = {
     "es": (30, 80, 200),
     "es-plus": (140, 170, 230),
+    "es-mix": (120, 40, 160),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
 }
@@ -75,7 +93,8 @@ COLOURS = {
 def generation_games(cfg: dict[str, Any]) -> int:
     """Games of one generation (one batch for `td`; `sep-cma`: its smallest one)."""
     if cfg.get("es_strategy") == "sep-cma":
-        return int(cfg["es_offspring"] * 2 * cfg["es_fitness_pairs"])
+        pairs = cfg["es_fitness_pairs"] + cfg.get("es_random_pairs", 0)
+        return int(cfg["es_offspring"] * 2 * pairs)
     if cfg["learner"] == "es":
         return int((cfg["es_parents"] + cfg["es_offspring"]) * 2 * cfg["es_fitness_pairs"])
     if cfg["learner"] == "ctdl":
