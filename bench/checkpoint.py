@@ -50,6 +50,7 @@ from typing import Any, cast
 import numpy as np
 import trainsvc_checkpoint as ckpt
 from safetensors.numpy import load_file, save_file
+from trainsvc_checkpoint.testing import local_s3
 
 REPS = int(os.environ.get("CKPT_BENCH_REPS", "5"))
 MB = 1e6
@@ -371,50 +372,12 @@ class RemoteResult:
     object_bytes: int = 0
 
 
-@contextlib.contextmanager
-def local_s3() -> Iterator[tuple[str, dict[str, Any]]]:
-    """moto's S3 server in its own process on 127.0.0.1 (not a thread of this one, so
-    that the server does not share the client's GIL); yields its endpoint and options."""
-    import socket
-    import subprocess
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
-        yield (
-            endpoint,
-            {
-                "key": "bench",
-                "secret": "bench",
-                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-            },
-        )
-    finally:
-        server.terminate()
-        server.wait()
-
-
 def remote_bench(state: dict[str, Any], scratch: Path) -> RemoteResult | None:
     """Save and load the state to a local S3 server, against boto3's ``upload_file`` and
     ``download_file`` of the same bytes (the checkpoint file, from the page cache, to a
     file in the page cache), in the same repetitions, alternating which goes first."""
     try:
-        import boto3
+        import boto3  # noqa: F401  (the baseline)
         import s3fs  # noqa: F401  (the remote path needs it)
     except ImportError as exc:
         print(f"remote rows skipped: {exc} (uv sync --all-packages)", file=sys.stderr)
@@ -426,15 +389,9 @@ def remote_bench(state: dict[str, Any], scratch: Path) -> RemoteResult | None:
     local = scratch / "remote.safetensors"
     ckpt.save(local, state)
     result.object_bytes = local.stat().st_size
-    with local_s3() as (endpoint, options):
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=REMOTE_BUCKET)
+    # moto's server in its own process, so that it does not share this one's GIL.
+    with local_s3(REMOTE_BUCKET, key="bench", secret="bench", process=True) as s3:
+        client, options = s3.client, s3.storage_options
         url = f"s3://{REMOTE_BUCKET}/ours/step_1.safetensors"
 
         def ours() -> None:

@@ -14,7 +14,6 @@ with only ``lo`` (Ray binds the machine's address), from the repository root::
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -23,31 +22,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import boto3
 import ray_cluster_driver as drv  # Cluster, Node
-from moto.server import ThreadedMotoServer
+from trainsvc_checkpoint.testing import local_s3
 from trainsvc_client import connect, pb
 
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
 work = Path(sys.argv[1])
 work.mkdir(parents=True, exist_ok=True)
-port = drv.free_port()
-moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-moto.start()
-endpoint = f"http://127.0.0.1:{port}"
-env = {
-    "AWS_ACCESS_KEY_ID": "k",
-    "AWS_SECRET_ACCESS_KEY": "trial-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-s3 = boto3.client(
-    "s3",
-    endpoint_url=endpoint,
-    aws_access_key_id="k",
-    aws_secret_access_key="s",
-    region_name="us-east-1",
-)
-s3.create_bucket(Bucket="bkt")
+stack = contextlib.ExitStack()
+server = stack.enter_context(local_s3("bkt", key="k", secret="trial-secret"))
+endpoint, env, s3 = server.endpoint, server.env, server.client
 cluster = drv.Cluster(work, Path(f"/tmp/rnk{os.getpid()}"))
 result = {}
 svc = None
@@ -174,7 +157,7 @@ finally:
             os.killpg(svc.pid, signal.SIGKILL)
         svc.wait()
     subprocess.run([drv.RAY, "stop", "--force"], capture_output=True)
-    moto.stop()
+    stack.close()
     secret_seen = "trial-secret" in (work / "svc.log").read_text(errors="replace")
     result["secret_in_service_log"] = secret_seen
     print(json.dumps(result))

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trainsvc_checkpoint as ckpt
+from trainsvc_checkpoint.testing import LocalS3, free_port, local_s3
 from trainsvc_client import pb
 
 pytest.importorskip("s3fs")
@@ -35,58 +33,14 @@ SECRET = "very-secret-value-42"
 KEEP_LAST = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class S3:
-    endpoint: str
-    client: Any
-    env: dict[str, str]
-    """The credentials a service gets from its environment (moto accepts any)."""
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "key": self.env["AWS_ACCESS_KEY_ID"],
-            "secret": self.env["AWS_SECRET_ACCESS_KEY"],
-            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
-        }
-
-    def keys(self, prefix: str) -> list[str]:
-        reply = self.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
-        return sorted(o["Key"].removeprefix(f"{prefix}/") for o in reply.get("Contents", []))
+S3 = LocalS3
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing-key",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield S3(endpoint, client, env)
-    finally:
-        server.stop()
+    """The bucket; its credentials reach the services through their environment."""
+    with local_s3(BUCKET, key="testing-key", secret=SECRET) as server:
+        yield server
 
 
 def _serve_args(url: str, state: Path, registry: Path, endpoint: str) -> list[str]:
@@ -151,7 +105,7 @@ def test_checkpoints_in_s3_resume_on_another_machine_with_retention(
         # Published objects: every CRC verifies on the URL; retention kept keep_last remotely.
         assert all(ck.path.startswith(f"s3://{BUCKET}/{prefix}/") for ck in listed), listed
         for ck in listed:
-            info = ckpt.verify(ck.path, storage_options=s3.options())
+            info = ckpt.verify(ck.path, storage_options=s3.storage_options)
             assert info.metadata["step"] == ck.step
             key = ck.path.removeprefix(f"s3://{BUCKET}/")
             assert ck.size_bytes == s3.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
@@ -212,7 +166,7 @@ def _serve_exit(
         "from trainsvc import main; main()",
         "serve",
         "--listen",
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         "--metrics-listen",
         "",
         "--log-format",
@@ -225,7 +179,7 @@ def _serve_exit(
 
 
 def test_unreachable_endpoint_and_missing_bucket_fail_startup(s3: S3, tmp_path: Path) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     url = f"s3://{BUCKET}/svc"
     started = time.monotonic()
     done = _serve_exit(
@@ -281,26 +235,7 @@ def test_unreachable_endpoint_and_missing_bucket_fail_startup(s3: S3, tmp_path: 
 
 def test_refused_credentials_fail_startup_without_the_secret(tmp_path: Path) -> None:
     """A moto server that checks signatures (its IAM emulation on from the first call)."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-        env = {
-            "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000",
-            "AWS_SECRET_ACCESS_KEY": SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+    with local_s3(auth=True, key="AKIAUNKNOWNKEY000000", secret=SECRET) as server:
         done = _serve_exit(
             [
                 "--data-dir",
@@ -308,14 +243,11 @@ def test_refused_credentials_fail_startup_without_the_secret(tmp_path: Path) -> 
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--storage-option",
-                f"endpoint_url=http://127.0.0.1:{port}",
+                f"endpoint_url={server.endpoint}",
             ],
-            env,
+            server.env,
             tmp_path,
         )
-    finally:
-        server.kill()
-        server.wait()
     assert done.returncode == 1, done.stderr
     assert "trainsvc: error: --data-dir s3://bkt/svc: " in done.stderr, done.stderr
     assert "credentials" in done.stderr and "AWS_SECRET_ACCESS_KEY" in done.stderr, done.stderr
@@ -350,7 +282,7 @@ def test_othello_engine_checkpoints_published_and_resumed_from_s3(
         assert _checkpoint_steps(s3, prefix) == [ck.step for ck in ckpts]
         for ck in ckpts:
             assert ck.path.startswith(f"s3://{BUCKET}/{prefix}/")
-            ckpt.verify(ck.path, storage_options=s3.options())
+            ckpt.verify(ck.path, storage_options=s3.storage_options)
         # A new worker from the newest checkpoint: its staging directory is emptied, the
         # object fetched into it, and the engine continues from it.
         resumed = c.resume_run(run.name, checkpoint=ckpts[-1].name.rsplit("/", 1)[1])

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import trainsvc_checkpoint as ckpt
+from trainsvc_checkpoint.testing import LocalS3, free_port, local_s3
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -36,44 +34,14 @@ child: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(child)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class S3:
-    endpoint: str
-    options: dict[str, Any]
-    client: Any
-
-    def url(self, name: str) -> str:
-        return f"s3://{BUCKET}/{name}"
+S3 = LocalS3
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
     """A bucket on a local S3-compatible server (moto in server mode, 127.0.0.1)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield S3(endpoint, child.options(endpoint), client)
-    finally:
-        server.stop()
+    with local_s3(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
@@ -103,14 +71,16 @@ def test_multipart_upload_parallel_parts_and_ranged_reads(
     s3: S3, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = s3.url(f"{prefix}/big.safetensors")
-    ckpt.save(url, big_state(7), storage_options=s3.options)
+    ckpt.save(url, big_state(7), storage_options=s3.storage_options)
     head = s3.client.head_object(Bucket=BUCKET, Key=f"{prefix}/big.safetensors")
     assert head["ETag"].strip('"').endswith("-2")  # 12 MiB in 8 MiB parts (the default)
-    ckpt.save(s3.url(f"{prefix}/small.safetensors"), {"a": np.ones(3)}, storage_options=s3.options)
+    ckpt.save(
+        s3.url(f"{prefix}/small.safetensors"), {"a": np.ones(3)}, storage_options=s3.storage_options
+    )
     head = s3.client.head_object(Bucket=BUCKET, Key=f"{prefix}/small.safetensors")
     assert "-" not in head["ETag"]  # at most one part: a single PutObject
     manager = ckpt.RemoteCheckpointManager(
-        s3.url(prefix), storage_options=s3.options, part_size=5 * 1024 * 1024, concurrency=3
+        s3.url(prefix), storage_options=s3.storage_options, part_size=5 * 1024 * 1024, concurrency=3
     )
     manager.save(7, big_state(7), blocking=True)
     head = s3.client.head_object(Bucket=BUCKET, Key=f"{prefix}/step_7.safetensors")
@@ -132,11 +102,11 @@ def test_multipart_upload_parallel_parts_and_ranged_reads(
         return real(path, start=start, end=end, **kw)
 
     monkeypatch.setattr(fs, "cat_file", spy)
-    info = ckpt.read_info(manager.url_of("step_7.safetensors"), storage_options=s3.options)
+    info = ckpt.read_info(manager.url_of("step_7.safetensors"), storage_options=s3.storage_options)
     assert info.tensors["params/w"] == ("F32", (3 * 1024 * 1024,))
     assert ranges == [(0, 64 * 1024)]  # the header, from one ranged request
     ranges.clear()
-    b = ckpt.read_tensor(url, "params/b", storage_options=s3.options)
+    b = ckpt.read_tensor(url, "params/b", storage_options=s3.storage_options)
     assert b.tolist() == [7, 8, 9, 10, 11]
     assert ranges[0] == (0, 64 * 1024) and len(ranges) == 2
     start, end = ranges[1]
@@ -155,23 +125,29 @@ def test_multipart_upload_parallel_parts_and_ranged_reads(
 
 def test_every_crc_checked_on_load(s3: S3, prefix: str) -> None:
     url = s3.url(f"{prefix}/c.safetensors")
-    ckpt.save(url, big_state(1), storage_options=s3.options)
+    ckpt.save(url, big_state(1), storage_options=s3.storage_options)
     key = f"{prefix}/c.safetensors"
     data = bytearray(s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0x10  # inside params/w
     s3.client.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
     with pytest.raises(ckpt.CorruptCheckpointError, match="tensor 'params/w': CRC32C"):
-        ckpt.load(url, storage_options=s3.options)
+        ckpt.load(url, storage_options=s3.storage_options)
     with pytest.raises(ckpt.CorruptCheckpointError, match="tensor 'params/w': CRC32C"):
-        ckpt.verify(url, storage_options=s3.options)
-    assert ckpt.read_tensor(url, "params/b", storage_options=s3.options).tolist() == [1, 2, 3, 4, 5]
+        ckpt.verify(url, storage_options=s3.storage_options)
+    assert ckpt.read_tensor(url, "params/b", storage_options=s3.storage_options).tolist() == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     with pytest.raises(ckpt.CheckpointNotFoundError, match="not found"):
-        ckpt.load(s3.url(f"{prefix}/nope.safetensors"), storage_options=s3.options)
+        ckpt.load(s3.url(f"{prefix}/nope.safetensors"), storage_options=s3.storage_options)
 
 
 def test_compressed_and_retention_over_listing(s3: S3, prefix: str) -> None:
     with ckpt.RemoteCheckpointManager(
-        s3.url(prefix), keep_last=2, compression="zstd", storage_options=s3.options
+        s3.url(prefix), keep_last=2, compression="zstd", storage_options=s3.storage_options
     ) as manager:
         for step in (1, 2, 3, 4):
             manager.save(step, big_state(step))
@@ -179,13 +155,13 @@ def test_compressed_and_retention_over_listing(s3: S3, prefix: str) -> None:
         assert keys(s3, prefix) == ["latest", "step_3.safetensors.zst", "step_4.safetensors.zst"]
         restored = manager.restore_checkpoint()
         assert restored.step == 4 and restored.url == s3.url(f"{prefix}/step_4.safetensors.zst")
-        assert ckpt.read_info(restored.url, storage_options=s3.options).compressed
+        assert ckpt.read_info(restored.url, storage_options=s3.storage_options).compressed
 
 
 def test_missing_bucket_and_unreachable_endpoint_are_named(s3: S3) -> None:
     with pytest.raises(ckpt.CheckpointNotFoundError, match="bucket 'no-such-bucket'"):
-        ckpt.RemoteCheckpointManager("s3://no-such-bucket/run", storage_options=s3.options)
-    closed = f"http://127.0.0.1:{_free_port()}"
+        ckpt.RemoteCheckpointManager("s3://no-such-bucket/run", storage_options=s3.storage_options)
+    closed = f"http://127.0.0.1:{free_port()}"
     options = {
         "key": "AKIDEXAMPLE",
         "secret": "very-secret-value-42",
@@ -200,48 +176,26 @@ def test_missing_bucket_and_unreachable_endpoint_are_named(s3: S3) -> None:
 
 def test_refused_credentials_are_named_and_never_shown(tmp_path: Path) -> None:
     """A moto server that checks signatures (its IAM emulation on from the first call)."""
-    port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-        options = {
-            "key": "AKIAUNKNOWNKEY000000",
-            "secret": "very-secret-value-42",
-            "client_kwargs": {
-                "endpoint_url": f"http://127.0.0.1:{port}",
-                "region_name": "us-east-1",
-            },
-        }
-        with pytest.raises(ckpt.RemoteStorageError) as err:
-            ckpt.save("s3://bkt/run/x.safetensors", {"a": np.ones(3)}, storage_options=options)
-        message = str(err.value)
-        assert "storage_options key/secret" in message and "AWS_ACCESS_KEY_ID" in message
-        assert "very-secret-value-42" not in message
-    finally:
-        server.kill()
-        server.wait()
+    server = local_s3(auth=True, key="AKIAUNKNOWNKEY000000", secret="very-secret-value-42")
+    with server as s3, pytest.raises(ckpt.RemoteStorageError) as err:
+        ckpt.save(
+            "s3://bkt/run/x.safetensors", {"a": np.ones(3)}, storage_options=s3.storage_options
+        )
+    message = str(err.value)
+    assert "storage_options key/secret" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "very-secret-value-42" not in message
 
 
 def _check_prefix(s3: S3, prefix: str) -> int:
     """Every object under a checkpoint name loads as exactly its step's state; return the
     step a fresh manager restores (after it aborted what the killed save left)."""
-    manager = ckpt.RemoteCheckpointManager(s3.url(prefix), keep_last=2, storage_options=s3.options)
+    manager = ckpt.RemoteCheckpointManager(
+        s3.url(prefix), keep_last=2, storage_options=s3.storage_options
+    )
     assert uploads(s3, prefix) == []  # the killed upload was aborted
     assert not [k for k in keys(s3, prefix) if k.startswith(".tmp-")]
     for c in manager.checkpoints():
-        tree = ckpt.load(manager.url_of(c), storage_options=s3.options)
+        tree = ckpt.load(manager.url_of(c), storage_options=s3.storage_options)
         child.check(tree, c.step)
     restored = manager.restore_checkpoint()
     child.check(restored.tree, restored.step)
@@ -251,7 +205,7 @@ def _check_prefix(s3: S3, prefix: str) -> int:
 
 def test_kill_9_mid_upload_never_publishes_a_partial_checkpoint(s3: S3, prefix: str) -> None:
     with ckpt.RemoteCheckpointManager(
-        s3.url(prefix), keep_last=2, storage_options=s3.options
+        s3.url(prefix), keep_last=2, storage_options=s3.storage_options
     ) as manager:
         manager.save(1, child.state(1), blocking=True)
     rng = random.Random(1234)
@@ -295,6 +249,8 @@ def test_kill_9_mid_upload_never_publishes_a_partial_checkpoint(s3: S3, prefix: 
             assert uploads(s3, prefix), "the killed upload should be pending, invisible"
             # The previous checkpoint still loads; the partial one is nowhere to be read.
             with pytest.raises(ckpt.CheckpointNotFoundError):
-                ckpt.load(s3.url(f"{prefix}/step_2.safetensors"), storage_options=s3.options)
+                ckpt.load(
+                    s3.url(f"{prefix}/step_2.safetensors"), storage_options=s3.storage_options
+                )
         step = _check_prefix(s3, prefix) + 1
     assert saw_partial

@@ -10,9 +10,7 @@ and the command line's parsing of the flags.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import socket
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from pathlib import Path
@@ -33,6 +31,7 @@ from trainsvc._remote_store import (
 )
 from trainsvc._server import ConfigurationError
 from trainsvc._worker import WorkerJob, _Worker
+from trainsvc_checkpoint.testing import local_s3
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -43,28 +42,8 @@ BUCKET = "store-tests"
 @pytest.fixture(scope="module")
 def store_options() -> Iterator[tuple[Any, dict[str, Any]]]:
     """A bucket on moto's S3 server: (a boto3 client, storage options)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield client, {"key": "k", "secret": "s", "endpoint_url": endpoint}
-    finally:
-        server.stop()
+    with local_s3(BUCKET, key="k", secret="s") as s3:
+        yield s3.client, {"key": "k", "secret": "s", "endpoint_url": s3.endpoint}
 
 
 def _save_local(staging: Path, step: int) -> Path:
