@@ -192,6 +192,37 @@ def live_run(service: Service) -> Iterator[str]:
             client.stop_run(run.name)
 
 
+_PAUSED_BETWEEN_MODULES: set[str] = set()
+"""Live runs the fixture below paused at the end of a module (and resumes at the next)."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _live_run_trains_only_while_watched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's live run trains only during the modules that use it: between them
+    (and after the last, until the session ends) it is paused, so it does not take a
+    CPU from the rest of the suite."""
+    items = [i for i in request.session.items if i.module is request.module]
+    if not any("live_run" in i.fixturenames for i in items):
+        yield
+        return
+    name: str = request.getfixturevalue("live_run")
+    service: Service = request.getfixturevalue("service")
+    if name in _PAUSED_BETWEEN_MODULES:
+        with service.client() as client:
+            step = client.resume_run(name).step
+            wait_for(
+                "the live run to train again",
+                lambda: (r := client.get_run(name)).state == pb.Run.RUNNING and r.step > step,
+                timeout=120,
+            )
+        _PAUSED_BETWEEN_MODULES.discard(name)
+    yield
+    with service.client() as client:
+        if client.get_run(name).state == pb.Run.RUNNING:
+            client.pause_run(name)
+            _PAUSED_BETWEEN_MODULES.add(name)
+
+
 @pytest.fixture(scope="session")
 def bridge(service: Service, live_run: str, logs_dir: Path) -> Iterator[BridgeProc]:
     b = start_bridge(service.address, logs_dir / "bridge.log")
