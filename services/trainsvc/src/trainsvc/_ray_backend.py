@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import (
@@ -229,6 +230,11 @@ class _PendingConnection:
             self._conn.close()
 
 
+_LEFT_CLUSTER = threading.Event()
+"""Set when the backend leaves the cluster: controller threads stop calling Ray (a
+call after ``ray.shutdown()`` aborts the service with status 1)."""
+
+
 class _RayHandle:
     """A worker's Ray actor, as the controller waits for and ends it."""
 
@@ -253,13 +259,15 @@ class _RayHandle:
 
     def ended(self) -> bool:
         """The actor's call returned or failed (without waiting)."""
+        if _LEFT_CLUSTER.is_set():  # Ray aborts a process that calls it after shutdown
+            return True
         if self._killed or self.ref is None:
             return self._killed
         ready, _ = ray.wait([self.ref], timeout=0)
         return bool(ready)
 
     def join(self, timeout: float | None = None) -> None:
-        if self._done or self.ref is None:
+        if self._done or self.ref is None or _LEFT_CLUSTER.is_set():
             return
         ready, _ = ray.wait([self.ref], timeout=ACTOR_JOIN_S if timeout is None else timeout)
         if ready:
@@ -532,4 +540,6 @@ class RayBackend:
         with contextlib.suppress(OSError):  # wake the accepting thread
             Client(self.address, family="AF_INET").close()
         self.listener.close()
+        _LEFT_CLUSTER.set()
+        time.sleep(0.2)  # let a controller thread inside ray.wait(timeout=0) return first
         ray.shutdown()
