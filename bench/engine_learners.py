@@ -32,36 +32,25 @@ from pngwriter import write_png  # bench/pngwriter.py (this directory is on sys.
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The separable CMA-ES of the bench's "es" row.
+_SEP_CMA: dict[str, Any] = {
+    "learner": "es",
+    "es_strategy": "sep-cma",
+    "pattern_set": "straight2",
+    "n_phases": 1,
+    "es_parents": 10,
+    "es_offspring": 20,
+    "es_sigma": 0.1,
+    "es_fitness_pairs": 100,
+    "es_fitness_pairs_max": 1000,
+    "es_fitness_margin": 1.0,
+}
 # The settings measured (docs/othello-engine.md, "Evolving learners").
 CONFIGS: dict[str, dict[str, Any]] = {
-    "es": {
-        "learner": "es",
-        "es_strategy": "sep-cma",
-        "pattern_set": "straight2",
-        "n_phases": 1,
-        "es_parents": 10,
-        "es_offspring": 20,
-        "es_sigma": 0.1,
-        "es_fitness_pairs": 100,
-        "es_fitness_pairs_max": 1000,
-        "es_fitness_margin": 1.0,
-    },
-    # The separable CMA-ES with a slower mean and fitness games against the random
-    # player as well (docs/othello-engine.md: measured with the `evolve` example).
-    "es-mix": {
-        "learner": "es",
-        "es_strategy": "sep-cma",
-        "pattern_set": "straight2",
-        "n_phases": 1,
-        "es_parents": 10,
-        "es_offspring": 20,
-        "es_sigma": 0.1,
-        "es_fitness_pairs": 100,
-        "es_fitness_pairs_max": 1000,
-        "es_fitness_margin": 1.0,
-        "es_mean_rate": 0.3,
-        "es_random_pairs": 25,
-    },
+    "es": _SEP_CMA,
+    # The same with a slower mean and fitness games against the random player as well
+    # (docs/othello-engine.md: measured with the `evolve` example).
+    "es-mix": {**_SEP_CMA, "es_mean_rate": 0.3, "es_random_pairs": 25},
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",
