@@ -25,6 +25,8 @@ import trainsvc_checkpoint as ckpt
 from trainsvc_checkpoint.testing import LocalS3, free_port, local_s3
 from trainsvc_client import pb
 
+from .conftest import TERMINAL
+
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
@@ -299,3 +301,54 @@ def test_othello_engine_checkpoints_published_and_resumed_from_s3(
         final = c.list_checkpoints(run.name)
     assert final[-1].step > paused.step and len(final) <= KEEP_LAST, final
     assert _checkpoint_steps(s3, prefix) == [ck.step for ck in final]
+
+
+def test_a_model_version_registers_from_a_run_whose_checkpoints_are_in_s3(
+    s3: S3, start_service: Any, lm_inputs: Any, wait_for: Any, tmp_path: Path
+) -> None:
+    """RegisterModelVersion(source_run) downloads the run's newest checkpoint from the
+    storage to export it: the version equals one registered from a local export of that
+    object."""
+    pytest.importorskip("trainsvc_lm")
+    url = f"s3://{BUCKET}/svc-models"
+    exported = tmp_path / "inputs" / "exported"
+    exported.parent.mkdir()
+    svc = start_service(
+        tmp_path / "m",
+        extra=[
+            *_serve_args(url, tmp_path / "state", tmp_path / "registry.sqlite3", s3.endpoint),
+            "--input-dir",
+            str(lm_inputs.root),
+            "--input-dir",
+            str(exported.parent),
+        ],
+        env=s3.env,
+    )
+    with svc.client() as c:
+        run = c.create_run("lora", step_budget=4, seed=1, config=lm_inputs.config())
+        done = wait_for(c, run.name, lambda r: r.state in TERMINAL, timeout=300)
+        assert done.state == pb.Run.COMPLETED, done.state_message
+        newest = c.list_checkpoints(run.name)[-1]
+        assert newest.path.startswith(f"s3://{BUCKET}/svc-models/runs/"), newest.path
+        from_run = c.models.register("trader", "", source_run=run.name)
+        assert from_run.source_checkpoint == newest.name
+        assert from_run.artifact_kind == "adapter"
+        assert from_run.base_model == str(lm_inputs.model)
+
+        local = ckpt.download_remote_checkpoint(
+            newest.path, tmp_path / "copy", storage_options=s3.storage_options
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "trainsvc_lm._export", str(local), str(exported)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        by_hand = c.models.register(  # the same files give the same artifact digest
+            "trader",
+            str(exported),
+            artifact_kind="adapter",
+            base_model=str(lm_inputs.model),
+        )
+        assert by_hand.version == 2
+        assert by_hand.artifact_sha256 == from_run.artifact_sha256
+    assert svc.terminate() == 0

@@ -181,6 +181,14 @@ def test_publish_file_download_and_read_only_listing(root: str, tmp_path: Path) 
     with pytest.raises(ckpt.CheckpointNotFoundError):
         manager.download("step_99.safetensors", tmp_path / "down")
     assert sorted(p.name for p in down.parent.iterdir()) == ["step_3.safetensors"]
+    # The read-only download leaves a writer's upload in progress where it is.
+    other = ckpt.download_remote_checkpoint(f"{root}/step_2.safetensors", tmp_path / "other")
+    assert other.read_bytes() == (local / "step_2.safetensors").read_bytes()
+    assert ckpt.load(other)["step"] == 2
+    assert fs.exists(f"{path_of(root)}/.tmp-step_9.safetensors-x")
+    with pytest.raises(ckpt.CheckpointNotFoundError):
+        ckpt.download_remote_checkpoint(f"{root}/step_1.safetensors", tmp_path / "other")
+    assert [p.name for p in other.parent.iterdir()] == ["step_2.safetensors"]
     with pytest.raises(ValueError, match=r"path: 'notes.txt' is not a checkpoint file name"):
         manager.publish_file(tmp_path / "notes.txt")
 

@@ -63,6 +63,7 @@ from ._remote_manager import (
     Published,
     RemoteCheckpoint,
     RemoteCheckpointManager,
+    download_remote_checkpoint,
     list_remote_checkpoints,
 )
 
@@ -95,6 +96,7 @@ __all__ = [
     "VerifiedCheckpoint",
     "checkpoint_file_name",
     "checkpoint_id",
+    "download_remote_checkpoint",
     "list_remote_checkpoints",
     "load",
     "load_with_info",

@@ -88,6 +88,42 @@ def list_remote_checkpoints(
     return sorted(found, key=lambda c: (c.step, c.emergency))
 
 
+def download_remote_checkpoint(
+    url: str,
+    directory: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Copy the checkpoint object at ``url`` into ``directory`` under its name,
+    atomically (a ``.tmp-`` file renamed into place); returns the local file. Not
+    verified here: `load` or `verify` the copy.
+
+    Read-only, like :func:`list_remote_checkpoints`: safe while another process writes
+    to the prefix.
+
+    Raises:
+        CheckpointNotFoundError: the object is gone.
+        RemoteStorageError: the storage failed (named, without credentials).
+    """
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    return _download(open_location(url, storage_options), Path(directory) / name)
+
+
+def _download(loc: Location, dest: Path) -> Path:
+    """Copy the object at ``loc`` to the local file ``dest`` through a ``.tmp-`` file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_PREFIX}download-{dest.name}"
+    try:
+        with loc.errors("downloading"):
+            loc.fs.invalidate_cache(loc.path)
+            loc.fs.get_file(loc.path, str(tmp))
+        tmp.replace(dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return dest
+
+
 def _listing(loc: Location) -> list[tuple[str, Mapping[str, Any]]]:
     """(name, entry) of each object directly under ``loc`` (a fresh listing)."""
     with loc.errors("listing"):
@@ -305,19 +341,7 @@ class RemoteCheckpointManager(_ManagerBase):
             RemoteStorageError: the storage failed.
         """
         name = ckpt if isinstance(ckpt, str) else ckpt.path.name
-        loc = self.location.child(name)
-        dest_dir = Path(directory)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest, tmp = dest_dir / name, dest_dir / f"{TMP_PREFIX}download-{name}"
-        try:
-            with loc.errors("downloading"):
-                loc.fs.invalidate_cache(loc.path)
-                loc.fs.get_file(loc.path, str(tmp))
-            tmp.replace(dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return dest
+        return _download(self.location.child(name), Path(directory) / name)
 
     # ------------------------------------------------------------------ retention
 

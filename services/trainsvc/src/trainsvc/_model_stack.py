@@ -23,6 +23,7 @@ from trainsvc._metrics import Metrics
 from trainsvc._model_registry import ModelRegistry
 from trainsvc._models_servicer import ModelServicer, RunCheckpoints
 from trainsvc._paths import InputRoots
+from trainsvc._remote_store import RemoteStore
 from trainsvc._rpc import Context
 
 log = logging.getLogger("trainsvc.models")
@@ -79,6 +80,7 @@ class ModelStack:
         token: str | None,
         principal: str,
         run_checkpoints: RunCheckpoints | None,
+        remote: RemoteStore | None = None,
     ) -> ModelStack:
         """Opens the registry and the artifact store and builds the servicer."""
         registry = ModelRegistry(data_dir / "models.sqlite3")
@@ -90,6 +92,7 @@ class ModelStack:
             metrics,
             principal_resolver(token, principal),
             run_checkpoints,
+            remote,
         )
         return cls(registry, store, servicer, inputs, data_dir, token)
 

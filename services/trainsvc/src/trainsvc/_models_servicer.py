@@ -28,6 +28,8 @@ from trainsvc._domain import (
     CheckpointRecord,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
     echo,
     parse_checkpoint_name,
     parse_run_name,
@@ -42,6 +44,7 @@ from trainsvc._model_registry import (
     check_model_name,
 )
 from trainsvc._paths import InputRoots
+from trainsvc._remote_store import RemoteStore, is_url
 from trainsvc._rpc import Context, unary_call
 
 _VERSION_NAME = re.compile(r"models/([^/]+)/versions/([1-9][0-9]{0,17})")
@@ -60,14 +63,14 @@ class _Artifact:
     checkpoint: str
 
 
-def export_run_checkpoint(record: CheckpointRecord, out: Path) -> _Artifact:
-    """Exports a lora or grpo run's checkpoint in a child process (`trainsvc_lm._export`),
-    so the service never imports JAX.
+def export_run_checkpoint(record: CheckpointRecord, local: Path, out: Path) -> _Artifact:
+    """Exports a lora or grpo run's checkpoint (its file at ``local``) in a child process
+    (`trainsvc_lm._export`), so the service never imports JAX.
 
     Raises:
         FailedPreconditionError: the export failed (its error is in the message).
     """
-    cmd = [sys.executable, "-m", "trainsvc_lm._export", record.path, str(out)]
+    cmd = [sys.executable, "-m", "trainsvc_lm._export", str(local), str(out)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -211,8 +214,11 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
         metrics: Metrics,
         principal_of: PrincipalOf,
         run_checkpoints: RunCheckpoints | None = None,
+        remote: RemoteStore | None = None,
     ) -> None:
         self.registry = registry
+        self.remote = remote
+        """The runs' ``--data-dir`` object storage (None: a local data directory)."""
         self.store = store
         self.inputs = inputs
         self.metrics = metrics
@@ -287,8 +293,33 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             )
         record = self._source_checkpoint(request)
         with tempfile.TemporaryDirectory(prefix="trainsvc-export-") as tmp:
-            artifact = export_run_checkpoint(record, Path(tmp) / "artifact")
+            local = self._local_file(record, Path(tmp) / "checkpoint")
+            artifact = export_run_checkpoint(record, local, Path(tmp) / "artifact")
             return self._put_and_register(model, artifact, request, principal, also)
+
+    def _local_file(self, record: CheckpointRecord, directory: Path) -> Path:
+        """The checkpoint's file; downloaded into ``directory`` when the run's checkpoints
+        are in the ``--data-dir`` object storage.
+
+        Raises:
+            FailedPreconditionError: the checkpoint is not under this service's storage.
+            NotFoundError: the object is gone.
+            UnavailableError: the storage failed.
+        """
+        if not is_url(record.path):
+            return Path(record.path)
+        if self.remote is None or not self.remote.owns(record.run_id, record.path):
+            raise FailedPreconditionError(
+                f"{record.name} lies outside this service's --data-dir storage"
+            )
+        from trainsvc_checkpoint import CheckpointNotFoundError, RemoteStorageError
+
+        try:
+            return self.remote.download(record.path, directory)
+        except CheckpointNotFoundError:
+            raise NotFoundError(f"{record.name}: the object {record.path} is gone") from None
+        except RemoteStorageError as exc:
+            raise UnavailableError(f"{record.name}: --data-dir storage failed: {exc}") from None
 
     def _put_and_register(
         self,

@@ -155,6 +155,18 @@ class RemoteStore:
 
         return list_remote_checkpoints(self.run_url(run_id), storage_options=self.storage_options)
 
+    def download(self, url: str, directory: Path) -> Path:
+        """A local copy of the checkpoint object at ``url``, made atomically in
+        ``directory`` (read-only on the storage: safe while the run's worker writes).
+
+        Raises:
+            CheckpointNotFoundError: the object is gone.
+            RemoteStorageError: the storage failed.
+        """
+        from trainsvc_checkpoint import download_remote_checkpoint
+
+        return download_remote_checkpoint(url, directory, storage_options=self.storage_options)
+
     def verify(self, url: str, step: int | None = None) -> None:
         """Every check of a load on the object at ``url`` (ranged reads, every CRC).
 

@@ -321,6 +321,7 @@ class TrainsvcServer:
             token=opts.token,
             principal=opts.token_principal,
             run_checkpoints=self.manager.list_checkpoints,
+            remote=self.remote,
         )
         if opts.trajectory_db:
             self.models.start_automation(
