@@ -443,8 +443,11 @@ def scenarios(cluster: Cluster, work: Path, result: dict[str, Any]) -> None:
     finally:
         if bad.poll() is None:
             bad.kill()
-        result.setdefault("auto", {})["service_exit"] = auto.stop()
-        result.setdefault("manual", {})["service_exit"] = manual.stop()
+        for key, svc in (("auto", auto), ("manual", manual)):
+            part = result.setdefault(key, {})
+            part["service_exit"] = svc.stop()
+            if part["service_exit"] != 0:  # why, for the test's failure message
+                part["service_log_tail"] = svc.log_path.read_text(errors="replace")[-4000:]
 
 
 def end_namespace() -> None:

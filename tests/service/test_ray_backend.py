@@ -323,7 +323,7 @@ def test_run_survives_its_ray_node_dying(cluster: dict[str, Any]) -> None:
     assert auto["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], auto["states"]
     assert auto["restarts"] == 2  # the cut connection, then the dead node
     assert auto["stopped_state"] == "STOPPED"
-    assert auto["service_exit"] == 0
+    assert auto["service_exit"] == 0, auto.get("service_log_tail")
 
 
 @ON_CLUSTER
@@ -344,4 +344,4 @@ def test_run_waits_interrupted_without_auto_resume(cluster: dict[str, Any]) -> N
     assert manual["states"][-3:] == ["INTERRUPTED", "PENDING", "RUNNING"], manual["states"]
     assert manual["stopped_state"] == "STOPPED"
     assert manual["restarts"] == 0  # not a crash of the worker
-    assert manual["service_exit"] == 0
+    assert manual["service_exit"] == 0, manual.get("service_log_tail")

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import (
     Client,
@@ -66,6 +66,10 @@ from trainsvc import _protocol as proto
 from trainsvc._backends import Launch, ResourceRequest, WorkerHandle
 from trainsvc._worker import FAULT_ENV, WorkerJob
 
+WAIT_SLICE_S = 0.5
+"""The longest single wait of a controller thread inside Ray (see `_ClusterCalls`)."""
+LEAVE_S = 15.0
+"""How long leaving the cluster waits for Ray calls in progress to return."""
 ACTOR_JOIN_S = 10.0
 """After a worker's connection ended, how long Ray is given to report its actor's end;
 past it the actor is killed and its machine counted as lost."""
@@ -230,9 +234,51 @@ class _PendingConnection:
             self._conn.close()
 
 
-_LEFT_CLUSTER = threading.Event()
-"""Set when the backend leaves the cluster: controller threads stop calling Ray (a
-call after ``ray.shutdown()`` aborts the service with status 1)."""
+class _ClusterCalls:
+    """The service's Ray calls, so that it leaves the cluster only after the last one.
+
+    Ray ends a process with status 1 when one of its threads calls Ray after (or
+    while) ``ray.shutdown()`` runs. Controller threads call Ray only inside `call`,
+    which lets nothing in once `leave` has begun; `leave` waits for the calls in
+    progress to return, then shuts Ray down.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._leaving = False
+
+    def join(self) -> None:
+        """The service (again) belongs to a cluster: calls are let in."""
+        with self._cond:
+            self._leaving = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[bool]:
+        """Yields whether the caller may call Ray (False once the service leaves)."""
+        with self._cond:
+            allowed = not self._leaving
+            self._inside += allowed
+        try:
+            yield allowed
+        finally:
+            if allowed:
+                with self._cond:
+                    self._inside -= 1
+                    self._cond.notify_all()
+
+    def leave(self, timeout: float = LEAVE_S) -> None:
+        """Let no new call in, wait (up to ``timeout``) for the calls in progress, and shut
+        Ray down."""
+        with self._cond:
+            self._leaving = True
+            drained = self._cond.wait_for(lambda: self._inside == 0, timeout)
+        if not drained:
+            log.warning("a Ray call outlasted the shutdown wait of %g s", timeout)
+        ray.shutdown()
+
+
+_CLUSTER = _ClusterCalls()
 
 
 class _RayHandle:
@@ -259,33 +305,26 @@ class _RayHandle:
 
     def ended(self) -> bool:
         """The actor's call returned or failed (without waiting)."""
-        if _LEFT_CLUSTER.is_set():  # Ray aborts a process that calls it after shutdown
-            return True
         if self._killed or self.ref is None:
             return self._killed
-        ready, _ = ray.wait([self.ref], timeout=0)
-        return bool(ready)
+        with _CLUSTER.call() as allowed:
+            return not allowed or bool(ray.wait([self.ref], timeout=0)[0])
 
     def join(self, timeout: float | None = None) -> None:
-        if self._done or self.ref is None or _LEFT_CLUSTER.is_set():
+        if self._done or self.ref is None:
             return
-        ready, _ = ray.wait([self.ref], timeout=ACTOR_JOIN_S if timeout is None else timeout)
-        if ready:
-            try:
-                self._exitcode = int(ray.get(self.ref))
-            except ray.exceptions.RayActorError as exc:  # the actor (or its node) died
-                if not self._killed:
-                    self.lost_reason = _lost_reason(exc, self.node)
-            except ray.exceptions.RayError:  # the actor's call failed: a crash (no exit code)
-                pass
-            if self._exitcode == LINK_LOST_EXIT and not self._killed:
-                self.lost_reason = (
-                    "its connection to the service was cut while its Ray node lived "
-                    "(the worker exited)"
-                )
-            self._done = True
-            self._release()
-        elif timeout is None:  # the connection ended but Ray still holds the actor
+        deadline = time.monotonic() + (ACTOR_JOIN_S if timeout is None else timeout)
+        while True:  # in slices, so that leaving the cluster never waits for a long one
+            with _CLUSTER.call() as allowed:
+                if not allowed:
+                    return
+                wait_s = min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))
+                if ray.wait([self.ref], timeout=wait_s)[0]:
+                    self._collect()
+                    return
+            if time.monotonic() >= deadline:
+                break
+        if timeout is None:  # the connection ended but Ray still holds the actor
             if not self._killed:
                 self.lost_reason = (
                     f"its connection ended and Ray did not report the actor's end in "
@@ -293,6 +332,22 @@ class _RayHandle:
                 )
             self.kill()
             self._done = True
+
+    def _collect(self) -> None:
+        """Read the ended actor's exit status, or why it was lost; free its resources."""
+        try:
+            self._exitcode = int(ray.get(self.ref))
+        except ray.exceptions.RayActorError as exc:  # the actor (or its node) died
+            if not self._killed:
+                self.lost_reason = _lost_reason(exc, self.node)
+        except ray.exceptions.RayError:  # the actor's call failed: a crash (no exit code)
+            pass
+        if self._exitcode == LINK_LOST_EXIT and not self._killed:
+            self.lost_reason = (
+                "its connection to the service was cut while its Ray node lived (the worker exited)"
+            )
+        self._done = True
+        self._release()
 
     def is_alive(self) -> bool:
         return not self._done and not self.ended()
@@ -303,9 +358,10 @@ class _RayHandle:
 
     def _release(self) -> None:
         """End the actor (its worker ended or is to end), freeing its resources now."""
-        if self.actor is not None:
-            with contextlib.suppress(Exception):  # already gone with its node
-                ray.kill(self.actor, no_restart=True)
+        with _CLUSTER.call() as allowed:
+            if allowed and self.actor is not None:
+                with contextlib.suppress(Exception):  # already gone with its node
+                    ray.kill(self.actor, no_restart=True)
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -437,6 +493,7 @@ class RayBackend:
             raise RayBackendError(
                 f"--ray-address {address}: cannot join the cluster: {exc}"
             ) from None
+        _CLUSTER.join()
         ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         bind = bind or (ip, 0)
         try:
@@ -489,10 +546,17 @@ class RayBackend:
         options["resources"] = need
 
         def start() -> None:
-            handle.actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
-            handle.ref = handle.actor.run.remote(job, self.address, token, key, env)
+            with _CLUSTER.call() as allowed:
+                if not allowed:  # the service is leaving the cluster: no worker starts
+                    handle.kill()
+                    conn.close()
+                    return
+                handle.actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
+                handle.ref = handle.actor.run.remote(job, self.address, token, key, env)
 
-        note = unplaceable_reason(resources, ray.nodes())  # type: ignore[no-untyped-call]
+        with _CLUSTER.call() as allowed:
+            nodes = ray.nodes() if allowed else []  # type: ignore[no-untyped-call]
+        note = unplaceable_reason(resources, nodes) if allowed else ""
         return Launch(conn, handle, start, note)
 
     def lost(self, handle: WorkerHandle) -> str:
@@ -540,6 +604,4 @@ class RayBackend:
         with contextlib.suppress(OSError):  # wake the accepting thread
             Client(self.address, family="AF_INET").close()
         self.listener.close()
-        _LEFT_CLUSTER.set()
-        time.sleep(0.2)  # let a controller thread inside ray.wait(timeout=0) return first
-        ray.shutdown()
+        _CLUSTER.leave()
