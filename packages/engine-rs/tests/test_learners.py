@@ -68,10 +68,13 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
 
 
-def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("normalize", [0.0, 0.01])
+def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
+    tmp_path: Path, normalize: float
+) -> None:
     cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
     cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40, "es_fitness_margin": 1.0}
-    cma |= {"es_random_pairs": 2, "es_mean_rate": 0.5}
+    cma |= {"es_random_pairs": 2, "es_mean_rate": 0.5, "es_normalize": normalize}
     gen = 6 * 2 * (10 + 2)  # the first generations play the smallest sample
     straight = te.TrainingManager(tmp_path / "a", **cma)
     straight.start(gen * 4, checkpoint_interval=0)
@@ -91,6 +94,10 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Pat
     assert (result.games, result.final_stone_diff) == (done.games, done.final_stone_diff)
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
     assert any(v != 0 for v in a.weights("pair_0", 0))
+    if normalize:
+        # The live weights (one per symmetry class, and the bias) are held at the cap.
+        mean = tree["population"]["cma"]["mean"]
+        assert abs(float((mean**2).mean()) ** 0.5 - normalize) < 1e-9
 
 
 @pytest.mark.parametrize(
@@ -104,6 +111,7 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(tmp_path: Pat
         ("es_fitness_margin", -1.0, "0.0 \\(points only\\) to 100.0"),
         ("es_mean_rate", 2.0, "0.01 to 1.0"),
         ("es_random_pairs", 10**6, "0 \\(the heuristic only\\) to 100000"),
+        ("es_normalize", -1.0, "0.0 \\(off\\) or 0.001 to 1000.0"),
         ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
     ],
 )

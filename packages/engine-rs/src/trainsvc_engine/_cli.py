@@ -62,6 +62,11 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         "es sep-cma: the mean moves this fraction of the way to the recombined candidates",
     ),
     (
+        "es_normalize",
+        float,
+        "es sep-cma: cap on the root mean square of the mean (0 = none)",
+    ),
+    (
         "es_strategy",
         str,
         "es: plus (isotropic mutation, the default) or sep-cma (separable CMA-ES)",

@@ -2,14 +2,15 @@
 //! prints its League score against the WPC heuristic at fixed training times
 //! (the evaluation's own time is not counted), one CSV line per point:
 //! `learner,seed,train_s,games,generation,score,ci95,best_fitness,sigma,rms_mean`
-//! (the last two for `sep-cma`).
+//! (the last two for `sep-cma`), then a `#` line with the final network's
+//! score against the random player (same protocol).
 //!
 //! Settings from the environment: `LEARNER`, `SEED`, `THREADS`, `SECONDS`
 //! (training budget; with `CPU=1` in CPU seconds), `EVERY` (seconds between evaluations), `PAIRS` (League
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
 //! `SAVE` (write the final weights as an engine checkpoint here), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`,
-//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
+//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
 //!
 //! `cargo run --release --example evolve`
@@ -58,6 +59,7 @@ fn main() {
         es_strategy: env("STRATEGY", d.es_strategy),
         es_fitness_margin: env("MARGIN", d.es_fitness_margin),
         es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
+        es_normalize: env("NORMALIZE", d.es_normalize),
         es_random_pairs: env("RANDOM_PAIRS", d.es_random_pairs),
         ctdl_population: env("POP", d.ctdl_population),
         ctdl_td_games: env("TD_GAMES", d.ctdl_td_games),
@@ -103,10 +105,11 @@ fn main() {
                 .first()
                 .copied()
                 .unwrap_or(f64::NAN);
-            let (sigma, rms) = t.population.cma.as_ref().map_or((f64::NAN, f64::NAN), |c| {
-                let ms = c.mean.iter().map(|v| v * v).sum::<f64>() / c.mean.len() as f64;
-                (c.sigma, ms.sqrt())
-            });
+            let (sigma, rms) = t
+                .population
+                .cma
+                .as_ref()
+                .map_or((f64::NAN, f64::NAN), |c| (c.sigma, c.mean_rms()));
             println!(
                 "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
                 learner,
@@ -125,6 +128,8 @@ fn main() {
             break;
         }
     }
+    let r = league_match(&Player::greedy(&t.weights), &Player::Random, pairs, 0.1, 7);
+    println!("# final network vs random: {:.4} ± {:.4}", r.score, r.ci95);
     if let Ok(path) = std::env::var("SAVE") {
         let (tree, md) = trainer_to_checkpoint(&t);
         checkpoint::save(std::path::Path::new(&path), &tree, &md, false).expect("saved");

@@ -94,6 +94,44 @@ impl SepCma {
             .collect()
     }
 
+    /// The mean's root mean square.
+    #[must_use]
+    pub fn mean_rms(&self) -> f64 {
+        (self.mean.iter().map(|v| v * v).sum::<f64>() / self.mean.len() as f64).sqrt()
+    }
+
+    /// Rescales the mean to root mean square `rms` (nothing while it is
+    /// zero); the step size, variances and paths stay as they are, so the
+    /// step relative to the mean is what they say.
+    pub fn rescale_mean(&mut self, rms: f64) {
+        let now = self.mean_rms();
+        if now > 0.0 {
+            let s = rms / now;
+            self.mean.iter_mut().for_each(|m| *m *= s);
+        }
+    }
+
+    /// Removes from the sample `z` the part of its step `sqrt(c)·z` along the
+    /// mean (nothing while the mean is zero), so that the candidate differs
+    /// from the mean in direction only: where the scale of the weights does
+    /// not matter (a 1-ply player; see `es_normalize`), a step along the
+    /// mean only dilutes the others, and selection would keep favouring it.
+    pub fn tangent(&self, z: &mut [f64]) {
+        let norm = self.mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return;
+        }
+        let along: f64 = z
+            .iter()
+            .zip(&self.diag)
+            .zip(&self.mean)
+            .map(|((z, c), m)| z * c.sqrt() * m / norm)
+            .sum();
+        for ((z, c), m) in z.iter_mut().zip(&self.diag).zip(&self.mean) {
+            *z -= along * m / norm / c.sqrt();
+        }
+    }
+
     /// One update from the standard normal samples of the selected
     /// candidates, best first; the mean moves `mean_rate` (c_m, 1 in the
     /// standard algorithm) of the way to the recombined candidate, which
@@ -193,5 +231,33 @@ mod tests {
         // A step size that only ever grew would not converge.
         assert!(es.sigma < 0.5);
         assert_eq!(minimise(f, 10, 50), minimise(f, 10, 50));
+    }
+
+    #[test]
+    fn rescaling_sets_the_means_rms_and_keeps_its_direction() {
+        let mut es = SepCma::new(vec![0.0; 4], 0.1);
+        es.rescale_mean(1.0);
+        assert_eq!(es.mean, vec![0.0; 4], "a zero mean has no direction");
+        es.mean = vec![3.0, -4.0, 0.0, 0.0];
+        es.rescale_mean(1.0);
+        assert!((es.mean_rms() - 1.0).abs() < 1e-12);
+        assert!((es.mean[0] / es.mean[1] + 0.75).abs() < 1e-12);
+        assert_eq!(es.sigma, 0.1);
+    }
+
+    #[test]
+    fn a_tangent_sample_steps_orthogonally_to_the_mean() {
+        let mut es = SepCma::new(vec![0.0; 3], 0.1);
+        let mut z = vec![1.0, 2.0, -1.0];
+        es.tangent(&mut z);
+        assert_eq!(z, vec![1.0, 2.0, -1.0], "a zero mean has no direction");
+        es.mean = vec![1.0, 2.0, 0.5];
+        es.diag = vec![4.0, 0.25, 1.0];
+        es.tangent(&mut z);
+        let step: Vec<f64> = z.iter().zip(&es.diag).map(|(z, c)| z * c.sqrt()).collect();
+        let along: f64 = step.iter().zip(&es.mean).map(|(a, b)| a * b).sum();
+        assert!(along.abs() < 1e-12, "{along}");
+        // The part across the mean is kept: (2, 1, -1) less its projection.
+        assert!((step[0] - (2.0 - 3.5 / 5.25)).abs() < 1e-12, "{step:?}");
     }
 }

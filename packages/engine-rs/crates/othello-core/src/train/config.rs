@@ -241,6 +241,16 @@ pub struct TrainConfig {
     /// fraction of the way to the recombined candidates (1 = standard
     /// CMA-ES; below 1 averages the selection noise of a noisy fitness).
     pub es_mean_rate: f64,
+    /// `es` with `sep-cma`: a cap on the root mean square of the mean (0 =
+    /// none). A 1-ply player only uses the order of its children's values,
+    /// which a positive scale does not change; left alone, the mean's scale
+    /// grows by random walk and the step relative to the weights shrinks
+    /// with it. With a cap, an update that takes the mean's rms above it is
+    /// rescaled to it, and once there the candidates are sampled across the
+    /// mean only ([`super::cma::SepCma::tangent`]), so `sigma` stays a step
+    /// relative to the weights and the step-size rule is not fooled by the
+    /// scale, which the fitness cannot see.
+    pub es_normalize: f64,
     /// `es`: the search, `plus` (isotropic mutation, the default) or
     /// `sep-cma` (separable CMA-ES); see [`EsStrategy`].
     pub es_strategy: EsStrategy,
@@ -294,6 +304,7 @@ impl Default for TrainConfig {
             es_fitness_margin: 0.0,
             es_random_pairs: 0,
             es_mean_rate: 1.0,
+            es_normalize: 0.0,
             es_strategy: EsStrategy::Plus,
             ctdl_population: 8,
             ctdl_td_games: 512,
@@ -418,6 +429,15 @@ impl TrainConfig {
             "0 (the heuristic only) to 100000",
         )?;
         check("es_mean_rate", self.es_mean_rate, 0.01, 1.0, "0.01 to 1.0")?;
+        if self.es_normalize != 0.0 {
+            check(
+                "es_normalize",
+                self.es_normalize,
+                1e-3,
+                1e3,
+                "0.0 (off) or 0.001 to 1000.0",
+            )?;
+        }
         if self.es_strategy == EsStrategy::SepCma && self.es_parents > self.es_offspring {
             return Err(EngineError::config(
                 "es_parents",

@@ -156,7 +156,9 @@ impl Trainer {
 
     /// A generation of separable CMA-ES: lambda candidates drawn from the
     /// search distribution, ranked by points (ties: by disc difference), the
-    /// distribution updated from the best mu; the weights are its mean.
+    /// distribution updated from the best mu (its mean's rms then capped at
+    /// `es_normalize` when that is set, and the candidates of a capped mean
+    /// sampled across it); the weights are its mean.
     fn sep_cma_generation(&mut self) {
         let set = Arc::clone(&self.weights.set);
         let live = live_entries(&set);
@@ -173,7 +175,11 @@ impl Trainer {
         let zs: Vec<Vec<f64>> = (0..c.es_offspring)
             .map(|k| {
                 let mut rng = Rng::new(c.seed ^ MUTATION_SALT, (g << 16) | k as u64);
-                dims.iter().map(|_| gaussian(&mut rng)).collect()
+                let mut z: Vec<f64> = dims.iter().map(|_| gaussian(&mut rng)).collect();
+                if c.es_normalize > 0.0 && cma.mean_rms() >= c.es_normalize * (1.0 - 1e-9) {
+                    cma.tangent(&mut z);
+                }
+                z
             })
             .collect();
         let spread = (cma.diag.iter().sum::<f64>() / dims.len() as f64).sqrt();
@@ -204,6 +210,9 @@ impl Trainer {
         let selected: Vec<&[f64]> = order[..mu].iter().map(|&i| zs[i].as_slice()).collect();
         let cma = self.population.cma.as_mut().expect("created above");
         cma.update(&selected, self.config.es_mean_rate);
+        if self.config.es_normalize > 0.0 && cma.mean_rms() > self.config.es_normalize {
+            cma.rescale_mean(self.config.es_normalize);
+        }
         for (&i, &v) in dims.iter().zip(&cma.mean) {
             self.weights.w[i] = v as f32;
         }

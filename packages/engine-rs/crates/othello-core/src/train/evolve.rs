@@ -185,6 +185,14 @@ mod tests {
         }
     }
 
+    /// [`sep_cma`] with the mean's rms capped (below its first update's).
+    fn normalized(threads: usize) -> TrainConfig {
+        TrainConfig {
+            es_normalize: 0.01,
+            ..sep_cma(threads)
+        }
+    }
+
     /// A trainer after `generations` generations (one `train` call per generation).
     fn evolved(config: TrainConfig, generations: u64) -> Trainer {
         let mut t = Trainer::new(config).unwrap();
@@ -241,6 +249,26 @@ mod tests {
             .weights
             .w
         );
+        // es_normalize: the same determinism, the mean held at the cap, and
+        // the same first update as without it, rescaled (the cap changes
+        // only the scale of the first step and the sampling after it).
+        let (one, two) = (evolved(normalized(1), 3), evolved(normalized(2), 3));
+        assert_eq!(one.weights.w, two.weights.w);
+        assert_eq!(one.population, two.population);
+        let cma = one.population.cma.as_ref().unwrap();
+        assert!((cma.mean_rms() - 0.01).abs() < 1e-12, "{}", cma.mean_rms());
+        let (plain, unit) = (evolved(sep_cma(1), 1), evolved(normalized(1), 1));
+        let (p, u) = (plain.population.cma.unwrap(), unit.population.cma.unwrap());
+        let s = p.mean_rms() / 0.01;
+        assert!(s > 1.0, "{s}");
+        for (a, b) in p.mean.iter().zip(&u.mean) {
+            assert!((a / s - b).abs() < 1e-12);
+        }
+        assert_eq!((p.sigma, &p.diag), (u.sigma, &u.diag));
+        assert_ne!(
+            evolved(sep_cma(1), 2).weights.w,
+            evolved(normalized(1), 2).weights.w
+        );
         // With recombination the weights are the mean of the selected parents.
         let rec = |threads| TrainConfig {
             es_recombine: true,
@@ -281,7 +309,12 @@ mod tests {
 
     #[test]
     fn resuming_from_a_checkpoint_equals_never_stopping() {
-        for config in [cfg(Learner::Es, 2), cfg(Learner::Ctdl, 2), sep_cma(2)] {
+        for config in [
+            cfg(Learner::Es, 2),
+            cfg(Learner::Ctdl, 2),
+            sep_cma(2),
+            normalized(2),
+        ] {
             let learner = config.learner;
             let straight = evolved(config.clone(), 4);
             let first = evolved(config.clone(), 2);
@@ -391,6 +424,18 @@ mod tests {
             err(serde_json::json!({"es_strategy": "sep-cma", "es_parents": 9}))
                 .starts_with("es_parents: got 9; allowed: 1 to es_offspring (8)")
         );
+        assert_eq!(
+            err(serde_json::json!({"es_normalize": -1.0})),
+            "es_normalize: got -1; allowed: 0.0 (off) or 0.001 to 1000.0"
+        );
+        assert!(err(serde_json::json!({"es_normalize": 1e4})).starts_with("es_normalize: got"));
+        assert!(config_update(
+            &base,
+            serde_json::json!({"es_normalize": 0.0})
+                .as_object()
+                .unwrap()
+        )
+        .is_ok());
         assert!(err(serde_json::json!({"ctdl_population": 5}))
             .starts_with("ctdl_population: got 5; allowed: an even number"));
         assert!(err(serde_json::json!({"ctdl_td_games": 0})).starts_with("ctdl_td_games: got 0"));
