@@ -142,7 +142,18 @@ def test_two_budgeted_sessions_equal_one_uninterrupted_run(tmp_path: Path) -> No
     assert reference["step"] == steps
     started, done = _training_window(reference["log"])
     budget_s = started + (done - started) / 2
-    first = _finish(*_start(tmp_path, "s1", budget_s, inputs={}, steps=steps, wandb=True))
+    for attempt in range(3):
+        first = _finish(
+            *_start(tmp_path, f"s1-{attempt}", budget_s, inputs={}, steps=steps, wandb=True)
+        )
+        # The machine's speed can change between runs (other work on it): a session that
+        # finished, or ended before training began, is run again with a re-aimed budget.
+        if first["reason"] == "completed":
+            budget_s = started + (budget_s - started) / 2
+        elif first["reason"] == "session_budget" and first["step"] == 0:
+            budget_s += (done - started) / 2
+        else:
+            break
     assert first["reason"] == "session_budget" and first["run_state"] == "PAUSED"
     assert 0 < first["step"] < steps, first["log"]
     second = _finish(
