@@ -32,6 +32,8 @@ from trainsvc_launchers._supervisor import run_state
 
 __all__ = ["find_latest_checkpoint", "launch", "log_path", "m4_config"]
 
+WATCH_CALL_S = 10.0
+"""The longest `trainsvc-cli runs get` call of the watch before it looks at the log again."""
 # A traceback, our own error lines, a command-line tool's "error:" or "prog: error:" line
 _FATAL = re.compile(
     r"Traceback \(most recent call last\)|❌ ERROR|^(?:[\w.-]+: )?error:|\bFATAL\b", re.MULTILINE
@@ -352,7 +354,9 @@ def _watch(
         alive = tmux.has(session) if tmux is not None else _pid_alive(pid)
         state, step, message = "UNKNOWN", 0, ""
         if not fatal:
-            got = cli(server, "runs", "get", cfg.run_id, timeout=60)
+            # short: a call can hang on a port another process holds, and the log's fatal
+            # line or the session's end must be noticed soon (a timed-out call just repeats)
+            got = cli(server, "runs", "get", cfg.run_id, timeout=WATCH_CALL_S)
             if got.ok:
                 state, step = run_state(got.data)
                 if isinstance(got.data, dict):

@@ -30,6 +30,8 @@ from trainsvc_launchers._service import cli, command, serve_command
 __all__ = ["main", "run_state", "to_toml"]
 
 READY_TIMEOUT_S = 180.0
+PROBE_TIMEOUT_S = 60.0
+"""How long one readiness probe (``trainsvc-cli runs list``) may take before another."""
 _RESUMABLE = {"PAUSED", "INTERRUPTED"}
 _TERMINAL = {"COMPLETED", "STOPPED", "FAILED"}
 
@@ -154,22 +156,45 @@ def supervise(
 
 
 def _wait_ready(server: str, service: subprocess.Popen[bytes], section: str, out: Reporter) -> bool:
+    """Probe the service with ``trainsvc-cli runs list`` until it answers; give up at once
+    when it exits (a probe can hang on a port another process holds), or after
+    `READY_TIMEOUT_S`."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        time.sleep(0.5)
-        if service.poll() is not None:
-            out.error(
-                section, f"trainsvc exited with code {service.returncode} before it was ready"
-            )
-            return False
-        if cli(server, "runs", "list", timeout=60).ok:
-            out.success(section, f"trainsvc is up on {server}")
-            return True
-        if time.monotonic() > deadline:
-            out.error(
-                section, f"trainsvc did not answer on {server} within {READY_TIMEOUT_S:.0f} s"
-            )
-            return False
+    probe: subprocess.Popen[bytes] | None = None
+    probe_end = 0.0
+    try:
+        while True:
+            time.sleep(0.5)
+            if service.poll() is not None:
+                out.error(
+                    section, f"trainsvc exited with code {service.returncode} before it was ready"
+                )
+                return False
+            if probe is not None and probe.poll() == 0:
+                out.success(section, f"trainsvc is up on {server}")
+                return True
+            now = time.monotonic()
+            if now > deadline:
+                out.error(
+                    section, f"trainsvc did not answer on {server} within {READY_TIMEOUT_S:.0f} s"
+                )
+                return False
+            if probe is None or probe.poll() is not None or now > probe_end:
+                _end(probe)  # refused (not listening yet), or hung: probe again
+                probe = subprocess.Popen(
+                    [*command("trainsvc-cli"), "runs", "list", "--server", server, "--json"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                probe_end = now + PROBE_TIMEOUT_S
+    finally:
+        _end(probe)
+
+
+def _end(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _start_run(
