@@ -8,7 +8,8 @@ evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
 CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
 line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
-slower mean and fitness games against the random player), light blue `es-plus` (the isotropic
+slower mean and fitness games against the random player), magenta `es-pop` (es-mix
+with twice the candidates on half the games each), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`). Each run's final
 network also plays the random player (the table's last column).
 
@@ -51,6 +52,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # The same with a slower mean and fitness games against the random player as well
     # (docs/othello-engine.md: measured with the `evolve` example).
     "es-mix": {**_SEP_CMA, "es_mean_rate": 0.3, "es_random_pairs": 25},
+    # es-mix with twice the candidates on half the games each (same games per generation):
+    # level with es-mix at 100 CPU s, still climbing at 300 (docs/othello-engine.md).
+    "es-pop": {
+        **_SEP_CMA,
+        "es_mean_rate": 0.3,
+        "es_parents": 20,
+        "es_offspring": 40,
+        "es_fitness_pairs": 50,
+        "es_random_pairs": 12,
+    },
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",
@@ -74,6 +85,7 @@ COLOURS = {
     "es": (30, 80, 200),
     "es-plus": (140, 170, 230),
     "es-mix": (120, 40, 160),
+    "es-pop": (200, 40, 120),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
 }
