@@ -1,10 +1,12 @@
-"""Leaving the Ray cluster waits for the service's Ray calls in progress and lets no new
-one in (Ray ends a process that calls it during or after ``ray.shutdown()``)."""
+"""Leaving the Ray cluster waits for the service's Ray calls in progress, lets no new one
+in, and frees the workers' Ray objects only inside a call or after the shutdown (Ray ends
+a process that touches it while ``ray.shutdown()`` runs)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -64,3 +66,43 @@ def test_leave_gives_up_waiting_after_its_timeout() -> None:
     assert 0.25 <= time.monotonic() - t0 < 5
     stuck.set()
     thread.join(10)
+
+
+class _RayObject:
+    """Stands for an actor handle or object ref: what matters is when it is freed."""
+
+
+def test_held_ray_objects_are_freed_by_release_or_only_after_the_shutdown() -> None:
+    calls, owner = _ClusterCalls(), object()
+    freed: list[str] = []
+    obj = _RayObject()
+    weakref.finalize(obj, freed.append, "first")
+    calls.hold(owner, obj)
+    del obj  # the owner's thread drops its reference: the held one keeps it alive
+    assert freed == []
+    calls.release(owner)
+    assert freed == ["first"]
+
+    late = _RayObject()
+    weakref.finalize(late, freed.append, "late")
+    calls.hold(owner, late)
+    del late
+    inside, release = threading.Event(), threading.Event()
+
+    def busy_caller() -> None:  # keeps leave() waiting, as a controller thread in ray.wait
+        with calls.call():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=busy_caller)
+    thread.start()
+    assert inside.wait(10)
+    leaver = threading.Thread(target=calls.leave, kwargs={"timeout": 10})
+    leaver.start()
+    time.sleep(0.2)
+    calls.release(owner)  # while leaving: not freed now...
+    assert freed == ["first"]
+    release.set()
+    leaver.join(10)
+    thread.join(10)
+    assert freed == ["first", "late"]  # ...but once Ray is down

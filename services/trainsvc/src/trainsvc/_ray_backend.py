@@ -237,16 +237,20 @@ class _PendingConnection:
 class _ClusterCalls:
     """The service's Ray calls, so that it leaves the cluster only after the last one.
 
-    Ray ends a process with status 1 when one of its threads calls Ray after (or
-    while) ``ray.shutdown()`` runs. Controller threads call Ray only inside `call`,
-    which lets nothing in once `leave` has begun; `leave` waits for the calls in
-    progress to return, then shuts Ray down.
+    Ray ends a process with status 1 when one of its threads calls Ray while (or
+    after) ``ray.shutdown()`` runs, and freeing an actor handle or an object ref is
+    such a call. Controller threads call Ray only inside `call`, which lets nothing
+    in once `leave` has begun; `leave` waits for the calls in progress to return, then
+    shuts Ray down. A worker's actor handle and ref are kept here (`hold`) and freed
+    inside a call (`release`), or after the shutdown: never by whichever thread drops
+    the last reference to the worker's handle.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._inside = 0
         self._leaving = False
+        self._held: dict[int, tuple[Any, ...]] = {}
 
     def join(self) -> None:
         """The service (again) belongs to a cluster: calls are let in."""
@@ -267,15 +271,31 @@ class _ClusterCalls:
                     self._inside -= 1
                     self._cond.notify_all()
 
+    def hold(self, owner: object, *objects: Any) -> None:
+        """Keep ``owner``'s Ray objects until `release` (call it inside `call`)."""
+        with self._cond:
+            self._held[id(owner)] = objects
+
+    def release(self, owner: object) -> None:
+        """Free ``owner``'s Ray objects now while Ray is up, else after the shutdown (the
+        owner must hold no reference of its own to them)."""
+        with self.call() as allowed:
+            if allowed:
+                with self._cond:
+                    objects = self._held.pop(id(owner), ())
+                del objects  # freed here, inside the call
+
     def leave(self, timeout: float = LEAVE_S) -> None:
-        """Let no new call in, wait (up to ``timeout``) for the calls in progress, and shut
-        Ray down."""
+        """Let no new call in, wait (up to ``timeout``) for the calls in progress, shut Ray
+        down, then free the Ray objects still held (Ray ignores that once it is down)."""
         with self._cond:
             self._leaving = True
             drained = self._cond.wait_for(lambda: self._inside == 0, timeout)
         if not drained:
             log.warning("a Ray call outlasted the shutdown wait of %g s", timeout)
         ray.shutdown()
+        with self._cond:
+            self._held.clear()
 
 
 _CLUSTER = _ClusterCalls()
@@ -287,6 +307,9 @@ class _RayHandle:
     def __init__(self) -> None:
         self.actor: Any = None
         self.ref: Any = None
+        """The actor's handle and its call's ref (None before it starts and once it ended:
+        `_ClusterCalls` frees them)."""
+        self._name = "ray-actor"
         self.lost_reason = ""
         self.node = ""
         """The Ray node the worker reported from when it connected ("" until then)."""
@@ -296,8 +319,16 @@ class _RayHandle:
 
     @property
     def pid(self) -> str:
-        actor_id = getattr(self.actor, "_actor_id", None)  # for logs only
-        return f"ray-actor:{actor_id.hex()[:12]}" if actor_id is not None else "ray-actor"
+        """The actor, for logs."""
+        return self._name
+
+    def started(self, actor: Any, ref: Any) -> None:
+        """The actor was created and its call made (inside a `_ClusterCalls.call`)."""
+        self.actor, self.ref = actor, ref
+        actor_id = getattr(actor, "_actor_id", None)
+        if actor_id is not None:
+            self._name = f"ray-actor:{actor_id.hex()[:12]}"
+        _CLUSTER.hold(self, actor, ref)
 
     @property
     def exitcode(self) -> int | None:
@@ -305,10 +336,15 @@ class _RayHandle:
 
     def ended(self) -> bool:
         """The actor's call returned or failed (without waiting)."""
-        if self._killed or self.ref is None:
-            return self._killed
+        if self._killed or self._done:
+            return True
         with _CLUSTER.call() as allowed:
-            return not allowed or bool(ray.wait([self.ref], timeout=0)[0])
+            ref = self.ref if allowed else None
+            if ref is None:  # leaving the cluster, not started yet, or just released
+                return not allowed or self._killed or self._done
+            ready = bool(ray.wait([ref], timeout=0)[0])
+            del ref  # a Ray object is dropped inside the call (see _ClusterCalls)
+            return ready
 
     def join(self, timeout: float | None = None) -> None:
         if self._done or self.ref is None:
@@ -316,12 +352,16 @@ class _RayHandle:
         deadline = time.monotonic() + (ACTOR_JOIN_S if timeout is None else timeout)
         while True:  # in slices, so that leaving the cluster never waits for a long one
             with _CLUSTER.call() as allowed:
-                if not allowed:
+                ref = self.ref if allowed else None
+                if ref is None:
                     return
                 wait_s = min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))
-                if ray.wait([self.ref], timeout=wait_s)[0]:
-                    self._collect()
-                    return
+                ready = bool(ray.wait([ref], timeout=wait_s)[0])
+                if ready:
+                    self._collect(ref)
+                del ref
+            if ready:
+                return
             if time.monotonic() >= deadline:
                 break
         if timeout is None:  # the connection ended but Ray still holds the actor
@@ -333,10 +373,10 @@ class _RayHandle:
             self.kill()
             self._done = True
 
-    def _collect(self) -> None:
+    def _collect(self, ref: Any) -> None:
         """Read the ended actor's exit status, or why it was lost; free its resources."""
         try:
-            self._exitcode = int(ray.get(self.ref))
+            self._exitcode = int(ray.get(ref))
         except ray.exceptions.RayActorError as exc:  # the actor (or its node) died
             if not self._killed:
                 self.lost_reason = _lost_reason(exc, self.node)
@@ -359,9 +399,13 @@ class _RayHandle:
     def _release(self) -> None:
         """End the actor (its worker ended or is to end), freeing its resources now."""
         with _CLUSTER.call() as allowed:
-            if allowed and self.actor is not None:
+            actor = self.actor if allowed else None
+            if actor is not None:
                 with contextlib.suppress(Exception):  # already gone with its node
-                    ray.kill(self.actor, no_restart=True)
+                    ray.kill(actor, no_restart=True)
+            del actor
+            self.actor = self.ref = None
+            _CLUSTER.release(self)
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -551,8 +595,9 @@ class RayBackend:
                     handle.kill()
                     conn.close()
                     return
-                handle.actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
-                handle.ref = handle.actor.run.remote(job, self.address, token, key, env)
+                actor = _WorkerActor.options(**options).remote()  # type: ignore[attr-defined]
+                handle.started(actor, actor.run.remote(job, self.address, token, key, env))
+                del actor
 
         with _CLUSTER.call() as allowed:
             nodes = ray.nodes() if allowed else []  # type: ignore[no-untyped-call]
