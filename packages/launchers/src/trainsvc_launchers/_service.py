@@ -65,9 +65,14 @@ class CliResult:
         return self.returncode == 0
 
 
+def cli_argv(server: str, *args: str) -> list[str]:
+    """The argv of ``trainsvc-cli <args> --server SERVER --json``."""
+    return [*command("trainsvc-cli"), *args, "--server", server, "--json"]
+
+
 def cli(server: str, *args: str, timeout: float = 120) -> CliResult:
     """Run ``trainsvc-cli --server SERVER <args> --json`` and parse its JSON output."""
-    argv = [*command("trainsvc-cli"), *args, "--server", server, "--json"]
+    argv = cli_argv(server, *args)
     try:
         proc = subprocess.run(
             argv,

@@ -25,7 +25,7 @@ from trainsvc_launchers._config import LaunchConfig, load_launch_config
 from trainsvc_launchers._files import write_text_atomic
 from trainsvc_launchers._lm import input_dirs
 from trainsvc_launchers._output import ExitCode, Reporter
-from trainsvc_launchers._service import cli, command, serve_command
+from trainsvc_launchers._service import cli, cli_argv, command, serve_command
 
 __all__ = ["main", "run_state", "to_toml"]
 
@@ -182,7 +182,7 @@ def _wait_ready(server: str, service: subprocess.Popen[bytes], section: str, out
             if probe is None or probe.poll() is not None or now > probe_end:
                 _end(probe)  # refused (not listening yet), or hung: probe again
                 probe = subprocess.Popen(
-                    [*command("trainsvc-cli"), "runs", "list", "--server", server, "--json"],
+                    cli_argv(server, "runs", "list"),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -3,7 +3,9 @@ reconciliation after a restart (the directory, or the remote prefix, is the trut
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainsvc._domain import (
@@ -35,31 +37,64 @@ def verified(
         NotFoundError: the file is gone.
         UnavailableError: the remote storage failed.
     """
+    from trainsvc_checkpoint import verify
+
+    if is_url(record.path):
+        store = _owning_store(record, remote, field)
+        with _storage_errors(record, record.path, field):
+            store.verify(record.path)
+        return record
+    root = run_dir.resolve()
+    path = Path(record.path).resolve()
+    if root not in path.parents:
+        raise InvalidArgumentError(field, f"{record.name} lies outside its run directory")
+    if not path.exists():
+        raise NotFoundError(f"{record.name}: the file {path} is gone")
+    with _storage_errors(record, str(path), field):
+        verify(str(path))
+    return record
+
+
+def local_file(
+    record: CheckpointRecord,
+    directory: Path,
+    field: str = "checkpoint",
+    remote: RemoteStore | None = None,
+) -> Path:
+    """The checkpoint's file on this machine: its path, or, when the run's checkpoints are
+    in the ``--data-dir`` object storage, a copy downloaded into ``directory`` (read-only
+    on the storage: safe while the run's worker writes). Not verified here.
+
+    Raises:
+        InvalidArgumentError: the object lies outside its run's storage.
+        NotFoundError: the object is gone.
+        UnavailableError: the remote storage failed.
+    """
+    if not is_url(record.path):
+        return Path(record.path)
+    store = _owning_store(record, remote, field)
+    with _storage_errors(record, record.path, field):
+        return store.download(record.path, directory)
+
+
+def _owning_store(record: CheckpointRecord, remote: RemoteStore | None, field: str) -> RemoteStore:
+    """The storage that holds ``record``'s object under its run's prefix."""
+    if remote is None or not remote.owns(record.run_id, record.path):
+        raise InvalidArgumentError(field, f"{record.name} lies outside its run's storage")
+    return remote
+
+
+@contextlib.contextmanager
+def _storage_errors(record: CheckpointRecord, where: str, field: str) -> Iterator[None]:
+    """trainsvc-checkpoint's errors on ``record``'s file or object as service errors."""
     from trainsvc_checkpoint import (
         CheckpointNotFoundError,
         CorruptCheckpointError,
         RemoteStorageError,
-        verify,
     )
 
-    remote_url = is_url(record.path)
-    if remote_url:
-        if remote is None or not remote.owns(record.run_id, record.path):
-            raise InvalidArgumentError(field, f"{record.name} lies outside its run's storage")
-        where = record.path
-    else:
-        root = run_dir.resolve()
-        path = Path(record.path).resolve()
-        if root not in path.parents:
-            raise InvalidArgumentError(field, f"{record.name} lies outside its run directory")
-        if not path.exists():
-            raise NotFoundError(f"{record.name}: the file {path} is gone")
-        where = str(path)
     try:
-        if remote is not None and remote_url:
-            remote.verify(where)
-        else:
-            verify(where)
+        yield
     except CheckpointNotFoundError:
         raise NotFoundError(f"{record.name}: the file {where} is gone") from None
     except CorruptCheckpointError as exc:
@@ -68,7 +103,6 @@ def verified(
         ) from None
     except RemoteStorageError as exc:
         raise UnavailableError(f"{record.name}: --data-dir storage failed: {exc}") from None
-    return record
 
 
 def _local_changes(

@@ -24,12 +24,11 @@ from trainsvc_api.v1 import models_pb2_grpc as mpb_grpc
 from trainsvc._artifacts import ArtifactStore
 from trainsvc._automation import Automation, Decision
 from trainsvc._automation_policy import AutomationPolicy
+from trainsvc._checkpoints import local_file
 from trainsvc._domain import (
     CheckpointRecord,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
     echo,
     parse_checkpoint_name,
     parse_run_name,
@@ -44,7 +43,7 @@ from trainsvc._model_registry import (
     check_model_name,
 )
 from trainsvc._paths import InputRoots
-from trainsvc._remote_store import RemoteStore, is_url
+from trainsvc._remote_store import RemoteStore
 from trainsvc._rpc import Context, unary_call
 
 _VERSION_NAME = re.compile(r"models/([^/]+)/versions/([1-9][0-9]{0,17})")
@@ -293,33 +292,9 @@ class ModelServicer(mpb_grpc.ModelServiceServicer):
             )
         record = self._source_checkpoint(request)
         with tempfile.TemporaryDirectory(prefix="trainsvc-export-") as tmp:
-            local = self._local_file(record, Path(tmp) / "checkpoint")
+            local = local_file(record, Path(tmp) / "checkpoint", "source_checkpoint", self.remote)
             artifact = export_run_checkpoint(record, local, Path(tmp) / "artifact")
             return self._put_and_register(model, artifact, request, principal, also)
-
-    def _local_file(self, record: CheckpointRecord, directory: Path) -> Path:
-        """The checkpoint's file; downloaded into ``directory`` when the run's checkpoints
-        are in the ``--data-dir`` object storage.
-
-        Raises:
-            FailedPreconditionError: the checkpoint is not under this service's storage.
-            NotFoundError: the object is gone.
-            UnavailableError: the storage failed.
-        """
-        if not is_url(record.path):
-            return Path(record.path)
-        if self.remote is None or not self.remote.owns(record.run_id, record.path):
-            raise FailedPreconditionError(
-                f"{record.name} lies outside this service's --data-dir storage"
-            )
-        from trainsvc_checkpoint import CheckpointNotFoundError, RemoteStorageError
-
-        try:
-            return self.remote.download(record.path, directory)
-        except CheckpointNotFoundError:
-            raise NotFoundError(f"{record.name}: the object {record.path} is gone") from None
-        except RemoteStorageError as exc:
-            raise UnavailableError(f"{record.name}: --data-dir storage failed: {exc}") from None
 
     def _put_and_register(
         self,
