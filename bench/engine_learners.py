@@ -9,7 +9,8 @@ writes the points as JSON and the curves as a PNG (score against training
 CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
 line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
 slower mean and fitness games against the random player), magenta `es-pop` (es-mix
-with twice the candidates on half the games each), light blue `es-plus` (the isotropic
+with twice the candidates on half the games each), red `es-step` (es-pop with the
+fitness sample growing as the step relative to the weights shrinks), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`). Each run's final
 network also plays the random player (the table's last column).
 
@@ -46,6 +47,15 @@ _SEP_CMA: dict[str, Any] = {
     "es_fitness_pairs_max": 1000,
     "es_fitness_margin": 1.0,
 }
+# es-mix (below) with twice the candidates on half the games each.
+_ES_POP: dict[str, Any] = {
+    **_SEP_CMA,
+    "es_mean_rate": 0.3,
+    "es_parents": 20,
+    "es_offspring": 40,
+    "es_fitness_pairs": 50,
+    "es_random_pairs": 12,
+}
 # The settings measured (docs/othello-engine.md, "Evolving learners").
 CONFIGS: dict[str, dict[str, Any]] = {
     "es": _SEP_CMA,
@@ -54,14 +64,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "es-mix": {**_SEP_CMA, "es_mean_rate": 0.3, "es_random_pairs": 25},
     # es-mix with twice the candidates on half the games each (same games per generation):
     # level with es-mix at 100 CPU s, still climbing at 300 (docs/othello-engine.md).
-    "es-pop": {
-        **_SEP_CMA,
-        "es_mean_rate": 0.3,
-        "es_parents": 20,
-        "es_offspring": 40,
-        "es_fitness_pairs": 50,
-        "es_random_pairs": 12,
-    },
+    "es-pop": _ES_POP,
+    # es-pop with the sample keyed on the step relative to the weights: 50 pairs while
+    # it is above 0.13, growing as its inverse square below (docs/othello-engine.md).
+    "es-step": {**_ES_POP, "es_fitness_step": 0.13},
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",
@@ -86,6 +92,7 @@ COLOURS = {
     "es-plus": (140, 170, 230),
     "es-mix": (120, 40, 160),
     "es-pop": (200, 40, 120),
+    "es-step": (220, 20, 20),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
 }

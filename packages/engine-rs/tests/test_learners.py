@@ -112,6 +112,7 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         ("es_mean_rate", 2.0, "0.01 to 1.0"),
         ("es_random_pairs", 10**6, "0 \\(the heuristic only\\) to 100000"),
         ("es_normalize", -1.0, "0.0 \\(off\\) or 0.001 to 1000.0"),
+        ("es_fitness_step", 11.0, "0.0 \\(key on the step itself\\) or 0.0001 to 10.0"),
         ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
     ],
 )

@@ -47,6 +47,11 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         "es: the fitness sample grows as the search step shrinks, up to this (0 = fixed)",
     ),
     (
+        "es_fitness_step",
+        float,
+        "es: key the growing sample on the step relative to the weights, from this one (0 = off)",
+    ),
+    (
         "es_fitness_margin",
         float,
         "es: weight of the mean disc difference / 64 in the fitness (0 = points only)",

@@ -8,8 +8,10 @@
 //! Settings from the environment: `LEARNER`, `SEED`, `THREADS`, `SECONDS`
 //! (training budget; with `CPU=1` in CPU seconds), `EVERY` (seconds between evaluations), `PAIRS` (League
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
-//! `SAVE` (write the final weights as an engine checkpoint here), and the
-//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`,
+//! `SAVE` (write the final weights as an engine checkpoint here), `RESUME`
+//! (continue from such a checkpoint with the settings given here; the
+//! budget and the printed seconds then count from the resumption), and the
+//! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
 //! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
 //!
@@ -20,7 +22,7 @@ use std::time::Instant;
 
 use othello_core::checkpoint;
 use othello_core::league::{league_match, Player};
-use othello_core::state::trainer_to_checkpoint;
+use othello_core::state::{trainer_from_checkpoint, trainer_to_checkpoint};
 use othello_core::train::{Learner, TrainConfig, Trainer};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -56,6 +58,7 @@ fn main() {
         es_recombine: env("RECOMBINE", d.es_recombine),
         es_fitness_pairs: env("FIT_PAIRS", d.es_fitness_pairs),
         es_fitness_pairs_max: env("FIT_MAX", d.es_fitness_pairs_max),
+        es_fitness_step: env("FIT_STEP", d.es_fitness_step),
         es_strategy: env("STRATEGY", d.es_strategy),
         es_fitness_margin: env("MARGIN", d.es_fitness_margin),
         es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
@@ -79,7 +82,16 @@ fn main() {
     let cpu_budget = env("CPU", 0u8) == 1 && cpu_seconds().is_some();
     let every: f64 = env("EVERY", 15.0);
     let pairs: u64 = env("PAIRS", 1000);
-    let mut t = Trainer::new(cfg.clone()).expect("valid configuration");
+    let mut t = match std::env::var("RESUME") {
+        Ok(path) => {
+            let saved = checkpoint::load(std::path::Path::new(&path)).expect("a checkpoint");
+            let mut t = trainer_from_checkpoint(&saved).expect("a trainer checkpoint");
+            t.config = cfg.clone();
+            t.apply_config().expect("valid configuration");
+            t
+        }
+        Err(_) => Trainer::new(cfg.clone()).expect("valid configuration"),
+    };
     let stop = AtomicBool::new(false);
     let (mut trained, mut next_eval) = (0.0, every);
     loop {

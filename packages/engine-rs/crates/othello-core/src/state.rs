@@ -35,14 +35,14 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "inject_nan_at_game": c.inject_nan_at_game,
         "learner": c.learner.name(), "es_parents": c.es_parents, "es_offspring": c.es_offspring,
         "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
-        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_random_pairs": c.es_random_pairs, "es_strategy": c.es_strategy.name(),
+        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_random_pairs": c.es_random_pairs, "es_strategy": c.es_strategy.name(),
         "ctdl_population": c.ctdl_population, "ctdl_td_games": c.ctdl_td_games,
         "ctdl_match_pairs": c.ctdl_match_pairs,
     })
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 39] = [
+pub const CONFIG_FIELDS: [&str; 40] = [
     "seed",
     "threads",
     "batch_games",
@@ -74,6 +74,7 @@ pub const CONFIG_FIELDS: [&str; 39] = [
     "es_recombine",
     "es_fitness_pairs",
     "es_fitness_pairs_max",
+    "es_fitness_step",
     "es_fitness_margin",
     "es_mean_rate",
     "es_normalize",
@@ -154,6 +155,7 @@ pub fn config_update(
             }
             "es_fitness_pairs" => c.es_fitness_pairs = uint()?,
             "es_fitness_pairs_max" => c.es_fitness_pairs_max = uint()?,
+            "es_fitness_step" => c.es_fitness_step = float()?,
             "es_fitness_margin" => c.es_fitness_margin = float()?,
             "es_mean_rate" => c.es_mean_rate = float()?,
             "es_normalize" => c.es_normalize = float()?,

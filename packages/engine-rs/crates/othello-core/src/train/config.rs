@@ -222,10 +222,20 @@ pub struct TrainConfig {
     /// random streams (common random numbers), parents are re-evaluated.
     pub es_fitness_pairs: u64,
     /// `es`: the fitness sample grows as the search narrows: with a step
-    /// `s` times the initial one, `es_fitness_pairs / s²` pairs, at most this
-    /// many (0 = always `es_fitness_pairs`). The step is `es_sigma_at(g)`
-    /// for `plus`, sigma times the root mean variance for `sep-cma`.
+    /// `s` times the reference one, `es_fitness_pairs / s²` pairs, at most
+    /// this many (0 = always `es_fitness_pairs`). The step is
+    /// `es_sigma_at(g)` for `plus`, sigma times the root mean variance for
+    /// `sep-cma`; the reference is `es_sigma`, or see `es_fitness_step`.
     pub es_fitness_pairs_max: u64,
+    /// `es`: with `es_fitness_pairs_max`, key the sample on the step
+    /// *relative to the weights* (the step over the root mean square of the
+    /// mean or best parent), with this relative step as the reference (0 =
+    /// key on the step itself, against `es_sigma`). Differences between
+    /// candidates shrink with the relative step while the noise of their
+    /// games does not, so keeping selection as informative needs samples
+    /// growing as its inverse square; the step alone grows with the weights'
+    /// scale, which a 1-ply player cannot see, and then never grows them.
+    pub es_fitness_step: f64,
     /// `es`: pairs of games (colours swapped, 10% random moves on both
     /// sides) each candidate also plays against the uniformly random player
     /// per fitness evaluation, counted in its fitness like the heuristic's
@@ -301,6 +311,7 @@ impl Default for TrainConfig {
             es_recombine: false,
             es_fitness_pairs: 100,
             es_fitness_pairs_max: 0,
+            es_fitness_step: 0.0,
             es_fitness_margin: 0.0,
             es_random_pairs: 0,
             es_mean_rate: 1.0,
@@ -414,6 +425,15 @@ impl TrainConfig {
                 ),
             )?;
         }
+        if self.es_fitness_step != 0.0 {
+            check(
+                "es_fitness_step",
+                self.es_fitness_step,
+                1e-4,
+                10.0,
+                "0.0 (key on the step itself) or 0.0001 to 10.0",
+            )?;
+        }
         check(
             "es_fitness_margin",
             self.es_fitness_margin,
@@ -498,8 +518,20 @@ impl TrainConfig {
         s * d / (d + g as f64)
     }
 
+    /// The `es` fitness pairs for a search step `step` around weights of
+    /// root mean square `rms` (see `es_fitness_pairs_max` and
+    /// `es_fitness_step`).
+    #[must_use]
+    pub fn es_pairs_for(&self, step: f64, rms: f64) -> u64 {
+        if self.es_fitness_step > 0.0 {
+            self.es_pairs_at(step / (rms * self.es_fitness_step))
+        } else {
+            self.es_pairs_at(step / f64::from(self.es_sigma))
+        }
+    }
+
     /// The `es` fitness pairs when the search step is `ratio` times the
-    /// initial one (see `es_fitness_pairs_max`).
+    /// reference one (see `es_fitness_pairs_max`).
     #[must_use]
     pub fn es_pairs_at(&self, ratio: f64) -> u64 {
         if self.es_fitness_pairs_max == 0 || ratio.is_nan() || ratio <= 0.0 {

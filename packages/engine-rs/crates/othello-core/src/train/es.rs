@@ -47,6 +47,19 @@ fn mean(vectors: &[Vec<f32>]) -> Vec<f32> {
     m
 }
 
+/// The root mean square of the live entries of weights laid out in phases
+/// (`live` marks one phase's).
+fn live_rms(w: &[f32], live: &[bool]) -> f64 {
+    let (sum, n) = w
+        .iter()
+        .zip(live.iter().cycle())
+        .filter(|(_, &l)| l)
+        .fold((0.0, 0usize), |(s, n), (&v, _)| {
+            (s + f64::from(v) * f64::from(v), n + 1)
+        });
+    (sum / n.max(1) as f64).sqrt()
+}
+
 /// A candidate's fitness from its points and summed disc difference (see
 /// `es_fitness_margin`), summed over its games like the points.
 fn fitness_of((points, diff): (f64, i64), margin: f64) -> f64 {
@@ -113,11 +126,11 @@ impl Trainer {
         self.population.resize(mu, &self.weights.w);
         let g = self.population.generation;
         let sigma = c.es_sigma_at(g);
-        let pairs = c.es_pairs_at(sigma / f64::from(c.es_sigma));
         let seed = c.seed;
         let set = &self.weights.set;
         let plen = set.phase_len;
         let live = live_entries(set);
+        let pairs = c.es_pairs_for(sigma, live_rms(&self.weights.w, &live));
         let mut cands = std::mem::take(&mut self.population.individuals);
         let centroid = c.es_recombine.then(|| mean(&cands));
         for k in 0..lambda {
@@ -183,7 +196,7 @@ impl Trainer {
             })
             .collect();
         let spread = (cma.diag.iter().sum::<f64>() / dims.len() as f64).sqrt();
-        let pairs = c.es_pairs_at(cma.sigma * spread / f64::from(c.es_sigma));
+        let pairs = c.es_pairs_for(cma.sigma * spread, cma.mean_rms());
         let cands: Vec<Vec<f32>> = zs
             .iter()
             .map(|z| {

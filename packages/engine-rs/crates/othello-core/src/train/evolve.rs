@@ -314,6 +314,10 @@ mod tests {
             cfg(Learner::Ctdl, 2),
             sep_cma(2),
             normalized(2),
+            TrainConfig {
+                es_fitness_step: 0.5,
+                ..sep_cma(2)
+            },
         ] {
             let learner = config.learner;
             let straight = evolved(config.clone(), 4);
@@ -377,11 +381,40 @@ mod tests {
         assert_eq!(config.es_pairs_at(0.5), 80);
         assert_eq!(config.es_pairs_at(0.8), 32);
         assert_eq!(config.es_pairs_at(2.0), 20);
+        // Keyed on the step alone (against es_sigma 0.1), or on the step
+        // relative to the weights (against es_fitness_step).
+        assert_eq!(config.es_pairs_for(0.05, 1e6), 80);
+        let relative = TrainConfig {
+            es_fitness_step: 0.05,
+            ..config.clone()
+        };
+        assert_eq!(relative.es_pairs_for(0.5, 10.0), 20);
+        assert_eq!(relative.es_pairs_for(0.4, 10.0), 32);
+        assert_eq!(relative.es_pairs_for(0.5, 1e6), 80);
+        assert_eq!(relative.es_pairs_for(0.5, 0.0), 20);
         let fixed = TrainConfig {
             es_fitness_pairs_max: 0,
             ..config
         };
         assert_eq!(fixed.es_pairs_at(0.1), 20);
+        // In a run: the sample grows once the step is small beside the
+        // weights, for both strategies (generation 0 starts from zero weights).
+        for base in [sep_cma(1), cfg(Learner::Es, 1)] {
+            let grow = |step| TrainConfig {
+                es_fitness_pairs_max: 1000,
+                es_fitness_step: step,
+                ..base.clone()
+            };
+            let (by_step, by_relative) = (evolved(grow(0.0), 3), evolved(grow(10.0), 3));
+            let first = evolved(grow(10.0), 1).stats.games;
+            assert_eq!(first, evolved(grow(0.0), 1).stats.games);
+            assert!(
+                by_relative.stats.games > by_step.stats.games + 2 * first,
+                "{} vs {}",
+                by_relative.stats.games,
+                by_step.stats.games
+            );
+        }
     }
 
     #[test]
@@ -423,6 +456,10 @@ mod tests {
         assert!(
             err(serde_json::json!({"es_strategy": "sep-cma", "es_parents": 9}))
                 .starts_with("es_parents: got 9; allowed: 1 to es_offspring (8)")
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_fitness_step": 20.0})),
+            "es_fitness_step: got 20; allowed: 0.0 (key on the step itself) or 0.0001 to 10.0"
         );
         assert_eq!(
             err(serde_json::json!({"es_normalize": -1.0})),
