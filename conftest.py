@@ -1,0 +1,33 @@
+"""Test-session setup shared by every member's tests.
+
+One JAX persistent compilation cache for the session: the pytest process and every
+process it starts (service workers, launchers, data-parallel peers) inherit
+``JAX_COMPILATION_CACHE_DIR``, so a program compiled once, for instance the tiny
+model's LoRA step that many language-model tests train, is loaded rather than
+compiled again by the next test or the next worker. The emergence trainer already
+caches its programs by default (``trainsvc_trainer.enable_compilation_cache``);
+this extends the same to the language-model paths. It is set at import, before
+any test module imports JAX, and removed when the session ends. A value already
+in the environment is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_OWN_CACHE: str | None = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="trainsvc-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    # Every program, however quick to compile (the tiny test models' mostly are).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes the session's own cache directory (not one given by the environment)."""
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
