@@ -25,6 +25,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     # Every program, however quick to compile (the tiny test models' mostly are).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # A size bound turns on JAX's file lock around each read and write, so a process
+    # never reads an entry another one is still writing (without it, writes are not
+    # atomic). The session's entries stay far below it.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
