@@ -116,7 +116,9 @@ def test_train_resume_export_and_generate_agree(
     common += ["--optim.lr", "0.02", "--optim.warmup-steps", "0", "--log.save-interval", "2"]
     code, first = run_json(capsys, *common, "--steps", "2")
     assert code == 0 and first["status"] == "completed" and first["step"] == 2
-    code, second = run_json(capsys, *common, "--steps", "4", "--resume")
+    # A resumed run keeps its name, whatever name a new run would get now.
+    resume = ["--steps", "4", "--resume", "--log.name", "renamed"]
+    code, second = run_json(capsys, *common, *resume)
     assert code == 0 and second["step"] == 4 and second["run_name"] == first["run_name"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]  # each run's last step, one file

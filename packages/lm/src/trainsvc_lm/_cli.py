@@ -479,8 +479,9 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
         f"batches_per_epoch={trainer.loader.batches_per_epoch()}"
     )
     out.say(f"{trainer.memory.describe()} platform={trainer.platform}")
-    summary: dict[str, Any] = {"run_name": trainer.run_name, "run_dir": str(run_dir)}
+    summary: dict[str, Any] = {"run_dir": str(run_dir)}
     summary.update(_drive(trainer, distributed, stop, source, out))
+    summary["run_name"] = trainer.run_name  # a resumed run's own name, restored by _drive
     if summary["status"] == "completed" and writer:
         base = str(Path(config.model.dir or "").resolve())
         lora = trainer.state_dict()["lora"]
@@ -534,8 +535,9 @@ def _grpo(args: argparse.Namespace, out: _Output) -> int:
     if writer:
         sinks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
     trainer = GRPOTrainer(config, sinks=sinks, data_parallel=distributed is not None)
-    summary: dict[str, Any] = {"run_name": trainer.run_name, "run_dir": str(run_dir)}
+    summary: dict[str, Any] = {"run_dir": str(run_dir)}
     summary.update(_drive(trainer, distributed, stop, source, out))
+    summary["run_name"] = trainer.run_name  # a resumed run's own name, restored by _drive
     if summary["status"] == "completed" and writer:
         summary["model"] = str(trainer.save_pretrained(run_dir / "model"))
     summary.update(step=trainer.step_count, steps=config.train.steps, metrics=trainer.last_metrics)
