@@ -271,8 +271,6 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         epsilon_end=args.epsilon_end if args.epsilon_end is not None else epsilon_start,
         **config,
     )
-    log.info("training to %d games in %s", args.games, args.dir)
-    interrupted = False
     columns = (
         TextColumn("[bold]training"),
         BarColumn(),
@@ -280,18 +278,25 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
     )
-    with Progress(
-        *columns, console=Console(stderr=True), disable=args.json, transient=False
-    ) as bar:
-        task = bar.add_task("train", total=args.games, completed=manager.games, info="")
-        try:
+    interrupted = False
+    # Ctrl+C from here on, at any instant, stops with an emergency checkpoint:
+    # `wait` saves one itself when the interrupt lands inside it; anywhere else
+    # (the progress bar, the log line) the handler does.
+    try:
+        log.info("training to %d games in %s", args.games, args.dir)
+        with Progress(
+            *columns, console=Console(stderr=True), disable=args.json, transient=False
+        ) as bar:
+            task = bar.add_task("train", total=args.games, completed=manager.games, info="")
             while manager.wait(timeout=0.25) is None:
                 st = manager.statistics()
                 info = f"{st.games_per_second:,.0f} games/s  diff {st.rolling_stone_diff:+.2f}"
                 bar.update(task, completed=st.games, info=info)
             bar.update(task, completed=manager.games)
-        except KeyboardInterrupt:
-            interrupted = True
+    except KeyboardInterrupt:
+        interrupted = True
+        if manager.state == "training":
+            manager.stop(emergency=True)
     if interrupted:
         saved = CheckpointManager(args.dir).list()
         where = saved[-1].path if saved else "(none)"
