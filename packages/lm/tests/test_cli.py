@@ -114,12 +114,16 @@ def test_train_resume_export_and_generate_agree(
         "16",
     ]
     common += ["--optim.lr", "0.02", "--optim.warmup-steps", "0", "--log.save-interval", "2"]
+    common += ["--log.wandb"]  # offline: W&B's own files under the run directory
     code, first = run_json(capsys, *common, "--steps", "2")
     assert code == 0 and first["status"] == "completed" and first["step"] == 2
-    # A resumed run keeps its name, whatever name a new run would get now.
+    # A resumed run keeps its name, whatever name a new run would get now, and its W&B run.
     resume = ["--steps", "4", "--resume", "--log.name", "renamed"]
     code, second = run_json(capsys, *common, *resume)
     assert code == 0 and second["step"] == 4 and second["run_name"] == first["run_name"]
+    wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2, wandb_runs  # one per process, both logging to one run id
+    assert len({d.name.rsplit("-", 1)[1] for d in wandb_runs}) == 1, wandb_runs
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]  # each run's last step, one file
     adapter_cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())

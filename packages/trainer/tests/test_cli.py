@@ -173,3 +173,13 @@ def test_resume_latest_with_no_checkpoint_starts_fresh(toml: Path, tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     assert "starting from step 0" in proc.stderr and json.loads(proc.stdout)["checkpoints"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("flag", "on"), [("--wandb", True), ("--log.wandb", True), ("--no-wandb", False)]
+)
+def test_wandb_takes_its_short_flag_and_its_field_flag(flag: str, on: bool) -> None:
+    from trainsvc_trainer._cli import build_parser, resolve_config
+
+    config, explicit = resolve_config(build_parser().parse_args([flag]))
+    assert config.log.wandb is on and explicit["log.wandb"] is on

@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--wandb",
+        "--log.wandb",
         dest="log.wandb",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -401,9 +402,11 @@ def _drive(
     stop: _StopFlag,
     source: Path | None,
     out: _Output,
+    after_restore: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Restores, trains until ``train.steps`` or a stop, and saves an emergency checkpoint
     when stopped; returns the summary's ``status`` (and ``emergency_checkpoint``).
+    ``after_restore`` runs between the two, when the trainer has its run's own name and id.
 
     Data-parallel: every process restores (or not) together; any failure of a step or a
     collective becomes a DistributedError (another process probably died).
@@ -415,6 +418,8 @@ def _drive(
             out.say(f"resumed from {source} at step {trainer.step_count}")
         elif distributed is not None and trainer.config.train.resume_from is not None:
             trainer.restore("latest")  # every process restores (or not) together
+        if after_restore is not None:
+            after_restore()
         trainer.run(should_stop=stop)
         # data-parallel: a signal to any process stops them all after the same step
         if stop.signum is not None or (distributed is not None and trainer.remaining_steps):
@@ -462,7 +467,8 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
     if writer:
         sinks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
     trainer = LoRATrainer(config, sinks=sinks, data_parallel=distributed is not None)
-    if config.log.wandb and writer:
+
+    def add_wandb_sink() -> None:  # after restoring: a resumed run logs to its own W&B run
         trainer.sinks.sinks.append(
             WandbSink(
                 config.log.wandb_project,
@@ -473,6 +479,7 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
                 config=config.to_dict(),
             )
         )
+
     data = trainer.train_data
     out.say(
         f"data examples={len(data.examples)} truncated={data.truncated} dropped={data.dropped} "
@@ -480,7 +487,8 @@ def _train(args: argparse.Namespace, out: _Output) -> int:
     )
     out.say(f"{trainer.memory.describe()} platform={trainer.platform}")
     summary: dict[str, Any] = {"run_dir": str(run_dir)}
-    summary.update(_drive(trainer, distributed, stop, source, out))
+    wandb = add_wandb_sink if config.log.wandb and writer else None
+    summary.update(_drive(trainer, distributed, stop, source, out, after_restore=wandb))
     summary["run_name"] = trainer.run_name  # a resumed run's own name, restored by _drive
     if summary["status"] == "completed" and writer:
         base = str(Path(config.model.dir or "").resolve())

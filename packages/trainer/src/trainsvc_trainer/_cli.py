@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument(
         "--wandb",
+        "--log.wandb",
         dest="log.wandb",
         action=argparse.BooleanOptionalAction,
         default=None,
