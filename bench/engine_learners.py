@@ -11,7 +11,8 @@ line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
 slower mean and fitness games against the random player), magenta `es-pop` (es-mix
 with twice the candidates on half the games each), red `es-step` (es-pop with the
 fitness sample growing as the step relative to the weights shrinks), light blue `es-plus` (the isotropic
-(mu/mu + lambda) strategy), green `ctdl`, orange `td`). Each run's final
+(mu/mu + lambda) strategy), green `ctdl`, orange `td`,
+brown `td-heur` (TD with its games against the heuristic)). Each run's final
 network also plays the random player (the table's last column).
 
     uv run --no-sync python bench/engine_learners.py --learners es,ctdl --seeds 0,1,2,3
@@ -86,6 +87,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "ctdl_match_pairs": 25,
     },
     "td": {"learner": "td"},
+    # TD with every training game against the League's WPC heuristic (with its
+    # 10% random moves) instead of self-play (docs/othello-engine.md).
+    "td-heur": {"learner": "td", "td_heuristic_games": 1.0},
 }
 COLOURS = {
     "es": (30, 80, 200),
@@ -95,6 +99,7 @@ COLOURS = {
     "es-step": (220, 20, 20),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
+    "td-heur": (150, 90, 20),
 }
 
 

@@ -114,6 +114,7 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         ("es_normalize", -1.0, "0.0 \\(off\\) or 0.001 to 1000.0"),
         ("es_fitness_step", 11.0, "0.0 \\(key on the step itself\\) or 0.0001 to 10.0"),
         ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
+        ("td_heuristic_games", 1.5, "0.0 \\(self-play only\\) to 1.0"),
     ],
 )
 def test_bad_learner_settings_raise_config_error_naming_the_field(

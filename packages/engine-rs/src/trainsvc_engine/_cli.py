@@ -36,6 +36,11 @@ _SPARK = "▁▂▃▄▅▆▇█"
 
 # Learner settings of `train`: engine field, type, help (the flag is --field-with-dashes).
 _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
+    (
+        "td_heuristic_games",
+        float,
+        "td, ctdl: fraction of TD games played against the WPC heuristic (0 = self-play only)",
+    ),
     ("es_parents", int, "es: parents kept per generation (mu)"),
     ("es_offspring", int, "es: offspring per generation (lambda)"),
     ("es_sigma", float, "es: standard deviation of the Gaussian mutation"),

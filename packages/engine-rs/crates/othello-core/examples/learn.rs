@@ -5,7 +5,7 @@
 //! `THREADS`, `SEED`, `PAIRS` (League pairs per milestone vs the heuristic),
 //! and the training fields `LR`, `LAMBDA`, `PHASES`, `SET`, `BATCH`, `OPT`,
 //! `DECAY`, `VISITS`, `EPS`, `EPS_END`, `EPS_DECAY`, `ADAM_EPS`, `BETA1`, `DEPTH`
-//! (the training search depth), `TARGET` (`target_depth`); `WARM`
+//! (the training search depth), `TARGET` (`target_depth`), `VS_H` (`td_heuristic_games`); `WARM`
 //! plays that many games online (batch 1, 1 thread) before the configuration.
 //! `EXACT=n` also plays the League match with the endgame solved from `n`
 //! empty squares on. `CALIBRATION=1` also prints, per phase, how the values
@@ -38,6 +38,7 @@ fn main() {
         threads: env("THREADS", 2),
         learning_rate: env("LR", d.learning_rate),
         lambda: env("LAMBDA", d.lambda),
+        td_heuristic_games: env("VS_H", d.td_heuristic_games),
         n_phases: env("PHASES", d.n_phases),
         pattern_set: env("SET", d.pattern_set.clone()),
         batch_games: env("BATCH", d.batch_games),

@@ -50,6 +50,11 @@ fn wpc(b: &Board) -> f32 {
     s
 }
 
+/// The WPC heuristic's move among `moves` (greedy at 1 ply).
+pub(crate) fn heuristic_move(b: &Board, moves: u64) -> u32 {
+    greedy(b, moves, wpc)
+}
+
 fn greedy(b: &Board, moves: u64, score_for_opponent: impl Fn(&Board) -> f32) -> u32 {
     let mut best = (f32::INFINITY, moves.trailing_zeros());
     let mut m = moves;

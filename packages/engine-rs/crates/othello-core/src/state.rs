@@ -23,7 +23,8 @@ pub const TRAINER_KIND: &str = "othello";
 pub fn config_to_json(c: &TrainConfig) -> Value {
     json!({
         "seed": c.seed, "threads": c.threads, "batch_games": c.batch_games,
-        "search_depth": c.search_depth, "target_depth": c.target_depth, "epsilon_start": c.epsilon_start,
+        "search_depth": c.search_depth, "target_depth": c.target_depth,
+        "td_heuristic_games": c.td_heuristic_games, "epsilon_start": c.epsilon_start,
         "epsilon_end": c.epsilon_end, "epsilon_decay_games": c.epsilon_decay_games,
         "lambda": f64::from(c.lambda), "learning_rate": f64::from(c.learning_rate),
         "lr_decay_games": c.lr_decay_games, "lr_decay_visits": c.lr_decay_visits,
@@ -42,12 +43,13 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 40] = [
+pub const CONFIG_FIELDS: [&str; 41] = [
     "seed",
     "threads",
     "batch_games",
     "search_depth",
     "target_depth",
+    "td_heuristic_games",
     "epsilon_start",
     "epsilon_end",
     "epsilon_decay_games",
@@ -110,6 +112,7 @@ pub fn config_update(
             "batch_games" => c.batch_games = uint()? as usize,
             "search_depth" => c.search_depth = u32::try_from(uint()?).unwrap_or(u32::MAX),
             "target_depth" => c.target_depth = u32::try_from(uint()?).unwrap_or(u32::MAX),
+            "td_heuristic_games" => c.td_heuristic_games = float()?,
             "epsilon_start" => c.epsilon_start = float()?,
             "epsilon_end" => c.epsilon_end = float()?,
             "epsilon_decay_games" => c.epsilon_decay_games = uint()?,

@@ -671,6 +671,39 @@ mod tests {
     }
 
     #[test]
+    fn games_against_the_heuristic_are_learnt_from_and_reproducible() {
+        // The learner explores every move: TD(lambda) cuts the trace at each
+        // of them, so self-play learns nothing (above); in games against the
+        // heuristic, the heuristic's own moves (90% of its turns) are learnt from.
+        let explore = |vs| TrainConfig {
+            epsilon_start: 1.0,
+            epsilon_end: 1.0,
+            target_depth: 1,
+            td_heuristic_games: vs,
+            ..small(1)
+        };
+        let learnt = trained(explore(1.0), 64);
+        let moved = learnt.weights.w.iter().filter(|&&v| v != 0.0).count();
+        assert!(moved > 100, "{moved} weights moved");
+        // Half the games: fewer positions learnt from than in every game.
+        let half = trained(explore(0.5), 64);
+        let half_moved = half.weights.w.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            half_moved > 0 && half_moved < moved,
+            "{half_moved} vs {moved}"
+        );
+        // With the default rule: the same on any thread count, and not self-play.
+        let vs = |threads| TrainConfig {
+            td_heuristic_games: 0.5,
+            ..small(threads)
+        };
+        let (one, two) = (trained(vs(1), 96), trained(vs(2), 96));
+        assert_eq!(one.weights.w, two.weights.w);
+        assert_eq!(one.stats, two.stats);
+        assert_ne!(one.weights.w, trained(small(1), 96).weights.w);
+    }
+
+    #[test]
     fn visit_decay_counts_updates_per_weight_and_slows_common_weights() {
         let stop = AtomicBool::new(false);
         let mut t = trained(

@@ -162,6 +162,13 @@ pub struct TrainConfig {
     /// own 2-ply minimax value under the current weights (see
     /// docs/othello-engine.md: every seed measured scores higher in the League).
     pub target_depth: u32,
+    /// The fraction of TD training games (0 to 1; `td`, and `ctdl`'s TD
+    /// games) in which one side is the League's WPC heuristic (1-ply, with
+    /// the League's 10% random moves) instead of the learner: black in even
+    /// games, white in odd ones. Every position of those games is learnt
+    /// from, as in self-play. Self-play alone stops at 0.78-0.85 against the
+    /// heuristic (docs/othello-engine.md).
+    pub td_heuristic_games: f64,
     /// Exploration rate at game 0.
     pub epsilon_start: f64,
     /// Exploration rate after `epsilon_decay_games` games (linear in between).
@@ -312,6 +319,7 @@ impl Default for TrainConfig {
             es_fitness_pairs: 100,
             es_fitness_pairs_max: 0,
             es_fitness_step: 0.0,
+            td_heuristic_games: 0.0,
             es_fitness_margin: 0.0,
             es_random_pairs: 0,
             es_mean_rate: 1.0,
@@ -353,6 +361,13 @@ impl TrainConfig {
             1,
             2,
             "1 (TD(lambda) along the game) or 2 (2-ply minimax targets)",
+        )?;
+        check(
+            "td_heuristic_games",
+            self.td_heuristic_games,
+            0.0,
+            1.0,
+            "0.0 (self-play only) to 1.0 (every game against the heuristic)",
         )?;
         check("epsilon_start", self.epsilon_start, 0.0, 1.0, "0.0 to 1.0")?;
         check("epsilon_end", self.epsilon_end, 0.0, 1.0, "0.0 to 1.0")?;

@@ -462,6 +462,10 @@ mod tests {
             "es_fitness_step: got 20; allowed: 0.0 (key on the step itself) or 0.0001 to 10.0"
         );
         assert_eq!(
+            err(serde_json::json!({"td_heuristic_games": 1.5})),
+            "td_heuristic_games: got 1.5; allowed: 0.0 (self-play only) to 1.0 (every game against the heuristic)"
+        );
+        assert_eq!(
             err(serde_json::json!({"es_normalize": -1.0})),
             "es_normalize: got -1; allowed: 0.0 (off) or 0.001 to 1000.0"
         );

@@ -1,5 +1,6 @@
-//! One self-play game, compiled for each CPU variant, and the gradient scales
-//! of its positions under either training rule.
+//! One training game (self-play, or against the League heuristic), compiled
+//! for each CPU variant, and the gradient scales of its positions under
+//! either training rule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,7 +11,12 @@ use crate::pattern::MAX_INSTANCES;
 use crate::rng::Rng;
 use crate::search::{search_until, Limits, TranspositionTable};
 
+use super::evolve::RANKING_RANDOM_RATE;
 use super::{Optimizer, TrainConfig};
+use crate::league::heuristic_move;
+
+/// The stream salt of the draw that decides whether a game is against the heuristic.
+const HEURISTIC_SALT: u64 = 0x7464_5F68_6575_7269;
 
 /// One finished self-play game: what the learner needs. Records are recycled
 /// (the trainer keeps the ones it applied for the next batch), so a game
@@ -73,8 +79,18 @@ fn pick_move(
     None
 }
 
+/// The heuristic's move in a game against it, and whether it was random
+/// (the League's rate of random moves).
+fn heuristic_turn(b: &Board, moves: u64, rng: &mut Rng) -> (u32, bool) {
+    if rng.next_f64() < RANKING_RANDOM_RATE {
+        (rng.pick_bit(moves), true)
+    } else {
+        (heuristic_move(b, moves), false)
+    }
+}
+
 crate::multiversion! {
-    /// Plays self-play game `game` and returns what the learner needs (`None`
+    /// Plays training game `game` and returns what the learner needs (`None`
     /// when `stop` was raised), compiled for the CPU variant.
     #[allow(dead_code)]
     pub(super) fn play_game / play_game_on (
@@ -101,6 +117,10 @@ fn play_game_k<K: Kernels>(
     }
     let mut rng = Rng::new(cfg.seed, game);
     let eps = cfg.epsilon(game);
+    // Games against the heuristic: it plays black in even games, white in odd.
+    let heuristic_black = (cfg.td_heuristic_games > 0.0
+        && Rng::new(cfg.seed ^ HEURISTIC_SALT, game).next_f64() < cfg.td_heuristic_games)
+        .then_some(game % 2 == 0);
     let n_feat = w.set.n_instances() + 1;
     rec.features.clear();
     rec.values.clear();
@@ -155,13 +175,16 @@ fn play_game_k<K: Kernels>(
         let tt = tt.as_deref_mut();
         // No closure for the greedy move: closures are not inlined into the
         // variant's code reliably, and this one is the game's hot path.
-        let (sq, random) = match pick_move(&b, moves, w, &mut rng, eps, cfg.search_depth, tt, stop)
-        {
-            Some(chosen) => chosen,
-            None => match greedy {
-                Some(g) => (g, false),
-                None => (w.greedy_child_k::<K>(&b, moves, &theirs).0, false),
-            },
+        let (sq, random) = if heuristic_black == Some(black_to_move) {
+            heuristic_turn(&b, moves, &mut rng)
+        } else {
+            match pick_move(&b, moves, w, &mut rng, eps, cfg.search_depth, tt, stop) {
+                Some(chosen) => chosen,
+                None => match greedy {
+                    Some(g) => (g, false),
+                    None => (w.greedy_child_k::<K>(&b, moves, &theirs).0, false),
+                },
+            }
         };
         explored.push(random);
         let flips = K::flips(b.player, b.opponent, sq);
