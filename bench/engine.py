@@ -14,7 +14,8 @@ Rows (median of ``--reps`` runs, default 3, unless noted):
   src/Egaroucid_for_Console.cpp -march=native -pthread -std=c++20``): its
   ``-perft D 1`` at depths 11 and 12, runs interleaved with ours, and the ratio
   (its own timer, which covers the perft alone);
-- games/s of the evolving learners (``learner="es"`` and ``"ctdl"``) on 1 and
+- games/s of the evolving learners (``learner="es"`` and ``"ctdl"``) and of TD
+  against the heuristic (``td_heuristic_games=1``) on 1 and
   2 threads;
 - self-play training games/s at 1-ply, default configuration (moves played
   greedily, each position learning towards its own 2-ply value), on 1 and 2
@@ -268,6 +269,8 @@ def main() -> int:
             {"learner": "ctdl", "ctdl_population": 4, "ctdl_td_games": 4096,
              "ctdl_match_pairs": 25},
         ),
+        # TD with every game against the WPC heuristic (bench/engine_learners.py's td-heur).
+        "td-heur": (20_000, {"learner": "td", "td_heuristic_games": 1.0}),
     }  # fmt: skip
     lruns: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for _ in range(max(args.reps, 3)):

@@ -2,8 +2,8 @@
 //! prints its League score against the WPC heuristic at fixed training times
 //! (the evaluation's own time is not counted), one CSV line per point:
 //! `learner,seed,train_s,games,generation,score,ci95,best_fitness,sigma,rms_mean`
-//! (the last two for `sep-cma`), then a `#` line with the final network's
-//! score against the random player (same protocol).
+//! (the last two for `sep-cma`), then with `AVG` one score per rate (below), then a
+//! `#` line with the final network's score against the random player (same protocol).
 //!
 //! Settings from the environment: `LEARNER`, `SEED`, `THREADS`, `SECONDS`
 //! (training budget; with `CPU=1` in CPU seconds), `EVERY` (seconds between evaluations), `PAIRS` (League
@@ -13,7 +13,9 @@
 //! budget and the printed seconds then count from the resumption), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
 //! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
-//! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`.
+//! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`; `AVG=a,b,...`
+//! (`sep-cma`) also scores, at each point, exponential moving averages of the
+//! search mean scaled to unit rms, one per rate `a` per generation (iterate averaging).
 //!
 //! `cargo run --release --example evolve`
 
@@ -92,12 +94,30 @@ fn main() {
         }
         Err(_) => Trainer::new(cfg.clone()).expect("valid configuration"),
     };
+    // AVG=a,b,...: also score exponential moving averages (rate a per
+    // generation) of the sep-CMA mean scaled to unit rms.
+    let rates: Vec<f64> = std::env::var("AVG").map_or(Vec::new(), |v| {
+        v.split(',').map(|x| x.parse().expect("bad AVG")).collect()
+    });
+    let mut averages: Vec<Vec<f64>> = vec![Vec::new(); rates.len()];
     let stop = AtomicBool::new(false);
     let (mut trained, mut next_eval) = (0.0, every);
     loop {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let next = t.stats.games + if learner == Learner::Td { 2048 } else { 1 };
         t.train(next, &stop, |_| {});
+        if let Some(cma) = t.population.cma.as_ref() {
+            let rms = cma.mean_rms().max(1e-300);
+            for (avg, a) in averages.iter_mut().zip(&rates) {
+                if avg.is_empty() {
+                    avg.extend(cma.mean.iter().map(|m| m / rms));
+                } else {
+                    for (x, m) in avg.iter_mut().zip(&cma.mean) {
+                        *x = (1.0 - a) * *x + a * m / rms;
+                    }
+                }
+            }
+        }
         trained += match (c0, cpu_seconds()) {
             (Some(a), Some(b)) if cpu_budget => b - a,
             _ => t0.elapsed().as_secs_f64(),
@@ -122,8 +142,23 @@ fn main() {
                 .cma
                 .as_ref()
                 .map_or((f64::NAN, f64::NAN), |c| (c.sigma, c.mean_rms()));
+            let live: Vec<usize> = (0..t.weights.w.len())
+                .filter(|&i| t.weights.w[i] != 0.0)
+                .collect();
+            let avg_scores: Vec<String> = averages
+                .iter()
+                .filter(|avg| avg.len() == live.len())
+                .map(|avg| {
+                    let mut w = t.weights.clone();
+                    for (&i, &v) in live.iter().zip(avg) {
+                        w.w[i] = v as f32;
+                    }
+                    let r = league_match(&Player::greedy(&w), &Player::Heuristic, pairs, 0.1, 7);
+                    format!(",{:.4}", r.score)
+                })
+                .collect();
             println!(
-                "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}{}",
                 learner,
                 cfg.seed,
                 trained,
@@ -133,7 +168,8 @@ fn main() {
                 r.ci95,
                 best,
                 sigma,
-                rms
+                rms,
+                avg_scores.concat()
             );
         }
         if trained >= seconds {
