@@ -106,3 +106,30 @@ def test_held_ray_objects_are_freed_by_release_or_only_after_the_shutdown() -> N
     leaver.join(10)
     thread.join(10)
     assert freed == ["first", "late"]  # ...but once Ray is down
+
+
+class _Owner:
+    """Stands for a worker's handle (identity-hashed, as `_RayHandle` is)."""
+
+
+def test_an_unreleased_owner_never_lets_a_new_owners_hold_free_its_objects() -> None:
+    calls = _ClusterCalls()
+    freed: list[str] = []
+    obj = _RayObject()
+    weakref.finalize(obj, freed.append, "old")
+    owner = _Owner()
+    calls.hold(owner, obj)
+    old_id = id(owner)
+    del obj, owner  # dropped without release (a handle lost on an error path)
+    # New owners are made until one reuses the old one's address, as CPython does
+    # once that owner is gone; its objects must stay held until the shutdown.
+    owners = []
+    for _ in range(10_000):
+        owners.append(_Owner())
+        if id(owners[-1]) == old_id:
+            break
+        owners.pop()
+    calls.hold(owners[-1] if owners else _Owner(), _RayObject())
+    assert freed == []
+    calls.leave(timeout=1)
+    assert freed == ["old"]

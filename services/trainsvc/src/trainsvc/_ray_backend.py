@@ -250,7 +250,10 @@ class _ClusterCalls:
         self._cond = threading.Condition()
         self._inside = 0
         self._leaving = False
-        self._held: dict[int, tuple[Any, ...]] = {}
+        # Keyed by the owner itself (identity hash), which the entry keeps alive: an id()
+        # key could be reused by a new owner once an unreleased one was collected, and
+        # the new entry would then free the old objects outside any call.
+        self._held: dict[object, tuple[Any, ...]] = {}
 
     def join(self) -> None:
         """The service (again) belongs to a cluster: calls are let in."""
@@ -274,7 +277,7 @@ class _ClusterCalls:
     def hold(self, owner: object, *objects: Any) -> None:
         """Keep ``owner``'s Ray objects until `release` (call it inside `call`)."""
         with self._cond:
-            self._held[id(owner)] = objects
+            self._held[owner] = objects
 
     def release(self, owner: object) -> None:
         """Free ``owner``'s Ray objects now while Ray is up, else after the shutdown (the
@@ -282,7 +285,7 @@ class _ClusterCalls:
         with self.call() as allowed:
             if allowed:
                 with self._cond:
-                    objects = self._held.pop(id(owner), ())
+                    objects = self._held.pop(owner, ())
                 del objects  # freed here, inside the call
 
     def leave(self, timeout: float = LEAVE_S) -> None:
