@@ -12,7 +12,8 @@ slower mean and fitness games against the random player), magenta `es-pop` (es-m
 with twice the candidates on half the games each), red `es-step` (es-pop with the
 fitness sample growing as the step relative to the weights shrinks), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`,
-brown `td-heur` (TD with its games against the heuristic)). Each run's final
+brown `td-heur` (TD with its games against the heuristic), dark green
+`ctdl-heur` (ctdl so)). Each run's final
 network also plays the random player (the table's last column).
 
     uv run --no-sync python bench/engine_learners.py --learners es,ctdl --seeds 0,1,2,3
@@ -87,6 +88,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "ctdl_match_pairs": 25,
     },
     "td": {"learner": "td"},
+    # ctdl with its TD games against the heuristic, like td-heur.
+    "ctdl-heur": {
+        "learner": "ctdl",
+        "ctdl_population": 4,
+        "ctdl_td_games": 4096,
+        "ctdl_match_pairs": 25,
+        "td_heuristic_games": 1.0,
+    },
     # TD with every training game against the League's WPC heuristic (with its
     # 10% random moves) instead of self-play (docs/othello-engine.md).
     "td-heur": {"learner": "td", "td_heuristic_games": 1.0},
@@ -100,6 +109,7 @@ COLOURS = {
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
     "td-heur": (150, 90, 20),
+    "ctdl-heur": (20, 90, 40),
 }
 
 
