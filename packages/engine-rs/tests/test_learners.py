@@ -151,12 +151,13 @@ def test_cli_trains_each_learner_and_evaluates_against_a_fixed_engine(tmp_path: 
     proc = _cli(
         "train", "--dir", str(ctdl_dir), "--games", "600", "--learner", "ctdl",
         "--ctdl-population", "4", "--ctdl-td-games", "64", "--ctdl-match-pairs", "4",
-        *common,
+        "--td-heuristic-games", "0.5", *common,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     info = ckpt.load_with_info(te.CheckpointManager(ctdl_dir).list()[-1].path)[1]
     assert info.metadata["config"]["learner"] == "ctdl"
     assert info.metadata["config"]["ctdl_population"] == 4
+    assert info.metadata["config"]["td_heuristic_games"] == 0.5
     proc = _cli("evaluate", str(es_dir), "--pairs", "50", "--against", str(ctdl_dir), "--json")
     assert proc.returncode == 0, proc.stderr
     results = {r["opponent"]: r for r in json.loads(proc.stdout)["results"]}

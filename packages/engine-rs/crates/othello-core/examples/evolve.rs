@@ -25,6 +25,7 @@ use std::time::Instant;
 use othello_core::checkpoint;
 use othello_core::league::{league_match, Player};
 use othello_core::state::{trainer_from_checkpoint, trainer_to_checkpoint};
+use othello_core::train::evolve::live_entries;
 use othello_core::train::{Learner, TrainConfig, Trainer};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -142,12 +143,15 @@ fn main() {
                 .cma
                 .as_ref()
                 .map_or((f64::NAN, f64::NAN), |c| (c.sigma, c.mean_rms()));
+            // The searched entries, in the mean's order (as `sep_cma_generation` lays them out).
+            let live_in_phase = live_entries(&t.weights.set);
+            let plen = t.weights.set.phase_len;
             let live: Vec<usize> = (0..t.weights.w.len())
-                .filter(|&i| t.weights.w[i] != 0.0)
+                .filter(|i| live_in_phase[i % plen])
                 .collect();
             let avg_scores: Vec<String> = averages
                 .iter()
-                .filter(|avg| avg.len() == live.len())
+                .filter(|avg| !avg.is_empty())
                 .map(|avg| {
                     let mut w = t.weights.clone();
                     for (&i, &v) in live.iter().zip(avg) {

@@ -530,5 +530,18 @@ mod tests {
             config_from_checkpoint(config_to_json(&base).as_object().unwrap()).unwrap(),
             base
         );
+        // td_heuristic_games is saved and read back; one from before it plays self-play only.
+        let vs = TrainConfig {
+            td_heuristic_games: 0.5,
+            ..base
+        };
+        let mut saved = config_to_json(&vs);
+        assert_eq!(
+            config_from_checkpoint(saved.as_object().unwrap()).unwrap(),
+            vs
+        );
+        saved.as_object_mut().unwrap().remove("td_heuristic_games");
+        let cfg = config_from_checkpoint(saved.as_object().unwrap()).unwrap();
+        assert_eq!(cfg.td_heuristic_games, 0.0);
     }
 }
