@@ -57,10 +57,13 @@ class ConfigurationError(Exception):
 
 
 DEFAULT_WORKER_NICE = 5
-REGISTRY_WATCH_S = 1.0
-"""How often health checks that the registry can write."""
 """Run workers this much nicer than the service: when training saturates the CPUs, the
 service (control RPCs, health checks, frame fan-out) is scheduled first."""
+REGISTRY_WATCH_S = 1.0
+"""How often health checks that the registry can write."""
+STREAMS_END_TIMEOUT_S = 15.0
+"""At shutdown, how long following event streams get to send the runs' final events and
+return before the server's stop cancels them."""
 
 
 GIL_SWITCH_INTERVAL_S = 0.001
@@ -492,7 +495,8 @@ class TrainsvcServer:
             self.worker_backend.close()
         await asyncio.to_thread(self.control.stop)  # a standby may take over now
         if self._servicer is not None:
-            self._servicer.end_streams()  # the run's final events are sent first
+            # The runs' final events are sent first; then the streams return.
+            await self._servicer.end_streams(timeout=STREAMS_END_TIMEOUT_S)
         if self._server is not None:
             await self._server.stop(grace=2.0)
         if self._servicer is not None:

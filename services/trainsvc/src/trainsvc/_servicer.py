@@ -98,6 +98,8 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         self._control = ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="control")
         self.closing = False
         """Set by :meth:`end_streams` when the service shuts down: event streams then return."""
+        self._event_streams: set[asyncio.Future[None]] = set()
+        """One future per StreamEvents call in progress, done when it returns."""
         metrics.watch_frames(lambda: self.frames.frames_sent, lambda: hub.dropped)
 
     # -- plumbing -------------------------------------------------------------
@@ -246,14 +248,18 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
         except ServiceError as exc:
             await self._abort(context, exc)
 
-    def end_streams(self) -> None:
-        """Let following event streams end normally (the service is shutting down).
+    async def end_streams(self, timeout: float) -> None:
+        """Let following event streams end normally (the service is shutting down), and
+        wait up to `timeout` seconds for them to return.
 
         Without this, the server's stop cancels them mid-wait and gRPC logs each
-        cancellation as an unhandled error.
+        cancellation as an unhandled error. The wait matters on a loaded machine: a
+        stream's last read of the events can outlast the server's stop grace.
         """
         self.closing = True
         self.notifier.notify()
+        if self._event_streams:
+            await asyncio.wait(list(self._event_streams), timeout=timeout)
 
     def close(self) -> None:
         """Let the control threads go once their calls are done (the server has stopped)."""
@@ -278,7 +284,10 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
     async def _stream_events(
         self, run_id: str | None, sequence: int, follow: bool, context: Context
     ) -> None:
-        waiter = self.notifier.register(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        waiter = self.notifier.register(loop)
+        returned: asyncio.Future[None] = loop.create_future()
+        self._event_streams.add(returned)
         try:
             while not context.done():
                 events = await asyncio.to_thread(self.m.events, run_id, sequence, EVENT_BATCH)
@@ -300,3 +309,5 @@ class TrainServicer(pb_grpc.TrainServiceServicer):
                 await waiter.next(timeout=1.0)
         finally:
             self.notifier.unregister(waiter)
+            self._event_streams.discard(returned)
+            returned.set_result(None)
