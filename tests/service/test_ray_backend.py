@@ -106,16 +106,16 @@ def test_ray_backend_start_up_errors_name_the_flag(tmp_path: Path, address: str)
 
 SUITE = (
     "tests/service/test_e2e.py",
-    "tests/service/test_streams.py",
     "tests/service/test_restart_and_faults.py",
-    # Its frames-per-step ratio with ten stalled streams measures the service's fan-out
-    # (the same code on both backends) and, with the cluster's processes on the same 2
-    # CPUs, fell below its bound in 1 of 3 runs.
-    "--deselect=tests/service/test_streams.py::test_stalled_subscribers_do_not_slow_others",
+    # Worker priorities are those of local processes; on Ray the test only skips.
+    "--deselect=tests/service/test_e2e.py::test_workers_run_nicer_than_the_service",
 )
-"""The service tests run again on the Ray backend (pytest arguments): lifecycle,
-completion with a final checkpoint, listing, frame streams, SIGKILL/SIGTERM of the
-service and resuming, and a crash loop."""
+"""The service tests run again on the Ray backend (pytest arguments): lifecycle with a
+frame stream, completion with a final checkpoint, listing, SIGKILL/SIGTERM of the
+service and resuming, and a crash loop. `test_streams.py` is not among them: past the
+worker's link its frames go through the same fan-out on both backends, and
+`test_lifecycle` streams a Ray worker's frames (the suite is the cluster test's longest
+part on 2 CPUs)."""
 
 
 def test_worker_connections_probe_for_a_silent_partition() -> None:
@@ -226,18 +226,12 @@ def _continued_after(part: dict[str, Any], why: str, newest_before: int) -> int:
 @ON_CLUSTER
 @pytest.mark.timeout(CLUSTER_TIMEOUT_S)
 def test_lifecycle_suite_passes_on_the_ray_backend(cluster: dict[str, Any]) -> None:
-    """`SUITE` with every worker a Ray actor: all pass but the tests of local processes."""
+    """`SUITE` with every worker a Ray actor: every test passes."""
     suite = _part(cluster, "suite")
     cases = suite["cases"]
     failed = [c for c in cases if c["outcome"] == "failed"]
     assert not failed and suite["exit"] == 0, (failed, suite["output_tail"])
-    skipped = {c["test"]: c["detail"] for c in cases if c["outcome"] == "skipped"}
-    assert skipped == {
-        "test_e2e.py::test_workers_run_nicer_than_the_service": skipped.get(
-            "test_e2e.py::test_workers_run_nicer_than_the_service", "missing"
-        )
-    }, skipped
-    assert all("not processes of the service" in why for why in skipped.values()), skipped
+    assert not [c for c in cases if c["outcome"] == "skipped"], cases
     passed = {c["test"] for c in cases if c["outcome"] == "passed"}
     assert {
         "test_e2e.py::test_lifecycle",
@@ -247,7 +241,7 @@ def test_lifecycle_suite_passes_on_the_ray_backend(cluster: dict[str, Any]) -> N
         "test_restart_and_faults.py::test_sigterm_checkpoints_and_auto_resume_continues",
         "test_restart_and_faults.py::test_crash_loop_ends_failed",
     } <= passed, passed
-    assert len(passed) >= 9, passed
+    assert len(passed) >= 6, passed
 
 
 @ON_CLUSTER
