@@ -189,6 +189,21 @@ def test_jsonl_round_trip_and_layout(tmp_path: Path) -> None:
         tt.read_jsonl(tmp_path / "bad.jsonl")
 
 
+def _uv() -> list[str]:
+    """The command that runs uv: on PATH, else the module `make bootstrap` installs for the
+    system's python3 (CI's case: uv is not in the project's environment), else this one's."""
+    uv = shutil.which("uv")
+    if uv:
+        return [uv]
+    python3 = shutil.which("python3")
+    if (
+        python3
+        and subprocess.run([python3, "-m", "uv", "--version"], capture_output=True).returncode == 0
+    ):
+        return [python3, "-m", "uv"]
+    return [sys.executable, "-m", "uv"]
+
+
 @pytest.fixture(scope="session")
 def art_models() -> Any:
     """ART's own modules from openpipe-art 0.5.18 installed without dependencies (its models
@@ -197,10 +212,9 @@ def art_models() -> Any:
     if target is None:
         cache = Path.home() / ".cache" / "trainsvc" / f"openpipe-art-{ART_VERSION}"
         if not (cache / "art" / "utils" / "trajectory_migration.py").exists():
-            uv = shutil.which("uv")
             done = subprocess.run(
                 [
-                    *([uv] if uv else [sys.executable, "-m", "uv"]),
+                    *_uv(),
                     "pip",
                     "install",
                     "--python",
