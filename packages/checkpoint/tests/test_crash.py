@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,40 @@ child: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(child)
 
 
-def start(mode: str, directory: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), mode, str(directory)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line == "ready\n", (line, proc.stderr.read() if proc.stderr else "")
-    return proc
+def _default_sigint() -> None:
+    """In the child before it runs: SIGINT's default action, as from an interactive shell.
+
+    A pytest started in the background or as an xdist worker ignores SIGINT, and a child
+    inherits that; the manager then keeps ignoring it after the emergency save.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[str, Path], subprocess.Popen[str]]]:
+    """``start(mode, directory)``: a `crash_child.py` that said it is ready. One still
+    running at the end of the test (it timed out) is killed, not left training."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start_child(mode: str, directory: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), mode, str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_sigint,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "ready\n", (line, proc.stderr.read() if proc.stderr else "")
+        return proc
+
+    yield start_child
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def check_directory(directory: Path) -> int:
@@ -86,7 +110,9 @@ def test_sigkill_at_random_instants_never_leaves_a_torn_checkpoint(tmp_path: Pat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_leaves_an_emergency_checkpoint(tmp_path: Path, sig: signal.Signals) -> None:
+def test_signal_leaves_an_emergency_checkpoint(
+    start: Callable[[str, Path], subprocess.Popen[str]], tmp_path: Path, sig: signal.Signals
+) -> None:
     proc = start("train", tmp_path)
     time.sleep(0.05)
     proc.send_signal(sig)
@@ -104,7 +130,9 @@ def test_signal_leaves_an_emergency_checkpoint(tmp_path: Path, sig: signal.Signa
         child.check_state(ckpt.load(c.path), c.step)
 
 
-def test_pending_async_save_finishes_at_exit(tmp_path: Path) -> None:
+def test_pending_async_save_finishes_at_exit(
+    start: Callable[[str, Path], subprocess.Popen[str]], tmp_path: Path
+) -> None:
     proc = start("exit", tmp_path)
     proc.communicate(timeout=60)
     assert proc.returncode == 0
