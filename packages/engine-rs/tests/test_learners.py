@@ -68,13 +68,14 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
 
 
-@pytest.mark.parametrize("normalize", [0.0, 0.01])
+@pytest.mark.parametrize(("normalize", "elite_pairs"), [(0.0, 0), (0.01, 0), (0.0, 5)])
 def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
-    tmp_path: Path, normalize: float
+    tmp_path: Path, normalize: float, elite_pairs: int
 ) -> None:
     cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
     cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40, "es_fitness_margin": 1.0}
     cma |= {"es_random_pairs": 2, "es_mean_rate": 0.5, "es_normalize": normalize}
+    cma |= {"es_elite_pairs": elite_pairs, "es_elite_every": 1}
     gen = 6 * 2 * (10 + 2)  # the first generations play the smallest sample
     straight = te.TrainingManager(tmp_path / "a", **cma)
     straight.start(gen * 4, checkpoint_interval=0)
@@ -86,6 +87,12 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
     tree, info = ckpt.load_with_info(te.CheckpointManager(tmp_path / "b").list()[-1].path)
     assert info.metadata["config"]["es_strategy"] == "sep-cma"
     assert tree["population"]["cma"]["mean"].dtype == "float64"
+    if elite_pairs:
+        # The elite is saved with the run, and it is the network the run hands over.
+        elite = tree["population"]["elite"]["weights"]
+        assert (elite == tree["weights"].reshape(-1)).all()
+    else:
+        assert "elite" not in tree["population"]
     again = te.TrainingManager(tmp_path / "b", **cma)
     again.start(gen * 4, checkpoint_interval=0, resume=True)
     result = again.wait(timeout=300)
@@ -115,6 +122,8 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         ("es_fitness_step", 11.0, "0.0 \\(key on the step itself\\) or 0.0001 to 10.0"),
         ("es_fitness_pairs_max", 5, "0 \\(a fixed sample\\) or es_fitness_pairs \\(100\\)"),
         ("td_heuristic_games", 1.5, "0.0 \\(self-play only\\) to 1.0"),
+        ("es_elite_pairs", 10**6, "0 \\(off\\) to 100000"),
+        ("es_elite_every", 0, "1 to 1000000"),
     ],
 )
 def test_bad_learner_settings_raise_config_error_naming_the_field(

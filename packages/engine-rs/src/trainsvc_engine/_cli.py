@@ -67,6 +67,12 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         "es: pairs of games against the random player per fitness evaluation (0 = none)",
     ),
     (
+        "es_elite_pairs",
+        int,
+        "es: hand over the best network met, compared on this many fresh pairs (0 = off)",
+    ),
+    ("es_elite_every", int, "es: generations between elite comparisons"),
+    (
         "es_mean_rate",
         float,
         "es sep-cma: the mean moves this fraction of the way to the recombined candidates",

@@ -12,10 +12,12 @@
 //! (continue from such a checkpoint with the settings given here; the
 //! budget and the printed seconds then count from the resumption), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
-//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `POP`, `TD_GAMES`,
+//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`; `AVG=a,b,...`
 //! (`sep-cma`) also scores, at each point, exponential moving averages of the
 //! search mean scaled to unit rms, one per rate `a` per generation (iterate averaging).
+//! With `ELITE_PAIRS` the weights scored are the elite, and a last column
+//! `mean S` scores the search mean at the same point.
 //!
 //! `cargo run --release --example evolve`
 
@@ -67,6 +69,8 @@ fn main() {
         es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
         es_normalize: env("NORMALIZE", d.es_normalize),
         es_random_pairs: env("RANDOM_PAIRS", d.es_random_pairs),
+        es_elite_pairs: env("ELITE_PAIRS", d.es_elite_pairs),
+        es_elite_every: env("ELITE_EVERY", d.es_elite_every),
         ctdl_population: env("POP", d.ctdl_population),
         ctdl_td_games: env("TD_GAMES", d.ctdl_td_games),
         ctdl_match_pairs: env("MATCH_PAIRS", d.ctdl_match_pairs),
@@ -161,8 +165,20 @@ fn main() {
                     format!(",{:.4}", r.score)
                 })
                 .collect();
+            // With an elite, the weights are the elite: score the search mean as well.
+            let mean_score = match (&t.population.elite, &t.population.cma) {
+                (Some(_), Some(cma)) => {
+                    let mut w = t.weights.clone();
+                    for (&i, &v) in live.iter().zip(&cma.mean) {
+                        w.w[i] = v as f32;
+                    }
+                    let r = league_match(&Player::greedy(&w), &Player::Heuristic, pairs, 0.1, 7);
+                    format!(",mean {:.4}", r.score)
+                }
+                _ => String::new(),
+            };
             println!(
-                "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}{}",
+                "{},{},{:.1},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}{}{}",
                 learner,
                 cfg.seed,
                 trained,
@@ -173,7 +189,8 @@ fn main() {
                 best,
                 sigma,
                 rms,
-                avg_scores.concat()
+                avg_scores.concat(),
+                mean_score
             );
         }
         if trained >= seconds {

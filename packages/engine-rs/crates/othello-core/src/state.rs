@@ -13,6 +13,7 @@ use crate::error::EngineError;
 use crate::eval::Weights;
 use crate::pattern::PatternSet;
 use crate::train::cma::SepCma;
+use crate::train::evolve::Elite;
 use crate::train::{TrainConfig, Trainer};
 
 /// The `trainer` value in engine checkpoint metadata.
@@ -21,7 +22,7 @@ pub const TRAINER_KIND: &str = "othello";
 /// The configuration as a JSON object.
 #[must_use]
 pub fn config_to_json(c: &TrainConfig) -> Value {
-    json!({
+    let mut obj = json!({
         "seed": c.seed, "threads": c.threads, "batch_games": c.batch_games,
         "search_depth": c.search_depth, "target_depth": c.target_depth,
         "td_heuristic_games": c.td_heuristic_games, "epsilon_start": c.epsilon_start,
@@ -34,16 +35,23 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
         "memory_budget_mb": c.memory_budget_mb, "error_window": c.error_window,
         "max_error_rate": c.max_error_rate, "inject_panic_every": c.inject_panic_every,
         "inject_nan_at_game": c.inject_nan_at_game,
-        "learner": c.learner.name(), "es_parents": c.es_parents, "es_offspring": c.es_offspring,
-        "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
-        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_random_pairs": c.es_random_pairs, "es_strategy": c.es_strategy.name(),
+        "learner": c.learner.name(),
         "ctdl_population": c.ctdl_population, "ctdl_td_games": c.ctdl_td_games,
         "ctdl_match_pairs": c.ctdl_match_pairs,
-    })
+    });
+    let es = json!({
+        "es_parents": c.es_parents, "es_offspring": c.es_offspring,
+        "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
+        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_random_pairs": c.es_random_pairs, "es_elite_pairs": c.es_elite_pairs, "es_elite_every": c.es_elite_every, "es_strategy": c.es_strategy.name(),
+    });
+    if let (Value::Object(all), Value::Object(es)) = (&mut obj, es) {
+        all.extend(es);
+    }
+    obj
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 41] = [
+pub const CONFIG_FIELDS: [&str; 43] = [
     "seed",
     "threads",
     "batch_games",
@@ -81,6 +89,8 @@ pub const CONFIG_FIELDS: [&str; 41] = [
     "es_mean_rate",
     "es_normalize",
     "es_random_pairs",
+    "es_elite_pairs",
+    "es_elite_every",
     "es_strategy",
     "ctdl_population",
     "ctdl_td_games",
@@ -163,6 +173,8 @@ pub fn config_update(
             "es_mean_rate" => c.es_mean_rate = float()?,
             "es_normalize" => c.es_normalize = float()?,
             "es_random_pairs" => c.es_random_pairs = uint()?,
+            "es_elite_pairs" => c.es_elite_pairs = uint()?,
+            "es_elite_every" => c.es_elite_every = uint()?,
             "es_strategy" => {
                 c.es_strategy = v
                     .as_str()
@@ -266,8 +278,18 @@ fn population_node(t: &Trainer) -> Option<Node> {
         ("generation", Node::Int(t.population.generation as i64)),
     ]))
     .map(|mut node| {
-        if let (Node::Dict(items), Some(cma)) = (&mut node, &t.population.cma) {
-            items.insert("cma".into(), cma_node(cma));
+        if let Node::Dict(items) = &mut node {
+            if let Some(cma) = &t.population.cma {
+                items.insert("cma".into(), cma_node(cma));
+            }
+            if let Some(elite) = &t.population.elite {
+                let w = Tensor::f32(vec![elite.weights.len()], &elite.weights);
+                let elite = Node::dict([
+                    ("weights", Node::Tensor(w)),
+                    ("points", Node::Float(elite.points)),
+                ]);
+                items.insert("elite".into(), elite);
+            }
         }
         node
     })
@@ -338,7 +360,35 @@ fn population_from(d: &Decoded, t: &mut Trainer) -> Result<(), EngineError> {
         Ok(node) => Some(cma_from(node)?),
         Err(_) => None,
     };
+    t.population.elite = match pop.get("elite") {
+        Ok(node) => Some(elite_from(node, n)?),
+        Err(_) => None,
+    };
     Ok(())
+}
+
+/// Restores the `population/elite` node: the elite's weights (F32, as many
+/// as the trainer's) and its points in the last comparison.
+fn elite_from(node: &Node, n: usize) -> Result<Elite, EngineError> {
+    let weights = node
+        .get("weights")?
+        .as_tensor("population/elite/weights")?
+        .as_f32("population/elite/weights")?;
+    if weights.len() != n {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "population/elite/weights: expected {n} values, found {}",
+            weights.len()
+        )));
+    }
+    let Node::Float(points) = node.get("points")? else {
+        return Err(EngineError::CorruptCheckpoint(
+            "population/elite/points: expected a float".into(),
+        ));
+    };
+    Ok(Elite {
+        weights,
+        points: *points,
+    })
 }
 
 /// Metadata describing weights trained under `config`.

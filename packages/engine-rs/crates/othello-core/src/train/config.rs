@@ -249,6 +249,18 @@ pub struct TrainConfig {
     /// games (0 = the heuristic only), so that the player cannot win by
     /// learning only the heuristic's habits.
     pub es_random_pairs: u64,
+    /// `es`: keep the best network met so far (the *elite*) as the trainer's
+    /// weights (0 = off: the weights are the search point). Every
+    /// `es_elite_every` generations the search point (`sep-cma`'s mean,
+    /// `plus`'s best parent or parents' mean) and the elite both play this
+    /// many fresh pairs of League games against the WPC heuristic, on the same
+    /// streams; the search point takes the elite's place when it scores more
+    /// points. The search itself goes on from its own point: the elite only
+    /// keeps its wander (a search mean moves around its optimum from one
+    /// generation to the next) out of what the run hands over.
+    pub es_elite_pairs: u64,
+    /// `es`: generations between elite comparisons (see `es_elite_pairs`).
+    pub es_elite_every: u64,
     /// `es`: weight of the disc margin in the fitness: a candidate's fitness
     /// is its League points per game plus this times its mean disc
     /// difference / 64 (0 = points only, the League's own measure; the
@@ -322,6 +334,8 @@ impl Default for TrainConfig {
             es_fitness_step: 0.0,
             es_fitness_margin: 0.0,
             es_random_pairs: 0,
+            es_elite_pairs: 0,
+            es_elite_every: 10,
             es_mean_rate: 1.0,
             es_normalize: 0.0,
             es_strategy: EsStrategy::Plus,
@@ -462,6 +476,20 @@ impl TrainConfig {
             0,
             100_000,
             "0 (the heuristic only) to 100000",
+        )?;
+        check(
+            "es_elite_pairs",
+            self.es_elite_pairs,
+            0,
+            100_000,
+            "0 (off) to 100000",
+        )?;
+        check(
+            "es_elite_every",
+            self.es_elite_every,
+            1,
+            1_000_000,
+            "1 to 1000000",
         )?;
         check("es_mean_rate", self.es_mean_rate, 0.01, 1.0, "0.01 to 1.0")?;
         if self.es_normalize != 0.0 {

@@ -23,7 +23,8 @@
 use super::cma::SepCma;
 use super::config::EsStrategy;
 use super::evolve::{
-    as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking, Job, Side,
+    as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking, Elite, Job,
+    Side,
 };
 use super::Trainer;
 use crate::eval::Weights;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 /// Stream salts, so that mutation and fitness draws never share a stream.
 const MUTATION_SALT: u64 = 0x6573_5F6D_7574_6174;
 const FITNESS_SALT: u64 = 0x6573_5F66_6974_6E73;
+pub(super) const ELITE_SALT: u64 = 0x6573_5F65_6C69_7465;
 
 /// The mean of equally long vectors.
 fn mean(vectors: &[Vec<f32>]) -> Vec<f32> {
@@ -76,27 +78,45 @@ impl Trainer {
     /// points (wins plus half the draws) and disc difference summed over all
     /// its games.
     fn score_candidates(&mut self, cands: &[Weights], pairs: u64, g: u64) -> Vec<(f64, i64)> {
+        let random_games = 2 * self.config.es_random_pairs;
         let opponents = [
-            (Side::Heuristic, 2 * pairs, 0),
-            (Side::Random, 2 * self.config.es_random_pairs, 1 << 63),
+            (Side::Heuristic, 2 * pairs, g.wrapping_mul(2 * pairs)),
+            (
+                Side::Random,
+                random_games,
+                (1 << 63) | g.wrapping_mul(random_games),
+            ),
         ];
+        self.play_candidates(cands, &opponents, self.config.seed ^ FITNESS_SALT)
+    }
+
+    /// Plays each candidate `games` games against each `(opponent, games,
+    /// first stream)`, game `j` on stream `first + j` for every candidate
+    /// (black in even games); counts the games and returns each candidate's
+    /// points and summed disc difference.
+    pub(super) fn play_candidates(
+        &mut self,
+        cands: &[Weights],
+        opponents: &[(Side, u64, u64)],
+        seed: u64,
+    ) -> Vec<(f64, i64)> {
         let jobs: Vec<Job> = (0..cands.len())
             .flat_map(|ci| {
-                opponents.into_iter().flat_map(move |(opp, games, tag)| {
+                opponents.iter().flat_map(move |&(opp, games, first)| {
                     (0..games).map(move |j| {
                         let me = Side::Candidate(ci);
                         let (black, white) = if j % 2 == 0 { (me, opp) } else { (opp, me) };
                         Job {
                             black,
                             white,
-                            stream: tag | (g.wrapping_mul(games) + j),
+                            stream: first.wrapping_add(j),
                         }
                     })
                 })
             })
             .collect();
         let pool = self.pool.as_ref().expect("pool built in apply_config");
-        let diffs = play_jobs(pool, cands, &jobs, self.config.seed ^ FITNESS_SALT);
+        let diffs = play_jobs(pool, cands, &jobs, seed);
         let mut score = vec![(0.0, 0i64); cands.len()];
         for (job, &d) in jobs.iter().zip(&diffs) {
             let (ci, mine) = match (job.black, job.white) {
@@ -116,6 +136,40 @@ impl Trainer {
         match self.config.es_strategy {
             EsStrategy::Plus => self.plus_generation(),
             EsStrategy::SepCma => self.sep_cma_generation(),
+        }
+        self.keep_elite();
+    }
+
+    /// With `es_elite_pairs`: every `es_elite_every` generations the search
+    /// point (the weights the generation left) and the elite play the same
+    /// fresh `es_elite_pairs` pairs of League games against the heuristic
+    /// (comparison `e` on streams `(e, j)`), and the better one by points
+    /// (the elite on a tie) stays the elite. The elite, once there is one,
+    /// becomes the trainer's weights.
+    fn keep_elite(&mut self) {
+        let (pairs, every) = (self.config.es_elite_pairs, self.config.es_elite_every);
+        if pairs == 0 {
+            return;
+        }
+        let g = self.population.generation;
+        if g % every == 0 {
+            let mut cands = vec![self.weights.w.clone()];
+            cands.extend(self.population.elite.take().map(|e| e.weights));
+            let games = 2 * pairs;
+            let first = (g / every).wrapping_mul(games);
+            let weights = as_weights(&self.weights.set, self.weights.n_phases, cands);
+            let opponents = [(Side::Heuristic, games, first)];
+            let scores = self.play_candidates(&weights, &opponents, self.config.seed ^ ELITE_SALT);
+            let points: Vec<f64> = scores.iter().map(|s| s.0).collect();
+            let best = usize::from(points.len() == 2 && points[1] >= points[0]);
+            let mut cands = into_vectors(weights);
+            self.population.elite = Some(Elite {
+                weights: std::mem::take(&mut cands[best]),
+                points: points[best],
+            });
+        }
+        if let Some(elite) = &self.population.elite {
+            self.weights.w.clone_from(&elite.weights);
         }
     }
 

@@ -31,6 +31,20 @@ pub struct Population {
     /// The search distribution of `es_strategy = "sep-cma"` (its mean is the
     /// trainer's weights; `individuals` then holds only that).
     pub cma: Option<SepCma>,
+    /// The best network met so far under `es_elite_pairs` (then the
+    /// trainer's weights), with the generation it was last compared at.
+    pub elite: Option<Elite>,
+}
+
+/// The network `es` hands over with `es_elite_pairs`: the best search point
+/// met so far, by paired comparisons on fresh games.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Elite {
+    /// Its weights (all phases).
+    pub weights: Vec<f32>,
+    /// Its points in the last comparison (wins plus half the draws, out of
+    /// `2 * es_elite_pairs` games).
+    pub points: f64,
 }
 
 impl Population {
@@ -193,6 +207,15 @@ mod tests {
         }
     }
 
+    /// [`sep_cma`] keeping an elite, compared every second generation.
+    fn with_elite(threads: usize) -> TrainConfig {
+        TrainConfig {
+            es_elite_pairs: 5,
+            es_elite_every: 2,
+            ..sep_cma(threads)
+        }
+    }
+
     /// A trainer after `generations` generations (one `train` call per generation).
     fn evolved(config: TrainConfig, generations: u64) -> Trainer {
         let mut t = Trainer::new(config).unwrap();
@@ -318,6 +341,11 @@ mod tests {
                 es_fitness_step: 0.5,
                 ..sep_cma(2)
             },
+            with_elite(2),
+            TrainConfig {
+                es_elite_every: 1,
+                ..with_elite(1)
+            },
         ] {
             let learner = config.learner;
             let straight = evolved(config.clone(), 4);
@@ -328,6 +356,7 @@ mod tests {
             assert_eq!(resumed.config, first.config);
             assert_eq!(resumed.population.individuals, first.population.individuals);
             assert_eq!(resumed.population.cma, first.population.cma);
+            assert_eq!(resumed.population.elite, first.population.elite);
             let stop = AtomicBool::new(false);
             while resumed.population.generation < 4 {
                 resumed.train(resumed.stats.games + 1, &stop, |_| {});
@@ -339,7 +368,51 @@ mod tests {
             );
             assert_eq!(resumed.stats, straight.stats, "{learner}");
             assert_eq!(resumed.population.cma, straight.population.cma);
+            assert_eq!(resumed.population.elite, straight.population.elite);
         }
+    }
+
+    #[test]
+    fn the_elite_is_the_better_of_search_point_and_elite_on_the_same_fresh_games() {
+        let plain = evolved(sep_cma(1), 4);
+        // Generations 1 and 3 are as without an elite; 2 and 4 add a comparison.
+        let t = evolved(with_elite(1), 4);
+        assert_eq!(
+            t.population.cma, plain.population.cma,
+            "the search goes on alone"
+        );
+        assert_eq!(t.population.individuals[0], plain.weights.w);
+        // Generation 2: the point alone (10 games); generation 4: point and elite (20).
+        assert_eq!(t.stats.games, plain.stats.games + 10 + 20);
+        let elite = t
+            .population
+            .elite
+            .as_ref()
+            .expect("compared at generation 4");
+        assert_eq!(t.weights.w, elite.weights, "the elite is handed over");
+        // Generation 4's comparison, played again: the elite is the side with more points.
+        let after_two = evolved(with_elite(1), 2);
+        let first_elite = after_two.population.elite.clone().unwrap();
+        assert_eq!(first_elite.weights, evolved(sep_cma(1), 2).weights.w);
+        let mut shadow = evolved(with_elite(1), 3);
+        let cands = as_weights(
+            &shadow.weights.set,
+            1,
+            vec![plain.weights.w.clone(), first_elite.weights.clone()],
+        );
+        let first = 2 * 10; // comparison 2 of 10 games each
+        let scores = shadow.play_candidates(
+            &cands,
+            &[(Side::Heuristic, 10, first)],
+            shadow.config.seed ^ super::super::es::ELITE_SALT,
+        );
+        let winner = if scores[1].0 >= scores[0].0 {
+            &first_elite.weights
+        } else {
+            &plain.weights.w
+        };
+        assert_eq!(&elite.weights, winner);
+        assert_eq!(elite.points, scores[0].0.max(scores[1].0));
     }
 
     #[test]
@@ -464,6 +537,14 @@ mod tests {
         assert_eq!(
             err(serde_json::json!({"td_heuristic_games": 1.5})),
             "td_heuristic_games: got 1.5; allowed: 0.0 (self-play only) to 1.0 (every game against the heuristic)"
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_elite_pairs": 100_001})),
+            "es_elite_pairs: got 100001; allowed: 0 (off) to 100000"
+        );
+        assert_eq!(
+            err(serde_json::json!({"es_elite_every": 0})),
+            "es_elite_every: got 0; allowed: 1 to 1000000"
         );
         assert_eq!(
             err(serde_json::json!({"es_normalize": -1.0})),
