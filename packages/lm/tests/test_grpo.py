@@ -363,6 +363,24 @@ def test_recorded_chat_prompts_go_through_the_models_chat_template(
 # ---------------------------------------------------------------- learning from chance
 
 LEARN = {"log": {"eval_interval": 0, "sample_interval": 0, "frame_interval": 0}}
+EVAL_EVERY = 10
+"""Steps between held-out evaluations while learning from chance (each costs a few ms)."""
+
+
+def _assert_learns_from_chance(trainer: GRPOTrainer, target: float) -> None:
+    """Asserts that the held-out reward, under 0.2 at the start, reaches `target` at one of the
+    evaluations every `EVAL_EVERY` steps within the configured steps (training stops there:
+    the steps are a cap sized for slower seeds and machines, not the time it takes here)."""
+    start = trainer.evaluate()
+    assert start is not None and start < 0.2, start
+    rewards = []
+    for step in range(1, trainer.config.train.steps + 1):
+        trainer.step()
+        if step % EVAL_EVERY == 0 or step == trainer.config.train.steps:
+            rewards.append(trainer.evaluate() or 0.0)
+            if rewards[-1] >= target:
+                return
+    raise AssertionError(f"held-out reward stayed under {target}: {rewards}")
 
 
 def test_increment_learns_from_chance(tmp_path: Path) -> None:
@@ -374,11 +392,7 @@ def test_increment_learns_from_chance(tmp_path: Path) -> None:
             "log": {"checkpoint_dir": str(tmp_path), "save_interval": 0, **LEARN["log"]},
         }
     )
-    trainer = GRPOTrainer(cfg)
-    start = trainer.evaluate()
-    assert start is not None and start < 0.2
-    trainer.run()
-    assert (trainer.evaluate() or 0) >= 0.99
+    _assert_learns_from_chance(GRPOTrainer(cfg), target=0.99)
 
 
 def test_sort_learns_from_chance(tmp_path: Path) -> None:
@@ -403,8 +417,4 @@ def test_sort_learns_from_chance(tmp_path: Path) -> None:
             "log": {"checkpoint_dir": str(tmp_path), "save_interval": 0, **LEARN["log"]},
         }
     )
-    trainer = GRPOTrainer(cfg)
-    start = trainer.evaluate()
-    assert start is not None and start < 0.2
-    trainer.run()
-    assert (trainer.evaluate() or 0) >= 0.9
+    _assert_learns_from_chance(GRPOTrainer(cfg), target=0.9)
