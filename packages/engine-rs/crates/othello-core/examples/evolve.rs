@@ -153,28 +153,22 @@ fn main() {
             let live: Vec<usize> = (0..t.weights.w.len())
                 .filter(|i| live_in_phase[i % plen])
                 .collect();
+            // The League score of the weights with the searched entries set to `searched`.
+            let score_of = |searched: &[f64]| {
+                let mut w = t.weights.clone();
+                for (&i, &v) in live.iter().zip(searched) {
+                    w.w[i] = v as f32;
+                }
+                league_match(&Player::greedy(&w), &Player::Heuristic, pairs, 0.1, 7).score
+            };
             let avg_scores: Vec<String> = averages
                 .iter()
                 .filter(|avg| !avg.is_empty())
-                .map(|avg| {
-                    let mut w = t.weights.clone();
-                    for (&i, &v) in live.iter().zip(avg) {
-                        w.w[i] = v as f32;
-                    }
-                    let r = league_match(&Player::greedy(&w), &Player::Heuristic, pairs, 0.1, 7);
-                    format!(",{:.4}", r.score)
-                })
+                .map(|avg| format!(",{:.4}", score_of(avg)))
                 .collect();
             // With an elite, the weights are the elite: score the search mean as well.
             let mean_score = match (&t.population.elite, &t.population.cma) {
-                (Some(_), Some(cma)) => {
-                    let mut w = t.weights.clone();
-                    for (&i, &v) in live.iter().zip(&cma.mean) {
-                        w.w[i] = v as f32;
-                    }
-                    let r = league_match(&Player::greedy(&w), &Player::Heuristic, pairs, 0.1, 7);
-                    format!(",mean {:.4}", r.score)
-                }
+                (Some(_), Some(cma)) => format!(",mean {:.4}", score_of(&cma.mean)),
                 _ => String::new(),
             };
             println!(

@@ -184,9 +184,12 @@ impl Trainer {
         let set = &self.weights.set;
         let plen = set.phase_len;
         let live = live_entries(set);
-        let pairs = c.es_pairs_for(sigma, live_rms(&self.weights.w, &live));
         let mut cands = std::mem::take(&mut self.population.individuals);
         let centroid = c.es_recombine.then(|| mean(&cands));
+        // The sample is keyed on the search point (not the trainer's weights,
+        // which are the elite when there is one).
+        let point = centroid.as_ref().unwrap_or(&cands[0]);
+        let pairs = c.es_pairs_for(sigma, live_rms(point, &live));
         for k in 0..lambda {
             let mut child = centroid.clone().unwrap_or_else(|| cands[k % mu].clone());
             let mut rng = Rng::new(seed ^ MUTATION_SALT, (g << 16) | k as u64);

@@ -32,7 +32,7 @@ pub struct Population {
     /// trainer's weights; `individuals` then holds only that).
     pub cma: Option<SepCma>,
     /// The best network met so far under `es_elite_pairs` (then the
-    /// trainer's weights), with the generation it was last compared at.
+    /// trainer's weights).
     pub elite: Option<Elite>,
 }
 
@@ -374,6 +374,24 @@ mod tests {
 
     #[test]
     fn the_elite_is_the_better_of_search_point_and_elite_on_the_same_fresh_games() {
+        // plus: the parents (and the sample keyed on the search point) are as without an elite.
+        let plus = TrainConfig {
+            es_recombine: true,
+            es_fitness_pairs_max: 1000,
+            es_fitness_step: 10.0,
+            ..cfg(Learner::Es, 1)
+        };
+        let plus_elite = TrainConfig {
+            es_elite_pairs: 5,
+            es_elite_every: 1,
+            ..plus.clone()
+        };
+        let (alone, kept) = (evolved(plus, 4), evolved(plus_elite, 4));
+        assert_eq!(kept.population.individuals, alone.population.individuals);
+        assert_eq!(
+            kept.weights.w,
+            kept.population.elite.as_ref().unwrap().weights
+        );
         let plain = evolved(sep_cma(1), 4);
         // Generations 1 and 3 are as without an elite; 2 and 4 add a comparison.
         let t = evolved(with_elite(1), 4);
