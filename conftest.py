@@ -5,8 +5,9 @@ process it starts (service workers, launchers, data-parallel peers) inherit
 ``JAX_COMPILATION_CACHE_DIR``, so a program compiled once, for instance the tiny
 model's LoRA step that many language-model tests train, is loaded rather than
 compiled again by the next test or the next worker. The emergence trainer already
-caches its programs by default (``trainsvc_trainer.enable_compilation_cache``);
-this extends the same to the language-model paths. It is set at import, before
+caches its programs by default (``trainsvc_trainer.enable_compilation_cache``, which
+keeps this directory rather than the user's ``~/.cache/trainsvc/jax``); this extends
+the same to the language-model paths. It is set at import, before
 any test module imports JAX, and removed when the session ends. A value already
 in the environment is kept.
 """

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache: on by default, under the user's cache directory."""
+"""JAX's persistent compilation cache: on by default, in JAX's own directory or the user's cache."""
 
 from __future__ import annotations
 
@@ -30,17 +30,31 @@ def default_cache_dir() -> Path:
     return base / "trainsvc" / "jax"
 
 
-def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> Path:
-    """Turns on JAX's persistent compilation cache in ``directory`` (default :func:`default_cache_dir`).
+def configured_cache_dir() -> Path | None:
+    """The directory JAX's own setting names (``JAX_COMPILATION_CACHE_DIR``, or
+    ``jax.config.update("jax_compilation_cache_dir", ...)`` by the caller), if any."""
+    value = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
+    return Path(value).expanduser() if value else None
 
-    Every compiled program is cached, however quick its compile. JAX reads the
-    setting once per process, so the first directory enabled wins; later calls
-    with another directory change nothing and return the one in use.
+
+def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Turns on JAX's persistent compilation cache in ``directory``.
+
+    Without ``directory``, a directory JAX already has (:func:`configured_cache_dir`)
+    is kept, else :func:`default_cache_dir`: a process started with
+    ``JAX_COMPILATION_CACHE_DIR`` (a test session, a job that shares one cache)
+    does not also write to the user's cache. Every compiled program is cached,
+    however quick its compile. JAX reads the setting once per process, so the first
+    directory enabled wins; later calls with another directory change nothing and
+    return the one in use.
     """
     global _enabled
     if _enabled is not None:
         return _enabled
-    path = Path(directory).expanduser() if directory else default_cache_dir()
+    if directory:
+        path = Path(directory).expanduser()
+    else:
+        path = configured_cache_dir() or default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     update: Any = jax.config.update
     update("jax_compilation_cache_dir", str(path))
