@@ -10,7 +10,9 @@
 //! pairs per evaluation, 1,000 = the League protocol), `SET`, `PHASES`,
 //! `SAVE` (write the final weights as an engine checkpoint here), `RESUME`
 //! (continue from such a checkpoint with the settings given here; the
-//! budget and the printed seconds then count from the resumption), and the
+//! budget and the printed seconds then count from the resumption),
+//! `RESTART_RMS` (with `RESUME`: a new `sep-cma` search from the saved mean
+//! scaled to that root mean square), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
 //! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`; `AVG=a,b,...`
@@ -99,6 +101,25 @@ fn main() {
         }
         Err(_) => Trainer::new(cfg.clone()).expect("valid configuration"),
     };
+    // RESTART_RMS=r (with RESUME of a `sep-cma` run): a restart. The search
+    // mean, scaled to root mean square r (a 1-ply player's moves do not
+    // change with the scale), starts a new search with the step `SIGMA`.
+    if let Ok(v) = std::env::var("RESTART_RMS") {
+        let r: f64 = v.parse().expect("bad RESTART_RMS");
+        let cma = t
+            .population
+            .cma
+            .take()
+            .expect("RESTART_RMS needs a sep-cma checkpoint");
+        let scale = r / cma.mean_rms().max(1e-300);
+        let live_in_phase = live_entries(&t.weights.set);
+        let plen = t.weights.set.phase_len;
+        let live = (0..t.weights.w.len()).filter(|i| live_in_phase[i % plen]);
+        for (i, m) in live.zip(&cma.mean) {
+            t.weights.w[i] = (m * scale) as f32;
+        }
+        t.population.elite = None;
+    }
     // AVG=a,b,...: also score exponential moving averages (rate a per
     // generation) of the sep-CMA mean scaled to unit rms.
     let rates: Vec<f64> = std::env::var("AVG").map_or(Vec::new(), |v| {
