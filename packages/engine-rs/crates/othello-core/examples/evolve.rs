@@ -29,7 +29,7 @@ use std::time::Instant;
 use othello_core::checkpoint;
 use othello_core::league::{league_match, Player};
 use othello_core::state::{trainer_from_checkpoint, trainer_to_checkpoint};
-use othello_core::train::evolve::live_entries;
+use othello_core::train::evolve::searched_entries;
 use othello_core::train::{Learner, TrainConfig, Trainer};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -112,10 +112,7 @@ fn main() {
             .take()
             .expect("RESTART_RMS needs a sep-cma checkpoint");
         let scale = r / cma.mean_rms().max(1e-300);
-        let live_in_phase = live_entries(&t.weights.set);
-        let plen = t.weights.set.phase_len;
-        let live = (0..t.weights.w.len()).filter(|i| live_in_phase[i % plen]);
-        for (i, m) in live.zip(&cma.mean) {
+        for (i, m) in searched_entries(&t.weights).into_iter().zip(&cma.mean) {
             t.weights.w[i] = (m * scale) as f32;
         }
         t.population.elite = None;
@@ -168,12 +165,7 @@ fn main() {
                 .cma
                 .as_ref()
                 .map_or((f64::NAN, f64::NAN), |c| (c.sigma, c.mean_rms()));
-            // The searched entries, in the mean's order (as `sep_cma_generation` lays them out).
-            let live_in_phase = live_entries(&t.weights.set);
-            let plen = t.weights.set.phase_len;
-            let live: Vec<usize> = (0..t.weights.w.len())
-                .filter(|i| live_in_phase[i % plen])
-                .collect();
+            let live = searched_entries(&t.weights);
             // The League score of the weights with the searched entries set to `searched`.
             let score_of = |searched: &[f64]| {
                 let mut w = t.weights.clone();

@@ -23,8 +23,8 @@
 use super::cma::SepCma;
 use super::config::EsStrategy;
 use super::evolve::{
-    as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking, Elite, Job,
-    Side,
+    as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking,
+    searched_entries, Elite, Job, Side,
 };
 use super::Trainer;
 use crate::eval::Weights;
@@ -231,11 +231,7 @@ impl Trainer {
     /// sampled across it); the weights are its mean.
     fn sep_cma_generation(&mut self) {
         let set = Arc::clone(&self.weights.set);
-        let live = live_entries(&set);
-        let plen = set.phase_len;
-        let dims: Vec<usize> = (0..self.weights.w.len())
-            .filter(|i| live[i % plen])
-            .collect();
+        let dims = searched_entries(&self.weights);
         let c = &self.config;
         let cma = self.population.cma.get_or_insert_with(|| {
             let mean = dims.iter().map(|&i| f64::from(self.weights.w[i])).collect();

@@ -157,6 +157,16 @@ pub fn live_entries(set: &PatternSet) -> Vec<bool> {
         .collect()
 }
 
+/// The indices (all phases) of the weights `es_strategy = "sep-cma"`
+/// searches, in the order of its mean's coordinates: every phase's live
+/// entries ([`live_entries`]).
+#[must_use]
+pub fn searched_entries(weights: &Weights) -> Vec<usize> {
+    let live = live_entries(&weights.set);
+    let plen = weights.set.phase_len;
+    (0..weights.w.len()).filter(|i| live[i % plen]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
