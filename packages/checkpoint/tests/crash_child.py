@@ -4,13 +4,20 @@ Usage:
     python crash_child.py loop DIR     save asynchronously in a tight loop, resuming from DIR
     python crash_child.py train DIR    train with signal handlers installed, periodic saves
     python crash_child.py exit DIR     start one asynchronous save and return at once
+    python crash_child.py forks DIR    fork a `loop` child for each "fork" line on stdin
 
-Prints "ready" on stdout once it is saving. The state of step N is
-``make_state(N)``, so the parent can check any checkpoint's content.
+Prints "ready" on stdout once it is saving (`forks`: once it takes commands). The state
+of step N is ``make_state(N)``, so the parent can check any checkpoint's content.
+
+SIGINT starts at Python's own handler (KeyboardInterrupt), as from an interactive shell,
+even when the parent ignores it (a pytest run in the background or as an xdist worker).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -81,6 +88,34 @@ def exit_early(directory: str) -> None:
     print("ready", flush=True)
 
 
+def fork_savers(directory: str) -> None:
+    """A fork server: for each "fork" line, forks a child that runs `loop`, prints its pid
+    once it saves, then the child's wait status once the parent has killed it.
+
+    The children are real processes that cost no fresh interpreter. They are forked from
+    this process, which never starts a thread, rather than from the test process, where
+    another test may have loaded JAX (forking a process with JAX's threads can deadlock).
+    """
+    print("ready", flush=True)
+    for command in sys.stdin:
+        assert command == "fork\n", command
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child is killed, never returns
+            try:
+                os.close(read_end)
+                loop(directory, ready=functools.partial(os.write, write_end, b"r"))
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        assert os.read(read_end, 1) == b"r"
+        os.close(read_end)
+        print(pid, flush=True)
+        print(os.waitpid(pid, 0)[1], flush=True)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, directory = sys.argv[1], sys.argv[2]
-    {"loop": loop, "train": train, "exit": exit_early}[mode](directory)
+    modes = {"loop": loop, "train": train, "exit": exit_early, "forks": fork_savers}
+    modes[mode](directory)

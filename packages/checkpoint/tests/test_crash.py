@@ -23,15 +23,6 @@ child: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(child)
 
 
-def _default_sigint() -> None:
-    """In the child before it runs: SIGINT's default action, as from an interactive shell.
-
-    A pytest started in the background or as an xdist worker ignores SIGINT, and a child
-    inherits that; the manager then keeps ignoring it after the emergency save.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.fixture
 def start() -> Iterator[Callable[[str, Path], subprocess.Popen[str]]]:
     """``start(mode, directory)``: a `crash_child.py` that said it is ready. One still
@@ -41,10 +32,10 @@ def start() -> Iterator[Callable[[str, Path], subprocess.Popen[str]]]:
     def start_child(mode: str, directory: Path) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, str(CHILD), mode, str(directory)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_default_sigint,
         )
         procs.append(proc)
         assert proc.stdout is not None
@@ -75,30 +66,20 @@ def check_directory(directory: Path) -> int:
     return restored.step
 
 
-def fork_saver(directory: Path) -> int:
-    """Fork a child that saves in a loop (a real process, without paying for a fresh interpreter)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child is killed, never returns
-        try:
-            os.close(read_end)
-            child.loop(str(directory), ready=lambda: os.write(write_end, b"r"))
-        finally:
-            os._exit(1)
-    os.close(write_end)
-    assert os.read(read_end, 1) == b"r"
-    os.close(read_end)
-    return pid
-
-
-def test_sigkill_at_random_instants_never_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
+def test_sigkill_at_random_instants_never_leaves_a_torn_checkpoint(
+    start: Callable[[str, Path], subprocess.Popen[str]], tmp_path: Path
+) -> None:
     rng = random.Random(1234)
     steps, torn = [], 0
+    server = start("forks", tmp_path)
+    assert server.stdin is not None and server.stdout is not None
     for _ in range(30):
-        pid = fork_saver(tmp_path)
+        server.stdin.write("fork\n")
+        server.stdin.flush()
+        pid = int(server.stdout.readline())
         time.sleep(rng.uniform(0.0, 0.12))
         os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        status = int(server.stdout.readline())
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         torn += any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
         if ckpt.CheckpointManager(tmp_path).checkpoints():
