@@ -15,12 +15,12 @@ DIST_DIR ?= dist
 # The engine's wheels: maturin links with zig against glibc 2.17, so the abi3 wheel is
 # manylinux2014 on any Linux host (no manylinux container needed).
 MATURIN := $(UV) tool run --from 'maturin>=1.7,<2' --with 'ziglang>=0.13' maturin
-# PYTEST_WORKERS=2 runs pytest on two xdist workers, whole files each (a module's servers
-# and clusters start once). The default, 0, runs in one process: on 2 loaded cores some
-# timing-bounded service tests failed with two workers. The slowest tests are listed
-# after every run, so a growing suite shows where its time goes.
-PYTEST_WORKERS ?= 0
-PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadfile --durations=30
+# pytest runs on two xdist workers, whole files each (a module's servers and clusters
+# start once), the modules marked slow(seconds) first, longest first (conftest.py).
+# PYTEST_WORKERS=0 runs in one process. The slowest tests are listed after every run,
+# so a growing suite shows where its time goes.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 FUZZ_SECONDS ?= 60
 
 .PHONY: help bootstrap sync browser postgresql run test pytest cargo-test bench fuzz lint fmt typecheck tscheck dist proto

@@ -10,6 +10,9 @@ keeps this directory rather than the user's ``~/.cache/trainsvc/jax``); this ext
 the same to the language-model paths. It is set at import, before
 any test module imports JAX, and removed when the session ends. A value already
 in the environment is kept.
+
+Modules marked ``slow(seconds)`` run first, longest first: `make test` runs two xdist
+workers that take whole files, and the longest files must not be the last ones.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # never reads an entry another one is still writing (without it, writes are not
     # atomic). The session's entries stay far below it.
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
+
+def _slow_seconds(item: pytest.Item) -> float:
+    """The seconds of the item's ``slow`` mark (0 without one)."""
+    mark = item.get_closest_marker("slow")
+    return float(mark.args[0]) if mark is not None and mark.args else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the modules marked ``slow(seconds)`` first, longest first (a stable sort).
+
+    Two xdist workers take whole files in this order, so the Ray cluster's suite, the
+    longest, starts at once instead of leaving one worker alone at the end.
+    """
+    items.sort(key=lambda item: -_slow_seconds(item))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

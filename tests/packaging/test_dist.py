@@ -32,7 +32,7 @@ from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.slow(70), pytest.mark.dist]
 
 TRAINER_LIBRARIES = ("trainsvc_trainer", "trainsvc_engine", "trainsvc_lm", "trainsvc_trajectories")
 

@@ -30,6 +30,8 @@ from trainsvc_trajectories.testing import LocalOpenAI
 
 from .conftest import Service, free_port
 
+pytestmark = pytest.mark.slow(45)
+
 TOKEN = "automation-token-0123456789abcdef"
 PROMPTS = {"riga": "Describe Riga in one word.", "oslo": "Describe Oslo in one word."}
 

@@ -11,6 +11,8 @@ from trainsvc_client import InvalidArgumentError, pb
 
 from .conftest import TERMINAL, Service
 
+pytestmark = pytest.mark.slow(35)
+
 SMALL = {
     "task": "increment4",
     "group_size": 4,

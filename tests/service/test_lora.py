@@ -19,6 +19,8 @@ from trainsvc_client import InvalidArgumentError, pb
 
 from .conftest import TERMINAL, Service
 
+pytestmark = pytest.mark.slow(55)
+
 BUDGET = 3000
 """Steps of the restarted run: more than it trains before the service is stopped."""
 VALIDATION_PROMPT = "weather in Riga in fahrenheit"  # the first validation example's user message

@@ -27,6 +27,8 @@ import pytest
 from trainsvc_api.v1 import trainsvc_pb2 as pb
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.slow(160)
+
 pytest.importorskip("ray")
 
 HERE = Path(__file__).resolve().parent

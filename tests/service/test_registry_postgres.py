@@ -35,6 +35,8 @@ from trainsvc_trajectories.testing import create_database, postgres_server_or_sk
 
 from .conftest import Service, worker_pids
 
+pytestmark = pytest.mark.slow(45)
+
 BUDGET = 3000
 LEASE_TTL = "4"
 SECRET = "Pw-right-7f3a"

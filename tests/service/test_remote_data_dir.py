@@ -27,6 +27,8 @@ from trainsvc_client import pb
 
 from .conftest import TERMINAL
 
+pytestmark = pytest.mark.slow(40)
+
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 from trainsvc_client import pb
+
+pytestmark = pytest.mark.slow(35)
 
 BUDGET = 600
 

@@ -9,8 +9,11 @@ import urllib.request
 from typing import Any
 
 import grpc
+import pytest
 from trainsvc_api.v1 import trainsvc_pb2_grpc as pb_grpc
 from trainsvc_client import pb
+
+pytestmark = pytest.mark.slow(30)
 
 WINDOW_S = 4.0
 

@@ -23,6 +23,8 @@ import pytest
 from trainsvc_launchers._config import load_launch_config
 from trainsvc_launchers._kaggle_kernel import BOOTSTRAP_FILE, KaggleSpec, build_kernel_folder
 
+pytestmark = pytest.mark.slow(40)
+
 pytest.importorskip("trainsvc")
 pytest.importorskip("trainsvc_trainer")
 ckpt = pytest.importorskip("trainsvc_checkpoint")

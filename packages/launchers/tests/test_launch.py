@@ -19,7 +19,10 @@ import pytest
 from trainsvc_launchers._cli import main
 from trainsvc_launchers._crashloop import METADATA_FILE
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [
+    pytest.mark.slow(35),
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
 
 CONFIG = """
 kind = "emergence"

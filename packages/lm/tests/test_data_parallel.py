@@ -37,6 +37,8 @@ from trainsvc_lm._train import LoRATrainer
 from trainsvc_lm._train_config import LMTrainConfig
 from trainsvc_lm._train_log import JsonlMetrics
 
+pytestmark = pytest.mark.slow(45)
+
 LORA_RTOL, LORA_ATOL = 1e-5, 1e-6
 """LoRA, 2 processes vs 1: XLA sums the global batch in another order (within each
 process, then across), so float32 values differ in the last bits (measured after 16

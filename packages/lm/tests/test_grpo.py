@@ -21,6 +21,8 @@ from trainsvc_lm._grpo import (
 from trainsvc_lm._grpo_config import GRPOConfig
 from trainsvc_lm._tasks import TASKS, DigitVocab, get_task, position_reward
 
+pytestmark = pytest.mark.slow(65)
+
 TINY = {
     "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
     "grpo": {"group_size": 4, "prompts_per_step": 4},

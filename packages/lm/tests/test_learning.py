@@ -34,6 +34,8 @@ from trainsvc_lm._weights import load_model, params_to_hf
 sys.path.insert(0, str(Path(__file__).parent))
 from _reference import reference_logits
 
+pytestmark = pytest.mark.slow(55)
+
 UNITS = ("celsius", "fahrenheit", "kelvin")
 BUDGET_S = 300.0
 

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _model_helpers import LLAMA3, hf_config, random_lora, random_params, rel_err
 from _reference import reference_logits
 
+pytestmark = pytest.mark.slow(40)
+
 CASES = {
     "llama-gqa-untied": hf_config("llama"),
     "llama-mha-tied": hf_config("llama", kv_heads=4, tied=True),

@@ -28,6 +28,8 @@ from trainsvc_trainer import Config, ConfigError, Trainer
 from trainsvc_trainer._cli import build_parser, main, resolve_distributed
 from trainsvc_trainer._distributed import DistributedConfig
 
+pytestmark = pytest.mark.slow(35)
+
 RTOL, ATOL = 1e-5, 1e-7
 """Distributed vs single process, parameters and optimizer state: XLA sums the global batch
 in another order (within each process, then across), so float32 values differ in the last
