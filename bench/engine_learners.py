@@ -10,7 +10,8 @@ CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes a
 line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
 slower mean and fitness games against the random player), magenta `es-pop` (es-mix
 with twice the candidates on half the games each), red `es-step` (es-pop with the
-fitness sample growing as the step relative to the weights shrinks), light blue `es-plus` (the isotropic
+fitness sample growing as the step relative to the weights shrinks), dark red `es-split` (es-step
+over two phases that share their tables for the first half), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`,
 brown `td-heur` (TD with its games against the heuristic), dark green
 `ctdl-heur` (ctdl so)). Each run's final
@@ -70,6 +71,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # es-pop with the sample keyed on the step relative to the weights: 50 pairs while
     # it is above 0.13, growing as its inverse square below (docs/othello-engine.md).
     "es-step": {**_ES_POP, "es_fitness_step": 0.13},
+    # es-step over two phases (up to 34 discs, and after) that share their tables for the
+    # first 33 M games, about half the target's budget (docs/othello-engine.md).
+    "es-split": {**_ES_POP, "es_fitness_step": 0.13, "n_phases": 2, "es_split_games": 33_000_000},
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",
@@ -106,6 +110,7 @@ COLOURS = {
     "es-mix": (120, 40, 160),
     "es-pop": (200, 40, 120),
     "es-step": (220, 20, 20),
+    "es-split": (120, 0, 0),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
     "td-heur": (150, 90, 20),

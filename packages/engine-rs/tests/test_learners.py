@@ -68,15 +68,20 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
 
 
-@pytest.mark.parametrize(("normalize", "elite_pairs"), [(0.0, 0), (0.01, 0), (0.0, 5)])
+@pytest.mark.parametrize(
+    ("normalize", "elite_pairs", "split_at"), [(0.0, 0, 0), (0.01, 0, 0), (0.0, 5, 0), (0.0, 0, 3)]
+)
 def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
-    tmp_path: Path, normalize: float, elite_pairs: int
+    tmp_path: Path, normalize: float, elite_pairs: int, split_at: int
 ) -> None:
     cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
     cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40, "es_fitness_margin": 1.0}
     cma |= {"es_random_pairs": 2, "es_mean_rate": 0.5, "es_normalize": normalize}
     cma |= {"es_elite_pairs": elite_pairs, "es_elite_every": 1}
     gen = 6 * 2 * (10 + 2)  # the first generations play the smallest sample
+    if split_at:
+        # Two phases sharing their tables until a generation after the resumption.
+        cma |= {"n_phases": 2, "es_split_games": split_at * gen}
     straight = te.TrainingManager(tmp_path / "a", **cma)
     straight.start(gen * 4, checkpoint_interval=0)
     done = straight.wait(timeout=300)
@@ -93,6 +98,11 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         assert (elite == tree["weights"].reshape(-1)).all()
     else:
         assert "elite" not in tree["population"]
+    weights = tree["weights"]
+    if split_at:
+        # Saved while shared: both phases alike, one phase's entries searched.
+        assert (weights[0] == weights[1]).all() and weights[0].any()
+        assert tree["population"]["cma"]["mean"].shape[0] * 2 == int((weights != 0).sum())
     again = te.TrainingManager(tmp_path / "b", **cma)
     again.start(gen * 4, checkpoint_interval=0, resume=True)
     result = again.wait(timeout=300)
@@ -101,6 +111,8 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
     assert (result.games, result.final_stone_diff) == (done.games, done.final_stone_diff)
     assert [a.weights(p, 0) for p in a.pattern_names] == [b.weights(p, 0) for p in b.pattern_names]
     assert any(v != 0 for v in a.weights("pair_0", 0))
+    if split_at:
+        assert a.weights("pair_0", 0) != a.weights("pair_0", 1), "split: each phase its own"
     if normalize:
         # The live weights (one per symmetry class, and the bias) are held at the cap.
         mean = tree["population"]["cma"]["mean"]
@@ -124,6 +136,7 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         ("td_heuristic_games", 1.5, "0.0 \\(self-play only\\) to 1.0"),
         ("es_elite_pairs", 10**6, "0 \\(off\\) to 100000"),
         ("es_elite_every", 0, "1 to 1000000"),
+        ("es_split_games", 10**6, "0 unless es_strategy is 'sep-cma' and n_phases is above 1"),
     ],
 )
 def test_bad_learner_settings_raise_config_error_naming_the_field(

@@ -83,6 +83,12 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         "es sep-cma: cap on the root mean square of the mean (0 = none)",
     ),
     (
+        "es_split_games",
+        int,
+        "es sep-cma with --phases above 1: the phases share their tables until this many games,"
+        " then each is searched on its own (0 = on its own from the start)",
+    ),
+    (
         "es_strategy",
         str,
         "es: plus (isotropic mutation, the default) or sep-cma (separable CMA-ES)",

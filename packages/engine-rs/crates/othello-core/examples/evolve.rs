@@ -12,9 +12,11 @@
 //! (continue from such a checkpoint with the settings given here; the
 //! budget and the printed seconds then count from the resumption),
 //! `RESTART_RMS` (with `RESUME`: a new `sep-cma` search from the saved mean
-//! scaled to that root mean square), and the
+//! scaled to that root mean square), `SPLIT=k` (with `RESUME` of a one-phase
+//! `sep-cma` run and `PHASES=k`: its tables copied into k phases, searched on
+//! their own from there, as `es_split_games` does within a run), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
-//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
+//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `SPLIT_GAMES`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`; `AVG=a,b,...`
 //! (`sep-cma`) also scores, at each point, exponential moving averages of the
 //! search mean scaled to unit rms, one per rate `a` per generation (iterate averaging).
@@ -70,6 +72,7 @@ fn main() {
         es_fitness_margin: env("MARGIN", d.es_fitness_margin),
         es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
         es_normalize: env("NORMALIZE", d.es_normalize),
+        es_split_games: env("SPLIT_GAMES", d.es_split_games),
         es_random_pairs: env("RANDOM_PAIRS", d.es_random_pairs),
         es_elite_pairs: env("ELITE_PAIRS", d.es_elite_pairs),
         es_elite_every: env("ELITE_EVERY", d.es_elite_every),
@@ -115,6 +118,28 @@ fn main() {
         for (i, m) in searched_entries(&t.weights).into_iter().zip(&cma.mean) {
             t.weights.w[i] = (m * scale) as f32;
         }
+        t.population.elite = None;
+    }
+    // SPLIT=k (with RESUME of a one-phase `sep-cma` run): the saved weights
+    // copied into each of k phases, and a new `sep-cma` search over all of
+    // them from there, its step size and variances carried over.
+    if let Ok(v) = std::env::var("SPLIT") {
+        let k: usize = v.parse().expect("bad SPLIT");
+        let old = t.weights.clone();
+        assert_eq!(old.n_phases, 1, "SPLIT needs a one-phase checkpoint");
+        let cma = t
+            .population
+            .cma
+            .take()
+            .expect("SPLIT needs a sep-cma checkpoint");
+        let mut w =
+            othello_core::eval::Weights::new(std::sync::Arc::clone(&old.set), k).expect("phases");
+        let plen = old.set.phase_len;
+        for p in 0..k {
+            w.w[p * plen..(p + 1) * plen].copy_from_slice(&old.w);
+        }
+        t.weights = w;
+        t.population.cma = Some(cma.repeated(k));
         t.population.elite = None;
     }
     // AVG=a,b,...: also score exponential moving averages (rate a per

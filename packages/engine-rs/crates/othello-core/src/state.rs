@@ -42,7 +42,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
     let es = json!({
         "es_parents": c.es_parents, "es_offspring": c.es_offspring,
         "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
-        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_random_pairs": c.es_random_pairs, "es_elite_pairs": c.es_elite_pairs, "es_elite_every": c.es_elite_every, "es_strategy": c.es_strategy.name(),
+        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_split_games": c.es_split_games, "es_random_pairs": c.es_random_pairs, "es_elite_pairs": c.es_elite_pairs, "es_elite_every": c.es_elite_every, "es_strategy": c.es_strategy.name(),
     });
     if let (Value::Object(all), Value::Object(es)) = (&mut obj, es) {
         all.extend(es);
@@ -51,7 +51,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 43] = [
+pub const CONFIG_FIELDS: [&str; 44] = [
     "seed",
     "threads",
     "batch_games",
@@ -88,6 +88,7 @@ pub const CONFIG_FIELDS: [&str; 43] = [
     "es_fitness_margin",
     "es_mean_rate",
     "es_normalize",
+    "es_split_games",
     "es_random_pairs",
     "es_elite_pairs",
     "es_elite_every",
@@ -172,6 +173,7 @@ pub fn config_update(
             "es_fitness_margin" => c.es_fitness_margin = float()?,
             "es_mean_rate" => c.es_mean_rate = float()?,
             "es_normalize" => c.es_normalize = float()?,
+            "es_split_games" => c.es_split_games = uint()?,
             "es_random_pairs" => c.es_random_pairs = uint()?,
             "es_elite_pairs" => c.es_elite_pairs = uint()?,
             "es_elite_every" => c.es_elite_every = uint()?,

@@ -83,6 +83,21 @@ impl SepCma {
         }
     }
 
+    /// The distribution over `times` copies of the coordinates, each copy's
+    /// mean and variances those of `self`, with the step size kept and the
+    /// evolution paths started afresh (the next update is the first of a new
+    /// search in the larger space).
+    #[must_use]
+    pub fn repeated(&self, times: usize) -> SepCma {
+        let n = self.mean.len() * times;
+        let mut split = SepCma::new(
+            self.mean.iter().copied().cycle().take(n).collect(),
+            self.sigma,
+        );
+        split.diag = self.diag.iter().copied().cycle().take(n).collect();
+        split
+    }
+
     /// The candidate for the standard normal sample `z`: `mean + sigma·sqrt(c)·z`.
     #[must_use]
     pub fn candidate(&self, z: &[f64]) -> Vec<f64> {

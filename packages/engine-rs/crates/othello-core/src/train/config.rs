@@ -280,6 +280,14 @@ pub struct TrainConfig {
     /// relative to the weights and the step-size rule is not fooled by the
     /// scale, which the fitness cannot see.
     pub es_normalize: f64,
+    /// `es` with `sep-cma` and more than one phase: the phases share one set
+    /// of tables until this many games (the search runs over one phase's
+    /// entries, copied into every phase), then each phase's tables are
+    /// searched on their own, starting from the shared ones with the step
+    /// size and per-weight variances carried over (0 = every phase on its own
+    /// from the start). The shared search finds its optimum in a space
+    /// `n_phases` times smaller; the split then refines it per phase.
+    pub es_split_games: u64,
     /// `es`: the search, `plus` (isotropic mutation, the default) or
     /// `sep-cma` (separable CMA-ES); see [`EsStrategy`].
     pub es_strategy: EsStrategy,
@@ -338,6 +346,7 @@ impl Default for TrainConfig {
             es_elite_every: 10,
             es_mean_rate: 1.0,
             es_normalize: 0.0,
+            es_split_games: 0,
             es_strategy: EsStrategy::Plus,
             ctdl_population: 8,
             ctdl_td_games: 512,
@@ -500,6 +509,22 @@ impl TrainConfig {
                 1e3,
                 "0.0 (off) or 0.001 to 1000.0",
             )?;
+        }
+        check(
+            "es_split_games",
+            self.es_split_games,
+            0,
+            1 << 40,
+            "0 (off) to 1099511627776",
+        )?;
+        if self.es_split_games != 0
+            && (self.es_strategy != EsStrategy::SepCma || self.n_phases == 1)
+        {
+            return Err(EngineError::config(
+                "es_split_games",
+                "0 unless es_strategy is 'sep-cma' and n_phases is above 1 (it splits shared phase tables)",
+                self.es_split_games,
+            ));
         }
         if self.es_strategy == EsStrategy::SepCma && self.es_parents > self.es_offspring {
             return Err(EngineError::config(

@@ -62,6 +62,15 @@ fn live_rms(w: &[f32], live: &[bool]) -> f64 {
     (sum / n.max(1) as f64).sqrt()
 }
 
+/// Copies the first phase's `phase_len` weights over every other phase's
+/// (the phases' tables shared, see `es_split_games`).
+fn copy_first_phase(w: &mut [f32], phase_len: usize) {
+    let (first, rest) = w.split_at_mut(phase_len);
+    for phase in rest.chunks_exact_mut(phase_len) {
+        phase.copy_from_slice(first);
+    }
+}
+
 /// A candidate's fitness from its points and summed disc difference (see
 /// `es_fitness_margin`), summed over its games like the points.
 fn fitness_of((points, diff): (f64, i64), margin: f64) -> f64 {
@@ -231,7 +240,23 @@ impl Trainer {
     /// sampled across it); the weights are its mean.
     fn sep_cma_generation(&mut self) {
         let set = Arc::clone(&self.weights.set);
-        let dims = searched_entries(&self.weights);
+        let mut dims = searched_entries(&self.weights);
+        let phases = self.weights.n_phases;
+        let per_phase = dims.len() / phases;
+        // Shared until the split; a search once split stays split.
+        let shared = self.stats.games < self.config.es_split_games
+            && self
+                .population
+                .cma
+                .as_ref()
+                .map_or(true, |c| c.mean.len() == per_phase);
+        if shared {
+            dims.truncate(per_phase);
+        } else if let Some(cma) = self.population.cma.as_mut() {
+            if phases > 1 && cma.mean.len() == per_phase {
+                *cma = cma.repeated(phases);
+            }
+        }
         let c = &self.config;
         let cma = self.population.cma.get_or_insert_with(|| {
             let mean = dims.iter().map(|&i| f64::from(self.weights.w[i])).collect();
@@ -257,6 +282,9 @@ impl Trainer {
                 for (&i, v) in dims.iter().zip(cma.candidate(z)) {
                     w[i] = v as f32;
                 }
+                if shared {
+                    copy_first_phase(&mut w, set.phase_len);
+                }
                 w
             })
             .collect();
@@ -281,6 +309,9 @@ impl Trainer {
         }
         for (&i, &v) in dims.iter().zip(&cma.mean) {
             self.weights.w[i] = v as f32;
+        }
+        if shared {
+            copy_first_phase(&mut self.weights.w, set.phase_len);
         }
         self.population.individuals = vec![self.weights.w.clone()];
         let games = (2 * (pairs + self.config.es_random_pairs)) as f64;

@@ -226,6 +226,17 @@ mod tests {
         }
     }
 
+    /// [`sep_cma`] over two phases whose tables are shared for the games of
+    /// the first two generations (as many as the one-phase search plays).
+    fn split(threads: usize) -> TrainConfig {
+        let games = evolved(sep_cma(1), 2).stats.games;
+        TrainConfig {
+            n_phases: 2,
+            es_split_games: games,
+            ..sep_cma(threads)
+        }
+    }
+
     /// A trainer after `generations` generations (one `train` call per generation).
     fn evolved(config: TrainConfig, generations: u64) -> Trainer {
         let mut t = Trainer::new(config).unwrap();
@@ -316,6 +327,43 @@ mod tests {
     }
 
     #[test]
+    fn shared_phases_search_like_one_phase_until_the_split_then_each_its_own() {
+        let one_phase = evolved(sep_cma(1), 2);
+        let shared = evolved(split(1), 2);
+        let plen = shared.weights.set.phase_len;
+        let (first, second) = shared.weights.w.split_at(plen);
+        assert_eq!(
+            first,
+            &one_phase.weights.w[..],
+            "the same search as one phase"
+        );
+        assert_eq!(second, first, "both phases share the tables");
+        assert_eq!(shared.population.cma, one_phase.population.cma);
+        assert_eq!(shared.stats, one_phase.stats);
+        // After the split: one coordinate per phase's entry, the phases apart,
+        // on any thread count.
+        let (one, two) = (evolved(split(1), 4), evolved(split(2), 4));
+        assert_eq!(one.weights.w, two.weights.w);
+        assert_eq!(one.population, two.population);
+        let cma = one.population.cma.as_ref().unwrap();
+        assert_eq!(
+            cma.mean.len(),
+            2 * one_phase.population.cma.as_ref().unwrap().mean.len()
+        );
+        assert_eq!(cma.updates, 2, "a new search from the split on");
+        let (first, second) = one.weights.w.split_at(plen);
+        assert_ne!(first, second, "each phase searched on its own");
+        let joint = evolved(
+            TrainConfig {
+                es_split_games: 0,
+                ..split(1)
+            },
+            4,
+        );
+        assert_ne!(joint.weights.w, one.weights.w);
+    }
+
+    #[test]
     fn a_generation_plays_and_counts_the_games_its_settings_say() {
         let es = evolved(cfg(Learner::Es, 1), 1);
         // (mu + lambda) candidates x 2 games per pair x 6 pairs.
@@ -356,6 +404,7 @@ mod tests {
                 es_elite_every: 1,
                 ..with_elite(1)
             },
+            split(2),
         ] {
             let learner = config.learner;
             let straight = evolved(config.clone(), 4);
@@ -579,6 +628,21 @@ mod tests {
             "es_normalize: got -1; allowed: 0.0 (off) or 0.001 to 1000.0"
         );
         assert!(err(serde_json::json!({"es_normalize": 1e4})).starts_with("es_normalize: got"));
+        let split_needs = "allowed: 0 unless es_strategy is 'sep-cma' and n_phases is above 1";
+        assert!(err(serde_json::json!({"es_split_games": 1000}))
+            .starts_with(&format!("es_split_games: got 1000; {split_needs}")));
+        assert!(err(
+            serde_json::json!({"es_split_games": 1000, "es_strategy": "sep-cma", "n_phases": 1})
+        )
+        .starts_with(&format!("es_split_games: got 1000; {split_needs}")));
+        assert!(err(serde_json::json!({"es_split_games": -1})).starts_with("es_split_games"));
+        assert!(config_update(
+            &base,
+            serde_json::json!({"es_split_games": 1000, "es_strategy": "sep-cma", "n_phases": 2})
+                .as_object()
+                .unwrap()
+        )
+        .is_ok());
         assert!(config_update(
             &base,
             serde_json::json!({"es_normalize": 0.0})
