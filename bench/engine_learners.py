@@ -6,7 +6,8 @@ along the way plays the League protocol against the WPC heuristic
 (1-ply, both sides 10% random moves, colours swapped, `--pairs` pairs; the
 evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
-CPU seconds: grey grid every 0.1 from 0.3 and every 10 CPU seconds, red dashes at 0.90 and 0.96, one
+CPU seconds: grey grid every 0.1 from 0.3 (`--y-low`; every 0.01 from 0.8 up) and every 10 CPU
+seconds (300 past 600), red dashes at 0.90 and 0.96, one
 line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
 slower mean and fitness games against the random player), magenta `es-pop` (es-mix
 with twice the candidates on half the games each), red `es-step` (es-pop with the
@@ -166,22 +167,29 @@ def run(learner: str, seed: int, budget: int, points: int, pairs: int):
 
 
 def plot(
-    path: Path, curves: list[tuple[str, list[tuple[float, float, int, float, float]]]]
+    path: Path,
+    curves: list[tuple[str, list[tuple[float, float, int, float, float]]]],
+    y_lo: float = 0.3,
 ) -> None:
-    """Score (0.3..1) against training CPU seconds; see the module docstring for the colours."""
+    """Score (`y_lo`..1) against training CPU seconds; see the module docstring for the colours.
+
+    The grid: every 0.1 of score (every 0.01 from a `y_lo` of 0.8 up), every 10 CPU
+    seconds (every 300 on an axis past 600 s).
+    """
     w, h, m = 720, 360, 20
     x_max = max(p[0] for _, c in curves for p in c)
-    y_lo = 0.3
+    y_step = 0.1 if y_lo < 0.8 else 0.01
+    x_step = 10 if x_max <= 600 else 300
     img = np.full((h, w, 3), 255, np.uint8)
 
     def xy(x: float, y: float) -> tuple[int, int]:
         fy = (max(y, y_lo) - y_lo) / (1 - y_lo)
         return int(m + (w - 2 * m) * min(x / x_max, 1.0)), int(h - m - (h - 2 * m) * fy)
 
-    for k in range(8):
-        _, yy = xy(0, y_lo + k / 10)
+    for k in range(round((1 - y_lo) / y_step)):
+        _, yy = xy(0, y_lo + k * y_step)
         img[yy, m : w - m] = 225 if k else 0
-    for s in range(0, int(x_max) + 1, 10):
+    for s in range(0, int(x_max) + 1, x_step):
         xx, _ = xy(s, y_lo)
         img[m : h - m, xx] = 225 if s else 0
     for target in (0.90, 0.96):
@@ -214,10 +222,11 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=ROOT / "docs" / "othello-learners.png")
     p.add_argument("--save-best", type=Path, default=None, help="write the best final network")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from --json")
+    p.add_argument("--y-low", type=float, default=0.3, help="the score at the PNG's bottom edge")
     args = p.parse_args()
     if args.replot:
         saved = json.loads(args.json.read_text())
-        plot(args.png, [(r["learner"], r["curve"]) for r in saved])
+        plot(args.png, [(r["learner"], r["curve"]) for r in saved], args.y_low)
         return
     results: list[dict[str, Any]] = []
     best: tuple[float, Any] | None = None
@@ -255,7 +264,7 @@ def main() -> None:
             )
         }
         print(f"| {learner} | {games:,} | {cpu:.0f} | {span['heuristic']} | {span['random']} |")
-    plot(args.png, [(r["learner"], r["curve"]) for r in results])
+    plot(args.png, [(r["learner"], r["curve"]) for r in results], args.y_low)
     print(f"curves: {args.png}")
 
 
