@@ -278,16 +278,6 @@ def _train(args: argparse.Namespace, out: Console) -> int:
 
     manager.set_progress_callback(on_progress)
     epsilon_start = args.epsilon
-    manager.start(
-        args.games,
-        checkpoint_interval=args.checkpoint_interval,
-        callback_interval=args.callback_interval,
-        search_depth=args.depth,
-        resume=args.resume,
-        epsilon_start=epsilon_start,
-        epsilon_end=args.epsilon_end if args.epsilon_end is not None else epsilon_start,
-        **config,
-    )
     columns = (
         TextColumn("[bold]training"),
         BarColumn(),
@@ -296,10 +286,22 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         TimeRemainingColumn(),
     )
     interrupted = False
-    # Ctrl+C from here on, at any instant, stops with an emergency checkpoint:
+    # Ctrl+C from the start on, at any instant, stops with an emergency checkpoint:
     # `wait` saves one itself when the interrupt lands inside it; anywhere else
-    # (the progress bar, the log line) the handler does.
+    # (the instant after `start` returns, the progress bar, the log line) the
+    # handler does. An interrupt that escaped would leave the training thread
+    # running, and its progress callbacks, into the interpreter's shutdown.
     try:
+        manager.start(
+            args.games,
+            checkpoint_interval=args.checkpoint_interval,
+            callback_interval=args.callback_interval,
+            search_depth=args.depth,
+            resume=args.resume,
+            epsilon_start=epsilon_start,
+            epsilon_end=args.epsilon_end if args.epsilon_end is not None else epsilon_start,
+            **config,
+        )
         log.info("training to %d games in %s", args.games, args.dir)
         with Progress(
             *columns, console=Console(stderr=True), disable=args.json, transient=False
