@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -256,6 +257,10 @@ def _train(args: argparse.Namespace, out: Console) -> int:
         if value is not None:
             config[field] = value
     log = _logger(args.log_file or args.dir / "train.log", console=not args.json)
+    # Ctrl+C (SIGINT) is this command's to handle, as in the trainer's and lm's
+    # CLIs, also when its parent ignores SIGINT (a background job of a
+    # non-interactive shell, a test runner's worker): the disposition is inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     manager = TrainingManager(args.dir, compress=args.compress)
     progress_path = args.dir / PROGRESS_FILE
 
