@@ -31,7 +31,7 @@ use std::time::Instant;
 use othello_core::checkpoint;
 use othello_core::league::{league_match, Player};
 use othello_core::state::{trainer_from_checkpoint, trainer_to_checkpoint};
-use othello_core::train::evolve::searched_entries;
+use othello_core::train::evolve::{copy_first_phase, searched_entries};
 use othello_core::train::{Learner, TrainConfig, Trainer};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -135,9 +135,8 @@ fn main() {
         let mut w =
             othello_core::eval::Weights::new(std::sync::Arc::clone(&old.set), k).expect("phases");
         let plen = old.set.phase_len;
-        for p in 0..k {
-            w.w[p * plen..(p + 1) * plen].copy_from_slice(&old.w);
-        }
+        w.w[..plen].copy_from_slice(&old.w);
+        copy_first_phase(&mut w.w, plen);
         t.weights = w;
         t.population.cma = Some(cma.repeated(k));
         t.population.elite = None;

@@ -23,8 +23,8 @@
 use super::cma::SepCma;
 use super::config::EsStrategy;
 use super::evolve::{
-    as_weights, black_score, gaussian, into_vectors, live_entries, play_jobs, ranking,
-    searched_entries, Elite, Job, Side,
+    as_weights, black_score, copy_first_phase, gaussian, into_vectors, live_entries, play_jobs,
+    ranking, searched_entries, Elite, Job, Side,
 };
 use super::Trainer;
 use crate::eval::Weights;
@@ -60,15 +60,6 @@ fn live_rms(w: &[f32], live: &[bool]) -> f64 {
             (s + f64::from(v) * f64::from(v), n + 1)
         });
     (sum / n.max(1) as f64).sqrt()
-}
-
-/// Copies the first phase's `phase_len` weights over every other phase's
-/// (the phases' tables shared, see `es_split_games`).
-fn copy_first_phase(w: &mut [f32], phase_len: usize) {
-    let (first, rest) = w.split_at_mut(phase_len);
-    for phase in rest.chunks_exact_mut(phase_len) {
-        phase.copy_from_slice(first);
-    }
 }
 
 /// A candidate's fitness from its points and summed disc difference (see

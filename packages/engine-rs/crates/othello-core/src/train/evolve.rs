@@ -167,6 +167,15 @@ pub fn searched_entries(weights: &Weights) -> Vec<usize> {
     (0..weights.w.len()).filter(|i| live[i % plen]).collect()
 }
 
+/// Copies the first phase's `phase_len` weights over every other phase's
+/// (the phases' tables shared, see `es_split_games`).
+pub fn copy_first_phase(w: &mut [f32], phase_len: usize) {
+    let (first, rest) = w.split_at_mut(phase_len);
+    for phase in rest.chunks_exact_mut(phase_len) {
+        phase.copy_from_slice(first);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
