@@ -75,6 +75,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # es-step over two phases (up to 34 discs, and after) that share their tables for the
     # first 33 M games, about half the target's budget (docs/othello-engine.md).
     "es-split": {**_ES_POP, "es_fitness_step": 0.13, "n_phases": 2, "es_split_games": 33_000_000},
+    # es-split with a race of two searches until 34 M games (about 900 CPU seconds each), then
+    # the better alone, its phases split there (docs/othello-engine.md).
+    "es-race": {
+        **_ES_POP,
+        "es_fitness_step": 0.13,
+        "n_phases": 2,
+        "es_split_games": 34_000_000,
+        "es_portfolio": 2,
+        "es_portfolio_games": 34_000_000,
+    },
     "es-plus": {
         "learner": "es",
         "pattern_set": "straight2",

@@ -69,10 +69,17 @@ def test_paused_and_resumed_ctdl_equals_a_straight_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("normalize", "elite_pairs", "split_at"), [(0.0, 0, 0), (0.01, 0, 0), (0.0, 5, 0), (0.0, 0, 3)]
+    ("normalize", "elite_pairs", "split_at", "race"),
+    [
+        (0.0, 0, 0, False),
+        (0.01, 0, 0, False),
+        (0.0, 5, 0, False),
+        (0.0, 0, 3, False),
+        (0.0, 0, 0, True),
+    ],
 )
 def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
-    tmp_path: Path, normalize: float, elite_pairs: int, split_at: int
+    tmp_path: Path, normalize: float, elite_pairs: int, split_at: int, race: bool
 ) -> None:
     cma = {**TINY, "learner": "es", "es_strategy": "sep-cma", "es_parents": 3}
     cma |= {"es_fitness_pairs": 10, "es_fitness_pairs_max": 40, "es_fitness_margin": 1.0}
@@ -82,6 +89,10 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
     if split_at:
         # Two phases sharing their tables until a generation after the resumption.
         cma |= {"n_phases": 2, "es_split_games": split_at * gen}
+    if race:
+        # Two searches, a generation each, raced until the checkpoint: the race
+        # ends right after the resumption.
+        cma |= {"es_portfolio": 2, "es_portfolio_games": 2 * gen, "es_portfolio_pairs": 5}
     straight = te.TrainingManager(tmp_path / "a", **cma)
     straight.start(gen * 4, checkpoint_interval=0)
     done = straight.wait(timeout=300)
@@ -99,6 +110,12 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
     else:
         assert "elite" not in tree["population"]
     weights = tree["weights"]
+    if race:
+        # Saved mid-race: the other search is parked with its own network and state.
+        (parked,) = tree["population"]["parked"]
+        assert parked["population"]["search"] == 1
+        assert parked["network"].shape == (weights.size,)
+        assert (parked["network"] != weights.reshape(-1)).any()
     if split_at:
         # Saved while shared: both phases alike, one phase's entries searched.
         assert (weights[0] == weights[1]).all() and weights[0].any()
@@ -113,6 +130,10 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
     assert any(v != 0 for v in a.weights("pair_0", 0))
     if split_at:
         assert a.weights("pair_0", 0) != a.weights("pair_0", 1), "split: each phase its own"
+    if race:
+        # The race ended after the resumption: one search goes on alone.
+        last, _ = ckpt.load_with_info(te.CheckpointManager(tmp_path / "b").list()[-1].path)
+        assert "parked" not in last["population"]
     if normalize:
         # The live weights (one per symmetry class, and the bias) are held at the cap.
         mean = tree["population"]["cma"]["mean"]
@@ -137,6 +158,9 @@ def test_sep_cma_resumed_from_its_checkpoint_equals_a_straight_run(
         ("es_elite_pairs", 10**6, "0 \\(off\\) to 100000"),
         ("es_elite_every", 0, "1 to 1000000"),
         ("es_split_games", 10**6, "0 unless es_strategy is 'sep-cma' and n_phases is above 1"),
+        ("es_portfolio", 17, "1 \\(one search\\) to 16"),
+        ("es_portfolio_games", 10**6, "0 unless es_portfolio is above 1"),
+        ("es_portfolio_pairs", 0, "1 to 100000"),
     ],
 )
 def test_bad_learner_settings_raise_config_error_naming_the_field(

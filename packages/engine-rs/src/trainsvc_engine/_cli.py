@@ -90,6 +90,23 @@ _LEARNER_FLAGS: tuple[tuple[str, type, str], ...] = (
         " then each is searched on its own (0 = on its own from the start)",
     ),
     (
+        "es_portfolio",
+        int,
+        "es: independent searches raced side by side until --es-portfolio-games, then the best"
+        " goes on alone (1 = one search)",
+    ),
+    (
+        "es_portfolio_games",
+        int,
+        "es with --es-portfolio above 1: the run's games at which the race ends",
+    ),
+    (
+        "es_portfolio_pairs",
+        int,
+        "es with --es-portfolio above 1: pairs of League games against the heuristic each"
+        " search's network plays when the race ends",
+    ),
+    (
         "es_strategy",
         str,
         "es: plus (isotropic mutation, the default) or sep-cma (separable CMA-ES)",

@@ -14,9 +14,14 @@
 //! `RESTART_RMS` (with `RESUME`: a new `sep-cma` search from the saved mean
 //! scaled to that root mean square), `SPLIT=k` (with `RESUME` of a one-phase
 //! `sep-cma` run and `PHASES=k`: its tables copied into k phases, searched on
-//! their own from there, as `es_split_games` does within a run), and the
+//! their own from there, as `es_split_games` does within a run),
+//! `RACE=a,b,...` (instead of `RESUME`: the checkpoints of one-search `es`
+//! runs of seeds `SEED + j * 2^32`, which are the searches of an
+//! `es_portfolio` of seed `SEED`, raced now as the learner does when its
+//! race ends; the winner goes on, with `SPLIT` applied after), and the
 //! learner fields `MU`, `LAMBDA_ES`, `SIGMA`, `SIGMA_DECAY`, `RECOMBINE`, `FIT_PAIRS`, `FIT_MAX`, `FIT_STEP`,
-//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `SPLIT_GAMES`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
+//! `STRATEGY`, `MARGIN`, `MEAN_RATE`, `NORMALIZE`, `SPLIT_GAMES`, `PORTFOLIO`,
+//! `PORTFOLIO_GAMES`, `PORTFOLIO_PAIRS`, `RANDOM_PAIRS`, `ELITE_PAIRS`, `ELITE_EVERY`, `POP`, `TD_GAMES`,
 //! `MATCH_PAIRS`, `LR`, `TARGET`, `LAMBDA`, `BATCH`, `EPS`, `DECAY`; `AVG=a,b,...`
 //! (`sep-cma`) also scores, at each point, exponential moving averages of the
 //! search mean scaled to unit rms, one per rate `a` per generation (iterate averaging).
@@ -31,7 +36,7 @@ use std::time::Instant;
 use othello_core::checkpoint;
 use othello_core::league::{league_match, Player};
 use othello_core::state::{trainer_from_checkpoint, trainer_to_checkpoint};
-use othello_core::train::evolve::{copy_first_phase, searched_entries};
+use othello_core::train::evolve::{copy_first_phase, searched_entries, ParkedSearch};
 use othello_core::train::{Learner, TrainConfig, Trainer};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -48,6 +53,41 @@ fn cpu_seconds() -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// `RACE`: the one-search runs `runs` (run `j` of seed `cfg.seed + j * 2^32`)
+/// made the searches of an `es_portfolio` of `cfg.seed` whose race ends now;
+/// returns the trainer of the winner, configured with `cfg`.
+fn race(runs: Vec<Trainer>, cfg: &TrainConfig) -> Trainer {
+    let mut runs = runs.into_iter();
+    let mut t = runs.next().expect("RACE names at least one checkpoint");
+    for (j, run) in (1u64..).zip(runs) {
+        assert_eq!(
+            run.config.seed,
+            cfg.seed.wrapping_add(j << 32),
+            "RACE: run {j}'s seed"
+        );
+        t.stats.games += run.stats.games;
+        let mut population = run.population;
+        population.search = j;
+        t.population.parked.push(ParkedSearch {
+            weights: run.weights.w,
+            population,
+        });
+    }
+    assert_eq!(t.config.seed, cfg.seed, "RACE: run 0's seed");
+    t.config = TrainConfig {
+        es_portfolio: 1 + t.population.parked.len() as u64,
+        es_portfolio_games: t.stats.games,
+        ..cfg.clone()
+    };
+    t.apply_config().expect("valid configuration");
+    t.end_portfolio_race();
+    println!(
+        "# race: points per game {:?}, search {} goes on",
+        t.population.last_race, t.population.search
+    );
+    t
 }
 
 fn main() {
@@ -73,6 +113,9 @@ fn main() {
         es_mean_rate: env("MEAN_RATE", d.es_mean_rate),
         es_normalize: env("NORMALIZE", d.es_normalize),
         es_split_games: env("SPLIT_GAMES", d.es_split_games),
+        es_portfolio: env("PORTFOLIO", d.es_portfolio),
+        es_portfolio_games: env("PORTFOLIO_GAMES", d.es_portfolio_games),
+        es_portfolio_pairs: env("PORTFOLIO_PAIRS", d.es_portfolio_pairs),
         es_random_pairs: env("RANDOM_PAIRS", d.es_random_pairs),
         es_elite_pairs: env("ELITE_PAIRS", d.es_elite_pairs),
         es_elite_every: env("ELITE_EVERY", d.es_elite_every),
@@ -94,15 +137,19 @@ fn main() {
     let cpu_budget = env("CPU", 0u8) == 1 && cpu_seconds().is_some();
     let every: f64 = env("EVERY", 15.0);
     let pairs: u64 = env("PAIRS", 1000);
-    let mut t = match std::env::var("RESUME") {
-        Ok(path) => {
-            let saved = checkpoint::load(std::path::Path::new(&path)).expect("a checkpoint");
-            let mut t = trainer_from_checkpoint(&saved).expect("a trainer checkpoint");
+    let load = |path: &str| {
+        let saved = checkpoint::load(std::path::Path::new(path)).expect("a checkpoint");
+        trainer_from_checkpoint(&saved).expect("a trainer checkpoint")
+    };
+    let mut t = match (std::env::var("RESUME"), std::env::var("RACE")) {
+        (Ok(path), _) => {
+            let mut t = load(&path);
             t.config = cfg.clone();
             t.apply_config().expect("valid configuration");
             t
         }
-        Err(_) => Trainer::new(cfg.clone()).expect("valid configuration"),
+        (_, Ok(paths)) => race(paths.split(',').map(load).collect(), &cfg),
+        _ => Trainer::new(cfg.clone()).expect("valid configuration"),
     };
     // RESTART_RMS=r (with RESUME of a `sep-cma` run): a restart. The search
     // mean, scaled to root mean square r (a 1-ply player's moves do not

@@ -13,7 +13,7 @@ use crate::error::EngineError;
 use crate::eval::Weights;
 use crate::pattern::PatternSet;
 use crate::train::cma::SepCma;
-use crate::train::evolve::Elite;
+use crate::train::evolve::{Elite, ParkedSearch, Population};
 use crate::train::{TrainConfig, Trainer};
 
 /// The `trainer` value in engine checkpoint metadata.
@@ -42,7 +42,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
     let es = json!({
         "es_parents": c.es_parents, "es_offspring": c.es_offspring,
         "es_sigma": f64::from(c.es_sigma), "es_sigma_decay": c.es_sigma_decay, "es_recombine": c.es_recombine, "es_fitness_pairs": c.es_fitness_pairs,
-        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_split_games": c.es_split_games, "es_random_pairs": c.es_random_pairs, "es_elite_pairs": c.es_elite_pairs, "es_elite_every": c.es_elite_every, "es_strategy": c.es_strategy.name(),
+        "es_fitness_pairs_max": c.es_fitness_pairs_max, "es_fitness_step": c.es_fitness_step, "es_fitness_margin": c.es_fitness_margin, "es_mean_rate": c.es_mean_rate, "es_normalize": c.es_normalize, "es_split_games": c.es_split_games, "es_portfolio": c.es_portfolio, "es_portfolio_games": c.es_portfolio_games, "es_portfolio_pairs": c.es_portfolio_pairs, "es_random_pairs": c.es_random_pairs, "es_elite_pairs": c.es_elite_pairs, "es_elite_every": c.es_elite_every, "es_strategy": c.es_strategy.name(),
     });
     if let (Value::Object(all), Value::Object(es)) = (&mut obj, es) {
         all.extend(es);
@@ -51,7 +51,7 @@ pub fn config_to_json(c: &TrainConfig) -> Value {
 }
 
 /// Names of every configuration field.
-pub const CONFIG_FIELDS: [&str; 44] = [
+pub const CONFIG_FIELDS: [&str; 47] = [
     "seed",
     "threads",
     "batch_games",
@@ -89,6 +89,9 @@ pub const CONFIG_FIELDS: [&str; 44] = [
     "es_mean_rate",
     "es_normalize",
     "es_split_games",
+    "es_portfolio",
+    "es_portfolio_games",
+    "es_portfolio_pairs",
     "es_random_pairs",
     "es_elite_pairs",
     "es_elite_every",
@@ -174,6 +177,9 @@ pub fn config_update(
             "es_mean_rate" => c.es_mean_rate = float()?,
             "es_normalize" => c.es_normalize = float()?,
             "es_split_games" => c.es_split_games = uint()?,
+            "es_portfolio" => c.es_portfolio = uint()?,
+            "es_portfolio_games" => c.es_portfolio_games = uint()?,
+            "es_portfolio_pairs" => c.es_portfolio_pairs = uint()?,
             "es_random_pairs" => c.es_random_pairs = uint()?,
             "es_elite_pairs" => c.es_elite_pairs = uint()?,
             "es_elite_every" => c.es_elite_every = uint()?,
@@ -256,45 +262,60 @@ pub fn trainer_to_checkpoint(t: &Trainer) -> (Node, Value) {
         ),
     ]);
     let mut tree = tree;
-    if let (Node::Dict(items), Some(pop)) = (&mut tree, population_node(t)) {
+    if let (Node::Dict(items), Some(pop)) =
+        (&mut tree, population_node(&t.population, t.weights.w.len()))
+    {
         items.insert("population".into(), pop);
     }
     (tree, weights_metadata(&t.weights, &t.config))
 }
 
 /// The `population` node of an evolving learner (`ctdl`, `es`): every
-/// individual's weights (F32 `[individuals, weights]`) and the generation count.
-fn population_node(t: &Trainer) -> Option<Node> {
-    if t.population.individuals.is_empty() {
+/// individual's weights (F32 `[individuals, weights]`), the generation count,
+/// the `cma` and `elite` nodes when there are such; and with an
+/// `es_portfolio` race, `search` (this search's index, when not 0) and
+/// `parked` (a list of the other searches, each its `network` and its own
+/// `population` node).
+fn population_node(pop: &Population, n: usize) -> Option<Node> {
+    if pop.individuals.is_empty() && pop.search == 0 && pop.parked.is_empty() {
         return None;
     }
-    let flat: Vec<f32> = t.population.individuals.concat();
-    Some(Node::dict([
+    let flat: Vec<f32> = pop.individuals.concat();
+    let mut node = Node::dict([
         (
             "weights",
-            Node::Tensor(Tensor::f32(
-                vec![t.population.individuals.len(), t.weights.w.len()],
-                &flat,
-            )),
+            Node::Tensor(Tensor::f32(vec![pop.individuals.len(), n], &flat)),
         ),
-        ("generation", Node::Int(t.population.generation as i64)),
-    ]))
-    .map(|mut node| {
-        if let Node::Dict(items) = &mut node {
-            if let Some(cma) = &t.population.cma {
-                items.insert("cma".into(), cma_node(cma));
-            }
-            if let Some(elite) = &t.population.elite {
-                let w = Tensor::f32(vec![elite.weights.len()], &elite.weights);
-                let elite = Node::dict([
-                    ("weights", Node::Tensor(w)),
-                    ("points", Node::Float(elite.points)),
-                ]);
-                items.insert("elite".into(), elite);
-            }
+        ("generation", Node::Int(pop.generation as i64)),
+    ]);
+    if let Node::Dict(items) = &mut node {
+        if let Some(cma) = &pop.cma {
+            items.insert("cma".into(), cma_node(cma));
         }
-        node
-    })
+        if let Some(elite) = &pop.elite {
+            let w = Tensor::f32(vec![elite.weights.len()], &elite.weights);
+            let elite = Node::dict([
+                ("weights", Node::Tensor(w)),
+                ("points", Node::Float(elite.points)),
+            ]);
+            items.insert("elite".into(), elite);
+        }
+        if pop.search != 0 {
+            items.insert("search".into(), Node::Int(pop.search as i64));
+        }
+        if !pop.parked.is_empty() {
+            let parked = pop.parked.iter().filter_map(|p| {
+                let network = Node::Tensor(Tensor::f32(vec![p.weights.len()], &p.weights));
+                let population = population_node(&p.population, n)?;
+                Some(Node::dict([
+                    ("network", network),
+                    ("population", population),
+                ]))
+            });
+            items.insert("parked".into(), Node::List(parked.collect()));
+        }
+    }
+    Some(node)
 }
 
 /// The `population/cma` node: the separable CMA-ES state, exact (F64).
@@ -311,9 +332,9 @@ fn cma_node(c: &SepCma) -> Node {
 }
 
 /// Restores [`cma_node`].
-fn cma_from(node: &Node) -> Result<SepCma, EngineError> {
+fn cma_from(node: &Node, path: &str) -> Result<SepCma, EngineError> {
     let v = |k: &str| {
-        let what = format!("population/cma/{k}");
+        let what = format!("{path}/{k}");
         node.get(k)?.as_tensor(&what)?.as_f64(&what)
     };
     let c = SepCma {
@@ -324,17 +345,17 @@ fn cma_from(node: &Node) -> Result<SepCma, EngineError> {
         sigma: match node.get("sigma")? {
             Node::Float(x) => *x,
             _ => {
-                return Err(EngineError::CorruptCheckpoint(
-                    "population/cma/sigma: expected a float".into(),
-                ))
+                return Err(EngineError::CorruptCheckpoint(format!(
+                    "{path}/sigma: expected a float"
+                )))
             }
         },
-        updates: node.get("updates")?.as_int("population/cma/updates")? as u64,
+        updates: node.get("updates")?.as_int(&format!("{path}/updates"))? as u64,
     };
     let n = c.mean.len();
     if [c.diag.len(), c.p_sigma.len(), c.p_c.len()] != [n; 3] {
         return Err(EngineError::CorruptCheckpoint(format!(
-            "population/cma: expected {n} values in diag, p_sigma and p_c"
+            "{path}: expected {n} values in diag, p_sigma and p_c"
         )));
     }
     Ok(c)
@@ -342,50 +363,89 @@ fn cma_from(node: &Node) -> Result<SepCma, EngineError> {
 
 /// Restores the `population` node written by [`population_node`], if any.
 fn population_from(d: &Decoded, t: &mut Trainer) -> Result<(), EngineError> {
-    let Ok(pop) = d.tree.get("population") else {
-        return Ok(());
-    };
-    let n = t.weights.w.len();
-    let w = pop
-        .get("weights")?
-        .as_tensor("population/weights")?
-        .as_f32("population/weights")?;
+    if let Ok(node) = d.tree.get("population") {
+        t.population = population_of(node, t.weights.w.len(), "population")?;
+    }
+    Ok(())
+}
+
+/// Reads a [`population_node`] found at `path` (for the error messages), for
+/// networks of `n` weights.
+fn population_of(node: &Node, n: usize, path: &str) -> Result<Population, EngineError> {
+    let what = format!("{path}/weights");
+    let w = node.get("weights")?.as_tensor(&what)?.as_f32(&what)?;
     if n == 0 || w.len() % n != 0 {
         return Err(EngineError::CorruptCheckpoint(format!(
-            "population/weights: expected a multiple of {n} values, found {}",
+            "{what}: expected a multiple of {n} values, found {}",
             w.len()
         )));
     }
-    t.population.individuals = w.chunks_exact(n).map(<[f32]>::to_vec).collect();
-    t.population.generation = pop.get("generation")?.as_int("population/generation")? as u64;
-    t.population.cma = match pop.get("cma") {
-        Ok(node) => Some(cma_from(node)?),
-        Err(_) => None,
+    let optional = |key: &str| node.get(key).ok();
+    let parked = match optional("parked") {
+        Some(Node::List(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parked_of(item, n, &format!("{path}/parked/{i}")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(EngineError::CorruptCheckpoint(format!(
+                "{path}/parked: expected a list"
+            )))
+        }
+        None => Vec::new(),
     };
-    t.population.elite = match pop.get("elite") {
-        Ok(node) => Some(elite_from(node, n)?),
-        Err(_) => None,
-    };
-    Ok(())
+    Ok(Population {
+        individuals: w.chunks_exact(n).map(<[f32]>::to_vec).collect(),
+        generation: node
+            .get("generation")?
+            .as_int(&format!("{path}/generation"))? as u64,
+        last_fitness: Vec::new(),
+        cma: optional("cma")
+            .map(|c| cma_from(c, &format!("{path}/cma")))
+            .transpose()?,
+        elite: optional("elite")
+            .map(|e| elite_from(e, n, &format!("{path}/elite")))
+            .transpose()?,
+        search: optional("search")
+            .map(|s| s.as_int(&format!("{path}/search")))
+            .transpose()?
+            .map_or(0, |s| s as u64),
+        parked,
+        last_race: Vec::new(),
+    })
+}
+
+/// The network (F32, `n` values) under `key` of the node at `path`.
+fn network_at(node: &Node, key: &str, n: usize, path: &str) -> Result<Vec<f32>, EngineError> {
+    let what = format!("{path}/{key}");
+    let weights = node.get(key)?.as_tensor(&what)?.as_f32(&what)?;
+    if weights.len() != n {
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "{what}: expected {n} values, found {}",
+            weights.len()
+        )));
+    }
+    Ok(weights)
+}
+
+/// Reads one search of `population/parked`: its network and population.
+fn parked_of(node: &Node, n: usize, path: &str) -> Result<ParkedSearch, EngineError> {
+    let weights = network_at(node, "network", n, path)?;
+    let population = population_of(node.get("population")?, n, &format!("{path}/population"))?;
+    Ok(ParkedSearch {
+        weights,
+        population,
+    })
 }
 
 /// Restores the `population/elite` node: the elite's weights (F32, as many
 /// as the trainer's) and its points in the last comparison.
-fn elite_from(node: &Node, n: usize) -> Result<Elite, EngineError> {
-    let weights = node
-        .get("weights")?
-        .as_tensor("population/elite/weights")?
-        .as_f32("population/elite/weights")?;
-    if weights.len() != n {
-        return Err(EngineError::CorruptCheckpoint(format!(
-            "population/elite/weights: expected {n} values, found {}",
-            weights.len()
-        )));
-    }
+fn elite_from(node: &Node, n: usize, path: &str) -> Result<Elite, EngineError> {
+    let weights = network_at(node, "weights", n, path)?;
     let Node::Float(points) = node.get("points")? else {
-        return Err(EngineError::CorruptCheckpoint(
-            "population/elite/points: expected a float".into(),
-        ));
+        return Err(EngineError::CorruptCheckpoint(format!(
+            "{path}/points: expected a float"
+        )));
     };
     Ok(Elite {
         weights,

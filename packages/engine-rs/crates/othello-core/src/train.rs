@@ -37,6 +37,7 @@ mod ctdl;
 mod es;
 pub mod evolve;
 mod game;
+mod portfolio;
 mod stats;
 
 pub use config::{EsStrategy, Learner, Optimizer, TrainConfig};

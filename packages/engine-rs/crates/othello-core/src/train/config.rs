@@ -288,6 +288,23 @@ pub struct TrainConfig {
     /// from the start). The shared search finds its optimum in a space
     /// `n_phases` times smaller; the split then refines it per phase.
     pub es_split_games: u64,
+    /// `es`: independent searches run side by side, a generation each in
+    /// turn, until `es_portfolio_games` (1 = one search). Search `j` draws
+    /// from the streams of seed `seed + j * 2^32` (search 0 is the run's own
+    /// seed), so each is exactly the search a run of that seed makes. When
+    /// the race ends, every search's network plays the same
+    /// `es_portfolio_pairs` pairs of League games against the WPC heuristic
+    /// and the best by points goes on alone: seeds settle in optima of
+    /// different height, and the race keeps one run's lower optimum from
+    /// being the run's result.
+    pub es_portfolio: u64,
+    /// `es` with `es_portfolio` above 1: the run's games at which the race
+    /// ends (at the end of the first whole round of generations from there).
+    pub es_portfolio_games: u64,
+    /// `es` with `es_portfolio` above 1: pairs of League games (colours
+    /// swapped, 10% random moves on both sides) each search's network plays
+    /// against the heuristic when the race ends, all on the same streams.
+    pub es_portfolio_pairs: u64,
     /// `es`: the search, `plus` (isotropic mutation, the default) or
     /// `sep-cma` (separable CMA-ES); see [`EsStrategy`].
     pub es_strategy: EsStrategy,
@@ -347,6 +364,9 @@ impl Default for TrainConfig {
             es_mean_rate: 1.0,
             es_normalize: 0.0,
             es_split_games: 0,
+            es_portfolio: 1,
+            es_portfolio_games: 0,
+            es_portfolio_pairs: 3000,
             es_strategy: EsStrategy::Plus,
             ctdl_population: 8,
             ctdl_td_games: 512,
@@ -526,6 +546,37 @@ impl TrainConfig {
                 self.es_split_games,
             ));
         }
+        check(
+            "es_portfolio",
+            self.es_portfolio,
+            1,
+            16,
+            "1 (one search) to 16",
+        )?;
+        if self.es_portfolio == 1 {
+            check(
+                "es_portfolio_games",
+                self.es_portfolio_games,
+                0,
+                0,
+                "0 unless es_portfolio is above 1 (the games at which its race ends)",
+            )?;
+        } else {
+            check(
+                "es_portfolio_games",
+                self.es_portfolio_games,
+                1,
+                1 << 40,
+                "1 to 1099511627776 when es_portfolio is above 1 (the games at which its race ends)",
+            )?;
+        }
+        check(
+            "es_portfolio_pairs",
+            self.es_portfolio_pairs,
+            1,
+            100_000,
+            "1 to 100000",
+        )?;
         if self.es_strategy == EsStrategy::SepCma && self.es_parents > self.es_offspring {
             return Err(EngineError::config(
                 "es_parents",

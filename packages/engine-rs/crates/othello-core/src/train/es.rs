@@ -18,7 +18,9 @@
 //!
 //! Every game counts as a game of the run (`stats.games`). The mutation and
 //! the games draw from streams of `(seed, generation, index)`, so the run
-//! depends only on the seed and the configuration, not on the threads.
+//! depends only on the seed and the configuration, not on the threads. With
+//! `es_portfolio` several such searches race (the `portfolio` module), each
+//! on its own seed.
 
 use super::cma::SepCma;
 use super::config::EsStrategy;
@@ -87,7 +89,7 @@ impl Trainer {
                 (1 << 63) | g.wrapping_mul(random_games),
             ),
         ];
-        self.play_candidates(cands, &opponents, self.config.seed ^ FITNESS_SALT)
+        self.play_candidates(cands, &opponents, self.search_seed() ^ FITNESS_SALT)
     }
 
     /// Plays each candidate `games` games against each `(opponent, games,
@@ -133,11 +135,13 @@ impl Trainer {
 
     /// Runs one generation of the evolution strategy (see the module docs).
     pub(super) fn es_generation(&mut self) {
+        self.portfolio_before_generation();
         match self.config.es_strategy {
             EsStrategy::Plus => self.plus_generation(),
             EsStrategy::SepCma => self.sep_cma_generation(),
         }
         self.keep_elite();
+        self.portfolio_after_generation();
     }
 
     /// With `es_elite_pairs`: every `es_elite_every` generations the search
@@ -159,7 +163,8 @@ impl Trainer {
             let first = (g / every).wrapping_mul(games);
             let weights = as_weights(&self.weights.set, self.weights.n_phases, cands);
             let opponents = [(Side::Heuristic, games, first)];
-            let scores = self.play_candidates(&weights, &opponents, self.config.seed ^ ELITE_SALT);
+            let scores =
+                self.play_candidates(&weights, &opponents, self.search_seed() ^ ELITE_SALT);
             let points: Vec<f64> = scores.iter().map(|s| s.0).collect();
             let best = usize::from(points.len() == 2 && points[1] >= points[0]);
             let mut cands = into_vectors(weights);
@@ -180,7 +185,7 @@ impl Trainer {
         self.population.resize(mu, &self.weights.w);
         let g = self.population.generation;
         let sigma = c.es_sigma_at(g);
-        let seed = c.seed;
+        let seed = self.search_seed();
         let set = &self.weights.set;
         let plen = set.phase_len;
         let live = live_entries(set);
@@ -248,6 +253,7 @@ impl Trainer {
                 *cma = cma.repeated(phases);
             }
         }
+        let seed = self.search_seed();
         let c = &self.config;
         let cma = self.population.cma.get_or_insert_with(|| {
             let mean = dims.iter().map(|&i| f64::from(self.weights.w[i])).collect();
@@ -256,7 +262,7 @@ impl Trainer {
         let g = self.population.generation;
         let zs: Vec<Vec<f64>> = (0..c.es_offspring)
             .map(|k| {
-                let mut rng = Rng::new(c.seed ^ MUTATION_SALT, (g << 16) | k as u64);
+                let mut rng = Rng::new(seed ^ MUTATION_SALT, (g << 16) | k as u64);
                 let mut z: Vec<f64> = dims.iter().map(|_| gaussian(&mut rng)).collect();
                 if c.es_normalize > 0.0 && cma.mean_rms() >= c.es_normalize * (1.0 - 1e-9) {
                     cma.tangent(&mut z);

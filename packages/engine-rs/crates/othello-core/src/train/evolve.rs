@@ -34,6 +34,25 @@ pub struct Population {
     /// The best network met so far under `es_elite_pairs` (then the
     /// trainer's weights).
     pub elite: Option<Elite>,
+    /// Which search of an `es_portfolio` this is (0 without one, or once
+    /// its race has ended: then the winner's).
+    pub search: u64,
+    /// The other searches of an `es_portfolio` race, in the order of their
+    /// next turns (empty without one, or once the race has ended).
+    pub parked: Vec<ParkedSearch>,
+    /// When an `es_portfolio` race has ended: each search's points per game
+    /// in its final comparison, by search (not checkpointed).
+    pub last_race: Vec<f64>,
+}
+
+/// A search of an `es_portfolio` race waiting for its turn.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParkedSearch {
+    /// The search's network (what the trainer's weights are on its turn).
+    pub weights: Vec<f32>,
+    /// The search's own state (its `search` is its index; its `parked` is
+    /// empty).
+    pub population: Population,
 }
 
 /// The network `es` hands over with `es_elite_pairs`: the best search point
@@ -246,6 +265,41 @@ mod tests {
         }
     }
 
+    /// [`sep_cma`] with a race of two searches until `games` (each search
+    /// has had `generations` generations after a run's first `train` calls;
+    /// with an `es_portfolio`, [`evolved`] counts whole rounds).
+    fn portfolio(threads: usize, games: u64) -> TrainConfig {
+        TrainConfig {
+            es_portfolio: 2,
+            es_portfolio_games: games,
+            es_portfolio_pairs: 40,
+            ..sep_cma(threads)
+        }
+    }
+
+    /// `p` without what checkpoints leave out (the last generation's
+    /// ranking scores and the last race's), its parked searches' included.
+    fn without_fitness(p: &Population) -> Population {
+        Population {
+            last_fitness: Vec::new(),
+            last_race: Vec::new(),
+            parked: p
+                .parked
+                .iter()
+                .map(|s| ParkedSearch {
+                    population: without_fitness(&s.population),
+                    ..s.clone()
+                })
+                .collect(),
+            ..p.clone()
+        }
+    }
+
+    /// The games of [`portfolio`]'s race after `rounds` whole rounds.
+    fn race_games(rounds: u64) -> u64 {
+        evolved(portfolio(1, 1 << 40), rounds).stats.games
+    }
+
     /// A trainer after `generations` generations (one `train` call per generation).
     fn evolved(config: TrainConfig, generations: u64) -> Trainer {
         let mut t = Trainer::new(config).unwrap();
@@ -373,6 +427,70 @@ mod tests {
     }
 
     #[test]
+    fn a_portfolio_races_the_searches_of_their_own_seeds_then_keeps_the_best() {
+        let seeded = |seed: u64| evolved(TrainConfig { seed, ..sep_cma(1) }, 2);
+        let (zero, one) = (seeded(3), seeded(3 + (1 << 32)));
+        // In the race: search 0 is the run of seed 3, search 1 that of seed
+        // 3 + 2^32, generation for generation, on any thread count.
+        let racing = evolved(portfolio(1, 1 << 40), 2);
+        let two_threads = evolved(portfolio(2, 1 << 40), 2);
+        assert_eq!(racing.weights.w, two_threads.weights.w);
+        assert_eq!(racing.population, two_threads.population);
+        assert_eq!(racing.stats, two_threads.stats);
+        assert_eq!(racing.population.search, 0);
+        assert_eq!(racing.weights.w, zero.weights.w);
+        assert_eq!(racing.population.cma, zero.population.cma);
+        let parked = &racing.population.parked;
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].population.search, 1);
+        assert_eq!(parked[0].weights, one.weights.w);
+        assert_eq!(parked[0].population.cma, one.population.cma);
+        assert_ne!(zero.weights.w, one.weights.w);
+        assert_eq!(racing.stats.games, zero.stats.games + one.stats.games);
+        // The race ends at the first round from its games: each network
+        // plays 80 games, and the better goes on alone from its own point.
+        let t = evolved(portfolio(1, racing.stats.games), 3);
+        assert!(t.population.parked.is_empty());
+        let points = &t.population.last_race;
+        assert_eq!(points.len(), 2);
+        let best = u64::from(points[1] > points[0]);
+        assert_eq!(t.population.search, best);
+        let alone = evolved(
+            TrainConfig {
+                seed: 3 + (best << 32),
+                ..sep_cma(1)
+            },
+            3,
+        );
+        assert_eq!(t.weights.w, alone.weights.w);
+        assert_eq!(t.population.cma, alone.population.cma);
+        let third = alone.stats.games - [&zero, &one][best as usize].stats.games;
+        assert_eq!(t.stats.games, racing.stats.games + 2 * 80 + third);
+    }
+
+    #[test]
+    fn the_race_keeps_the_network_that_wins_more_games() {
+        let good = evolved(sep_cma(1), 4).weights.w;
+        let bad: Vec<f32> = good.iter().map(|v| -v).collect();
+        for (mine, other, winner) in [(&good, &bad, 0), (&bad, &good, 1)] {
+            let mut race = evolved(portfolio(1, 1 << 40), 1);
+            race.weights.w.clone_from(mine);
+            race.population.parked[0].weights.clone_from(other);
+            race.end_portfolio_race();
+            assert_eq!(race.population.search, winner);
+            assert_eq!(&race.weights.w, &good);
+            let p = &race.population.last_race;
+            assert!(p[winner as usize] > p[1 - winner as usize] + 0.1, "{p:?}");
+            assert!(race.population.parked.is_empty());
+        }
+        // Without a race there is nothing to end.
+        let mut t = evolved(sep_cma(1), 1);
+        let before = (t.weights.w.clone(), t.population.clone(), t.stats.clone());
+        t.end_portfolio_race();
+        assert_eq!((t.weights.w, t.population, t.stats), before);
+    }
+
+    #[test]
     fn a_generation_plays_and_counts_the_games_its_settings_say() {
         let es = evolved(cfg(Learner::Es, 1), 1);
         // (mu + lambda) candidates x 2 games per pair x 6 pairs.
@@ -414,6 +532,14 @@ mod tests {
                 ..with_elite(1)
             },
             split(2),
+            portfolio(2, 1 << 40),
+            portfolio(1, race_games(2)),
+            TrainConfig {
+                es_portfolio: 3,
+                n_phases: 2,
+                es_split_games: race_games(1),
+                ..portfolio(2, race_games(1))
+            },
         ] {
             let learner = config.learner;
             let straight = evolved(config.clone(), 4);
@@ -425,6 +551,10 @@ mod tests {
             assert_eq!(resumed.population.individuals, first.population.individuals);
             assert_eq!(resumed.population.cma, first.population.cma);
             assert_eq!(resumed.population.elite, first.population.elite);
+            assert_eq!(
+                without_fitness(&resumed.population),
+                without_fitness(&first.population)
+            );
             let stop = AtomicBool::new(false);
             while resumed.population.generation < 4 {
                 resumed.train(resumed.stats.games + 1, &stop, |_| {});
@@ -437,7 +567,16 @@ mod tests {
             assert_eq!(resumed.stats, straight.stats, "{learner}");
             assert_eq!(resumed.population.cma, straight.population.cma);
             assert_eq!(resumed.population.elite, straight.population.elite);
+            assert_eq!(resumed.population.search, straight.population.search);
         }
+        // Mid-round, the search whose turn is next has not run yet.
+        let mut t = Trainer::new(portfolio(1, 1 << 40)).unwrap();
+        t.train(1, &AtomicBool::new(false), |_| {});
+        assert_eq!((t.population.search, t.population.generation), (1, 0));
+        let (tree, md) = trainer_to_checkpoint(&t);
+        let back = trainer_from_checkpoint(&decode(&encode(&tree, &md).unwrap()).unwrap()).unwrap();
+        assert_eq!(back.population, without_fitness(&t.population));
+        assert_eq!(back.weights.w, t.weights.w);
     }
 
     #[test]
@@ -655,6 +794,27 @@ mod tests {
         assert!(config_update(
             &base,
             serde_json::json!({"es_normalize": 0.0})
+                .as_object()
+                .unwrap()
+        )
+        .is_ok());
+        assert_eq!(
+            err(serde_json::json!({"es_portfolio": 0})),
+            "es_portfolio: got 0; allowed: 1 (one search) to 16"
+        );
+        assert!(err(serde_json::json!({"es_portfolio": 17})).starts_with("es_portfolio: got 17"));
+        assert_eq!(
+            err(serde_json::json!({"es_portfolio_games": 5})),
+            "es_portfolio_games: got 5; allowed: 0 unless es_portfolio is above 1 (the games at which its race ends)"
+        );
+        assert!(err(serde_json::json!({"es_portfolio": 2})).starts_with(
+            "es_portfolio_games: got 0; allowed: 1 to 1099511627776 when es_portfolio is above 1"
+        ));
+        assert!(err(serde_json::json!({"es_portfolio_pairs": 0}))
+            .starts_with("es_portfolio_pairs: got 0; allowed: 1 to 100000"));
+        assert!(config_update(
+            &base,
+            serde_json::json!({"es_portfolio": 2, "es_portfolio_games": 1000})
                 .as_object()
                 .unwrap()
         )
