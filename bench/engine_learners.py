@@ -84,6 +84,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "es_split_games": 34_000_000,
         "es_portfolio": 2,
         "es_portfolio_games": 34_000_000,
+        "es_portfolio_pairs": 10_000,
     },
     "es-plus": {
         "learner": "es",
