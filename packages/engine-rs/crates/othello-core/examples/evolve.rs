@@ -170,23 +170,29 @@ fn main() {
     // SPLIT=k (with RESUME of a one-phase `sep-cma` run): the saved weights
     // copied into each of k phases, and a new `sep-cma` search over all of
     // them from there, its step size and variances carried over.
+    // A new trainer of k phases takes over the search, so that the rest of its
+    // state (the optimizer's, which `es` does not use) is sized for k phases.
     if let Ok(v) = std::env::var("SPLIT") {
         let k: usize = v.parse().expect("bad SPLIT");
-        let old = t.weights.clone();
-        assert_eq!(old.n_phases, 1, "SPLIT needs a one-phase checkpoint");
+        assert_eq!(t.weights.n_phases, 1, "SPLIT needs a one-phase checkpoint");
         let cma = t
             .population
             .cma
             .take()
             .expect("SPLIT needs a sep-cma checkpoint");
-        let mut w =
-            othello_core::eval::Weights::new(std::sync::Arc::clone(&old.set), k).expect("phases");
-        let plen = old.set.phase_len;
-        w.w[..plen].copy_from_slice(&old.w);
-        copy_first_phase(&mut w.w, plen);
-        t.weights = w;
-        t.population.cma = Some(cma.repeated(k));
-        t.population.elite = None;
+        let mut split = Trainer::new(TrainConfig {
+            n_phases: k,
+            ..t.config.clone()
+        })
+        .expect("valid configuration");
+        let plen = t.weights.set.phase_len;
+        split.weights.w[..plen].copy_from_slice(&t.weights.w);
+        copy_first_phase(&mut split.weights.w, plen);
+        split.population = std::mem::take(&mut t.population);
+        split.population.cma = Some(cma.repeated(k));
+        split.population.elite = None;
+        split.stats = t.stats.clone();
+        t = split;
     }
     // AVG=a,b,...: also score exponential moving averages (rate a per
     // generation) of the sep-CMA mean scaled to unit rms.
