@@ -277,9 +277,13 @@ pub fn trainer_to_checkpoint(t: &Trainer) -> (Node, Value) {
 /// `parked` (a list of the other searches, each its `network` and its own
 /// `population` node).
 fn population_node(pop: &Population, n: usize) -> Option<Node> {
-    if pop.individuals.is_empty() && pop.search == 0 && pop.parked.is_empty() {
-        return None;
-    }
+    let any = !pop.individuals.is_empty() || pop.search != 0 || !pop.parked.is_empty();
+    any.then(|| population_dict(pop, n))
+}
+
+/// [`population_node`]'s node, written whatever the population holds (a
+/// parked search that has not run yet has no individuals).
+fn population_dict(pop: &Population, n: usize) -> Node {
     let flat: Vec<f32> = pop.individuals.concat();
     let mut node = Node::dict([
         (
@@ -304,18 +308,15 @@ fn population_node(pop: &Population, n: usize) -> Option<Node> {
             items.insert("search".into(), Node::Int(pop.search as i64));
         }
         if !pop.parked.is_empty() {
-            let parked = pop.parked.iter().filter_map(|p| {
+            let parked = pop.parked.iter().map(|p| {
                 let network = Node::Tensor(Tensor::f32(vec![p.weights.len()], &p.weights));
-                let population = population_node(&p.population, n)?;
-                Some(Node::dict([
-                    ("network", network),
-                    ("population", population),
-                ]))
+                let population = population_dict(&p.population, n);
+                Node::dict([("network", network), ("population", population)])
             });
             items.insert("parked".into(), Node::List(parked.collect()));
         }
     }
-    Some(node)
+    node
 }
 
 /// The `population/cma` node: the separable CMA-ES state, exact (F64).
