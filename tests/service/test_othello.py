@@ -87,6 +87,35 @@ def test_othello_learner_is_selectable(shared_service: Any, wait_for: Any) -> No
     assert tree["population"]["generation"] == 4
 
 
+def test_othello_preset_sets_its_fields_and_overrides_win(
+    shared_service: Any, wait_for: Any
+) -> None:
+    # The `league` preset with a small generation: 4 candidates x (50 + 12) pairs = 496 games.
+    small = {"es_offspring": 4, "es_parents": 2, "threads": 1, "frame_interval": 64}
+    with shared_service.client() as c:
+        run = c.create_run("othello", step_budget=496, seed=2, config={"preset": "league", **small})
+        done = wait_for(
+            c, run.name, lambda r: r.state in {pb.Run.COMPLETED, pb.Run.FAILED}, what="completion"
+        )
+        assert done.state == pb.Run.COMPLETED, done.state_message
+        final = c.list_checkpoints(run.name)[-1]
+        with pytest.raises(InvalidArgumentError) as info:
+            c.create_run("othello", step_budget=10, config={"preset": "fastest"})
+        assert info.value.field == "run.othello.overrides[preset]"
+        assert "league" in str(info.value)
+    import trainsvc_checkpoint
+    import trainsvc_engine
+
+    tree, info = trainsvc_checkpoint.load_with_info(final.path)
+    config = info.metadata["config"]
+    preset = trainsvc_engine.PRESETS["league"]
+    assert {k: config[k] for k in ("learner", "es_strategy", "pattern_set", "es_fitness_step")} == {
+        k: preset[k] for k in ("learner", "es_strategy", "pattern_set", "es_fitness_step")
+    }
+    assert (config["es_offspring"], config["es_parents"]) == (4, 2)
+    assert tree["population"]["generation"] == 1
+
+
 def test_othello_bad_learner_names_the_field(shared_service: Any) -> None:
     with shared_service.client() as c:
         with pytest.raises(InvalidArgumentError) as info:

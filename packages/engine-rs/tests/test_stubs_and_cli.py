@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trainsvc_checkpoint as ckpt
 import trainsvc_engine as te
 
@@ -78,3 +79,37 @@ def test_cli_errors_exit_1_with_a_message(tmp_path: Path) -> None:
     proc = _cli("train", "--dir", str(tmp_path), "--games", "10", "--lambda", "3", "--json")
     assert proc.returncode == 1 and "lambda" in proc.stdout
     assert te.perft(1) == 4
+
+
+def test_train_preset_sets_its_fields_and_flags_override_them(tmp_path: Path) -> None:
+    run_dir = tmp_path / "league"
+    proc = _cli(
+        "train",
+        "--dir",
+        str(run_dir),
+        "--preset",
+        "league",
+        "--es-offspring",
+        "8",
+        "--es-parents",
+        "4",
+        "--games",
+        "4000",
+        "--threads",
+        "2",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    latest = max(te.CheckpointManager(run_dir).list(), key=lambda info: info.step)
+    config = ckpt.load_with_info(latest.path)[1].metadata["config"]
+    preset = te.PRESETS["league"]
+    overridden = {"es_offspring": 8, "es_parents": 4}
+    expected = {**preset, **overridden}
+    # es_sigma is an f32 in the engine: 0.1 comes back as 0.10000000149...
+    assert config.pop("es_sigma") == pytest.approx(expected.pop("es_sigma"))
+    assert {k: config[k] for k in expected} == expected
+    assert config["pattern_set"] == "rect2x2" and config["learner"] == "es"
+    unknown = _cli("train", "--dir", str(tmp_path / "x"), "--preset", "fastest")
+    assert unknown.returncode == 2 and "--preset: invalid choice: 'fastest'" in unknown.stderr
+    with pytest.raises(TypeError):
+        te.PRESETS["league"]["es_sigma"] = 1.0  # type: ignore[index]

@@ -38,10 +38,12 @@ from trainsvc_engine._engine import (
     square_name,
     weight_diff,
 )
+from trainsvc_engine.presets import PRESETS
 
 atexit.register(shutdown_all)
 
 __all__ = [
+    "PRESETS",
     "Board",
     "Checkpoint",
     "CheckpointInfo",

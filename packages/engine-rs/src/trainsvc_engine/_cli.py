@@ -29,6 +29,7 @@ from trainsvc_engine._engine import (
     cpu_variant,
     cpu_variants,
 )
+from trainsvc_engine.presets import PRESETS
 
 PROGRESS_FILE = "progress.jsonl"
 DEFAULT_DIR = Path(".trainsvc") / "othello"
@@ -174,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
         help="pattern set (default, small, straight2 = all straight 2-tuples, rect2x2, ...)",
     )
     t.add_argument("--phases", type=int, default=None, help="phases with their own tables")
+    t.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="start from a measured configuration, which the other flags given override:"
+        " league = es (separable CMA-ES) over every 2x2 square, about 0.97 against the"
+        " League's heuristic after 27 M games (--games 27000000, 15 minutes on 1 core;"
+        " docs/othello-engine.md)",
+    )
     for flag, kind, what in _LEARNER_FLAGS:
         t.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=what)
     t.add_argument(
@@ -252,6 +262,7 @@ def _logger(path: Path, console: bool) -> logging.Logger:
 
 def _train(args: argparse.Namespace, out: Console) -> int:
     config: dict[str, Any] = {
+        **(PRESETS[args.preset] if args.preset else {}),
         "threads": args.threads,
         "seed": args.seed,
         "epsilon_decay_games": args.epsilon_decay_games,

@@ -4,6 +4,10 @@ The engine's `learner` override picks how the weights learn: `td` (self-play
 TD, the default), `ctdl` (coevolutionary TD) or `es` (an evolution strategy
 against the League heuristic); like every other engine field it passes through
 `overrides` and is validated by the engine, whose `ConfigError` names the field.
+The override `preset` (a name of `trainsvc_engine.PRESETS`, e.g. `league`)
+sets a measured configuration's fields first, and the run's other fields
+override them; the run's resolved config holds the fields themselves, so a
+resumed run does not depend on the preset staying as it was.
 
 One step is one game the engine plays (self-play, or a ranking game of `ctdl`
 and `es`, which learn a generation at a time: a run's budget is best a multiple
@@ -61,12 +65,23 @@ class OthelloKind:
 
     def resolve_config(self, spec: RunSpec, inputs: InputRoots) -> dict[str, Any]:
         """Validate the engine config by building a TrainingManager with it (in a temp dir)."""
-        from trainsvc_engine import ConfigError, TrainingManager
+        from trainsvc_engine import PRESETS, ConfigError, TrainingManager
 
         engine: dict[str, Any] = {"seed": spec.seed, "threads": 1}
         field_of: dict[str, str] = {"seed": "run.seed"}
         frame_interval = 64
+        if "preset" in spec.config:
+            preset = spec.config["preset"]
+            if not isinstance(preset, str) or preset not in PRESETS:
+                raise InvalidArgumentError(
+                    "run.othello.overrides[preset]",
+                    f"must be one of {', '.join(sorted(PRESETS))}, got {echo(preset)}",
+                )
+            engine.update(PRESETS[preset])
+            field_of.update(dict.fromkeys(PRESETS[preset], "run.othello.overrides[preset]"))
         for key, value in spec.config.items():
+            if key == "preset":
+                continue
             if key == "frame_interval":
                 if not isinstance(value, int) or value < 1:
                     raise InvalidArgumentError(
