@@ -7,12 +7,13 @@ along the way plays the League protocol against the WPC heuristic
 evaluation's own time is not counted). Prints a table and the load average,
 writes the points as JSON and the curves as a PNG (score against training
 CPU seconds: grey grid every 0.1 from 0.3 (`--y-low`; every 0.01 from 0.8 up) and every 10 CPU
-seconds (300 past 600), red dashes at 0.90 and 0.96, one
+seconds (300 past 600), red dashes at 0.90 and 0.96 (those above `--y-low`), one
 line per seed: blue `es` (separable CMA-ES), purple `es-mix` (the same with a
 slower mean and fitness games against the random player), magenta `es-pop` (es-mix
 with twice the candidates on half the games each), red `es-step` (es-pop with the
 fitness sample growing as the step relative to the weights shrinks), dark red `es-split` (es-step
-over two phases that share their tables for the first half), light blue `es-plus` (the isotropic
+over two phases that share their tables for the first half), black `es-rect` (es-step over
+every 2x2 square instead of the straight 2-tuples), light blue `es-plus` (the isotropic
 (mu/mu + lambda) strategy), green `ctdl`, orange `td`,
 brown `td-heur` (TD with its games against the heuristic), dark green
 `ctdl-heur` (ctdl so)). Each run's final
@@ -75,6 +76,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # es-step over two phases (up to 34 discs, and after) that share their tables for the
     # first 33 M games, about half the target's budget (docs/othello-engine.md).
     "es-split": {**_ES_POP, "es_fitness_step": 0.13, "n_phases": 2, "es_split_games": 33_000_000},
+    # es-step over every 2x2 square of the board (`rect2x2`: 49 placements in 10 classes
+    # of 81 entries) instead of the straight 2-tuples; each 2-tuple lies in a 2x2 square,
+    # so the network can say everything the 2-tuples can (docs/othello-engine.md).
+    # It is the package's `league` preset (`trainsvc-othello train --preset league`).
+    "es-rect": dict(te.PRESETS["league"]),
     # es-split with a race of two searches until 34 M games (about 900 CPU seconds each), then
     # the better alone, its phases split there (docs/othello-engine.md).
     "es-race": {
@@ -123,6 +129,7 @@ COLOURS = {
     "es-pop": (200, 40, 120),
     "es-step": (220, 20, 20),
     "es-split": (120, 0, 0),
+    "es-rect": (0, 0, 0),
     "ctdl": (30, 150, 60),
     "td": (230, 130, 20),
     "td-heur": (150, 90, 20),
@@ -203,7 +210,7 @@ def plot(
     for s in range(0, int(x_max) + 1, x_step):
         xx, _ = xy(s, y_lo)
         img[m : h - m, xx] = 225 if s else 0
-    for target in (0.90, 0.96):
+    for target in (t for t in (0.90, 0.96) if t >= y_lo):
         _, ty = xy(0, target)
         for xx in range(m, w - m, 8):
             img[ty - 1 : ty + 1, xx : xx + 4] = (220, 40, 40)
