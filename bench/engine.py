@@ -14,9 +14,9 @@ Rows (median of ``--reps`` runs, default 3, unless noted):
   src/Egaroucid_for_Console.cpp -march=native -pthread -std=c++20``): its
   ``-perft D 1`` at depths 11 and 12, runs interleaved with ours, and the ratio
   (its own timer, which covers the perft alone);
-- games/s of the evolving learners (``learner="es"`` and ``"ctdl"``) and of TD
-  against the heuristic (``td_heuristic_games=1``) on 1 and
-  2 threads;
+- games/s of the evolving learners (``learner="es"`` and ``"ctdl"``), of TD
+  against the heuristic (``td_heuristic_games=1``) and of the ``league`` preset
+  (``es`` over every 2x2 square) on 1 and 2 threads;
 - self-play training games/s at 1-ply, default configuration (moves played
   greedily, each position learning towards its own 2-ply value), on 1 and 2
   threads, runs of 10,000 games interleaved 1, 2, 1, 2, ... and the median of
@@ -271,6 +271,8 @@ def main() -> int:
         ),
         # TD with every game against the WPC heuristic (bench/engine_learners.py's td-heur).
         "td-heur": (20_000, {"learner": "td", "td_heuristic_games": 1.0}),
+        # The `league` preset (es over every 2x2 square): four generations of 40 x 62 pairs.
+        "league": (4 * 40 * 2 * 62, dict(te.PRESETS["league"])),
     }  # fmt: skip
     lruns: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for _ in range(max(args.reps, 3)):
