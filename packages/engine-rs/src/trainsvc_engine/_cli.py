@@ -181,8 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="start from a measured configuration, which the other flags given override:"
         " league = es (separable CMA-ES) over every 2x2 square, about 0.97 against the"
-        " League's heuristic after 27 M games (--games 27000000, 15 minutes on 1 core;"
-        " docs/othello-engine.md)",
+        " League's heuristic after 27 M games (--games 27000000: about 900 CPU seconds,"
+        " 7-8 minutes on 2 cores; docs/othello-engine.md)",
     )
     for flag, kind, what in _LEARNER_FLAGS:
         t.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=what)

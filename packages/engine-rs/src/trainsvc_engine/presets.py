@@ -15,7 +15,8 @@ from typing import Any
 # `es` with separable CMA-ES over every 2x2 square of the board (`rect2x2`), its
 # fitness the League protocol itself plus games against the random player, the
 # sample growing as the step relative to the weights shrinks: the bench's `es-rect`,
-# 0.97 against the League's heuristic after 900 CPU seconds (about 27 M games).
+# 0.968 (0.963-0.972 over 4 seeds) against the League's heuristic after 27.5 M games,
+# 890-930 CPU seconds (bench/engine_learners.py; 0.971 at 55 M).
 _LEAGUE: dict[str, Any] = {
     "learner": "es",
     "es_strategy": "sep-cma",
